@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Provision the local control-plane binaries (etcd, kube-apiserver, kube-controller-manager,
+# kubectl) into a per-user cache, following ../shared/TESTBED.md.
+#
+# - Honours KUBEBUILDER_ASSETS: if it names a folder with kube-apiserver and etcd, nothing is built.
+# - Otherwise builds Kubernetes v1.20.2 from Debian's `kubernetes` source package once, and copies
+#   Debian's etcd beside it. Later runs find the cache and return at once.
+# - Idempotent and safe when two runs race: the whole build runs under an exclusive flock, and the
+#   cache folder only appears (atomic rename) once it is complete.
+#
+# Prints the folder holding the binaries on its last line of stdout; progress goes to stderr.
+set -euo pipefail
+
+K8S_VERSION=1.20.2
+# Kubernetes 1.20 vendors github.com/modern-go/reflect2 1.0.1, whose unsafe map iteration
+# breaks under Go 1.18+: kube-apiserver panics (nil pointer in reflect2.UnsafeIterate) on every
+# update of a custom resource. Debian's Go is 1.19, so the build swaps in Debian's reflect2
+# 1.0.2 (same API, fixed for Go 1.18). The suffix names that build so an older cache is not reused.
+BUILD_ID="v$K8S_VERSION-reflect2-1.0.2"
+REFLECT2_SRC=/usr/share/gocode/src/github.com/modern-go/reflect2
+log() { printf 'provision-k8s: %s\n' "$*" >&2; }
+
+if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
+  if [[ -x "$KUBEBUILDER_ASSETS/kube-apiserver" && -x "$KUBEBUILDER_ASSETS/etcd" ]]; then
+    echo "$KUBEBUILDER_ASSETS"
+    exit 0
+  fi
+  log "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS does not hold executable kube-apiserver and etcd"
+  exit 1
+fi
+
+cache_root="${TRO_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/trust-rotation-operator}"
+dest="$cache_root/k8s-$BUILD_ID"
+complete() { [[ -x "$dest/kube-apiserver" && -x "$dest/kube-controller-manager" && -x "$dest/kubectl" && -x "$dest/etcd" ]]; }
+
+if complete; then echo "$dest"; exit 0; fi
+
+mkdir -p "$cache_root"
+exec 9>"$cache_root/.provision.lock"
+log "waiting for the provisioning lock ($cache_root/.provision.lock)"
+flock 9
+# Another run may have finished while we waited.
+if complete; then echo "$dest"; exit 0; fi
+
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+need_pkgs=()
+command -v go >/dev/null 2>&1 || need_pkgs+=(golang-go)
+[[ -x /usr/bin/etcd ]] || need_pkgs+=(etcd-server)
+command -v rsync >/dev/null 2>&1 || need_pkgs+=(rsync)
+[[ -f "$REFLECT2_SRC/unsafe_map.go" ]] || need_pkgs+=(golang-github-modern-go-reflect2-dev)
+
+# Source packages: one deb822 file, mirror and keyring read from the machine's own Debian list.
+src_list=/etc/apt/sources.list.d/trust-rotation-operator-src.sources
+new_src_list=
+if [[ ! -f "$src_list" ]]; then
+  base=/etc/apt/sources.list.d/debian.sources
+  uri=$(awk '/^URIs:/ {print $2; exit}' "$base")
+  keyring=$(awk '/^Signed-By:/ {print $2; exit}' "$base")
+  log "enabling Debian source packages ($src_list)"
+  as_root tee "$src_list" >/dev/null <<SRC
+Types: deb-src
+URIs: $uri
+Suites: bookworm
+Components: main
+Signed-By: $keyring
+SRC
+  new_src_list=1
+fi
+if [[ ${#need_pkgs[@]} -gt 0 || -n "$new_src_list" ]]; then
+  log "apt-get update"
+  as_root apt-get update -qq >&2
+fi
+if [[ ${#need_pkgs[@]} -gt 0 ]]; then
+  log "installing ${need_pkgs[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >&2
+fi
+
+scratch="$cache_root/build-scratch"
+rm -rf "$scratch"
+mkdir -p "$scratch"
+cd "$scratch"
+log "downloading Debian's kubernetes source package"
+if ! apt-get source --download-only kubernetes >&2 2>/dev/null; then
+  as_root apt-get update -qq >&2
+  apt-get source --download-only kubernetes >&2
+fi
+tar xzf kubernetes_*.orig.tar.gz
+cd "kubernetes-$K8S_VERSION"
+log "replacing vendored reflect2 1.0.1 with Debian's 1.0.2 (Go 1.18+ map iteration fix)"
+vendored=vendor/github.com/modern-go/reflect2
+rm -f "$vendored"/*.go "$vendored"/*.s
+cp "$REFLECT2_SRC"/*.go "$REFLECT2_SRC"/*.s "$vendored"/
+log "building kube-apiserver, kube-controller-manager, kubectl (about 5 minutes on 2 cores, once)"
+env HOME="$scratch" GOCACHE="$scratch/gocache" CGO_ENABLED=0 \
+  make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kubectl" >&2
+
+staging="$cache_root/.k8s-$BUILD_ID.staging.$$"
+rm -rf "$staging"
+mkdir -p "$staging"
+cp _output/bin/kube-apiserver _output/bin/kube-controller-manager _output/bin/kubectl "$staging/"
+cp /usr/bin/etcd "$staging/etcd"
+rm -rf "$dest"
+mv "$staging" "$dest"
+cd /
+rm -rf "$scratch"
+log "binaries ready in $dest"
+echo "$dest"

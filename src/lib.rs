@@ -1,0 +1,9 @@
+//! trust-rotation-operator: rotates a Linkerd service mesh's trust anchor safely and
+//! automatically. See README.md and DESIGN.md for the domain; this crate is the library behind
+//! the `trust-rotation-operator` and `linkerd-trust` binaries.
+#![forbid(unsafe_code)]
+
+pub mod bundle;
+pub mod cli;
+pub mod crd;
+pub mod testbed;

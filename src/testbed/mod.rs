@@ -1,0 +1,390 @@
+//! A real Kubernetes control plane on this machine: etcd + kube-apiserver +
+//! kube-controller-manager on free loopback ports in a temporary folder (see TESTBED.md).
+//!
+//! Used by the integration tests and the demo. No kubelet and no scheduler: the simulator plays
+//! the kubelet. Every process is killed when the [`ControlPlane`] is dropped (also on panic), and
+//! each is started under `setpriv --pdeathsig KILL` so that it dies with the thread that started
+//! it even if this process is killed outright.
+
+mod pki;
+mod process;
+mod provision;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+pub use provision::{Binaries, provision};
+
+use process::Managed;
+
+/// How long kube-apiserver may take to report `/readyz` ok. Measured here: about 6 s on 2 idle
+/// cores; a loaded CI machine running two control planes at once needs several times that.
+const APISERVER_READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How long the controller-manager may take to create the `default` ServiceAccount (and, on
+/// v1.20, its token Secret, without which pods are refused).
+const CONTROLLER_MANAGER_READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Set to keep the control plane's folder (logs, certificates, etcd data) after it stops.
+pub const KEEP_ENV: &str = "TRO_KEEP_TESTBED";
+
+/// How often readiness is polled while starting: short, since a start takes seconds.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The static token of the admin user (group `system:masters`). Throwaway: the control plane
+/// listens on loopback only and lives as long as one test.
+const ADMIN_TOKEN: &str = "admintoken";
+
+/// Errors starting or talking to the local control plane. Each names the component and, where a
+/// process failed, ends with the tail of its log.
+#[derive(Debug, thiserror::Error)]
+pub enum TestbedError {
+    #[error("provisioning the control-plane binaries failed: {0}")]
+    Provision(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("generating the control plane's certificates failed: {0}")]
+    Certificates(#[from] rcgen::Error),
+    #[error("{component} exited early ({status}); last lines of {log}:\n{tail}")]
+    Exited {
+        component: &'static str,
+        status: String,
+        log: String,
+        tail: String,
+    },
+    #[error(
+        "{component} was not ready after {waited:?}; last error: {last_error}; last lines of {log}:\n{tail}"
+    )]
+    NotReady {
+        component: &'static str,
+        waited: Duration,
+        last_error: String,
+        log: String,
+        tail: String,
+    },
+    #[error("building a Kubernetes client from {path}: {message}")]
+    Client { path: String, message: String },
+}
+
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestbedError {
+    let context = context.into();
+    move |source| TestbedError::Io { context, source }
+}
+
+/// A running local control plane.
+pub struct ControlPlane {
+    // Field order is drop order: the processes are stopped before their folder is removed.
+    processes: Vec<Managed>,
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+    server: String,
+    client: Client,
+    binaries: Binaries,
+}
+
+impl ControlPlane {
+    /// Provisions the binaries if needed and starts etcd, kube-apiserver and (when available)
+    /// kube-controller-manager. Returns once the API server is ready and the controller-manager
+    /// has created the `default` ServiceAccount.
+    pub async fn start() -> Result<Self, TestbedError> {
+        let binaries = tokio::task::spawn_blocking(provision)
+            .await
+            .map_err(|e| TestbedError::Provision(e.to_string()))??;
+        Self::start_with(binaries).await
+    }
+
+    /// Starts a control plane from the given binaries.
+    pub async fn start_with(binaries: Binaries) -> Result<Self, TestbedError> {
+        let dir = tempfile::Builder::new()
+            .prefix("tro-control-plane-")
+            .tempdir()
+            .map_err(io_err("creating the control plane's temporary folder"))?;
+        let root = dir.path().to_path_buf();
+        let pki = pki::write(&root)?;
+
+        let etcd_client = free_port()?;
+        let etcd_peer = free_port()?;
+        let apiserver_port = free_port()?;
+        let server = format!("https://127.0.0.1:{apiserver_port}");
+
+        let tokens = root.join("tokens.csv");
+        std::fs::write(
+            &tokens,
+            format!("{ADMIN_TOKEN},admin,admin,system:masters\n"),
+        )
+        .map_err(io_err(format!("writing {}", tokens.display())))?;
+        let kubeconfig = root.join("admin.kubeconfig");
+        std::fs::write(&kubeconfig, kubeconfig_yaml(&server, &pki.ca_cert))
+            .map_err(io_err(format!("writing {}", kubeconfig.display())))?;
+
+        let mut processes = Vec::new();
+        let etcd_url = format!("http://127.0.0.1:{etcd_client}");
+        processes.push(Managed::spawn(
+            "etcd",
+            &binaries.etcd,
+            &[
+                format!("--data-dir={}", root.join("etcd").display()),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"),
+                format!("--initial-cluster=default=http://127.0.0.1:{etcd_peer}"),
+                // Tests create and delete objects quickly; unsynced writes are fine for a
+                // throwaway store and spare the shared disk.
+                "--unsafe-no-fsync".to_owned(),
+            ],
+            &root,
+        )?);
+        processes.push(Managed::spawn(
+            "kube-apiserver",
+            &binaries.kube_apiserver,
+            &[
+                format!("--etcd-servers={etcd_url}"),
+                format!("--secure-port={apiserver_port}"),
+                "--bind-address=127.0.0.1".to_owned(),
+                "--advertise-address=127.0.0.1".to_owned(),
+                format!("--cert-dir={}", root.join("apiserver-certs").display()),
+                format!("--tls-cert-file={}", pki.serving_cert.display()),
+                format!("--tls-private-key-file={}", pki.serving_key.display()),
+                format!("--client-ca-file={}", pki.ca_cert.display()),
+                format!("--token-auth-file={}", tokens.display()),
+                format!("--service-account-key-file={}", pki.sa_pub.display()),
+                format!(
+                    "--service-account-signing-key-file={}",
+                    pki.sa_key.display()
+                ),
+                "--service-account-issuer=https://kubernetes.default.svc".to_owned(),
+                "--authorization-mode=RBAC".to_owned(),
+                "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
+                "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook"
+                    .to_owned(),
+                "--allow-privileged=true".to_owned(),
+            ],
+            &root,
+        )?);
+
+        let client = client_from_kubeconfig(&kubeconfig).await?;
+        let mut cp = ControlPlane {
+            processes,
+            dir,
+            kubeconfig,
+            server,
+            client,
+            binaries,
+        };
+        cp.wait_apiserver_ready().await?;
+
+        if let Some(kcm) = cp.binaries.kube_controller_manager.clone() {
+            let mut args = vec![
+                format!("--kubeconfig={}", cp.kubeconfig.display()),
+                format!(
+                    "--service-account-private-key-file={}",
+                    pki.sa_key.display()
+                ),
+                format!("--root-ca-file={}", pki.ca_cert.display()),
+                // No kubelet, so no node CIDRs and no node health to manage.
+                "--controllers=*,-nodeipam,-nodelifecycle".to_owned(),
+                "--leader-elect=false".to_owned(),
+                "--bind-address=127.0.0.1".to_owned(),
+                "--secure-port=0".to_owned(),
+                // Pods come and go in tests; collect finished ReplicaSets' pods promptly.
+                "--concurrent-deployment-syncs=10".to_owned(),
+                "--concurrent-replicaset-syncs=10".to_owned(),
+            ];
+            if cp.binaries.has_insecure_port_flag() {
+                args.push("--port=0".to_owned());
+            }
+            let root = cp.dir.path().to_path_buf();
+            cp.processes.push(Managed::spawn(
+                "kube-controller-manager",
+                &kcm,
+                &args,
+                &root,
+            )?);
+            cp.wait_controller_manager_ready().await?;
+        }
+        Ok(cp)
+    }
+
+    /// A client authenticated as the cluster admin.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The admin kubeconfig (token auth, CA file beside it).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The folder holding the certificates, logs and etcd data.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Whether a kube-controller-manager is running (it is optional under `KUBEBUILDER_ASSETS`).
+    pub fn has_controller_manager(&self) -> bool {
+        self.binaries.kube_controller_manager.is_some()
+    }
+
+    /// PIDs of the running processes, in start order.
+    pub fn pids(&self) -> Vec<u32> {
+        self.processes.iter().map(Managed::pid).collect()
+    }
+
+    /// A `kubectl` command already pointed at this control plane, if kubectl is available.
+    pub fn kubectl(&self) -> Option<std::process::Command> {
+        let kubectl = self.binaries.kubectl.as_ref()?;
+        let mut cmd = std::process::Command::new(kubectl);
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig);
+        Some(cmd)
+    }
+
+    /// Stops every process (controller-manager, then API server, then etcd) and removes the
+    /// folder. Dropping does the same; this form makes the end of a test explicit.
+    pub fn stop(self) {}
+
+    fn check_alive(&mut self) -> Result<(), TestbedError> {
+        for p in &mut self.processes {
+            p.check_alive()?;
+        }
+        Ok(())
+    }
+
+    async fn wait_apiserver_ready(&mut self) -> Result<(), TestbedError> {
+        let started = Instant::now();
+        let mut last_error = String::from("no answer yet");
+        while started.elapsed() < APISERVER_READY_TIMEOUT {
+            self.check_alive()?;
+            let req = http::Request::get("/readyz")
+                .body(Vec::new())
+                .expect("static request");
+            match self.client.request_text(req).await {
+                Ok(body) if body.trim() == "ok" => return Ok(()),
+                Ok(body) => last_error = format!("/readyz said {body:?}"),
+                Err(e) => last_error = e.to_string(),
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        Err(self.not_ready("kube-apiserver", started.elapsed(), last_error))
+    }
+
+    async fn wait_controller_manager_ready(&mut self) -> Result<(), TestbedError> {
+        let started = Instant::now();
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), "default");
+        let needs_token_secret = self.binaries.service_account_needs_token_secret();
+        let mut last_error = String::from("the default ServiceAccount does not exist yet");
+        while started.elapsed() < CONTROLLER_MANAGER_READY_TIMEOUT {
+            self.check_alive()?;
+            match accounts.get_opt("default").await {
+                Ok(Some(sa)) if !needs_token_secret => {
+                    let _ = sa;
+                    return Ok(());
+                }
+                Ok(Some(sa)) if sa.secrets.as_ref().is_some_and(|s| !s.is_empty()) => {
+                    return Ok(());
+                }
+                Ok(Some(_)) => {
+                    last_error = "the default ServiceAccount has no token Secret yet".to_owned()
+                }
+                Ok(None) => {}
+                Err(e) => last_error = e.to_string(),
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        Err(self.not_ready("kube-controller-manager", started.elapsed(), last_error))
+    }
+
+    fn not_ready(
+        &self,
+        component: &'static str,
+        waited: Duration,
+        last_error: String,
+    ) -> TestbedError {
+        let managed = self.processes.iter().find(|p| p.name() == component);
+        TestbedError::NotReady {
+            component,
+            waited,
+            last_error,
+            log: managed
+                .map(|p| p.log_path().display().to_string())
+                .unwrap_or_default(),
+            tail: managed.map(|p| p.log_tail()).unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        // Reverse start order: controller-manager, kube-apiserver, etcd.
+        while let Some(p) = self.processes.pop() {
+            drop(p);
+        }
+        if std::env::var_os(KEEP_ENV).is_some() {
+            self.dir.disable_cleanup(true);
+            eprintln!("{KEEP_ENV} is set: kept {}", self.dir.path().display());
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released). Another process could take it in the
+/// gap; the component would then fail to bind and the start fails with its log.
+fn free_port() -> Result<u16, TestbedError> {
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(io_err("binding a free loopback port"))?;
+    let port = listener
+        .local_addr()
+        .map_err(io_err("reading a bound port"))?
+        .port();
+    Ok(port)
+}
+
+fn kubeconfig_yaml(server: &str, ca_cert: &Path) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: {server}
+    certificate-authority: {ca}
+users:
+- name: admin
+  user:
+    token: {ADMIN_TOKEN}
+contexts:
+- name: local
+  context:
+    cluster: local
+    user: admin
+current-context: local
+",
+        ca = ca_cert.display()
+    )
+}
+
+/// A client from a kubeconfig file.
+pub async fn client_from_kubeconfig(path: &Path) -> Result<Client, TestbedError> {
+    let fail = |message: String| TestbedError::Client {
+        path: path.display().to_string(),
+        message,
+    };
+    let kubeconfig = Kubeconfig::read_from(path).map_err(|e| fail(e.to_string()))?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    Client::try_from(config).map_err(|e| fail(e.to_string()))
+}

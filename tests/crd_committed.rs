@@ -1,0 +1,77 @@
+//! The CRD shipped in the chart is exactly what `trust-rotation-operator crd` prints.
+
+use trust_rotation_operator::crd::crd_yaml;
+
+const COMMITTED: &str =
+    include_str!("../charts/trust-rotation-operator-crds/templates/trustanchorrotations.yaml");
+
+#[test]
+fn committed_crd_matches_generated() {
+    let generated = crd_yaml().unwrap();
+    assert!(
+        COMMITTED == generated,
+        "charts/trust-rotation-operator-crds/templates/trustanchorrotations.yaml is stale: run `make crd`"
+    );
+}
+
+#[test]
+fn committed_crd_has_the_reference_names() {
+    let crd: serde_yaml::Value = serde_yaml::from_str(COMMITTED).unwrap();
+    let spec = &crd["spec"];
+    assert_eq!(spec["group"], "trust.linkerd.io");
+    assert_eq!(spec["scope"], "Cluster");
+    assert_eq!(spec["names"]["kind"], "TrustAnchorRotation");
+    assert_eq!(spec["names"]["shortNames"][0], "tar");
+    let v = &spec["versions"][0];
+    assert_eq!(v["name"], "v1alpha1");
+    assert!(v["subresources"]["status"].is_mapping());
+    let status = &v["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
+    let phases: Vec<_> = status["phase"]["enum"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "Synced",
+            "RefreshingControlPlane",
+            "PropagatingTrustRoots",
+            "WaitingForRemoteClusters",
+            "WaitingForIdentityRotation",
+            "RenewingWorkloadCerts",
+            "RemovingOldTrustRoots"
+        ]
+    );
+    for group in ["trustBundle", "workloadCertificates"] {
+        let props = &status[group]["properties"];
+        assert_eq!(props["status"]["enum"][0], "Converging");
+        assert_eq!(props["status"]["enum"][1], "Converged");
+        assert_eq!(props["convergedPods"]["type"], "integer");
+        assert_eq!(props["targetPods"]["type"], "integer");
+    }
+    let source = &status["sourceFingerprints"]["items"]["properties"];
+    assert_eq!(source["kind"]["default"], "secret");
+    let kinds: Vec<_> = source["kind"]["enum"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["secret", "configMap", "inline"]);
+    for field in [
+        "blockingMessage",
+        "activeIssuerFingerprint",
+        "previousAnchorFingerprint",
+        "lastPhaseTransitionTime",
+        "workloadCertificateRefreshInterval",
+        "conditions",
+    ] {
+        assert!(status[field].is_mapping(), "status.{field} missing");
+    }
+    let cond = &status["conditions"]["items"]["properties"];
+    for field in ["type", "status", "reason", "message", "lastTransitionTime"] {
+        assert!(cond[field].is_mapping(), "conditions[].{field} missing");
+    }
+}
