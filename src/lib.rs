@@ -6,4 +6,5 @@
 pub mod bundle;
 pub mod cli;
 pub mod crd;
+pub mod duration;
 pub mod testbed;
