@@ -9,7 +9,7 @@ CARGO ?= cargo
 CACHE_HOME := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)
 export CARGO_TARGET_DIR ?= $(CACHE_HOME)/trust-rotation-operator/cargo-target
 
-.PHONY: test deps control-plane fmt-check clippy cargo-test crd
+.PHONY: test deps control-plane fmt-check clippy cargo-test generate
 
 test: deps fmt-check clippy cargo-test
 
@@ -28,6 +28,10 @@ clippy:
 cargo-test:
 	$(CARGO) test
 
-# Regenerate the committed CRD after changing src/crd.rs.
-crd:
-	$(CARGO) run --quiet --bin trust-rotation-operator -- crd > charts/trust-rotation-operator-crds/templates/trustanchorrotations.yaml
+# Regenerate the committed CRD and webhook configurations after changing their source; tests
+# fail while the committed copies are stale.
+OPERATOR = $(CARGO) run --quiet --bin trust-rotation-operator --
+generate:
+	$(OPERATOR) crd > charts/trust-rotation-operator-crds/templates/trustanchorrotations.yaml
+	$(OPERATOR) webhook-config > webhook-config/in-cluster.yaml
+	$(OPERATOR) webhook-config --url https://127.0.0.1:9443/mutate > webhook-config/local.yaml

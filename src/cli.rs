@@ -1,6 +1,10 @@
 //! Command-line interfaces of the two binaries. The mains only parse and call [`operator`] or
 //! [`linkerd_trust`]; everything they do lives in the library.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
 
 /// Rotates a Linkerd service mesh's trust anchor safely and automatically.
@@ -13,19 +17,190 @@ pub struct OperatorCli {
 
 #[derive(Debug, Subcommand)]
 pub enum OperatorCommand {
+    /// Run in the cluster: the admission webhook (every replica) and the admin server.
+    Run(RunArgs),
     /// Print the TrustAnchorRotation CustomResourceDefinition as YAML.
     Crd,
+    /// Print the MutatingWebhookConfiguration as YAML.
+    WebhookConfig(WebhookConfigArgs),
+    /// Make certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Address of the HTTPS webhook server.
+    #[arg(long, default_value = "0.0.0.0:9443", env = "TRO_WEBHOOK_ADDR")]
+    pub webhook_addr: SocketAddr,
+    /// Address of the plain-HTTP admin server (/live, /ready, /metrics).
+    #[arg(long, default_value = "0.0.0.0:9990", env = "TRO_ADMIN_ADDR")]
+    pub admin_addr: SocketAddr,
+    /// PEM certificate chain the webhook serves; re-read when it changes.
+    #[arg(long, default_value = "/var/run/trust-rotation-operator/tls/tls.crt")]
+    pub tls_cert_file: PathBuf,
+    /// PEM private key of that certificate; re-read when it changes.
+    #[arg(long, default_value = "/var/run/trust-rotation-operator/tls/tls.key")]
+    pub tls_key_file: PathBuf,
+    /// How often the certificate files are checked for changes, as a duration.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub cert_reload_interval: Duration,
+    /// Name of the TrustAnchorRotation to follow.
+    #[arg(long, default_value = crate::crd::CLUSTER_ROTATION_NAME)]
+    pub rotation_name: String,
+    /// Linkerd's control-plane namespace.
+    #[arg(long, default_value = "linkerd")]
+    pub linkerd_namespace: String,
+    /// The trust-bundle ConfigMap in the Linkerd namespace.
+    #[arg(long, default_value = "linkerd-identity-trust-roots")]
+    pub trust_roots_configmap: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WebhookConfigArgs {
+    /// Reach the webhook at this URL (local development) instead of through a Service.
+    #[arg(long, conflicts_with_all = ["service_name"])]
+    pub url: Option<String>,
+    /// Service in front of the webhook (cluster variant).
+    #[arg(long, default_value = crate::webhook::config::DEFAULT_SERVICE_NAME)]
+    pub service_name: String,
+    /// Namespace the operator (and its Service) runs in; excluded from the webhook.
+    #[arg(long, default_value = crate::webhook::config::DEFAULT_OPERATOR_NAMESPACE)]
+    pub namespace: String,
+    /// PEM CA that signed the serving certificate, embedded as caBundle.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Write a dev CA and a webhook serving certificate (127.0.0.1, localhost, Service names).
+    Dev {
+        /// Folder to write ca.crt, ca.key, tls.crt, tls.key into.
+        #[arg(long, default_value = "certs-dev")]
+        out: PathBuf,
+        /// Namespace of the webhook Service (for its DNS names).
+        #[arg(long, default_value = crate::webhook::config::DEFAULT_OPERATOR_NAMESPACE)]
+        namespace: String,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::duration::parse(s).map_err(|e| e.to_string())
+}
+
+/// Installs the tracing subscriber: `RUST_LOG` filters (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 /// Runs the operator binary's subcommand, writing its output to `out`.
-pub fn operator(cli: OperatorCli, out: &mut impl std::io::Write) -> Result<(), CliError> {
+pub async fn operator(cli: OperatorCli, out: &mut impl std::io::Write) -> Result<(), CliError> {
     match cli.command {
+        OperatorCommand::Run(args) => {
+            init_logging(args.log_format);
+            let client = kube::Client::try_default().await.map_err(CliError::Kube)?;
+            let config = crate::run::RunConfig {
+                webhook_addr: args.webhook_addr,
+                admin_addr: args.admin_addr,
+                tls_cert_file: args.tls_cert_file,
+                tls_key_file: args.tls_key_file,
+                cert_reload_interval: args.cert_reload_interval,
+                view: crate::webhook::view::ViewConfig {
+                    rotation_name: args.rotation_name,
+                    linkerd_namespace: args.linkerd_namespace,
+                    trust_roots_configmap: args.trust_roots_configmap,
+                    ..Default::default()
+                },
+            };
+            crate::run::run(config, client, shutdown_signal()).await?;
+        }
         OperatorCommand::Crd => {
             let yaml = crate::crd::crd_yaml().map_err(CliError::Yaml)?;
             out.write_all(yaml.as_bytes()).map_err(CliError::Output)?;
         }
+        OperatorCommand::WebhookConfig(args) => {
+            use crate::webhook::config::{Endpoint, render};
+            let ca = match &args.ca_file {
+                Some(p) => Some(
+                    std::fs::read_to_string(p).map_err(|source| CliError::Input {
+                        path: p.display().to_string(),
+                        source,
+                    })?,
+                ),
+                None => None,
+            };
+            let endpoint = match args.url {
+                Some(url) => Endpoint::Url(url),
+                None => Endpoint::Service {
+                    namespace: args.namespace.clone(),
+                    name: args.service_name,
+                },
+            };
+            let yaml = render(&endpoint, ca.as_deref(), &args.namespace);
+            out.write_all(yaml.as_bytes()).map_err(CliError::Output)?;
+        }
+        OperatorCommand::Certs(CertsCommand::Dev {
+            out: dir,
+            namespace,
+        }) => {
+            let names = crate::devcerts::serving_names(
+                crate::webhook::config::DEFAULT_SERVICE_NAME,
+                &namespace,
+            );
+            let certs = crate::devcerts::write(&dir, names)?;
+            writeln!(
+                out,
+                "wrote {}, {} (CA) and {}, {} (serving certificate)",
+                certs.ca_cert.display(),
+                certs.ca_key.display(),
+                certs.cert.display(),
+                certs.key.display()
+            )
+            .map_err(CliError::Output)?;
+        }
     }
     Ok(())
+}
+
+/// Completes on SIGTERM (what the kubelet sends) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }
 
 /// Checks, bundles and inspects a Linkerd trust rotation (the `linkerd trust` extension).
@@ -87,4 +262,10 @@ pub enum CliError {
     },
     #[error(transparent)]
     Bundle(#[from] crate::bundle::BundleError),
+    #[error("connecting to Kubernetes: {0}")]
+    Kube(kube::Error),
+    #[error(transparent)]
+    Run(#[from] crate::run::RunError),
+    #[error(transparent)]
+    DevCerts(#[from] crate::devcerts::DevCertsError),
 }

@@ -3,8 +3,12 @@
 //! the `trust-rotation-operator` and `linkerd-trust` binaries.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod bundle;
 pub mod cli;
 pub mod crd;
+pub mod devcerts;
 pub mod duration;
+pub mod run;
 pub mod testbed;
+pub mod webhook;

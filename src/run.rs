@@ -1,0 +1,115 @@
+//! `trust-rotation-operator run`: the webhook server, its view of the rotation and the admin
+//! server in one process. Every replica serves the webhook.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::admin::{self, Health};
+use crate::webhook::metrics::WebhookMetrics;
+use crate::webhook::server::{AppState, router, serve_tls};
+use crate::webhook::tls::{ReloadingResolver, TlsError, server_config};
+use crate::webhook::view::{ViewConfig, ViewHandle};
+
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub webhook_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
+    pub cert_reload_interval: Duration,
+    pub view: ViewConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("serving certificate: {0}")]
+    Tls(#[from] TlsError),
+    #[error("binding the {what} listener on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs until `shutdown` completes: then `/ready` turns false, the webhook stops accepting,
+/// requests in flight finish, and the function returns.
+pub async fn run(
+    config: RunConfig,
+    client: kube::Client,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let mut registry = Registry::default();
+    let metrics = WebhookMetrics::register(&mut registry);
+    let health = Arc::new(Health::default());
+
+    let resolver = ReloadingResolver::new(&config.tls_cert_file, &config.tls_key_file)?;
+    metrics
+        .serving_certificate_not_after
+        .set(resolver.not_after());
+    health.cert_loaded.store(true, Ordering::Release);
+    let tls = server_config(resolver.clone())?;
+
+    let bind = |what, addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Bind { what, addr, source })
+    };
+    let webhook_listener = bind("webhook", config.webhook_addr).await?;
+    let admin_listener = bind("admin", config.admin_addr).await?;
+    health.listener_bound.store(true, Ordering::Release);
+    tracing::info!(
+        webhook = %config.webhook_addr,
+        admin = %config.admin_addr,
+        "listening"
+    );
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let reload_metrics = metrics.clone();
+    tasks.spawn(
+        resolver.watch(config.cert_reload_interval, move |not_after| {
+            reload_metrics.serving_certificate_not_after.set(not_after);
+        }),
+    );
+    let view = ViewHandle::unsynced();
+    let (synced_health, synced_metrics) = (health.clone(), metrics.clone());
+    tasks.spawn(view.clone().run(client, config.view.clone(), move || {
+        synced_health.view_synced.store(true, Ordering::Release);
+        synced_metrics.view_synced.set(1);
+        tracing::info!("rotation view synced; webhook patching enabled");
+    }));
+    let admin_app = admin::router(Arc::new(registry), health.clone());
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tasks.spawn(async move {
+        let stopped = async {
+            let _ = admin_stop_rx.await;
+        };
+        if let Err(e) = axum::serve(admin_listener, admin_app)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+
+    let shutdown_health = health.clone();
+    let app = router(AppState { view, metrics });
+    serve_tls(webhook_listener, tls, app, async move {
+        shutdown.await;
+        shutdown_health.shutting_down.store(true, Ordering::Release);
+        tracing::info!("shutting down: draining requests in flight");
+    })
+    .await;
+    let _ = admin_stop_tx.send(());
+    tasks.abort_all();
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! The mutating admission webhook (DESIGN.md "The webhook").
+//!
+//! - [`patch`]: the pure patch builder over a Pod, its namespace's annotations and the view.
+//! - [`review`]: AdmissionReview decoding and the response, also pure.
+//! - [`server`]: `POST /mutate` over TLS; [`tls`]: the reloading serving certificate.
+//! - [`view`]: the rotation view every replica keeps from watches; [`metrics`].
+
+pub mod config;
+pub mod metrics;
+pub mod patch;
+pub mod review;
+pub mod server;
+pub mod tls;
+pub mod view;

@@ -1,0 +1,159 @@
+//! The HTTPS server: `POST /mutate` over tokio-rustls, one task per connection, graceful
+//! shutdown that lets requests in flight finish.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+
+use super::metrics::WebhookMetrics;
+use super::review::{Outcome, review};
+use super::view::ViewHandle;
+
+/// The API server sends at most a few MiB per object (etcd's default request limit is
+/// 1.5 MiB); 7 MiB leaves room for old and new objects of an update and refuses anything larger
+/// with 413 before it is buffered.
+pub const MAX_BODY_BYTES: usize = 7 * 1024 * 1024;
+
+/// A client that opens a connection and never finishes the handshake is dropped after this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for requests in flight before closing their connections.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the `/mutate` handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub view: ViewHandle,
+    pub metrics: Arc<WebhookMetrics>,
+}
+
+/// The webhook's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let span = tracing::info_span!(
+        "admission",
+        uid = tracing::field::Empty,
+        namespace = tracing::field::Empty,
+        name = tracing::field::Empty
+    );
+    let view = state.view.current();
+    let reviewed = span.in_scope(|| {
+        review(&body, view.as_deref(), &|ns| {
+            state.view.namespace_annotations(ns)
+        })
+    });
+    span.record("uid", reviewed.uid.as_str());
+    span.record("namespace", reviewed.namespace.as_str());
+    span.record("name", reviewed.name.as_str());
+    async {
+        match (&reviewed.outcome, &reviewed.note) {
+            (Outcome::Invalid, Some(note)) => tracing::warn!(problem = %note, "invalid AdmissionReview"),
+            (outcome, Some(note)) if reviewed.invalid_additional_env => {
+                tracing::warn!(outcome = outcome.as_str(), problem = %note, "pod annotation left untouched")
+            }
+            (outcome, note) => tracing::debug!(outcome = outcome.as_str(), note = note.as_deref(), "admitted"),
+        }
+    }
+    .instrument(span)
+    .await;
+    if view.is_none() {
+        state.metrics.unsynced_admissions.inc();
+    }
+    if reviewed.invalid_additional_env {
+        state.metrics.invalid_additional_env.inc();
+    }
+    let body = match serde_json::to_vec(&reviewed.review) {
+        Ok(b) => b,
+        // Serialising our own response types cannot fail in practice; answer rather than panic.
+        Err(e) => {
+            state.metrics.observe(Outcome::Invalid, started.elapsed());
+            return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+        }
+    };
+    state.metrics.observe(reviewed.outcome, started.elapsed());
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Serves `app` over TLS on `listener` until `shutdown` completes, then stops accepting, lets
+/// requests in flight finish (up to a drain timeout) and returns.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, app, builder, watcher) = (
+            acceptor.clone(),
+            app.clone(),
+            builder.clone(),
+            graceful.watcher(),
+        );
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let service = TowerToHyperService::new(app);
+            let conn = builder
+                .serve_connection(TokioIo::new(tls), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; closing them");
+    }
+}

@@ -1,0 +1,180 @@
+//! TLS for the webhook: a serving certificate read from files and reloaded when they change
+//! (including Kubernetes' Secret-volume symlink swap), and a rustls config limited to TLS 1.2
+//! and 1.3.
+//!
+//! Reloading swaps the certificate used for new handshakes; connections in flight keep theirs.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// How often the certificate files are re-read. Kubernetes updates a mounted Secret within a
+/// minute or so; a few seconds more is nothing, and reading two small files is free.
+pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: no PEM CERTIFICATE found")]
+    NoCertificate { path: String },
+    #[error("{path}: no usable PEM private key: {message}")]
+    Key { path: String, message: String },
+    #[error("{path}: certificate does not parse: {message}")]
+    Certificate { path: String, message: String },
+    #[error("building the TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// A loaded serving certificate and when it expires.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub key: Arc<CertifiedKey>,
+    /// Unix seconds of the leaf's notAfter.
+    pub not_after: i64,
+}
+
+/// Reads and parses a certificate chain and its private key.
+pub fn load(cert_path: &Path, key_path: &Path) -> Result<Loaded, TlsError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| TlsError::Read {
+            path: p.display().to_string(),
+            source,
+        })
+    };
+    let (cert_pem, key_pem) = (read(cert_path)?, read(key_path)?);
+    parse(cert_path, &cert_pem, key_path, &key_pem)
+}
+
+fn parse(
+    cert_path: &Path,
+    cert_pem: &[u8],
+    key_path: &Path,
+    key_pem: &[u8],
+) -> Result<Loaded, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Certificate {
+            path: cert_path.display().to_string(),
+            message: e.to_string(),
+        })?;
+    let Some(leaf) = certs.first() else {
+        return Err(TlsError::NoCertificate {
+            path: cert_path.display().to_string(),
+        });
+    };
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(leaf).map_err(|e| TlsError::Certificate {
+            path: cert_path.display().to_string(),
+            message: e.to_string(),
+        })?;
+    let not_after = parsed.validity().not_after.timestamp();
+    let key_err = |message: String| TlsError::Key {
+        path: key_path.display().to_string(),
+        message,
+    };
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| key_err(e.to_string()))?;
+    let signing_key =
+        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| key_err(e.to_string()))?;
+    Ok(Loaded {
+        key: Arc::new(CertifiedKey::new(certs, signing_key)),
+        not_after,
+    })
+}
+
+/// Serves whichever certificate was loaded last.
+#[derive(Debug)]
+pub struct ReloadingResolver {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    state: RwLock<(Loaded, Vec<u8>)>,
+}
+
+impl ReloadingResolver {
+    /// Loads the files once; fails if they are not usable now.
+    pub fn new(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, TlsError> {
+        let loaded = load(cert_path, key_path)?;
+        let fingerprint = Self::file_bytes(cert_path, key_path).unwrap_or_default();
+        Ok(Arc::new(Self {
+            cert_path: cert_path.to_owned(),
+            key_path: key_path.to_owned(),
+            state: RwLock::new((loaded, fingerprint)),
+        }))
+    }
+
+    fn file_bytes(cert: &Path, key: &Path) -> std::io::Result<Vec<u8>> {
+        let mut bytes = std::fs::read(cert)?;
+        bytes.extend(std::fs::read(key)?);
+        Ok(bytes)
+    }
+
+    /// notAfter (Unix seconds) of the certificate being served.
+    pub fn not_after(&self) -> i64 {
+        self.state.read().expect("resolver lock").0.not_after
+    }
+
+    /// Re-reads the files; swaps in the new certificate if they changed and parse. Returns
+    /// `Ok(true)` on a swap. A half-written or bad pair leaves the old certificate in service.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let bytes =
+            Self::file_bytes(&self.cert_path, &self.key_path).map_err(|source| TlsError::Read {
+                path: self.cert_path.display().to_string(),
+                source,
+            })?;
+        if self.state.read().expect("resolver lock").1 == bytes {
+            return Ok(false);
+        }
+        let loaded = load(&self.cert_path, &self.key_path)?;
+        *self.state.write().expect("resolver lock") = (loaded, bytes);
+        Ok(true)
+    }
+
+    /// Re-reads the files every `interval` until the task is dropped, calling `on_reload` with
+    /// the new notAfter after each swap.
+    pub async fn watch(self: Arc<Self>, interval: Duration, on_reload: impl Fn(i64)) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match self.reload() {
+                Ok(true) => {
+                    let not_after = self.not_after();
+                    tracing::info!(cert = %self.cert_path.display(), not_after, "serving certificate reloaded");
+                    on_reload(not_after);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "serving certificate not reloaded; keeping the current one")
+                }
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for ReloadingResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.state.read().ok()?.0.key.clone())
+    }
+}
+
+/// A TLS 1.2/1.3 server config (ring provider) that asks `resolver` for its certificate and
+/// offers HTTP/2 and HTTP/1.1.
+pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,397 @@
+//! The webhook's rules on recorded-shape AdmissionReview v1 fixtures (tests/fixtures/admission):
+//! each patch is applied to the pod it was made for, the result checked, and the result
+//! re-submitted to show the webhook is idempotent.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+use trust_rotation_operator::crd::Phase;
+use trust_rotation_operator::webhook::patch::{
+    MAX_REFRESH_ENV, PROXY_ADDITIONAL_ENV_ANNOTATION, RotationView, TRUST_BUNDLE_ANNOTATION,
+};
+use trust_rotation_operator::webhook::review::{Outcome, Reviewed, review};
+
+const ANCHOR_SHA: &str = "71b03c81ecabaeeaa817f574f7f343490c5a0bd57d33df3857bcb0cbd01dca94";
+const DESIRED: &str = "d0d1d2d3d4d5d6d7d8d9dadbdcdddedfe0e1e2e3e4e5e6e7e8e9eaebecedeeef";
+
+fn fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/tests/fixtures/admission/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn synced_view() -> RotationView {
+    RotationView {
+        phase: Phase::Synced,
+        desired_bundle_fingerprint: Some(DESIRED.to_owned()),
+        refresh_interval: None,
+    }
+}
+
+fn accelerating_view() -> RotationView {
+    RotationView {
+        phase: Phase::PropagatingTrustRoots,
+        desired_bundle_fingerprint: Some(DESIRED.to_owned()),
+        refresh_interval: Some("5m".to_owned()),
+    }
+}
+
+/// `emojivoto` has `linkerd.io/inject: enabled`; every other namespace has no annotations.
+fn namespaces(ns: &str) -> Option<BTreeMap<String, String>> {
+    (ns == "emojivoto").then(|| BTreeMap::from([("linkerd.io/inject".into(), "enabled".into())]))
+}
+
+fn no_namespace_annotations(_: &str) -> Option<BTreeMap<String, String>> {
+    None
+}
+
+fn run(body: &Value, view: Option<&RotationView>) -> Reviewed {
+    review(&serde_json::to_vec(body).unwrap(), view, &namespaces)
+}
+
+fn response(r: &Reviewed) -> Value {
+    serde_json::to_value(&r.review).unwrap()["response"].clone()
+}
+
+/// The JSON Patch of a response. kube-rs writes the bytes as a JSON array of numbers, which the
+/// API server's decoder accepts for a `[]byte` field just like base64.
+fn patch_of(r: &Reviewed) -> json_patch::Patch {
+    let resp = response(r);
+    assert_eq!(resp["patchType"], "JSONPatch");
+    let bytes: Vec<u8> = serde_json::from_value(resp["patch"].clone()).expect("a patch");
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Applies the response's patch to the request's pod; returns the new pod and a review of it.
+fn apply(body: &Value, r: &Reviewed) -> (Value, Value) {
+    let mut pod = body["request"]["object"].clone();
+    json_patch::patch(&mut pod, &patch_of(r)).expect("the patch applies");
+    let _: Pod = serde_json::from_value(pod.clone()).expect("the result is a valid Pod");
+    let mut again = body.clone();
+    again["request"]["object"] = pod.clone();
+    (pod, again)
+}
+
+fn assert_idempotent(again: &Value, view: &RotationView) {
+    let second = run(again, Some(view));
+    assert_eq!(second.outcome, Outcome::Unchanged, "{:?}", second.note);
+    assert!(response(&second)["patch"].is_null());
+}
+
+fn annotation<'a>(pod: &'a Value, key: &str) -> Option<&'a str> {
+    pod["metadata"]["annotations"][key].as_str()
+}
+
+fn proxy_env<'a>(pod: &'a Value, list: &str, name: &str) -> Option<&'a str> {
+    pod["spec"][list]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == "linkerd-proxy")?["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)?["value"]
+        .as_str()
+}
+
+#[test]
+fn no_annotations_map_in_meshed_namespace_creates_it() {
+    let body = fixture("pod-no-annotations");
+    assert!(body["request"]["object"]["metadata"]["annotations"].is_null());
+    let r = run(&body, Some(&synced_view()));
+    assert_eq!(r.outcome, Outcome::Patched);
+    assert_eq!(r.uid, "705ab4f5-6393-11e8-b7cc-42010a800002");
+    assert_eq!(response(&r)["uid"], r.uid, "uid echoed");
+    assert_eq!(response(&r)["allowed"], true);
+    let ops = serde_json::to_value(patch_of(&r)).unwrap();
+    assert_eq!(
+        ops,
+        json!([{"op": "add", "path": "/metadata/annotations",
+                "value": {TRUST_BUNDLE_ANNOTATION: DESIRED}}])
+    );
+    let (pod, again) = apply(&body, &r);
+    assert_eq!(annotation(&pod, TRUST_BUNDLE_ANNOTATION), Some(DESIRED));
+    assert_idempotent(&again, &synced_view());
+}
+
+#[test]
+fn pod_without_injection_in_plain_namespace_is_skipped() {
+    let body = fixture("pod-no-annotations");
+    let r = review(
+        &serde_json::to_vec(&body).unwrap(),
+        Some(&accelerating_view()),
+        &no_namespace_annotations,
+    );
+    assert_eq!(r.outcome, Outcome::Skipped);
+    assert_eq!(response(&r)["allowed"], true);
+    assert!(response(&r)["patch"].is_null());
+}
+
+#[test]
+fn accelerating_phase_adds_max_refresh_to_additional_env() {
+    let body = fixture("pod-inject-enabled");
+    let r = run(&body, Some(&accelerating_view()));
+    assert_eq!(r.outcome, Outcome::Patched);
+    let (pod, again) = apply(&body, &r);
+    let env: Value =
+        serde_json::from_str(annotation(&pod, PROXY_ADDITIONAL_ENV_ANNOTATION).unwrap()).unwrap();
+    assert_eq!(env, json!([{"name": MAX_REFRESH_ENV, "value": "300s"}]));
+    assert_eq!(annotation(&pod, "linkerd.io/inject"), Some("enabled"));
+    assert_idempotent(&again, &accelerating_view());
+}
+
+#[test]
+fn every_accelerating_phase_and_only_those() {
+    let body = fixture("pod-inject-enabled");
+    for phase in Phase::ALL {
+        let view = RotationView {
+            phase,
+            ..accelerating_view()
+        };
+        let r = run(&body, Some(&view));
+        let (pod, _) = apply(&body, &r);
+        let accelerating = matches!(
+            phase,
+            Phase::PropagatingTrustRoots
+                | Phase::WaitingForRemoteClusters
+                | Phase::WaitingForIdentityRotation
+                | Phase::RenewingWorkloadCerts
+        );
+        assert_eq!(
+            annotation(&pod, PROXY_ADDITIONAL_ENV_ANNOTATION).is_some(),
+            accelerating,
+            "{phase}"
+        );
+    }
+    // An interval that is zero or unset publishes nothing.
+    for interval in [None, Some("0s")] {
+        let view = RotationView {
+            refresh_interval: interval.map(str::to_owned),
+            ..accelerating_view()
+        };
+        let (pod, _) = apply(&body, &run(&body, Some(&view)));
+        assert!(
+            annotation(&pod, PROXY_ADDITIONAL_ENV_ANNOTATION).is_none(),
+            "{interval:?}"
+        );
+    }
+}
+
+#[test]
+fn users_additional_env_entries_are_kept_and_ours_merged_by_name() {
+    let body = fixture("pod-user-additional-env");
+    let r = run(&body, Some(&accelerating_view()));
+    let (pod, again) = apply(&body, &r);
+    let env: Value =
+        serde_json::from_str(annotation(&pod, PROXY_ADDITIONAL_ENV_ANNOTATION).unwrap()).unwrap();
+    assert_eq!(
+        env,
+        json!([
+            {"name": "LINKERD2_PROXY_LOG", "value": "debug"},
+            {"name": MAX_REFRESH_ENV, "value": "300s"},
+            {"name": "MY_FLAG", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+        ]),
+        "the user's 24h is replaced in place, everything else kept in order"
+    );
+    assert_idempotent(&again, &accelerating_view());
+}
+
+#[test]
+fn invalid_additional_env_json_is_left_untouched_and_reported() {
+    let body = fixture("pod-invalid-additional-env");
+    let original = annotation(&body["request"]["object"], PROXY_ADDITIONAL_ENV_ANNOTATION)
+        .unwrap()
+        .to_owned();
+    let r = run(&body, Some(&accelerating_view()));
+    assert!(r.invalid_additional_env);
+    assert!(
+        r.note.as_deref().unwrap().contains("is not valid JSON"),
+        "{:?}",
+        r.note
+    );
+    // Still stamped with the bundle; the annotation itself is not touched.
+    assert_eq!(r.outcome, Outcome::Patched);
+    let (pod, _) = apply(&body, &r);
+    assert_eq!(
+        annotation(&pod, PROXY_ADDITIONAL_ENV_ANNOTATION),
+        Some(original.as_str())
+    );
+    assert_eq!(annotation(&pod, TRUST_BUNDLE_ANNOTATION), Some(DESIRED));
+}
+
+#[test]
+fn disabled_pod_in_enabled_namespace_is_not_meshed() {
+    let r = run(&fixture("pod-disabled"), Some(&accelerating_view()));
+    assert_eq!(r.outcome, Outcome::Skipped);
+    assert_eq!(r.note.as_deref(), Some("not meshed"));
+}
+
+#[test]
+fn injected_pod_gets_fingerprint_of_its_own_anchors_and_env_on_the_proxy() {
+    let body = fixture("pod-injected");
+    let r = run(&body, Some(&accelerating_view()));
+    let (pod, again) = apply(&body, &r);
+    assert_eq!(
+        annotation(&pod, TRUST_BUNDLE_ANNOTATION),
+        Some(ANCHOR_SHA),
+        "from the pod's own LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS, not the desired bundle"
+    );
+    assert_eq!(
+        annotation(&pod, "linkerd.io/trust-root-sha256"),
+        annotation(&pod, TRUST_BUNDLE_ANNOTATION),
+        "our fingerprint equals Linkerd's own for a canonical bundle"
+    );
+    assert_eq!(proxy_env(&pod, "containers", MAX_REFRESH_ENV), Some("300s"));
+    assert_idempotent(&again, &accelerating_view());
+}
+
+#[test]
+fn injected_proxy_without_env_list_gets_one() {
+    let body = fixture("pod-injected-no-env");
+    let r = run(&body, Some(&accelerating_view()));
+    let (pod, again) = apply(&body, &r);
+    let proxy = &pod["spec"]["containers"][0];
+    assert_eq!(proxy["name"], "linkerd-proxy");
+    assert_eq!(
+        proxy["env"],
+        json!([{"name": MAX_REFRESH_ENV, "value": "300s"}])
+    );
+    assert_idempotent(&again, &accelerating_view());
+}
+
+#[test]
+fn native_sidecar_proxy_in_init_containers() {
+    let body = fixture("pod-native-sidecar");
+    let r = run(&body, Some(&accelerating_view()));
+    let (pod, again) = apply(&body, &r);
+    assert_eq!(annotation(&pod, TRUST_BUNDLE_ANNOTATION), Some(ANCHOR_SHA));
+    assert_eq!(
+        proxy_env(&pod, "initContainers", MAX_REFRESH_ENV),
+        Some("300s")
+    );
+    assert_idempotent(&again, &accelerating_view());
+}
+
+#[test]
+fn annotation_keys_with_slash_and_tilde_are_escaped_and_kept() {
+    let body = fixture("pod-escaped-keys");
+    let r = run(&body, Some(&accelerating_view()));
+    let ops = serde_json::to_value(patch_of(&r)).unwrap();
+    let paths: Vec<&str> = ops
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|op| op["path"].as_str().unwrap())
+        .collect();
+    assert!(paths.contains(&"/metadata/annotations/trust.linkerd.io~1trust-bundle-sha256"));
+    assert!(paths.contains(&"/metadata/annotations/config.linkerd.io~1proxy-additional-env"));
+    let (pod, again) = apply(&body, &r);
+    for (k, v) in [
+        ("example.com/a~b", "tilde"),
+        ("example.com/x/y", "slash"),
+        ("~1", "looks-escaped"),
+    ] {
+        assert_eq!(annotation(&pod, k), Some(v), "{k}");
+    }
+    assert_idempotent(&again, &accelerating_view());
+}
+
+#[test]
+fn control_plane_and_mirror_pods_are_left_alone() {
+    for (name, note) in [
+        ("pod-control-plane", "Linkerd control-plane pod"),
+        ("pod-mirror", "mirror pod"),
+    ] {
+        let r = run(&fixture(name), Some(&accelerating_view()));
+        assert_eq!(r.outcome, Outcome::Skipped, "{name}");
+        assert_eq!(r.note.as_deref(), Some(note), "{name}");
+    }
+}
+
+#[test]
+fn dry_run_gets_the_same_patch() {
+    let dry = run(&fixture("pod-dry-run"), Some(&accelerating_view()));
+    let real = run(&fixture("pod-inject-enabled"), Some(&accelerating_view()));
+    assert_eq!(dry.outcome, Outcome::Patched);
+    assert_eq!(patch_of(&dry), patch_of(&real));
+}
+
+#[test]
+fn updates_and_other_kinds_are_allowed_unchanged() {
+    for name in ["pod-update", "deployment-create"] {
+        let r = run(&fixture(name), Some(&accelerating_view()));
+        assert_eq!(r.outcome, Outcome::Skipped, "{name}");
+        let resp = response(&r);
+        assert_eq!(resp["allowed"], true, "{name}");
+        assert!(resp["patch"].is_null(), "{name}");
+        assert_eq!(
+            resp["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn wrong_api_version_is_invalid_with_uid_echoed() {
+    let r = run(&fixture("wrong-api-version"), Some(&accelerating_view()));
+    assert_eq!(r.outcome, Outcome::Invalid);
+    let resp = response(&r);
+    assert_eq!(resp["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+    assert!(
+        resp["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("admission.k8s.io/v1beta1"),
+        "{resp}"
+    );
+}
+
+#[test]
+fn missing_request_and_garbage_are_invalid_not_errors() {
+    let r = run(&fixture("missing-request"), Some(&accelerating_view()));
+    assert_eq!(r.outcome, Outcome::Invalid);
+    assert_eq!(
+        response(&r)["status"]["message"],
+        "AdmissionReview has no request"
+    );
+    for garbage in [&b""[..], b"{", b"[]", b"null", b"\xff\xfe"] {
+        let r = review(garbage, Some(&accelerating_view()), &namespaces);
+        assert_eq!(r.outcome, Outcome::Invalid, "{garbage:?}");
+        assert!(
+            response(&r)["status"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("body is not an AdmissionReview"),
+            "{garbage:?}"
+        );
+    }
+}
+
+#[test]
+fn unsynced_view_patches_nothing() {
+    let r = run(&fixture("pod-inject-enabled"), None);
+    assert_eq!(r.outcome, Outcome::Skipped);
+    assert_eq!(
+        r.note.as_deref(),
+        Some("the rotation view has not synced yet")
+    );
+    assert!(response(&r)["patch"].is_null());
+}
+
+#[test]
+fn one_mebibyte_pod_is_patched() {
+    let mut body = fixture("pod-inject-enabled");
+    body["request"]["object"]["metadata"]["annotations"]["example.com/large"] =
+        Value::String("x".repeat(1024 * 1024));
+    let r = run(&body, Some(&accelerating_view()));
+    assert_eq!(r.outcome, Outcome::Patched);
+    let (pod, again) = apply(&body, &r);
+    assert_eq!(
+        annotation(&pod, "example.com/large").map(str::len),
+        Some(1024 * 1024)
+    );
+    assert_idempotent(&again, &accelerating_view());
+}
