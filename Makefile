@@ -9,15 +9,26 @@ CARGO ?= cargo
 CACHE_HOME := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)
 export CARGO_TARGET_DIR ?= $(CACHE_HOME)/trust-rotation-operator/cargo-target
 
-.PHONY: test deps control-plane fmt-check clippy cargo-test generate
+.PHONY: test deps control-plane own-target fmt-check clippy cargo-test generate
 
-test: deps fmt-check clippy cargo-test
+test: deps own-target fmt-check clippy cargo-test
 
 # Idempotent: a no-op once the cache is warm (or when KUBEBUILDER_ASSETS names other binaries).
 deps: control-plane
 
 control-plane:
 	@bash scripts/provision-k8s.sh >/dev/null
+
+# Dependencies may be shared between checkouts, our own crate may not: cargo's freshness check
+# compares mtimes and relative paths, so another checkout's build of this crate (with its paths
+# baked in by env!) would otherwise pass for fresh here. Rebuild it when the checkout changes.
+own-target:
+	@mkdir -p "$$CARGO_TARGET_DIR"; owner="$$CARGO_TARGET_DIR/.checkout"; \
+	if [ "$$(cat "$$owner" 2>/dev/null)" != "$(CURDIR)" ]; then \
+	  $(CARGO) clean --quiet -p trust-rotation-operator; \
+	  $(CARGO) clean --quiet -p trust-rotation-operator --release; \
+	  echo "$(CURDIR)" > "$$owner"; \
+	fi
 
 fmt-check:
 	$(CARGO) fmt --check
