@@ -20,7 +20,7 @@ use kube::{Api, Client, Config};
 
 pub use provision::{Binaries, provision};
 
-use process::Managed;
+pub use process::Managed;
 
 /// How long kube-apiserver may take to report `/readyz` ok. Measured here: about 6 s on 2 idle
 /// cores; a loaded CI machine running two control planes at once needs several times that.
@@ -342,7 +342,7 @@ impl Drop for ControlPlane {
 
 /// A free TCP port on 127.0.0.1 (bound, read, released). Another process could take it in the
 /// gap; the component would then fail to bind and the start fails with its log.
-fn free_port() -> Result<u16, TestbedError> {
+pub fn free_port() -> Result<u16, TestbedError> {
     let listener =
         TcpListener::bind("127.0.0.1:0").map_err(io_err("binding a free loopback port"))?;
     let port = listener

@@ -1,10 +1,13 @@
-//! One control-plane process, killed when dropped.
+//! One child process of a test (a control-plane component, or the operator itself), killed when
+//! dropped.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use super::{TestbedError, io_err};
 
@@ -16,18 +19,31 @@ const LOG_TAIL_BYTES: u64 = 4096;
 /// itself killed before its destructors could run.
 const SETPRIV: &str = "/usr/bin/setpriv";
 
-pub(crate) struct Managed {
+/// A child process whose output goes to `<dir>/<name>.log`. Dropping it kills it (SIGKILL) and
+/// reaps it.
+pub struct Managed {
     name: &'static str,
     child: Child,
     log: PathBuf,
 }
 
 impl Managed {
-    pub(crate) fn spawn(
+    pub fn spawn(
         name: &'static str,
         binary: &Path,
         args: &[String],
         dir: &Path,
+    ) -> Result<Self, TestbedError> {
+        Self::spawn_with_env(name, binary, args, dir, &[])
+    }
+
+    /// As [`Managed::spawn`], with extra environment variables.
+    pub fn spawn_with_env(
+        name: &'static str,
+        binary: &Path,
+        args: &[String],
+        dir: &Path,
+        env: &[(&str, &OsStr)],
     ) -> Result<Self, TestbedError> {
         let log = dir.join(format!("{name}.log"));
         let out = File::create(&log).map_err(io_err(format!("creating {}", log.display())))?;
@@ -42,6 +58,7 @@ impl Managed {
             Command::new(binary)
         };
         cmd.args(args)
+            .envs(env.iter().copied())
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(out)
@@ -54,20 +71,20 @@ impl Managed {
         Ok(Self { name, child, log })
     }
 
-    pub(crate) fn name(&self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         self.name
     }
 
-    pub(crate) fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    pub(crate) fn log_path(&self) -> &Path {
+    pub fn log_path(&self) -> &Path {
         &self.log
     }
 
     /// The last few KiB of the process's log.
-    pub(crate) fn log_tail(&self) -> String {
+    pub fn log_tail(&self) -> String {
         let Ok(mut f) = File::open(&self.log) else {
             return String::new();
         };
@@ -79,7 +96,7 @@ impl Managed {
     }
 
     /// Fails if the process has already exited.
-    pub(crate) fn check_alive(&mut self) -> Result<(), TestbedError> {
+    pub fn check_alive(&mut self) -> Result<(), TestbedError> {
         match self.child.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => Err(TestbedError::Exited {
@@ -92,6 +109,39 @@ impl Managed {
                 context: format!("checking on {}", self.name),
                 source: e,
             }),
+        }
+    }
+}
+
+impl Managed {
+    /// Sends a signal by name (`TERM`, `STOP`, `CONT`, ...) with util-linux's `kill`.
+    pub fn signal(&self, signal: &str) -> Result<(), TestbedError> {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .map_err(io_err(format!("signalling {}", self.name)))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(TestbedError::Io {
+                context: format!("kill -{signal} {} ({})", self.pid(), self.name),
+                source: std::io::Error::other(status.to_string()),
+            })
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it is still running.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if started.elapsed() >= timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

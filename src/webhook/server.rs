@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -46,8 +47,26 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
+        // Bodies without a length (chunked) are cut off at the limit while being read...
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // ...and an announced length over it is refused before a byte of the body is read.
+        .layer(middleware::from_fn(refuse_announced_oversize))
         .with_state(state)
+}
+
+async fn refuse_announced_oversize(request: Request, next: Next) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    match announced {
+        Some(len) if len > MAX_BODY_BYTES as u64 => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body of {len} bytes is over the {MAX_BODY_BYTES}-byte limit\n"),
+        )
+            .into_response(),
+        _ => next.run(request).await,
+    }
 }
 
 async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {

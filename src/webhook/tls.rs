@@ -32,6 +32,12 @@ pub enum TlsError {
     Key { path: String, message: String },
     #[error("{path}: certificate does not parse: {message}")]
     Certificate { path: String, message: String },
+    #[error("{key} is not the private key of {cert}: {message}")]
+    Mismatch {
+        cert: String,
+        key: String,
+        message: String,
+    },
     #[error("building the TLS configuration: {0}")]
     Config(#[from] rustls::Error),
 }
@@ -86,8 +92,16 @@ fn parse(
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| key_err(e.to_string()))?;
     let signing_key =
         rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| key_err(e.to_string()))?;
+    let key = CertifiedKey::new(certs, signing_key);
+    // A Secret update seen half-way (new certificate, old key) must not be served: every
+    // handshake would fail until the next poll.
+    key.keys_match().map_err(|e| TlsError::Mismatch {
+        cert: cert_path.display().to_string(),
+        key: key_path.display().to_string(),
+        message: e.to_string(),
+    })?;
     Ok(Loaded {
-        key: Arc::new(CertifiedKey::new(certs, signing_key)),
+        key: Arc::new(key),
         not_after,
     })
 }

@@ -65,3 +65,112 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The operator binary, run as a real process against the control plane, on free loopback ports,
+/// with dev certificates written into `dir`. Killed when dropped.
+pub struct Operator {
+    pub process: trust_rotation_operator::testbed::Managed,
+    pub webhook_port: u16,
+    pub admin_port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Operator {
+    pub fn binary() -> std::path::PathBuf {
+        env!("CARGO_BIN_EXE_trust-rotation-operator").into()
+    }
+
+    /// `trust-rotation-operator certs dev`, then `trust-rotation-operator run`.
+    pub fn start(cp: &ControlPlane) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let status = std::process::Command::new(Self::binary())
+            .args(["certs", "dev", "--out"])
+            .arg(dir.path())
+            .status()
+            .expect("running certs dev");
+        assert!(status.success(), "certs dev failed: {status}");
+        let port = || trust_rotation_operator::testbed::free_port().expect("free port");
+        let (webhook_port, admin_port) = (port(), port());
+        let file = |name: &str| dir.path().join(name).display().to_string();
+        let args = vec![
+            "run".to_owned(),
+            format!("--webhook-addr=127.0.0.1:{webhook_port}"),
+            format!("--admin-addr=127.0.0.1:{admin_port}"),
+            format!("--tls-cert-file={}", file("tls.crt")),
+            format!("--tls-key-file={}", file("tls.key")),
+            "--cert-reload-interval=200ms".to_owned(),
+        ];
+        let process = trust_rotation_operator::testbed::Managed::spawn_with_env(
+            "trust-rotation-operator",
+            &Self::binary(),
+            &args,
+            dir.path(),
+            &[
+                ("KUBECONFIG", cp.kubeconfig().as_os_str()),
+                ("RUST_LOG", std::ffi::OsStr::new("info")),
+            ],
+        )
+        .expect("starting the operator");
+        Self {
+            process,
+            webhook_port,
+            admin_port,
+            dir,
+        }
+    }
+
+    pub fn webhook_url(&self) -> String {
+        format!("https://127.0.0.1:{}/mutate", self.webhook_port)
+    }
+
+    /// GET on the admin server: (status code, body), or `None` if it does not answer.
+    pub fn admin_get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(("127.0.0.1", self.admin_port), path)
+    }
+
+    /// Waits until `/ready` answers 200, failing with the operator's log if it never does.
+    pub async fn wait_ready(&mut self, timeout: Duration) {
+        let started = Instant::now();
+        loop {
+            if let Some((200, _)) = self.admin_get("/ready") {
+                return;
+            }
+            if let Err(e) = self.process.check_alive() {
+                panic!("operator exited before ready: {e}");
+            }
+            if started.elapsed() > timeout {
+                panic!(
+                    "operator not ready after {timeout:?}: {:?}\nlog:\n{}",
+                    self.admin_get("/ready"),
+                    self.process.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The value of one metric sample line, such as
+    /// `trust_rotation_webhook_admissions_total{outcome="patched"}`.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let (_, body) = self.admin_get("/metrics")?;
+        body.lines().find_map(|line| {
+            let rest = line.strip_prefix(sample)?;
+            rest.strip_prefix(' ')?.trim().parse().ok()
+        })
+    }
+}
+
+/// A minimal HTTP/1.0 GET, enough for the admin server's plain-text answers.
+pub fn http_get(addr: (&str, u16), path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", addr.0).ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_owned()))
+}
+pub mod server;
+pub mod tls_client;

@@ -1,0 +1,71 @@
+//! The webhook's HTTPS server run in-process (no Kubernetes needed): the real router, TLS
+//! config and reloading resolver over a fixed view. Shared by tests and the benchmark.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use trust_rotation_operator::webhook::metrics::WebhookMetrics;
+use trust_rotation_operator::webhook::server::{AppState, router, serve_tls};
+use trust_rotation_operator::webhook::tls::{ReloadingResolver, server_config};
+use trust_rotation_operator::webhook::view::ViewHandle;
+
+pub struct InProcessWebhook {
+    pub addr: SocketAddr,
+    pub resolver: Arc<ReloadingResolver>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl InProcessWebhook {
+    /// Serves `/mutate` on a free loopback port, re-reading the certificate files every
+    /// `reload_every`.
+    pub async fn start(cert: &Path, key: &Path, view: ViewHandle, reload_every: Duration) -> Self {
+        let resolver = ReloadingResolver::new(cert, key).expect("serving certificate");
+        let tls = server_config(resolver.clone()).expect("TLS config");
+        let metrics = WebhookMetrics::register(&mut Registry::default());
+        let app = router(AppState { view, metrics });
+        Self::start_with(tls, app, resolver, reload_every).await
+    }
+
+    /// Serves any router over the given TLS config (the benchmark's no-op baseline).
+    pub async fn start_with(
+        tls: Arc<rustls::ServerConfig>,
+        app: axum::Router,
+        resolver: Arc<ReloadingResolver>,
+        reload_every: Duration,
+    ) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_tls(listener, tls, app, async {
+            let _ = rx.await;
+        }));
+        let watcher = tokio::spawn(resolver.clone().watch(reload_every, |_| {}));
+        Self {
+            addr,
+            resolver,
+            shutdown: Some(tx),
+            server,
+            watcher,
+        }
+    }
+
+    /// Graceful shutdown: stops accepting, waits for requests in flight.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.server).await.unwrap();
+    }
+}
+
+impl Drop for InProcessWebhook {
+    fn drop(&mut self) {
+        self.server.abort();
+        self.watcher.abort();
+    }
+}

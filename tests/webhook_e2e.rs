@@ -1,0 +1,329 @@
+//! The webhook end to end: the real operator binary serving TLS on loopback, registered with
+//! the real API server by URL, stamping pods the API server sends it, and a stopped or hung
+//! webhook never blocking pod creation.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{MANAGER, Operator, eventually, install_crd, start_control_plane};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use trust_rotation_operator::bundle::Bundle;
+use trust_rotation_operator::crd::TrustAnchorRotation;
+use trust_rotation_operator::testbed::ControlPlane;
+use trust_rotation_operator::webhook::patch::{
+    MAX_REFRESH_ENV, PROXY_ADDITIONAL_ENV_ANNOTATION, PROXY_CONTAINER, TRUST_ANCHORS_ENV,
+    TRUST_BUNDLE_ANNOTATION,
+};
+
+const MESHED_NS: &str = "emojivoto";
+const PLAIN_NS: &str = "plain";
+const OPTED_OUT_NS: &str = "webhooks-off";
+const ANCHOR_PEM: &str = include_str!("fixtures/anchor.pem");
+
+fn anchor_fingerprint() -> String {
+    Bundle::from_pem("tests/fixtures/anchor.pem", ANCHOR_PEM)
+        .unwrap()
+        .fingerprint()
+}
+
+async fn apply<K>(api: &Api<K>, name: &str, value: serde_json::Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&value),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+}
+
+/// Namespaces, the trust-roots ConfigMap and the `cluster` rotation in an accelerated phase.
+async fn seed_cluster(cp: &ControlPlane) {
+    let client = cp.client();
+    install_crd(&client).await;
+    let nss: Api<Namespace> = Api::all(client.clone());
+    for (name, annotations, labels) in [
+        ("linkerd", json!({}), json!({})),
+        (
+            MESHED_NS,
+            json!({"linkerd.io/inject": "enabled"}),
+            json!({}),
+        ),
+        (PLAIN_NS, json!({}), json!({})),
+        (
+            OPTED_OUT_NS,
+            json!({"linkerd.io/inject": "enabled"}),
+            json!({"config.linkerd.io/admission-webhooks": "disabled"}),
+        ),
+    ] {
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "annotations": annotations, "labels": labels}});
+        apply(&nss, name, ns).await;
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "linkerd");
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "linkerd-identity-trust-roots"},
+        "data": {"ca-bundle.crt": ANCHOR_PEM}});
+    apply(&cms, "linkerd-identity-trust-roots", cm).await;
+    set_rotation_phase(&client, "PropagatingTrustRoots").await;
+    // Pods need their namespace's default ServiceAccount, which the controller-manager creates.
+    for ns in [MESHED_NS, PLAIN_NS, OPTED_OUT_NS] {
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+        eventually(
+            &format!("ServiceAccount {ns}/default"),
+            Duration::from_secs(30),
+            || {
+                let sas = sas.clone();
+                async move { sas.get_opt("default").await.ok().flatten() }
+            },
+        )
+        .await;
+    }
+}
+
+async fn set_rotation_phase(client: &kube::Client, phase: &str) {
+    let tars: Api<TrustAnchorRotation> = Api::all(client.clone());
+    let tar = json!({"apiVersion": "trust.linkerd.io/v1alpha1", "kind": "TrustAnchorRotation",
+        "metadata": {"name": "cluster"}, "spec": {}});
+    apply(&tars, "cluster", tar).await;
+    let status = json!({"apiVersion": "trust.linkerd.io/v1alpha1", "kind": "TrustAnchorRotation",
+        "metadata": {"name": "cluster"},
+        "status": {"phase": phase, "workloadCertificateRefreshInterval": "5m"}});
+    tars.patch_status(
+        "cluster",
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&status),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("setting rotation phase {phase}: {e}"));
+}
+
+fn register_webhook(cp: &ControlPlane, op: &Operator) {
+    let out = std::process::Command::new(Operator::binary())
+        .args(["webhook-config", "--url", &op.webhook_url(), "--ca-file"])
+        .arg(op.dir.path().join("ca.crt"))
+        .output()
+        .expect("webhook-config");
+    assert!(out.status.success(), "webhook-config: {out:?}");
+    kubectl_apply(cp, &out.stdout);
+}
+
+fn kubectl_apply(cp: &ControlPlane, yaml: &[u8]) {
+    use std::io::Write;
+    let mut child = cp
+        .kubectl()
+        .expect("kubectl")
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl apply");
+    child.stdin.take().unwrap().write_all(yaml).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "kubectl apply: {out:?}");
+}
+
+/// A pod as a user writes it: one app container, never scheduled (there is no kubelet).
+fn app_pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "annotations": {
+            PROXY_ADDITIONAL_ENV_ANNOTATION: r#"[{"name":"USER_SETTING","value":"kept"}]"#}},
+        "spec": {"automountServiceAccountToken": false,
+            "containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
+    }))
+    .unwrap()
+}
+
+/// A pod as it leaves Linkerd's proxy injector: with the proxy container and its anchors.
+fn injected_pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "annotations": {"linkerd.io/proxy-version": "stable"}},
+        "spec": {"automountServiceAccountToken": false, "containers": [
+            {"name": "app", "image": "registry.invalid/app:1"},
+            {"name": PROXY_CONTAINER, "image": "registry.invalid/proxy:1",
+             "env": [{"name": TRUST_ANCHORS_ENV, "value": ANCHOR_PEM}]}
+        ]}
+    }))
+    .unwrap()
+}
+
+fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
+}
+
+fn proxy_env(pod: &Pod, name: &str) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let proxy = spec.containers.iter().find(|c| c.name == PROXY_CONTAINER)?;
+    proxy
+        .env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == name)?
+        .value
+        .clone()
+}
+
+/// The API server picks up a new webhook configuration a moment after it is created; probe
+/// with throwaway pods until one comes back stamped.
+async fn wait_webhook_in_effect(pods: &Api<Pod>) {
+    let mut n = 0;
+    eventually(
+        "the API server to call the webhook",
+        Duration::from_secs(30),
+        || {
+            n += 1;
+            let (pods, name) = (pods.clone(), format!("probe-{n}"));
+            async move {
+                let pod = pods.create(&PostParams::default(), &app_pod(&name)).await;
+                let pod = pod.unwrap_or_else(|e| panic!("creating {name}: {e}"));
+                let _ = pods.delete(&name, &DeleteParams::default()).await;
+                annotation(&pod, TRUST_BUNDLE_ANNOTATION).map(|_| ())
+            }
+        },
+    )
+    .await;
+}
+
+fn describe(cp: &ControlPlane, ns: &str, name: &str) -> String {
+    let out = cp
+        .kubectl()
+        .expect("kubectl")
+        .args(["describe", "pod", "-n", ns, name])
+        .output()
+        .expect("kubectl describe");
+    assert!(out.status.success(), "kubectl describe: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Times a pod creation that the API server first sends to the webhook.
+async fn create_timed(pods: &Api<Pod>, pod: &Pod) -> (Pod, Duration) {
+    let started = Instant::now();
+    let name = pod.metadata.name.clone().unwrap();
+    let created = pods
+        .create(&PostParams::default(), pod)
+        .await
+        .unwrap_or_else(|e| panic!("creating {name}: {e}"));
+    (created, started.elapsed())
+}
+
+#[tokio::test]
+async fn webhook_stamps_pods_and_never_blocks_them() {
+    let cp = start_control_plane().await;
+    seed_cluster(&cp).await;
+    let mut op = Operator::start(&cp);
+    op.wait_ready(Duration::from_secs(60)).await;
+    register_webhook(&cp, &op);
+
+    let client = cp.client();
+    let meshed: Api<Pod> = Api::namespaced(client.clone(), MESHED_NS);
+    wait_webhook_in_effect(&meshed).await;
+    let fingerprint = anchor_fingerprint();
+
+    // A user's pod in a meshed namespace, before the proxy injector: annotation, and the
+    // accelerated refresh merged into the user's additional env.
+    let (pod, _) = create_timed(&meshed, &app_pod("app")).await;
+    assert_eq!(
+        annotation(&pod, TRUST_BUNDLE_ANNOTATION),
+        Some(fingerprint.as_str())
+    );
+    let env: serde_json::Value =
+        serde_json::from_str(annotation(&pod, PROXY_ADDITIONAL_ENV_ANNOTATION).unwrap()).unwrap();
+    assert_eq!(
+        env,
+        json!([{"name": "USER_SETTING", "value": "kept"},
+               {"name": MAX_REFRESH_ENV, "value": "300s"}])
+    );
+
+    // An injected pod: the env var lands on the proxy container, where `kubectl describe`
+    // shows it.
+    let (pod, _) = create_timed(&meshed, &injected_pod("injected")).await;
+    assert_eq!(proxy_env(&pod, MAX_REFRESH_ENV).as_deref(), Some("300s"));
+    assert_eq!(
+        annotation(&pod, TRUST_BUNDLE_ANNOTATION),
+        Some(fingerprint.as_str())
+    );
+    let described = describe(&cp, MESHED_NS, "injected");
+    let line = described
+        .lines()
+        .find(|l| l.trim_start().starts_with(MAX_REFRESH_ENV))
+        .unwrap_or_else(|| panic!("kubectl describe shows no {MAX_REFRESH_ENV}:\n{described}"));
+    assert!(line.trim_end().ends_with("300s"), "{line}");
+    eprintln!("kubectl describe pod: {}", line.trim());
+
+    // Not meshed, and opted out of admission webhooks: untouched.
+    let plain: Api<Pod> = Api::namespaced(client.clone(), PLAIN_NS);
+    let (pod, _) = create_timed(&plain, &app_pod("plain")).await;
+    assert_eq!(annotation(&pod, TRUST_BUNDLE_ANNOTATION), None);
+    let opted_out: Api<Pod> = Api::namespaced(client.clone(), OPTED_OUT_NS);
+    let (pod, _) = create_timed(&opted_out, &app_pod("opted-out")).await;
+    assert_eq!(annotation(&pod, TRUST_BUNDLE_ANNOTATION), None);
+
+    // The view follows the rotation: once Synced, pods get the annotation but no acceleration.
+    set_rotation_phase(&client, "Synced").await;
+    let mut n = 0;
+    let pod = eventually(
+        "the webhook to see phase Synced",
+        Duration::from_secs(30),
+        || {
+            n += 1;
+            let meshed = meshed.clone();
+            async move {
+                let (pod, _) = create_timed(&meshed, &injected_pod(&format!("synced-{n}"))).await;
+                proxy_env(&pod, MAX_REFRESH_ENV).is_none().then_some(pod)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        annotation(&pod, TRUST_BUNDLE_ANNOTATION),
+        Some(fingerprint.as_str())
+    );
+
+    // What the operator counted.
+    let patched = op
+        .metric(r#"trust_rotation_webhook_admissions_total{outcome="patched"}"#)
+        .expect("patched count in /metrics");
+    let skipped = op
+        .metric(r#"trust_rotation_webhook_admissions_total{outcome="skipped"}"#)
+        .expect("skipped count in /metrics");
+    assert!(patched >= 3.0, "patched = {patched}");
+    assert!(skipped >= 1.0, "skipped = {skipped}");
+    assert!(
+        op.metric("trust_rotation_webhook_serving_certificate_not_after_seconds")
+            .unwrap()
+            > 0.0
+    );
+
+    // Hung (SIGSTOP: the kernel still accepts connections, nobody answers): the API server gives
+    // up after the configured timeout and creates the pod unstamped.
+    op.process.signal("STOP").unwrap();
+    let (pod, took) = create_timed(&meshed, &app_pod("while-hung")).await;
+    op.process.signal("CONT").unwrap();
+    assert_eq!(annotation(&pod, TRUST_BUNDLE_ANNOTATION), None);
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    eprintln!("pod created while the webhook hung: {took:?}");
+
+    // Stopped (SIGTERM): exits cleanly and in time, then pods are created at once, unstamped.
+    op.process.signal("TERM").unwrap();
+    let status = op
+        .process
+        .wait_timeout(Duration::from_secs(15))
+        .expect("operator exits within 15s of SIGTERM");
+    assert!(status.success(), "exit: {status}");
+    let (pod, took) = create_timed(&meshed, &app_pod("while-stopped")).await;
+    assert_eq!(annotation(&pod, TRUST_BUNDLE_ANNOTATION), None);
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    eprintln!("pod created while the webhook was stopped: {took:?}");
+}

@@ -1,0 +1,321 @@
+//! The webhook's HTTPS server over real TLS handshakes on loopback: certificate rotation under a
+//! running server (Kubernetes' Secret-volume symlink swap and in-place rewrites), connections in
+//! flight kept, oversized and malformed bodies, graceful shutdown.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::eventually;
+use common::server::InProcessWebhook;
+use common::tls_client::{Connection, client_config};
+use hyper::body::Bytes;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use trust_rotation_operator::crd::Phase;
+use trust_rotation_operator::webhook::patch::RotationView;
+use trust_rotation_operator::webhook::view::ViewHandle;
+
+const RELOAD: Duration = Duration::from_millis(50);
+
+/// A dev CA and serving certificate in their own folder.
+struct Certs {
+    dir: tempfile::TempDir,
+}
+
+impl Certs {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        trust_rotation_operator::devcerts::write(dir.path(), vec!["localhost".to_owned()]).unwrap();
+        Self { dir }
+    }
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn ca(&self) -> Vec<u8> {
+        std::fs::read(self.file("ca.crt")).unwrap()
+    }
+    fn leaf(&self) -> CertificateDer<'static> {
+        CertificateDer::from_pem_file(self.file("tls.crt")).unwrap()
+    }
+}
+
+/// A folder laid out as the kubelet lays out a Secret volume: `tls.crt -> ..data/tls.crt`,
+/// `..data -> ..<version>`, and an update is one atomic rename of `..data`.
+struct SecretVolume {
+    dir: tempfile::TempDir,
+    version: u32,
+}
+
+impl SecretVolume {
+    fn new(certs: &Certs) -> Self {
+        let mut volume = Self {
+            dir: tempfile::tempdir().unwrap(),
+            version: 0,
+        };
+        volume.update(certs);
+        for name in ["tls.crt", "tls.key"] {
+            std::os::unix::fs::symlink(format!("..data/{name}"), volume.dir.path().join(name))
+                .unwrap();
+        }
+        volume
+    }
+
+    fn update(&mut self, certs: &Certs) {
+        self.version += 1;
+        let root = self.dir.path();
+        let version = format!("..2026_11_23_00_00_{:02}.{}", self.version, self.version);
+        std::fs::create_dir(root.join(&version)).unwrap();
+        for name in ["tls.crt", "tls.key"] {
+            std::fs::copy(certs.file(name), root.join(&version).join(name)).unwrap();
+        }
+        std::os::unix::fs::symlink(&version, root.join("..data_tmp")).unwrap();
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.dir.path().join("tls.crt")
+    }
+    fn key(&self) -> PathBuf {
+        self.dir.path().join("tls.key")
+    }
+}
+
+fn view() -> ViewHandle {
+    ViewHandle::fixed(RotationView {
+        phase: Phase::Synced,
+        desired_bundle_fingerprint: None,
+        refresh_interval: None,
+    })
+}
+
+fn review_body(uid: &str) -> Bytes {
+    let review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "plain", "name": "p", "operation": "CREATE",
+            "userInfo": {"username": "test"},
+            "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                "spec": {"containers": [{"name": "app", "image": "app"}]}}
+        }
+    });
+    Bytes::from(serde_json::to_vec(&review).unwrap())
+}
+
+/// Posts one review on `conn` and checks it was answered for that uid.
+async fn round_trip(conn: &mut Connection, uid: &str) {
+    let (status, body) = conn.post("/mutate", review_body(uid)).await.unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["response"]["uid"], uid);
+    assert_eq!(v["response"]["allowed"], true);
+}
+
+/// Opens new connections until one is served `want`.
+async fn wait_served(addr: std::net::SocketAddr, config: &Arc<rustls::ClientConfig>, want: &Certs) {
+    let want = want.leaf();
+    eventually(
+        "the new certificate on a new connection",
+        Duration::from_secs(10),
+        || {
+            let (config, want) = (config.clone(), want.clone());
+            async move {
+                let conn = Connection::open(addr, config).await.ok()?;
+                (conn.peer_certificate == want).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_volume_swap_is_served_on_the_next_connection_and_keeps_connections_in_flight() {
+    let (old, new) = (Certs::new(), Certs::new());
+    let mut volume = SecretVolume::new(&old);
+    let server = InProcessWebhook::start(&volume.cert(), &volume.key(), view(), RELOAD).await;
+    let config = client_config(&[&old.ca(), &new.ca()]);
+
+    let mut in_flight = Connection::open(server.addr, config.clone()).await.unwrap();
+    assert_eq!(in_flight.peer_certificate, old.leaf());
+    round_trip(&mut in_flight, "before").await;
+
+    volume.update(&new);
+    wait_served(server.addr, &config, &new).await;
+
+    // The connection opened before the swap still works (and keeps the certificate it had).
+    round_trip(&mut in_flight, "after").await;
+    assert_eq!(in_flight.peer_certificate, old.leaf());
+
+    // A client that trusts only the old CA is now refused: the old certificate is gone.
+    let old_only = client_config(&[&old.ca()]);
+    assert!(Connection::open(server.addr, old_only).await.is_err());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_written_update_keeps_the_old_certificate_until_the_pair_matches() {
+    let (old, new) = (Certs::new(), Certs::new());
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::copy(old.file("tls.crt"), &cert).unwrap();
+    std::fs::copy(old.file("tls.key"), &key).unwrap();
+    let server = InProcessWebhook::start(&cert, &key, view(), RELOAD).await;
+    let config = client_config(&[&old.ca(), &new.ca()]);
+
+    // New certificate, old key: a pair that does not match is never served.
+    std::fs::copy(new.file("tls.crt"), &cert).unwrap();
+    let err = server.resolver.reload().unwrap_err().to_string();
+    assert!(err.contains("is not the private key of"), "{err}");
+    tokio::time::sleep(RELOAD * 4).await;
+    let mut conn = Connection::open(server.addr, config.clone()).await.unwrap();
+    assert_eq!(conn.peer_certificate, old.leaf());
+    round_trip(&mut conn, "half-written").await;
+
+    // Garbage in place of the certificate: still the old one.
+    std::fs::write(&cert, b"not a certificate").unwrap();
+    tokio::time::sleep(RELOAD * 4).await;
+    let conn = Connection::open(server.addr, config.clone()).await.unwrap();
+    assert_eq!(conn.peer_certificate, old.leaf());
+
+    // The matching key arrives: the new pair is served.
+    std::fs::copy(new.file("tls.crt"), &cert).unwrap();
+    std::fs::copy(new.file("tls.key"), &key).unwrap();
+    wait_served(server.addr, &config, &new).await;
+    server.stop().await;
+}
+
+/// Writes raw HTTP over TLS, for requests a well-behaved client would not send.
+async fn raw_tls(
+    addr: std::net::SocketAddr,
+    certs: &Certs,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(client_config(&[&certs.ca()]))
+        .connect(
+            rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+            tcp,
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_body_is_refused_with_413() {
+    let certs = Certs::new();
+    let server = InProcessWebhook::start(
+        &certs.file("tls.crt"),
+        &certs.file("tls.key"),
+        view(),
+        RELOAD,
+    )
+    .await;
+    let mut tls = raw_tls(server.addr, &certs).await;
+    // Announce 8 MiB, send 1 KiB, and wait: the answer must come without the rest.
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        8 * 1024 * 1024
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(&[b' '; 1024]).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut response = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut response))
+        .await
+        .expect("an answer before the body was sent")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response[..n]);
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+
+    // Without an announced length (chunked), the body is cut off at the limit while read.
+    let mut tls = raw_tls(server.addr, &certs).await;
+    let head = "POST /mutate HTTP/1.1\r\nhost: 127.0.0.1\r\ntransfer-encoding: chunked\r\n\r\n";
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, " ".repeat(64 * 1024));
+    for _ in 0..(8 * 16) {
+        if tls.write_all(chunk.as_bytes()).await.is_err() {
+            break; // the server answered and closed: expected
+        }
+    }
+    let _ = tls.flush().await;
+    let mut response = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut response))
+        .await
+        .expect("an answer to an endless chunked body")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response[..n]);
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+
+    // The limit is 7 MiB: a body just under it is read and answered (invalid, but 200).
+    let mut conn = Connection::open(server.addr, client_config(&[&certs.ca()]))
+        .await
+        .unwrap();
+    let (status, _) = conn
+        .post("/mutate", Bytes::from(vec![b' '; 7 * 1024 * 1024 - 1]))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_bodies_get_200_and_say_what_was_wrong() {
+    let certs = Certs::new();
+    let server = InProcessWebhook::start(
+        &certs.file("tls.crt"),
+        &certs.file("tls.key"),
+        view(),
+        RELOAD,
+    )
+    .await;
+    let mut conn = Connection::open(server.addr, client_config(&[&certs.ca()]))
+        .await
+        .unwrap();
+    for (body, says) in [
+        (&b"{not json"[..], "not an AdmissionReview"),
+        (&b""[..], "not an AdmissionReview"),
+        (
+            &br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"u-1"}}"#[..],
+            "admission.k8s.io/v1beta1",
+        ),
+        (
+            &br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#[..],
+            "no request",
+        ),
+    ] {
+        let (status, answer) = conn.post("/mutate", Bytes::from(body)).await.unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(body));
+        let v: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        let message = v["response"]["status"]["message"].as_str().unwrap_or("");
+        assert!(message.contains(says), "{message:?} should mention {says:?}");
+    }
+    // The connection survived every bad request.
+    round_trip(&mut conn, "still-alive").await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_stops_accepting() {
+    let certs = Certs::new();
+    let server = InProcessWebhook::start(
+        &certs.file("tls.crt"),
+        &certs.file("tls.key"),
+        view(),
+        RELOAD,
+    )
+    .await;
+    let addr = server.addr;
+    let config = client_config(&[&certs.ca()]);
+    let mut conn = Connection::open(addr, config.clone()).await.unwrap();
+    round_trip(&mut conn, "before-shutdown").await;
+    drop(conn);
+    tokio::time::timeout(Duration::from_secs(5), server.stop())
+        .await
+        .expect("shutdown within 5s when idle");
+    assert!(Connection::open(addr, config).await.is_err());
+}
