@@ -2,8 +2,6 @@
 //! each patch is applied to the pod it was made for, the result checked, and the result
 //! re-submitted to show the webhook is idempotent.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 use trust_rotation_operator::crd::Phase;
@@ -41,11 +39,11 @@ fn accelerating_view() -> RotationView {
 }
 
 /// `emojivoto` has `linkerd.io/inject: enabled`; every other namespace has no annotations.
-fn namespaces(ns: &str) -> Option<BTreeMap<String, String>> {
-    (ns == "emojivoto").then(|| BTreeMap::from([("linkerd.io/inject".into(), "enabled".into())]))
+fn namespaces(ns: &str) -> Option<String> {
+    (ns == "emojivoto").then(|| "enabled".to_owned())
 }
 
-fn no_namespace_annotations(_: &str) -> Option<BTreeMap<String, String>> {
+fn no_namespace_annotations(_: &str) -> Option<String> {
     None
 }
 
@@ -57,13 +55,18 @@ fn response(r: &Reviewed) -> Value {
     serde_json::to_value(&r.review).unwrap()["response"].clone()
 }
 
-/// The JSON Patch of a response. kube-rs writes the bytes as a JSON array of numbers, which the
-/// API server's decoder accepts for a `[]byte` field just like base64.
+/// The JSON Patch of a response: base64 in the JSON, as the API server encodes `[]byte`.
 fn patch_of(r: &Reviewed) -> json_patch::Patch {
+    use base64::Engine;
     let resp = response(r);
     assert_eq!(resp["patchType"], "JSONPatch");
-    let bytes: Vec<u8> = serde_json::from_value(resp["patch"].clone()).expect("a patch");
-    serde_json::from_slice(&bytes).unwrap()
+    let b64 = resp["patch"].as_str().expect("a base64 patch");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(r.review.decoded_patch().as_ref(), Some(&patch));
+    patch
 }
 
 /// Applies the response's patch to the request's pod; returns the new pod and a review of it.
@@ -340,6 +343,11 @@ fn wrong_api_version_is_invalid_with_uid_echoed() {
     assert_eq!(r.outcome, Outcome::Invalid);
     let resp = response(&r);
     assert_eq!(resp["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+    assert_eq!(
+        resp["allowed"], true,
+        "an unusable body is answered, never denied"
+    );
+    assert_eq!(resp["status"]["code"], 400);
     assert!(
         resp["status"]["message"]
             .as_str()
@@ -394,4 +402,22 @@ fn one_mebibyte_pod_is_patched() {
         Some(1024 * 1024)
     );
     assert_idempotent(&again, &accelerating_view());
+}
+
+#[test]
+fn object_that_is_not_a_pod_is_invalid_but_allowed() {
+    let mut body = fixture("pod-inject-enabled");
+    body["request"]["object"]["spec"]["containers"] = json!("not a list");
+    let r = run(&body, Some(&accelerating_view()));
+    assert_eq!(r.outcome, Outcome::Invalid);
+    assert_eq!(r.namespace, "emojivoto");
+    let resp = response(&r);
+    assert_eq!(resp["uid"], r.uid);
+    assert_eq!(resp["allowed"], true);
+    assert!(resp["patch"].is_null());
+    let message = resp["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("request object is not a Pod"),
+        "{message}"
+    );
 }

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use trust_rotation_operator::crd::Phase;
+use trust_rotation_operator::webhook::admission::PodIn;
 use trust_rotation_operator::webhook::patch::{
     MAX_REFRESH_ENV, PROXY_ADDITIONAL_ENV_ANNOTATION, PodMutation, RotationView,
     TRUST_BUNDLE_ANNOTATION, mutate_pod,
@@ -143,10 +144,10 @@ fn view() -> impl Strategy<Value = RotationView> {
         })
 }
 
-fn namespace() -> impl Strategy<Value = Option<BTreeMap<String, String>>> {
+/// The namespace's `linkerd.io/inject`, if it has one.
+fn namespace() -> impl Strategy<Value = Option<String>> {
     proptest::option::of(
-        prop_oneof![Just("enabled"), Just("disabled"), Just("ingress")]
-            .prop_map(|v| BTreeMap::from([("linkerd.io/inject".to_owned(), v.to_owned())])),
+        prop_oneof![Just("enabled"), Just("disabled"), Just("ingress")].prop_map(str::to_owned),
     )
 }
 
@@ -155,16 +156,18 @@ proptest! {
 
     #[test]
     fn patch_applies_keeps_user_data_and_is_idempotent(pod_json in pod(), view in view(), ns in namespace()) {
-        let pod: Pod = serde_json::from_value(pod_json.clone()).unwrap();
-        let PodMutation::Meshed { patch, .. } = mutate_pod(&pod, ns.as_ref(), &view) else {
+        let _: Pod = serde_json::from_value(pod_json.clone()).expect("generated pods are Pods");
+        let pod: PodIn = serde_json::from_value(pod_json.clone()).unwrap();
+        let PodMutation::Meshed { patch, .. } = mutate_pod(&pod, ns.as_deref(), &view) else {
             return Ok(());
         };
         let mut patched = pod_json.clone();
         json_patch::patch(&mut patched, &patch).map_err(|e| {
             TestCaseError::fail(format!("patch {patch:?} does not apply: {e}"))
         })?;
-        let patched_pod: Pod = serde_json::from_value(patched.clone())
+        let _: Pod = serde_json::from_value(patched.clone())
             .map_err(|e| TestCaseError::fail(format!("result is not a Pod: {e}")))?;
+        let patched_pod: PodIn = serde_json::from_value(patched.clone()).unwrap();
 
         // Every annotation the user had is still there, untouched, except the two we own.
         if let Some(before) = pod_json["metadata"]["annotations"].as_object() {
@@ -182,7 +185,7 @@ proptest! {
         prop_assert_eq!(names(&pod_json, "initContainers"), names(&patched, "initContainers"));
 
         // Re-running on our own output changes nothing.
-        match mutate_pod(&patched_pod, ns.as_ref(), &view) {
+        match mutate_pod(&patched_pod, ns.as_deref(), &view) {
             PodMutation::Meshed { patch, .. } => prop_assert!(patch.is_empty(), "second patch: {:?}", patch),
             PodMutation::Skipped(r) => prop_assert!(false, "meshed pod became skipped: {:?}", r),
         }

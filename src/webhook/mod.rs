@@ -5,6 +5,7 @@
 //! - [`server`]: `POST /mutate` over TLS; [`tls`]: the reloading serving certificate.
 //! - [`view`]: the rotation view every replica keeps from watches; [`metrics`].
 
+pub mod admission;
 pub mod config;
 pub mod metrics;
 pub mod patch;

@@ -1,4 +1,5 @@
-//! The pure half of the webhook: (pod, namespace annotations, rotation view) -> JSON Patch.
+//! The pure half of the webhook: (pod, namespace's `linkerd.io/inject`, rotation view) -> JSON
+//! Patch.
 //!
 //! Rules (DESIGN.md "The webhook"): only meshed pods are touched; every meshed pod gets
 //! `trust.linkerd.io/trust-bundle-sha256`; while a rotation accelerates, the
@@ -10,9 +11,9 @@ use std::collections::BTreeMap;
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
-use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::{Value, json};
 
+use super::admission::{ContainerIn, PodIn};
 use crate::bundle::Bundle;
 use crate::crd::Phase;
 use crate::duration;
@@ -91,11 +92,8 @@ pub enum PodMutation {
 }
 
 /// Computes the patch for a Pod being created.
-pub fn mutate_pod(
-    pod: &Pod,
-    namespace_annotations: Option<&BTreeMap<String, String>>,
-    view: &RotationView,
-) -> PodMutation {
+/// `namespace_inject` is the pod's namespace's `linkerd.io/inject` annotation, if any.
+pub fn mutate_pod(pod: &PodIn, namespace_inject: Option<&str>, view: &RotationView) -> PodMutation {
     let annotations = pod.metadata.annotations.as_ref();
     let labels = pod.metadata.labels.as_ref();
     if labels.is_some_and(|l| l.contains_key(CONTROL_PLANE_COMPONENT_LABEL)) {
@@ -105,7 +103,7 @@ pub fn mutate_pod(
         return PodMutation::Skipped(SkipReason::Mirror);
     }
     let proxy = find_proxy(pod);
-    if proxy.is_none() && !injection_requested(annotations, namespace_annotations) {
+    if proxy.is_none() && !injection_requested(annotations, namespace_inject) {
         return PodMutation::Skipped(SkipReason::NotMeshed);
     }
 
@@ -160,21 +158,19 @@ pub fn mutate_pod(
 
 /// `linkerd.io/inject: enabled|ingress` on the pod or its namespace; the pod's own value wins,
 /// so a pod saying `disabled` in an enabled namespace is not meshed.
-fn injection_requested(
-    pod: Option<&BTreeMap<String, String>>,
-    namespace: Option<&BTreeMap<String, String>>,
-) -> bool {
+fn injection_requested(pod: Option<&BTreeMap<String, String>>, namespace: Option<&str>) -> bool {
     let value = pod
         .and_then(|a| a.get(INJECT_ANNOTATION))
-        .or_else(|| namespace.and_then(|a| a.get(INJECT_ANNOTATION)));
-    matches!(value.map(String::as_str), Some("enabled" | "ingress"))
+        .map(String::as_str)
+        .or(namespace);
+    matches!(value, Some("enabled" | "ingress"))
 }
 
 /// The proxy container: `(list, index, container)`, in `containers` or, for native sidecars,
 /// `initContainers`.
-fn find_proxy(pod: &Pod) -> Option<(&'static str, usize, &Container)> {
+fn find_proxy(pod: &PodIn) -> Option<(&'static str, usize, &ContainerIn)> {
     let spec = pod.spec.as_ref()?;
-    let find = |list: &[Container]| list.iter().position(|c| c.name == PROXY_CONTAINER);
+    let find = |list: &[ContainerIn]| list.iter().position(|c| c.name == PROXY_CONTAINER);
     if let Some(i) = find(&spec.containers) {
         return Some(("containers", i, &spec.containers[i]));
     }
@@ -182,7 +178,7 @@ fn find_proxy(pod: &Pod) -> Option<(&'static str, usize, &Container)> {
     find(init).map(|i| ("initContainers", i, &init[i]))
 }
 
-fn env_value<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
+fn env_value<'a>(container: &'a ContainerIn, name: &str) -> Option<&'a str> {
     container
         .env
         .as_ref()?
@@ -265,7 +261,7 @@ fn annotation_ops(
 fn container_env_ops(
     list: &str,
     index: usize,
-    container: &Container,
+    container: &ContainerIn,
     name: &str,
     value: &str,
 ) -> Vec<PatchOperation> {
@@ -275,9 +271,7 @@ fn container_env_ops(
         return vec![add(&["spec", list, &idx, "env"], json!([entry]))];
     };
     match env.iter().position(|e| e.name == name) {
-        Some(i) if env[i].value.as_deref() == Some(value) && env[i].value_from.is_none() => {
-            Vec::new()
-        }
+        Some(i) if env[i].value.as_deref() == Some(value) && !env[i].value_from => Vec::new(),
         Some(i) => vec![PatchOperation::Replace(ReplaceOperation {
             path: pointer(&["spec", list, &idx, "env", &i.to_string()]),
             value: entry,

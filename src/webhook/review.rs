@@ -1,14 +1,9 @@
 //! AdmissionReview in, AdmissionReview out: decoding, the Pod-CREATE gate, and the response.
 //! Pure: the server wraps it with TLS, metrics and logs.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::core::v1::Pod;
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use serde::Deserialize;
 use serde::de::IgnoredAny;
 
+use super::admission::{PodIn, RequestIn, ReviewIn, ReviewOut};
 use super::patch::{PodMutation, RotationView, SkipReason, mutate_pod};
 
 /// The only AdmissionReview version we accept (the webhook configuration asks for v1 only).
@@ -42,7 +37,7 @@ impl Outcome {
 /// Everything the server needs to answer and to account for one request.
 #[derive(Debug)]
 pub struct Reviewed {
-    pub review: AdmissionReview<DynamicObject>,
+    pub review: ReviewOut,
     pub outcome: Outcome,
     pub uid: String,
     pub namespace: String,
@@ -54,49 +49,23 @@ pub struct Reviewed {
     pub invalid_additional_env: bool,
 }
 
-/// The first look at a body: enough to route it, nothing of the object decoded.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Envelope {
-    api_version: Option<String>,
-    kind: Option<String>,
-    request: Option<EnvelopeRequest>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct EnvelopeRequest {
-    uid: Option<String>,
-    #[serde(default)]
-    kind: Option<Gvk>,
-    #[serde(default)]
-    operation: Option<String>,
-    #[serde(default)]
-    sub_resource: Option<String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    object: Option<IgnoredAny>,
-}
-
-#[derive(Deserialize)]
-struct Gvk {
-    #[serde(default)]
-    group: String,
-    #[serde(default)]
-    kind: String,
-}
-
 /// Answers one AdmissionReview body. `view` is `None` until the webhook's watches have synced:
-/// then every request is allowed unpatched. `namespace_annotations` looks up a namespace's
-/// annotations (for `linkerd.io/inject`).
+/// then every request is allowed unpatched. `namespace_inject` looks up a namespace's
+/// `linkerd.io/inject` annotation.
 pub fn review(
     body: &[u8],
     view: Option<&RotationView>,
-    namespace_annotations: &dyn Fn(&str) -> Option<BTreeMap<String, String>>,
+    namespace_inject: &dyn Fn(&str) -> Option<String>,
 ) -> Reviewed {
-    let envelope: Envelope = match serde_json::from_slice(body) {
-        Ok(e) => e,
-        Err(e) => return invalid(None, format!("body is not an AdmissionReview: {e}")),
+    // One pass reads a Pod request whole. Anything it cannot read that way (another kind, an
+    // object of another shape, not an AdmissionReview at all) is read again with the object
+    // skipped, to route it and to say exactly what was wrong.
+    let (envelope, pod_error) = match serde_json::from_slice::<ReviewIn<PodIn>>(body) {
+        Ok(envelope) => (envelope, None),
+        Err(pod_error) => match serde_json::from_slice::<ReviewIn<IgnoredAny>>(body) {
+            Ok(envelope) => (without_object(envelope), Some(pod_error)),
+            Err(e) => return invalid(None, format!("body is not an AdmissionReview: {e}")),
+        },
     };
     let uid = envelope.request.as_ref().and_then(|r| r.uid.clone());
     if envelope.kind.as_deref() != Some("AdmissionReview")
@@ -111,51 +80,57 @@ pub fn review(
             ),
         );
     }
-    let Some(header) = envelope.request else {
+    let Some(req) = envelope.request else {
         return invalid(None, "AdmissionReview has no request".to_owned());
     };
-    let is_pod_create = header
+    let Some(uid) = req.uid else {
+        return invalid(None, "AdmissionReview request has no uid".to_owned());
+    };
+    let namespace = req.namespace.unwrap_or_default();
+    let name = req.name.unwrap_or_default();
+    let answer = |outcome, note: &str| Reviewed {
+        review: ReviewOut::allow(&uid),
+        outcome,
+        uid: uid.clone(),
+        namespace: namespace.clone(),
+        name: name.clone(),
+        note: Some(note.to_owned()),
+        invalid_additional_env: false,
+    };
+
+    let is_pod_create = req
         .kind
         .as_ref()
         .is_some_and(|k| k.group.is_empty() && k.kind == "Pod")
-        && header.operation.as_deref() == Some("CREATE")
-        && header.sub_resource.is_none();
-
+        && req.operation.as_deref() == Some("CREATE")
+        && req.sub_resource.is_none();
     if !is_pod_create {
-        return match decode::<DynamicObject>(body) {
-            Ok(req) => allowed(&req, Outcome::Skipped, Some("not a Pod CREATE".to_owned())),
-            Err(e) => invalid(uid, e),
-        };
+        return answer(Outcome::Skipped, "not a Pod CREATE");
     }
-    let req = match decode::<Pod>(body) {
-        Ok(req) => req,
-        Err(e) => return invalid(uid, e),
-    };
-    debug_assert_eq!(req.operation, Operation::Create);
     let Some(view) = view else {
-        return allowed(
-            &req,
-            Outcome::Skipped,
-            Some("the rotation view has not synced yet".to_owned()),
-        );
+        return answer(Outcome::Skipped, "the rotation view has not synced yet");
     };
-    let Some(pod) = req.object.as_ref() else {
-        return allowed(
-            &req,
-            Outcome::Skipped,
-            Some("CREATE without an object".to_owned()),
+    if let Some(e) = pod_error {
+        let mut r = invalid(
+            Some(uid.clone()),
+            format!("request object is not a Pod: {e}"),
         );
+        (r.namespace, r.name) = (namespace, name);
+        return r;
+    }
+    let Some(pod) = req.object else {
+        return answer(Outcome::Skipped, "CREATE without an object");
     };
-    let ns_annotations = namespace_annotations(&req.namespace.clone().unwrap_or_default());
-    match mutate_pod(pod, ns_annotations.as_ref(), view) {
-        PodMutation::Skipped(reason) => {
-            let why = match reason {
+    let inject = namespace_inject(&namespace);
+    match mutate_pod(&pod, inject.as_deref(), view) {
+        PodMutation::Skipped(reason) => answer(
+            Outcome::Skipped,
+            match reason {
                 SkipReason::NotMeshed => "not meshed",
                 SkipReason::ControlPlane => "Linkerd control-plane pod",
                 SkipReason::Mirror => "mirror pod",
-            };
-            allowed(&req, Outcome::Skipped, Some(why.to_owned()))
-        }
+            },
+        ),
         PodMutation::Meshed {
             patch,
             invalid_additional_env,
@@ -169,66 +144,49 @@ pub fn review(
             .flatten()
             .collect::<Vec<_>>()
             .join("; ");
-            let note = (!note.is_empty()).then_some(note);
-            let bad_env = invalid_additional_env.is_some();
-            let mut reviewed = if patch.is_empty() {
-                allowed(&req, Outcome::Unchanged, note)
+            let (review, outcome) = if patch.is_empty() {
+                (ReviewOut::allow(&uid), Outcome::Unchanged)
             } else {
-                match AdmissionResponse::from(&req).with_patch(json_patch::Patch(patch)) {
-                    Ok(resp) => finish(&req, resp, Outcome::Patched, note),
+                match ReviewOut::patch(&uid, &json_patch::Patch(patch)) {
+                    Ok(review) => (review, Outcome::Patched),
                     // Serialising a patch of plain JSON values cannot fail; if it ever did, the
                     // pod is still admitted, unpatched.
-                    Err(e) => allowed(&req, Outcome::Skipped, Some(e.to_string())),
+                    Err(e) => return answer(Outcome::Skipped, &e.to_string()),
                 }
             };
-            reviewed.invalid_additional_env = bad_env;
-            reviewed
+            Reviewed {
+                review,
+                outcome,
+                uid,
+                namespace,
+                name,
+                note: (!note.is_empty()).then_some(note),
+                invalid_additional_env: invalid_additional_env.is_some(),
+            }
         }
     }
 }
 
-fn decode<T>(body: &[u8]) -> Result<AdmissionRequest<T>, String>
-where
-    T: kube::Resource + serde::de::DeserializeOwned,
-{
-    let review: AdmissionReview<T> = serde_json::from_slice(body)
-        .map_err(|e| format!("AdmissionReview request does not decode: {e}"))?;
-    review
-        .try_into()
-        .map_err(|e: kube::core::admission::ConvertAdmissionReviewError| e.to_string())
-}
-
-fn allowed<T: kube::Resource>(
-    req: &AdmissionRequest<T>,
-    outcome: Outcome,
-    note: Option<String>,
-) -> Reviewed {
-    finish(req, AdmissionResponse::from(req), outcome, note)
-}
-
-fn finish<T: kube::Resource>(
-    req: &AdmissionRequest<T>,
-    response: AdmissionResponse,
-    outcome: Outcome,
-    note: Option<String>,
-) -> Reviewed {
-    Reviewed {
-        review: response.into_review(),
-        outcome,
-        uid: req.uid.clone(),
-        namespace: req.namespace.clone().unwrap_or_default(),
-        name: req.name.clone(),
-        note,
-        invalid_additional_env: false,
+fn without_object(envelope: ReviewIn<IgnoredAny>) -> ReviewIn<PodIn> {
+    ReviewIn {
+        api_version: envelope.api_version,
+        kind: envelope.kind,
+        request: envelope.request.map(|r| RequestIn {
+            uid: r.uid,
+            kind: r.kind,
+            operation: r.operation,
+            sub_resource: r.sub_resource,
+            namespace: r.namespace,
+            name: r.name,
+            object: None,
+        }),
     }
 }
 
 fn invalid(uid: Option<String>, message: String) -> Reviewed {
-    let mut response = AdmissionResponse::invalid(&message);
-    // Echo the uid whenever the body carried one, so the caller can match the answer.
-    response.uid = uid.clone().unwrap_or_default();
     Reviewed {
-        review: response.into_review(),
+        // Echo the uid whenever the body carried one, so the caller can match the answer.
+        review: ReviewOut::invalid(uid.as_deref(), &message),
         outcome: Outcome::Invalid,
         uid: uid.unwrap_or_default(),
         namespace: String::new(),

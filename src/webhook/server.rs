@@ -80,7 +80,7 @@ async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
     let view = state.view.current();
     let reviewed = span.in_scope(|| {
         review(&body, view.as_deref(), &|ns| {
-            state.view.namespace_annotations(ns)
+            state.view.namespace_inject(ns)
         })
     });
     span.record("uid", reviewed.uid.as_str());

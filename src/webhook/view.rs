@@ -2,7 +2,6 @@
 //! TrustAnchorRotation, the trust-roots ConfigMap, and namespaces' annotations. Until all three
 //! have listed once the view is `None`, and the webhook patches nothing.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -79,11 +78,15 @@ impl ViewHandle {
         self.current().is_some()
     }
 
-    /// A namespace's annotations, from the namespace watch.
-    pub fn namespace_annotations(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
+    /// A namespace's `linkerd.io/inject` annotation, from the namespace watch.
+    pub fn namespace_inject(&self, namespace: &str) -> Option<String> {
         let guard = self.inner.namespaces.read().expect("view lock");
         let ns = guard.as_ref()?.get(&ObjectRef::new(namespace))?;
-        ns.metadata.annotations.clone()
+        ns.metadata
+            .annotations
+            .as_ref()?
+            .get(super::patch::INJECT_ANNOTATION)
+            .cloned()
     }
 
     /// Runs the watches until dropped, keeping the view current. Calls `on_synced` once, when

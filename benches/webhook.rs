@@ -1,0 +1,347 @@
+//! `cargo bench --bench webhook`: what the webhook costs.
+//!
+//! 1. The handler's work (decode the AdmissionReview, build the patch, encode the response)
+//!    for a typical pod and a 1 MiB pod, timed per call: median and p99.
+//! 2. A load run: concurrent keep-alive TLS clients posting a typical AdmissionReview to the
+//!    real server (one server thread = one core), next to a no-op TLS handler on the same stack
+//!    measured in the same run, rounds alternating so both see the same machine noise. Reports
+//!    throughput, client-observed p50/p99, the handler's own p99 under load, and the ratio.
+//!
+//! Figures are medians over rounds; the machines are shared and noisy, so read the ratio first.
+//! Environment: BENCH_SECONDS (per round, default 3), BENCH_ROUNDS (default 5),
+//! BENCH_CONNECTIONS (default 16).
+
+// The same in-process server and TLS client the tests use (not every item is used here).
+#[allow(dead_code)]
+#[path = "../tests/common/server.rs"]
+mod server;
+#[allow(dead_code)]
+#[path = "../tests/common/tls_client.rs"]
+mod tls_client;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use hyper::body::Bytes;
+use prometheus_client::registry::Registry;
+use serde_json::Value;
+use trust_rotation_operator::crd::Phase;
+use trust_rotation_operator::webhook::metrics::WebhookMetrics;
+use trust_rotation_operator::webhook::patch::RotationView;
+use trust_rotation_operator::webhook::review::{Outcome, review};
+use trust_rotation_operator::webhook::server::{AppState, router};
+use trust_rotation_operator::webhook::tls::{ReloadingResolver, server_config};
+use trust_rotation_operator::webhook::view::ViewHandle;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/tests/fixtures/admission/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(&path).expect(&path)).unwrap()
+}
+
+fn accelerating_view() -> RotationView {
+    RotationView {
+        phase: Phase::PropagatingTrustRoots,
+        desired_bundle_fingerprint: Some("d0".repeat(32)),
+        refresh_interval: Some("5m".to_owned()),
+    }
+}
+
+fn no_namespace(_: &str) -> Option<String> {
+    None
+}
+
+/// Percentile of sorted durations, in milliseconds.
+fn pct_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Times the handler's work on one body: (median ms, p99 ms).
+fn time_review(body: &[u8], iterations: usize) -> (f64, f64) {
+    let view = accelerating_view();
+    let mut times = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let started = Instant::now();
+        let reviewed = review(body, Some(&view), &no_namespace);
+        let encoded = serde_json::to_vec(&reviewed.review).unwrap();
+        times.push(started.elapsed());
+        assert_eq!(reviewed.outcome, Outcome::Patched);
+        std::hint::black_box(encoded);
+    }
+    times.sort();
+    (pct_ms(&times, 0.5), pct_ms(&times, 0.99))
+}
+
+/// CPU time this thread has used (Linux schedstat), to express throughput per core.
+fn thread_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let ns = stat
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Duration::from_nanos(ns)
+}
+
+/// A server on its own thread with a single-threaded runtime: one core's worth of server.
+struct ServerThread {
+    addr: SocketAddr,
+    /// Handler durations (the route, after the request is read), drained per round.
+    handler_times: Arc<Mutex<Vec<Duration>>>,
+    cpu: Arc<Mutex<Duration>>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerThread {
+    fn start(tls_dir: &std::path::Path, noop: bool) -> Self {
+        let (cert, key) = (tls_dir.join("tls.crt"), tls_dir.join("tls.key"));
+        let handler_times = Arc::new(Mutex::new(Vec::new()));
+        let cpu = Arc::new(Mutex::new(Duration::ZERO));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let (times, cpu_out) = (handler_times.clone(), cpu.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let resolver = ReloadingResolver::new(&cert, &key).unwrap();
+                let tls = server_config(resolver.clone()).unwrap();
+                let app = if noop {
+                    axum::Router::new().route("/mutate", axum::routing::post(noop_handler))
+                } else {
+                    let metrics = WebhookMetrics::register(&mut Registry::default());
+                    router(AppState {
+                        view: ViewHandle::fixed(accelerating_view()),
+                        metrics,
+                    })
+                };
+                let app = app.layer(middleware::from_fn(move |req: Request, next: Next| {
+                    let times = times.clone();
+                    async move {
+                        let started = Instant::now();
+                        let response = next.run(req).await;
+                        times.lock().unwrap().push(started.elapsed());
+                        response
+                    }
+                }));
+                let server = server::InProcessWebhook::start_with(
+                    tls,
+                    app,
+                    resolver,
+                    Duration::from_secs(3600),
+                )
+                .await;
+                addr_tx.send(server.addr).unwrap();
+                let cpu_start = thread_cpu();
+                // Park this runtime's thread in the runtime until told to stop.
+                loop {
+                    if stop_rx.try_recv().is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                *cpu_out.lock().unwrap() = thread_cpu() - cpu_start;
+                server.stop().await;
+            });
+        });
+        Self {
+            addr: addr_rx.recv().unwrap(),
+            handler_times,
+            cpu,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the server; returns the CPU time its thread used while serving.
+    fn stop(mut self) -> Duration {
+        let _ = self.stop.take().unwrap().send(());
+        self.thread.take().unwrap().join().unwrap();
+        *self.cpu.lock().unwrap()
+    }
+}
+
+/// The baseline: same TLS, HTTP and routing stack, answers a fixed allowed response, reads
+/// nothing of the body but its bytes.
+async fn noop_handler(_body: Bytes) -> Response {
+    (
+        [("content-type", "application/json")],
+        r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"","allowed":true}}"#,
+    )
+        .into_response()
+}
+
+struct Round {
+    per_sec: f64,
+    per_cpu_sec: f64,
+    latencies: Vec<Duration>,
+    handler: Vec<Duration>,
+}
+
+/// Runs `connections` keep-alive clients against a fresh server for `seconds`.
+fn load_round(
+    tls_dir: &std::path::Path,
+    noop: bool,
+    body: &Bytes,
+    connections: usize,
+    seconds: f64,
+) -> Round {
+    let server = ServerThread::start(tls_dir, noop);
+    let ca = std::fs::read(tls_dir.join("ca.crt")).unwrap();
+    let config = tls_client::client_config(&[&ca]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (count, latencies) = rt.block_on(async {
+        let mut conns = Vec::new();
+        for _ in 0..connections {
+            conns.push(
+                tls_client::Connection::open(server.addr, config.clone())
+                    .await
+                    .unwrap(),
+            );
+        }
+        // Warm-up, then the measured window.
+        let warm = Duration::from_millis(300);
+        let measure = Duration::from_secs_f64(seconds);
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for mut conn in conns {
+            let body = body.clone();
+            tasks.spawn(async move {
+                let mut lat = Vec::new();
+                loop {
+                    let t = Instant::now();
+                    if t - start > warm + measure {
+                        break;
+                    }
+                    let (status, answer) = conn.post("/mutate", body.clone()).await.unwrap();
+                    assert_eq!(status, 200);
+                    if lat.is_empty() && !noop {
+                        // The load is the real path: every answer carries the patch.
+                        let answer = String::from_utf8_lossy(&answer);
+                        assert!(answer.contains(r#""patchType":"JSONPatch""#), "{answer}");
+                    }
+                    if t - start >= warm {
+                        lat.push(t.elapsed());
+                    }
+                }
+                lat
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(lat) = tasks.join_next().await {
+            all.extend(lat.unwrap());
+        }
+        (all.len(), all)
+    });
+    let handler = std::mem::take(&mut *server.handler_times.lock().unwrap());
+    let cpu = server.stop();
+    let mut latencies = latencies;
+    latencies.sort();
+    let mut handler = handler;
+    handler.sort();
+    Round {
+        per_sec: count as f64 / seconds,
+        // Includes the warm-up's requests in the CPU window; counted the same way for both.
+        per_cpu_sec: handler.len() as f64 / cpu.as_secs_f64().max(1e-9),
+        latencies,
+        handler,
+    }
+}
+
+fn main() {
+    let seconds: f64 = env_or("BENCH_SECONDS", 3.0);
+    let rounds: usize = env_or("BENCH_ROUNDS", 5);
+    let connections: usize = env_or("BENCH_CONNECTIONS", 16);
+
+    println!("== handler work: decode + patch + encode (accelerating phase) ==");
+    let typical = serde_json::to_vec(&fixture("pod-inject-enabled")).unwrap();
+    let injected = serde_json::to_vec(&fixture("pod-injected")).unwrap();
+    let mut large = fixture("pod-inject-enabled");
+    large["request"]["object"]["metadata"]["annotations"]["example.com/large"] =
+        Value::String("x".repeat(1024 * 1024));
+    let large = serde_json::to_vec(&large).unwrap();
+    for (name, body, n) in [
+        ("typical pod (before injection)", &typical, 20_000),
+        ("typical pod (injected proxy)", &injected, 20_000),
+        ("1 MiB pod", &large, 100),
+    ] {
+        let (p50, p99) = time_review(body, n);
+        println!(
+            "{name:32} {:>9} bytes  median {p50:.4} ms  p99 {p99:.4} ms  ({n} calls)",
+            body.len()
+        );
+    }
+
+    println!(
+        "== load: {connections} keep-alive TLS connections, server on one thread, {rounds} x {seconds}s rounds per handler =="
+    );
+    let tls_dir = tempfile::tempdir().unwrap();
+    trust_rotation_operator::devcerts::write(tls_dir.path(), vec!["localhost".to_owned()]).unwrap();
+    let body = Bytes::from(typical);
+    let (mut hook, mut noop) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        for is_noop in [true, false] {
+            let r = load_round(tls_dir.path(), is_noop, &body, connections, seconds);
+            println!(
+                "round {round} {:8} {:>8.0}/s  {:>8.0}/cpu-s  p50 {:.3} ms  p99 {:.3} ms  handler p99 {:.4} ms",
+                if is_noop { "no-op" } else { "webhook" },
+                r.per_sec,
+                r.per_cpu_sec,
+                pct_ms(&r.latencies, 0.5),
+                pct_ms(&r.latencies, 0.99),
+                pct_ms(&r.handler, 0.99),
+            );
+            if is_noop { &mut noop } else { &mut hook }.push(r);
+        }
+    }
+    let med = |rs: &[Round], f: &dyn Fn(&Round) -> f64| median(rs.iter().map(f).collect());
+    let hook_rate = med(&hook, &|r| r.per_sec);
+    let noop_rate = med(&noop, &|r| r.per_sec);
+    let hook_cpu_rate = med(&hook, &|r| r.per_cpu_sec);
+    let noop_cpu_rate = med(&noop, &|r| r.per_cpu_sec);
+    let p50 = med(&hook, &|r| pct_ms(&r.latencies, 0.5));
+    let p99 = med(&hook, &|r| pct_ms(&r.latencies, 0.99));
+    let handler_p99 = med(&hook, &|r| pct_ms(&r.handler, 0.99));
+    let ratio = hook_rate / noop_rate;
+    println!(
+        "medians: webhook {hook_rate:.0}/s ({hook_cpu_rate:.0} per server cpu-second), no-op {noop_rate:.0}/s ({noop_cpu_rate:.0} per cpu-second), ratio {ratio:.3} (per cpu-second {:.3})",
+        hook_cpu_rate / noop_cpu_rate
+    );
+    println!(
+        "targets: handler p99 {handler_p99:.4} ms (< 1 ms: {}), {hook_rate:.0}/s on one core (>= 3000: {}), ratio {ratio:.3} (>= 0.8: {})",
+        handler_p99 < 1.0,
+        hook_rate >= 3000.0,
+        ratio >= 0.8
+    );
+    println!(
+        "webhook-bench: admissions_per_sec={hook_rate:.0} p50_ms={p50:.3} p99_ms={p99:.3} noop_ratio={ratio:.3}"
+    );
+}
