@@ -260,7 +260,7 @@ async fn webhook_stamps_pods_and_never_blocks_them() {
         .find(|l| l.trim_start().starts_with(MAX_REFRESH_ENV))
         .unwrap_or_else(|| panic!("kubectl describe shows no {MAX_REFRESH_ENV}:\n{described}"));
     assert!(line.trim_end().ends_with("300s"), "{line}");
-    eprintln!("kubectl describe pod: {}", line.trim());
+    eprintln!("kubectl describe pod {MESHED_NS}/injected:\n{described}");
 
     // Not meshed, and opted out of admission webhooks: untouched.
     let plain: Api<Pod> = Api::namespaced(client.clone(), PLAIN_NS);

@@ -190,6 +190,14 @@ async fn half_written_update_keeps_the_old_certificate_until_the_pair_matches() 
     server.stop().await;
 }
 
+/// A server on a fresh dev certificate.
+async fn serve_fresh_certs() -> (Certs, InProcessWebhook) {
+    let certs = Certs::new();
+    let (cert, key) = (certs.file("tls.crt"), certs.file("tls.key"));
+    let server = InProcessWebhook::start(&cert, &key, view(), RELOAD).await;
+    (certs, server)
+}
+
 /// Writes raw HTTP over TLS, for requests a well-behaved client would not send.
 async fn raw_tls(
     addr: std::net::SocketAddr,
@@ -205,16 +213,23 @@ async fn raw_tls(
         .unwrap()
 }
 
+/// Reads what the server sent first; it must be a 413, within 5 s.
+async fn assert_answered_413(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    what: &str,
+) {
+    let mut response = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut response))
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .unwrap();
+    let response = String::from_utf8_lossy(&response[..n]);
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_body_is_refused_with_413() {
-    let certs = Certs::new();
-    let server = InProcessWebhook::start(
-        &certs.file("tls.crt"),
-        &certs.file("tls.key"),
-        view(),
-        RELOAD,
-    )
-    .await;
+    let (certs, server) = serve_fresh_certs().await;
     let mut tls = raw_tls(server.addr, &certs).await;
     // Announce 8 MiB, send 1 KiB, and wait: the answer must come without the rest.
     let head = format!(
@@ -224,13 +239,7 @@ async fn oversized_body_is_refused_with_413() {
     tls.write_all(head.as_bytes()).await.unwrap();
     tls.write_all(&[b' '; 1024]).await.unwrap();
     tls.flush().await.unwrap();
-    let mut response = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut response))
-        .await
-        .expect("an answer before the body was sent")
-        .unwrap();
-    let response = String::from_utf8_lossy(&response[..n]);
-    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert_answered_413(&mut tls, "an answer before the body was sent").await;
 
     // Without an announced length (chunked), the body is cut off at the limit while read.
     let mut tls = raw_tls(server.addr, &certs).await;
@@ -243,13 +252,7 @@ async fn oversized_body_is_refused_with_413() {
         }
     }
     let _ = tls.flush().await;
-    let mut response = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut response))
-        .await
-        .expect("an answer to an endless chunked body")
-        .unwrap();
-    let response = String::from_utf8_lossy(&response[..n]);
-    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert_answered_413(&mut tls, "an answer to an endless chunked body").await;
 
     // The limit is 7 MiB: a body just under it is read and answered (invalid, but 200).
     let mut conn = Connection::open(server.addr, client_config(&[&certs.ca()]))
@@ -265,14 +268,7 @@ async fn oversized_body_is_refused_with_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_bodies_get_200_and_say_what_was_wrong() {
-    let certs = Certs::new();
-    let server = InProcessWebhook::start(
-        &certs.file("tls.crt"),
-        &certs.file("tls.key"),
-        view(),
-        RELOAD,
-    )
-    .await;
+    let (certs, server) = serve_fresh_certs().await;
     let mut conn = Connection::open(server.addr, client_config(&[&certs.ca()]))
         .await
         .unwrap();
@@ -301,14 +297,7 @@ async fn malformed_bodies_get_200_and_say_what_was_wrong() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_stops_accepting() {
-    let certs = Certs::new();
-    let server = InProcessWebhook::start(
-        &certs.file("tls.crt"),
-        &certs.file("tls.key"),
-        view(),
-        RELOAD,
-    )
-    .await;
+    let (certs, server) = serve_fresh_certs().await;
     let addr = server.addr;
     let config = client_config(&[&certs.ca()]);
     let mut conn = Connection::open(addr, config.clone()).await.unwrap();
