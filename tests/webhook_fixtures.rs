@@ -421,3 +421,21 @@ fn object_that_is_not_a_pod_is_invalid_but_allowed() {
         "{message}"
     );
 }
+
+/// Found by the fuzzer: a pod with no metadata at all (never sent by the API server) once got a
+/// patch whose parent did not exist.
+#[test]
+fn pod_without_metadata_gets_it_created() {
+    let mut body = fixture("pod-injected");
+    body["request"]["object"]
+        .as_object_mut()
+        .unwrap()
+        .remove("metadata");
+    let r = run(&body, Some(&accelerating_view()));
+    assert_eq!(r.outcome, Outcome::Patched, "{:?}", r.note);
+    let ops = serde_json::to_value(patch_of(&r)).unwrap();
+    assert_eq!(ops[0]["path"], "/metadata");
+    let (pod, again) = apply(&body, &r);
+    assert_eq!(annotation(&pod, TRUST_BUNDLE_ANNOTATION), Some(ANCHOR_SHA));
+    assert_idempotent(&again, &accelerating_view());
+}

@@ -59,7 +59,7 @@ pub struct GroupVersionKind {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 pub struct PodIn {
     #[serde(default)]
-    pub metadata: ObjectMetaIn,
+    pub metadata: Option<ObjectMetaIn>,
     #[serde(default)]
     pub spec: Option<PodSpecIn>,
 }

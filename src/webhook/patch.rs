@@ -94,8 +94,9 @@ pub enum PodMutation {
 /// Computes the patch for a Pod being created.
 /// `namespace_inject` is the pod's namespace's `linkerd.io/inject` annotation, if any.
 pub fn mutate_pod(pod: &PodIn, namespace_inject: Option<&str>, view: &RotationView) -> PodMutation {
-    let annotations = pod.metadata.annotations.as_ref();
-    let labels = pod.metadata.labels.as_ref();
+    let metadata = pod.metadata.as_ref();
+    let annotations = metadata.and_then(|m| m.annotations.as_ref());
+    let labels = metadata.and_then(|m| m.labels.as_ref());
     if labels.is_some_and(|l| l.contains_key(CONTROL_PLANE_COMPONENT_LABEL)) {
         return PodMutation::Skipped(SkipReason::ControlPlane);
     }
@@ -139,7 +140,7 @@ pub fn mutate_pod(pod: &PodIn, namespace_inject: Option<&str>, view: &RotationVi
         }
     }
 
-    let mut patch = annotation_ops(annotations, &wanted);
+    let mut patch = annotation_ops(metadata.is_some(), annotations, &wanted);
     if let (Some(value), Some((list, index, container))) = (&max_refresh, proxy) {
         patch.extend(container_env_ops(
             list,
@@ -237,6 +238,7 @@ fn json_kind(v: &Value) -> &'static str {
 }
 
 fn annotation_ops(
+    has_metadata: bool,
     existing: Option<&BTreeMap<String, String>>,
     wanted: &BTreeMap<&str, String>,
 ) -> Vec<PatchOperation> {
@@ -247,6 +249,10 @@ fn annotation_ops(
         .collect();
     if changed.is_empty() {
         return Vec::new();
+    }
+    if !has_metadata {
+        // No metadata at all (the API server always sends it; other callers may not).
+        return vec![add(&["metadata"], json!({ "annotations": changed }))];
     }
     if existing.is_none() {
         // Missing parent: create the map with every key at once.

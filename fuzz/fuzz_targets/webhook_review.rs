@@ -1,0 +1,68 @@
+//! Decode + patch + apply: any bytes as an AdmissionReview body, under any rotation view.
+//!
+//! The first byte picks the view and the namespace's `linkerd.io/inject`; the rest is the body.
+//! For every input: `review` returns (never panics) and its answer serialises; the uid is
+//! echoed; and when there is a patch, it applies to the request's object, the result is a Pod,
+//! and reviewing the result again yields no patch.
+
+#![no_main]
+
+use k8s_openapi::api::core::v1::Pod;
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+use trust_rotation_operator::crd::Phase;
+use trust_rotation_operator::webhook::patch::RotationView;
+use trust_rotation_operator::webhook::review::{Outcome, review};
+
+const INTERVALS: [Option<&str>; 4] = [Some("5m"), Some("0s"), Some("abc"), None];
+const INJECT: [Option<&str>; 3] = [None, Some("enabled"), Some("disabled")];
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, body)) = data.split_first() else {
+        return;
+    };
+    let selector = usize::from(selector);
+    let view = RotationView {
+        phase: Phase::ALL[selector % Phase::ALL.len()],
+        desired_bundle_fingerprint: (selector & 0x80 == 0).then(|| "d0".repeat(32)),
+        refresh_interval: INTERVALS[(selector / 7) % 4].map(str::to_owned),
+    };
+    let inject = INJECT[(selector / 28) % 3];
+    let namespace = |_: &str| inject.map(str::to_owned);
+
+    let first = review(body, Some(&view), &namespace);
+    let answer = serde_json::to_value(&first.review).expect("the answer serialises");
+    assert_eq!(answer["response"]["uid"], first.uid.as_str());
+    assert_eq!(answer["response"]["allowed"], true, "never denies");
+    let Some(patch) = first.review.decoded_patch() else {
+        assert!(answer["response"]["patch"].is_null());
+        return;
+    };
+    assert_eq!(first.outcome, Outcome::Patched);
+
+    // The patch applies to the object the request carried, and the result is a Pod.
+    // Skipped fields are scanned, not decoded, so a lone surrogate escape (`"\ud800"`) in one
+    // passes the webhook but not serde_json's Value; such a body cannot be replayed here.
+    let Ok(mut request) = serde_json::from_slice::<Value>(body) else {
+        return;
+    };
+    let mut object = request["request"]["object"].take();
+    json_patch::patch(&mut object, &patch).expect("the patch applies");
+    if let Err(e) = serde_json::from_value::<Pod>(object.clone()) {
+        // Only a body that was no valid Pod to begin with may fail here.
+        let before = serde_json::from_value::<Pod>(
+            serde_json::from_slice::<Value>(body).unwrap()["request"]["object"].clone(),
+        );
+        assert!(before.is_err(), "a valid Pod became invalid: {e}");
+    }
+
+    // Idempotent: our own output, reviewed again, needs nothing more.
+    request["request"]["object"] = object;
+    let again = review(&serde_json::to_vec(&request).unwrap(), Some(&view), &namespace);
+    assert!(
+        again.review.response.patch.is_none(),
+        "second patch {:?} after {:?}",
+        again.review.decoded_patch(),
+        patch
+    );
+});
