@@ -9,6 +9,8 @@ pub mod cli;
 pub mod crd;
 pub mod devcerts;
 pub mod duration;
+pub mod probe;
 pub mod run;
+pub mod sim;
 pub mod testbed;
 pub mod webhook;

@@ -1,0 +1,345 @@
+//! Linkerd identity controller stand-in.
+//!
+//! One [`IdentityInstance`] per running `linkerd-identity` pod. Like the real controller it loads
+//! the trust anchors once, when its container starts, and the issuer from the issuer Secret; it
+//! refuses to start on an issuer that does not verify against those anchors. When the Secret
+//! changes it re-verifies the new issuer against the anchors it loaded: on success it switches
+//! and records `IssuerUpdated`, otherwise it keeps the old issuer and records
+//! `IssuerUpdateSkipped`. Leaves are clamped to the issuer's expiry.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use kube::Client;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use rcgen::KeyPair;
+use time::OffsetDateTime;
+
+use super::events::{self, EventType};
+use super::pki::{self, Template};
+
+/// The component name on the events, as the real controller reports it.
+const COMPONENT: &str = "linkerd-identity";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("issuer Secret {namespace}/{name} not found")]
+    IssuerMissing { namespace: String, name: String },
+    #[error("issuer Secret {namespace}/{name}: {message}")]
+    IssuerInvalid {
+        namespace: String,
+        name: String,
+        message: String,
+    },
+    #[error("reading issuer Secret {namespace}/{name}: {source}")]
+    Kube {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("trust anchors: {0}")]
+    Anchors(pki::PkiError),
+}
+
+/// Why a certificate request was not answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertifyError {
+    #[error("no identity controller is running")]
+    Unavailable,
+    #[error("signing the leaf for {identity}: {message}")]
+    Sign { identity: String, message: String },
+}
+
+/// Where the identity controller finds its issuer and what it issues.
+#[derive(Clone, Debug)]
+pub struct IdentityConfig {
+    pub namespace: String,
+    pub issuer_secret: String,
+    pub identity_deployment: String,
+    /// Leaf lifetime (Linkerd's `issuanceLifetime`, 24 h by default).
+    pub leaf_lifetime: Duration,
+}
+
+/// An issuer as loaded from its Secret.
+struct LoadedIssuer {
+    /// `tls.crt`: the issuer certificate first, then any intermediates.
+    chain: Vec<Vec<u8>>,
+    key: KeyPair,
+    info: pki::CertInfo,
+}
+
+/// One running identity controller.
+pub struct IdentityInstance {
+    pub pod_uid: String,
+    pub pod_name: String,
+    anchors: Vec<Vec<u8>>,
+    issuer: RwLock<Arc<LoadedIssuer>>,
+    watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    config: IdentityConfig,
+}
+
+impl IdentityInstance {
+    /// Starts an instance for the pod `pod_name`: anchors from its resolved environment, issuer
+    /// from the Secret. Fails, as the real controller's start does, if the issuer does not
+    /// verify against the anchors.
+    pub async fn start(
+        client: Client,
+        pod_uid: &str,
+        pod_name: &str,
+        anchors_pem: &str,
+        config: IdentityConfig,
+    ) -> Result<Arc<Self>, IdentityError> {
+        let anchors = pki::pem_certs("identity trust anchors", anchors_pem)
+            .map_err(IdentityError::Anchors)?;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
+        let secret = secrets
+            .get_opt(&config.issuer_secret)
+            .await
+            .map_err(|source| IdentityError::Kube {
+                namespace: config.namespace.clone(),
+                name: config.issuer_secret.clone(),
+                source,
+            })?
+            .ok_or_else(|| IdentityError::IssuerMissing {
+                namespace: config.namespace.clone(),
+                name: config.issuer_secret.clone(),
+            })?;
+        let issuer = load_issuer(&secret, &config)?;
+        verify_issuer(&issuer, &anchors, &config)?;
+        let instance = Arc::new(Self {
+            pod_uid: pod_uid.to_owned(),
+            pod_name: pod_name.to_owned(),
+            anchors,
+            issuer: RwLock::new(Arc::new(issuer)),
+            watch: Mutex::new(None),
+            config,
+        });
+        let watch = tokio::spawn(watch_issuer(client, Arc::downgrade(&instance)));
+        *instance.watch.lock().expect("not poisoned") = Some(watch);
+        tracing::info!(pod = %pod_name, issuer = %instance.issuer_fingerprint(), "identity controller started");
+        Ok(instance)
+    }
+
+    /// Fingerprint of the issuer certificate currently used for signing.
+    pub fn issuer_fingerprint(&self) -> String {
+        self.issuer
+            .read()
+            .expect("not poisoned")
+            .info
+            .fingerprint
+            .clone()
+    }
+
+    /// Signs a leaf for `identity` over `public_key`; returns the chain the proxy presents:
+    /// leaf, then the issuer's chain.
+    pub fn certify(
+        &self,
+        identity: &str,
+        public_key: &KeyPair,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Vec<u8>>, CertifyError> {
+        let issuer = self.issuer.read().expect("not poisoned").clone();
+        let not_after = (now + self.config.leaf_lifetime).min(issuer.info.not_after);
+        let template = Template {
+            common_name: identity.to_owned(),
+            dns_names: vec![identity.to_owned()],
+            is_ca: false,
+            not_before: now,
+            not_after,
+        };
+        let leaf = template
+            .signed_by(public_key, &issuer.chain[0], &issuer.key)
+            .map_err(|e| CertifyError::Sign {
+                identity: identity.to_owned(),
+                message: e.to_string(),
+            })?;
+        let mut chain = vec![leaf];
+        chain.extend(issuer.chain.iter().cloned());
+        Ok(chain)
+    }
+
+    fn stop(&self) {
+        if let Some(task) = self.watch.lock().expect("not poisoned").take() {
+            task.abort();
+        }
+    }
+
+    /// Handles a changed issuer Secret: switch if it verifies, skip otherwise.
+    async fn issuer_changed(&self, client: &Client, secret: &Secret) {
+        let reference = ObjectReference {
+            api_version: Some("apps/v1".to_owned()),
+            kind: Some("Deployment".to_owned()),
+            name: Some(self.config.identity_deployment.clone()),
+            namespace: Some(self.config.namespace.clone()),
+            ..Default::default()
+        };
+        let loaded = match load_issuer(secret, &self.config) {
+            Ok(l) => l,
+            Err(e) => {
+                events::emit(
+                    client,
+                    COMPONENT,
+                    &reference,
+                    EventType::Warning,
+                    "IssuerUpdateSkipped",
+                    &format!("Skipping issuer update as certs could not be read from secret: {e}"),
+                )
+                .await;
+                return;
+            }
+        };
+        if loaded.info.fingerprint == self.issuer_fingerprint() {
+            return;
+        }
+        match verify_issuer(&loaded, &self.anchors, &self.config) {
+            Ok(()) => {
+                let fingerprint = loaded.info.fingerprint.clone();
+                *self.issuer.write().expect("not poisoned") = Arc::new(loaded);
+                tracing::info!(pod = %self.pod_name, issuer = %fingerprint, "identity issuer updated");
+                events::emit(
+                    client,
+                    COMPONENT,
+                    &reference,
+                    EventType::Normal,
+                    "IssuerUpdated",
+                    &format!("Updated identity issuer (pod {})", self.pod_name),
+                )
+                .await;
+            }
+            Err(e) => {
+                tracing::warn!(pod = %self.pod_name, error = %e, "identity issuer update skipped");
+                events::emit(
+                    client,
+                    COMPONENT,
+                    &reference,
+                    EventType::Warning,
+                    "IssuerUpdateSkipped",
+                    &format!(
+                        "Skipping issuer update as certs could not be verified (pod {}): {e}",
+                        self.pod_name
+                    ),
+                )
+                .await;
+            }
+        }
+    }
+}
+
+impl Drop for IdentityInstance {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn load_issuer(secret: &Secret, config: &IdentityConfig) -> Result<LoadedIssuer, IdentityError> {
+    let invalid = |message: String| IdentityError::IssuerInvalid {
+        namespace: config.namespace.clone(),
+        name: config.issuer_secret.clone(),
+        message,
+    };
+    let field = |k: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .ok_or_else(|| invalid(format!("key {k} is missing")))
+    };
+    let chain =
+        pki::pem_certs("tls.crt", &field("tls.crt")?).map_err(|e| invalid(e.to_string()))?;
+    let key = pki::parse_key("tls.key", &field("tls.key")?).map_err(|e| invalid(e.to_string()))?;
+    let info = pki::info("tls.crt", &chain[0]).map_err(|e| invalid(e.to_string()))?;
+    Ok(LoadedIssuer { chain, key, info })
+}
+
+fn verify_issuer(
+    issuer: &LoadedIssuer,
+    anchors: &[Vec<u8>],
+    config: &IdentityConfig,
+) -> Result<(), IdentityError> {
+    pki::verify_chain(&issuer.chain, anchors, pki::now()).map_err(|e| {
+        IdentityError::IssuerInvalid {
+            namespace: config.namespace.clone(),
+            name: config.issuer_secret.clone(),
+            message: format!("does not verify against the trust anchors loaded at start: {e}"),
+        }
+    })
+}
+
+async fn watch_issuer(client: Client, instance: std::sync::Weak<IdentityInstance>) {
+    let Some(config) = instance.upgrade().map(|i| i.config.clone()) else {
+        return;
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
+    let selector = format!("metadata.name={}", config.issuer_secret);
+    let mut stream = watcher::watcher(secrets, watcher::Config::default().fields(&selector))
+        .default_backoff()
+        .boxed();
+    while let Some(event) = stream.next().await {
+        let secret = match event {
+            Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => s,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "identity: issuer watch error");
+                continue;
+            }
+        };
+        let Some(instance) = instance.upgrade() else {
+            return;
+        };
+        instance.issuer_changed(&client, &secret).await;
+    }
+}
+
+/// The identity service the proxies call: every running instance, chosen in turn (the
+/// `linkerd-identity` Service in front of its pods).
+#[derive(Default)]
+pub struct IdentityService {
+    instances: Mutex<Vec<Arc<IdentityInstance>>>,
+    next: AtomicUsize,
+}
+
+impl IdentityService {
+    pub fn register(&self, instance: Arc<IdentityInstance>) {
+        self.instances.lock().expect("not poisoned").push(instance);
+    }
+
+    pub fn unregister(&self, pod_uid: &str) {
+        let mut instances = self.instances.lock().expect("not poisoned");
+        for i in instances.iter().filter(|i| i.pod_uid == pod_uid) {
+            i.stop();
+        }
+        instances.retain(|i| i.pod_uid != pod_uid);
+    }
+
+    /// Issuer fingerprints of the running instances.
+    pub fn issuer_fingerprints(&self) -> Vec<String> {
+        self.instances
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|i| i.issuer_fingerprint())
+            .collect()
+    }
+
+    pub fn certify(
+        &self,
+        identity: &str,
+        public_key: &KeyPair,
+    ) -> Result<Vec<Vec<u8>>, CertifyError> {
+        let instance = {
+            let instances = self.instances.lock().expect("not poisoned");
+            if instances.is_empty() {
+                return Err(CertifyError::Unavailable);
+            }
+            let n = self.next.fetch_add(1, Ordering::Relaxed) % instances.len();
+            instances[n].clone()
+        };
+        instance.certify(identity, public_key, pki::now())
+    }
+}

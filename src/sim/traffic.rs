@@ -1,0 +1,458 @@
+//! The traffic generator: continuous real mTLS handshakes between random pairs of running
+//! simulated proxies, each side verifying the other with its own anchors, counted by outcome.
+//!
+//! A handshake succeeds when the client verified the server's chain for the server's identity
+//! *and* the server accepted the client's certificate (it then sends one byte). Failures are
+//! classified by reason and by which side refused. A peer that stopped between being picked and
+//! being dialled is counted apart (`unreachable`): that is a pod going away, not broken mTLS.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use rustls::{AlertDescription, CertificateError};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use super::proxy::{PodRef, Proxy};
+
+/// A handshake that takes longer than this on loopback is stuck; counted as a failure.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many failures are kept with their details for reports.
+const RECENT_FAILURES: usize = 20;
+
+/// Why a handshake failed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FailureReason {
+    /// The peer's chain does not lead to any of our anchors. A renewed anchor keeps its
+    /// subject (`root.linkerd.cluster.local`), so webpki often finds an anchor of the right
+    /// name whose key did not sign the chain: rustls then reports `BadSignature` (and the
+    /// server alerts `decrypt_error`) rather than `UnknownIssuer` (`unknown_ca`). Both mean
+    /// the same to a rotation, and both are counted here.
+    UnknownIssuer,
+    /// A certificate of the peer's chain has expired (or is not yet valid).
+    Expired,
+    /// The server's leaf is not for the identity we dialled.
+    WrongIdentity,
+    /// The server had no certificate to present.
+    NoCertificate,
+    /// The handshake did not finish in time.
+    Timeout,
+    /// Anything else, with the error text.
+    Other(String),
+}
+
+impl fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailureReason::UnknownIssuer => f.write_str("unknown issuer"),
+            FailureReason::Expired => f.write_str("certificate expired"),
+            FailureReason::WrongIdentity => f.write_str("wrong identity"),
+            FailureReason::NoCertificate => f.write_str("no certificate"),
+            FailureReason::Timeout => f.write_str("timeout"),
+            FailureReason::Other(s) => write!(f, "other: {s}"),
+        }
+    }
+}
+
+/// Which side refused the handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RejectedBy {
+    /// The dialling proxy refused the server's certificate.
+    Client,
+    /// The dialled proxy refused the client's certificate.
+    Server,
+    /// Neither, or unknown (timeouts, I/O errors).
+    Neither,
+}
+
+impl fmt::Display for RejectedBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RejectedBy::Client => "rejected by client",
+            RejectedBy::Server => "rejected by server",
+            RejectedBy::Neither => "no verdict",
+        })
+    }
+}
+
+/// One failed handshake, for reports.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub client: PodRef,
+    pub server: PodRef,
+    pub reason: FailureReason,
+    pub rejected_by: RejectedBy,
+    pub at: Instant,
+}
+
+/// Counters, readable while the generator runs.
+#[derive(Default)]
+pub struct TrafficStats {
+    attempts: AtomicU64,
+    successes: AtomicU64,
+    unreachable: AtomicU64,
+    failures: Mutex<BTreeMap<(FailureReason, RejectedBy), u64>>,
+    recent: Mutex<Vec<Failure>>,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct TrafficSnapshot {
+    pub attempts: u64,
+    pub successes: u64,
+    pub unreachable: u64,
+    pub failures: BTreeMap<(FailureReason, RejectedBy), u64>,
+    pub recent: Vec<Failure>,
+}
+
+impl TrafficSnapshot {
+    pub fn failed(&self) -> u64 {
+        self.failures.values().sum()
+    }
+
+    /// Failures with this reason, whichever side refused.
+    pub fn failed_with(&self, reason: &FailureReason) -> u64 {
+        self.failures
+            .iter()
+            .filter(|((r, _), _)| r == reason)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// The counts accumulated since `earlier`.
+    pub fn since(&self, earlier: &TrafficSnapshot) -> TrafficSnapshot {
+        let mut failures = self.failures.clone();
+        for (k, n) in &earlier.failures {
+            if let Some(v) = failures.get_mut(k) {
+                *v = v.saturating_sub(*n);
+            }
+        }
+        failures.retain(|_, n| *n > 0);
+        TrafficSnapshot {
+            attempts: self.attempts - earlier.attempts,
+            successes: self.successes - earlier.successes,
+            unreachable: self.unreachable - earlier.unreachable,
+            failures,
+            recent: self.recent.clone(),
+        }
+    }
+}
+
+impl fmt::Display for TrafficSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} handshakes: {} ok, {} failed, {} peer gone",
+            self.attempts,
+            self.successes,
+            self.failed(),
+            self.unreachable
+        )?;
+        for ((reason, by), n) in &self.failures {
+            write!(f, "; {reason} ({by}): {n}")?;
+        }
+        Ok(())
+    }
+}
+
+impl TrafficStats {
+    pub fn snapshot(&self) -> TrafficSnapshot {
+        TrafficSnapshot {
+            attempts: self.attempts.load(Ordering::Relaxed),
+            successes: self.successes.load(Ordering::Relaxed),
+            unreachable: self.unreachable.load(Ordering::Relaxed),
+            failures: self.failures.lock().expect("not poisoned").clone(),
+            recent: self.recent.lock().expect("not poisoned").clone(),
+        }
+    }
+
+    fn record(&self, client: &Proxy, server: &Proxy, outcome: Outcome) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Outcome::Ok => {
+                self.successes.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Unreachable => {
+                self.unreachable.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Failed(reason, rejected_by) => {
+                *self
+                    .failures
+                    .lock()
+                    .expect("not poisoned")
+                    .entry((reason.clone(), rejected_by))
+                    .or_default() += 1;
+                let mut recent = self.recent.lock().expect("not poisoned");
+                if recent.len() == RECENT_FAILURES {
+                    recent.remove(0);
+                }
+                recent.push(Failure {
+                    client: client.pod.clone(),
+                    server: server.pod.clone(),
+                    reason,
+                    rejected_by,
+                    at: Instant::now(),
+                });
+            }
+        }
+    }
+}
+
+/// The outcome of one handshake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Unreachable,
+    Failed(FailureReason, RejectedBy),
+}
+
+/// Classifies a rustls error seen by the client: its own verdict on the server's chain, or the
+/// alert the server sent about ours.
+pub fn classify(error: &rustls::Error) -> (FailureReason, RejectedBy) {
+    use rustls::Error as E;
+    match error {
+        E::InvalidCertificate(c) => (certificate_reason(c), RejectedBy::Client),
+        E::AlertReceived(alert) => {
+            let reason = match alert {
+                AlertDescription::UnknownCA | AlertDescription::DecryptError => {
+                    FailureReason::UnknownIssuer
+                }
+                AlertDescription::CertificateExpired => FailureReason::Expired,
+                AlertDescription::HandshakeFailure => FailureReason::NoCertificate,
+                other => FailureReason::Other(format!("alert {other:?}")),
+            };
+            (reason, RejectedBy::Server)
+        }
+        other => (FailureReason::Other(other.to_string()), RejectedBy::Neither),
+    }
+}
+
+fn certificate_reason(error: &CertificateError) -> FailureReason {
+    match error {
+        CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+            FailureReason::UnknownIssuer
+        }
+        CertificateError::Expired
+        | CertificateError::ExpiredContext { .. }
+        | CertificateError::NotValidYet
+        | CertificateError::NotValidYetContext { .. } => FailureReason::Expired,
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            FailureReason::WrongIdentity
+        }
+        other => FailureReason::Other(format!("{other:?}")),
+    }
+}
+
+/// One mTLS handshake from `client` to `server`, as the client's proxy would dial it.
+pub async fn handshake(client: &Proxy, server: &Proxy) -> Outcome {
+    let attempt = async {
+        let tcp = match TcpStream::connect(server.addr).await {
+            Ok(t) => t,
+            Err(_) => return Outcome::Unreachable,
+        };
+        let Ok(name) = ServerName::try_from(server.env.identity.clone()) else {
+            return Outcome::Failed(
+                FailureReason::Other(format!("identity {} is not a name", server.env.identity)),
+                RejectedBy::Neither,
+            );
+        };
+        let connector = tokio_rustls::TlsConnector::from(client.client_config());
+        let mut tls = match connector.connect(name, tcp).await {
+            Ok(t) => t,
+            Err(e) => return io_outcome(&e),
+        };
+        let mut byte = [0u8; 1];
+        match tls.read_exact(&mut byte).await {
+            Ok(_) => Outcome::Ok,
+            Err(e) => io_outcome(&e),
+        }
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
+        Ok(o) => o,
+        Err(_) => Outcome::Failed(FailureReason::Timeout, RejectedBy::Neither),
+    }
+}
+
+fn io_outcome(e: &std::io::Error) -> Outcome {
+    if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        let (reason, by) = classify(tls);
+        return Outcome::Failed(reason, by);
+    }
+    match e.kind() {
+        // The server went away mid-connection (its pod stopped).
+        std::io::ErrorKind::ConnectionReset
+        | std::io::ErrorKind::ConnectionRefused
+        | std::io::ErrorKind::BrokenPipe => Outcome::Unreachable,
+        // Closed without our byte: the server dropped us without an alert.
+        _ => Outcome::Failed(FailureReason::Other(e.to_string()), RejectedBy::Neither),
+    }
+}
+
+/// How hard the generator works.
+#[derive(Clone, Debug)]
+pub struct TrafficConfig {
+    /// Concurrent handshake loops.
+    pub workers: usize,
+    /// Pause between two handshakes of one loop.
+    pub pause: Duration,
+}
+
+impl Default for TrafficConfig {
+    /// About 100 handshakes a second: enough to touch every pair of a small mesh within a
+    /// rotation step, little enough to leave the 2 cores to the control plane.
+    fn default() -> Self {
+        Self {
+            workers: 2,
+            pause: Duration::from_millis(20),
+        }
+    }
+}
+
+/// Where the generator finds the proxies that can take traffic now.
+pub trait Peers: Send + Sync + 'static {
+    fn ready_proxies(&self) -> Vec<Arc<Proxy>>;
+}
+
+/// A running generator; stops when dropped.
+pub struct TrafficGenerator {
+    stats: Arc<TrafficStats>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl TrafficGenerator {
+    pub fn start(peers: Arc<dyn Peers>, config: TrafficConfig) -> Self {
+        let stats = Arc::new(TrafficStats::default());
+        let tasks = (0..config.workers.max(1))
+            .map(|worker| {
+                let (peers, stats, pause) = (peers.clone(), stats.clone(), config.pause);
+                tokio::spawn(async move {
+                    let mut rng = SplitMix::new(worker as u64);
+                    loop {
+                        let proxies = peers.ready_proxies();
+                        if proxies.len() >= 2 {
+                            let a = rng.below(proxies.len());
+                            let mut b = rng.below(proxies.len() - 1);
+                            if b >= a {
+                                b += 1;
+                            }
+                            let (client, server) = (&proxies[a], &proxies[b]);
+                            let outcome = handshake(client, server).await;
+                            stats.record(client, server, outcome);
+                        }
+                        tokio::time::sleep(pause).await;
+                    }
+                })
+            })
+            .collect();
+        Self { stats, tasks }
+    }
+
+    pub fn stats(&self) -> &Arc<TrafficStats> {
+        &self.stats
+    }
+
+    pub fn snapshot(&self) -> TrafficSnapshot {
+        self.stats.snapshot()
+    }
+}
+
+impl Drop for TrafficGenerator {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// A small, seedable generator (SplitMix64): pairs need to be spread, not secret.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn new(worker: u64) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        Self(seed ^ worker.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_client_and_server_verdicts() {
+        assert_eq!(
+            classify(&rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer
+            )),
+            (FailureReason::UnknownIssuer, RejectedBy::Client)
+        );
+        assert_eq!(
+            classify(&rustls::Error::AlertReceived(AlertDescription::UnknownCA)),
+            (FailureReason::UnknownIssuer, RejectedBy::Server)
+        );
+        // A same-named anchor with another key: what a renewed anchor looks like to webpki.
+        assert_eq!(
+            classify(&rustls::Error::InvalidCertificate(
+                CertificateError::BadSignature
+            )),
+            (FailureReason::UnknownIssuer, RejectedBy::Client)
+        );
+        assert_eq!(
+            classify(&rustls::Error::AlertReceived(
+                AlertDescription::DecryptError
+            )),
+            (FailureReason::UnknownIssuer, RejectedBy::Server)
+        );
+        assert_eq!(
+            classify(&rustls::Error::InvalidCertificate(
+                CertificateError::Expired
+            )),
+            (FailureReason::Expired, RejectedBy::Client)
+        );
+        assert_eq!(
+            classify(&rustls::Error::AlertReceived(
+                AlertDescription::CertificateExpired
+            )),
+            (FailureReason::Expired, RejectedBy::Server)
+        );
+    }
+
+    #[test]
+    fn since_subtracts() {
+        let mut a = TrafficSnapshot {
+            attempts: 10,
+            successes: 8,
+            unreachable: 1,
+            ..Default::default()
+        };
+        a.failures
+            .insert((FailureReason::UnknownIssuer, RejectedBy::Client), 1);
+        let mut b = a.clone();
+        b.attempts = 15;
+        b.successes = 12;
+        b.failures
+            .insert((FailureReason::UnknownIssuer, RejectedBy::Client), 2);
+        let d = b.since(&a);
+        assert_eq!((d.attempts, d.successes, d.failed()), (5, 4, 1));
+    }
+}
