@@ -15,6 +15,7 @@ pub const MANAGER: &str = "trust-rotation-operator-tests";
 
 /// Starts a control plane, printing how long the start took (a figure we report).
 pub async fn start_control_plane() -> ControlPlane {
+    init_tracing();
     let started = Instant::now();
     let cp = ControlPlane::start()
         .await
@@ -174,3 +175,14 @@ pub fn http_get(addr: (&str, u16), path: &str) -> Option<(u16, String)> {
 }
 pub mod server;
 pub mod tls_client;
+
+/// Logs at `RUST_LOG` (default `warn`) through the test writer, so a failing test shows what
+/// the operator and the simulator complained about.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,kube_client=off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
