@@ -327,3 +327,207 @@ async fn webhook_stamps_pods_and_never_blocks_them() {
     assert!(took < Duration::from_secs(10), "took {took:?}");
     eprintln!("pod created while the webhook was stopped: {took:?}");
 }
+
+/// Another self-signed CA, to make a second bundle.
+fn other_anchor_pem() -> String {
+    use trust_rotation_operator::sim::pki;
+    let key = pki::generate_key().unwrap();
+    let now = pki::now();
+    let der = pki::Template {
+        common_name: "root.linkerd.cluster.local".to_owned(),
+        dns_names: vec![],
+        is_ca: true,
+        not_before: now - Duration::from_secs(60),
+        not_after: now + Duration::from_secs(3600),
+    }
+    .self_signed(&key)
+    .unwrap();
+    pki::to_pem(&der)
+}
+
+fn has_proxy(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .is_some_and(|s| s.containers.iter().any(|c| c.name == PROXY_CONTAINER))
+}
+
+/// Fingerprint of the anchors the injector baked into the pod's proxy.
+fn injected_fingerprint(pod: &Pod) -> String {
+    let pem = proxy_env(pod, TRUST_ANCHORS_ENV).expect("injected anchors");
+    Bundle::from_pem("injected anchors", &pem)
+        .unwrap()
+        .fingerprint()
+}
+
+/// Creates probe pods (deleted again) until `done` holds for one; returns it.
+async fn probe_until(
+    pods: &Api<Pod>,
+    what: &str,
+    label: Option<&str>,
+    done: impl Fn(&Pod) -> bool,
+) -> Pod {
+    let mut n = 0;
+    let done = &done;
+    eventually(what, Duration::from_secs(30), || {
+        n += 1;
+        let (pods, name) = (
+            pods.clone(),
+            format!(
+                "probe-{}{n}",
+                if label.is_some() { "labelled-" } else { "" }
+            ),
+        );
+        let mut pod = app_pod(&name);
+        if let Some(label) = label {
+            pod.metadata.labels = Some([(label.to_owned(), "probe".to_owned())].into());
+        }
+        async move {
+            let pod = pods.create(&PostParams::default(), &pod).await;
+            let pod = pod.unwrap_or_else(|e| panic!("creating {name}: {e}"));
+            let _ = pods.delete(&name, &DeleteParams::default()).await;
+            done(&pod).then_some(pod)
+        }
+    })
+    .await
+}
+
+/// Our webhook with Linkerd's proxy injector (the simulator's stand-in, registered as
+/// `linkerd-proxy-injector-webhook-config`) on the real API server, in both orders:
+/// - as shipped, ours sorts first: the injector merges our additional env into the proxy, and
+///   the API server reinvokes us after injection, so the annotation is computed from the
+///   anchors actually injected, even when the injector's mounted bundle lags the ConfigMap;
+/// - renamed to sort after the injector: we see the proxy container at once and set the env on
+///   it directly. Either way the pod ends with the accelerated refresh and the right annotation.
+#[tokio::test]
+async fn ordering_with_the_linkerd_injector_works_both_ways() {
+    use trust_rotation_operator::sim::injector::{Injector, InjectorConfig, WEBHOOK_CONFIG_NAME};
+    let cp = start_control_plane().await;
+    seed_cluster(&cp).await;
+    let mut op = Operator::start(&cp);
+    op.wait_ready(Duration::from_secs(60)).await;
+    register_webhook(&cp, &op);
+    let client = cp.client();
+    let meshed: Api<Pod> = Api::namespaced(client.clone(), MESHED_NS);
+    wait_webhook_in_effect(&meshed).await;
+    // The injector's mounted bundle follows the ConfigMap only after an hour: it keeps baking
+    // in the bundle it started with.
+    let _injector = Injector::start(
+        client.clone(),
+        InjectorConfig {
+            linkerd_namespace: "linkerd".to_owned(),
+            trust_domain: "cluster.local".to_owned(),
+            bundle_configmap: "linkerd-identity-trust-roots".to_owned(),
+            configmap_sync_delay: Duration::from_secs(3600),
+        },
+    )
+    .await
+    .unwrap();
+    probe_until(
+        &meshed,
+        "the API server to call the injector",
+        None,
+        has_proxy,
+    )
+    .await;
+    let a = anchor_fingerprint();
+
+    // Ours first (as shipped).
+    let (pod, _) = create_timed(&meshed, &app_pod("ours-first")).await;
+    assert!(has_proxy(&pod), "injected");
+    assert_eq!(
+        proxy_env(&pod, MAX_REFRESH_ENV).as_deref(),
+        Some("300s"),
+        "merged by the injector"
+    );
+    assert_eq!(proxy_env(&pod, "USER_SETTING").as_deref(), Some("kept"));
+    assert_eq!(injected_fingerprint(&pod), a);
+    assert_eq!(annotation(&pod, TRUST_BUNDLE_ANNOTATION), Some(a.as_str()));
+
+    // The ConfigMap moves on to a two-anchor bundle; the injector still bakes in the old one.
+    let both = format!("{ANCHOR_PEM}{}", other_anchor_pem());
+    let ab = Bundle::from_pem("both", &both).unwrap().fingerprint();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "linkerd");
+    apply(
+        &cms,
+        "linkerd-identity-trust-roots",
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "linkerd-identity-trust-roots"}, "data": {"ca-bundle.crt": both}}),
+    )
+    .await;
+    // Pods the injector does not touch (its objectSelector skips linkerd.io/cni-resource) show
+    // when our view has the new bundle: we stamp the bundle about to be injected.
+    probe_until(
+        &meshed,
+        "the webhook's view to follow the ConfigMap",
+        Some("linkerd.io/cni-resource"),
+        |p| !has_proxy(p) && annotation(p, TRUST_BUNDLE_ANNOTATION) == Some(ab.as_str()),
+    )
+    .await;
+    // First pass stamps the view's bundle (A+B); the injector bakes in A; the reinvocation
+    // corrects the annotation to what the proxy will really trust.
+    let (pod, _) = create_timed(&meshed, &app_pod("lagging-injector")).await;
+    assert_eq!(
+        injected_fingerprint(&pod),
+        a,
+        "the injector lags the ConfigMap"
+    );
+    assert_eq!(
+        annotation(&pod, TRUST_BUNDLE_ANNOTATION),
+        Some(a.as_str()),
+        "reinvoked after injection, the webhook stamps the injected anchors, not the ConfigMap's"
+    );
+    assert_eq!(proxy_env(&pod, MAX_REFRESH_ENV).as_deref(), Some("300s"));
+
+    // The injector first: our configuration renamed to sort after Linkerd's.
+    let mwcs: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(client.clone());
+    let mut ours = mwcs
+        .get("linkerd-identity-trust-rotation-webhook-config")
+        .await
+        .unwrap();
+    mwcs.delete(
+        "linkerd-identity-trust-rotation-webhook-config",
+        &DeleteParams::default(),
+    )
+    .await
+    .unwrap();
+    probe_until(&meshed, "our old configuration to be gone", None, |p| {
+        has_proxy(p) && annotation(p, TRUST_BUNDLE_ANNOTATION).is_none()
+    })
+    .await;
+    let renamed = "zz-trust-rotation-webhook-config";
+    assert!(renamed > WEBHOOK_CONFIG_NAME);
+    ours.metadata = kube::api::ObjectMeta {
+        name: Some(renamed.to_owned()),
+        ..Default::default()
+    };
+    mwcs.create(&PostParams::default(), &ours).await.unwrap();
+    probe_until(
+        &meshed,
+        "the renamed configuration to be in effect",
+        None,
+        |p| annotation(p, TRUST_BUNDLE_ANNOTATION).is_some(),
+    )
+    .await;
+    let (pod, _) = create_timed(&meshed, &app_pod("injector-first")).await;
+    assert!(has_proxy(&pod), "injected");
+    assert_eq!(injected_fingerprint(&pod), a);
+    assert_eq!(annotation(&pod, TRUST_BUNDLE_ANNOTATION), Some(a.as_str()));
+    assert_eq!(
+        proxy_env(&pod, MAX_REFRESH_ENV).as_deref(),
+        Some("300s"),
+        "set on the proxy by us"
+    );
+    assert_eq!(proxy_env(&pod, "USER_SETTING").as_deref(), Some("kept"));
+    let env: serde_json::Value =
+        serde_json::from_str(annotation(&pod, PROXY_ADDITIONAL_ENV_ANNOTATION).unwrap()).unwrap();
+    assert_eq!(
+        env,
+        json!([{"name": "USER_SETTING", "value": "kept"}, {"name": MAX_REFRESH_ENV, "value": "300s"}]),
+        "and recorded in the annotation for whoever reads it later"
+    );
+    eprintln!(
+        "kubectl describe pod {MESHED_NS}/injector-first:\n{}",
+        describe(&cp, MESHED_NS, "injector-first")
+    );
+}
