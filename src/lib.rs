@@ -10,6 +10,7 @@ pub mod crd;
 pub mod devcerts;
 pub mod duration;
 pub mod probe;
+pub mod reconcile;
 pub mod run;
 pub mod sim;
 pub mod testbed;

@@ -1,0 +1,739 @@
+//! The rotation's state machine as one pure function: (policies, names, status, observed) ->
+//! (next status, effects, when to look again). DESIGN.md section 2, "Phases" and "Invariants".
+//!
+//! The ConfigMap is the state of the bundle: the decision never remembers a desired bundle of
+//! its own, it reads B and only ever grows it (an anchor is added) or reduces it to the current
+//! anchor once every leaf chains to it. Everything else it needs is in `status.phase` and what
+//! it observes, so a restarted operator picks up exactly where the last one stopped.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::model::*;
+use crate::bundle::{Bundle, sha256_hex};
+use crate::crd::{
+    Condition, ConditionStatus, ConvergenceStatus, Phase, RenewalPolicy, RestartPolicy,
+    SourceFingerprint, SourceKind, TrustAnchorRotationStatus,
+};
+
+pub const OUT_OF_ORDER_CONDITION: &str = "OutOfOrderIssuerRotation";
+
+/// How many example pod names a blocking message carries.
+const EXAMPLES: usize = 3;
+
+/// Names used in status and messages.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Names {
+    pub anchor_secret: (String, String),
+    pub previous_anchor_secret: (String, String),
+    pub bundle_configmap: (String, String),
+    pub issuer_certificate: (String, String),
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        let pair = |ns: &str, name: &str| (ns.to_owned(), name.to_owned());
+        Self {
+            anchor_secret: pair("cert-manager", "linkerd-trust-anchor"),
+            previous_anchor_secret: pair("linkerd", "linkerd-previous-anchor"),
+            bundle_configmap: pair("linkerd", "linkerd-identity-trust-roots"),
+            issuer_certificate: pair("linkerd", "linkerd-identity-issuer"),
+        }
+    }
+}
+
+/// The outcome of one look at the world.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub status: TrustAnchorRotationStatus,
+    pub effects: Vec<Effect>,
+    pub requeue: Requeue,
+}
+
+/// The canonical bundle of these certificates.
+pub fn bundle_of<'a>(certs: impl IntoIterator<Item = &'a Cert>) -> Bundle {
+    let pem: String = certs.into_iter().map(|c| c.pem.as_str()).collect();
+    // Each `Cert` was parsed from PEM by the I/O layer; an empty set gives an empty bundle.
+    Bundle::from_pem("bundle", &pem).unwrap_or_default()
+}
+
+fn short(fingerprint: &str) -> &str {
+    &fingerprint[..fingerprint.len().min(12)]
+}
+
+/// Decides the next step. Never panics; never writes anything on unusable input.
+pub fn decide(
+    policies: &Policies,
+    names: &Names,
+    status: &TrustAnchorRotationStatus,
+    observed: &Observed,
+) -> Decision {
+    let mut d = Step::new(status, observed.now);
+
+    // Unusable material parks the rotation where it is, writing nothing.
+    let material = (|| {
+        let anchor = observed.anchor.clone()?;
+        let previous = observed.previous.clone()?;
+        let bundle = observed.bundle.clone()?;
+        let issuer = observed.issuer.clone()?;
+        Ok::<_, Problem>((anchor, previous, bundle, issuer))
+    })();
+    let (anchor, previous, bundle, issuer) = match material {
+        Ok(m) => m,
+        Err(problem) => return d.park(&format!("{problem}")),
+    };
+    if anchor.not_after <= observed.now {
+        let (ns, name) = &names.anchor_secret;
+        return d.park(&format!(
+            "Secret {ns}/{name}: the trust anchor {} has expired; renew it (cmctl renew -n {ns} {name})",
+            short(&anchor.fingerprint)
+        ));
+    }
+    if issuer.cert.not_after <= observed.now {
+        let (ns, name) = &names.issuer_certificate;
+        return d.park(&format!(
+            "Certificate {ns}/{name}: the identity issuer {} has expired; the mesh cannot issue leaves",
+            short(&issuer.cert.fingerprint)
+        ));
+    }
+
+    d.next.active_issuer_fingerprint = Some(issuer.cert.fingerprint.clone());
+    d.next.previous_anchor_fingerprint = previous.as_ref().map(|p| p.fingerprint.clone());
+
+    if policies.paused {
+        if let Some(b) = &bundle {
+            let set = fingerprints(b);
+            d.count_bundle(observed, &set, false);
+        }
+        d.next.blocking_message =
+            Some("paused (spec.paused): observing only, nothing is written".to_owned());
+        d.next.phase = status.phase;
+        return d.finish(Requeue::Idle);
+    }
+
+    // The anchor the issuer chains to must stay trusted, whatever else happens.
+    let signer = issuer.signed_by.clone();
+    let signer_cert = [Some(&anchor), previous.as_ref()]
+        .into_iter()
+        .flatten()
+        .chain(bundle.iter().flatten())
+        .find(|c| Some(&c.fingerprint) == signer.as_ref())
+        .cloned();
+
+    // Bootstrap: the previous anchor is the one the issuer chains to (the anchor in use), or
+    // the current one; the bundle is every anchor that must be trusted.
+    let Some(previous) = previous else {
+        let p = signer_cert.clone().unwrap_or_else(|| anchor.clone());
+        d.effects.push(Effect::WritePreviousAnchor {
+            pem: p.pem.clone(),
+            fingerprint: p.fingerprint.clone(),
+        });
+        d.event(
+            false,
+            "BootstrappedPreviousAnchor",
+            &format!(
+                "wrote the previous-anchor Secret {}/{} with anchor {}",
+                names.previous_anchor_secret.0,
+                names.previous_anchor_secret.1,
+                short(&p.fingerprint)
+            ),
+        );
+        return d.finish(Requeue::Soon);
+    };
+    let Some(bundle) = bundle else {
+        let b = bundle_of([&anchor, &previous].into_iter().chain(signer_cert.as_ref()));
+        d.effects.push(Effect::WriteBundle {
+            pem: b.to_pem(),
+            fingerprint: b.fingerprint(),
+        });
+        d.event(
+            false,
+            "BootstrappedTrustBundle",
+            &format!(
+                "wrote the trust bundle ConfigMap {}/{} with {} anchor(s)",
+                names.bundle_configmap.0,
+                names.bundle_configmap.1,
+                b.len()
+            ),
+        );
+        return d.finish(Requeue::Soon);
+    };
+
+    let bundle_set = fingerprints(&bundle);
+    let bundle_fp = bundle_of(&bundle).fingerprint();
+    d.next.source_fingerprints = sources(names, &bundle, &anchor, &previous);
+    let renewed = anchor.fingerprint != previous.fingerprint;
+
+    // Out of order: the issuer already chains to a renewed anchor that not every proxy trusts.
+    let before_convergence = matches!(status.phase, Phase::Synced | Phase::PropagatingTrustRoots)
+        || (status.phase == Phase::RefreshingControlPlane && renewed);
+    let out_of_order =
+        renewed && signer.as_deref() == Some(anchor.fingerprint.as_str()) && before_convergence;
+    d.out_of_order(out_of_order);
+
+    // Expansion: every anchor that must be trusted is in the bundle, or the bundle grows and the
+    // control plane is restarted onto it. This is also how a second renewal mid-rotation
+    // restarts the expansion: nothing already in B is dropped.
+    let mut must_trust: Vec<&Cert> = vec![&anchor];
+    must_trust.extend(signer_cert.as_ref());
+    if must_trust
+        .iter()
+        .any(|c| !bundle_set.contains(&c.fingerprint))
+    {
+        let grown = bundle_of(bundle.iter().chain(must_trust.iter().copied()));
+        let why = if renewed {
+            format!(
+                "trust anchor renewed ({} -> {}): expanding the trust bundle to {} anchors",
+                short(&previous.fingerprint),
+                short(&anchor.fingerprint),
+                grown.len()
+            )
+        } else {
+            "the trust bundle lacked an anchor in use: restoring it".to_owned()
+        };
+        d.effects.push(Effect::WriteBundle {
+            pem: grown.to_pem(),
+            fingerprint: grown.fingerprint(),
+        });
+        d.transition(Phase::RefreshingControlPlane, &why);
+        d.next.blocking_message = Some(format!(
+            "restarting the control plane onto trust bundle {}",
+            short(&grown.fingerprint())
+        ));
+        return d.finish(Requeue::Soon);
+    }
+
+    match status.phase {
+        Phase::Synced => {
+            d.count_bundle(observed, &bundle_set, false);
+            d.next.workload_certificate_refresh_interval = None;
+            if renewed {
+                d.transition(
+                    Phase::RefreshingControlPlane,
+                    &format!(
+                        "trust anchor {} is in the bundle but differs from the previous anchor {}",
+                        short(&anchor.fingerprint),
+                        short(&previous.fingerprint)
+                    ),
+                );
+                return d.finish(Requeue::Soon);
+            }
+            d.next.blocking_message = None;
+            d.finish(Requeue::Idle)
+        }
+        Phase::RefreshingControlPlane => {
+            if observed.control_plane.is_empty() {
+                d.next.blocking_message = Some(
+                    "no control-plane Deployment found (label linkerd.io/control-plane-ns): cannot restart the identity controller onto the new bundle".to_owned(),
+                );
+                return d.finish(Requeue::Soon);
+            }
+            let stale: Vec<String> = observed
+                .control_plane
+                .iter()
+                .filter(|c| c.restarted_for.as_deref() != Some(bundle_fp.as_str()))
+                .map(|c| c.name.clone())
+                .collect();
+            if !stale.is_empty() {
+                d.effects.push(Effect::RestartControlPlane {
+                    deployments: stale.clone(),
+                    bundle_fingerprint: bundle_fp.clone(),
+                });
+                d.event(
+                    false,
+                    "RestartingControlPlane",
+                    &format!(
+                        "restarting {} onto trust bundle {}",
+                        stale.join(", "),
+                        short(&bundle_fp)
+                    ),
+                );
+            }
+            let pending_rollouts: Vec<&str> = observed
+                .control_plane
+                .iter()
+                .filter(|c| !c.rollout_complete || stale.contains(&c.name))
+                .map(|c| c.name.as_str())
+                .collect();
+            let cp_pods: Vec<&MeshedPod> =
+                observed.pods.iter().filter(|p| p.control_plane).collect();
+            let stale_pods: Vec<String> = cp_pods
+                .iter()
+                .filter(|p| p.restarted_for.as_deref() != Some(bundle_fp.as_str()) || !p.ready)
+                .map(|p| p.key())
+                .collect();
+            if pending_rollouts.is_empty() && stale_pods.is_empty() && !cp_pods.is_empty() {
+                let (next, why) = if renewed {
+                    (
+                        Phase::PropagatingTrustRoots,
+                        "control plane restarted onto the expanded bundle",
+                    )
+                } else {
+                    (
+                        Phase::RemovingOldTrustRoots,
+                        "control plane restarted onto the reduced bundle",
+                    )
+                };
+                d.transition(next, why);
+                if renewed {
+                    d.next.workload_certificate_refresh_interval =
+                        Some(policies.refresh_interval.clone());
+                } else {
+                    d.next.workload_certificate_refresh_interval = None;
+                }
+                return d.finish(Requeue::Soon);
+            }
+            d.next.blocking_message = Some(format!(
+                "waiting for the control plane to run on trust bundle {}: rollouts pending: [{}]; pods not yet on it: {}{}",
+                short(&bundle_fp),
+                pending_rollouts.join(", "),
+                stale_pods.len(),
+                examples(&stale_pods)
+            ));
+            d.finish(Requeue::Soon)
+        }
+        Phase::PropagatingTrustRoots | Phase::WaitingForRemoteClusters => {
+            d.next.workload_certificate_refresh_interval = Some(policies.refresh_interval.clone());
+            let pending = d.count_bundle(observed, &bundle_set, false);
+            if pending.is_empty() {
+                d.transition(
+                    Phase::WaitingForIdentityRotation,
+                    "every meshed pod holds the expanded trust bundle",
+                );
+                return d.waiting_for_issuer(policies, names, &anchor, &issuer);
+            }
+            d.restart_or_ask(
+                policies,
+                observed,
+                &pending,
+                &bundle_fp,
+                "do not hold the expanded trust bundle yet",
+            );
+            d.finish(Requeue::Soon)
+        }
+        Phase::WaitingForIdentityRotation => {
+            d.next.workload_certificate_refresh_interval = Some(policies.refresh_interval.clone());
+            d.count_bundle(observed, &bundle_set, false);
+            d.waiting_for_issuer(policies, names, &anchor, &issuer)
+        }
+        Phase::RenewingWorkloadCerts => {
+            d.next.workload_certificate_refresh_interval = Some(policies.refresh_interval.clone());
+            if signer.as_deref() != Some(anchor.fingerprint.as_str()) {
+                d.transition(
+                    Phase::WaitingForIdentityRotation,
+                    "the identity issuer no longer chains to the current anchor",
+                );
+                return d.waiting_for_issuer(policies, names, &anchor, &issuer);
+            }
+            let targets = observed.pods.len();
+            let pending: Vec<String> = observed
+                .pods
+                .iter()
+                .filter(|p| p.leaf != Some(Leaf::FromIssuer))
+                .map(|p| p.key())
+                .collect();
+            d.next.workload_certificates = Some(ConvergenceStatus::new(
+                (targets - pending.len()) as u32,
+                targets as u32,
+            ));
+            if !pending.is_empty() || targets == 0 {
+                d.next.blocking_message = Some(format!(
+                    "waiting for {} of {targets} proxies to present a leaf certificate from issuer {} (refresh interval {}){}",
+                    pending.len(),
+                    short(&issuer.cert.fingerprint),
+                    policies.refresh_interval,
+                    examples(&pending)
+                ));
+                return d.finish(Requeue::Soon);
+            }
+            // Every leaf chains to the current anchor: the old anchors can go.
+            if previous.fingerprint != anchor.fingerprint {
+                d.effects.push(Effect::WritePreviousAnchor {
+                    pem: anchor.pem.clone(),
+                    fingerprint: anchor.fingerprint.clone(),
+                });
+            }
+            let reduced = bundle_of([&anchor]);
+            d.effects.push(Effect::WriteBundle {
+                pem: reduced.to_pem(),
+                fingerprint: reduced.fingerprint(),
+            });
+            d.transition(
+                Phase::RefreshingControlPlane,
+                &format!(
+                    "every proxy holds a leaf from issuer {}: reducing the trust bundle to anchor {}",
+                    short(&issuer.cert.fingerprint),
+                    short(&anchor.fingerprint)
+                ),
+            );
+            d.finish(Requeue::Soon)
+        }
+        Phase::RemovingOldTrustRoots => {
+            d.next.workload_certificate_refresh_interval = None;
+            let pending = d.count_bundle(observed, &bundle_set, true);
+            if pending.is_empty() {
+                d.transition(
+                    Phase::Synced,
+                    "every meshed pod holds only the current trust anchor",
+                );
+                d.next.blocking_message = None;
+                return d.finish(Requeue::Idle);
+            }
+            d.restart_or_ask(
+                policies,
+                observed,
+                &pending,
+                &bundle_fp,
+                "still trust the old anchor",
+            );
+            d.finish(Requeue::Soon)
+        }
+    }
+}
+
+fn fingerprints(certs: &[Cert]) -> BTreeSet<String> {
+    certs.iter().map(|c| c.fingerprint.clone()).collect()
+}
+
+fn sources(
+    names: &Names,
+    bundle: &[Cert],
+    anchor: &Cert,
+    previous: &Cert,
+) -> Vec<SourceFingerprint> {
+    let mut seen = BTreeSet::new();
+    let mut out: Vec<SourceFingerprint> = bundle
+        .iter()
+        .filter(|c| seen.insert(c.fingerprint.clone()))
+        .map(|c| {
+            let ((ns, name), kind) = if c.fingerprint == anchor.fingerprint {
+                (&names.anchor_secret, SourceKind::Secret)
+            } else if c.fingerprint == previous.fingerprint {
+                (&names.previous_anchor_secret, SourceKind::Secret)
+            } else {
+                (&names.bundle_configmap, SourceKind::ConfigMap)
+            };
+            SourceFingerprint {
+                fingerprint: c.fingerprint.clone(),
+                kind,
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
+    out
+}
+
+fn examples(keys: &[String]) -> String {
+    if keys.is_empty() {
+        return String::new();
+    }
+    let mut shown: Vec<&str> = keys.iter().take(EXAMPLES).map(String::as_str).collect();
+    if keys.len() > EXAMPLES {
+        shown.push("...");
+    }
+    format!(" (e.g. {})", shown.join(", "))
+}
+
+/// The decision being built.
+struct Step<'a> {
+    prev: &'a TrustAnchorRotationStatus,
+    next: TrustAnchorRotationStatus,
+    effects: Vec<Effect>,
+    now: i64,
+}
+
+impl<'a> Step<'a> {
+    fn new(prev: &'a TrustAnchorRotationStatus, now: i64) -> Self {
+        Self {
+            prev,
+            next: prev.clone(),
+            effects: Vec::new(),
+            now,
+        }
+    }
+
+    fn time(&self) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(self.now).unwrap_or_default())
+    }
+
+    fn event(&mut self, warning: bool, reason: &str, message: &str) {
+        self.effects.push(Effect::Event {
+            warning,
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+        });
+    }
+
+    fn transition(&mut self, to: Phase, why: &str) {
+        let from = self.prev.phase;
+        self.next.phase = to;
+        self.next.last_phase_transition_time = Some(self.time());
+        self.next.blocking_message = None;
+        self.event(false, to.as_str(), &format!("{from} -> {to}: {why}"));
+    }
+
+    fn park(mut self, problem: &str) -> Decision {
+        let message = format!("parked: {problem}; nothing is written until this is fixed");
+        if self.prev.blocking_message.as_deref() != Some(message.as_str()) {
+            self.event(true, "RotationParked", &message);
+        }
+        self.next.blocking_message = Some(message);
+        // Parking writes nothing but status.
+        self.effects.retain(|e| matches!(e, Effect::Event { .. }));
+        self.finish(Requeue::Idle)
+    }
+
+    fn out_of_order(&mut self, detected: bool) {
+        let was = self
+            .prev
+            .conditions
+            .iter()
+            .find(|c| c.type_ == OUT_OF_ORDER_CONDITION);
+        let was_true = was.is_some_and(|c| c.status == ConditionStatus::True);
+        // Once raised it stays until the rotation is back in Synced: the damage (leaves some
+        // proxies cannot verify) lasts until every proxy holds the expanded bundle.
+        let now_true = detected || (was_true && self.prev.phase != Phase::Synced);
+        let (status, reason, message) = if now_true {
+            (
+                ConditionStatus::True,
+                "IssuerRenewedBeforeBundleConverged",
+                "the identity issuer was renewed onto the new anchor before every proxy held it: proxies still on the old bundle reject new leaves; finish propagating the bundle now",
+            )
+        } else {
+            (
+                ConditionStatus::False,
+                "IssuerRotationInOrder",
+                "the identity issuer is renewed only after the bundle converged",
+            )
+        };
+        if detected && !was_true {
+            self.event(true, "OutOfOrderIssuerRotation", message);
+        }
+        let changed = was.is_none_or(|c| c.status != status);
+        let condition = Condition {
+            type_: OUT_OF_ORDER_CONDITION.to_owned(),
+            status,
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+            last_transition_time: match was {
+                Some(c) if !changed => c.last_transition_time.clone(),
+                _ => self.time(),
+            },
+        };
+        self.next
+            .conditions
+            .retain(|c| c.type_ != OUT_OF_ORDER_CONDITION);
+        self.next.conditions.push(condition);
+    }
+
+    /// Counts workload pods holding the bundle (a superset while expanding, exactly it when
+    /// reducing) into status; returns the keys of those that do not.
+    fn count_bundle(
+        &mut self,
+        observed: &Observed,
+        bundle: &BTreeSet<String>,
+        exact: bool,
+    ) -> Vec<String> {
+        let workloads: Vec<&MeshedPod> =
+            observed.pods.iter().filter(|p| !p.control_plane).collect();
+        let pending: Vec<String> = workloads
+            .iter()
+            .filter(|p| match &p.anchors {
+                Some(a) if exact => a != bundle,
+                Some(a) => !a.is_superset(bundle),
+                None => true,
+            })
+            .map(|p| p.key())
+            .collect();
+        self.next.trust_bundle = Some(ConvergenceStatus::new(
+            (workloads.len() - pending.len()) as u32,
+            workloads.len() as u32,
+        ));
+        pending
+    }
+
+    /// Restarts (Automatic) or names (Manual) the workloads of pods not holding the bundle.
+    fn restart_or_ask(
+        &mut self,
+        policies: &Policies,
+        observed: &Observed,
+        pending: &[String],
+        bundle_fp: &str,
+        what: &str,
+    ) {
+        let pending_pods: Vec<&MeshedPod> = observed
+            .pods
+            .iter()
+            .filter(|p| pending.contains(&p.key()))
+            .collect();
+        let mut workloads = BTreeSet::new();
+        let mut unfixable = Vec::new();
+        for p in &pending_pods {
+            match &p.owner {
+                Ok(w) => {
+                    workloads.insert(w.clone());
+                }
+                Err(why) => unfixable.push(format!(
+                    "{} ({})",
+                    p.key(),
+                    match why {
+                        Unfixable::BarePod => "no owning workload: delete it".to_owned(),
+                        Unfixable::ManuallyInjected =>
+                            "injected by linkerd inject: re-inject its workload".to_owned(),
+                        Unfixable::Owner(o) => format!("owned by {o}: restart it by hand"),
+                    }
+                )),
+            }
+        }
+        let mut message = format!("{} of {} meshed pods {what}", pending.len(), {
+            observed.pods.iter().filter(|p| !p.control_plane).count()
+        });
+        message.push_str(&examples(pending));
+        match policies.restart {
+            RestartPolicy::Automatic => {
+                let not_ready: BTreeSet<&Workload> = observed
+                    .pods
+                    .iter()
+                    .filter(|p| !p.ready)
+                    .filter_map(|p| p.owner.as_ref().ok())
+                    .collect();
+                let busy = observed.workloads_restarting.len();
+                let room = policies.max_concurrent_workloads.saturating_sub(busy);
+                let next: Vec<Workload> = workloads
+                    .iter()
+                    .filter(|w| {
+                        !observed.workloads_restarting.contains(*w) && !not_ready.contains(w)
+                    })
+                    .take(room)
+                    .cloned()
+                    .collect();
+                message.push_str(&format!(
+                    "; restarting {} workload(s) at a time ({busy} in progress, {} waiting)",
+                    policies.max_concurrent_workloads,
+                    workloads.len().saturating_sub(busy + next.len())
+                ));
+                if !next.is_empty() {
+                    let list: Vec<String> = next.iter().map(|w| w.to_string()).collect();
+                    self.event(
+                        false,
+                        "RestartingWorkloads",
+                        &format!("restarting {}", list.join(", ")),
+                    );
+                    self.effects.push(Effect::RestartWorkloads {
+                        workloads: next,
+                        bundle_fingerprint: bundle_fp.to_owned(),
+                    });
+                }
+            }
+            RestartPolicy::Manual => {
+                let list: Vec<String> = workloads
+                    .iter()
+                    .take(EXAMPLES)
+                    .map(|w| {
+                        format!(
+                            "kubectl rollout restart {} -n {}",
+                            w.kind.to_lowercase() + "/" + &w.name,
+                            w.namespace
+                        )
+                    })
+                    .collect();
+                if !list.is_empty() {
+                    message.push_str(&format!(
+                        "; restart their {} workload(s): {}{}",
+                        workloads.len(),
+                        list.join("; "),
+                        if workloads.len() > EXAMPLES {
+                            "; ..."
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+            }
+        }
+        if !unfixable.is_empty() {
+            message.push_str(&format!(
+                "; a restart cannot fix {}: {}",
+                unfixable.len(),
+                unfixable
+                    .iter()
+                    .take(EXAMPLES)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            let previous_mentions = self
+                .prev
+                .blocking_message
+                .as_deref()
+                .is_some_and(|m| m.contains("a restart cannot fix"));
+            if !previous_mentions {
+                self.event(
+                    true,
+                    "UnfixableWorkloads",
+                    &format!("a restart cannot fix: {}", unfixable.join(", ")),
+                );
+            }
+        }
+        self.next.blocking_message = Some(message);
+    }
+
+    fn waiting_for_issuer(
+        mut self,
+        policies: &Policies,
+        names: &Names,
+        anchor: &Cert,
+        issuer: &Issuer,
+    ) -> Decision {
+        if issuer.signed_by.as_deref() == Some(anchor.fingerprint.as_str()) {
+            self.transition(
+                Phase::RenewingWorkloadCerts,
+                &format!(
+                    "the identity issuer {} chains to the current anchor: waiting for every proxy to refresh its leaf",
+                    short(&issuer.cert.fingerprint)
+                ),
+            );
+            return self.finish(Requeue::Soon);
+        }
+        let (ns, name) = &names.issuer_certificate;
+        let message = match policies.issuer_renewal {
+            RenewalPolicy::Automatic => {
+                if !issuer.issuing {
+                    self.effects.push(Effect::RenewIssuer);
+                    self.event(
+                        false,
+                        "RenewingIssuer",
+                        &format!(
+                            "set Issuing=True on Certificate {ns}/{name} (as cmctl renew does)"
+                        ),
+                    );
+                }
+                format!(
+                    "renewing the identity issuer: waiting for cert-manager to re-issue Certificate {ns}/{name} from the new anchor"
+                )
+            }
+            RenewalPolicy::Manual => format!(
+                "the trust bundle has converged on every meshed pod; renew the identity issuer now: cmctl renew -n {ns} {name}"
+            ),
+        };
+        self.next.blocking_message = Some(message);
+        self.finish(Requeue::Soon)
+    }
+
+    fn finish(self, requeue: Requeue) -> Decision {
+        Decision {
+            status: self.next,
+            effects: self.effects,
+            requeue,
+        }
+    }
+}
+
+/// The fingerprint of a PEM certificate's DER, for callers that hold only PEM.
+pub fn pem_fingerprint(pem_text: &str) -> Option<String> {
+    let block = pem::parse(pem_text).ok()?;
+    Some(sha256_hex(block.contents()))
+}

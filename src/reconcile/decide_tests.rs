@@ -1,0 +1,671 @@
+//! Table tests of [`super::decide::decide`]: every phase against the observations that move it,
+//! hold it, or park it.
+
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use super::decide::*;
+use super::model::*;
+use crate::crd::{ConditionStatus, Phase, RenewalPolicy, RestartPolicy, TrustAnchorRotationStatus};
+use crate::sim::pki;
+
+const NOW: i64 = 1_800_000_000;
+
+/// Three real anchors (the decision builds canonical bundles from their PEM).
+fn anchors() -> &'static [Cert; 3] {
+    static A: OnceLock<[Cert; 3]> = OnceLock::new();
+    A.get_or_init(|| {
+        std::array::from_fn(|i| {
+            let key = pki::generate_key().unwrap();
+            let now = pki::now();
+            let der = pki::Template {
+                common_name: "root.linkerd.cluster.local".to_owned(),
+                dns_names: vec![],
+                is_ca: true,
+                not_before: now - Duration::from_secs(60 + i as u64),
+                not_after: now + Duration::from_secs(3600),
+            }
+            .self_signed(&key)
+            .unwrap();
+            Cert {
+                fingerprint: crate::bundle::sha256_hex(&der),
+                pem: pki::to_pem(&der),
+                not_after: NOW + 365 * 86400,
+            }
+        })
+    })
+}
+
+fn a(i: usize) -> Cert {
+    anchors()[i].clone()
+}
+
+fn fp(i: usize) -> String {
+    a(i).fingerprint
+}
+
+fn issuer(signed_by: usize) -> Issuer {
+    Issuer {
+        cert: Cert {
+            fingerprint: format!("{:0>64}", format!("1550e{signed_by}")),
+            pem: String::new(),
+            not_after: NOW + 2 * 86400,
+        },
+        signed_by: Some(fp(signed_by)),
+        issuing: false,
+    }
+}
+
+fn set(ids: &[usize]) -> BTreeSet<String> {
+    ids.iter().map(|&i| fp(i)).collect()
+}
+
+fn bundle_fp(ids: &[usize]) -> String {
+    bundle_of(ids.iter().map(|&i| &anchors()[i])).fingerprint()
+}
+
+fn pod(ns: &str, name: &str, holds: &[usize]) -> MeshedPod {
+    MeshedPod {
+        namespace: ns.to_owned(),
+        name: name.to_owned(),
+        control_plane: false,
+        ready: true,
+        anchors: Some(set(holds)),
+        restarted_for: None,
+        owner: Ok(Workload {
+            kind: "Deployment".to_owned(),
+            namespace: ns.to_owned(),
+            name: name
+                .rsplit_once('-')
+                .map(|(d, _)| d)
+                .unwrap_or(name)
+                .to_owned(),
+        }),
+        leaf: None,
+    }
+}
+
+fn cp_pod(name: &str, restarted_for: Option<String>) -> MeshedPod {
+    MeshedPod {
+        control_plane: true,
+        anchors: None,
+        restarted_for,
+        ..pod("linkerd", name, &[])
+    }
+}
+
+fn cp(restarted_for: Option<String>, complete: bool) -> Vec<ControlPlaneDeployment> {
+    [
+        "linkerd-identity",
+        "linkerd-destination",
+        "linkerd-proxy-injector",
+    ]
+    .iter()
+    .map(|n| ControlPlaneDeployment {
+        name: (*n).to_owned(),
+        restarted_for: restarted_for.clone(),
+        rollout_complete: complete,
+    })
+    .collect()
+}
+
+/// A world: anchor A, previous P, bundle B, issuer signed by `signer`, workload pods holding
+/// `holds`, the control plane restarted for `cp_for`.
+struct World {
+    anchor: usize,
+    previous: Option<usize>,
+    bundle: Option<Vec<usize>>,
+    signer: usize,
+    holds: Vec<usize>,
+    cp_for: Option<String>,
+}
+
+impl World {
+    fn synced() -> Self {
+        World {
+            anchor: 0,
+            previous: Some(0),
+            bundle: Some(vec![0]),
+            signer: 0,
+            holds: vec![0],
+            cp_for: None,
+        }
+    }
+
+    fn observed(&self) -> Observed {
+        let mut pods: Vec<MeshedPod> = (0..4)
+            .map(|i| pod(&format!("app-{}", i % 2), &format!("web-{i}"), &self.holds))
+            .collect();
+        pods.push(cp_pod("linkerd-identity-1", self.cp_for.clone()));
+        Observed {
+            now: NOW,
+            anchor: Ok(a(self.anchor)),
+            previous: Ok(self.previous.map(a)),
+            bundle: Ok(self
+                .bundle
+                .as_ref()
+                .map(|b| b.iter().map(|&i| a(i)).collect())),
+            issuer: Ok(issuer(self.signer)),
+            control_plane: cp(self.cp_for.clone(), true),
+            pods,
+            workloads_restarting: BTreeSet::new(),
+        }
+    }
+}
+
+fn manual() -> Policies {
+    Policies {
+        restart: RestartPolicy::Manual,
+        max_concurrent_workloads: 2,
+        issuer_renewal: RenewalPolicy::Manual,
+        paused: false,
+        refresh_interval: "5m".to_owned(),
+    }
+}
+
+fn automatic() -> Policies {
+    Policies {
+        restart: RestartPolicy::Automatic,
+        issuer_renewal: RenewalPolicy::Automatic,
+        ..manual()
+    }
+}
+
+fn in_phase(phase: Phase) -> TrustAnchorRotationStatus {
+    TrustAnchorRotationStatus {
+        phase,
+        ..Default::default()
+    }
+}
+
+fn run(policies: &Policies, phase: Phase, observed: &Observed) -> Decision {
+    decide(policies, &Names::default(), &in_phase(phase), observed)
+}
+
+fn writes(d: &Decision) -> Vec<&Effect> {
+    d.effects
+        .iter()
+        .filter(|e| !matches!(e, Effect::Event { .. }))
+        .collect()
+}
+
+fn written_bundle(d: &Decision) -> Option<BTreeSet<String>> {
+    d.effects.iter().find_map(|e| match e {
+        Effect::WriteBundle { pem, .. } => Some(
+            crate::bundle::Bundle::from_pem("test", pem)
+                .unwrap()
+                .fingerprints()
+                .map(str::to_owned)
+                .collect(),
+        ),
+        _ => None,
+    })
+}
+
+fn blocking(d: &Decision) -> &str {
+    d.status.blocking_message.as_deref().unwrap_or("")
+}
+
+fn out_of_order(d: &Decision) -> Option<ConditionStatus> {
+    d.status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == OUT_OF_ORDER_CONDITION)
+        .map(|c| c.status)
+}
+
+#[test]
+fn synced_steady_state_writes_nothing_and_idles() {
+    let d = run(&manual(), Phase::Synced, &World::synced().observed());
+    assert_eq!(d.status.phase, Phase::Synced);
+    assert!(d.effects.is_empty(), "{:?}", d.effects);
+    assert_eq!(d.requeue, Requeue::Idle);
+    assert_eq!(
+        d.status.trust_bundle.as_ref().unwrap().progress.as_deref(),
+        Some("4/4")
+    );
+    assert_eq!(out_of_order(&d), Some(ConditionStatus::False));
+    assert_eq!(d.status.source_fingerprints.len(), 1);
+    assert_eq!(
+        d.status.active_issuer_fingerprint,
+        Some(issuer(0).cert.fingerprint)
+    );
+}
+
+#[test]
+fn bootstrap_writes_the_previous_anchor_from_the_anchor_in_use() {
+    let w = World {
+        previous: None,
+        ..World::synced()
+    };
+    let d = run(&manual(), Phase::Synced, &w.observed());
+    assert_eq!(
+        writes(&d),
+        [&Effect::WritePreviousAnchor {
+            pem: a(0).pem,
+            fingerprint: fp(0)
+        }]
+    );
+    // Installed after the anchor was already renewed: P is the anchor the issuer chains to,
+    // so the rotation that follows knows what "previous" is.
+    let w = World {
+        anchor: 1,
+        previous: None,
+        ..World::synced()
+    };
+    let d = run(&manual(), Phase::Synced, &w.observed());
+    assert!(
+        matches!(writes(&d)[..], [Effect::WritePreviousAnchor { fingerprint, .. }] if *fingerprint == fp(0))
+    );
+}
+
+#[test]
+fn bootstrap_writes_a_missing_bundle_with_every_anchor_in_use() {
+    let w = World {
+        anchor: 1,
+        previous: Some(0),
+        bundle: None,
+        ..World::synced()
+    };
+    let d = run(&manual(), Phase::Synced, &w.observed());
+    assert_eq!(written_bundle(&d), Some(set(&[0, 1])));
+    assert_eq!(d.status.phase, Phase::Synced);
+}
+
+#[test]
+fn renewed_anchor_expands_the_bundle_and_refreshes_the_control_plane() {
+    let w = World {
+        anchor: 1,
+        ..World::synced()
+    };
+    let d = run(&manual(), Phase::Synced, &w.observed());
+    assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
+    assert_eq!(written_bundle(&d), Some(set(&[0, 1])));
+    assert_eq!(out_of_order(&d), Some(ConditionStatus::False));
+    assert!(d.status.last_phase_transition_time.is_some());
+    assert!(
+        d.effects.iter().any(
+            |e| matches!(e, Effect::Event { reason, .. } if reason == "RefreshingControlPlane")
+        )
+    );
+}
+
+#[test]
+fn issuer_renewed_with_the_anchor_raises_out_of_order_and_still_expands() {
+    let w = World {
+        anchor: 1,
+        signer: 1,
+        ..World::synced()
+    };
+    let d = run(&manual(), Phase::Synced, &w.observed());
+    assert_eq!(out_of_order(&d), Some(ConditionStatus::True));
+    assert_eq!(written_bundle(&d), Some(set(&[0, 1])));
+    assert!(d.effects.iter().any(|e| matches!(e, Effect::Event { reason, warning: true, .. } if reason == "OutOfOrderIssuerRotation")));
+    // And while the bundle propagates.
+    let w = World {
+        anchor: 1,
+        signer: 1,
+        bundle: Some(vec![0, 1]),
+        holds: vec![0],
+        ..World::synced()
+    };
+    let d = run(&manual(), Phase::PropagatingTrustRoots, &w.observed());
+    assert_eq!(out_of_order(&d), Some(ConditionStatus::True));
+    assert_eq!(d.status.phase, Phase::PropagatingTrustRoots);
+}
+
+#[test]
+fn control_plane_is_restarted_once_per_bundle_and_awaited() {
+    let w = World {
+        anchor: 1,
+        bundle: Some(vec![0, 1]),
+        ..World::synced()
+    };
+    let d = run(&manual(), Phase::RefreshingControlPlane, &w.observed());
+    assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
+    assert!(
+        matches!(&writes(&d)[..], [Effect::RestartControlPlane { deployments, bundle_fingerprint }]
+        if deployments.len() == 3 && *bundle_fingerprint == bundle_fp(&[0, 1]))
+    );
+
+    // Restarted for this bundle, rollout still going: no second restart.
+    let mut o = World {
+        cp_for: Some(bundle_fp(&[0, 1])),
+        ..w
+    }
+    .observed();
+    o.control_plane[0].rollout_complete = false;
+    let d = run(&manual(), Phase::RefreshingControlPlane, &o);
+    assert!(writes(&d).is_empty());
+    assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
+    assert!(
+        blocking(&d).contains("linkerd-identity"),
+        "{}",
+        blocking(&d)
+    );
+}
+
+#[test]
+fn control_plane_on_the_expanded_bundle_starts_propagation_with_the_fast_refresh() {
+    let w = World {
+        anchor: 1,
+        bundle: Some(vec![0, 1]),
+        cp_for: Some(bundle_fp(&[0, 1])),
+        ..World::synced()
+    };
+    let d = run(&manual(), Phase::RefreshingControlPlane, &w.observed());
+    assert_eq!(d.status.phase, Phase::PropagatingTrustRoots);
+    assert_eq!(
+        d.status.workload_certificate_refresh_interval.as_deref(),
+        Some("5m")
+    );
+    assert!(writes(&d).is_empty());
+}
+
+#[test]
+fn control_plane_on_the_reduced_bundle_starts_removal() {
+    let w = World {
+        anchor: 1,
+        previous: Some(1),
+        bundle: Some(vec![1]),
+        signer: 1,
+        holds: vec![0, 1],
+        cp_for: Some(bundle_fp(&[1])),
+    };
+    let d = run(&manual(), Phase::RefreshingControlPlane, &w.observed());
+    assert_eq!(d.status.phase, Phase::RemovingOldTrustRoots);
+    assert_eq!(d.status.workload_certificate_refresh_interval, None);
+}
+
+#[test]
+fn no_control_plane_found_blocks_rather_than_skipping_the_identity_restart() {
+    let w = World {
+        anchor: 1,
+        bundle: Some(vec![0, 1]),
+        ..World::synced()
+    };
+    let mut o = w.observed();
+    o.control_plane.clear();
+    let d = run(&manual(), Phase::RefreshingControlPlane, &o);
+    assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
+    assert!(blocking(&d).contains("no control-plane Deployment"));
+}
+
+fn propagating() -> World {
+    World {
+        anchor: 1,
+        bundle: Some(vec![0, 1]),
+        holds: vec![0],
+        cp_for: Some(bundle_fp(&[0, 1])),
+        ..World::synced()
+    }
+}
+
+#[test]
+fn manual_propagation_names_the_restarts_and_does_none() {
+    let d = run(
+        &manual(),
+        Phase::PropagatingTrustRoots,
+        &propagating().observed(),
+    );
+    assert_eq!(d.status.phase, Phase::PropagatingTrustRoots);
+    assert!(writes(&d).is_empty());
+    assert_eq!(
+        d.status.trust_bundle.as_ref().unwrap().progress.as_deref(),
+        Some("0/4")
+    );
+    let m = blocking(&d);
+    assert!(
+        m.starts_with("4 of 4 meshed pods do not hold the expanded trust bundle"),
+        "{m}"
+    );
+    assert!(
+        m.contains("kubectl rollout restart deployment/web -n app-0"),
+        "{m}"
+    );
+    assert!(m.contains("e.g. app-0/web-0"), "{m}");
+}
+
+#[test]
+fn automatic_propagation_restarts_paced_and_skips_unready_and_busy_workloads() {
+    let mut o = propagating().observed();
+    for (i, p) in o.pods.iter_mut().filter(|p| !p.control_plane).enumerate() {
+        p.owner = Ok(Workload {
+            kind: "Deployment".to_owned(),
+            namespace: "app".to_owned(),
+            name: format!("w{i}"),
+        });
+    }
+    o.pods[1].ready = false;
+    o.workloads_restarting.insert(Workload {
+        kind: "Deployment".to_owned(),
+        namespace: "app".to_owned(),
+        name: "w3".to_owned(),
+    });
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
+    let restarted = d.effects.iter().find_map(|e| match e {
+        Effect::RestartWorkloads {
+            workloads,
+            bundle_fingerprint,
+        } => {
+            assert_eq!(*bundle_fingerprint, bundle_fp(&[0, 1]));
+            Some(workloads.iter().map(|w| w.name.clone()).collect::<Vec<_>>())
+        }
+        _ => None,
+    });
+    // Two at a time, one already busy: one more, never w1 (not Ready) or w3 (restarting).
+    assert_eq!(restarted, Some(vec!["w0".to_owned()]));
+}
+
+#[test]
+fn converged_bundle_waits_for_the_issuer_or_renews_it() {
+    let w = World {
+        holds: vec![0, 1],
+        ..propagating()
+    };
+    let d = run(&manual(), Phase::PropagatingTrustRoots, &w.observed());
+    assert_eq!(d.status.phase, Phase::WaitingForIdentityRotation);
+    assert!(writes(&d).is_empty());
+    assert!(
+        blocking(&d).contains("cmctl renew -n linkerd linkerd-identity-issuer"),
+        "{}",
+        blocking(&d)
+    );
+
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &w.observed());
+    assert_eq!(d.status.phase, Phase::WaitingForIdentityRotation);
+    assert_eq!(writes(&d), [&Effect::RenewIssuer]);
+
+    // Already issuing: asked once, not again.
+    let mut o = w.observed();
+    o.issuer.as_mut().unwrap().issuing = true;
+    let d = run(&automatic(), Phase::WaitingForIdentityRotation, &o);
+    assert!(writes(&d).is_empty());
+}
+
+#[test]
+fn renewed_issuer_moves_to_renewing_workload_certs() {
+    let w = World {
+        holds: vec![0, 1],
+        signer: 1,
+        ..propagating()
+    };
+    let d = run(&manual(), Phase::WaitingForIdentityRotation, &w.observed());
+    assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts);
+    assert_eq!(
+        out_of_order(&d),
+        Some(ConditionStatus::False),
+        "renewed in order"
+    );
+    assert_eq!(
+        d.status.active_issuer_fingerprint,
+        Some(issuer(1).cert.fingerprint)
+    );
+}
+
+#[test]
+fn leaves_are_awaited_then_the_bundle_is_reduced() {
+    let w = World {
+        holds: vec![0, 1],
+        signer: 1,
+        ..propagating()
+    };
+    let mut o = w.observed();
+    for (i, p) in o.pods.iter_mut().enumerate() {
+        p.leaf = Some(if i == 0 {
+            Leaf::FromOtherIssuer
+        } else {
+            Leaf::FromIssuer
+        });
+    }
+    let d = run(&manual(), Phase::RenewingWorkloadCerts, &o);
+    assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts);
+    assert!(
+        writes(&d).is_empty(),
+        "nothing leaves the bundle while a leaf chains to it"
+    );
+    assert_eq!(
+        d.status
+            .workload_certificates
+            .as_ref()
+            .unwrap()
+            .progress
+            .as_deref(),
+        Some("4/5")
+    );
+    assert!(blocking(&d).contains("1 of 5 proxies"), "{}", blocking(&d));
+
+    o.pods[0].leaf = Some(Leaf::FromIssuer);
+    let d = run(&manual(), Phase::RenewingWorkloadCerts, &o);
+    assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
+    assert!(
+        matches!(writes(&d)[0], Effect::WritePreviousAnchor { fingerprint, .. } if *fingerprint == fp(1))
+    );
+    assert_eq!(written_bundle(&d), Some(set(&[1])));
+}
+
+#[test]
+fn unreachable_or_unprobed_pods_are_not_converged() {
+    let w = World {
+        holds: vec![0, 1],
+        signer: 1,
+        ..propagating()
+    };
+    let mut o = w.observed();
+    for p in o.pods.iter_mut() {
+        p.leaf = Some(Leaf::FromIssuer);
+    }
+    o.pods[2].leaf = Some(Leaf::Unreachable);
+    o.pods[3].leaf = None;
+    let d = run(&manual(), Phase::RenewingWorkloadCerts, &o);
+    assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts);
+    assert!(writes(&d).is_empty());
+}
+
+#[test]
+fn removal_restarts_pods_still_trusting_the_old_anchor_then_syncs() {
+    let w = World {
+        anchor: 1,
+        previous: Some(1),
+        bundle: Some(vec![1]),
+        signer: 1,
+        holds: vec![0, 1],
+        cp_for: Some(bundle_fp(&[1])),
+    };
+    let d = run(&automatic(), Phase::RemovingOldTrustRoots, &w.observed());
+    assert_eq!(d.status.phase, Phase::RemovingOldTrustRoots);
+    assert!(
+        matches!(writes(&d)[..], [Effect::RestartWorkloads { bundle_fingerprint, .. }] if *bundle_fingerprint == bundle_fp(&[1]))
+    );
+    assert!(blocking(&d).contains("still trust the old anchor"));
+
+    let w = World {
+        holds: vec![1],
+        ..w
+    };
+    let d = run(&automatic(), Phase::RemovingOldTrustRoots, &w.observed());
+    assert_eq!(d.status.phase, Phase::Synced);
+    assert_eq!(d.status.blocking_message, None);
+    assert_eq!(d.status.workload_certificate_refresh_interval, None);
+    assert_eq!(d.requeue, Requeue::Idle);
+}
+
+#[test]
+fn second_renewal_mid_rotation_expands_again_keeping_every_anchor_in_use() {
+    // Mid RenewingWorkloadCerts: B = {a0, a1}, the issuer on a1, some leaves still from a0's
+    // issuer; the anchor is renewed again to a2.
+    let w = World {
+        anchor: 2,
+        previous: Some(0),
+        bundle: Some(vec![0, 1]),
+        signer: 1,
+        holds: vec![0, 1],
+        cp_for: Some(bundle_fp(&[0, 1])),
+    };
+    let d = run(&manual(), Phase::RenewingWorkloadCerts, &w.observed());
+    assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
+    assert_eq!(written_bundle(&d), Some(set(&[0, 1, 2])));
+}
+
+#[test]
+fn unusable_material_parks_writing_nothing_and_says_what() {
+    let mut o = propagating().observed();
+    o.anchor = Err(Problem {
+        object: "Secret cert-manager/linkerd-trust-anchor".to_owned(),
+        message: "tls.crt is not PEM".to_owned(),
+    });
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
+    assert_eq!(d.status.phase, Phase::PropagatingTrustRoots);
+    assert!(writes(&d).is_empty());
+    assert!(
+        blocking(&d).contains("Secret cert-manager/linkerd-trust-anchor: tls.crt is not PEM"),
+        "{}",
+        blocking(&d)
+    );
+    assert_eq!(d.requeue, Requeue::Idle);
+    // Parked again with the same problem: no second event.
+    let again = decide(&automatic(), &Names::default(), &d.status, &o);
+    assert!(again.effects.is_empty(), "{:?}", again.effects);
+
+    let mut o = World::synced().observed();
+    o.anchor.as_mut().unwrap().not_after = NOW - 1;
+    let d = run(&automatic(), Phase::Synced, &o);
+    assert!(writes(&d).is_empty());
+    assert!(blocking(&d).contains("has expired"), "{}", blocking(&d));
+}
+
+#[test]
+fn paused_observes_and_writes_nothing() {
+    let w = World {
+        anchor: 1,
+        ..World::synced()
+    };
+    let policies = Policies {
+        paused: true,
+        ..automatic()
+    };
+    let d = run(&policies, Phase::Synced, &w.observed());
+    assert_eq!(d.status.phase, Phase::Synced);
+    assert!(d.effects.is_empty());
+    assert!(blocking(&d).contains("paused"));
+}
+
+#[test]
+fn pods_a_restart_cannot_fix_are_named() {
+    let mut o = propagating().observed();
+    o.pods[0].owner = Err(Unfixable::BarePod);
+    o.pods[1].owner = Err(Unfixable::ManuallyInjected);
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
+    let m = blocking(&d);
+    assert!(
+        m.contains("a restart cannot fix 2: app-0/web-0 (no owning workload: delete it)"),
+        "{m}"
+    );
+    assert!(m.contains("linkerd inject"), "{m}");
+    assert!(
+        d.effects
+            .iter()
+            .any(|e| matches!(e, Effect::Event { reason, .. } if reason == "UnfixableWorkloads"))
+    );
+}

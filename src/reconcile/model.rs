@@ -1,0 +1,199 @@
+//! What the reconciler observes and what it asks the I/O layer to do: plain values, no clients.
+
+use std::collections::BTreeSet;
+
+use crate::crd::{Phase, RenewalPolicy, RestartPolicy};
+
+/// An anchor or issuer certificate as the decision needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cert {
+    /// Lowercase hex SHA-256 of the DER.
+    pub fingerprint: String,
+    /// PEM of this one certificate (what a bundle or the previous-anchor Secret is built from).
+    pub pem: String,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// A certificate source that could not be used, named for the blocking message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// `Secret cert-manager/linkerd-trust-anchor`, `ConfigMap linkerd/linkerd-identity-trust-roots`.
+    pub object: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.object, self.message)
+    }
+}
+
+/// The identity issuer as observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Issuer {
+    pub cert: Cert,
+    /// Fingerprint of the known anchor (current, previous or in the bundle) that signed it, if
+    /// any of them did.
+    pub signed_by: Option<String>,
+    /// The issuer Certificate carries `Issuing=True` (a renewal is under way).
+    pub issuing: bool,
+}
+
+/// A workload that owns pods and can be restarted by a pod-template annotation.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Workload {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}",
+            self.kind.to_lowercase(),
+            self.namespace,
+            self.name
+        )
+    }
+}
+
+/// Why a pod cannot be brought onto a new bundle by restarting its workload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unfixable {
+    /// No owning workload: only deleting it helps.
+    BarePod,
+    /// Injected by `linkerd inject`: the anchors are baked into the workload's template.
+    ManuallyInjected,
+    /// Owned by something the operator does not restart (a Job, an `OnDelete` StatefulSet...).
+    Owner(String),
+}
+
+/// The live leaf of a pod, as probed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Leaf {
+    /// Signed by the current issuer.
+    FromIssuer,
+    /// Signed by another issuer (an older one).
+    FromOtherIssuer,
+    /// No answer, or no chain.
+    Unreachable,
+}
+
+/// One running meshed pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshedPod {
+    pub namespace: String,
+    pub name: String,
+    pub control_plane: bool,
+    pub ready: bool,
+    /// Fingerprints of the anchors its proxy holds (from its env, the truth); `None` when they
+    /// cannot be read from the spec (control-plane pods read them from the ConfigMap).
+    pub anchors: Option<BTreeSet<String>>,
+    /// For control-plane pods: the bundle fingerprint their pod template was restarted for.
+    pub restarted_for: Option<String>,
+    /// Who restarts it, or why nobody can.
+    pub owner: Result<Workload, Unfixable>,
+    /// Probed only while leaves are awaited.
+    pub leaf: Option<Leaf>,
+}
+
+impl MeshedPod {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A control-plane Deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlPlaneDeployment {
+    pub name: String,
+    /// The bundle fingerprint in its pod template's restart annotation.
+    pub restarted_for: Option<String>,
+    /// `kubectl rollout status` would say complete.
+    pub rollout_complete: bool,
+}
+
+/// Everything the decision looks at, gathered by the I/O layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    /// Unix seconds.
+    pub now: i64,
+    /// The current anchor A (the cert-manager Secret).
+    pub anchor: Result<Cert, Problem>,
+    /// The previous anchor P; `Ok(None)` when the Secret does not exist yet.
+    pub previous: Result<Option<Cert>, Problem>,
+    /// The bundle B; `Ok(None)` when the ConfigMap (or its key) does not exist yet.
+    pub bundle: Result<Option<Vec<Cert>>, Problem>,
+    pub issuer: Result<Issuer, Problem>,
+    pub control_plane: Vec<ControlPlaneDeployment>,
+    /// Running meshed pods (not terminating), control plane included.
+    pub pods: Vec<MeshedPod>,
+    /// Workloads with a restart already in progress (rollout not complete).
+    pub workloads_restarting: BTreeSet<Workload>,
+}
+
+/// The policies, from the spec, with defaults applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policies {
+    pub restart: RestartPolicy,
+    pub max_concurrent_workloads: usize,
+    pub issuer_renewal: RenewalPolicy,
+    pub paused: bool,
+    /// `spec.workloadCertificateRefreshInterval`.
+    pub refresh_interval: String,
+}
+
+/// Default pacing of automatic workload restarts: enough parallelism that a large mesh is not
+/// serialised, few enough that a bad restart never takes out more than a handful of services.
+pub const DEFAULT_MAX_CONCURRENT_WORKLOADS: usize = 5;
+
+/// What the I/O layer is asked to do, in order. Each is idempotent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Server-side apply the bundle ConfigMap with this canonical PEM.
+    WriteBundle { pem: String, fingerprint: String },
+    /// Create or update the previous-anchor Secret with this certificate (never a key).
+    WritePreviousAnchor { pem: String, fingerprint: String },
+    /// Set the restart annotation on these control-plane Deployments' pod templates.
+    RestartControlPlane {
+        deployments: Vec<String>,
+        bundle_fingerprint: String,
+    },
+    /// Set the restart annotation on these workloads' pod templates.
+    RestartWorkloads {
+        workloads: Vec<Workload>,
+        bundle_fingerprint: String,
+    },
+    /// Set `Issuing=True` on the issuer Certificate, as `cmctl renew` does.
+    RenewIssuer,
+    /// A Kubernetes Event on the `cluster` resource.
+    Event {
+        warning: bool,
+        reason: String,
+        message: String,
+    },
+}
+
+/// How soon to look again when nothing changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requeue {
+    /// A rotation is moving: poll what is not watched (probes, rollouts).
+    Soon,
+    /// Steady state, or parked: watches will wake us.
+    Idle,
+}
+
+/// The phase a rotation is in, with what it means for the bundle.
+pub fn accelerating(phase: Phase) -> bool {
+    matches!(
+        phase,
+        Phase::PropagatingTrustRoots
+            | Phase::WaitingForRemoteClusters
+            | Phase::WaitingForIdentityRotation
+            | Phase::RenewingWorkloadCerts
+    )
+}
