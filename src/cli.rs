@@ -17,8 +17,9 @@ pub struct OperatorCli {
 
 #[derive(Debug, Subcommand)]
 pub enum OperatorCommand {
-    /// Run in the cluster: the admission webhook (every replica) and the admin server.
-    Run(RunArgs),
+    /// Run in the cluster: the admission webhook (every replica), the reconciler and the admin
+    /// server.
+    Run(Box<RunArgs>),
     /// Print the TrustAnchorRotation CustomResourceDefinition as YAML.
     Crd,
     /// Print the MutatingWebhookConfiguration as YAML.
@@ -54,6 +55,27 @@ pub struct RunArgs {
     /// The trust-bundle ConfigMap in the Linkerd namespace.
     #[arg(long, default_value = "linkerd-identity-trust-roots")]
     pub trust_roots_configmap: String,
+    /// Run the reconciler in this process (`false`: serve the webhook only).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub reconciler: bool,
+    /// Namespace of cert-manager's trust-anchor Certificate and Secret.
+    #[arg(long, default_value = "cert-manager")]
+    pub trust_anchor_namespace: String,
+    /// The trust anchor's Secret (cert-manager writes it).
+    #[arg(long, default_value = "linkerd-trust-anchor")]
+    pub trust_anchor_secret: String,
+    /// Secret in the Linkerd namespace holding the previous anchor's certificate.
+    #[arg(long, default_value = "linkerd-previous-anchor")]
+    pub previous_anchor_secret: String,
+    /// The identity issuer's Certificate and Secret in the Linkerd namespace.
+    #[arg(long, default_value = "linkerd-identity-issuer")]
+    pub identity_issuer: String,
+    /// Linkerd's trust domain (pod identities end in it).
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// How often a rotation in progress is looked at without a watch event.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
@@ -124,11 +146,32 @@ pub async fn operator(cli: OperatorCli, out: &mut impl std::io::Write) -> Result
                 tls_key_file: args.tls_key_file,
                 cert_reload_interval: args.cert_reload_interval,
                 view: crate::webhook::view::ViewConfig {
-                    rotation_name: args.rotation_name,
-                    linkerd_namespace: args.linkerd_namespace,
-                    trust_roots_configmap: args.trust_roots_configmap,
+                    rotation_name: args.rotation_name.clone(),
+                    linkerd_namespace: args.linkerd_namespace.clone(),
+                    trust_roots_configmap: args.trust_roots_configmap.clone(),
                     ..Default::default()
                 },
+                reconciler: args.reconciler.then(|| {
+                    let ns = &args.linkerd_namespace;
+                    let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+                    crate::reconcile::controller::ReconcilerConfig {
+                        rotation_name: args.rotation_name.clone(),
+                        names: crate::reconcile::decide::Names {
+                            anchor_secret: pair(
+                                &args.trust_anchor_namespace,
+                                &args.trust_anchor_secret,
+                            ),
+                            previous_anchor_secret: pair(ns, &args.previous_anchor_secret),
+                            bundle_configmap: pair(ns, &args.trust_roots_configmap),
+                            issuer_certificate: pair(ns, &args.identity_issuer),
+                        },
+                        linkerd_namespace: ns.clone(),
+                        trust_domain: args.trust_domain.clone(),
+                        issuer_secret: pair(ns, &args.identity_issuer),
+                        active_interval: args.reconcile_interval,
+                        ..Default::default()
+                    }
+                }),
             };
             crate::run::run(config, client, shutdown_signal()).await?;
         }

@@ -1,5 +1,5 @@
-//! `trust-rotation-operator run`: the webhook server, its view of the rotation and the admin
-//! server in one process. Every replica serves the webhook.
+//! `trust-rotation-operator run`: the webhook server, its view of the rotation, the reconciler
+//! and the admin server in one process. Every replica serves the webhook.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,6 +25,8 @@ pub struct RunConfig {
     pub tls_key_file: PathBuf,
     pub cert_reload_interval: Duration,
     pub view: ViewConfig,
+    /// The reconciler, when this replica runs it.
+    pub reconciler: Option<crate::reconcile::controller::ReconcilerConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,11 +83,20 @@ pub async fn run(
     );
     let view = ViewHandle::unsynced();
     let (synced_health, synced_metrics) = (health.clone(), metrics.clone());
-    tasks.spawn(view.clone().run(client, config.view.clone(), move || {
-        synced_health.view_synced.store(true, Ordering::Release);
-        synced_metrics.view_synced.set(1);
-        tracing::info!("rotation view synced; webhook patching enabled");
-    }));
+    tasks.spawn(
+        view.clone()
+            .run(client.clone(), config.view.clone(), move || {
+                synced_health.view_synced.store(true, Ordering::Release);
+                synced_metrics.view_synced.set(1);
+                tracing::info!("rotation view synced; webhook patching enabled");
+            }),
+    );
+    if let Some(reconciler) = config.reconciler.clone() {
+        tasks.spawn(crate::reconcile::controller::run(
+            client.clone(),
+            reconciler,
+        ));
+    }
     let admin_app = admin::router(Arc::new(registry), health.clone());
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     tasks.spawn(async move {

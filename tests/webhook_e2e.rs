@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{MANAGER, Operator, eventually, install_crd, start_control_plane};
+use common::{MANAGER, Operator, eventually, install_crd, register_webhook, start_control_plane};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -103,32 +103,6 @@ async fn set_rotation_phase(client: &kube::Client, phase: &str) {
     .unwrap_or_else(|e| panic!("setting rotation phase {phase}: {e}"));
 }
 
-fn register_webhook(cp: &ControlPlane, op: &Operator) {
-    let out = std::process::Command::new(Operator::binary())
-        .args(["webhook-config", "--url", &op.webhook_url(), "--ca-file"])
-        .arg(op.dir.path().join("ca.crt"))
-        .output()
-        .expect("webhook-config");
-    assert!(out.status.success(), "webhook-config: {out:?}");
-    kubectl_apply(cp, &out.stdout);
-}
-
-fn kubectl_apply(cp: &ControlPlane, yaml: &[u8]) {
-    use std::io::Write;
-    let mut child = cp
-        .kubectl()
-        .expect("kubectl")
-        .args(["apply", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl apply");
-    child.stdin.take().unwrap().write_all(yaml).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "kubectl apply: {out:?}");
-}
-
 /// A pod as a user writes it: one app container, never scheduled (there is no kubelet).
 fn app_pod(name: &str) -> Pod {
     serde_json::from_value(json!({
@@ -222,7 +196,7 @@ async fn create_timed(pods: &Api<Pod>, pod: &Pod) -> (Pod, Duration) {
 async fn webhook_stamps_pods_and_never_blocks_them() {
     let cp = start_control_plane().await;
     seed_cluster(&cp).await;
-    let mut op = Operator::start(&cp);
+    let mut op = Operator::start(&cp, &["--reconciler=false"]);
     op.wait_ready(Duration::from_secs(60)).await;
     register_webhook(&cp, &op);
 
@@ -403,7 +377,7 @@ async fn ordering_with_the_linkerd_injector_works_both_ways() {
     use trust_rotation_operator::sim::injector::{Injector, InjectorConfig, WEBHOOK_CONFIG_NAME};
     let cp = start_control_plane().await;
     seed_cluster(&cp).await;
-    let mut op = Operator::start(&cp);
+    let mut op = Operator::start(&cp, &["--reconciler=false"]);
     op.wait_ready(Duration::from_secs(60)).await;
     register_webhook(&cp, &op);
     let client = cp.client();

@@ -83,6 +83,8 @@ fn pod(ns: &str, name: &str, holds: &[usize]) -> MeshedPod {
                 .to_owned(),
         }),
         leaf: None,
+        addr: None,
+        identity: String::new(),
     }
 }
 

@@ -4,6 +4,8 @@
 //! - [`decide`]: the pure state machine over them;
 //! - the I/O layer gathers [`model::Observed`] from watches and executes [`model::Effect`]s.
 
+pub mod certs;
+pub mod controller;
 pub mod decide;
 pub mod model;
 

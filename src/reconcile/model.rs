@@ -99,6 +99,10 @@ pub struct MeshedPod {
     pub owner: Result<Workload, Unfixable>,
     /// Probed only while leaves are awaited.
     pub leaf: Option<Leaf>,
+    /// `podIP:4191`, where the proxy answers with its live leaf.
+    pub addr: Option<std::net::SocketAddr>,
+    /// `<sa>.<ns>.serviceaccount.identity.<linkerd-ns>.<trust-domain>`, the probe's SNI.
+    pub identity: String,
 }
 
 impl MeshedPod {

@@ -82,7 +82,7 @@ impl Operator {
     }
 
     /// `trust-rotation-operator certs dev`, then `trust-rotation-operator run`.
-    pub fn start(cp: &ControlPlane) -> Self {
+    pub fn start(cp: &ControlPlane, extra_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let status = std::process::Command::new(Self::binary())
             .args(["certs", "dev", "--out"])
@@ -100,7 +100,10 @@ impl Operator {
             format!("--tls-cert-file={}", file("tls.crt")),
             format!("--tls-key-file={}", file("tls.key")),
             "--cert-reload-interval=200ms".to_owned(),
-        ];
+        ]
+        .into_iter()
+        .chain(extra_args.iter().map(|a| (*a).to_owned()))
+        .collect::<Vec<_>>();
         let process = trust_rotation_operator::testbed::Managed::spawn_with_env(
             "trust-rotation-operator",
             &Self::binary(),
@@ -185,4 +188,31 @@ pub fn init_tracing() {
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
+}
+
+/// Registers the operator's webhook with the API server by URL, as `webhook-config` prints it.
+pub fn register_webhook(cp: &ControlPlane, op: &Operator) {
+    let out = std::process::Command::new(Operator::binary())
+        .args(["webhook-config", "--url", &op.webhook_url(), "--ca-file"])
+        .arg(op.dir.path().join("ca.crt"))
+        .output()
+        .expect("webhook-config");
+    assert!(out.status.success(), "webhook-config: {out:?}");
+    kubectl_apply(cp, &out.stdout);
+}
+
+pub fn kubectl_apply(cp: &ControlPlane, yaml: &[u8]) {
+    use std::io::Write;
+    let mut child = cp
+        .kubectl()
+        .expect("kubectl")
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl apply");
+    child.stdin.take().unwrap().write_all(yaml).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "kubectl apply: {out:?}");
 }

@@ -1,0 +1,777 @@
+//! The reconciler's I/O: reflectors gather [`Observed`] (named-object watches for the three
+//! certificate Secrets and the bundle ConfigMap; meshed pods and Deployments by label; the
+//! `cluster` resource), the pure [`decide`] picks the step, and this module executes its
+//! [`Effect`]s idempotently, then writes status by server-side apply.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use super::certs;
+use super::decide::{Names, decide};
+use super::model::*;
+use crate::crd::{
+    RenewalPolicy, RestartPolicy, TrustAnchorRotation, TrustAnchorRotationSpec,
+    TrustAnchorRotationStatus,
+};
+
+/// Field manager of every write the reconciler makes.
+pub const MANAGER: &str = "trust-rotation-operator";
+/// Pod-template annotation that restarts a workload onto a bundle: its value is the bundle's
+/// fingerprint, so writing it again for the same bundle causes no second rollout.
+pub const RESTART_ANNOTATION: &str = "trust.linkerd.io/restarted-for-bundle";
+const CONTROL_PLANE_NS_LABEL: &str = "linkerd.io/control-plane-ns";
+const CONTROL_PLANE_COMPONENT_LABEL: &str = "linkerd.io/control-plane-component";
+const PROXY_CONTAINER: &str = "linkerd-proxy";
+const TRUST_ANCHORS_ENV: &str = "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS";
+/// The proxy admin port, where a TLS handshake returns the live leaf chain.
+const ADMIN_PORT: u16 = 4191;
+
+/// Everything the reconciler needs to know about names and pacing.
+#[derive(Clone, Debug)]
+pub struct ReconcilerConfig {
+    pub rotation_name: String,
+    pub names: Names,
+    pub linkerd_namespace: String,
+    pub trust_domain: String,
+    pub bundle_key: String,
+    /// The identity issuer's Secret (cert-manager writes it; same name as the Certificate).
+    pub issuer_secret: (String, String),
+    /// How often a moving rotation looks again without a watch event (probes, rollouts).
+    pub active_interval: Duration,
+    /// How often a quiet one does.
+    pub idle_interval: Duration,
+    pub probe_concurrency: usize,
+    pub probe_timeout: Duration,
+}
+
+impl Default for ReconcilerConfig {
+    fn default() -> Self {
+        Self {
+            rotation_name: crate::crd::CLUSTER_ROTATION_NAME.to_owned(),
+            names: Names::default(),
+            linkerd_namespace: "linkerd".to_owned(),
+            trust_domain: "cluster.local".to_owned(),
+            bundle_key: "ca-bundle.crt".to_owned(),
+            issuer_secret: ("linkerd".to_owned(), "linkerd-identity-issuer".to_owned()),
+            // Probing every meshed pod costs one handshake each; every 2 s is plenty to follow
+            // a refresh interval of minutes, and rollouts are watched anyway.
+            active_interval: Duration::from_secs(2),
+            idle_interval: Duration::from_secs(300),
+            probe_concurrency: 32,
+            probe_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("{what}: {source}")]
+    Kube {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
+    let what = what.into();
+    move |source| ReconcileError::Kube { what, source }
+}
+
+/// Stores the reconciler reads from, kept by watches.
+struct Stores {
+    rotation: Store<TrustAnchorRotation>,
+    secrets: Vec<Store<Secret>>,
+    bundle: Store<ConfigMap>,
+    pods: Store<Pod>,
+    deployments: Store<Deployment>,
+}
+
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    wake: Arc<Notify>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher::watcher(api, config))
+        .default_backoff()
+        .applied_objects();
+    tasks.spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "watch error (retrying)");
+            }
+            wake.notify_one();
+        }
+    });
+    reader
+}
+
+fn named(name: &str) -> watcher::Config {
+    watcher::Config::default().fields(&format!("metadata.name={name}"))
+}
+
+/// Runs the reconciler until the task is dropped.
+pub async fn run(client: Client, config: ReconcilerConfig) {
+    let wake = Arc::new(Notify::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    let secret = |(ns, name): &(String, String), tasks: &mut tokio::task::JoinSet<()>| {
+        reflect(
+            Api::<Secret>::namespaced(client.clone(), ns),
+            named(name),
+            wake.clone(),
+            tasks,
+        )
+    };
+    let n = &config.names;
+    let secrets = vec![
+        secret(&n.anchor_secret, &mut tasks),
+        secret(&n.previous_anchor_secret, &mut tasks),
+        secret(&config.issuer_secret, &mut tasks),
+    ];
+    let stores = Stores {
+        rotation: reflect(
+            Api::all(client.clone()),
+            named(&config.rotation_name),
+            wake.clone(),
+            &mut tasks,
+        ),
+        secrets,
+        bundle: reflect(
+            Api::namespaced(client.clone(), &n.bundle_configmap.0),
+            named(&n.bundle_configmap.1),
+            wake.clone(),
+            &mut tasks,
+        ),
+        pods: reflect(
+            Api::all(client.clone()),
+            watcher::Config::default().labels(CONTROL_PLANE_NS_LABEL),
+            wake.clone(),
+            &mut tasks,
+        ),
+        deployments: reflect(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            wake.clone(),
+            &mut tasks,
+        ),
+    };
+    for ready in [
+        stores.rotation.wait_until_ready().await.is_ok(),
+        stores.bundle.wait_until_ready().await.is_ok(),
+        stores.pods.wait_until_ready().await.is_ok(),
+        stores.deployments.wait_until_ready().await.is_ok(),
+    ] {
+        if !ready {
+            tracing::error!("a watch stopped before it synced; the reconciler stops");
+            return;
+        }
+    }
+    for s in &stores.secrets {
+        if s.wait_until_ready().await.is_err() {
+            return;
+        }
+    }
+    tracing::info!("reconciler synced");
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGER.to_owned(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    loop {
+        let interval = match reconcile_once(&client, &config, &stores, &recorder).await {
+            Ok(Requeue::Soon) => config.active_interval,
+            Ok(Requeue::Idle) => config.idle_interval,
+            Err(e) => {
+                tracing::warn!(error = %e, "reconcile failed; retrying");
+                config.active_interval
+            }
+        };
+        // Watch events wake us early; debounce a burst of them a little.
+        let _ = tokio::time::timeout(interval, wake.notified()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn policies(spec: &TrustAnchorRotationSpec) -> Policies {
+    Policies {
+        restart: spec
+            .data_plane_restart
+            .as_ref()
+            .map(|r| r.policy)
+            .unwrap_or(RestartPolicy::Manual),
+        max_concurrent_workloads: spec
+            .data_plane_restart
+            .as_ref()
+            .and_then(|r| r.max_concurrent_workloads)
+            .map(|n| n as usize)
+            .unwrap_or(DEFAULT_MAX_CONCURRENT_WORKLOADS),
+        issuer_renewal: spec
+            .issuer_renewal
+            .as_ref()
+            .map(|r| r.policy)
+            .unwrap_or(RenewalPolicy::Manual),
+        paused: spec.paused.unwrap_or(false),
+        refresh_interval: spec.workload_certificate_refresh_interval.clone(),
+    }
+}
+
+#[tracing::instrument(skip_all, fields(phase))]
+async fn reconcile_once(
+    client: &Client,
+    config: &ReconcilerConfig,
+    stores: &Stores,
+    recorder: &Recorder,
+) -> Result<Requeue, ReconcileError> {
+    let Some(rotation) = stores.rotation.get(&ObjectRef::new(&config.rotation_name)) else {
+        return Ok(Requeue::Idle);
+    };
+    let status = rotation.status.clone().unwrap_or_default();
+    tracing::Span::current().record("phase", status.phase.as_str());
+    let policies = policies(&rotation.spec);
+    let mut observed = observe(client, config, stores).await?;
+    if status.phase == crate::crd::Phase::RenewingWorkloadCerts {
+        probe_leaves(config, &mut observed).await;
+    }
+    let decision = decide(&policies, &config.names, &status, &observed);
+    let reference = rotation.object_ref(&());
+    for effect in &decision.effects {
+        execute(client, config, recorder, &reference, effect).await?;
+    }
+    if decision.status != status {
+        if decision.status.phase != status.phase {
+            tracing::info!(from = %status.phase, to = %decision.status.phase, "phase transition");
+        }
+        write_status(client, &config.rotation_name, &decision.status).await?;
+    }
+    Ok(decision.requeue)
+}
+
+async fn observe(
+    client: &Client,
+    config: &ReconcilerConfig,
+    stores: &Stores,
+) -> Result<Observed, ReconcileError> {
+    let n = &config.names;
+    let secret_of = |store: &Store<Secret>, (ns, name): &(String, String)| {
+        store.get(&ObjectRef::new(name).within(ns))
+    };
+    let secret_cert = |secret: &Secret, object: &str, keys: &[&str]| {
+        let data = secret.data.clone().unwrap_or_default();
+        let Some((key, bytes)) = keys
+            .iter()
+            .find_map(|k| data.get(*k).map(|v| (*k, v.0.clone())))
+        else {
+            return Err(Problem {
+                object: object.to_owned(),
+                message: format!("has none of the keys {}", keys.join(", ")),
+            });
+        };
+        let text = String::from_utf8(bytes).map_err(|_| Problem {
+            object: object.to_owned(),
+            message: format!("{key} is not text"),
+        })?;
+        certs::parse_first(object, key, &text)
+    };
+
+    let anchor_object = format!("Secret {}/{}", n.anchor_secret.0, n.anchor_secret.1);
+    let anchor = match secret_of(&stores.secrets[0], &n.anchor_secret) {
+        Some(s) => secret_cert(&s, &anchor_object, &["tls.crt"]),
+        None => Err(Problem {
+            object: anchor_object,
+            message: "not found".to_owned(),
+        }),
+    };
+    let previous_object = format!(
+        "Secret {}/{}",
+        n.previous_anchor_secret.0, n.previous_anchor_secret.1
+    );
+    let previous = match secret_of(&stores.secrets[1], &n.previous_anchor_secret) {
+        Some(s) => secret_cert(&s, &previous_object, &["ca.crt", "tls.crt"]).map(Some),
+        None => Ok(None),
+    };
+    let bundle_object = format!(
+        "ConfigMap {}/{}",
+        n.bundle_configmap.0, n.bundle_configmap.1
+    );
+    let bundle = match stores
+        .bundle
+        .get(&ObjectRef::new(&n.bundle_configmap.1).within(&n.bundle_configmap.0))
+        .and_then(|cm| cm.data.clone())
+        .and_then(|d| d.get(&config.bundle_key).cloned())
+    {
+        Some(text) => certs::parse_all(&bundle_object, &config.bundle_key, &text).map(Some),
+        None => Ok(None),
+    };
+    let issuer_object = format!(
+        "Secret {}/{}",
+        config.issuer_secret.0, config.issuer_secret.1
+    );
+    let issuer_cert = match secret_of(&stores.secrets[2], &config.issuer_secret) {
+        Some(s) => secret_cert(&s, &issuer_object, &["tls.crt"]),
+        None => Err(Problem {
+            object: issuer_object,
+            message: "not found".to_owned(),
+        }),
+    };
+    let issuer = match issuer_cert {
+        Ok(cert) => {
+            let candidates: Vec<&Cert> = [
+                anchor.as_ref().ok(),
+                previous.as_ref().ok().and_then(|p| p.as_ref()),
+            ]
+            .into_iter()
+            .flatten()
+            .chain(
+                bundle
+                    .as_ref()
+                    .ok()
+                    .and_then(|b| b.as_ref())
+                    .into_iter()
+                    .flatten(),
+            )
+            .collect();
+            let child = certs::der(&cert.pem).unwrap_or_default();
+            let signed_by = candidates
+                .iter()
+                .find(|a| certs::der(&a.pem).is_some_and(|p| certs::signed_by_der(&child, &p)))
+                .map(|a| a.fingerprint.clone());
+            let issuing = issuer_issuing(client, &n.issuer_certificate).await;
+            Ok(Issuer {
+                cert,
+                signed_by,
+                issuing,
+            })
+        }
+        Err(p) => Err(p),
+    };
+
+    let control_plane: Vec<ControlPlaneDeployment> = stores
+        .deployments
+        .state()
+        .iter()
+        .filter(|d| {
+            d.namespace().as_deref() == Some(config.linkerd_namespace.as_str())
+                && d.labels().get(CONTROL_PLANE_NS_LABEL) == Some(&config.linkerd_namespace)
+        })
+        .map(|d| ControlPlaneDeployment {
+            name: d.name_any(),
+            restarted_for: template_annotation(d),
+            rollout_complete: rollout_complete(d),
+        })
+        .collect();
+    let workloads_restarting: BTreeSet<Workload> = stores
+        .deployments
+        .state()
+        .iter()
+        .filter(|d| template_annotation(d).is_some() && !rollout_complete(d))
+        .map(|d| Workload {
+            kind: "Deployment".to_owned(),
+            namespace: d.namespace().unwrap_or_default(),
+            name: d.name_any(),
+        })
+        .collect();
+    let mut anchors_cache: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
+    let pods = stores
+        .pods
+        .state()
+        .iter()
+        .filter(|p| running(p))
+        .map(|p| meshed_pod(config, p, &mut anchors_cache))
+        .collect();
+    Ok(Observed {
+        now: k8s_openapi::jiff::Timestamp::now().as_second(),
+        anchor,
+        previous,
+        bundle,
+        issuer,
+        control_plane,
+        pods,
+        workloads_restarting,
+    })
+}
+
+fn certificate_api(client: &Client, namespace: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate");
+    Api::namespaced_with(client.clone(), namespace, &ApiResource::from_gvk(&gvk))
+}
+
+/// Whether the issuer Certificate carries `Issuing=True` (read only when it matters: cheap).
+async fn issuer_issuing(client: &Client, (ns, name): &(String, String)) -> bool {
+    let Ok(Some(cert)) = certificate_api(client, ns).get_opt(name).await else {
+        return false;
+    };
+    cert.data["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Issuing" && c["status"] == "True")
+        })
+}
+
+fn template_annotation(d: &Deployment) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(RESTART_ANNOTATION)
+        .cloned()
+}
+
+/// `kubectl rollout status`: the controller saw the newest spec, every replica is updated and
+/// available, and no old replica is left.
+pub fn rollout_complete(d: &Deployment) -> bool {
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let Some(st) = &d.status else { return false };
+    st.observed_generation >= d.metadata.generation
+        && st.updated_replicas.unwrap_or(0) == want
+        && st.replicas.unwrap_or(0) == want
+        && st.available_replicas.unwrap_or(0) == want
+}
+
+fn running(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+fn meshed_pod(
+    config: &ReconcilerConfig,
+    p: &Pod,
+    cache: &mut BTreeMap<String, Option<BTreeSet<String>>>,
+) -> MeshedPod {
+    let spec = p.spec.clone().unwrap_or_default();
+    let proxy = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == PROXY_CONTAINER);
+    let anchors_text = proxy
+        .and_then(|c| c.env.as_ref())
+        .and_then(|env| env.iter().rev().find(|e| e.name == TRUST_ANCHORS_ENV))
+        .and_then(|e| e.value.clone());
+    let anchors = anchors_text.and_then(|text| {
+        cache
+            .entry(text.clone())
+            .or_insert_with(|| {
+                crate::bundle::Bundle::from_pem("proxy env", &text)
+                    .ok()
+                    .map(|b| b.fingerprints().map(str::to_owned).collect())
+            })
+            .clone()
+    });
+    let ready = p
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let namespace = p.namespace().unwrap_or_default();
+    let created_by = p.annotations().get("linkerd.io/created-by");
+    let owner = if created_by.is_some_and(|c| c.starts_with("linkerd/cli")) {
+        Err(Unfixable::ManuallyInjected)
+    } else {
+        match p
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+        {
+            None => Err(Unfixable::BarePod),
+            Some(o) => match o.kind.as_str() {
+                "ReplicaSet" => {
+                    let hash = p.labels().get("pod-template-hash");
+                    match hash.and_then(|h| o.name.strip_suffix(&format!("-{h}"))) {
+                        Some(d) => Ok(Workload {
+                            kind: "Deployment".to_owned(),
+                            namespace: namespace.clone(),
+                            name: d.to_owned(),
+                        }),
+                        None => Err(Unfixable::Owner(format!("ReplicaSet {}", o.name))),
+                    }
+                }
+                "StatefulSet" | "DaemonSet" => Ok(Workload {
+                    kind: o.kind.clone(),
+                    namespace: namespace.clone(),
+                    name: o.name.clone(),
+                }),
+                other => Err(Unfixable::Owner(format!("{other} {}", o.name))),
+            },
+        }
+    };
+    MeshedPod {
+        namespace,
+        name: p.name_any(),
+        control_plane: p.labels().contains_key(CONTROL_PLANE_COMPONENT_LABEL),
+        ready,
+        anchors,
+        restarted_for: p.annotations().get(RESTART_ANNOTATION).cloned(),
+        owner,
+        leaf: None,
+        addr: p
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+            .map(|ip| std::net::SocketAddr::new(ip, ADMIN_PORT)),
+        identity: format!(
+            "{}.{}.serviceaccount.identity.{}.{}",
+            spec.service_account_name.as_deref().unwrap_or("default"),
+            p.namespace().unwrap_or_default(),
+            config.linkerd_namespace,
+            config.trust_domain
+        ),
+    }
+}
+
+/// Probes every pod's live leaf: a TLS handshake to `podIP:4191` with its identity as SNI,
+/// bounded concurrency, a timeout; unreachable is not converged.
+async fn probe_leaves(config: &ReconcilerConfig, observed: &mut Observed) {
+    let Ok(issuer) = &observed.issuer else { return };
+    let Some(issuer_der) = certs::der(&issuer.cert.pem) else {
+        return;
+    };
+    let client_config = crate::probe::client_config();
+    let targets: Vec<(usize, Option<std::net::SocketAddr>, String)> = observed
+        .pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i, p.addr, p.identity.clone()))
+        .collect();
+    let results: Vec<(usize, Leaf)> = futures::stream::iter(targets)
+        .map(|(i, addr, identity)| {
+            let (client_config, issuer_der) = (client_config.clone(), issuer_der.clone());
+            async move {
+                let Some(addr) = addr else {
+                    return (i, Leaf::Unreachable);
+                };
+                let leaf = match crate::probe::probe_chain(
+                    client_config,
+                    addr,
+                    &identity,
+                    config.probe_timeout,
+                )
+                .await
+                {
+                    Ok(chain)
+                        if chain
+                            .first()
+                            .is_some_and(|l| certs::signed_by_der(l, &issuer_der)) =>
+                    {
+                        Leaf::FromIssuer
+                    }
+                    Ok(chain) if !chain.is_empty() => Leaf::FromOtherIssuer,
+                    _ => Leaf::Unreachable,
+                };
+                (i, leaf)
+            }
+        })
+        .buffer_unordered(config.probe_concurrency)
+        .collect()
+        .await;
+    for (i, leaf) in results {
+        observed.pods[i].leaf = Some(leaf);
+    }
+}
+
+async fn execute(
+    client: &Client,
+    config: &ReconcilerConfig,
+    recorder: &Recorder,
+    reference: &ObjectReference,
+    effect: &Effect,
+) -> Result<(), ReconcileError> {
+    let apply = PatchParams::apply(MANAGER).force();
+    match effect {
+        Effect::WriteBundle { pem, fingerprint } => {
+            let (ns, name) = &config.names.bundle_configmap;
+            tracing::info!(%fingerprint, "writing the trust bundle");
+            Api::<ConfigMap>::namespaced(client.clone(), ns)
+                .patch(
+                    name,
+                    &apply,
+                    &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": name},
+                        "data": {config.bundle_key.as_str(): pem}})),
+                )
+                .await
+                .map_err(kube_err(format!("writing ConfigMap {ns}/{name}")))?;
+        }
+        Effect::WritePreviousAnchor { pem, fingerprint } => {
+            let (ns, name) = &config.names.previous_anchor_secret;
+            tracing::info!(%fingerprint, "writing the previous anchor");
+            // The certificate only: the operator never copies a private key.
+            Api::<Secret>::namespaced(client.clone(), ns)
+                .patch(
+                    name,
+                    &apply,
+                    &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret",
+                        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": MANAGER}},
+                        "type": "Opaque",
+                        "stringData": {"ca.crt": pem}})),
+                )
+                .await
+                .map_err(kube_err(format!("writing Secret {ns}/{name}")))?;
+        }
+        Effect::RestartControlPlane {
+            deployments,
+            bundle_fingerprint,
+        } => {
+            for name in deployments {
+                restart(
+                    client,
+                    "Deployment",
+                    &config.linkerd_namespace,
+                    name,
+                    bundle_fingerprint,
+                )
+                .await?;
+            }
+        }
+        Effect::RestartWorkloads {
+            workloads,
+            bundle_fingerprint,
+        } => {
+            for w in workloads {
+                restart(client, &w.kind, &w.namespace, &w.name, bundle_fingerprint).await?;
+            }
+        }
+        Effect::RenewIssuer => {
+            let (ns, name) = &config.names.issuer_certificate;
+            renew_certificate(client, ns, name).await?;
+        }
+        Effect::Event {
+            warning,
+            reason,
+            message,
+        } => {
+            let event = Event {
+                type_: if *warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: reason.clone(),
+                note: Some(message.clone()),
+                action: "Reconcile".to_owned(),
+                secondary: None,
+            };
+            // An event that cannot be written is logged, never a reason to stop.
+            if let Err(e) = recorder.publish(&event, reference).await {
+                tracing::warn!(error = %e, %reason, "publishing an event");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets the restart annotation on a workload's pod template (a merge patch of one key: the
+/// same value twice changes nothing, so no second rollout).
+async fn restart(
+    client: &Client,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    bundle_fingerprint: &str,
+) -> Result<(), ReconcileError> {
+    let patch = Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
+        RESTART_ANNOTATION: bundle_fingerprint}}}}}));
+    let params = PatchParams::default();
+    let what = format!("restarting {kind} {namespace}/{name}");
+    tracing::info!(%kind, %namespace, %name, "restarting onto the trust bundle");
+    match kind {
+        "Deployment" => Api::<Deployment>::namespaced(client.clone(), namespace)
+            .patch(name, &params, &patch)
+            .await
+            .map(|_| ()),
+        "StatefulSet" => {
+            Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(client.clone(), namespace)
+                .patch(name, &params, &patch)
+                .await
+                .map(|_| ())
+        }
+        _ => Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(client.clone(), namespace)
+            .patch(name, &params, &patch)
+            .await
+            .map(|_| ()),
+    }
+    .map_err(kube_err(what))
+}
+
+/// What `cmctl renew` does: add `Issuing=True` (reason `ManuallyTriggered`) to the
+/// Certificate's status conditions.
+async fn renew_certificate(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<(), ReconcileError> {
+    let api = certificate_api(client, namespace);
+    let what = format!("renewing Certificate {namespace}/{name}");
+    let mut cert = api.get(name).await.map_err(kube_err(what.clone()))?;
+    let mut conditions: Vec<serde_json::Value> = cert.data["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if conditions
+        .iter()
+        .any(|c| c["type"] == "Issuing" && c["status"] == "True")
+    {
+        return Ok(());
+    }
+    conditions.retain(|c| c["type"] != "Issuing");
+    conditions.push(
+        json!({"type": "Issuing", "status": "True", "reason": "ManuallyTriggered",
+        "message": "Certificate re-issuance triggered by trust-rotation-operator",
+        "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().to_string()}),
+    );
+    cert.data["status"]["conditions"] = serde_json::Value::Array(conditions);
+    api.replace_status(name, &PostParams::default(), &cert)
+        .await
+        .map_err(kube_err(what))?;
+    Ok(())
+}
+
+async fn write_status(
+    client: &Client,
+    name: &str,
+    status: &TrustAnchorRotationStatus,
+) -> Result<(), ReconcileError> {
+    Api::<TrustAnchorRotation>::all(client.clone())
+        .patch_status(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(json!({"apiVersion": "trust.linkerd.io/v1alpha1",
+                "kind": "TrustAnchorRotation", "metadata": {"name": name}, "status": status})),
+        )
+        .await
+        .map_err(kube_err(format!(
+            "writing status of TrustAnchorRotation {name}"
+        )))?;
+    Ok(())
+}
