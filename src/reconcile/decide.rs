@@ -121,10 +121,21 @@ pub fn decide(
         .find(|c| Some(&c.fingerprint) == signer.as_ref())
         .cloned();
 
+    // An issuer that chains to no anchor we can read (renewed onto an anchor that has since
+    // been renewed again, or signed elsewhere) cannot be kept trusted: restarting the control
+    // plane onto any bundle without its anchor would stop Linkerd's identity controller.
+    let Some(signer_cert) = signer_cert else {
+        let (ns, name) = &names.issuer_certificate;
+        return d.park(&format!(
+            "Certificate {ns}/{name}: the identity issuer {} is signed by none of the known anchors (current, previous, bundle); renew it onto the current anchor: cmctl renew -n {ns} {name}",
+            short(&issuer.cert.fingerprint)
+        ));
+    };
+
     // Bootstrap: the previous anchor is the one the issuer chains to (the anchor in use), or
     // the current one; the bundle is every anchor that must be trusted.
     let Some(previous) = previous else {
-        let p = signer_cert.clone().unwrap_or_else(|| anchor.clone());
+        let p = signer_cert.clone();
         d.effects.push(Effect::WritePreviousAnchor {
             pem: p.pem.clone(),
             fingerprint: p.fingerprint.clone(),
@@ -142,7 +153,7 @@ pub fn decide(
         return d.finish(Requeue::Soon);
     };
     let Some(bundle) = bundle else {
-        let b = bundle_of([&anchor, &previous].into_iter().chain(signer_cert.as_ref()));
+        let b = bundle_of([&anchor, &previous, &signer_cert]);
         d.effects.push(Effect::WriteBundle {
             pem: b.to_pem(),
             fingerprint: b.fingerprint(),
@@ -176,7 +187,7 @@ pub fn decide(
     // control plane is restarted onto it. This is also how a second renewal mid-rotation
     // restarts the expansion: nothing already in B is dropped.
     let mut must_trust: Vec<&Cert> = vec![&anchor];
-    must_trust.extend(signer_cert.as_ref());
+    must_trust.push(&signer_cert);
     if must_trust
         .iter()
         .any(|c| !bundle_set.contains(&c.fingerprint))

@@ -638,6 +638,24 @@ fn unusable_material_parks_writing_nothing_and_says_what() {
 }
 
 #[test]
+fn issuer_chaining_to_no_known_anchor_parks() {
+    // Renewed onto a1, then the anchor renewed again to a2 before any reconcile: a1 is gone.
+    let w = World {
+        anchor: 2,
+        signer: 1,
+        ..World::synced()
+    };
+    let d = run(&automatic(), Phase::Synced, &w.observed());
+    assert!(writes(&d).is_empty(), "{:?}", d.effects);
+    assert!(
+        blocking(&d).contains("signed by none of the known anchors"),
+        "{}",
+        blocking(&d)
+    );
+    assert!(blocking(&d).contains("cmctl renew -n linkerd linkerd-identity-issuer"));
+}
+
+#[test]
 fn paused_observes_and_writes_nothing() {
     let w = World {
         anchor: 1,
@@ -670,4 +688,207 @@ fn pods_a_restart_cannot_fix_are_named() {
             .iter()
             .any(|e| matches!(e, Effect::Event { reason, .. } if reason == "UnfixableWorkloads"))
     );
+}
+
+mod properties {
+    //! Random sequences of what happens in a cluster, with the decision applied after each: the
+    //! invariants of DESIGN.md hold on every step.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Action {
+        /// cert-manager renews the anchor (at most to the third one).
+        RenewAnchor,
+        /// Someone runs `cmctl renew` on the issuer, in order or not.
+        RenewIssuer,
+        /// Every proxy refreshes its leaf from the current issuer.
+        RefreshLeaves,
+        /// A user restarts workload `n` onto the current bundle.
+        UserRestart(usize),
+        /// The operator looks.
+        Reconcile,
+    }
+
+    fn action() -> impl Strategy<Value = Action> {
+        prop_oneof![
+            1 => Just(Action::RenewAnchor),
+            1 => Just(Action::RenewIssuer),
+            2 => Just(Action::RefreshLeaves),
+            1 => (0usize..4).prop_map(Action::UserRestart),
+            6 => Just(Action::Reconcile),
+        ]
+    }
+
+    /// The cluster, reduced to what the rules are about.
+    struct Cluster {
+        anchor: usize,
+        previous: Option<usize>,
+        bundle: BTreeSet<String>,
+        /// (generation, index of the anchor that signed it).
+        issuer: (u32, usize),
+        /// Per workload pod: anchors held, and the issuer (generation, anchor) of its leaf.
+        pods: Vec<(BTreeSet<String>, (u32, usize))>,
+        cp_for: Option<String>,
+        status: TrustAnchorRotationStatus,
+    }
+
+    fn index_of(fingerprint: &str) -> usize {
+        (0..3)
+            .find(|&i| fp(i) == fingerprint)
+            .expect("one of the test anchors")
+    }
+
+    impl Cluster {
+        fn observed(&self) -> Observed {
+            let mut pods: Vec<MeshedPod> = self
+                .pods
+                .iter()
+                .enumerate()
+                .map(|(i, (anchors, leaf))| {
+                    let mut p = pod("app", &format!("w{i}-x"), &[]);
+                    p.anchors = Some(anchors.clone());
+                    p.leaf = Some(if *leaf == self.issuer {
+                        Leaf::FromIssuer
+                    } else {
+                        Leaf::FromOtherIssuer
+                    });
+                    p
+                })
+                .collect();
+            let mut identity = cp_pod("linkerd-identity-1", self.cp_for.clone());
+            identity.leaf = Some(Leaf::FromIssuer);
+            pods.push(identity);
+            let mut issuer = issuer(self.issuer.1);
+            issuer.cert.fingerprint =
+                format!("{:0>64}", format!("{}{}", self.issuer.0, self.issuer.1));
+            Observed {
+                now: NOW,
+                anchor: Ok(a(self.anchor)),
+                previous: Ok(self.previous.map(a)),
+                bundle: Ok(Some(self.bundle.iter().map(|f| a(index_of(f))).collect())),
+                issuer: Ok(issuer),
+                control_plane: cp(self.cp_for.clone(), true),
+                pods,
+                workloads_restarting: BTreeSet::new(),
+            }
+        }
+
+        fn bundle_fp(&self) -> String {
+            bundle_of(self.bundle.iter().map(|f| &anchors()[index_of(f)])).fingerprint()
+        }
+
+        /// Applies the decision's effects as the I/O layer would, checking the invariants.
+        fn reconcile(&mut self, policies: &Policies) -> Result<(), TestCaseError> {
+            let before_phase = self.status.phase;
+            let d = decide(policies, &Names::default(), &self.status, &self.observed());
+            let in_use: BTreeSet<String> = std::iter::once(fp(self.issuer.1))
+                .chain(self.pods.iter().map(|(_, leaf)| fp(leaf.1)))
+                .collect();
+            for effect in &d.effects {
+                match effect {
+                    Effect::WriteBundle { pem, .. } => {
+                        let written: BTreeSet<String> = crate::bundle::Bundle::from_pem("b", pem)
+                            .unwrap()
+                            .fingerprints()
+                            .map(str::to_owned)
+                            .collect();
+                        prop_assert!(written.contains(&fp(self.anchor)), "B always contains A");
+                        for used in in_use.iter().filter(|u| self.bundle.contains(*u)) {
+                            prop_assert!(
+                                written.contains(used),
+                                "no anchor leaves B while the issuer or a live leaf chains to it"
+                            );
+                        }
+                        self.bundle = written;
+                    }
+                    Effect::WritePreviousAnchor { fingerprint, .. } => {
+                        self.previous = Some(index_of(fingerprint));
+                    }
+                    Effect::RestartControlPlane {
+                        bundle_fingerprint, ..
+                    } => {
+                        self.cp_for = Some(bundle_fingerprint.clone());
+                    }
+                    Effect::RestartWorkloads {
+                        bundle_fingerprint, ..
+                    } => {
+                        prop_assert_eq!(bundle_fingerprint, &self.bundle_fp());
+                        for p in self.pods.iter_mut() {
+                            p.0 = self.bundle.clone();
+                        }
+                    }
+                    Effect::RenewIssuer => {
+                        prop_assert!(
+                            self.pods
+                                .iter()
+                                .all(|(held, _)| held.contains(&fp(self.anchor))),
+                            "the issuer is renewed only once every proxy trusts the new anchor"
+                        );
+                        self.issuer = (self.issuer.0 + 1, self.anchor);
+                    }
+                    Effect::Event { .. } => {}
+                }
+            }
+            let after = d.status.phase;
+            if after != before_phase {
+                match after {
+                    Phase::WaitingForIdentityRotation => prop_assert!(
+                        self.pods
+                            .iter()
+                            .all(|(held, _)| held.is_superset(&self.bundle)),
+                        "bundle converged before waiting for the issuer"
+                    ),
+                    Phase::PropagatingTrustRoots | Phase::RemovingOldTrustRoots => prop_assert_eq!(
+                        self.cp_for.clone(),
+                        Some(self.bundle_fp()),
+                        "control plane on the bundle before the data plane"
+                    ),
+                    _ => {}
+                }
+            }
+            self.status = d.status;
+            Ok(())
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn random_histories_never_break_the_invariants(
+            actions in proptest::collection::vec(action(), 1..60),
+            automatic_restarts in any::<bool>(),
+            automatic_issuer in any::<bool>(),
+        ) {
+            let policies = Policies {
+                restart: if automatic_restarts { RestartPolicy::Automatic } else { RestartPolicy::Manual },
+                issuer_renewal: if automatic_issuer { RenewalPolicy::Automatic } else { RenewalPolicy::Manual },
+                max_concurrent_workloads: 4,
+                ..manual()
+            };
+            let mut c = Cluster {
+                anchor: 0,
+                previous: Some(0),
+                bundle: set(&[0]),
+                issuer: (0, 0),
+                pods: vec![(set(&[0]), (0, 0)); 4],
+                cp_for: None,
+                status: TrustAnchorRotationStatus::default(),
+            };
+            for action in actions {
+                match action {
+                    Action::RenewAnchor => c.anchor = (c.anchor + 1).min(2),
+                    Action::RenewIssuer => c.issuer = (c.issuer.0 + 1, c.anchor),
+                    Action::RefreshLeaves => {
+                        for p in c.pods.iter_mut() {
+                            p.1 = c.issuer;
+                        }
+                    }
+                    Action::UserRestart(n) => c.pods[n].0 = c.bundle.clone(),
+                    Action::Reconcile => c.reconcile(&policies)?,
+                }
+            }
+        }
+    }
 }
