@@ -123,52 +123,57 @@ impl ServerThread {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
         let (times, cpu_out) = (handler_times.clone(), cpu.clone());
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let resolver = ReloadingResolver::new(&cert, &key).unwrap();
-                let tls = server_config(resolver.clone()).unwrap();
-                let app = if noop {
-                    axum::Router::new().route("/mutate", axum::routing::post(noop_handler))
-                } else {
-                    let metrics = WebhookMetrics::register(&mut Registry::default());
-                    router(AppState {
-                        view: ViewHandle::fixed(accelerating_view()),
-                        metrics,
-                    })
-                };
-                let app = app.layer(middleware::from_fn(move |req: Request, next: Next| {
-                    let times = times.clone();
-                    async move {
-                        let started = Instant::now();
-                        let response = next.run(req).await;
-                        times.lock().unwrap().push(started.elapsed());
-                        response
+        // Named, so a profiler can tell the server's samples from the clients'.
+        let name = if noop { "server-noop" } else { "server-hook" };
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let resolver = ReloadingResolver::new(&cert, &key).unwrap();
+                    let tls = server_config(resolver.clone()).unwrap();
+                    let app = if noop {
+                        axum::Router::new().route("/mutate", axum::routing::post(noop_handler))
+                    } else {
+                        let metrics = WebhookMetrics::register(&mut Registry::default());
+                        router(AppState {
+                            view: ViewHandle::fixed(accelerating_view()),
+                            metrics,
+                        })
+                    };
+                    let app = app.layer(middleware::from_fn(move |req: Request, next: Next| {
+                        let times = times.clone();
+                        async move {
+                            let started = Instant::now();
+                            let response = next.run(req).await;
+                            times.lock().unwrap().push(started.elapsed());
+                            response
+                        }
+                    }));
+                    let server = server::InProcessWebhook::start_with(
+                        tls,
+                        app,
+                        resolver,
+                        Duration::from_secs(3600),
+                    )
+                    .await;
+                    addr_tx.send(server.addr).unwrap();
+                    let cpu_start = thread_cpu();
+                    // Park this runtime's thread in the runtime until told to stop.
+                    loop {
+                        if stop_rx.try_recv().is_ok() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                     }
-                }));
-                let server = server::InProcessWebhook::start_with(
-                    tls,
-                    app,
-                    resolver,
-                    Duration::from_secs(3600),
-                )
-                .await;
-                addr_tx.send(server.addr).unwrap();
-                let cpu_start = thread_cpu();
-                // Park this runtime's thread in the runtime until told to stop.
-                loop {
-                    if stop_rx.try_recv().is_ok() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                *cpu_out.lock().unwrap() = thread_cpu() - cpu_start;
-                server.stop().await;
-            });
-        });
+                    *cpu_out.lock().unwrap() = thread_cpu() - cpu_start;
+                    server.stop().await;
+                });
+            })
+            .expect("spawning the server thread");
         Self {
             addr: addr_rx.recv().unwrap(),
             handler_times,
