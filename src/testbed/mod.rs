@@ -91,6 +91,9 @@ pub struct ControlPlane {
     binaries: Binaries,
 }
 
+/// How often a control-plane start that lost a port race is tried.
+const START_ATTEMPTS: u32 = 3;
+
 impl ControlPlane {
     /// Provisions the binaries if needed and starts etcd, kube-apiserver and (when available)
     /// kube-controller-manager. Returns once the API server is ready and the controller-manager
@@ -99,7 +102,19 @@ impl ControlPlane {
         let binaries = tokio::task::spawn_blocking(provision)
             .await
             .map_err(|e| TestbedError::Provision(e.to_string()))??;
-        Self::start_with(binaries).await
+        // Ports are picked free and then handed to the components, so a parallel test can take
+        // one in between: a start that lost that race is simply tried again.
+        let mut attempt = 1;
+        loop {
+            match Self::start_with(binaries.clone()).await {
+                Err(TestbedError::Exited { tail, .. })
+                    if attempt < START_ATTEMPTS && tail.contains("address already in use") =>
+                {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Starts a control plane from the given binaries.
