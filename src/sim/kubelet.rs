@@ -68,7 +68,6 @@ pub struct Kubelet {
     identity: Arc<IdentityService>,
     pods: Mutex<HashMap<String, Running>>,
     binding: Mutex<HashSet<String>>,
-    next_ip: AtomicU32,
     next_node: AtomicU32,
     node_names: Vec<String>,
 }
@@ -102,7 +101,6 @@ impl Kubelet {
             identity,
             pods: Mutex::new(HashMap::new()),
             binding: Mutex::new(HashSet::new()),
-            next_ip: AtomicU32::new(0),
             next_node: AtomicU32::new(0),
             node_names,
         })
@@ -285,14 +283,7 @@ impl Kubelet {
     }
 
     fn allocate_ip(&self) -> Ipv4Addr {
-        // 127.10.0.1 onwards, never reused: a stale connection can never reach a new pod.
-        let n = self.next_ip.fetch_add(1, Ordering::Relaxed);
-        Ipv4Addr::new(
-            127,
-            10 + (n / 64_516) as u8,
-            ((n / 254) % 254) as u8,
-            (n % 254 + 1) as u8,
-        )
+        allocate_pod_ip()
     }
 
     async fn start(self: Arc<Self>, pod: Pod) {
@@ -620,6 +611,30 @@ pub fn expand(value: &str, defined: &[(String, String)]) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Pod addresses: one counter for every mesh in the process (parallel tests run several), never
+/// reused, so a stale connection can never reach a new pod. Each process starts in its own
+/// block of 127.x.0.0/16 chosen by its pid, so a demo and a test run side by side do not meet
+/// either; an address whose proxy port is still taken (by another process) is skipped.
+fn allocate_pod_ip() -> Ipv4Addr {
+    static NEXT: std::sync::OnceLock<AtomicU32> = std::sync::OnceLock::new();
+    /// 127.10.0.0 up to 127.209.255.255: 200 blocks of 254 x 254 addresses.
+    const BLOCKS: u32 = 200;
+    const PER_BLOCK: u32 = 254 * 254;
+    let next = NEXT.get_or_init(|| AtomicU32::new((std::process::id() % BLOCKS) * PER_BLOCK));
+    loop {
+        let n = next.fetch_add(1, Ordering::Relaxed) % (BLOCKS * PER_BLOCK);
+        let ip = Ipv4Addr::new(
+            127,
+            10 + (n / PER_BLOCK) as u8,
+            ((n / 254) % 254) as u8,
+            (n % 254 + 1) as u8,
+        );
+        if std::net::TcpListener::bind((ip, super::proxy::ADMIN_PORT)).is_ok() {
+            return ip;
+        }
+    }
 }
 
 #[cfg(test)]
