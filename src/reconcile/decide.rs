@@ -18,6 +18,10 @@ use crate::crd::{
 };
 
 pub const OUT_OF_ORDER_CONDITION: &str = "OutOfOrderIssuerRotation";
+const IN_ORDER_REASON: &str = "IssuerRotationInOrder";
+const IN_ORDER_MESSAGE: &str = "the identity issuer is renewed only after the bundle converged";
+/// Leads the blockingMessage while `OutOfOrderIssuerRotation` is True.
+pub const OUT_OF_ORDER_URGENT: &str = "URGENT: the identity issuer was renewed before every proxy trusted the new anchor, so proxies on the old bundle reject new leaves: let the bundle finish propagating (restart the workloads listed) now";
 
 /// How many example pod names a blocking message carries.
 const EXAMPLES: usize = 3;
@@ -488,7 +492,13 @@ impl<'a> Step<'a> {
 
     fn park(mut self, problem: &str) -> Decision {
         let message = format!("parked: {problem}; nothing is written until this is fixed");
-        if self.prev.blocking_message.as_deref() != Some(message.as_str()) {
+        // (`ends_with`: an urgent prefix may lead it.)
+        let already = self
+            .prev
+            .blocking_message
+            .as_deref()
+            .is_some_and(|m| m.ends_with(message.as_str()));
+        if !already {
             self.event(true, "RotationParked", &message);
         }
         self.next.blocking_message = Some(message);
@@ -514,11 +524,7 @@ impl<'a> Step<'a> {
                 "the identity issuer was renewed onto the new anchor before every proxy held it: proxies still on the old bundle reject new leaves; finish propagating the bundle now",
             )
         } else {
-            (
-                ConditionStatus::False,
-                "IssuerRotationInOrder",
-                "the identity issuer is renewed only after the bundle converged",
-            )
+            (ConditionStatus::False, IN_ORDER_REASON, IN_ORDER_MESSAGE)
         };
         if detected && !was_true {
             self.event(true, "OutOfOrderIssuerRotation", message);
@@ -595,6 +601,9 @@ impl<'a> Step<'a> {
                         Unfixable::ManuallyInjected =>
                             "injected by linkerd inject: re-inject its workload".to_owned(),
                         Unfixable::Owner(o) => format!("owned by {o}: restart it by hand"),
+                        Unfixable::OnDelete(w) => format!(
+                            "{w} has updateStrategy OnDelete: delete its pods to restart them"
+                        ),
                     }
                 )),
             }
@@ -734,7 +743,33 @@ impl<'a> Step<'a> {
         self.finish(Requeue::Soon)
     }
 
-    fn finish(self, requeue: Requeue) -> Decision {
+    fn finish(mut self, requeue: Requeue) -> Decision {
+        // Back in Synced the damage is over: every proxy holds the new anchor alone.
+        if self.next.phase == Phase::Synced {
+            let now = self.time();
+            if let Some(c) =
+                self.next.conditions.iter_mut().find(|c| {
+                    c.type_ == OUT_OF_ORDER_CONDITION && c.status == ConditionStatus::True
+                })
+            {
+                c.status = ConditionStatus::False;
+                c.reason = IN_ORDER_REASON.to_owned();
+                c.message = IN_ORDER_MESSAGE.to_owned();
+                c.last_transition_time = now;
+            }
+        }
+        // While the issuer is out of order, that is the first thing a reader must see.
+        let urgent = self
+            .next
+            .conditions
+            .iter()
+            .any(|c| c.type_ == OUT_OF_ORDER_CONDITION && c.status == ConditionStatus::True);
+        if urgent {
+            self.next.blocking_message = Some(match self.next.blocking_message.take() {
+                Some(m) => format!("{OUT_OF_ORDER_URGENT}; {m}"),
+                None => OUT_OF_ORDER_URGENT.to_owned(),
+            });
+        }
         Decision {
             status: self.next,
             effects: self.effects,

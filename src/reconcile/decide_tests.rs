@@ -676,13 +676,18 @@ fn pods_a_restart_cannot_fix_are_named() {
     let mut o = propagating().observed();
     o.pods[0].owner = Err(Unfixable::BarePod);
     o.pods[1].owner = Err(Unfixable::ManuallyInjected);
+    o.pods[2].owner = Err(Unfixable::OnDelete("StatefulSet app-1/db".to_owned()));
     let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
     let m = blocking(&d);
     assert!(
-        m.contains("a restart cannot fix 2: app-0/web-0 (no owning workload: delete it)"),
+        m.contains("a restart cannot fix 3: app-0/web-0 (no owning workload: delete it)"),
         "{m}"
     );
     assert!(m.contains("linkerd inject"), "{m}");
+    assert!(
+        m.contains("StatefulSet app-1/db has updateStrategy OnDelete: delete its pods"),
+        "{m}"
+    );
     assert!(
         d.effects
             .iter()

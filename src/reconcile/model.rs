@@ -68,8 +68,11 @@ pub enum Unfixable {
     BarePod,
     /// Injected by `linkerd inject`: the anchors are baked into the workload's template.
     ManuallyInjected,
-    /// Owned by something the operator does not restart (a Job, an `OnDelete` StatefulSet...).
+    /// Owned by something the operator does not restart (a Job, a CronJob...).
     Owner(String),
+    /// A StatefulSet or DaemonSet with `updateStrategy: OnDelete`: a template change rolls
+    /// nothing; its pods must be deleted.
+    OnDelete(String),
 }
 
 /// The live leaf of a pod, as probed.
