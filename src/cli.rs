@@ -76,6 +76,22 @@ pub struct RunArgs {
     /// How often a rotation in progress is looked at without a watch event.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub reconcile_interval: Duration,
+    /// Run the reconciler only while holding a leader Lease (`false`: a single replica).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Namespace of the leader Lease (the operator's own namespace in a cluster).
+    #[arg(long, env = "POD_NAMESPACE", default_value = crate::webhook::config::DEFAULT_OPERATOR_NAMESPACE)]
+    pub lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "trust-rotation-operator")]
+    pub lease_name: String,
+    /// How long a leader that stopped renewing keeps the Lease; a replica takes over after it.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// This replica's identity in the Lease (the pod name in a cluster; default host-pid). A
+    /// restarted container keeps its pod name, so it takes its Lease back at once.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
@@ -133,6 +149,14 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
+/// Outside a pod: the host name and the process id, unique among replicas on one machine.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "trust-rotation-operator".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
 /// Runs the operator binary's subcommand, writing its output to `out`.
 pub async fn operator(cli: OperatorCli, out: &mut impl std::io::Write) -> Result<(), CliError> {
     match cli.command {
@@ -171,6 +195,15 @@ pub async fn operator(cli: OperatorCli, out: &mut impl std::io::Write) -> Result
                         active_interval: args.reconcile_interval,
                         ..Default::default()
                     }
+                }),
+                leader: (args.reconciler && args.leader_elect).then(|| {
+                    let identity = args.identity.clone().unwrap_or_else(default_identity);
+                    crate::reconcile::lease::LeaseConfig::new(
+                        &args.lease_namespace,
+                        &args.lease_name,
+                        &identity,
+                    )
+                    .with_duration(args.lease_duration)
                 }),
             };
             crate::run::run(config, client, shutdown_signal()).await?;

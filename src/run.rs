@@ -12,6 +12,9 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::admin::{self, Health};
+use crate::reconcile::controller;
+use crate::reconcile::lease::Elector;
+use crate::reconcile::metrics::ReconcileMetrics;
 use crate::webhook::metrics::WebhookMetrics;
 use crate::webhook::server::{AppState, router, serve_tls};
 use crate::webhook::tls::{ReloadingResolver, TlsError, server_config};
@@ -27,6 +30,8 @@ pub struct RunConfig {
     pub view: ViewConfig,
     /// The reconciler, when this replica runs it.
     pub reconciler: Option<crate::reconcile::controller::ReconcilerConfig>,
+    /// Run the reconciler only while holding this Lease (`None`: always).
+    pub leader: Option<crate::reconcile::lease::LeaseConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +56,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let mut registry = Registry::default();
     let metrics = WebhookMetrics::register(&mut registry);
+    let reconcile_metrics = ReconcileMetrics::register(&mut registry);
     let health = Arc::new(Health::default());
 
     let resolver = ReloadingResolver::new(&config.tls_cert_file, &config.tls_key_file)?;
@@ -91,11 +97,26 @@ pub async fn run(
                 tracing::info!("rotation view synced; webhook patching enabled");
             }),
     );
+    let mut elector = None;
     if let Some(reconciler) = config.reconciler.clone() {
-        tasks.spawn(crate::reconcile::controller::run(
-            client.clone(),
-            reconciler,
-        ));
+        let lead = {
+            let (client, metrics) = (client.clone(), reconcile_metrics.clone());
+            move || controller::run(client.clone(), reconciler.clone(), metrics.clone())
+        };
+        match config.leader.clone() {
+            None => {
+                reconcile_metrics.leader.set(1);
+                tasks.spawn(lead());
+            }
+            Some(lease) => {
+                let leader_gauge = reconcile_metrics.clone();
+                let on_change = move |leading: bool| {
+                    leader_gauge.leader.set(i64::from(leading));
+                };
+                tasks.spawn(Elector::new(client.clone(), lease.clone()).run(lead, on_change));
+                elector = Some(Elector::new(client.clone(), lease));
+            }
+        }
     }
     let admin_app = admin::router(Arc::new(registry), health.clone());
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -121,6 +142,12 @@ pub async fn run(
     .await;
     let _ = admin_stop_tx.send(());
     tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    // The reconciler has stopped with its task: hand the Lease over without making the next
+    // leader wait for it to expire.
+    if let Some(elector) = elector {
+        elector.release().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 
 use super::certs;
 use super::decide::{Names, decide};
+use super::metrics::ReconcileMetrics;
 use super::model::*;
 use crate::crd::{
     RenewalPolicy, RestartPolicy, TrustAnchorRotation, TrustAnchorRotationSpec,
@@ -98,6 +99,8 @@ struct Stores {
     bundle: Store<ConfigMap>,
     pods: Store<Pod>,
     deployments: Store<Deployment>,
+    statefulsets: Store<StatefulSet>,
+    daemonsets: Store<DaemonSet>,
 }
 
 fn reflect<K>(
@@ -136,7 +139,7 @@ fn named(name: &str) -> watcher::Config {
 }
 
 /// Runs the reconciler until the task is dropped.
-pub async fn run(client: Client, config: ReconcilerConfig) {
+pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<ReconcileMetrics>) {
     let wake = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
     let secret = |(ns, name): &(String, String), tasks: &mut tokio::task::JoinSet<()>| {
@@ -179,12 +182,26 @@ pub async fn run(client: Client, config: ReconcilerConfig) {
             wake.clone(),
             &mut tasks,
         ),
+        statefulsets: reflect(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            wake.clone(),
+            &mut tasks,
+        ),
+        daemonsets: reflect(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            wake.clone(),
+            &mut tasks,
+        ),
     };
     for ready in [
         stores.rotation.wait_until_ready().await.is_ok(),
         stores.bundle.wait_until_ready().await.is_ok(),
         stores.pods.wait_until_ready().await.is_ok(),
         stores.deployments.wait_until_ready().await.is_ok(),
+        stores.statefulsets.wait_until_ready().await.is_ok(),
+        stores.daemonsets.wait_until_ready().await.is_ok(),
     ] {
         if !ready {
             tracing::error!("a watch stopped before it synced; the reconciler stops");
@@ -205,10 +222,11 @@ pub async fn run(client: Client, config: ReconcilerConfig) {
         },
     );
     loop {
-        let interval = match reconcile_once(&client, &config, &stores, &recorder).await {
+        let interval = match reconcile_once(&client, &config, &stores, &recorder, &metrics).await {
             Ok(Requeue::Soon) => config.active_interval,
             Ok(Requeue::Idle) => config.idle_interval,
             Err(e) => {
+                metrics.errors.inc();
                 tracing::warn!(error = %e, "reconcile failed; retrying");
                 config.active_interval
             }
@@ -248,6 +266,7 @@ async fn reconcile_once(
     config: &ReconcilerConfig,
     stores: &Stores,
     recorder: &Recorder,
+    metrics: &ReconcileMetrics,
 ) -> Result<Requeue, ReconcileError> {
     let Some(rotation) = stores.rotation.get(&ObjectRef::new(&config.rotation_name)) else {
         return Ok(Requeue::Idle);
@@ -270,6 +289,7 @@ async fn reconcile_once(
         }
         write_status(client, &config.rotation_name, &decision.status).await?;
     }
+    metrics.record(&status, &decision.status, &observed);
     Ok(decision.requeue)
 }
 
@@ -382,28 +402,48 @@ async fn observe(
         })
         .map(|d| ControlPlaneDeployment {
             name: d.name_any(),
-            restarted_for: template_annotation(d),
+            restarted_for: template_annotation(d.spec.as_ref().map(|s| &s.template)),
             rollout_complete: rollout_complete(d),
         })
         .collect();
-    let workloads_restarting: BTreeSet<Workload> = stores
-        .deployments
-        .state()
-        .iter()
-        .filter(|d| template_annotation(d).is_some() && !rollout_complete(d))
-        .map(|d| Workload {
-            kind: "Deployment".to_owned(),
-            namespace: d.namespace().unwrap_or_default(),
-            name: d.name_any(),
-        })
+    let workloads_restarting: BTreeSet<Workload> = (stores.deployments.state().iter())
+        .filter(|d| template_annotation(d.spec.as_ref().map(|s| &s.template)).is_some())
+        .filter(|d| !rollout_complete(d))
+        .map(|d| workload_of("Deployment", d.as_ref()))
+        .chain(
+            (stores.statefulsets.state().iter())
+                .filter(|s| template_annotation(s.spec.as_ref().map(|s| &s.template)).is_some())
+                .filter(|s| !statefulset_rollout_complete(s))
+                .map(|s| workload_of("StatefulSet", s.as_ref())),
+        )
+        .chain(
+            (stores.daemonsets.state().iter())
+                .filter(|d| template_annotation(d.spec.as_ref().map(|s| &s.template)).is_some())
+                .filter(|d| !daemonset_rollout_complete(d))
+                .map(|d| workload_of("DaemonSet", d.as_ref())),
+        )
         .collect();
+    let on_delete = |kind: &str, namespace: &str, name: &str| {
+        match kind {
+            "StatefulSet" => stores
+                .statefulsets
+                .get(&ObjectRef::new(name).within(namespace))
+                .and_then(|s| s.spec.as_ref()?.update_strategy.as_ref()?.type_.clone()),
+            "DaemonSet" => stores
+                .daemonsets
+                .get(&ObjectRef::new(name).within(namespace))
+                .and_then(|d| d.spec.as_ref()?.update_strategy.as_ref()?.type_.clone()),
+            _ => None,
+        }
+        .is_some_and(|t| t == "OnDelete")
+    };
     let mut anchors_cache: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
     let pods = stores
         .pods
         .state()
         .iter()
         .filter(|p| running(p))
-        .map(|p| meshed_pod(config, p, &mut anchors_cache))
+        .map(|p| meshed_pod(config, p, &mut anchors_cache, &on_delete))
         .collect();
     Ok(Observed {
         now: k8s_openapi::jiff::Timestamp::now().as_second(),
@@ -435,10 +475,18 @@ async fn issuer_issuing(client: &Client, (ns, name): &(String, String)) -> bool 
         })
 }
 
-fn template_annotation(d: &Deployment) -> Option<String> {
-    d.spec
-        .as_ref()?
-        .template
+fn workload_of<K: Resource>(kind: &str, object: &K) -> Workload {
+    Workload {
+        kind: kind.to_owned(),
+        namespace: object.namespace().unwrap_or_default(),
+        name: object.name_any(),
+    }
+}
+
+fn template_annotation(
+    template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>,
+) -> Option<String> {
+    template?
         .metadata
         .as_ref()?
         .annotations
@@ -458,6 +506,24 @@ pub fn rollout_complete(d: &Deployment) -> bool {
         && st.available_replicas.unwrap_or(0) == want
 }
 
+/// `kubectl rollout status statefulset`: every replica updated and ready, on one revision.
+pub fn statefulset_rollout_complete(s: &StatefulSet) -> bool {
+    let want = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let Some(st) = &s.status else { return false };
+    st.observed_generation >= s.metadata.generation
+        && st.updated_replicas.unwrap_or(0) == want
+        && st.ready_replicas.unwrap_or(0) == want
+        && st.current_revision == st.update_revision
+}
+
+/// `kubectl rollout status daemonset`: every scheduled pod updated and available.
+pub fn daemonset_rollout_complete(d: &DaemonSet) -> bool {
+    let Some(st) = &d.status else { return false };
+    st.observed_generation >= d.metadata.generation
+        && st.updated_number_scheduled.unwrap_or(0) == st.desired_number_scheduled
+        && st.number_available.unwrap_or(0) == st.desired_number_scheduled
+}
+
 fn running(p: &Pod) -> bool {
     p.metadata.deletion_timestamp.is_none()
         && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
@@ -467,6 +533,7 @@ fn meshed_pod(
     config: &ReconcilerConfig,
     p: &Pod,
     cache: &mut BTreeMap<String, Option<BTreeSet<String>>>,
+    on_delete: &dyn Fn(&str, &str, &str) -> bool,
 ) -> MeshedPod {
     let spec = p.spec.clone().unwrap_or_default();
     let proxy = spec
@@ -516,6 +583,9 @@ fn meshed_pod(
                         None => Err(Unfixable::Owner(format!("ReplicaSet {}", o.name))),
                     }
                 }
+                "StatefulSet" | "DaemonSet" if on_delete(&o.kind, &namespace, &o.name) => Err(
+                    Unfixable::OnDelete(format!("{} {namespace}/{}", o.kind, o.name)),
+                ),
                 "StatefulSet" | "DaemonSet" => Ok(Workload {
                     kind: o.kind.clone(),
                     namespace: namespace.clone(),

@@ -7,6 +7,8 @@
 pub mod certs;
 pub mod controller;
 pub mod decide;
+pub mod lease;
+pub mod metrics;
 pub mod model;
 
 #[cfg(test)]

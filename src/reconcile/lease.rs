@@ -1,0 +1,293 @@
+//! Leader election with a `coordination.k8s.io/v1` Lease, as client-go's leaderelection does
+//! it: the holder renews `renewTime` every few seconds; another replica takes the Lease only
+//! once `renewTime + leaseDurationSeconds` has passed without a renewal. Every write carries
+//! the `resourceVersion` it read, so two replicas racing for an expired Lease cannot both win:
+//! the API server refuses the second write with 409 Conflict.
+//!
+//! [`next_step`] is the pure rule; [`Elector`] does the reads and writes. Every replica serves
+//! the webhook; only the leader runs the reconciler.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::api::{Api, ObjectMeta, PostParams};
+
+/// What the Lease says, as plain values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseState {
+    pub holder: Option<String>,
+    /// Unix milliseconds of the last renewal (or acquisition).
+    pub renewed_ms: Option<i64>,
+    pub duration: Duration,
+}
+
+/// What a replica does with the Lease it read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Ours: write a new renewTime.
+    Renew,
+    /// Free or expired: take it (and bump leaseTransitions).
+    Acquire,
+    /// Someone else holds it and renewed recently.
+    Wait,
+}
+
+/// The rule: a Lease is ours to renew, free (or expired) to take, or held.
+pub fn next_step(lease: &LeaseState, me: &str, now_ms: i64) -> Step {
+    match lease.holder.as_deref() {
+        Some(h) if h == me => Step::Renew,
+        None | Some("") => Step::Acquire,
+        Some(_) => {
+            let expires = lease
+                .renewed_ms
+                .map(|r| r + lease.duration.as_millis() as i64);
+            if expires.is_none_or(|e| now_ms >= e) {
+                Step::Acquire
+            } else {
+                Step::Wait
+            }
+        }
+    }
+}
+
+/// Lease timing, client-go's defaults: a leader that cannot renew for `duration` loses it;
+/// it renews every `retry`, and gives up leading itself after `renew_deadline` without a
+/// successful renewal, well before anyone else may take over.
+#[derive(Clone, Debug)]
+pub struct LeaseConfig {
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+    pub duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry: Duration,
+}
+
+impl LeaseConfig {
+    pub fn new(namespace: &str, name: &str, identity: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            identity: identity.to_owned(),
+            duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry: Duration::from_secs(2),
+        }
+    }
+
+    /// Keeps client-go's proportions for another duration: give up leading after 2/3 of it,
+    /// retry about 7 times per duration.
+    pub fn with_duration(mut self, duration: Duration) -> Self {
+        self.duration = duration.max(Duration::from_secs(1));
+        self.renew_deadline = self.duration * 2 / 3;
+        self.retry = (self.duration / 7).max(Duration::from_millis(100));
+        self
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("Lease {namespace}/{name}: {source}")]
+    Kube {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+pub struct Elector {
+    api: Api<Lease>,
+    config: LeaseConfig,
+}
+
+fn state_of(lease: &Lease) -> LeaseState {
+    let spec = lease.spec.clone().unwrap_or_default();
+    LeaseState {
+        holder: spec.holder_identity,
+        renewed_ms: spec
+            .renew_time
+            .or(spec.acquire_time)
+            .map(|t| t.0.as_millisecond()),
+        duration: Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64),
+    }
+}
+
+impl Elector {
+    pub fn new(client: Client, config: LeaseConfig) -> Self {
+        Self {
+            api: Api::namespaced(client, &config.namespace),
+            config,
+        }
+    }
+
+    fn err(&self) -> impl FnOnce(kube::Error) -> LeaseError + '_ {
+        |source| LeaseError::Kube {
+            namespace: self.config.namespace.clone(),
+            name: self.config.name.clone(),
+            source,
+        }
+    }
+
+    /// One attempt: true when this replica holds the Lease afterwards. A lost race (409) is
+    /// simply "not leader".
+    pub async fn try_lead(&self) -> Result<bool, LeaseError> {
+        let now = Timestamp::now();
+        let c = &self.config;
+        let Some(lease) = self.api.get_opt(&c.name).await.map_err(self.err())? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(c.name.clone()),
+                    namespace: Some(c.namespace.clone()),
+                    ..Default::default()
+                },
+                spec: Some(self.spec(now, now, 0)),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                Err(e) => Err(self.err()(e)),
+            };
+        };
+        let state = state_of(&lease);
+        let spec = lease.spec.clone().unwrap_or_default();
+        let new_spec = match next_step(&state, &c.identity, now.as_millisecond()) {
+            Step::Wait => return Ok(false),
+            Step::Renew => self.spec(
+                spec.acquire_time.map_or(now, |t| t.0),
+                now,
+                spec.lease_transitions.unwrap_or(0),
+            ),
+            Step::Acquire => self.spec(now, now, spec.lease_transitions.unwrap_or(0) + 1),
+        };
+        // `replace` sends the resourceVersion we read: a concurrent writer makes this a 409.
+        let mut updated = lease;
+        updated.spec = Some(new_spec);
+        match self
+            .api
+            .replace(&c.name, &PostParams::default(), &updated)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(self.err()(e)),
+        }
+    }
+
+    fn spec(&self, acquired: Timestamp, renewed: Timestamp, transitions: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.config.identity.clone()),
+            lease_duration_seconds: Some(self.config.duration.as_secs() as i32),
+            acquire_time: Some(MicroTime(acquired)),
+            renew_time: Some(MicroTime(renewed)),
+            lease_transitions: Some(transitions),
+            ..Default::default()
+        }
+    }
+
+    /// Gives the Lease up on a clean shutdown so another replica need not wait for it to
+    /// expire (client-go's ReleaseOnCancel).
+    pub async fn release(&self) {
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.config.name).await else {
+            return;
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return;
+        };
+        if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        spec.acquire_time = None;
+        if let Err(e) = self
+            .api
+            .replace(&self.config.name, &PostParams::default(), &lease)
+            .await
+        {
+            tracing::warn!(error = %e, "releasing the leader Lease");
+        }
+    }
+
+    /// Runs `lead` while this replica holds the Lease: waits to acquire it, starts `lead`,
+    /// renews every `retry`, and stops `lead` (drops its future) as soon as a renewal has not
+    /// succeeded within `renew_deadline`; then competes again. `on_change(true|false)` is told.
+    pub async fn run<F, Fut>(self, mut lead: F, on_change: impl Fn(bool))
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let c = self.config.clone();
+        loop {
+            // Follower: try until acquired.
+            loop {
+                match self.try_lead().await {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "leader election"),
+                }
+                tokio::time::sleep(c.retry).await;
+            }
+            tracing::info!(identity = %c.identity, lease = %format!("{}/{}", c.namespace, c.name), "became leader");
+            on_change(true);
+            let leading = lead();
+            tokio::pin!(leading);
+            let mut last_renewed = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    () = &mut leading => break,
+                    () = tokio::time::sleep(c.retry) => {}
+                }
+                match self.try_lead().await {
+                    Ok(true) => last_renewed = tokio::time::Instant::now(),
+                    Ok(false) => {
+                        tracing::warn!("the leader Lease was taken by another replica");
+                        break;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "renewing the leader Lease"),
+                }
+                if last_renewed.elapsed() >= c.renew_deadline {
+                    tracing::warn!("could not renew the leader Lease in time");
+                    break;
+                }
+            }
+            on_change(false);
+            tracing::info!(identity = %c.identity, "stopped leading");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(holder: Option<&str>, renewed_ms: Option<i64>) -> LeaseState {
+        LeaseState {
+            holder: holder.map(str::to_owned),
+            renewed_ms,
+            duration: Duration::from_secs(15),
+        }
+    }
+
+    #[test]
+    fn ours_is_renewed_free_is_taken() {
+        assert_eq!(
+            next_step(&lease(Some("a"), Some(0)), "a", 999_999),
+            Step::Renew
+        );
+        assert_eq!(next_step(&lease(None, None), "a", 0), Step::Acquire);
+        assert_eq!(next_step(&lease(Some(""), Some(0)), "a", 0), Step::Acquire);
+    }
+
+    #[test]
+    fn held_is_taken_only_after_it_expires() {
+        let held = lease(Some("b"), Some(1_000));
+        assert_eq!(next_step(&held, "a", 1_000), Step::Wait);
+        assert_eq!(next_step(&held, "a", 15_999), Step::Wait);
+        assert_eq!(next_step(&held, "a", 16_000), Step::Acquire);
+        assert_eq!(next_step(&lease(Some("b"), None), "a", 0), Step::Acquire);
+    }
+}

@@ -1,0 +1,329 @@
+//! The reconciler's Prometheus metrics (DESIGN.md "Observability"), registered in the one
+//! Registry that `run` builds. The names in DESIGN.md are the reference's, kept exactly; the
+//! rest are ours. Every label value is bounded: phases are a fixed set, and each `_info`
+//! family holds one series at a time (the current fingerprint).
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::model::{Leaf, Observed};
+use crate::crd::{Phase, TrustAnchorRotationStatus};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FingerprintLabels {
+    fingerprint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+enum CertificateValue {
+    trust_anchor,
+    previous_anchor,
+    identity_issuer,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    certificate: CertificateValue,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+enum ProbeValue {
+    /// The live leaf is signed by the active issuer.
+    issuer,
+    /// A leaf from another issuer (not refreshed yet).
+    other_issuer,
+    /// No handshake: not converged.
+    unreachable,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeLabels {
+    result: ProbeValue,
+}
+
+pub struct ReconcileMetrics {
+    phase: Family<PhaseLabels, Gauge>,
+    trust_bundle_converged: Gauge,
+    trust_bundle_target: Gauge,
+    certificates_converged: Gauge,
+    certificates_target: Gauge,
+    active_issuer: Family<FingerprintLabels, Gauge>,
+    previous_anchor: Family<FingerprintLabels, Gauge>,
+    refresh_interval_seconds: Gauge,
+    not_after: Family<CertificateLabels, Gauge>,
+    transitions: Counter,
+    probes: Family<ProbeLabels, Counter>,
+    /// Reconcile passes that failed on an API error (retried).
+    pub errors: Counter,
+    /// 1 while this replica holds the leader Lease and runs the reconciler.
+    pub leader: Gauge,
+}
+
+impl ReconcileMetrics {
+    pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let m = Arc::new(Self {
+            phase: Family::default(),
+            trust_bundle_converged: Gauge::default(),
+            trust_bundle_target: Gauge::default(),
+            certificates_converged: Gauge::default(),
+            certificates_target: Gauge::default(),
+            active_issuer: Family::default(),
+            previous_anchor: Family::default(),
+            refresh_interval_seconds: Gauge::default(),
+            not_after: Family::default(),
+            transitions: Counter::default(),
+            probes: Family::default(),
+            errors: Counter::default(),
+            leader: Gauge::default(),
+        });
+        let r = registry;
+        r.register(
+            "trust_rotation_phase",
+            "The rotation's phase: 1 for the current one, 0 for the others",
+            m.phase.clone(),
+        );
+        r.register(
+            "trust_rotation_trust_bundle_converged_pods",
+            "Meshed pods whose proxy holds the desired trust bundle",
+            m.trust_bundle_converged.clone(),
+        );
+        r.register(
+            "trust_rotation_trust_bundle_target_pods",
+            "Running meshed pods counted for trust-bundle convergence",
+            m.trust_bundle_target.clone(),
+        );
+        r.register(
+            "trust_rotation_workload_certificates_converged_pods",
+            "Meshed pods whose live leaf is signed by the active issuer",
+            m.certificates_converged.clone(),
+        );
+        r.register(
+            "trust_rotation_workload_certificates_target_pods",
+            "Running meshed pods counted for workload-certificate convergence",
+            m.certificates_target.clone(),
+        );
+        r.register(
+            "trust_rotation_active_issuer_info",
+            "Fingerprint of the identity issuer in use (one series)",
+            m.active_issuer.clone(),
+        );
+        r.register(
+            "trust_rotation_previous_anchor_info",
+            "Fingerprint of the anchor in the previous-anchor Secret (one series)",
+            m.previous_anchor.clone(),
+        );
+        r.register(
+            "trust_rotation_workload_certificate_refresh_interval_seconds",
+            "The accelerated proxy refresh interval published to new pods; 0 when none",
+            m.refresh_interval_seconds.clone(),
+        );
+        r.register(
+            "trust_rotation_certificate_not_after_seconds",
+            "notAfter of the trust anchor, previous anchor and identity issuer, Unix seconds",
+            m.not_after.clone(),
+        );
+        r.register(
+            "trust_rotation_phase_transitions",
+            "Phase transitions this replica has made",
+            m.transitions.clone(),
+        );
+        r.register(
+            "trust_rotation_probes",
+            "TLS probes of proxies' live leaves, by result",
+            m.probes.clone(),
+        );
+        r.register(
+            "trust_rotation_reconcile_errors",
+            "Reconcile passes that failed on an API error (retried)",
+            m.errors.clone(),
+        );
+        r.register(
+            "trust_rotation_leader",
+            "1 while this replica holds the leader Lease and runs the reconciler",
+            m.leader.clone(),
+        );
+        m
+    }
+
+    /// Publishes what one reconcile pass saw and decided.
+    pub fn record(
+        &self,
+        before: &TrustAnchorRotationStatus,
+        after: &TrustAnchorRotationStatus,
+        observed: &Observed,
+    ) {
+        for phase in Phase::ALL {
+            self.phase
+                .get_or_create(&PhaseLabels {
+                    phase: phase.as_str(),
+                })
+                .set(i64::from(phase == after.phase));
+        }
+        if before.phase != after.phase {
+            self.transitions.inc();
+        }
+        let (bc, bt) = counts(after.trust_bundle.as_ref());
+        self.trust_bundle_converged.set(bc);
+        self.trust_bundle_target.set(bt);
+        let (cc, ct) = counts(after.workload_certificates.as_ref());
+        self.certificates_converged.set(cc);
+        self.certificates_target.set(ct);
+        one_series(
+            &self.active_issuer,
+            after.active_issuer_fingerprint.as_deref(),
+        );
+        one_series(
+            &self.previous_anchor,
+            after.previous_anchor_fingerprint.as_deref(),
+        );
+        self.refresh_interval_seconds.set(
+            after
+                .workload_certificate_refresh_interval
+                .as_deref()
+                .and_then(|i| crate::duration::parse(i).ok())
+                .map_or(0, |d| d.as_secs() as i64),
+        );
+        let issuer = observed.issuer.as_ref().ok().map(|i| &i.cert);
+        let previous = observed.previous.as_ref().ok().and_then(|p| p.as_ref());
+        for (which, cert) in [
+            (
+                CertificateValue::trust_anchor,
+                observed.anchor.as_ref().ok(),
+            ),
+            (CertificateValue::previous_anchor, previous),
+            (CertificateValue::identity_issuer, issuer),
+        ] {
+            let labels = CertificateLabels { certificate: which };
+            match cert {
+                Some(c) => {
+                    self.not_after.get_or_create(&labels).set(c.not_after);
+                }
+                None => {
+                    self.not_after.remove(&labels);
+                }
+            }
+        }
+        for pod in &observed.pods {
+            let result = match pod.leaf {
+                Some(Leaf::FromIssuer) => ProbeValue::issuer,
+                Some(Leaf::FromOtherIssuer) => ProbeValue::other_issuer,
+                Some(Leaf::Unreachable) => ProbeValue::unreachable,
+                None => continue,
+            };
+            self.probes.get_or_create(&ProbeLabels { result }).inc();
+        }
+    }
+}
+
+fn counts(c: Option<&crate::crd::ConvergenceStatus>) -> (i64, i64) {
+    c.map_or((0, 0), |c| {
+        (i64::from(c.converged_pods), i64::from(c.target_pods))
+    })
+}
+
+/// Keeps exactly one series (the current value) in an `_info` family, or none.
+fn one_series(family: &Family<FingerprintLabels, Gauge>, fingerprint: Option<&str>) {
+    let current = fingerprint.map(|f| FingerprintLabels {
+        fingerprint: f.to_owned(),
+    });
+    let stale = current
+        .as_ref()
+        .is_none_or(|labels| family.get(labels).is_none());
+    if stale {
+        family.clear();
+    }
+    if let Some(labels) = current {
+        family.get_or_create(&labels).set(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ConvergenceStatus;
+
+    fn text(registry: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+        out
+    }
+
+    fn observed() -> Observed {
+        Observed {
+            now: 0,
+            anchor: Err(super::super::model::Problem {
+                object: "Secret linkerd/linkerd-trust-anchor".to_owned(),
+                message: "not found".to_owned(),
+            }),
+            previous: Ok(None),
+            bundle: Ok(None),
+            issuer: Err(super::super::model::Problem {
+                object: "Secret linkerd/linkerd-identity-issuer".to_owned(),
+                message: "not found".to_owned(),
+            }),
+            control_plane: vec![],
+            pods: vec![],
+            workloads_restarting: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_reference_names_and_one_series_per_info_family() {
+        let mut registry = Registry::default();
+        let m = ReconcileMetrics::register(&mut registry);
+        let before = TrustAnchorRotationStatus::default();
+        let mut after = TrustAnchorRotationStatus {
+            phase: Phase::PropagatingTrustRoots,
+            active_issuer_fingerprint: Some("aa".to_owned()),
+            previous_anchor_fingerprint: Some("bb".to_owned()),
+            workload_certificate_refresh_interval: Some("5m".to_owned()),
+            trust_bundle: Some(ConvergenceStatus {
+                converged_pods: 3,
+                target_pods: 7,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        m.record(&before, &after, &observed());
+        let t = text(&registry);
+        for line in [
+            "trust_rotation_phase{phase=\"PropagatingTrustRoots\"} 1",
+            "trust_rotation_phase{phase=\"Synced\"} 0",
+            "trust_rotation_trust_bundle_converged_pods 3",
+            "trust_rotation_trust_bundle_target_pods 7",
+            "trust_rotation_workload_certificates_target_pods 0",
+            "trust_rotation_active_issuer_info{fingerprint=\"aa\"} 1",
+            "trust_rotation_previous_anchor_info{fingerprint=\"bb\"} 1",
+            "trust_rotation_workload_certificate_refresh_interval_seconds 300",
+            "trust_rotation_phase_transitions_total 1",
+        ] {
+            assert!(t.contains(line), "missing {line:?} in\n{t}");
+        }
+
+        // A new issuer replaces the old series instead of adding one; no interval is 0.
+        let before = after.clone();
+        after.active_issuer_fingerprint = Some("cc".to_owned());
+        after.workload_certificate_refresh_interval = None;
+        m.record(&before, &after, &observed());
+        let t = text(&registry);
+        assert!(t.contains("trust_rotation_active_issuer_info{fingerprint=\"cc\"} 1"));
+        assert!(!t.contains("fingerprint=\"aa\""), "{t}");
+        assert!(t.contains("trust_rotation_workload_certificate_refresh_interval_seconds 0"));
+        assert!(
+            t.contains("trust_rotation_phase_transitions_total 1"),
+            "{t}"
+        );
+    }
+}
