@@ -1,25 +1,37 @@
 //! The reconciler end to end: the operator binary (webhook + reconciler) on the real control
 //! plane, the simulated mesh under continuous mTLS traffic, a trust-anchor renewal the way
 //! `cmctl renew` does it, and the rotation carried through every phase back to Synced.
+//!
+//! Every test follows the status while the traffic generator runs, and fails if the
+//! generator's success count ever stands still for long (a test that saw no traffic proves
+//! nothing about failed handshakes).
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::{MANAGER, Operator, install_crd, register_webhook, start_control_plane};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use trust_rotation_operator::crd::{
     ConditionStatus, ConvergenceState, Phase, SourceKind, TrustAnchorRotation,
+    TrustAnchorRotationStatus,
 };
-use trust_rotation_operator::sim::runbook::Runbook;
-use trust_rotation_operator::sim::traffic::TrafficConfig;
+use trust_rotation_operator::sim::runbook::{Cert, Runbook};
+use trust_rotation_operator::sim::traffic::{TrafficConfig, TrafficSnapshot};
 use trust_rotation_operator::sim::{Mesh, SimConfig};
+use trust_rotation_operator::testbed::ControlPlane;
 
 const MAX_REFRESH_ENV: &str = "LINKERD2_PROXY_IDENTITY_MAX_REFRESH";
+/// The longest the traffic generator may go without a successful handshake before a test
+/// calls the traffic interrupted. The generator makes dozens a second.
+const MAX_TRAFFIC_GAP: Duration = Duration::from_secs(5);
+const ROTATION_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn namespaces(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("mesh-{i}")).collect()
@@ -61,88 +73,315 @@ async fn workload_pods(client: &kube::Client, namespaces: &[String]) -> Vec<Pod>
     out
 }
 
+/// Generation of each control-plane Deployment: it grows by one per rollout.
+async fn control_plane_generations(client: &kube::Client) -> BTreeMap<String, i64> {
+    Api::<Deployment>::namespaced(client.clone(), "linkerd")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|d| (d.name_any(), d.metadata.generation.unwrap_or(0)))
+        .collect()
+}
+
+/// A control plane, a mesh with traffic running, the CRD with the `cluster` rotation, and the
+/// operator, bootstrapped to Synced.
+struct Rig {
+    cp: ControlPlane,
+    client: kube::Client,
+    mesh: Mesh,
+    ns: Vec<String>,
+    op: Operator,
+    op_args: Vec<String>,
+    /// The anchor before any renewal.
+    first_anchor: Cert,
+}
+
+impl Rig {
+    async fn start(
+        (namespaces_n, deployments, replicas): (usize, usize, i32),
+        spec: serde_json::Value,
+        op_args: &[&str],
+    ) -> Self {
+        let cp = start_control_plane().await;
+        let client = cp.client();
+        let mut mesh = Mesh::start(client.clone(), SimConfig::default())
+            .await
+            .unwrap_or_else(|e| panic!("starting the simulated mesh: {e}"));
+        let ns = namespaces(namespaces_n);
+        mesh.add_workloads(&ns, deployments, replicas, Duration::from_secs(120))
+            .await
+            .unwrap_or_else(|e| panic!("adding workloads: {e}"));
+        install_crd(&client).await;
+        Api::<TrustAnchorRotation>::all(client.clone())
+            .patch(
+                "cluster",
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(json!({"apiVersion": "trust.linkerd.io/v1alpha1",
+                    "kind": "TrustAnchorRotation", "metadata": {"name": "cluster"},
+                    "spec": spec})),
+            )
+            .await
+            .unwrap();
+        let op_args: Vec<String> = ["--reconcile-interval=500ms"]
+            .iter()
+            .chain(op_args)
+            .map(|a| (*a).to_owned())
+            .collect();
+        let op = start_operator(&cp, &op_args).await;
+        register_webhook(&cp, &op);
+        mesh.start_traffic(TrafficConfig::default());
+        let first_anchor = Runbook::new(&mesh).anchor().await.unwrap();
+        let rig = Self {
+            cp,
+            client,
+            mesh,
+            ns,
+            op,
+            op_args,
+            first_anchor,
+        };
+        // Bootstrap: the previous-anchor Secret is written and the rotation reports Synced.
+        let started = Instant::now();
+        loop {
+            let status = rotation(&rig.client).await.status.unwrap_or_default();
+            if status.previous_anchor_fingerprint.as_deref()
+                == Some(rig.first_anchor.fingerprint.as_str())
+                && status.phase == Phase::Synced
+                && status.trust_bundle.is_some()
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no bootstrap: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        rig
+    }
+
+    fn runbook(&self) -> Runbook<'_> {
+        Runbook::new(&self.mesh)
+    }
+
+    fn traffic(&self) -> TrafficSnapshot {
+        self.mesh.traffic().expect("traffic is running")
+    }
+
+    /// SIGKILL, then the same command again (a container restart keeps its pod name, so the
+    /// identity in the Lease is the same).
+    async fn kill_and_restart_operator(&mut self) {
+        self.op.process.signal("KILL").unwrap();
+        let _ = self.op.process.wait_timeout(Duration::from_secs(10));
+        self.op = start_operator(&self.cp, &self.op_args).await;
+        // The webhook registration names the old port and CA: point it at the new process.
+        register_webhook(&self.cp, &self.op);
+    }
+
+    /// Every proxy ends on `anchor` alone, with a leaf from the current issuer.
+    async fn assert_mesh_on(&self, anchor: &Cert, proxies: usize) {
+        let reduced = trust_rotation_operator::bundle::Bundle::from_pem("anchor", &anchor.pem)
+            .unwrap()
+            .fingerprint();
+        let issuer = self.runbook().issuer().await.unwrap();
+        // Old pods still serving their graceful stop are not part of the mesh's future.
+        let settle = Instant::now();
+        while self.mesh.proxies().len() != proxies {
+            assert!(
+                settle.elapsed() < Duration::from_secs(30),
+                "{} proxies, want {proxies}",
+                self.mesh.proxies().len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for p in self.mesh.proxies() {
+            assert_eq!(p.anchors_fingerprint(), reduced, "{}", p.pod);
+            assert_eq!(
+                p.leaf().unwrap().issuer_fingerprint,
+                issuer.fingerprint,
+                "{}",
+                p.pod
+            );
+        }
+    }
+}
+
+async fn start_operator(cp: &ControlPlane, args: &[String]) -> Operator {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut op = Operator::start(cp, &args);
+    op.wait_ready(Duration::from_secs(60)).await;
+    op
+}
+
+/// Follows the status: logs each phase with the traffic so far, and keeps the longest time the
+/// traffic generator went without a success.
+struct Follow {
+    t0: Instant,
+    phases: Vec<(Phase, Duration)>,
+    last_successes: u64,
+    last_progress: Instant,
+    max_gap: Duration,
+}
+
+impl Follow {
+    fn new(rig: &Rig) -> Self {
+        Self {
+            t0: Instant::now(),
+            phases: Vec::new(),
+            last_successes: rig.traffic().successes,
+            last_progress: Instant::now(),
+            max_gap: Duration::ZERO,
+        }
+    }
+
+    fn secs(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64()
+    }
+
+    async fn status(&mut self, rig: &Rig) -> TrustAnchorRotationStatus {
+        let status = rotation(&rig.client).await.status.unwrap_or_default();
+        let t = rig.traffic();
+        self.note_traffic(&t);
+        if self.phases.last().map(|(p, _)| *p) != Some(status.phase) {
+            eprintln!(
+                "[{:5.1}s] {}; traffic: {t}; {}",
+                self.secs(),
+                status.phase,
+                status.blocking_message.as_deref().unwrap_or("")
+            );
+            self.phases.push((status.phase, self.t0.elapsed()));
+        }
+        assert!(
+            self.t0.elapsed() < ROTATION_TIMEOUT,
+            "rotation did not finish: {status:#?}; traffic {t}"
+        );
+        status
+    }
+
+    fn note_traffic(&mut self, t: &TrafficSnapshot) {
+        if t.successes > self.last_successes {
+            self.last_successes = t.successes;
+            self.last_progress = Instant::now();
+        }
+        self.max_gap = self.max_gap.max(self.last_progress.elapsed());
+    }
+
+    /// The traffic generator counted handshakes throughout: never a long stand-still.
+    fn assert_traffic_throughout(&mut self, rig: &Rig) {
+        self.note_traffic(&rig.traffic());
+        assert!(
+            self.max_gap < MAX_TRAFFIC_GAP,
+            "traffic stood still for {:?}: {}",
+            self.max_gap,
+            rig.traffic()
+        );
+    }
+
+    fn assert_went_through_every_phase(&self) {
+        let phases: Vec<Phase> = self.phases.iter().map(|(p, _)| *p).collect();
+        for phase in [
+            Phase::RefreshingControlPlane,
+            Phase::PropagatingTrustRoots,
+            Phase::WaitingForIdentityRotation,
+            Phase::RenewingWorkloadCerts,
+            Phase::RemovingOldTrustRoots,
+        ] {
+            assert!(phases.contains(&phase), "went through {phase}: {phases:?}");
+        }
+    }
+}
+
+fn is_done(status: &TrustAnchorRotationStatus, anchor: &Cert) -> bool {
+    status.phase == Phase::Synced
+        && status.previous_anchor_fingerprint.as_deref() == Some(anchor.fingerprint.as_str())
+}
+
+/// A platform engineer following the status: runs exactly the commands a blockingMessage
+/// prints (`kubectl rollout restart ...`, `cmctl renew ...`), each once per phase.
+#[derive(Default)]
+struct User {
+    done: BTreeSet<(&'static str, String)>,
+    actions: Vec<String>,
+}
+
+impl User {
+    async fn act(&mut self, rig: &Rig, status: &TrustAnchorRotationStatus) {
+        let Some(message) = status.blocking_message.as_deref() else {
+            return;
+        };
+        for part in message.split("; ") {
+            if let Some(at) = part.find("kubectl rollout restart ") {
+                let part = &part[at..];
+                let rest = &part["kubectl rollout restart ".len()..];
+                // "deployment/<name> -n <namespace>"
+                let mut words = rest.split_whitespace();
+                let (Some(target), Some("-n"), Some(ns)) =
+                    (words.next(), words.next(), words.next())
+                else {
+                    panic!("unreadable command in {message:?}");
+                };
+                if !self.done.insert((status.phase.as_str(), part.to_owned())) {
+                    continue;
+                }
+                let (kind, name) = target.split_once('/').unwrap();
+                assert_eq!(kind, "deployment", "{part}");
+                let now = k8s_openapi::jiff::Timestamp::now().to_string();
+                Api::<Deployment>::namespaced(rig.client.clone(), ns)
+                    .patch(
+                        name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations":
+                            {"kubectl.kubernetes.io/restartedAt": now}}}}})),
+                    )
+                    .await
+                    .unwrap();
+                self.actions.push(format!("{}: {part}", status.phase));
+            } else if let Some(at) = part.find("cmctl renew -n ") {
+                let command = &part[at..];
+                if !self
+                    .done
+                    .insert((status.phase.as_str(), command.to_owned()))
+                {
+                    continue;
+                }
+                assert_eq!(command, "cmctl renew -n linkerd linkerd-identity-issuer");
+                rig.runbook().renew_issuer().await.unwrap();
+                self.actions.push(format!("{}: {command}", status.phase));
+            }
+        }
+    }
+}
+
 /// A full rotation with both policies Automatic, under continuous traffic: zero failed
 /// handshakes; the accelerated refresh reaches the pods restarted while the bundle propagates;
 /// their leaves refresh from the new issuer without a further restart; the final status has the
-/// reference's shape.
+/// reference's shape; the metrics say the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn automatic_rotation_from_synced_to_synced_with_zero_failed_handshakes() {
-    let cp = start_control_plane().await;
-    let client = cp.client();
-    let mut mesh = Mesh::start(client.clone(), SimConfig::default())
-        .await
-        .unwrap_or_else(|e| panic!("starting the simulated mesh: {e}"));
-    let ns = namespaces(2);
-    mesh.add_workloads(&ns, 2, 2, Duration::from_secs(120))
-        .await
-        .unwrap_or_else(|e| panic!("adding workloads: {e}"));
-
-    install_crd(&client).await;
-    let tars: Api<TrustAnchorRotation> = Api::all(client.clone());
-    tars.patch(
-        "cluster",
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(
-            json!({"apiVersion": "trust.linkerd.io/v1alpha1", "kind": "TrustAnchorRotation",
-            "metadata": {"name": "cluster"},
-            "spec": {"workloadCertificateRefreshInterval": "3s",
-                     "dataPlaneRestart": {"policy": "Automatic", "maxConcurrentWorkloads": 2},
-                     "issuerRenewal": {"policy": "Automatic"}}}),
-        ),
+    let rig = Rig::start(
+        (2, 2, 2),
+        json!({"workloadCertificateRefreshInterval": "3s",
+               "dataPlaneRestart": {"policy": "Automatic", "maxConcurrentWorkloads": 2},
+               "issuerRenewal": {"policy": "Automatic"}}),
+        &[],
     )
-    .await
-    .unwrap();
-    let mut op = Operator::start(&cp, &["--reconcile-interval=500ms"]);
-    op.wait_ready(Duration::from_secs(60)).await;
-    register_webhook(&cp, &op);
+    .await;
+    let client = rig.client.clone();
+    let mut follow = Follow::new(&rig);
+    let new_anchor = rig.runbook().renew_anchor().await.unwrap();
+    eprintln!("anchor renewed: {}", &new_anchor.fingerprint[..12]);
 
-    // Bootstrap: the previous-anchor Secret is written and the rotation reports Synced.
-    mesh.start_traffic(TrafficConfig::default());
-    let rb = Runbook::new(&mesh);
-    let old_anchor = rb.anchor().await.unwrap();
-    let started = Instant::now();
-    loop {
-        let status = rotation(&client).await.status.unwrap_or_default();
-        if status.previous_anchor_fingerprint.as_deref() == Some(old_anchor.fingerprint.as_str())
-            && status.phase == Phase::Synced
-            && status.trust_bundle.is_some()
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no bootstrap: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-
-    let t0 = Instant::now();
-    let new_anchor = rb.renew_anchor().await.unwrap();
-    eprintln!(
-        "[{:5.1}s] anchor renewed: {}",
-        t0.elapsed().as_secs_f64(),
-        &new_anchor.fingerprint[..12]
-    );
-
-    let mut seen: Vec<(Phase, Duration)> = Vec::new();
     let mut accelerated_pods: Option<BTreeSet<String>> = None;
     let mut reduced_checked = false;
+    let mut saw_interval_metric = false;
     let final_status = loop {
-        let status = rotation(&client).await.status.unwrap_or_default();
-        if seen.last().map(|(p, _)| *p) != Some(status.phase) {
-            eprintln!(
-                "[{:5.1}s] {}; traffic: {}; {}",
-                t0.elapsed().as_secs_f64(),
-                status.phase,
-                mesh.traffic().unwrap(),
-                status.blocking_message.as_deref().unwrap_or("")
-            );
-            seen.push((status.phase, t0.elapsed()));
-        }
+        let status = follow.status(&rig).await;
         if status.phase == Phase::RenewingWorkloadCerts && accelerated_pods.is_none() {
             // Every workload pod running now was restarted onto the expanded bundle while the
             // rotation accelerated: the webhook put the fast refresh into its proxy's env.
-            let pods = workload_pods(&client, &ns).await;
+            let pods = workload_pods(&client, &rig.ns).await;
             for p in &pods {
                 assert_eq!(
                     proxy_env(p, MAX_REFRESH_ENV).as_deref(),
@@ -152,13 +391,17 @@ async fn automatic_rotation_from_synced_to_synced_with_zero_failed_handshakes() 
                 );
             }
             accelerated_pods = Some(pods.iter().map(|p| p.name_any()).collect());
+            saw_interval_metric |= rig
+                .op
+                .metric("trust_rotation_workload_certificate_refresh_interval_seconds")
+                == Some(3.0);
         }
         if let Some(accelerated) = &accelerated_pods
             && status.phase == Phase::RefreshingControlPlane
             && !reduced_checked
         {
             // The leaves came from the new issuer by refresh alone: the pods are the same ones.
-            let now: BTreeSet<String> = workload_pods(&client, &ns)
+            let now: BTreeSet<String> = workload_pods(&client, &rig.ns)
                 .await
                 .iter()
                 .map(|p| p.name_any())
@@ -169,24 +412,15 @@ async fn automatic_rotation_from_synced_to_synced_with_zero_failed_handshakes() 
             );
             reduced_checked = true;
         }
-        if status.phase == Phase::Synced
-            && status.previous_anchor_fingerprint.as_deref()
-                == Some(new_anchor.fingerprint.as_str())
-        {
+        if is_done(&status, &new_anchor) {
             break status;
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(240),
-            "rotation did not finish: {status:#?}; traffic {}",
-            mesh.traffic().unwrap()
-        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    let took = t0.elapsed();
-    let t = mesh.traffic().unwrap();
+    let t = rig.traffic();
     eprintln!(
         "rotation Synced -> Synced in {:.1}s; traffic: {t}",
-        took.as_secs_f64()
+        follow.secs()
     );
     eprintln!(
         "final status: {}",
@@ -194,22 +428,18 @@ async fn automatic_rotation_from_synced_to_synced_with_zero_failed_handshakes() 
     );
 
     assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
-    assert!(t.successes > 500, "traffic ran throughout: {t}");
-    let phases: Vec<Phase> = seen.iter().map(|(p, _)| *p).collect();
-    for phase in [
-        Phase::RefreshingControlPlane,
-        Phase::PropagatingTrustRoots,
-        Phase::RenewingWorkloadCerts,
-        Phase::RemovingOldTrustRoots,
-    ] {
-        assert!(phases.contains(&phase), "went through {phase}: {phases:?}");
-    }
+    follow.assert_traffic_throughout(&rig);
+    follow.assert_went_through_every_phase();
     let accelerated = accelerated_pods.expect("saw RenewingWorkloadCerts");
     assert!(!accelerated.is_empty());
     assert!(reduced_checked, "saw the reduction");
+    assert!(
+        saw_interval_metric,
+        "the refresh-interval gauge read 3 while accelerating"
+    );
 
     // The final status, in the reference's shape.
-    let new_issuer = rb.issuer().await.unwrap();
+    let new_issuer = rig.runbook().issuer().await.unwrap();
     assert_eq!(
         final_status.active_issuer_fingerprint.as_deref(),
         Some(new_issuer.fingerprint.as_str())
@@ -240,28 +470,435 @@ async fn automatic_rotation_from_synced_to_synced_with_zero_failed_handshakes() 
         (ConditionStatus::False, "IssuerRotationInOrder")
     );
 
+    // The metrics, with DESIGN.md's names, agree with the status.
+    let m = |sample: &str| rig.op.metric(sample);
+    assert_eq!(m("trust_rotation_phase{phase=\"Synced\"}"), Some(1.0));
+    assert_eq!(
+        m("trust_rotation_phase{phase=\"RenewingWorkloadCerts\"}"),
+        Some(0.0)
+    );
+    assert_eq!(m("trust_rotation_trust_bundle_converged_pods"), Some(8.0));
+    assert_eq!(m("trust_rotation_trust_bundle_target_pods"), Some(8.0));
+    assert_eq!(
+        m("trust_rotation_workload_certificates_converged_pods"),
+        Some(11.0)
+    );
+    assert_eq!(
+        m("trust_rotation_workload_certificates_target_pods"),
+        Some(11.0)
+    );
+    assert_eq!(
+        m(&format!(
+            "trust_rotation_active_issuer_info{{fingerprint=\"{}\"}}",
+            new_issuer.fingerprint
+        )),
+        Some(1.0)
+    );
+    assert_eq!(
+        m(&format!(
+            "trust_rotation_previous_anchor_info{{fingerprint=\"{}\"}}",
+            new_anchor.fingerprint
+        )),
+        Some(1.0)
+    );
+    assert_eq!(
+        m("trust_rotation_workload_certificate_refresh_interval_seconds"),
+        Some(0.0)
+    );
+    assert!(m("trust_rotation_phase_transitions_total").unwrap() >= 6.0);
+    assert!(m("trust_rotation_probes_total{result=\"issuer\"}").unwrap() > 0.0);
+    assert_eq!(m("trust_rotation_leader"), Some(1.0));
+
     // Every proxy ends on the new anchor alone, with a leaf from the new issuer.
-    let reduced = trust_rotation_operator::bundle::Bundle::from_pem("new", &new_anchor.pem)
-        .unwrap()
-        .fingerprint();
-    // Old pods still serving their graceful stop are not part of the mesh's future.
-    let settle = Instant::now();
-    while mesh.proxies().len() != 11 {
+    rig.assert_mesh_on(&new_anchor, 11).await;
+}
+
+/// Both policies Manual (BEL's way): the operator never restarts a workload or renews the
+/// issuer; the test plays the platform engineer and runs exactly what the status asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_rotation_the_user_acts_only_when_the_status_asks() {
+    let rig = Rig::start(
+        (2, 2, 1),
+        json!({"workloadCertificateRefreshInterval": "3s"}),
+        &[],
+    )
+    .await;
+    let mut follow = Follow::new(&rig);
+    let mut user = User::default();
+    let new_anchor = rig.runbook().renew_anchor().await.unwrap();
+    let final_status = loop {
+        let status = follow.status(&rig).await;
+        user.act(&rig, &status).await;
+        if is_done(&status, &new_anchor) {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let t = rig.traffic();
+    eprintln!(
+        "manual rotation in {:.1}s; traffic: {t}; the user ran:\n  {}",
+        follow.secs(),
+        user.actions.join("\n  ")
+    );
+    assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
+    follow.assert_traffic_throughout(&rig);
+    follow.assert_went_through_every_phase();
+    // Every workload restarted once onto the expanded bundle and once onto the reduced one;
+    // the issuer renewed once, when asked.
+    let count = |phase: Phase, what: &str| {
+        user.actions
+            .iter()
+            .filter(|a| a.starts_with(phase.as_str()) && a.contains(what))
+            .count()
+    };
+    assert_eq!(count(Phase::PropagatingTrustRoots, "rollout restart"), 4);
+    assert_eq!(count(Phase::RemovingOldTrustRoots, "rollout restart"), 4);
+    assert_eq!(count(Phase::WaitingForIdentityRotation, "cmctl renew"), 1);
+    assert_eq!(user.actions.len(), 9, "{:#?}", user.actions);
+    assert_eq!(final_status.blocking_message, None);
+    rig.assert_mesh_on(&new_anchor, 7).await;
+}
+
+/// The issuer renewed while the bundle is still propagating (the published CronJob's order)
+/// raises `OutOfOrderIssuerRotation=True` with an urgent blockingMessage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_renewed_out_of_order_is_flagged() {
+    let rig = Rig::start(
+        (1, 2, 1),
+        json!({"workloadCertificateRefreshInterval": "3s"}),
+        &[],
+    )
+    .await;
+    let mut follow = Follow::new(&rig);
+    let mut user = User::default();
+    let new_anchor = rig.runbook().renew_anchor().await.unwrap();
+    let mut renewed_early = false;
+    let flagged = loop {
+        let status = follow.status(&rig).await;
+        if status.phase == Phase::PropagatingTrustRoots && !renewed_early {
+            // Nobody has restarted a workload yet: the user renews the issuer too early.
+            rig.runbook().renew_issuer().await.unwrap();
+            renewed_early = true;
+        }
+        let ooo = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "OutOfOrderIssuerRotation");
+        if let Some(c) = ooo
+            && c.status == ConditionStatus::True
+        {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("flagged: {:#?}", flagged.conditions);
+    let message = flagged.blocking_message.clone().unwrap_or_default();
+    assert!(
+        message.to_lowercase().contains("out of order") || message.contains("URGENT"),
+        "an urgent blockingMessage: {message:?}"
+    );
+    // The rotation still finishes once the user restarts what it asks for, and the condition
+    // clears with it.
+    let done = loop {
+        let status = follow.status(&rig).await;
+        user.act(&rig, &status).await;
+        if is_done(&status, &new_anchor) {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let ooo = done
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "OutOfOrderIssuerRotation")
+        .unwrap();
+    assert_eq!(ooo.status, ConditionStatus::False, "{done:#?}");
+    assert_eq!(done.blocking_message, None);
+    follow.assert_traffic_throughout(&rig);
+    eprintln!("out-of-order rotation finished; traffic: {}", rig.traffic());
+}
+
+/// A second anchor renewal while the first expansion is propagating: the rotation expands
+/// again without dropping an anchor in use, and ends Synced on the newest anchor with zero
+/// failed handshakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_anchor_renewal_mid_rotation_still_ends_synced() {
+    let rig = Rig::start(
+        (2, 2, 1),
+        json!({"workloadCertificateRefreshInterval": "3s",
+               "dataPlaneRestart": {"policy": "Automatic", "maxConcurrentWorkloads": 1},
+               "issuerRenewal": {"policy": "Automatic"}}),
+        &[],
+    )
+    .await;
+    let mut follow = Follow::new(&rig);
+    let second = rig.runbook().renew_anchor().await.unwrap();
+    let mut third: Option<Cert> = None;
+    loop {
+        let status = follow.status(&rig).await;
+        if status.phase == Phase::PropagatingTrustRoots && third.is_none() {
+            let renewed = rig.runbook().renew_anchor().await.unwrap();
+            eprintln!(
+                "[{:5.1}s] anchor renewed again mid-rotation: {}",
+                follow.secs(),
+                &renewed.fingerprint[..12]
+            );
+            third = Some(renewed);
+        }
+        if let Some(third) = &third
+            && is_done(&status, third)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let t = rig.traffic();
+    eprintln!(
+        "two renewals, one rotation, {:.1}s; traffic: {t}",
+        follow.secs()
+    );
+    assert_ne!(second.fingerprint, third.as_ref().unwrap().fingerprint);
+    assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
+    follow.assert_traffic_throughout(&rig);
+    rig.assert_mesh_on(third.as_ref().unwrap(), 7).await;
+}
+
+/// An anchor Secret that does not parse parks the rotation: a blockingMessage naming the
+/// Secret and the problem, and not one write (bundle, previous anchor, control plane). Once
+/// the Secret is fixed the rotation un-parks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unparseable_anchor_parks_and_writes_nothing() {
+    let rig = Rig::start((1, 1, 2), json!({}), &[]).await;
+    let mut follow = Follow::new(&rig);
+    let client = rig.client.clone();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "cert-manager");
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "linkerd");
+    let linkerd_secrets: Api<Secret> = Api::namespaced(client.clone(), "linkerd");
+    let versions = || async {
+        (
+            configmaps
+                .get("linkerd-identity-trust-roots")
+                .await
+                .unwrap()
+                .resource_version(),
+            linkerd_secrets
+                .get("linkerd-previous-anchor")
+                .await
+                .unwrap()
+                .resource_version(),
+            control_plane_generations(&client).await,
+        )
+    };
+    let before = versions().await;
+
+    let original = secrets.get("linkerd-trust-anchor").await.unwrap();
+    let mut broken = original.clone();
+    broken.data.as_mut().unwrap().insert(
+        "tls.crt".to_owned(),
+        k8s_openapi::ByteString(
+            b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n".to_vec(),
+        ),
+    );
+    secrets
+        .replace("linkerd-trust-anchor", &PostParams::default(), &broken)
+        .await
+        .unwrap();
+    let parked = loop {
+        let status = follow.status(&rig).await;
+        if status.blocking_message.is_some() {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let message = parked.blocking_message.clone().unwrap();
+    eprintln!("parked: {message}");
+    assert!(
+        message.contains("Secret cert-manager/linkerd-trust-anchor"),
+        "{message}"
+    );
+    assert!(message.contains("tls.crt"), "{message}");
+    assert_eq!(parked.phase, Phase::Synced);
+    // Parked for a while: still nothing written.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let status = follow.status(&rig).await;
+    assert_eq!(status.blocking_message.as_deref(), Some(message.as_str()));
+    assert_eq!(versions().await, before, "nothing was written while parked");
+
+    // Fixed: un-parked, still Synced, still nothing to write.
+    let mut fixed = secrets.get("linkerd-trust-anchor").await.unwrap();
+    fixed.data = original.data.clone();
+    secrets
+        .replace("linkerd-trust-anchor", &PostParams::default(), &fixed)
+        .await
+        .unwrap();
+    loop {
+        let status = follow.status(&rig).await;
+        if status.blocking_message.is_none() {
+            assert_eq!(status.phase, Phase::Synced);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(versions().await, before);
+    let t = rig.traffic();
+    assert_eq!(t.failed(), 0, "{t}");
+    follow.assert_traffic_throughout(&rig);
+}
+
+/// SIGKILL the operator as soon as each phase is seen: the restarted process resumes from the
+/// status, the rotation still ends Synced with zero failed handshakes, and the control plane
+/// rolled out exactly twice (expansion and reduction), never a third time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_every_phase_resumes_without_an_extra_rollout() {
+    let mut rig = Rig::start(
+        (1, 2, 1),
+        json!({"workloadCertificateRefreshInterval": "3s"}),
+        &["--identity=operator-0"],
+    )
+    .await;
+    let generations = control_plane_generations(&rig.client).await;
+    let mut follow = Follow::new(&rig);
+    let mut user = User::default();
+    let new_anchor = rig.runbook().renew_anchor().await.unwrap();
+    let mut killed_in: Vec<(Phase, usize)> = Vec::new();
+    loop {
+        let status = follow.status(&rig).await;
+        if is_done(&status, &new_anchor) {
+            break;
+        }
+        // Each phase entry (the control-plane refresh comes twice) gets its kill.
+        let entries = follow.phases.len();
+        if status.phase != Phase::Synced && killed_in.last().map(|(_, n)| *n) != Some(entries) {
+            eprintln!("[{:5.1}s] SIGKILL in {}", follow.secs(), status.phase);
+            rig.kill_and_restart_operator().await;
+            killed_in.push((status.phase, entries));
+            continue;
+        }
+        user.act(&rig, &status).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let t = rig.traffic();
+    let killed: Vec<Phase> = killed_in.iter().map(|(p, _)| *p).collect();
+    eprintln!("killed in {killed:?}; traffic: {t}");
+    for phase in [
+        Phase::RefreshingControlPlane,
+        Phase::PropagatingTrustRoots,
+        Phase::WaitingForIdentityRotation,
+        Phase::RenewingWorkloadCerts,
+        Phase::RemovingOldTrustRoots,
+    ] {
+        assert!(killed.contains(&phase), "killed in {phase}: {killed:?}");
+    }
+    assert_eq!(
+        killed
+            .iter()
+            .filter(|p| **p == Phase::RefreshingControlPlane)
+            .count(),
+        2,
+        "killed in both control-plane refreshes"
+    );
+    let after = control_plane_generations(&rig.client).await;
+    for (name, generation) in &generations {
+        assert_eq!(
+            after[name],
+            generation + 2,
+            "Deployment linkerd/{name}: exactly two rollouts"
+        );
+    }
+    assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
+    follow.assert_traffic_throughout(&rig);
+    rig.assert_mesh_on(&new_anchor, 5).await;
+}
+
+/// Two replicas: one holds the Lease and reconciles, the other serves the webhook only and
+/// writes nothing; SIGKILL the leader and the other takes over once the Lease expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_reconciles_and_the_other_takes_over() {
+    let cp = start_control_plane().await;
+    let client = cp.client();
+    install_crd(&client).await;
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "linkerd"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    Api::<TrustAnchorRotation>::all(client.clone())
+        .patch(
+            "cluster",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(json!({"apiVersion": "trust.linkerd.io/v1alpha1",
+                "kind": "TrustAnchorRotation", "metadata": {"name": "cluster"}, "spec": {}})),
+        )
+        .await
+        .unwrap();
+    let args = |id: &str| {
+        vec![
+            format!("--identity={id}"),
+            "--lease-duration=3s".to_owned(),
+            "--reconcile-interval=500ms".to_owned(),
+        ]
+    };
+    let a = start_operator(&cp, &args("replica-a")).await;
+    let b = start_operator(&cp, &args("replica-b")).await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "linkerd");
+    let holder = || async {
+        leases
+            .get_opt("trust-rotation-operator")
+            .await
+            .unwrap()
+            .and_then(|l| l.spec?.holder_identity)
+    };
+    // a started first and took the Lease; its reconciler runs (the rotation parks: there is
+    // no anchor in this cluster) and b's does not.
+    let started = Instant::now();
+    loop {
+        let status = rotation(&client).await.status.unwrap_or_default();
+        if status.blocking_message.is_some() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{status:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(holder().await.as_deref(), Some("replica-a"));
+    assert_eq!(a.metric("trust_rotation_leader"), Some(1.0));
+    assert_eq!(b.metric("trust_rotation_leader"), Some(0.0));
+    let phase_series = |op: &Operator| {
+        op.admin_get("/metrics")
+            .unwrap()
+            .1
+            .contains("trust_rotation_phase{")
+    };
+    assert!(phase_series(&a), "the leader reconciles");
+    // A few renewals later, b has still not reconciled once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!phase_series(&b), "the follower never reconciled");
+    assert_eq!(holder().await.as_deref(), Some("replica-a"));
+    // Both serve the webhook.
+    assert_eq!(a.admin_get("/ready").map(|r| r.0), Some(200));
+    assert_eq!(b.admin_get("/ready").map(|r| r.0), Some(200));
+
+    a.process.signal("KILL").unwrap();
+    let killed = Instant::now();
+    loop {
+        if holder().await.as_deref() == Some("replica-b")
+            && b.metric("trust_rotation_leader") == Some(1.0)
+            && phase_series(&b)
+        {
+            break;
+        }
         assert!(
-            settle.elapsed() < Duration::from_secs(30),
-            "{} proxies",
-            mesh.proxies().len()
+            killed.elapsed() < Duration::from_secs(20),
+            "b did not take over; holder {:?}",
+            holder().await
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for p in mesh.proxies() {
-        assert_eq!(p.anchors_fingerprint(), reduced, "{}", p.pod);
-        assert_eq!(
-            p.leaf().unwrap().issuer_fingerprint,
-            new_issuer.fingerprint,
-            "{}",
-            p.pod
-        );
-    }
-    drop(op);
+    eprintln!(
+        "replica-b took over {:.1}s after replica-a was killed (Lease 3s)",
+        killed.elapsed().as_secs_f64()
+    );
+    let lease = leases.get("trust-rotation-operator").await.unwrap();
+    assert_eq!(lease.spec.unwrap().lease_transitions, Some(1));
 }
