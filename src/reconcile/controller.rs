@@ -406,19 +406,29 @@ async fn observe(
             rollout_complete: rollout_complete(d),
         })
         .collect();
+    // Rollouts the operator started onto the bundle in place now (one from an earlier bundle
+    // that never finished is not this rotation's to wait for).
+    let current_bundle = bundle
+        .as_ref()
+        .ok()
+        .and_then(|b| b.as_ref())
+        .map(|b| super::decide::bundle_of(b.iter()).fingerprint());
+    let ours = |template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>| {
+        current_bundle.is_some() && template_annotation(template) == current_bundle
+    };
     let workloads_restarting: BTreeSet<Workload> = (stores.deployments.state().iter())
-        .filter(|d| template_annotation(d.spec.as_ref().map(|s| &s.template)).is_some())
+        .filter(|d| ours(d.spec.as_ref().map(|s| &s.template)))
         .filter(|d| !rollout_complete(d))
         .map(|d| workload_of("Deployment", d.as_ref()))
         .chain(
             (stores.statefulsets.state().iter())
-                .filter(|s| template_annotation(s.spec.as_ref().map(|s| &s.template)).is_some())
+                .filter(|s| ours(s.spec.as_ref().map(|s| &s.template)))
                 .filter(|s| !statefulset_rollout_complete(s))
                 .map(|s| workload_of("StatefulSet", s.as_ref())),
         )
         .chain(
             (stores.daemonsets.state().iter())
-                .filter(|d| template_annotation(d.spec.as_ref().map(|s| &s.template)).is_some())
+                .filter(|d| ours(d.spec.as_ref().map(|s| &s.template)))
                 .filter(|d| !daemonset_rollout_complete(d))
                 .map(|d| workload_of("DaemonSet", d.as_ref())),
         )

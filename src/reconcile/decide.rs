@@ -312,6 +312,9 @@ pub fn decide(
             d.next.workload_certificate_refresh_interval = Some(policies.refresh_interval.clone());
             let pending = d.count_bundle(observed, &bundle_set, false);
             if pending.is_empty() {
+                if !d.rollouts_finished(observed) {
+                    return d.finish(Requeue::Soon);
+                }
                 d.transition(
                     Phase::WaitingForIdentityRotation,
                     "every meshed pod holds the expanded trust bundle",
@@ -388,6 +391,9 @@ pub fn decide(
             d.next.workload_certificate_refresh_interval = None;
             let pending = d.count_bundle(observed, &bundle_set, true);
             if pending.is_empty() {
+                if !d.rollouts_finished(observed) {
+                    return d.finish(Requeue::Soon);
+                }
                 d.transition(
                     Phase::Synced,
                     "every meshed pod holds only the current trust anchor",
@@ -570,6 +576,25 @@ impl<'a> Step<'a> {
             workloads.len() as u32,
         ));
         pending
+    }
+
+    /// No restart onto the current bundle is still rolling: a pod being replaced is in no
+    /// count, so advancing now would leave it out of the status. Otherwise says so.
+    fn rollouts_finished(&mut self, observed: &Observed) -> bool {
+        if observed.workloads_restarting.is_empty() {
+            return true;
+        }
+        let names: Vec<String> = observed
+            .workloads_restarting
+            .iter()
+            .map(|w| w.to_string())
+            .collect();
+        self.next.blocking_message = Some(format!(
+            "every running meshed pod holds the bundle; waiting for {} rollout(s) to finish{}",
+            names.len(),
+            examples(&names)
+        ));
+        false
     }
 
     /// Restarts (Automatic) or names (Manual) the workloads of pods not holding the bundle.

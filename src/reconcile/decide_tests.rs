@@ -487,6 +487,52 @@ fn converged_bundle_waits_for_the_issuer_or_renews_it() {
 }
 
 #[test]
+fn a_restart_still_rolling_holds_the_phase_even_when_every_running_pod_converged() {
+    // The replaced pod of a StatefulSet is in no count while it is recreated.
+    let w = World {
+        holds: vec![0, 1],
+        ..propagating()
+    };
+    let mut o = w.observed();
+    o.workloads_restarting.insert(Workload {
+        kind: "StatefulSet".to_owned(),
+        namespace: "app-0".to_owned(),
+        name: "db".to_owned(),
+    });
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
+    assert_eq!(d.status.phase, Phase::PropagatingTrustRoots);
+    assert!(writes(&d).is_empty(), "{:?}", d.effects);
+    assert!(
+        blocking(&d).contains("waiting for 1 rollout(s) to finish (e.g. statefulset/app-0/db)"),
+        "{}",
+        blocking(&d)
+    );
+    let d = run(&automatic(), Phase::RemovingOldTrustRoots, &{
+        let w = World {
+            anchor: 1,
+            previous: Some(1),
+            bundle: Some(vec![1]),
+            signer: 1,
+            holds: vec![1],
+            cp_for: Some(bundle_fp(&[1])),
+        };
+        let mut o = w.observed();
+        o.workloads_restarting = d_restarting();
+        o
+    });
+    assert_eq!(d.status.phase, Phase::RemovingOldTrustRoots);
+}
+
+fn d_restarting() -> BTreeSet<Workload> {
+    [Workload {
+        kind: "Deployment".to_owned(),
+        namespace: "app-1".to_owned(),
+        name: "web".to_owned(),
+    }]
+    .into()
+}
+
+#[test]
 fn renewed_issuer_moves_to_renewing_workload_certs() {
     let w = World {
         holds: vec![0, 1],
