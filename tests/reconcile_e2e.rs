@@ -268,6 +268,23 @@ impl Follow {
         self.max_gap = self.max_gap.max(self.last_progress.elapsed());
     }
 
+    /// Follows the status, the user acting on each, until the rotation is done onto `anchor`.
+    async fn with_user_until_done(
+        &mut self,
+        rig: &Rig,
+        user: &mut User,
+        anchor: &Cert,
+    ) -> TrustAnchorRotationStatus {
+        loop {
+            let status = self.status(rig).await;
+            user.act(rig, &status).await;
+            if is_done(&status, anchor) {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// The traffic generator counted handshakes throughout: never a long stand-still.
     fn assert_traffic_throughout(&mut self, rig: &Rig) {
         self.note_traffic(&rig.traffic());
@@ -574,14 +591,9 @@ async fn manual_rotation_the_user_acts_only_when_the_status_asks() {
     let mut follow = Follow::new(&rig);
     let mut user = User::default();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
-    let final_status = loop {
-        let status = follow.status(&rig).await;
-        user.act(&rig, &status).await;
-        if is_done(&status, &new_anchor) {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let final_status = follow
+        .with_user_until_done(&rig, &mut user, &new_anchor)
+        .await;
     let t = rig.traffic();
     eprintln!(
         "manual rotation in {:.1}s; traffic: {t}; the user ran:\n  {}",
@@ -647,14 +659,9 @@ async fn issuer_renewed_out_of_order_is_flagged() {
     );
     // The rotation still finishes once the user restarts what it asks for, and the condition
     // clears with it.
-    let done = loop {
-        let status = follow.status(&rig).await;
-        user.act(&rig, &status).await;
-        if is_done(&status, &new_anchor) {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let done = follow
+        .with_user_until_done(&rig, &mut user, &new_anchor)
+        .await;
     let ooo = done
         .conditions
         .iter()
