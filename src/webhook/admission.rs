@@ -193,10 +193,95 @@ impl ReviewOut {
         out
     }
 
+    /// The JSON text, byte for byte what `serde_json::to_vec` writes, in one buffer of the
+    /// right size. The answer is mostly the base64 patch, which never needs escaping: copied
+    /// whole rather than through serde_json's byte-at-a-time escaper, it stops being a tenth
+    /// of the handler's work.
+    pub fn to_json(&self) -> Vec<u8> {
+        let r = &self.response;
+        let status = r.status.as_ref();
+        let len = 128
+            + r.uid.len()
+            + r.patch.as_ref().map_or(0, String::len)
+            + status.map_or(0, |s| 96 + s.message.len());
+        let mut out = Vec::with_capacity(len);
+        out.extend_from_slice(br#"{"apiVersion":"#);
+        write_json_str(&mut out, self.api_version);
+        out.extend_from_slice(br#","kind":"#);
+        write_json_str(&mut out, self.kind);
+        out.extend_from_slice(br#","response":{"uid":"#);
+        write_json_str(&mut out, &r.uid);
+        out.extend_from_slice(br#","allowed":"#);
+        out.extend_from_slice(if r.allowed { b"true" } else { b"false" });
+        if let Some(s) = status {
+            out.extend_from_slice(br#","status":{"status":"#);
+            write_json_str(&mut out, s.status);
+            out.extend_from_slice(br#","reason":"#);
+            write_json_str(&mut out, s.reason);
+            out.extend_from_slice(br#","code":"#);
+            out.extend_from_slice(s.code.to_string().as_bytes());
+            out.extend_from_slice(br#","message":"#);
+            write_json_str(&mut out, &s.message);
+            out.push(b'}');
+        }
+        if let Some(patch_type) = r.patch_type {
+            out.extend_from_slice(br#","patchType":"#);
+            write_json_str(&mut out, patch_type);
+        }
+        if let Some(patch) = &r.patch {
+            out.extend_from_slice(br#","patch":"#);
+            write_json_str(&mut out, patch);
+        }
+        out.extend_from_slice(b"}}");
+        out
+    }
+
     /// The decoded JSON Patch, if any (for tests and tools).
     pub fn decoded_patch(&self) -> Option<json_patch::Patch> {
         let b64 = self.response.patch.as_deref()?;
         let json = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
         serde_json::from_slice(&json).ok()
+    }
+}
+
+/// Writes `s` as a JSON string, escaped exactly as serde_json escapes (quote, backslash and
+/// control characters; nothing else), copying it whole when nothing needs escaping.
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Serialising a str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn to_json_writes_what_serde_json_writes() {
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+            {"op": "add", "path": "/metadata/annotations/a~1b", "value": "x\"y"}
+        ]))
+        .unwrap();
+        let reviews = [
+            ReviewOut::allow("705ab4f5-6393-11e8-b7cc-42010a800002"),
+            ReviewOut::allow("quote \" backslash \\ newline \n tab \t nul \u{0} é ✓ \u{7f}"),
+            ReviewOut::patch("uid", &patch).unwrap(),
+            ReviewOut::invalid(
+                None,
+                "body is not an AdmissionReview: EOF at line 1 \"col\" 2",
+            ),
+            ReviewOut::invalid(Some("u\u{1f}"), ""),
+        ];
+        for review in reviews {
+            assert_eq!(
+                String::from_utf8(review.to_json()).unwrap(),
+                serde_json::to_string(&review).unwrap()
+            );
+        }
     }
 }
