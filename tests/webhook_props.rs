@@ -157,7 +157,9 @@ proptest! {
     #[test]
     fn patch_applies_keeps_user_data_and_is_idempotent(pod_json in pod(), view in view(), ns in namespace()) {
         let _: Pod = serde_json::from_value(pod_json.clone()).expect("generated pods are Pods");
-        let pod: PodIn = serde_json::from_value(pod_json.clone()).unwrap();
+        // PodIn borrows its strings, so it is decoded from bytes, as the server does.
+        let pod_bytes = serde_json::to_vec(&pod_json).unwrap();
+        let pod = PodIn::from_json(&pod_bytes).unwrap();
         let PodMutation::Meshed { patch, .. } = mutate_pod(&pod, ns.as_deref(), &view) else {
             return Ok(());
         };
@@ -167,7 +169,8 @@ proptest! {
         })?;
         let _: Pod = serde_json::from_value(patched.clone())
             .map_err(|e| TestCaseError::fail(format!("result is not a Pod: {e}")))?;
-        let patched_pod: PodIn = serde_json::from_value(patched.clone()).unwrap();
+        let patched_bytes = serde_json::to_vec(&patched).unwrap();
+        let patched_pod = PodIn::from_json(&patched_bytes).unwrap();
 
         // Every annotation the user had is still there, untouched, except the two we own.
         if let Some(before) = pod_json["metadata"]["annotations"].as_object() {

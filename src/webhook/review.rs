@@ -3,7 +3,7 @@
 
 use serde::de::IgnoredAny;
 
-use super::admission::{PodIn, RequestIn, ReviewIn, ReviewOut};
+use super::admission::{PodIn, RequestIn, ReviewIn, ReviewOut, from_json};
 use super::patch::{PodMutation, RotationView, SkipReason, mutate_pod};
 
 /// The only AdmissionReview version we accept (the webhook configuration asks for v1 only).
@@ -60,14 +60,17 @@ pub fn review(
     // One pass reads a Pod request whole. Anything it cannot read that way (another kind, an
     // object of another shape, not an AdmissionReview at all) is read again with the object
     // skipped, to route it and to say exactly what was wrong.
-    let (envelope, pod_error) = match serde_json::from_slice::<ReviewIn<PodIn>>(body) {
+    let (envelope, pod_error) = match from_json::<ReviewIn<PodIn>>(body) {
         Ok(envelope) => (envelope, None),
-        Err(pod_error) => match serde_json::from_slice::<ReviewIn<IgnoredAny>>(body) {
+        Err(pod_error) => match from_json::<ReviewIn<IgnoredAny>>(body) {
             Ok(envelope) => (without_object(envelope), Some(pod_error)),
             Err(e) => return invalid(None, format!("body is not an AdmissionReview: {e}")),
         },
     };
-    let uid = envelope.request.as_ref().and_then(|r| r.uid.clone());
+    let uid = envelope
+        .request
+        .as_ref()
+        .and_then(|r| Some(r.uid.as_deref()?.to_owned()));
     if envelope.kind.as_deref() != Some("AdmissionReview")
         || envelope.api_version.as_deref() != Some(ADMISSION_API_VERSION)
     {
@@ -75,19 +78,19 @@ pub fn review(
             uid,
             format!(
                 "expected kind AdmissionReview, apiVersion {ADMISSION_API_VERSION}; got kind {:?}, apiVersion {:?}",
-                envelope.kind.unwrap_or_default(),
-                envelope.api_version.unwrap_or_default()
+                envelope.kind.as_deref().unwrap_or_default(),
+                envelope.api_version.as_deref().unwrap_or_default()
             ),
         );
     }
     let Some(req) = envelope.request else {
         return invalid(None, "AdmissionReview has no request".to_owned());
     };
-    let Some(uid) = req.uid else {
+    let Some(uid) = uid else {
         return invalid(None, "AdmissionReview request has no uid".to_owned());
     };
-    let namespace = req.namespace.unwrap_or_default();
-    let name = req.name.unwrap_or_default();
+    let namespace = req.namespace.as_deref().unwrap_or_default().to_owned();
+    let name = req.name.as_deref().unwrap_or_default().to_owned();
     let answer = |outcome, note: &str| Reviewed {
         review: ReviewOut::allow(&uid),
         outcome,
@@ -101,7 +104,7 @@ pub fn review(
     let is_pod_create = req
         .kind
         .as_ref()
-        .is_some_and(|k| k.group.is_empty() && k.kind == "Pod")
+        .is_some_and(|k| k.group.is_empty() && k.kind.as_str() == "Pod")
         && req.operation.as_deref() == Some("CREATE")
         && req.sub_resource.is_none();
     if !is_pod_create {
@@ -167,7 +170,7 @@ pub fn review(
     }
 }
 
-fn without_object(envelope: ReviewIn<IgnoredAny>) -> ReviewIn<PodIn> {
+fn without_object(envelope: ReviewIn<'_, IgnoredAny>) -> ReviewIn<'_, PodIn<'_>> {
     ReviewIn {
         api_version: envelope.api_version,
         kind: envelope.kind,

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use http_body_util::LengthLimitError;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -19,7 +19,6 @@ use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tracing::Instrument;
 
 use super::metrics::WebhookMetrics;
 use super::review::{Outcome, review};
@@ -44,32 +43,50 @@ pub struct AppState {
 }
 
 /// The webhook's routes.
+///
+/// The body limit is enforced by the handler itself rather than by `DefaultBodyLimit` and a
+/// `middleware::from_fn` layer: those two layers cost every admission a boxed future and a
+/// request clone-through, measurable at tens of thousands of admissions per second on one core.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
-        // Bodies without a length (chunked) are cut off at the limit while being read...
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        // ...and an announced length over it is refused before a byte of the body is read.
-        .layer(middleware::from_fn(refuse_announced_oversize))
         .with_state(state)
 }
 
-async fn refuse_announced_oversize(request: Request, next: Next) -> Response {
+/// Reads the body, at most [`MAX_BODY_BYTES`]: an announced length over it is refused before a
+/// byte of the body is read, and a body without a length (chunked) is cut off at the limit.
+async fn read_body(request: Request) -> Result<Bytes, Response> {
     let announced = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    match announced {
-        Some(len) if len > MAX_BODY_BYTES as u64 => (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body of {len} bytes is over the {MAX_BODY_BYTES}-byte limit\n"),
-        )
-            .into_response(),
-        _ => next.run(request).await,
+    if let Some(len) = announced.filter(|&len| len > MAX_BODY_BYTES as u64) {
+        return Err(too_large(&format!("body of {len} bytes")));
     }
+    axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
+        .await
+        .map_err(|e| {
+            let e = e.into_inner();
+            if e.is::<LengthLimitError>() {
+                too_large("body")
+            } else {
+                // The client went away or sent a malformed chunk: as axum's `Bytes` extractor.
+                let message = format!("Failed to buffer the request body: {e}\n");
+                (StatusCode::BAD_REQUEST, message).into_response()
+            }
+        })
 }
 
-async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
+fn too_large(what: &str) -> Response {
+    let message = format!("{what} is over the {MAX_BODY_BYTES}-byte limit\n");
+    (StatusCode::PAYLOAD_TOO_LARGE, message).into_response()
+}
+
+async fn mutate(State(state): State<AppState>, request: Request) -> Response {
+    let body = match read_body(request).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
     let started = Instant::now();
     let span = tracing::info_span!(
         "admission",
@@ -86,31 +103,20 @@ async fn mutate(State(state): State<AppState>, body: Bytes) -> Response {
     span.record("uid", reviewed.uid.as_str());
     span.record("namespace", reviewed.namespace.as_str());
     span.record("name", reviewed.name.as_str());
-    async {
-        match (&reviewed.outcome, &reviewed.note) {
-            (Outcome::Invalid, Some(note)) => tracing::warn!(problem = %note, "invalid AdmissionReview"),
-            (outcome, Some(note)) if reviewed.invalid_additional_env => {
-                tracing::warn!(outcome = outcome.as_str(), problem = %note, "pod annotation left untouched")
-            }
-            (outcome, note) => tracing::debug!(outcome = outcome.as_str(), note = note.as_deref(), "admitted"),
+    span.in_scope(|| match (&reviewed.outcome, &reviewed.note) {
+        (Outcome::Invalid, Some(note)) => tracing::warn!(problem = %note, "invalid AdmissionReview"),
+        (outcome, Some(note)) if reviewed.invalid_additional_env => {
+            tracing::warn!(outcome = outcome.as_str(), problem = %note, "pod annotation left untouched")
         }
-    }
-    .instrument(span)
-    .await;
+        (outcome, note) => tracing::debug!(outcome = outcome.as_str(), note = note.as_deref(), "admitted"),
+    });
     if view.is_none() {
         state.metrics.unsynced_admissions.inc();
     }
     if reviewed.invalid_additional_env {
         state.metrics.invalid_additional_env.inc();
     }
-    let body = match serde_json::to_vec(&reviewed.review) {
-        Ok(b) => b,
-        // Serialising our own response types cannot fail in practice; answer rather than panic.
-        Err(e) => {
-            state.metrics.observe(Outcome::Invalid, started.elapsed());
-            return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
-        }
-    };
+    let body = reviewed.review.to_json();
     state.metrics.observe(reviewed.outcome, started.elapsed());
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
