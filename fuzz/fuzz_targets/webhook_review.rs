@@ -32,6 +32,13 @@ fuzz_target!(|data: &[u8]| {
 
     let first = review(body, Some(&view), &namespace);
     let answer = serde_json::to_value(&first.review).expect("the answer serialises");
+    // The server's own encoder writes exactly what serde_json would (uids and messages carry
+    // arbitrary strings from the body).
+    assert_eq!(
+        first.review.to_json(),
+        serde_json::to_vec(&first.review).unwrap(),
+        "to_json agrees with serde_json"
+    );
     assert_eq!(answer["response"]["uid"], first.uid.as_str());
     assert_eq!(answer["response"]["allowed"], true, "never denies");
     let Some(patch) = first.review.decoded_patch() else {
