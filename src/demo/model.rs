@@ -117,6 +117,8 @@ impl Segment {
 pub struct Timeline {
     closed: Vec<Segment>,
     open: (Phase, Duration, Counters),
+    /// Samples that saw the open segment's phase.
+    open_samples: usize,
     last: (Duration, Counters),
 }
 
@@ -125,22 +127,29 @@ impl Timeline {
         Self {
             closed: Vec::new(),
             open: (phase, at, counters),
+            open_samples: 1,
             last: (at, counters),
         }
     }
 
-    /// Records a sample; a new phase closes the current segment at this sample.
+    /// Records a sample. A new phase closes the current segment at the previous sample: the
+    /// transition happened somewhere since then, and what happened in between (restarts, above
+    /// all, which the operator issues in reaction to entering a phase) is credited to the new
+    /// phase.
     pub fn observe(&mut self, phase: Phase, at: Duration, counters: Counters) {
         if phase != self.open.0 {
             let (p, start, start_counts) = self.open;
+            let (end, end_counts) = self.last;
             self.closed.push(Segment {
                 phase: p,
                 start,
-                end: at,
-                counts: counters.since(start_counts),
+                end,
+                counts: end_counts.since(start_counts),
             });
-            self.open = (phase, at, counters);
+            self.open = (phase, end, end_counts);
+            self.open_samples = 0;
         }
+        self.open_samples += 1;
         self.last = (at, counters);
     }
 
@@ -148,18 +157,27 @@ impl Timeline {
         self.open.0
     }
 
-    /// Closes the run at the last sample. A final segment that took no time and saw nothing
-    /// (the rotation was seen back in Synced at the last sample) is not a row.
+    /// Closes the run at the last sample. A final phase seen by that sample alone (the run
+    /// ends as soon as it sees the rotation back in Synced) is not a row of its own: the time
+    /// since the sample before stays with the phase before.
     pub fn finish(mut self, pods: usize) -> Summary {
         let (phase, start, start_counts) = self.open;
-        let last = Segment {
-            phase,
-            start,
-            end: self.last.0,
-            counts: self.last.1.since(start_counts),
-        };
-        if self.closed.is_empty() || last.end > last.start || last.counts != Counters::default() {
-            self.closed.push(last);
+        let counts = self.last.1.since(start_counts);
+        match self.closed.last_mut() {
+            Some(prev) if self.open_samples == 1 => {
+                prev.end = self.last.0;
+                prev.counts = Counters {
+                    restarts: prev.counts.restarts + counts.restarts,
+                    handshakes_ok: prev.counts.handshakes_ok + counts.handshakes_ok,
+                    handshakes_failed: prev.counts.handshakes_failed + counts.handshakes_failed,
+                };
+            }
+            _ => self.closed.push(Segment {
+                phase,
+                start,
+                end: self.last.0,
+                counts,
+            }),
         }
         Summary {
             segments: self.closed,
@@ -473,11 +491,12 @@ mod tests {
 
     fn sample_summary() -> Summary {
         let mut t = Timeline::new(Phase::Synced, secs(0.0), c(0, 100, 0));
-        t.observe(Phase::Synced, secs(0.5), c(0, 150, 0));
-        t.observe(Phase::RefreshingControlPlane, secs(0.75), c(0, 170, 0));
-        t.observe(Phase::PropagatingTrustRoots, secs(3.0), c(3, 400, 0));
-        t.observe(Phase::PropagatingTrustRoots, secs(9.0), c(9, 900, 0));
-        t.observe(Phase::Synced, secs(12.26), c(12, 1300, 1));
+        t.observe(Phase::Synced, secs(0.75), c(0, 170, 0));
+        t.observe(Phase::RefreshingControlPlane, secs(1.0), c(3, 190, 0));
+        t.observe(Phase::RefreshingControlPlane, secs(3.0), c(3, 400, 0));
+        t.observe(Phase::PropagatingTrustRoots, secs(3.5), c(5, 450, 0));
+        t.observe(Phase::PropagatingTrustRoots, secs(12.26), c(12, 1300, 1));
+        t.observe(Phase::Synced, secs(12.7), c(12, 1340, 1));
         t.finish(36)
     }
 
@@ -499,20 +518,21 @@ mod tests {
                     end: secs(3.0),
                     counts: c(3, 230, 0)
                 },
+                // Back in Synced at the last sample: the run ends there.
                 Segment {
                     phase: Phase::PropagatingTrustRoots,
                     start: secs(3.0),
-                    end: secs(12.26),
-                    counts: c(9, 900, 1)
+                    end: secs(12.7),
+                    counts: c(9, 940, 1)
                 },
             ]
         );
         assert_eq!(s.final_phase, Phase::Synced);
-        assert_eq!(s.total(), c(12, 1200, 1));
-        assert_eq!(s.total_tenths(), 123);
+        assert_eq!(s.total(), c(12, 1240, 1));
+        assert_eq!(s.total_tenths(), 127);
         assert_eq!(
             s.segments.iter().map(Segment::tenths).collect::<Vec<_>>(),
-            vec![8, 22, 93]
+            vec![8, 22, 97]
         );
     }
 
@@ -531,7 +551,8 @@ mod tests {
         t.observe(Phase::RenewingWorkloadCerts, secs(4.0), c(0, 40, 2));
         let s = t.finish(4);
         assert_eq!(s.final_phase, Phase::RenewingWorkloadCerts);
-        assert_eq!(s.segments.last().unwrap().counts, c(0, 30, 2));
+        assert_eq!(s.segments.last().unwrap().counts, c(0, 40, 2));
+        assert_eq!(s.segments.len(), 2);
     }
 
     #[test]
@@ -545,12 +566,12 @@ mod tests {
                 "phases": [
                     {"phase": "Synced", "seconds": 0.8},
                     {"phase": "RefreshingControlPlane", "seconds": 2.2},
-                    {"phase": "PropagatingTrustRoots", "seconds": 9.3}
+                    {"phase": "PropagatingTrustRoots", "seconds": 9.7}
                 ],
                 "restarts": 12,
-                "handshakes": {"ok": 1200, "failed": 1},
+                "handshakes": {"ok": 1240, "failed": 1},
                 "pods": 36,
-                "seconds_total": 12.3
+                "seconds_total": 12.7
             })
         );
         assert_eq!(
@@ -559,8 +580,8 @@ mod tests {
 phase                         duration  restarts  handshakes ok  failed
 Synced                            0.8s         0             70       0
 RefreshingControlPlane            2.2s         3            230       0
-PropagatingTrustRoots             9.3s         9            900       1
-total                            12.3s        12           1200       1
+PropagatingTrustRoots             9.7s         9            940       1
+total                            12.7s        12           1240       1
 final phase: Synced (36 meshed pods)
 "
         );
