@@ -144,7 +144,7 @@ fn print_figures(f: &Figures) {
         mib(f.peak_kib)
     );
     println!(
-        "  probe sweep ({} targets, {} answered):        {:.0}ms",
+        "  probe sweep ({} targets, {} answered): {:.0}ms",
         f.sweep_targets,
         f.sweep_reached,
         f.sweep.as_secs_f64() * 1000.0

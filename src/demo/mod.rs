@@ -169,7 +169,8 @@ impl Ui {
         let width = std::env::var("COLUMNS")
             .ok()
             .and_then(|c| c.parse().ok())
-            .unwrap_or(100usize)
+            .or_else(terminal_columns)
+            .unwrap_or(80usize)
             .max(40);
         Self {
             out,
@@ -222,6 +223,23 @@ impl Ui {
     pub fn freeze(&mut self) {
         self.drawn = 0;
     }
+}
+
+/// The terminal's width from `stty size` (shells rarely export `COLUMNS`): a block line that
+/// wraps would break the cursor arithmetic of the refresh.
+fn terminal_columns() -> Option<usize> {
+    let tty = std::fs::File::open("/dev/tty").ok()?;
+    let out = std::process::Command::new("stty")
+        .arg("size")
+        .stdin(tty)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Everything the demo started, stopped in order by [`World::stop`] (or, if the demo itself is
