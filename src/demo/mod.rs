@@ -43,8 +43,8 @@ pub const DEFAULT_PODS: usize = 36;
 pub const DEFAULT_REFRESH_INTERVAL: &str = "3s";
 /// How often the demo looks at the rotation and redraws the progress.
 const TICK: Duration = Duration::from_millis(500);
-/// On a non-terminal, a progress line is printed when something but the handshake counts
-/// changes, and at least this often.
+/// On a non-terminal, a progress line is printed when the phase or the restarts change, and at
+/// least this often.
 const PLAIN_LINE_EVERY: Duration = Duration::from_secs(5);
 /// How long the whole rotation may take before the demo gives up, per 100 pods (plus a base).
 const TIMEOUT_BASE: Duration = Duration::from_secs(300);
@@ -605,7 +605,7 @@ async fn follow(
             handshakes_failed: failed - base.1,
         }
     };
-    let mut timeline = Timeline::new(Phase::Synced, Duration::ZERO, counts(world, 0));
+    let mut timeline = Timeline::new(Phase::Synced, Duration::ZERO, Counters::default());
     let mut manual = ManualPlayer::new(config.manual_delay);
     loop {
         // Deployments before status: the operator issues restarts and then writes the status
