@@ -9,7 +9,7 @@ CARGO ?= cargo
 CACHE_HOME := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)
 export CARGO_TARGET_DIR ?= $(CACHE_HOME)/trust-rotation-operator/cargo-target
 
-.PHONY: test deps control-plane own-target fmt-check clippy cargo-test generate
+.PHONY: test deps control-plane own-target fmt-check clippy cargo-test generate demo bench-rotation
 
 test: deps own-target fmt-check clippy cargo-test
 
@@ -17,6 +17,7 @@ test: deps own-target fmt-check clippy cargo-test
 deps: control-plane
 
 control-plane:
+	@echo "control-plane binaries: checking the cache (the first run builds them: about 10 minutes, progress below)"
 	@bash scripts/provision-k8s.sh >/dev/null
 
 # Dependencies may be shared between checkouts, our own crate may not: cargo's freshness check
@@ -38,6 +39,20 @@ clippy:
 
 cargo-test:
 	$(CARGO) test
+
+# The whole rotation on this machine: `make demo`, or for example
+# `make demo DEMO_ARGS="--policies manual --keep"` (see `trust-rotation-operator demo --help`).
+DEMO_ARGS ?=
+demo: deps own-target
+	@echo "make demo: building trust-rotation-operator (the first build compiles every dependency: several minutes on 2 cores)"
+	@$(CARGO) build --bin trust-rotation-operator
+	@"$$CARGO_TARGET_DIR/debug/trust-rotation-operator" demo $(DEMO_ARGS)
+
+# The automatic rotation at 100 and 1,000 simulated pods against plain rollout restarts
+# (benches/rotation.rs; BENCH_PODS=100 for one size). A release build.
+bench-rotation: deps own-target
+	@echo "make bench-rotation: building the release binaries (the first build takes several minutes)"
+	$(CARGO) bench --bench rotation
 
 # Regenerate the committed CRD and webhook configurations after changing their source; tests
 # fail while the committed copies are stale.

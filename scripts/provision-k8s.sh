@@ -92,8 +92,14 @@ vendored=vendor/github.com/modern-go/reflect2
 rm -f "$vendored"/*.go "$vendored"/*.s
 cp "$REFLECT2_SRC"/*.go "$REFLECT2_SRC"/*.s "$vendored"/
 log "building kube-apiserver, kube-controller-manager, kubectl (about 5 minutes on 2 cores, once)"
+# Go prints little while it compiles: a heartbeat shows the build is alive.
+build_started=$SECONDS
+( while sleep 30; do log "still building ($((SECONDS - build_started))s so far)"; done ) &
+heartbeat=$!
+trap 'kill "$heartbeat" 2>/dev/null || true' EXIT
 env HOME="$scratch" GOCACHE="$scratch/gocache" CGO_ENABLED=0 \
   make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kubectl" >&2
+kill "$heartbeat" 2>/dev/null || true
 
 staging="$cache_root/.k8s-$BUILD_ID.staging.$$"
 rm -rf "$staging"

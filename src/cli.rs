@@ -27,6 +27,45 @@ pub enum OperatorCommand {
     /// Make certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// The whole story on this machine: a local control plane, a simulated Linkerd mesh under
+    /// mTLS traffic, the operator, a full trust-anchor rotation with live progress and a summary.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Meshed workload pods to simulate (spread over a few namespaces and Deployments; the
+    /// nearest count that factors evenly is used).
+    #[arg(long, default_value_t = crate::demo::DEFAULT_PODS)]
+    pub pods: usize,
+    /// `automatic`: the operator restarts workloads and renews the issuer. `manual`: the demo
+    /// stops where a person must act, prints the command and runs it a few seconds later.
+    #[arg(long, value_enum, default_value_t = DemoPolicies::Automatic)]
+    pub policies: DemoPolicies,
+    /// Keep everything running after the summary, until Ctrl-C.
+    #[arg(long)]
+    pub keep: bool,
+    /// `json`: after the run, print one JSON object on stdout (the rest goes to stderr).
+    #[arg(long, value_enum, default_value_t = DemoOutput::Text)]
+    pub output: DemoOutput,
+    /// `spec.workloadCertificateRefreshInterval` of the rotation (simulated leaves live 20s).
+    #[arg(long, default_value = crate::demo::DEFAULT_REFRESH_INTERVAL)]
+    pub refresh_interval: String,
+    /// `spec.dataPlaneRestart.maxConcurrentWorkloads` (default: the operator's).
+    #[arg(long)]
+    pub max_concurrent_workloads: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoPolicies {
+    Automatic,
+    Manual,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoOutput {
+    Text,
+    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -233,6 +272,7 @@ pub async fn operator(cli: OperatorCli, out: &mut impl std::io::Write) -> Result
             let yaml = render(&endpoint, ca.as_deref(), &args.namespace);
             out.write_all(yaml.as_bytes()).map_err(CliError::Output)?;
         }
+        OperatorCommand::Demo(args) => demo(args, out).await?,
         OperatorCommand::Certs(CertsCommand::Dev {
             out: dir,
             namespace,
@@ -253,6 +293,48 @@ pub async fn operator(cli: OperatorCli, out: &mut impl std::io::Write) -> Result
             .map_err(CliError::Output)?;
         }
     }
+    Ok(())
+}
+
+/// `demo`: the human output goes to stdout, or to stderr when stdout carries the JSON.
+async fn demo(args: DemoArgs, out: &mut impl std::io::Write) -> Result<(), CliError> {
+    use std::io::IsTerminal;
+    // The operator's and the simulator's logs would garble the progress: warnings only, unless
+    // RUST_LOG says otherwise.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,kube_client=off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let json = args.output == DemoOutput::Json;
+    let (human, tty): (Box<dyn std::io::Write + Send>, bool) = if json {
+        (Box::new(std::io::stderr()), std::io::stderr().is_terminal())
+    } else {
+        (Box::new(std::io::stdout()), std::io::stdout().is_terminal())
+    };
+    let config = crate::demo::DemoConfig {
+        pods: args.pods,
+        policies: match args.policies {
+            DemoPolicies::Automatic => crate::demo::PolicyMode::Automatic,
+            DemoPolicies::Manual => crate::demo::PolicyMode::Manual,
+        },
+        keep: args.keep,
+        json,
+        operator_binary: std::env::current_exe().map_err(CliError::Output)?,
+        refresh_interval: args.refresh_interval,
+        max_concurrent_workloads: args.max_concurrent_workloads,
+        ..Default::default()
+    };
+    let mut ui = crate::demo::Ui::new(human, tty);
+    let mut json_out: Vec<u8> = Vec::new();
+    let result = crate::demo::run(config, &mut ui, &mut json_out, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await;
+    out.write_all(&json_out).map_err(CliError::Output)?;
+    out.flush().map_err(CliError::Output)?;
+    result?;
     Ok(())
 }
 
@@ -344,4 +426,16 @@ pub enum CliError {
     Run(#[from] crate::run::RunError),
     #[error(transparent)]
     DevCerts(#[from] crate::devcerts::DevCertsError),
+    #[error("demo: {0}")]
+    Demo(#[from] crate::demo::DemoError),
+}
+
+impl CliError {
+    /// The process exit code: 130 after Ctrl-C (as shells report SIGINT), else 1.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Demo(crate::demo::DemoError::Interrupted) => 130,
+            _ => 1,
+        }
+    }
 }

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod bundle;
 pub mod cli;
 pub mod crd;
+pub mod demo;
 pub mod devcerts;
 pub mod duration;
 pub mod probe;

@@ -306,6 +306,11 @@ impl Mesh {
         self.traffic = Some(TrafficGenerator::start(self.kubelet.clone(), config));
     }
 
+    /// Stops the traffic generator (its counters go with it).
+    pub fn stop_traffic(&mut self) {
+        self.traffic = None;
+    }
+
     /// The generator's counters, if it runs.
     pub fn traffic(&self) -> Option<TrafficSnapshot> {
         self.traffic.as_ref().map(|t| t.snapshot())

@@ -94,11 +94,26 @@ pub struct ControlPlane {
 /// How often a control-plane start that lost a port race is tried.
 const START_ATTEMPTS: u32 = 3;
 
+/// Optional extras of a control plane.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Extra users (static tokens, group `system:masters`) whose every request the API server
+    /// writes to its audit log, one line each: how the demo and the rotation benchmark count the
+    /// operator's API requests without instrumenting it. Nobody else's requests are logged, so
+    /// the cost is the audited users' traffic only.
+    pub audited_users: Vec<String>,
+}
+
 impl ControlPlane {
     /// Provisions the binaries if needed and starts etcd, kube-apiserver and (when available)
     /// kube-controller-manager. Returns once the API server is ready and the controller-manager
     /// has created the `default` ServiceAccount.
     pub async fn start() -> Result<Self, TestbedError> {
+        Self::start_with_options(Options::default()).await
+    }
+
+    /// As [`ControlPlane::start`], with [`Options`].
+    pub async fn start_with_options(options: Options) -> Result<Self, TestbedError> {
         let binaries = tokio::task::spawn_blocking(provision)
             .await
             .map_err(|e| TestbedError::Provision(e.to_string()))??;
@@ -106,7 +121,7 @@ impl ControlPlane {
         // one in between: a start that lost that race is simply tried again.
         let mut attempt = 1;
         loop {
-            match Self::start_with(binaries.clone()).await {
+            match Self::start_from(binaries.clone(), &options).await {
                 Err(TestbedError::Exited { tail, .. })
                     if attempt < START_ATTEMPTS && tail.contains("address already in use") =>
                 {
@@ -119,6 +134,10 @@ impl ControlPlane {
 
     /// Starts a control plane from the given binaries.
     pub async fn start_with(binaries: Binaries) -> Result<Self, TestbedError> {
+        Self::start_from(binaries, &Options::default()).await
+    }
+
+    async fn start_from(binaries: Binaries, options: &Options) -> Result<Self, TestbedError> {
         let dir = tempfile::Builder::new()
             .prefix("tro-control-plane-")
             .tempdir()
@@ -132,11 +151,26 @@ impl ControlPlane {
         let server = format!("https://127.0.0.1:{apiserver_port}");
 
         let tokens = root.join("tokens.csv");
-        std::fs::write(
-            &tokens,
-            format!("{ADMIN_TOKEN},admin,admin,system:masters\n"),
-        )
-        .map_err(io_err(format!("writing {}", tokens.display())))?;
+        let mut token_lines = format!("{ADMIN_TOKEN},admin,admin,system:masters\n");
+        for user in &options.audited_users {
+            token_lines.push_str(&format!(
+                "{},{user},{user},system:masters\n",
+                user_token(user)
+            ));
+        }
+        std::fs::write(&tokens, token_lines)
+            .map_err(io_err(format!("writing {}", tokens.display())))?;
+        let mut audit_args = Vec::new();
+        if !options.audited_users.is_empty() {
+            let policy = root.join("audit-policy.yaml");
+            std::fs::write(&policy, audit_policy(&options.audited_users))
+                .map_err(io_err(format!("writing {}", policy.display())))?;
+            audit_args.push(format!("--audit-policy-file={}", policy.display()));
+            audit_args.push(format!(
+                "--audit-log-path={}",
+                root.join(AUDIT_LOG).display()
+            ));
+        }
         let kubeconfig = root.join("admin.kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_yaml(&server, &pki.ca_cert))
             .map_err(io_err(format!("writing {}", kubeconfig.display())))?;
@@ -183,7 +217,10 @@ impl ControlPlane {
                 "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook"
                     .to_owned(),
                 "--allow-privileged=true".to_owned(),
-            ],
+            ]
+            .into_iter()
+            .chain(audit_args)
+            .collect::<Vec<_>>(),
             &root,
         )?);
 
@@ -238,6 +275,27 @@ impl ControlPlane {
     /// The admin kubeconfig (token auth, CA file beside it).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// A kubeconfig for one of [`Options::audited_users`], written beside the admin one.
+    pub fn kubeconfig_for(&self, user: &str) -> Result<PathBuf, TestbedError> {
+        let path = self.dir.path().join(format!("{user}.kubeconfig"));
+        let ca = self.dir.path().join("ca.crt");
+        let text = kubeconfig_yaml(&self.server, &ca).replace(ADMIN_TOKEN, &user_token(user));
+        std::fs::write(&path, text).map_err(io_err(format!("writing {}", path.display())))?;
+        Ok(path)
+    }
+
+    /// How many requests this audited user has made so far (audit events are written when a
+    /// request completes; a watch is counted when its response starts).
+    pub fn audited_requests(&self, user: &str) -> Result<u64, TestbedError> {
+        let path = self.dir.path().join(AUDIT_LOG);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_err(format!("reading {}", path.display()))(e)),
+        };
+        Ok(count_audited(&text, user))
     }
 
     /// `https://127.0.0.1:<port>`.
@@ -355,6 +413,47 @@ impl Drop for ControlPlane {
     }
 }
 
+/// The audit log, in the control plane's folder.
+const AUDIT_LOG: &str = "audit.log";
+
+fn user_token(user: &str) -> String {
+    format!("{user}-token")
+}
+
+/// Logs the audited users' requests at level Metadata, once per request (the first stage a
+/// request reaches after being received: `ResponseStarted` for a watch, else
+/// `ResponseComplete`), and nothing of anyone else.
+fn audit_policy(users: &[String]) -> String {
+    let users: Vec<String> = users.iter().map(|u| format!("\"{u}\"")).collect();
+    format!(
+        "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  users: [{}]
+- level: None
+",
+        users.join(", ")
+    )
+}
+
+/// Distinct audit IDs of this user's requests in an audit log (JSON lines).
+fn count_audited(log: &str, user: &str) -> u64 {
+    let mut ids = std::collections::HashSet::new();
+    for line in log.lines() {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if event["user"]["username"] == user
+            && let Some(id) = event["auditID"].as_str()
+        {
+            ids.insert(id.to_owned());
+        }
+    }
+    ids.len() as u64
+}
+
 /// A free TCP port on 127.0.0.1 (bound, read, released). Another process could take it in the
 /// gap; the component would then fail to bind and the start fails with its log.
 pub fn free_port() -> Result<u16, TestbedError> {
@@ -402,4 +501,29 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<Client, TestbedError>
         .await
         .map_err(|e| fail(e.to_string()))?;
     Client::try_from(config).map_err(|e| fail(e.to_string()))
+}
+
+#[cfg(test)]
+mod audit_tests {
+    use super::{audit_policy, count_audited};
+
+    #[test]
+    fn counts_one_users_distinct_requests() {
+        let log = r#"{"auditID":"a","stage":"ResponseStarted","user":{"username":"op"}}
+{"auditID":"a","stage":"ResponseComplete","user":{"username":"op"}}
+{"auditID":"b","stage":"ResponseComplete","user":{"username":"op"}}
+{"auditID":"c","stage":"ResponseComplete","user":{"username":"admin"}}
+not json
+"#;
+        assert_eq!(count_audited(log, "op"), 2);
+        assert_eq!(count_audited(log, "admin"), 1);
+        assert_eq!(count_audited(log, "nobody"), 0);
+    }
+
+    #[test]
+    fn policy_names_the_users() {
+        let p = audit_policy(&["op".to_owned()]);
+        assert!(p.contains("users: [\"op\"]"), "{p}");
+        assert!(p.trim_end().ends_with("- level: None"), "{p}");
+    }
 }
