@@ -574,6 +574,31 @@ async fn automatic_rotation_from_synced_to_synced_with_zero_failed_handshakes() 
     assert!(m("trust_rotation_probes_total{result=\"issuer\"}").unwrap() > 0.0);
     assert_eq!(m("trust_rotation_leader"), Some(1.0));
 
+    // An Event on the `cluster` resource for every transition, where `kubectl describe tar
+    // cluster` finds them.
+    let events = Api::<k8s_openapi::api::core::v1::Event>::all(client.clone())
+        .list(&ListParams::default().fields("involvedObject.kind=TrustAnchorRotation"))
+        .await
+        .unwrap();
+    let reasons: BTreeSet<String> = events
+        .items
+        .iter()
+        .filter_map(|e| e.reason.clone())
+        .collect();
+    for phase in [
+        Phase::RefreshingControlPlane,
+        Phase::PropagatingTrustRoots,
+        Phase::RenewingWorkloadCerts,
+        Phase::RemovingOldTrustRoots,
+        Phase::Synced,
+    ] {
+        assert!(
+            reasons.contains(phase.as_str()),
+            "{phase}: {reasons:?}; operator log:\n{}",
+            rig.op.process.log_tail()
+        );
+    }
+
     // Every proxy ends on the new anchor alone, with a leaf from the new issuer.
     rig.assert_mesh_on(&new_anchor, 12).await;
 }

@@ -12,7 +12,6 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -39,6 +38,61 @@ const PROXY_CONTAINER: &str = "linkerd-proxy";
 const TRUST_ANCHORS_ENV: &str = "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS";
 /// The proxy admin port, where a TLS handshake returns the live leaf chain.
 const ADMIN_PORT: u16 = 4191;
+
+/// Where Events about the cluster-scoped rotation are filed. Kubernetes accepts an
+/// events.k8s.io Event about a cluster-scoped object only in `kube-system` (1.20) or in
+/// `default` or `kube-system` (later versions); kube's Recorder uses `default`, which 1.20
+/// refuses with 422, so the reconciler writes its own. `kubectl describe tar cluster` finds
+/// them in any namespace.
+const EVENTS_NAMESPACE: &str = "kube-system";
+/// events.k8s.io limits `note` to 1 kB.
+const EVENT_NOTE_MAX_BYTES: usize = 1024;
+
+/// Writes one events.k8s.io/v1 Event per call about the rotation.
+struct EventWriter {
+    api: Api<k8s_openapi::api::events::v1::Event>,
+    instance: String,
+}
+
+impl EventWriter {
+    async fn publish(
+        &self,
+        regarding: &ObjectReference,
+        warning: bool,
+        reason: &str,
+        note: &str,
+    ) -> Result<(), kube::Error> {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let mut end = note.len().min(EVENT_NOTE_MAX_BYTES);
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        let event = k8s_openapi::api::events::v1::Event {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!(
+                    "{}.{:x}",
+                    regarding.name.as_deref().unwrap_or(MANAGER),
+                    now.as_nanosecond()
+                )),
+                namespace: Some(EVENTS_NAMESPACE.to_owned()),
+                ..Default::default()
+            },
+            event_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                now,
+            )),
+            action: Some("Reconcile".to_owned()),
+            reason: Some(reason.to_owned()),
+            note: Some(note[..end].to_owned()),
+            regarding: Some(regarding.clone()),
+            reporting_controller: Some(MANAGER.to_owned()),
+            reporting_instance: Some(self.instance.clone()),
+            type_: Some(if warning { "Warning" } else { "Normal" }.to_owned()),
+            ..Default::default()
+        };
+        self.api.create(&PostParams::default(), &event).await?;
+        Ok(())
+    }
+}
 
 /// Everything the reconciler needs to know about names and pacing.
 #[derive(Clone, Debug)]
@@ -214,13 +268,10 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
         }
     }
     tracing::info!("reconciler synced");
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: MANAGER.to_owned(),
-            instance: std::env::var("POD_NAME").ok(),
-        },
-    );
+    let recorder = EventWriter {
+        api: Api::namespaced(client.clone(), EVENTS_NAMESPACE),
+        instance: std::env::var("POD_NAME").unwrap_or_else(|_| MANAGER.to_owned()),
+    };
     loop {
         let interval = match reconcile_once(&client, &config, &stores, &recorder, &metrics).await {
             Ok(Requeue::Soon) => config.active_interval,
@@ -265,7 +316,7 @@ async fn reconcile_once(
     client: &Client,
     config: &ReconcilerConfig,
     stores: &Stores,
-    recorder: &Recorder,
+    recorder: &EventWriter,
     metrics: &ReconcileMetrics,
 ) -> Result<Requeue, ReconcileError> {
     let Some(rotation) = stores.rotation.get(&ObjectRef::new(&config.rotation_name)) else {
@@ -279,7 +330,8 @@ async fn reconcile_once(
         probe_leaves(config, &mut observed).await;
     }
     let decision = decide(&policies, &config.names, &status, &observed);
-    let reference = rotation.object_ref(&());
+    let mut reference = rotation.object_ref(&());
+    reference.namespace = None;
     for effect in &decision.effects {
         execute(client, config, recorder, &reference, effect).await?;
     }
@@ -683,7 +735,7 @@ async fn probe_leaves(config: &ReconcilerConfig, observed: &mut Observed) {
 async fn execute(
     client: &Client,
     config: &ReconcilerConfig,
-    recorder: &Recorder,
+    recorder: &EventWriter,
     reference: &ObjectReference,
     effect: &Effect,
 ) -> Result<(), ReconcileError> {
@@ -751,19 +803,8 @@ async fn execute(
             reason,
             message,
         } => {
-            let event = Event {
-                type_: if *warning {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
-                reason: reason.clone(),
-                note: Some(message.clone()),
-                action: "Reconcile".to_owned(),
-                secondary: None,
-            };
             // An event that cannot be written is logged, never a reason to stop.
-            if let Err(e) = recorder.publish(&event, reference).await {
+            if let Err(e) = recorder.publish(reference, *warning, reason, message).await {
                 tracing::warn!(error = %e, %reason, "publishing an event");
             }
         }
