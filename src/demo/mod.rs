@@ -18,9 +18,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, CustomResourceExt, ResourceExt};
 use serde_json::json;
 
@@ -612,12 +610,7 @@ async fn follow(
         // that explains them, so a restart seen here belongs to the phase read next (reading
         // the other way round would credit it to the phase before).
         let restarts = counter.look().await?;
-        let status = tars
-            .get(crate::crd::CLUSTER_ROTATION_NAME)
-            .await
-            .map_err(kube_err("reading TrustAnchorRotation cluster"))?
-            .status
-            .unwrap_or_default();
+        let status = rotation_status(&tars).await?;
         let at = t0.elapsed();
         let now = counts(world, restarts);
         timeline.observe(status.phase, at, now);
@@ -768,24 +761,20 @@ async fn perform(client: &Client, action: &ManualAction) -> Result<(), DemoError
 
 /// Installs the TrustAnchorRotation CRD and waits until it is served.
 pub async fn install_crd(client: &Client) -> Result<(), DemoError> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = TrustAnchorRotation::crd();
-    let name = crd.metadata.name.clone().unwrap_or_default();
-    crds.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .map_err(kube_err(format!("installing CRD {name}")))?;
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        await_condition(crds, &name, conditions::is_crd_established()),
-    )
-    .await
-    .map_err(|_| DemoError::Operator(format!("CRD {name} not Established after 30s")))?
-    .map_err(|e| DemoError::Operator(format!("watching CRD {name}: {e}")))?;
+    crate::sim::install_crd(client, &TrustAnchorRotation::crd()).await?;
     Ok(())
+}
+
+/// The `cluster` rotation's status (empty until the operator has written one).
+async fn rotation_status(
+    tars: &Api<TrustAnchorRotation>,
+) -> Result<crate::crd::TrustAnchorRotationStatus, DemoError> {
+    Ok(tars
+        .get(crate::crd::CLUSTER_ROTATION_NAME)
+        .await
+        .map_err(kube_err("reading TrustAnchorRotation cluster"))?
+        .status
+        .unwrap_or_default())
 }
 
 /// The `cluster` TrustAnchorRotation with the demo's policies.
@@ -820,12 +809,7 @@ pub async fn wait_bootstrapped(
     let tars: Api<TrustAnchorRotation> = Api::all(client.clone());
     let started = Instant::now();
     loop {
-        let status = tars
-            .get(crate::crd::CLUSTER_ROTATION_NAME)
-            .await
-            .map_err(kube_err("reading TrustAnchorRotation cluster"))?
-            .status
-            .unwrap_or_default();
+        let status = rotation_status(&tars).await?;
         if status.phase == Phase::Synced
             && status.trust_bundle.is_some()
             && status.previous_anchor_fingerprint.as_deref() == Some(anchor_fingerprint)

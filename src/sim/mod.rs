@@ -137,32 +137,38 @@ fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> SimError {
 /// How long the control plane of the simulated Linkerd may take to come up.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Applies a CRD (server-side) and waits until the API server serves it (Established).
+pub async fn install_crd(client: &Client, crd: &CustomResourceDefinition) -> Result<(), SimError> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = crd.name_any();
+    crds.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(crd),
+    )
+    .await
+    .map_err(kube_err(format!("installing CRD {name}")))?;
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(crds, &name, conditions::is_crd_established()),
+    )
+    .await
+    .map_err(|_| SimError::Timeout {
+        what: format!("CRD {name} to be established"),
+        after: Duration::from_secs(30),
+    })?
+    .map_err(|e| SimError::Invalid(format!("watching CRD {name}: {e}")))?;
+    Ok(())
+}
+
 impl Mesh {
     /// Installs cert-manager's CRDs and starts its stand-in, the kubelet, the identity service
     /// and the proxy injector; installs the Linkerd PKI and control plane; returns once the
     /// control plane's rollouts are complete.
     pub async fn start(client: Client, config: SimConfig) -> Result<Self, SimError> {
         let names = config.names.clone();
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
         for crd in certmanager::crds() {
-            let name = crd.name_any();
-            crds.patch(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&crd),
-            )
-            .await
-            .map_err(kube_err(format!("installing CRD {name}")))?;
-            tokio::time::timeout(
-                Duration::from_secs(30),
-                await_condition(crds.clone(), &name, conditions::is_crd_established()),
-            )
-            .await
-            .map_err(|_| SimError::Timeout {
-                what: format!("CRD {name} to be established"),
-                after: Duration::from_secs(30),
-            })?
-            .map_err(|e| SimError::Invalid(format!("watching CRD {name}: {e}")))?;
+            install_crd(&client, &crd).await?;
         }
         let mut tasks = vec![tokio::spawn(certmanager::run(
             client.clone(),
