@@ -113,8 +113,9 @@ pub async fn run(
                 let on_change = move |leading: bool| {
                     leader_gauge.leader.set(i64::from(leading));
                 };
-                tasks.spawn(Elector::new(client.clone(), lease.clone()).run(lead, on_change));
-                elector = Some(Elector::new(client.clone(), lease));
+                let e = Elector::new(client.clone(), lease);
+                tasks.spawn(e.clone().run(lead, on_change));
+                elector = Some(e);
             }
         }
     }

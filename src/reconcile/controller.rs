@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, PodTemplateSpec, Secret};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -454,8 +454,8 @@ async fn observe(
         })
         .map(|d| ControlPlaneDeployment {
             name: d.name_any(),
-            restarted_for: template_annotation(d.spec.as_ref().map(|s| &s.template)),
-            rollout_complete: rollout_complete(d),
+            restarted_for: template_annotation(d.template()),
+            rollout_complete: d.rollout_complete(),
         })
         .collect();
     // Rollouts the operator started onto the bundle in place now (one from an earlier bundle
@@ -465,26 +465,15 @@ async fn observe(
         .ok()
         .and_then(|b| b.as_ref())
         .map(|b| super::decide::bundle_of(b.iter()).fingerprint());
-    let ours = |template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>| {
-        current_bundle.is_some() && template_annotation(template) == current_bundle
-    };
-    let workloads_restarting: BTreeSet<Workload> = (stores.deployments.state().iter())
-        .filter(|d| ours(d.spec.as_ref().map(|s| &s.template)))
-        .filter(|d| !rollout_complete(d))
-        .map(|d| workload_of("Deployment", d.as_ref()))
-        .chain(
-            (stores.statefulsets.state().iter())
-                .filter(|s| ours(s.spec.as_ref().map(|s| &s.template)))
-                .filter(|s| !statefulset_rollout_complete(s))
-                .map(|s| workload_of("StatefulSet", s.as_ref())),
-        )
-        .chain(
-            (stores.daemonsets.state().iter())
-                .filter(|d| ours(d.spec.as_ref().map(|s| &s.template)))
-                .filter(|d| !daemonset_rollout_complete(d))
-                .map(|d| workload_of("DaemonSet", d.as_ref())),
-        )
-        .collect();
+    let workloads_restarting: BTreeSet<Workload> = current_bundle
+        .as_deref()
+        .map(|fp| {
+            rolling_onto(&stores.deployments, fp)
+                .chain(rolling_onto(&stores.statefulsets, fp))
+                .chain(rolling_onto(&stores.daemonsets, fp))
+                .collect()
+        })
+        .unwrap_or_default();
     let on_delete = |kind: &str, namespace: &str, name: &str| {
         match kind {
             "StatefulSet" => stores
@@ -537,17 +526,7 @@ async fn issuer_issuing(client: &Client, (ns, name): &(String, String)) -> bool 
         })
 }
 
-fn workload_of<K: Resource>(kind: &str, object: &K) -> Workload {
-    Workload {
-        kind: kind.to_owned(),
-        namespace: object.namespace().unwrap_or_default(),
-        name: object.name_any(),
-    }
-}
-
-fn template_annotation(
-    template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>,
-) -> Option<String> {
+fn template_annotation(template: Option<&PodTemplateSpec>) -> Option<String> {
     template?
         .metadata
         .as_ref()?
@@ -557,33 +536,75 @@ fn template_annotation(
         .cloned()
 }
 
-/// `kubectl rollout status`: the controller saw the newest spec, every replica is updated and
-/// available, and no old replica is left.
-pub fn rollout_complete(d: &Deployment) -> bool {
-    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let Some(st) = &d.status else { return false };
-    st.observed_generation >= d.metadata.generation
-        && st.updated_replicas.unwrap_or(0) == want
-        && st.replicas.unwrap_or(0) == want
-        && st.available_replicas.unwrap_or(0) == want
+/// The kinds the operator restarts, alike: their pod template and `kubectl rollout status`.
+pub trait Restartable: Resource<DynamicType = ()> + Clone {
+    const KIND: &'static str;
+    fn template(&self) -> Option<&PodTemplateSpec>;
+    fn rollout_complete(&self) -> bool;
 }
 
-/// `kubectl rollout status statefulset`: every replica updated and ready, on one revision.
-pub fn statefulset_rollout_complete(s: &StatefulSet) -> bool {
-    let want = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let Some(st) = &s.status else { return false };
-    st.observed_generation >= s.metadata.generation
-        && st.updated_replicas.unwrap_or(0) == want
-        && st.ready_replicas.unwrap_or(0) == want
-        && st.current_revision == st.update_revision
+impl Restartable for Deployment {
+    const KIND: &'static str = "Deployment";
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+    /// The controller saw the newest spec, every replica is updated and available, and no old
+    /// replica is left.
+    fn rollout_complete(&self) -> bool {
+        let want = self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let Some(st) = &self.status else { return false };
+        st.observed_generation >= self.metadata.generation
+            && st.updated_replicas.unwrap_or(0) == want
+            && st.replicas.unwrap_or(0) == want
+            && st.available_replicas.unwrap_or(0) == want
+    }
 }
 
-/// `kubectl rollout status daemonset`: every scheduled pod updated and available.
-pub fn daemonset_rollout_complete(d: &DaemonSet) -> bool {
-    let Some(st) = &d.status else { return false };
-    st.observed_generation >= d.metadata.generation
-        && st.updated_number_scheduled.unwrap_or(0) == st.desired_number_scheduled
-        && st.number_available.unwrap_or(0) == st.desired_number_scheduled
+impl Restartable for StatefulSet {
+    const KIND: &'static str = "StatefulSet";
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+    /// Every replica updated and ready, on one revision.
+    fn rollout_complete(&self) -> bool {
+        let want = self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let Some(st) = &self.status else { return false };
+        st.observed_generation >= self.metadata.generation
+            && st.updated_replicas.unwrap_or(0) == want
+            && st.ready_replicas.unwrap_or(0) == want
+            && st.current_revision == st.update_revision
+    }
+}
+
+impl Restartable for DaemonSet {
+    const KIND: &'static str = "DaemonSet";
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+    /// Every scheduled pod updated and available.
+    fn rollout_complete(&self) -> bool {
+        let Some(st) = &self.status else { return false };
+        st.observed_generation >= self.metadata.generation
+            && st.updated_number_scheduled.unwrap_or(0) == st.desired_number_scheduled
+            && st.number_available.unwrap_or(0) == st.desired_number_scheduled
+    }
+}
+
+/// Workloads of one kind the operator restarted onto `bundle` whose rollout is not done.
+fn rolling_onto<'a, K: Restartable>(
+    store: &'a Store<K>,
+    bundle: &'a str,
+) -> impl Iterator<Item = Workload> + 'a {
+    store
+        .state()
+        .into_iter()
+        .filter(move |w| template_annotation(w.template()).as_deref() == Some(bundle))
+        .filter(|w| !w.rollout_complete())
+        .map(|w| Workload {
+            kind: K::KIND.to_owned(),
+            namespace: w.namespace().unwrap_or_default(),
+            name: w.name_any(),
+        })
 }
 
 fn running(p: &Pod) -> bool {

@@ -517,19 +517,14 @@ fn a_restart_still_rolling_holds_the_phase_even_when_every_running_pod_converged
             cp_for: Some(bundle_fp(&[1])),
         };
         let mut o = w.observed();
-        o.workloads_restarting = d_restarting();
+        o.workloads_restarting.insert(Workload {
+            kind: "Deployment".to_owned(),
+            namespace: "app-1".to_owned(),
+            name: "web".to_owned(),
+        });
         o
     });
     assert_eq!(d.status.phase, Phase::RemovingOldTrustRoots);
-}
-
-fn d_restarting() -> BTreeSet<Workload> {
-    [Workload {
-        kind: "Deployment".to_owned(),
-        namespace: "app-1".to_owned(),
-        name: "web".to_owned(),
-    }]
-    .into()
 }
 
 #[test]

@@ -99,6 +99,7 @@ pub enum LeaseError {
     },
 }
 
+#[derive(Clone)]
 pub struct Elector {
     api: Api<Lease>,
     config: LeaseConfig,

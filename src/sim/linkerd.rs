@@ -328,15 +328,10 @@ fn jiff_now() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
 }
 
-/// Whether a Deployment's rollout is complete (`kubectl rollout status`): the controller saw
-/// the newest spec, every replica is updated and available, and no old replica is left.
+/// Whether a Deployment's rollout is complete (`kubectl rollout status`), by the reconciler's
+/// own rule.
 pub fn rollout_complete(d: &Deployment) -> bool {
-    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let Some(st) = &d.status else { return false };
-    st.observed_generation >= d.metadata.generation
-        && st.updated_replicas.unwrap_or(0) == want
-        && st.replicas.unwrap_or(0) == want
-        && st.available_replicas.unwrap_or(0) == want
+    crate::reconcile::controller::Restartable::rollout_complete(d)
 }
 
 /// Waits for the rollouts of the named Deployments (all of `namespace` when `names` is empty).
