@@ -12,8 +12,10 @@ use std::fmt;
 use std::ops::Deref;
 
 use base64::Engine;
+use json_patch::PatchOperation;
 use serde::de::{IgnoredAny, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 
 /// A string of the request: borrowed from the body when it has no JSON escapes (nearly every
 /// string does), owned when it has. A `String` per name, label and annotation was most of the
@@ -73,7 +75,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
 
 /// The envelope, generic over how the object is read: as a [`PodIn`] in the one pass that
 /// serves every Pod request, or skipped ([`IgnoredAny`]) to route and answer anything else.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ReviewIn<'a, O> {
     // No `default`s here: missing Options are None in an object anyway, and without them a
@@ -86,7 +88,7 @@ pub struct ReviewIn<'a, O> {
     pub request: Option<RequestIn<'a, O>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestIn<'a, O> {
     #[serde(default, borrow)]
@@ -109,7 +111,7 @@ fn none<O>() -> Option<O> {
     None
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, PartialEq)]
 pub struct GroupVersionKind<'a> {
     #[serde(default, borrow)]
     pub group: Str<'a>,
@@ -243,12 +245,12 @@ impl ReviewOut {
     }
 
     /// Allowed with a JSON Patch.
-    pub fn patch(uid: &str, patch: &json_patch::Patch) -> Result<Self, serde_json::Error> {
-        let json = serde_json::to_vec(patch)?;
+    pub fn patch(uid: &str, patch: &[PatchOperation]) -> Self {
         let mut out = Self::allow(uid);
         out.response.patch_type = Some("JSONPatch");
-        out.response.patch = Some(base64::engine::general_purpose::STANDARD.encode(json));
-        Ok(out)
+        out.response.patch =
+            Some(base64::engine::general_purpose::STANDARD.encode(patch_json(patch)));
+        out
     }
 
     /// The body was not a usable AdmissionReview. Still `allowed`: if an API server ever sent
@@ -316,6 +318,69 @@ impl ReviewOut {
     }
 }
 
+/// The JSON text of a patch, byte for byte what `serde_json::to_vec` writes for it: the
+/// operations this webhook makes (add, replace) written directly, any other through serde.
+pub fn patch_json(patch: &[PatchOperation]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.push(b'[');
+    for (i, op) in patch.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let (name, path, value) = match op {
+            PatchOperation::Add(a) => ("add", &a.path, &a.value),
+            PatchOperation::Replace(r) => ("replace", &r.path, &r.value),
+            other => {
+                // Serialising a patch operation into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut out, other);
+                continue;
+            }
+        };
+        out.extend_from_slice(br#"{"op":"#);
+        write_json_str(&mut out, name);
+        out.extend_from_slice(br#","path":"#);
+        write_json_str(&mut out, path.as_str());
+        out.extend_from_slice(br#","value":"#);
+        write_json_value(&mut out, value);
+        out.push(b'}');
+    }
+    out.push(b']');
+    out
+}
+
+/// Writes a JSON value as serde_json does, strings through [`write_json_str`].
+fn write_json_value(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::String(s) => write_json_str(out, s),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_json_value(out, item);
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            out.push(b'{');
+            for (i, (key, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_json_str(out, key);
+                out.push(b':');
+                write_json_value(out, item);
+            }
+            out.push(b'}');
+        }
+        // Numbers, booleans and null: serialising them into a Vec cannot fail.
+        other => {
+            let _ = serde_json::to_writer(&mut *out, other);
+        }
+    }
+}
+
 /// Writes `s` as a JSON string, escaped exactly as serde_json escapes (quote, backslash and
 /// control characters; nothing else), copying it whole when nothing needs escaping.
 fn write_json_str(out: &mut Vec<u8>, s: &str) {
@@ -364,7 +429,7 @@ mod tests {
         let reviews = [
             ReviewOut::allow("705ab4f5-6393-11e8-b7cc-42010a800002"),
             ReviewOut::allow("quote \" backslash \\ newline \n tab \t nul \u{0} é ✓ \u{7f}"),
-            ReviewOut::patch("uid", &patch).unwrap(),
+            ReviewOut::patch("uid", &patch),
             ReviewOut::invalid(
                 None,
                 "body is not an AdmissionReview: EOF at line 1 \"col\" 2",
@@ -377,5 +442,24 @@ mod tests {
                 serde_json::to_string(&review).unwrap()
             );
         }
+    }
+
+    #[test]
+    fn patch_json_writes_what_serde_json_writes() {
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+            {"op": "add", "path": "/metadata/annotations/a~1b~0c", "value": "x\"y\n\u{1}é"},
+            {"op": "add", "path": "/metadata/annotations", "value": {"b": "1", "a": "[{\"name\":\"A\"}]"}},
+            {"op": "replace", "path": "/spec/containers/0/env/2", "value": {"name": "N", "value": "300s"}},
+            {"op": "add", "path": "/spec/initContainers/0/env", "value": [{"name": "N", "value": "1"}]},
+            {"op": "add", "path": "/x", "value": [1, -2.5, true, false, null, [], {}]},
+            {"op": "remove", "path": "/y"},
+            {"op": "test", "path": "/z", "value": "t"}
+        ]))
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(patch_json(&patch)).unwrap(),
+            serde_json::to_string(&patch).unwrap()
+        );
+        assert_eq!(patch_json(&[]), b"[]");
     }
 }

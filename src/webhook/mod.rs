@@ -1,7 +1,8 @@
 //! The mutating admission webhook (DESIGN.md "The webhook").
 //!
 //! - [`patch`]: the pure patch builder over a Pod, its namespace's annotations and the view.
-//! - [`review`]: AdmissionReview decoding and the response, also pure.
+//! - [`review`]: AdmissionReview decoding and the response, also pure; [`scan`]: its fast path
+//!   for Pod reviews.
 //! - [`server`]: `POST /mutate` over TLS; [`tls`]: the reloading serving certificate.
 //! - [`view`]: the rotation view every replica keeps from watches; [`metrics`].
 
@@ -10,6 +11,7 @@ pub mod config;
 pub mod metrics;
 pub mod patch;
 pub mod review;
+pub mod scan;
 pub mod server;
 pub mod tls;
 pub mod view;
