@@ -282,6 +282,9 @@ fn load_round(
 }
 
 fn main() {
+    // The operator's own log setup (`RUST_LOG`, default `info`), so each admission's span costs
+    // here what it costs in a cluster.
+    trust_rotation_operator::cli::init_logging(trust_rotation_operator::cli::LogFormat::Plain);
     let seconds: f64 = env_or("BENCH_SECONDS", 3.0);
     let rounds: usize = env_or("BENCH_ROUNDS", 5);
     let connections: usize = env_or("BENCH_CONNECTIONS", 16);

@@ -1,7 +1,8 @@
 //! Decode + patch + apply: any bytes as an AdmissionReview body, under any rotation view.
 //!
 //! The first byte picks the view and the namespace's `linkerd.io/inject`; the rest is the body.
-//! For every input: `review` returns (never panics) and its answer serialises; the uid is
+//! For every input: the fast path (`scan`) reads the body as serde_json does or steps aside;
+//! `review` returns (never panics) and its answer serialises; the uid is
 //! echoed; and when there is a patch, it applies to the request's object, the result is a Pod,
 //! and reviewing the result again yields no patch.
 
@@ -12,7 +13,9 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use trust_rotation_operator::crd::Phase;
 use trust_rotation_operator::webhook::patch::RotationView;
+use trust_rotation_operator::webhook::admission::{PodIn, ReviewIn, from_json, patch_json};
 use trust_rotation_operator::webhook::review::{Outcome, review};
+use trust_rotation_operator::webhook::scan;
 
 const INTERVALS: [Option<&str>; 4] = [Some("5m"), Some("0s"), Some("abc"), None];
 const INJECT: [Option<&str>; 3] = [None, Some("enabled"), Some("disabled")];
@@ -30,6 +33,12 @@ fuzz_target!(|data: &[u8]| {
     let inject = INJECT[(selector / 28) % 3];
     let namespace = |_: &str| inject.map(str::to_owned);
 
+    // The fast path answers only as serde_json would.
+    if let Some(fast) = std::str::from_utf8(body).ok().and_then(scan::review_in) {
+        let slow = from_json::<ReviewIn<PodIn>>(body).expect("serde_json reads what the fast path read");
+        assert_eq!(fast, slow);
+    }
+
     let first = review(body, Some(&view), &namespace);
     let answer = serde_json::to_value(&first.review).expect("the answer serialises");
     // The server's own encoder writes exactly what serde_json would (uids and messages carry
@@ -46,6 +55,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert_eq!(first.outcome, Outcome::Patched);
+    // The patch's own encoder agrees with serde_json too.
+    assert_eq!(patch_json(&patch), serde_json::to_vec(&patch).unwrap());
 
     // The patch applies to the object the request carried, and the result is a Pod.
     // Skipped fields are scanned, not decoded, so a lone surrogate escape (`"\ud800"`) in one
