@@ -30,12 +30,12 @@ pub const MAX_DEPTH: u32 = 64;
 pub fn review_in(text: &str) -> Option<ReviewIn<'_, PodIn<'_>>> {
     let mut reader = Reader {
         text,
+        bytes: text.as_bytes(),
         pos: 0,
         depth: 0,
     };
     let review = reader.review()?;
-    reader.ws();
-    (reader.pos == text.len()).then_some(review)
+    (reader.peek().is_none()).then_some(review)
 }
 
 /// Stores a field's value the first time it is seen; `None` (step aside) on a repeat, which
@@ -46,6 +46,7 @@ fn fill<T>(slot: &mut Option<T>, value: T) -> Option<()> {
 
 struct Reader<'a> {
     text: &'a str,
+    bytes: &'a [u8],
     pos: usize,
     depth: u32,
 }
@@ -186,29 +187,18 @@ impl<'a> Reader<'a> {
     }
 }
 
-// JSON itself.
+// JSON itself. The position lives in a local for the length of each loop, and every per-byte
+// step is inlined: a Pod is some 400 tokens, and a call per token cost more than the token.
 impl<'a> Reader<'a> {
-    #[inline]
-    fn bytes(&self) -> &'a [u8] {
-        self.text.as_bytes()
-    }
-
-    #[inline]
-    fn ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes().get(self.pos) {
-            self.pos += 1;
-        }
-    }
-
     /// The next byte after whitespace, not consumed.
-    #[inline]
+    #[inline(always)]
     fn peek(&mut self) -> Option<u8> {
-        self.ws();
-        self.bytes().get(self.pos).copied()
+        self.pos = skip_ws(self.bytes, self.pos);
+        self.bytes.get(self.pos).copied()
     }
 
     /// Consumes `byte` if it comes next.
-    #[inline]
+    #[inline(always)]
     fn eat(&mut self, byte: u8) -> bool {
         let found = self.peek() == Some(byte);
         self.pos += usize::from(found);
@@ -216,19 +206,23 @@ impl<'a> Reader<'a> {
     }
 
     /// `null` (then `Some(None)`), or whatever `read` reads.
+    #[inline(always)]
     fn nullable<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
         if self.peek() == Some(b'n') {
-            self.literal(b"null").map(|()| None)
+            self.pos = literal(self.bytes, self.pos, b"null")?;
+            Some(None)
         } else {
             read(self).map(Some)
         }
     }
 
     /// An object, each field's value read by `field` (which sees the decoded key).
+    #[inline(always)]
     fn object(&mut self, mut field: impl FnMut(&mut Self, &str) -> Option<()>) -> Option<()> {
         self.object_with_keys(|r, key| field(r, key.as_str()))
     }
 
+    #[inline(always)]
     fn object_with_keys(
         &mut self,
         mut field: impl FnMut(&mut Self, Str<'a>) -> Option<()>,
@@ -266,115 +260,19 @@ impl<'a> Reader<'a> {
         Some(items)
     }
 
+    #[inline(always)]
     fn open(&mut self, bracket: u8) -> Option<()> {
         (self.depth < MAX_DEPTH && self.eat(bracket)).then(|| self.depth += 1)
     }
 
-    /// Any JSON value, checked and passed over. Iterative, with the kind of each open container
-    /// (object or list) kept as one bit per level: most of a Pod is skipped, and this is the
-    /// loop that does it.
-    fn skip(&mut self) -> Option<()> {
-        let base = self.depth;
-        // Bit n set: the container at level `base + n + 1` is an object.
-        let mut objects: u64 = 0;
-        loop {
-            // A value is expected here.
-            match self.peek()? {
-                b'"' => self.skip_string()?,
-                open @ (b'{' | b'[') => {
-                    let object = open == b'{';
-                    self.open(open)?;
-                    if !self.eat(if object { b'}' } else { b']' }) {
-                        let level = self.depth - base - 1;
-                        objects = objects & !(1 << level) | u64::from(object) << level;
-                        if object {
-                            self.key_colon()?;
-                        }
-                        continue;
-                    }
-                    self.depth -= 1;
-                }
-                b't' => self.literal(b"true")?,
-                b'f' => self.literal(b"false")?,
-                b'n' => self.literal(b"null")?,
-                b'-' | b'0'..=b'9' => self.number()?,
-                _ => return None,
-            }
-            // After a value: a separator, or the end of containers.
-            loop {
-                if self.depth == base {
-                    return Some(());
-                }
-                let object = objects >> (self.depth - base - 1) & 1 == 1;
-                match self.peek()? {
-                    b',' => {
-                        self.pos += 1;
-                        if object {
-                            self.key_colon()?;
-                        }
-                        break;
-                    }
-                    b'}' if object => {}
-                    b']' if !object => {}
-                    _ => return None,
-                }
-                self.pos += 1;
-                self.depth -= 1;
-            }
-        }
-    }
-
-    /// An object's key and the colon after it, skipped.
-    fn key_colon(&mut self) -> Option<()> {
-        (self.peek()? == b'"').then_some(())?;
-        self.skip_string()?;
-        self.eat(b':').then_some(())
-    }
-
-    fn literal(&mut self, word: &[u8]) -> Option<()> {
-        self.bytes()[self.pos..]
-            .starts_with(word)
-            .then(|| self.pos += word.len())
-    }
-
-    /// RFC 8259's number: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
-    fn number(&mut self) -> Option<()> {
-        let bytes = self.bytes();
-        let digits = |from: usize| {
-            from + bytes[from..]
-                .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .count()
-        };
-        let mut i = self.pos + usize::from(bytes.get(self.pos) == Some(&b'-'));
-        i = match bytes.get(i)? {
-            b'0' => i + 1,
-            b'1'..=b'9' => digits(i),
-            _ => return None,
-        };
-        if bytes.get(i) == Some(&b'.') {
-            let end = digits(i + 1);
-            (end > i + 1).then_some(())?;
-            i = end;
-        }
-        if let Some(b'e' | b'E') = bytes.get(i) {
-            i += 1 + usize::from(matches!(bytes.get(i + 1), Some(b'+' | b'-')));
-            let end = digits(i);
-            (end > i).then_some(())?;
-            i = end;
-        }
-        self.pos = i;
-        Some(())
-    }
-
     /// A string: borrowed from the text when it has no escapes, decoded when it has.
-    #[inline]
+    #[inline(always)]
     fn string(&mut self) -> Option<Str<'a>> {
         (self.peek()? == b'"').then_some(())?;
         let start = self.pos + 1;
-        let (end, escaped) = self.string_end()?;
+        let (end, escaped) = string_end(self.bytes, self.pos)?;
         self.pos = end + 1;
-        let raw = &self.text[start..end];
+        let raw = self.text.get(start..end)?;
         Some(Str(if escaped {
             Cow::Owned(unescape(raw)?)
         } else {
@@ -382,37 +280,187 @@ impl<'a> Reader<'a> {
         }))
     }
 
-    /// A string, checked and passed over.
-    #[inline]
-    fn skip_string(&mut self) -> Option<()> {
-        let (end, _) = self.string_end()?;
-        self.pos = end + 1;
-        Some(())
-    }
-
-    /// From the opening quote at `pos`: where the closing quote is, and whether escapes came
-    /// before it. Checks the string: no raw control characters, only JSON's escapes.
-    #[inline]
-    fn string_end(&self) -> Option<(usize, bool)> {
-        let bytes = self.bytes();
-        let (mut i, mut escaped) = (self.pos + 1, false);
+    /// Any JSON value, checked and passed over. Iterative, with the kind of each open container
+    /// (object or list) kept as one bit per level: most of a Pod is skipped, and this is the
+    /// loop that does it.
+    fn skip(&mut self) -> Option<()> {
+        let bytes = self.bytes;
+        let mut pos = self.pos;
+        // Containers that may still open before MAX_DEPTH, and those open now (`level`).
+        let room = MAX_DEPTH - self.depth;
+        let mut level = 0;
+        // Bit n set: the container at level n + 1 is an object.
+        let mut objects: u64 = 0;
         loop {
-            i += plain_len(&bytes[i..]);
-            match bytes.get(i)? {
-                b'"' => return Some((i, escaped)),
-                b'\\' => {
-                    escaped = true;
-                    i += match bytes.get(i + 1)? {
-                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => 2,
-                        // Surrogates (halves of a pair, or lone) are left to serde_json.
-                        b'u' => char::from_u32(hex4(bytes.get(i + 2..i + 6)?)?).map(|_| 6)?,
-                        _ => return None,
-                    };
+            // A value is expected here. Whitespace is one more arm of the match rather than a
+            // loop of its own before it: the API server sends compact JSON.
+            match *bytes.get(pos)? {
+                b' ' | b'\t' | b'\n' | b'\r' => {
+                    pos += 1;
+                    continue;
                 }
-                // A raw control character, which JSON forbids in a string.
+                b'"' => pos = string_end(bytes, pos)?.0 + 1,
+                open @ (b'{' | b'[') => {
+                    if level >= room {
+                        return None;
+                    }
+                    let object = open == b'{';
+                    // `}` and `]` are two past `{` and `[`.
+                    if let Some(close) = next(bytes, pos + 1, open + 2) {
+                        pos = close + 1;
+                    } else {
+                        pos += 1;
+                        objects = objects & !(1 << level) | u64::from(object) << level;
+                        level += 1;
+                        if object {
+                            pos = key_colon(bytes, pos)?;
+                        }
+                        continue;
+                    }
+                }
+                b't' => pos = literal(bytes, pos, b"true")?,
+                b'f' => pos = literal(bytes, pos, b"false")?,
+                b'n' => pos = literal(bytes, pos, b"null")?,
+                b'-' | b'0'..=b'9' => pos = number(bytes, pos)?,
                 _ => return None,
             }
+            // After a value: a separator, or the end of containers.
+            loop {
+                if level == 0 {
+                    self.pos = pos;
+                    return Some(());
+                }
+                let object = objects >> (level - 1) & 1 == 1;
+                match *bytes.get(pos)? {
+                    b' ' | b'\t' | b'\n' | b'\r' => {
+                        pos += 1;
+                        continue;
+                    }
+                    b',' if object => {
+                        pos = key_colon(bytes, pos + 1)?;
+                        break;
+                    }
+                    b',' => {
+                        pos += 1;
+                        break;
+                    }
+                    b'}' if object => {}
+                    b']' if !object => {}
+                    _ => return None,
+                }
+                pos += 1;
+                level -= 1;
+            }
         }
+    }
+}
+
+#[inline(always)]
+fn skip_ws(bytes: &[u8], mut pos: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = bytes.get(pos) {
+        pos += 1;
+    }
+    pos
+}
+
+/// An object's key and the colon after it, passed over: where its value starts.
+#[inline(always)]
+fn key_colon(bytes: &[u8], pos: usize) -> Option<usize> {
+    let pos = next(bytes, pos, b'"')?;
+    next(bytes, string_end(bytes, pos)?.0 + 1, b':').map(|pos| pos + 1)
+}
+
+/// Where `byte` is, if it comes next after whitespace.
+#[inline(always)]
+fn next(bytes: &[u8], pos: usize, byte: u8) -> Option<usize> {
+    match bytes.get(pos) {
+        Some(&b) if b == byte => Some(pos),
+        Some(b' ' | b'\t' | b'\n' | b'\r') => {
+            let pos = skip_ws(bytes, pos);
+            (bytes.get(pos) == Some(&byte)).then_some(pos)
+        }
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn literal(bytes: &[u8], pos: usize, word: &[u8]) -> Option<usize> {
+    (bytes.get(pos..pos + word.len())? == word).then_some(pos + word.len())
+}
+
+/// RFC 8259's number, `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`: where it ends.
+fn number(bytes: &[u8], pos: usize) -> Option<usize> {
+    let digits = |mut i: usize| {
+        while bytes.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = pos + usize::from(bytes.get(pos) == Some(&b'-'));
+    i = match bytes.get(i)? {
+        b'0' => i + 1,
+        b'1'..=b'9' => digits(i + 1),
+        _ => return None,
+    };
+    if bytes.get(i) == Some(&b'.') {
+        let end = digits(i + 1);
+        (end > i + 1).then_some(())?;
+        i = end;
+    }
+    if let Some(b'e' | b'E') = bytes.get(i) {
+        i += 1 + usize::from(matches!(bytes.get(i + 1), Some(b'+' | b'-')));
+        let end = digits(i);
+        (end > i).then_some(())?;
+        i = end;
+    }
+    Some(i)
+}
+
+/// From the opening quote at `quote`: where the closing quote is, and whether escapes came
+/// before it. Checks the string: no raw control characters, only JSON's escapes. The first stop
+/// byte is nearly always the closing quote; escapes are left to [`escaped_string_end`].
+#[inline(always)]
+fn string_end(bytes: &[u8], quote: usize) -> Option<(usize, bool)> {
+    let mut i = quote + 1;
+    loop {
+        let Some(chunk) = bytes.get(i..i + 8) else {
+            i += plain_len(bytes.get(i..)?);
+            break;
+        };
+        let stops = stop_bytes(u64::from_le_bytes(chunk.try_into().ok()?));
+        if stops != 0 {
+            i += (stops.trailing_zeros() / 8) as usize;
+            break;
+        }
+        i += 8;
+    }
+    match bytes.get(i)? {
+        b'"' => Some((i, false)),
+        b'\\' => escaped_string_end(bytes, i),
+        // A raw control character, which JSON forbids in a string.
+        _ => None,
+    }
+}
+
+/// [`string_end`] from the first backslash on.
+#[cold]
+#[inline(never)]
+fn escaped_string_end(bytes: &[u8], mut i: usize) -> Option<(usize, bool)> {
+    loop {
+        match bytes.get(i)? {
+            b'"' => return Some((i, true)),
+            b'\\' => {
+                i += match bytes.get(i + 1)? {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => 2,
+                    // Surrogates (halves of a pair, or lone) are left to serde_json.
+                    b'u' => char::from_u32(hex4(bytes.get(i + 2..i + 6)?)?).map(|_| 6)?,
+                    _ => return None,
+                };
+            }
+            // A raw control character, which JSON forbids in a string.
+            _ => return None,
+        }
+        i += plain_len(bytes.get(i..)?);
     }
 }
 
@@ -455,7 +503,7 @@ const HIGH_BITS: u64 = ONES * 0x80;
 /// How many bytes from the start are plain string content: not `"`, `\` or a control
 /// character. Eight bytes at a time, in a `u64` (the crate has no `unsafe`, so no SIMD loads).
 #[inline]
-fn plain_len(bytes: &[u8]) -> usize {
+pub(crate) fn plain_len(bytes: &[u8]) -> usize {
     let mut i = 0;
     while let Some(chunk) = bytes.get(i..i + 8) {
         let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
