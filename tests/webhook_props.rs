@@ -164,7 +164,7 @@ proptest! {
             return Ok(());
         };
         let mut patched = pod_json.clone();
-        json_patch::patch(&mut patched, &patch).map_err(|e| {
+        json_patch::patch(&mut patched, &patch.operations()).map_err(|e| {
             TestCaseError::fail(format!("patch {patch:?} does not apply: {e}"))
         })?;
         let _: Pod = serde_json::from_value(patched.clone())

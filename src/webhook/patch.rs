@@ -9,12 +9,9 @@
 
 use std::collections::BTreeMap;
 
-use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
-use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::admission::{ContainerIn, PodIn, Str};
+use super::admission::{ContainerIn, PodIn, Str, write_json_str};
 use crate::bundle::Bundle;
 use crate::crd::Phase;
 use crate::duration;
@@ -86,7 +83,7 @@ pub enum PodMutation {
     Skipped(SkipReason),
     /// Meshed; the operations to apply (empty when the pod already has everything).
     Meshed {
-        patch: Vec<PatchOperation>,
+        patch: JsonPatch,
         /// Set when the pod's existing additional-env annotation was not a JSON list: it is left
         /// untouched, and the server logs and counts this.
         invalid_additional_env: Option<String>,
@@ -144,15 +141,10 @@ pub fn mutate_pod(pod: &PodIn, namespace_inject: Option<&str>, view: &RotationVi
         }
     }
 
-    let mut patch = annotation_ops(metadata.is_some(), annotations, &wanted);
+    let mut patch = JsonPatch::new();
+    annotation_ops(&mut patch, metadata.is_some(), annotations, &wanted);
     if let (Some(value), Some((list, index, container))) = (&max_refresh, proxy) {
-        patch.extend(container_env_ops(
-            list,
-            index,
-            container,
-            MAX_REFRESH_ENV,
-            value,
-        ));
+        container_env_ops(&mut patch, list, index, container, MAX_REFRESH_ENV, value);
     }
     PodMutation::Meshed {
         patch,
@@ -205,8 +197,12 @@ pub fn merge_additional_env(
         // The common case, written directly: building and printing a `Value` for it was a
         // third of the patch's cost.
         None => {
-            // Writing two strings cannot fail; were it ever to, the annotation is left as it is.
-            return serde_json::to_string(&[EnvVar { name, value }])
+            let mut out = Vec::with_capacity(name.len() + value.len() + 32);
+            out.push(b'[');
+            write_env_var(&mut out, name, value);
+            out.push(b']');
+            // Built from `&str`s, escaped as serde_json escapes: UTF-8 throughout.
+            return String::from_utf8(out)
                 .map_err(|e| format!("cannot write {PROXY_ADDITIONAL_ENV_ANNOTATION}: {e}"));
         }
         Some(text) => match serde_json::from_str::<Value>(text) {
@@ -236,13 +232,6 @@ pub fn merge_additional_env(
     Ok(Value::Array(list).to_string())
 }
 
-/// An EnvVar as the merged list holds it (fields in the order a `Value` object prints them).
-#[derive(Serialize)]
-struct EnvVar<'a> {
-    name: &'a str,
-    value: &'a str,
-}
-
 fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -255,92 +244,208 @@ fn json_kind(v: &Value) -> &'static str {
 }
 
 fn annotation_ops(
+    patch: &mut JsonPatch,
     has_metadata: bool,
     existing: Option<&Annotations>,
     wanted: &BTreeMap<&str, String>,
-) -> Vec<PatchOperation> {
-    let changed: BTreeMap<&str, &String> = wanted
-        .iter()
-        .filter(|(k, v)| existing.and_then(|a| a.get(**k)).map(Str::as_str) != Some(v.as_str()))
-        .map(|(k, v)| (*k, v))
-        .collect();
-    if changed.is_empty() {
-        return Vec::new();
+) {
+    let changed = || {
+        wanted
+            .iter()
+            .filter(|(k, v)| existing.and_then(|a| a.get(**k)).map(Str::as_str) != Some(v.as_str()))
+    };
+    if changed().next().is_none() {
+        return;
     }
     if !has_metadata {
         // No metadata at all (the API server always sends it; other callers may not).
-        return vec![add(&["metadata"], json!({ "annotations": changed }))];
-    }
-    if existing.is_none() {
+        patch.add(&["metadata"], |out| {
+            out.extend_from_slice(br#"{"annotations":"#);
+            write_string_map(out, changed());
+            out.push(b'}');
+        });
+    } else if existing.is_none() {
         // Missing parent: create the map with every key at once.
-        return vec![add(&["metadata", "annotations"], json!(changed))];
+        patch.add(&["metadata", "annotations"], |out| {
+            write_string_map(out, changed());
+        });
+    } else {
+        for (k, v) in changed() {
+            patch.add(&["metadata", "annotations", k], |out| {
+                write_json_str(out, v)
+            });
+        }
     }
-    changed
-        .into_iter()
-        .map(|(k, v)| add(&["metadata", "annotations", k], json!(v)))
-        .collect()
 }
 
 fn container_env_ops(
+    patch: &mut JsonPatch,
     list: &str,
     index: usize,
     container: &ContainerIn,
     name: &str,
     value: &str,
-) -> Vec<PatchOperation> {
+) {
     let idx = index.to_string();
-    let entry = json!({"name": name, "value": value});
+    let entry = |out: &mut Vec<u8>| write_env_var(out, name, value);
     let Some(env) = container.env.as_ref() else {
-        return vec![add(&["spec", list, &idx, "env"], json!([entry]))];
+        patch.add(&["spec", list, &idx, "env"], |out| {
+            out.push(b'[');
+            entry(out);
+            out.push(b']');
+        });
+        return;
     };
     match env.iter().position(|e| e.name.as_str() == name) {
-        Some(i) if env[i].value.as_deref() == Some(value) && !env[i].value_from => Vec::new(),
-        Some(i) => vec![PatchOperation::Replace(ReplaceOperation {
-            path: pointer(&["spec", list, &idx, "env", &i.to_string()]),
-            value: entry,
-        })],
-        None => vec![add(&["spec", list, &idx, "env", "-"], entry)],
+        Some(i) if env[i].value.as_deref() == Some(value) && !env[i].value_from => {}
+        Some(i) => patch.replace(&["spec", list, &idx, "env", &i.to_string()], entry),
+        None => patch.add(&["spec", list, &idx, "env", "-"], entry),
     }
 }
 
-fn add(tokens: &[&str], value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation {
-        path: pointer(tokens),
-        value,
-    })
+/// `{"name":…,"value":…}`, as serde_json writes an EnvVar.
+fn write_env_var(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.extend_from_slice(br#"{"name":"#);
+    write_json_str(out, name);
+    out.extend_from_slice(br#","value":"#);
+    write_json_str(out, value);
+    out.push(b'}');
 }
 
-/// A JSON Pointer from unescaped tokens; `~` and `/` in keys are escaped per RFC 6901.
-///
-/// Written as text and parsed once: `PointerBuf::from_tokens` reallocated per token, and was
-/// the largest single cost of building a patch.
-fn pointer(tokens: &[&str]) -> PointerBuf {
-    let mut text = String::with_capacity(tokens.iter().map(|t| t.len() + 3).sum());
-    for token in tokens {
-        text.push('/');
-        let mut rest = *token;
-        while let Some(at) = rest.find(['~', '/']) {
-            text.push_str(&rest[..at]);
-            text.push_str(if rest.as_bytes()[at] == b'~' {
-                "~0"
-            } else {
-                "~1"
-            });
-            rest = &rest[at + 1..];
+/// A JSON object of strings, keys in the order given (sorted, as serde_json's map writes them).
+fn write_string_map<'k>(
+    out: &mut Vec<u8>,
+    entries: impl Iterator<Item = (&'k &'k str, &'k String)>,
+) {
+    out.push(b'{');
+    for (i, (k, v)) in entries.enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        text.push_str(rest);
+        write_json_str(out, k);
+        out.push(b':');
+        write_json_str(out, v);
     }
-    // Every `~` is escaped above, so the text always parses; the tokens' own path is the
-    // fallback rather than a panic.
-    PointerBuf::parse(text).unwrap_or_else(|_| PointerBuf::from_tokens(tokens.iter().copied()))
+    out.push(b'}');
+}
+
+/// A JSON Patch (RFC 6902) as the webhook makes them: `add` and `replace` operations written
+/// straight to their JSON text, byte for byte what serde_json writes for the same operations.
+///
+/// Building `json_patch` operations (a validated `PointerBuf` and a `serde_json::Value` each)
+/// and printing them cost more than deciding what to patch; the text is all the API server
+/// needs. [`JsonPatch::operations`] parses it back for tests and tools.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JsonPatch {
+    /// Always a complete JSON list: `[]`, `[op]`, `[op,op]`.
+    json: Vec<u8>,
+    len: usize,
+}
+
+impl Default for JsonPatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl JsonPatch {
+    pub fn new() -> Self {
+        // Room for the few operations the webhook makes, so they are written without regrowing.
+        let mut json = Vec::with_capacity(512);
+        json.extend_from_slice(b"[]");
+        Self { json, len: 0 }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// How many operations.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The JSON text.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.json
+    }
+
+    /// The operations, parsed from the text.
+    pub fn operations(&self) -> json_patch::Patch {
+        serde_json::from_slice(&self.json).expect("a JsonPatch is always a valid JSON Patch")
+    }
+
+    /// Appends `add` at the pointer made of `tokens`; `value` writes the value's JSON.
+    pub(crate) fn add(&mut self, tokens: &[&str], value: impl FnOnce(&mut Vec<u8>)) {
+        self.push("add", tokens, value);
+    }
+
+    pub(crate) fn replace(&mut self, tokens: &[&str], value: impl FnOnce(&mut Vec<u8>)) {
+        self.push("replace", tokens, value);
+    }
+
+    fn push(&mut self, op: &str, tokens: &[&str], value: impl FnOnce(&mut Vec<u8>)) {
+        let out = &mut self.json;
+        out.pop();
+        if self.len > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#"{"op":""#);
+        out.extend_from_slice(op.as_bytes());
+        out.extend_from_slice(br#"","path":"#);
+        write_pointer(out, tokens);
+        out.extend_from_slice(br#","value":"#);
+        value(out);
+        out.extend_from_slice(b"}]");
+        self.len += 1;
+    }
+}
+
+impl std::fmt::Debug for JsonPatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.json))
+    }
+}
+
+/// A JSON Pointer from unescaped tokens, as a JSON string: `~` and `/` in tokens escaped per
+/// RFC 6901, then the text escaped as serde_json escapes it. Written in place, without building
+/// the pointer first.
+fn write_pointer(out: &mut Vec<u8>, tokens: &[&str]) {
+    out.push(b'"');
+    for token in tokens {
+        out.push(b'/');
+        let needs_escape = token.bytes().fold(false, |found, b| {
+            found | (b == b'~') | (b == b'/') | (b == b'"') | (b == b'\\') | (b < 0x20)
+        });
+        if !needs_escape {
+            out.extend_from_slice(token.as_bytes());
+            continue;
+        }
+        for (i, b) in token.bytes().enumerate() {
+            match b {
+                b'~' => out.extend_from_slice(b"~0"),
+                b'/' => out.extend_from_slice(b"~1"),
+                b'"' | b'\\' | 0..0x20 => {
+                    // One character's worth, escaped as a JSON string's content.
+                    let mut quoted = Vec::with_capacity(8);
+                    write_json_str(&mut quoted, &token[i..=i]);
+                    out.extend_from_slice(&quoted[1..quoted.len() - 1]);
+                }
+                _ => out.push(b),
+            }
+        }
+    }
+    out.push(b'"');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use json_patch::jsonptr::PointerBuf;
+
     #[test]
-    fn pointer_escapes_as_from_tokens_does() {
+    fn pointer_escapes_as_from_tokens_then_serde_json_do() {
         for tokens in [
             &[
                 "metadata",
@@ -348,13 +453,47 @@ mod tests {
                 "trust.linkerd.io/trust-bundle-sha256",
             ][..],
             &["a~b", "~0~1/", "", "-", "ü/~"],
+            &["q\"b\\c\n\u{1}/~"],
             &[],
         ] {
+            let mut out = Vec::new();
+            write_pointer(&mut out, tokens);
+            let expected = PointerBuf::from_tokens(tokens.iter().copied());
             assert_eq!(
-                pointer(tokens),
-                PointerBuf::from_tokens(tokens.iter().copied()),
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(expected.as_str()).unwrap(),
                 "{tokens:?}"
             );
         }
+    }
+
+    #[test]
+    fn json_patch_writes_what_serde_json_writes_for_its_operations() {
+        let mut patch = JsonPatch::new();
+        assert_eq!(patch.as_bytes(), b"[]");
+        assert_eq!(serde_json::to_vec(&patch.operations()).unwrap(), b"[]");
+        let wanted: BTreeMap<&str, String> =
+            [("b~/\"", "1\n".to_owned()), ("a", "[{\"x\"}]".to_owned())]
+                .into_iter()
+                .collect();
+        patch.add(&["metadata"], |out| {
+            out.extend_from_slice(br#"{"annotations":"#);
+            write_string_map(out, wanted.iter());
+            out.push(b'}');
+        });
+        patch.add(&["metadata", "annotations", "k/~\u{1}é"], |out| {
+            write_json_str(out, "v\t\"")
+        });
+        patch.replace(&["spec", "containers", "0", "env", "2"], |out| {
+            write_env_var(out, "N", "300s")
+        });
+        patch.add(&["spec", "initContainers", "1", "env", "-"], |out| {
+            write_env_var(out, "\\", "\u{7f}")
+        });
+        assert_eq!(patch.len(), 4);
+        assert_eq!(
+            String::from_utf8(patch.as_bytes().to_vec()).unwrap(),
+            serde_json::to_string(&patch.operations()).unwrap()
+        );
     }
 }
