@@ -9,8 +9,8 @@
 //!
 //! Arguments: a fixture of `tests/fixtures/admission` (default `pod-inject-enabled`), the number
 //! of iterations (default 1000), and the stage: `serde` (serde_json's decode), `scan` (the fast
-//! path's), `utf8`, `mutate` (the patch builder) or `full` (decode, patch and encode, the
-//! default). Run it with 1 and with 1001 iterations: the difference over 1000 is one call's
+//! path's), `utf8`, `mutate` (the patch builder), `span` (the request's tracing span under the
+//! operator's log setup) or `full` (decode, patch and encode, the default). Run it with 1 and with 1001 iterations: the difference over 1000 is one call's
 //! count.
 
 use trust_rotation_operator::crd::Phase;
@@ -39,6 +39,10 @@ fn main() {
         desired_bundle_fingerprint: Some("d0".repeat(32)),
         refresh_interval: Some("5m".into()),
     };
+    if mode == "span" {
+        // The operator's log setup (`RUST_LOG`, default `info`), writing to stderr.
+        trust_rotation_operator::cli::init_logging(trust_rotation_operator::cli::LogFormat::Plain);
+    }
     let parsed = trust_rotation_operator::webhook::scan::review_in(text).unwrap();
     let pod = parsed.request.unwrap().object.unwrap();
     for _ in 0..n {
@@ -59,6 +63,16 @@ fn main() {
             }
             "mutate" => {
                 std::hint::black_box(mutate_pod(std::hint::black_box(&pod), None, &view));
+            }
+            "span" => {
+                // The server's request span, as `server::mutate` creates it.
+                let span = tracing::info_span!(
+                    "admission",
+                    uid = std::hint::black_box("705ab4f5-6393-11e8-b7cc-42010a800002"),
+                    namespace = std::hint::black_box("emojivoto"),
+                    name = std::hint::black_box("")
+                );
+                span.in_scope(|| tracing::debug!("admitted"));
             }
             _ => {
                 let r = review(std::hint::black_box(&body), Some(&view), &|_| None);
