@@ -337,7 +337,7 @@ pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {
 
 /// serde_json's escapes: the short forms it has, `\u00XX` (lowercase hex) for other controls.
 /// Runs of plain bytes are copied whole.
-fn write_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn write_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut plain_from = 0;
     for (i, &b) in bytes.iter().enumerate() {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use super::admission::{ContainerIn, PodIn, Str, write_json_str};
+use super::admission::{ContainerIn, PodIn, Str, write_escaped, write_json_str};
 use crate::bundle::Bundle;
 use crate::crd::Phase;
 use crate::duration;
@@ -421,17 +421,11 @@ fn write_pointer(out: &mut Vec<u8>, tokens: &[&str]) {
             out.extend_from_slice(token.as_bytes());
             continue;
         }
-        for (i, b) in token.bytes().enumerate() {
+        for b in token.bytes() {
             match b {
                 b'~' => out.extend_from_slice(b"~0"),
                 b'/' => out.extend_from_slice(b"~1"),
-                b'"' | b'\\' | 0..0x20 => {
-                    // One character's worth, escaped as a JSON string's content.
-                    let mut quoted = Vec::with_capacity(8);
-                    write_json_str(&mut quoted, &token[i..=i]);
-                    out.extend_from_slice(&quoted[1..quoted.len() - 1]);
-                }
-                _ => out.push(b),
+                _ => write_escaped(out, &[b]),
             }
         }
     }
