@@ -414,20 +414,25 @@ fn write_pointer(out: &mut Vec<u8>, tokens: &[&str]) {
     out.push(b'"');
     for token in tokens {
         out.push(b'/');
-        let needs_escape = token.bytes().fold(false, |found, b| {
-            found | (b == b'~') | (b == b'/') | (b == b'"') | (b == b'\\') | (b < 0x20)
-        });
-        if !needs_escape {
-            out.extend_from_slice(token.as_bytes());
-            continue;
-        }
-        for b in token.bytes() {
-            match b {
-                b'~' => out.extend_from_slice(b"~0"),
-                b'/' => out.extend_from_slice(b"~1"),
-                _ => write_escaped(out, &[b]),
+        let bytes = token.as_bytes();
+        // Runs of plain bytes are copied whole; the bytes between them escaped one by one.
+        let mut plain_from = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            let pointer_escape: &[u8] = match b {
+                b'~' => b"~0",
+                b'/' => b"~1",
+                b'"' | b'\\' | 0..0x20 => &[],
+                _ => continue,
+            };
+            out.extend_from_slice(&bytes[plain_from..i]);
+            if pointer_escape.is_empty() {
+                write_escaped(out, &bytes[i..=i]);
+            } else {
+                out.extend_from_slice(pointer_escape);
             }
+            plain_from = i + 1;
         }
+        out.extend_from_slice(&bytes[plain_from..]);
     }
     out.push(b'"');
 }
