@@ -10,6 +10,7 @@ pub mod crd;
 pub mod demo;
 pub mod devcerts;
 pub mod duration;
+pub mod logging;
 pub mod probe;
 pub mod reconcile;
 pub mod run;
