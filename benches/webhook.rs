@@ -53,11 +53,11 @@ fn fixture(name: &str) -> Value {
 }
 
 fn accelerating_view() -> RotationView {
-    RotationView {
-        phase: Phase::PropagatingTrustRoots,
-        desired_bundle_fingerprint: Some("d0".repeat(32)),
-        refresh_interval: Some("5m".to_owned()),
-    }
+    RotationView::new(
+        Phase::PropagatingTrustRoots,
+        Some("d0".repeat(32)),
+        Some("5m".to_owned()),
+    )
 }
 
 fn no_namespace(_: &str) -> Option<String> {

@@ -34,11 +34,11 @@ fn main() {
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let body = serde_json::to_vec(&v).unwrap();
     let text = std::str::from_utf8(&body).unwrap();
-    let view = RotationView {
-        phase: Phase::PropagatingTrustRoots,
-        desired_bundle_fingerprint: Some("d0".repeat(32)),
-        refresh_interval: Some("5m".into()),
-    };
+    let view = RotationView::new(
+        Phase::PropagatingTrustRoots,
+        Some("d0".repeat(32)),
+        Some("5m".into()),
+    );
     if mode == "span" {
         // The operator's log setup (`RUST_LOG`, default `info`), writing to stderr.
         trust_rotation_operator::cli::init_logging(trust_rotation_operator::cli::LogFormat::Plain);

@@ -23,19 +23,15 @@ fn fixture(name: &str) -> Value {
 }
 
 fn synced_view() -> RotationView {
-    RotationView {
-        phase: Phase::Synced,
-        desired_bundle_fingerprint: Some(DESIRED.to_owned()),
-        refresh_interval: None,
-    }
+    RotationView::new(Phase::Synced, Some(DESIRED.to_owned()), None)
 }
 
 fn accelerating_view() -> RotationView {
-    RotationView {
-        phase: Phase::PropagatingTrustRoots,
-        desired_bundle_fingerprint: Some(DESIRED.to_owned()),
-        refresh_interval: Some("5m".to_owned()),
-    }
+    RotationView::new(
+        Phase::PropagatingTrustRoots,
+        Some(DESIRED.to_owned()),
+        Some("5m".to_owned()),
+    )
 }
 
 /// `emojivoto` has `linkerd.io/inject: enabled`; every other namespace has no annotations.
@@ -150,10 +146,7 @@ fn accelerating_phase_adds_max_refresh_to_additional_env() {
 fn every_accelerating_phase_and_only_those() {
     let body = fixture("pod-inject-enabled");
     for phase in Phase::ALL {
-        let view = RotationView {
-            phase,
-            ..accelerating_view()
-        };
+        let view = RotationView::new(phase, Some(DESIRED.to_owned()), Some("5m".to_owned()));
         let r = run(&body, Some(&view));
         let (pod, _) = apply(&body, &r);
         let accelerating = matches!(
@@ -171,10 +164,11 @@ fn every_accelerating_phase_and_only_those() {
     }
     // An interval that is zero or unset publishes nothing.
     for interval in [None, Some("0s")] {
-        let view = RotationView {
-            refresh_interval: interval.map(str::to_owned),
-            ..accelerating_view()
-        };
+        let view = RotationView::new(
+            Phase::PropagatingTrustRoots,
+            Some(DESIRED.to_owned()),
+            interval.map(str::to_owned),
+        );
         let (pod, _) = apply(&body, &run(&body, Some(&view)));
         assert!(
             annotation(&pod, PROXY_ADDITIONAL_ENV_ANNOTATION).is_none(),

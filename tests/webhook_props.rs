@@ -137,11 +137,7 @@ fn view() -> impl Strategy<Value = RotationView> {
             Just("junk".to_owned()),
         ]),
     )
-        .prop_map(|(phase, fp, interval)| RotationView {
-            phase,
-            desired_bundle_fingerprint: fp,
-            refresh_interval: interval,
-        })
+        .prop_map(|(phase, fp, interval)| RotationView::new(phase, fp, interval))
 }
 
 /// The namespace's `linkerd.io/inject`, if it has one.

@@ -85,11 +85,7 @@ impl SecretVolume {
 }
 
 fn view() -> ViewHandle {
-    ViewHandle::fixed(RotationView {
-        phase: Phase::Synced,
-        desired_bundle_fingerprint: None,
-        refresh_interval: None,
-    })
+    ViewHandle::fixed(RotationView::new(Phase::Synced, None, None))
 }
 
 fn review_body(uid: &str) -> Bytes {

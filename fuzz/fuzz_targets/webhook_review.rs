@@ -25,11 +25,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let selector = usize::from(selector);
-    let view = RotationView {
-        phase: Phase::ALL[selector % Phase::ALL.len()],
-        desired_bundle_fingerprint: (selector & 0x80 == 0).then(|| "d0".repeat(32)),
-        refresh_interval: INTERVALS[(selector / 7) % 4].map(str::to_owned),
-    };
+    let view = RotationView::new(Phase::ALL[selector % Phase::ALL.len()], (selector & 0x80 == 0).then(|| "d0".repeat(32)), INTERVALS[(selector / 7) % 4].map(str::to_owned));
     let inject = INJECT[(selector / 28) % 3];
     let namespace = |_: &str| inject.map(str::to_owned);
 

@@ -36,33 +36,65 @@ pub const MAX_REFRESH_ENV: &str = "LINKERD2_PROXY_IDENTITY_MAX_REFRESH";
 /// A pod's annotations (or labels), as decoded.
 type Annotations<'a> = BTreeMap<Str<'a>, Str<'a>>;
 
-/// What the webhook knows of the rotation (kept by every replica from watches).
+/// What the webhook knows of the rotation (kept by every replica from watches). Built once per
+/// watch event and read by every admission, so what the admissions need from it (the refresh
+/// interval as the proxy's env value) is worked out when it is built.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RotationView {
-    pub phase: Phase,
-    /// Fingerprint of the canonical bundle in the trust-roots ConfigMap, if it parses.
-    pub desired_bundle_fingerprint: Option<String>,
-    /// `status.workloadCertificateRefreshInterval` of the `cluster` rotation, if set.
-    pub refresh_interval: Option<String>,
+    phase: Phase,
+    desired_bundle_fingerprint: Option<String>,
+    refresh_interval: Option<String>,
+    accelerated_max_refresh: Option<String>,
 }
 
 impl RotationView {
-    /// `LINKERD2_PROXY_IDENTITY_MAX_REFRESH` to publish, e.g. `300s`: only in the phases that
-    /// wait for proxies to pick up the new issuer's leaves, and only for a valid, non-zero
-    /// interval (a zero or malformed one is the reconciler's to report in status).
-    pub fn accelerated_max_refresh(&self) -> Option<String> {
+    /// `phase`, and from the rotation's sources: the fingerprint of the canonical bundle in the
+    /// trust-roots ConfigMap (if it parses) and the `cluster` rotation's
+    /// `status.workloadCertificateRefreshInterval` (if set).
+    pub fn new(
+        phase: Phase,
+        desired_bundle_fingerprint: Option<String>,
+        refresh_interval: Option<String>,
+    ) -> Self {
         let accelerating = matches!(
-            self.phase,
+            phase,
             Phase::PropagatingTrustRoots
-                | Phase::WaitingForRemoteClusters
                 | Phase::WaitingForIdentityRotation
+                | Phase::WaitingForRemoteClusters
                 | Phase::RenewingWorkloadCerts
         );
-        if !accelerating {
-            return None;
+        // A zero or malformed interval is the reconciler's to report in status.
+        let accelerated_max_refresh = refresh_interval
+            .as_deref()
+            .filter(|_| accelerating)
+            .and_then(|i| duration::parse(i).ok())
+            .filter(|i| !i.is_zero())
+            .map(duration::to_whole_seconds);
+        Self {
+            phase,
+            desired_bundle_fingerprint,
+            refresh_interval,
+            accelerated_max_refresh,
         }
-        let interval = duration::parse(self.refresh_interval.as_deref()?).ok()?;
-        (!interval.is_zero()).then(|| duration::to_whole_seconds(interval))
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn desired_bundle_fingerprint(&self) -> Option<&str> {
+        self.desired_bundle_fingerprint.as_deref()
+    }
+
+    pub fn refresh_interval(&self) -> Option<&str> {
+        self.refresh_interval.as_deref()
+    }
+
+    /// `LINKERD2_PROXY_IDENTITY_MAX_REFRESH` to publish, e.g. `300s`: only in the phases that
+    /// wait for proxies to pick up the new issuer's leaves, and only for a valid, non-zero
+    /// interval.
+    pub fn accelerated_max_refresh(&self) -> Option<&str> {
+        self.accelerated_max_refresh.as_deref()
     }
 }
 
@@ -124,14 +156,14 @@ pub fn mutate_pod(pod: &PodIn, namespace_inject: Option<&str>, view: &RotationVi
                 None
             }
         },
-        None => view.desired_bundle_fingerprint.clone(),
+        None => view.desired_bundle_fingerprint().map(str::to_owned),
     };
     if let Some(fp) = fingerprint {
         wanted.insert(TRUST_BUNDLE_ANNOTATION, fp);
     }
 
     let max_refresh = view.accelerated_max_refresh();
-    if let Some(value) = &max_refresh {
+    if let Some(value) = max_refresh {
         let existing = annotations.and_then(|a| a.get(PROXY_ADDITIONAL_ENV_ANNOTATION));
         match merge_additional_env(existing.map(Str::as_str), MAX_REFRESH_ENV, value) {
             Ok(merged) => {
@@ -143,7 +175,7 @@ pub fn mutate_pod(pod: &PodIn, namespace_inject: Option<&str>, view: &RotationVi
 
     let mut patch = JsonPatch::new();
     annotation_ops(&mut patch, metadata.is_some(), annotations, &wanted);
-    if let (Some(value), Some((list, index, container))) = (&max_refresh, proxy) {
+    if let (Some(value), Some((list, index, container))) = (max_refresh, proxy) {
         container_env_ops(&mut patch, list, index, container, MAX_REFRESH_ENV, value);
     }
     PodMutation::Meshed {

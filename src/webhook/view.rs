@@ -136,7 +136,7 @@ impl ViewHandle {
             );
             let view = compute_view(tar.as_deref(), cm.as_deref(), &config);
             if self.current().as_deref() != Some(&view) {
-                tracing::info!(phase = %view.phase, bundle = ?view.desired_bundle_fingerprint, interval = ?view.refresh_interval, "rotation view updated");
+                tracing::info!(phase = %view.phase(), bundle = ?view.desired_bundle_fingerprint(), interval = ?view.refresh_interval(), "rotation view updated");
                 self.set(view);
             }
             if let Some(f) = on_synced.take() {
@@ -183,9 +183,9 @@ pub fn compute_view(
                 }
             }
         });
-    RotationView {
-        phase: status.map(|s| s.phase).unwrap_or_default(),
+    RotationView::new(
+        status.map(|s| s.phase).unwrap_or_default(),
         desired_bundle_fingerprint,
-        refresh_interval: status.and_then(|s| s.workload_certificate_refresh_interval.clone()),
-    }
+        status.and_then(|s| s.workload_certificate_refresh_interval.clone()),
+    )
 }
