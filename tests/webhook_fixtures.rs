@@ -245,6 +245,60 @@ fn injected_pod_gets_fingerprint_of_its_own_anchors_and_env_on_the_proxy() {
     assert_idempotent(&again, &accelerating_view());
 }
 
+/// The webhook's second call for a pod (reinvoked after the injector): anchors that are the
+/// trust-roots ConfigMap's text get the view's fingerprint without being parsed; other anchors
+/// are parsed as before.
+#[test]
+fn injected_anchors_that_are_the_configmap_text_take_the_known_fingerprint() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use trust_rotation_operator::crd::{TrustAnchorRotation, TrustAnchorRotationStatus};
+    use trust_rotation_operator::webhook::view::{ViewConfig, compute_view};
+
+    let body = fixture("pod-injected");
+    let anchors = body["request"]["object"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tar = TrustAnchorRotation {
+        status: Some(TrustAnchorRotationStatus {
+            phase: Phase::PropagatingTrustRoots,
+            workload_certificate_refresh_interval: Some("5m".to_owned()),
+            ..Default::default()
+        }),
+        ..TrustAnchorRotation::new("cluster", Default::default())
+    };
+    let config_map = |text: &str| ConfigMap {
+        data: Some([("ca-bundle.crt".to_owned(), text.to_owned())].into()),
+        ..Default::default()
+    };
+    // From the ConfigMap, as the webhook's watches build it: surrounding whitespace differs
+    // from the pod's text and does not matter.
+    let view = compute_view(
+        Some(&tar),
+        Some(&config_map(&format!("\n{anchors}\n\n"))),
+        &ViewConfig::default(),
+    );
+    assert_eq!(view.desired_bundle_fingerprint(), Some(ANCHOR_SHA));
+    let from_view = run(&body, Some(&view));
+    let parsed = run(&body, Some(&accelerating_view()));
+    assert_eq!(from_view.review.patch_text(), parsed.review.patch_text());
+
+    // The shortcut is what answered: given a view whose fingerprint is not its text's (which
+    // `compute_view` never builds), the pod gets that fingerprint.
+    let contrived = accelerating_view().with_desired_bundle_text(&anchors);
+    let (pod, _) = apply(&body, &run(&body, Some(&contrived)));
+    assert_eq!(annotation(&pod, TRUST_BUNDLE_ANNOTATION), Some(DESIRED));
+    // Any other text is parsed.
+    let other = accelerating_view().with_desired_bundle_text("-----BEGIN CERTIFICATE-----");
+    let (pod, _) = apply(&body, &run(&body, Some(&other)));
+    assert_eq!(annotation(&pod, TRUST_BUNDLE_ANNOTATION), Some(ANCHOR_SHA));
+}
+
 #[test]
 fn injected_proxy_without_env_list_gets_one() {
     let body = fixture("pod-injected-no-env");

@@ -168,14 +168,14 @@ pub fn compute_view(
     config: &ViewConfig,
 ) -> RotationView {
     let status = tar.and_then(|t| t.status.as_ref());
-    let desired_bundle_fingerprint = trust_roots
-        .and_then(|cm| cm.data.as_ref()?.get(&config.trust_roots_key).cloned())
+    let desired_text = trust_roots.and_then(|cm| cm.data.as_ref()?.get(&config.trust_roots_key));
+    let desired_bundle_fingerprint = desired_text
         .and_then(|pem| {
             let source = format!(
                 "ConfigMap {}/{} key {}",
                 config.linkerd_namespace, config.trust_roots_configmap, config.trust_roots_key
             );
-            match Bundle::from_pem(&source, &pem) {
+            match Bundle::from_pem(&source, pem) {
                 Ok(b) => Some(b.fingerprint()),
                 Err(e) => {
                     tracing::warn!(error = %e, "trust bundle unusable; pods get no bundle annotation until it is fixed");
@@ -183,9 +183,13 @@ pub fn compute_view(
                 }
             }
         });
-    RotationView::new(
+    let view = RotationView::new(
         status.map(|s| s.phase).unwrap_or_default(),
         desired_bundle_fingerprint,
         status.and_then(|s| s.workload_certificate_refresh_interval.clone()),
-    )
+    );
+    match desired_text {
+        Some(pem) => view.with_desired_bundle_text(pem),
+        None => view,
+    }
 }
