@@ -342,36 +342,45 @@ pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {
 /// Runs of plain bytes are copied whole.
 pub(crate) fn write_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut plain_from = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let unicode;
-        let escape: &[u8] = match b {
-            b'"' => br#"\""#,
-            b'\\' => br"\\",
-            0x08 => br"\b",
-            0x0c => br"\f",
-            b'\n' => br"\n",
-            b'\r' => br"\r",
-            b'\t' => br"\t",
-            0..0x20 => {
-                unicode = [
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[usize::from(b >> 4)],
-                    HEX[usize::from(b & 0xf)],
-                ];
-                &unicode
-            }
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[plain_from..i]);
-        out.extend_from_slice(escape);
-        plain_from = i + 1;
+    out.reserve(bytes.len() + 8);
+    let mut rest = bytes;
+    while let Some(at) = rest.iter().position(|&b| JSON_ESCAPE[usize::from(b)] != 0) {
+        let b = rest[at];
+        out.extend_from_slice(&rest[..at]);
+        match JSON_ESCAPE[usize::from(b)] {
+            b'u' => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]),
+            short => out.extend_from_slice(&[b'\\', short]),
+        }
+        rest = &rest[at + 1..];
     }
-    out.extend_from_slice(&bytes[plain_from..]);
+    out.extend_from_slice(rest);
 }
+
+/// For each byte, what follows the backslash when serde_json escapes it in a string (`u` for
+/// the `\u00XX` form), or 0 for a byte written as it is.
+pub(crate) const JSON_ESCAPE: [u8; 256] = {
+    let mut table = [0; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = b'u';
+        b += 1;
+    }
+    table[0x08] = b'b';
+    table[0x0c] = b'f';
+    table[b'\n' as usize] = b'n';
+    table[b'\r' as usize] = b'r';
+    table[b'\t' as usize] = b't';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
 
 #[cfg(test)]
 mod tests {

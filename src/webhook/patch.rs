@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use super::admission::{ContainerIn, PodIn, Str, write_escaped, write_json_str};
+use super::admission::{ContainerIn, JSON_ESCAPE, PodIn, Str, write_escaped, write_json_str};
 use crate::bundle::Bundle;
 use crate::crd::Phase;
 use crate::duration;
@@ -470,28 +470,31 @@ impl std::fmt::Debug for JsonPatch {
 /// RFC 6901, then the text escaped as serde_json escapes it. Written in place, without building
 /// the pointer first.
 fn write_pointer(out: &mut Vec<u8>, tokens: &[&str]) {
+    /// The bytes a token cannot carry as they are: RFC 6901's `~` and `/`, JSON's escapes.
+    const POINTER_STOP: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            table[b] = JSON_ESCAPE[b] != 0 || b == b'~' as usize || b == b'/' as usize;
+            b += 1;
+        }
+        table
+    };
     out.push(b'"');
     for token in tokens {
         out.push(b'/');
-        let bytes = token.as_bytes();
         // Runs of plain bytes are copied whole; the bytes between them escaped one by one.
-        let mut plain_from = 0;
-        for (i, &b) in bytes.iter().enumerate() {
-            let pointer_escape: &[u8] = match b {
-                b'~' => b"~0",
-                b'/' => b"~1",
-                b'"' | b'\\' | 0..0x20 => &[],
-                _ => continue,
-            };
-            out.extend_from_slice(&bytes[plain_from..i]);
-            if pointer_escape.is_empty() {
-                write_escaped(out, &bytes[i..=i]);
-            } else {
-                out.extend_from_slice(pointer_escape);
+        let mut rest = token.as_bytes();
+        while let Some(at) = rest.iter().position(|&b| POINTER_STOP[usize::from(b)]) {
+            out.extend_from_slice(&rest[..at]);
+            match rest[at] {
+                b'~' => out.extend_from_slice(b"~0"),
+                b'/' => out.extend_from_slice(b"~1"),
+                _ => write_escaped(out, &rest[at..=at]),
             }
-            plain_from = i + 1;
+            rest = &rest[at + 1..];
         }
-        out.extend_from_slice(&bytes[plain_from..]);
+        out.extend_from_slice(rest);
     }
     out.push(b'"');
 }
