@@ -12,8 +12,8 @@ use k8s_openapi::api::core::v1::Pod;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use trust_rotation_operator::crd::Phase;
-use trust_rotation_operator::webhook::patch::RotationView;
 use trust_rotation_operator::webhook::admission::{PodIn, ReviewIn, from_json};
+use trust_rotation_operator::webhook::patch::RotationView;
 use trust_rotation_operator::webhook::review::{Outcome, review};
 use trust_rotation_operator::webhook::scan;
 
@@ -25,13 +25,18 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let selector = usize::from(selector);
-    let view = RotationView::new(Phase::ALL[selector % Phase::ALL.len()], (selector & 0x80 == 0).then(|| "d0".repeat(32)), INTERVALS[(selector / 7) % 4].map(str::to_owned));
+    let view = RotationView::new(
+        Phase::ALL[selector % Phase::ALL.len()],
+        (selector & 0x80 == 0).then(|| "d0".repeat(32)),
+        INTERVALS[(selector / 7) % 4].map(str::to_owned),
+    );
     let inject = INJECT[(selector / 28) % 3];
     let namespace = |_: &str| inject.map(str::to_owned);
 
     // The fast path answers only as serde_json would.
     if let Some(fast) = std::str::from_utf8(body).ok().and_then(scan::review_in) {
-        let slow = from_json::<ReviewIn<PodIn>>(body).expect("serde_json reads what the fast path read");
+        let slow =
+            from_json::<ReviewIn<PodIn>>(body).expect("serde_json reads what the fast path read");
         assert_eq!(fast, slow);
     }
 
@@ -52,7 +57,10 @@ fuzz_target!(|data: &[u8]| {
     };
     assert_eq!(first.outcome, Outcome::Patched);
     // The patch's own encoder writes what serde_json writes for the same operations.
-    assert_eq!(first.review.patch_text().unwrap(), serde_json::to_vec(&patch).unwrap());
+    assert_eq!(
+        first.review.patch_text().unwrap(),
+        serde_json::to_vec(&patch).unwrap()
+    );
 
     // The patch applies to the object the request carried, and the result is a Pod.
     // Skipped fields are scanned, not decoded, so a lone surrogate escape (`"\ud800"`) in one
@@ -72,7 +80,11 @@ fuzz_target!(|data: &[u8]| {
 
     // Idempotent: our own output, reviewed again, needs nothing more.
     request["request"]["object"] = object;
-    let again = review(&serde_json::to_vec(&request).unwrap(), Some(&view), &namespace);
+    let again = review(
+        &serde_json::to_vec(&request).unwrap(),
+        Some(&view),
+        &namespace,
+    );
     assert!(
         again.review.response.patch.is_none(),
         "second patch {:?} after {:?}",
