@@ -15,6 +15,7 @@
 #[allow(dead_code)]
 #[path = "../tests/common/server.rs"]
 mod server;
+use server::accelerating_view;
 #[allow(dead_code)]
 #[path = "../tests/common/tls_client.rs"]
 mod tls_client;
@@ -25,15 +26,11 @@ use std::time::{Duration, Instant};
 
 use axum::extract::Request;
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
 use hyper::body::Bytes;
-use prometheus_client::registry::Registry;
 use serde_json::Value;
 use trust_rotation_operator::crd::Phase;
-use trust_rotation_operator::webhook::metrics::WebhookMetrics;
 use trust_rotation_operator::webhook::patch::RotationView;
 use trust_rotation_operator::webhook::review::{Outcome, review};
-use trust_rotation_operator::webhook::server::{AppState, router};
 use trust_rotation_operator::webhook::tls::{ReloadingResolver, server_config};
 use trust_rotation_operator::webhook::view::ViewHandle;
 
@@ -50,14 +47,6 @@ fn fixture(name: &str) -> Value {
         env!("CARGO_MANIFEST_DIR")
     );
     serde_json::from_str(&std::fs::read_to_string(&path).expect(&path)).unwrap()
-}
-
-fn accelerating_view() -> RotationView {
-    RotationView::new(
-        Phase::PropagatingTrustRoots,
-        Some("d0".repeat(32)),
-        Some("5m".to_owned()),
-    )
 }
 
 fn no_namespace(_: &str) -> Option<String> {
@@ -135,13 +124,9 @@ impl ServerThread {
                     let resolver = ReloadingResolver::new(&cert, &key).unwrap();
                     let tls = server_config(resolver.clone()).unwrap();
                     let app = if noop {
-                        axum::Router::new().route("/mutate", axum::routing::post(noop_handler))
+                        server::noop_router()
                     } else {
-                        let metrics = WebhookMetrics::register(&mut Registry::default());
-                        router(AppState {
-                            view: ViewHandle::fixed(accelerating_view()),
-                            metrics,
-                        })
+                        server::webhook_router(ViewHandle::fixed(accelerating_view()))
                     };
                     let app = app.layer(middleware::from_fn(move |req: Request, next: Next| {
                         let times = times.clone();
@@ -188,16 +173,6 @@ impl ServerThread {
         self.thread.take().unwrap().join().unwrap();
         *self.cpu.lock().unwrap()
     }
-}
-
-/// The baseline: same TLS, HTTP and routing stack, answers a fixed allowed response, reads
-/// nothing of the body but its bytes.
-async fn noop_handler(_body: Bytes) -> Response {
-    (
-        [("content-type", "application/json")],
-        r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"","allowed":true}}"#,
-    )
-        .into_response()
 }
 
 struct Round {

@@ -23,23 +23,9 @@ mod tls_client;
 
 use std::time::Duration;
 
-use axum::response::{IntoResponse, Response};
 use hyper::body::Bytes;
-use prometheus_client::registry::Registry;
-use trust_rotation_operator::crd::Phase;
-use trust_rotation_operator::webhook::metrics::WebhookMetrics;
-use trust_rotation_operator::webhook::patch::RotationView;
-use trust_rotation_operator::webhook::server::{AppState, router};
 use trust_rotation_operator::webhook::tls::{ReloadingResolver, server_config};
 use trust_rotation_operator::webhook::view::ViewHandle;
-
-async fn noop_handler(_body: Bytes) -> Response {
-    (
-        [("content-type", "application/json")],
-        r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"","allowed":true}}"#,
-    )
-        .into_response()
-}
 
 fn main() {
     let noop = std::env::args().nth(1).as_deref() == Some("noop");
@@ -72,16 +58,9 @@ fn main() {
                 let resolver = ReloadingResolver::new(&cert, &key).unwrap();
                 let tls = server_config(resolver.clone()).unwrap();
                 let app = if noop {
-                    axum::Router::new().route("/mutate", axum::routing::post(noop_handler))
+                    server::noop_router()
                 } else {
-                    router(AppState {
-                        view: ViewHandle::fixed(RotationView::new(
-                            Phase::PropagatingTrustRoots,
-                            Some("d0".repeat(32)),
-                            Some("5m".to_owned()),
-                        )),
-                        metrics: WebhookMetrics::register(&mut Registry::default()),
-                    })
+                    server::webhook_router(ViewHandle::fixed(server::accelerating_view()))
                 };
                 let server = server::InProcessWebhook::start_with(
                     tls,

@@ -7,10 +7,42 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
+use trust_rotation_operator::crd::Phase;
 use trust_rotation_operator::webhook::metrics::WebhookMetrics;
+use trust_rotation_operator::webhook::patch::RotationView;
 use trust_rotation_operator::webhook::server::{AppState, router, serve_tls};
 use trust_rotation_operator::webhook::tls::{ReloadingResolver, server_config};
 use trust_rotation_operator::webhook::view::ViewHandle;
+
+/// The webhook's router over `view`, with metrics of its own.
+pub fn webhook_router(view: ViewHandle) -> axum::Router {
+    let metrics = WebhookMetrics::register(&mut Registry::default());
+    router(AppState { view, metrics })
+}
+
+/// The load bench's baseline: the same TLS, HTTP and routing stack, answering a fixed allowed
+/// response and reading nothing of the body but its bytes.
+pub fn noop_router() -> axum::Router {
+    async fn noop(_body: axum::body::Bytes) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        (
+            [("content-type", "application/json")],
+            r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"","allowed":true}}"#,
+        )
+            .into_response()
+    }
+    axum::Router::new().route("/mutate", axum::routing::post(noop))
+}
+
+/// A rotation in its first accelerating phase (a 5 minute interval), with a placeholder
+/// fingerprint: every meshed pod gets both the annotation and the env.
+pub fn accelerating_view() -> RotationView {
+    RotationView::new(
+        Phase::PropagatingTrustRoots,
+        Some("d0".repeat(32)),
+        Some("5m".to_owned()),
+    )
+}
 
 pub struct InProcessWebhook {
     pub addr: SocketAddr,
@@ -26,9 +58,7 @@ impl InProcessWebhook {
     pub async fn start(cert: &Path, key: &Path, view: ViewHandle, reload_every: Duration) -> Self {
         let resolver = ReloadingResolver::new(cert, key).expect("serving certificate");
         let tls = server_config(resolver.clone()).expect("TLS config");
-        let metrics = WebhookMetrics::register(&mut Registry::default());
-        let app = router(AppState { view, metrics });
-        Self::start_with(tls, app, resolver, reload_every).await
+        Self::start_with(tls, webhook_router(view), resolver, reload_every).await
     }
 
     /// Serves any router over the given TLS config (the benchmark's no-op baseline).
