@@ -90,6 +90,8 @@ impl fmt::Write for Counting<'_, '_> {
     }
 }
 
+// Numbers, booleans and bytes reach `record_debug` through `Visit`'s own defaults, as they do
+// in `DefaultVisitor`, which overrides only these three.
 impl Visit for PlainVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         let name = field.name();
@@ -120,34 +122,6 @@ impl Visit for PlainVisitor<'_> {
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         self.delegate(|v| v.record_error(field, value))
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.delegate(|v| v.record_f64(field, value))
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.delegate(|v| v.record_i64(field, value))
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.delegate(|v| v.record_u64(field, value))
-    }
-
-    fn record_i128(&mut self, field: &Field, value: i128) {
-        self.delegate(|v| v.record_i128(field, value))
-    }
-
-    fn record_u128(&mut self, field: &Field, value: u128) {
-        self.delegate(|v| v.record_u128(field, value))
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.delegate(|v| v.record_bool(field, value))
-    }
-
-    fn record_bytes(&mut self, field: &Field, value: &[u8]) {
-        self.delegate(|v| v.record_bytes(field, value))
     }
 }
 
