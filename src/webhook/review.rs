@@ -58,7 +58,7 @@ pub fn review(
     view: Option<&RotationView>,
     namespace_inject: &dyn Fn(&str) -> Option<String>,
 ) -> Reviewed {
-    // The fast path reads a well-formed Pod request (nearly every request). When it
+    // The fast path reads a well-formed Pod request in one pass (nearly every request). When it
     // steps aside, serde_json reads the Pod request whole; anything it cannot read that way
     // (another kind, an object of another shape, not an AdmissionReview at all) is read again
     // with the object skipped, to route it and to say exactly what was wrong.
