@@ -621,6 +621,48 @@ mod tests {
         assert!(fast(&fine).is_some());
     }
 
+    /// Every construct tried at every offset over 130 bytes: the scanner reads strings eight
+    /// bytes at a time, and where a word boundary falls must not change the answer.
+    #[test]
+    fn reads_the_same_at_every_offset() {
+        let good = [
+            r#"{"request":{"uid":"a\\\"b","name":"x\u00e9\n","object":{"metadata":{"annotations":{"k\\":"v\"","e":"\\"}}}}}"#,
+            "{\"request\":\t{\"uid\" :\r\n\"u\" , \"dryRun\":true,\"options\":[null,false,-1.5e3,{}]}}",
+            r#"{"kind":"AdmissionReview","x":[[],{},"", " spaced string ", 0]}"#,
+        ];
+        let bad = [
+            // An escaped quote does not close; an escaped backslash before a quote does.
+            r#"{"kind":"a\"}"#,
+            r#"{"kind":"a\\"\"}"#,
+            // A backslash or a stray control character outside strings.
+            r#"{"kind":\"a"}"#,
+            "{\"kind\":\u{1}\"a\"}",
+            // A raw control character or a tab inside a string.
+            "{\"kind\":\"a\u{1f}\"}",
+            "{\"kind\":\"a\tb\"}",
+            // Escapes JSON does not have, a short one, a surrogate.
+            r#"{"kind":"\x"}"#,
+            r#"{"kind":"\u12"}"#,
+            r#"{"kind":"\udc00"}"#,
+            // Scalars run into what follows them.
+            r#"{"x":truex}"#,
+            r#"{"x":1"a"}"#,
+            r#"{"x":"a"1}"#,
+            r#"{"x":nul}"#,
+        ];
+        for pad in 0..130 {
+            let lead = " ".repeat(pad);
+            for text in good {
+                let text = format!("{lead}{text}");
+                assert!(fast(&text).is_some(), "{text}");
+            }
+            for text in bad {
+                let text = format!("{lead}{text}");
+                assert!(fast(&text).is_none(), "{text}");
+            }
+        }
+    }
+
     #[test]
     fn keeps_the_last_of_a_repeated_annotation_as_btreemap_does() {
         let text = r#"{"request":{"object":{"metadata":{"annotations":{"a":"1","a":"2"}}}}}"#;
