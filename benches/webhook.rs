@@ -31,8 +31,6 @@ use serde_json::Value;
 use trust_rotation_operator::crd::Phase;
 use trust_rotation_operator::webhook::patch::RotationView;
 use trust_rotation_operator::webhook::review::{Outcome, review};
-use trust_rotation_operator::webhook::tls::{ReloadingResolver, server_config};
-use trust_rotation_operator::webhook::view::ViewHandle;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -121,13 +119,7 @@ impl ServerThread {
                     .build()
                     .unwrap();
                 rt.block_on(async move {
-                    let resolver = ReloadingResolver::new(&cert, &key).unwrap();
-                    let tls = server_config(resolver.clone()).unwrap();
-                    let app = if noop {
-                        server::noop_router()
-                    } else {
-                        server::webhook_router(ViewHandle::fixed(accelerating_view()))
-                    };
+                    let app = server::load_router(noop);
                     let app = app.layer(middleware::from_fn(move |req: Request, next: Next| {
                         let times = times.clone();
                         async move {
@@ -137,10 +129,10 @@ impl ServerThread {
                             response
                         }
                     }));
-                    let server = server::InProcessWebhook::start_with(
-                        tls,
+                    let server = server::InProcessWebhook::start_app(
+                        &cert,
+                        &key,
                         app,
-                        resolver,
                         Duration::from_secs(3600),
                     )
                     .await;

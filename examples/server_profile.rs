@@ -24,8 +24,6 @@ mod tls_client;
 use std::time::Duration;
 
 use hyper::body::Bytes;
-use trust_rotation_operator::webhook::tls::{ReloadingResolver, server_config};
-use trust_rotation_operator::webhook::view::ViewHandle;
 
 fn main() {
     let noop = std::env::args().nth(1).as_deref() == Some("noop");
@@ -55,17 +53,10 @@ fn main() {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let resolver = ReloadingResolver::new(&cert, &key).unwrap();
-                let tls = server_config(resolver.clone()).unwrap();
-                let app = if noop {
-                    server::noop_router()
-                } else {
-                    server::webhook_router(ViewHandle::fixed(server::accelerating_view()))
-                };
-                let server = server::InProcessWebhook::start_with(
-                    tls,
-                    app,
-                    resolver,
+                let server = server::InProcessWebhook::start_app(
+                    &cert,
+                    &key,
+                    server::load_router(noop),
                     Duration::from_secs(3600),
                 )
                 .await;

@@ -34,6 +34,15 @@ pub fn noop_router() -> axum::Router {
     axum::Router::new().route("/mutate", axum::routing::post(noop))
 }
 
+/// The load run's router: the no-op baseline, or the webhook over [`accelerating_view`].
+pub fn load_router(noop: bool) -> axum::Router {
+    if noop {
+        noop_router()
+    } else {
+        webhook_router(ViewHandle::fixed(accelerating_view()))
+    }
+}
+
 /// A rotation in its first accelerating phase (a 5 minute interval), with a placeholder
 /// fingerprint: every meshed pod gets both the annotation and the env.
 pub fn accelerating_view() -> RotationView {
@@ -56,18 +65,19 @@ impl InProcessWebhook {
     /// Serves `/mutate` on a free loopback port, re-reading the certificate files every
     /// `reload_every`.
     pub async fn start(cert: &Path, key: &Path, view: ViewHandle, reload_every: Duration) -> Self {
-        let resolver = ReloadingResolver::new(cert, key).expect("serving certificate");
-        let tls = server_config(resolver.clone()).expect("TLS config");
-        Self::start_with(tls, webhook_router(view), resolver, reload_every).await
+        Self::start_app(cert, key, webhook_router(view), reload_every).await
     }
 
-    /// Serves any router over the given TLS config (the benchmark's no-op baseline).
-    pub async fn start_with(
-        tls: Arc<rustls::ServerConfig>,
+    /// Serves any router (the benchmark's no-op baseline, a timed router) over the real TLS
+    /// config, with the certificate from `cert` and `key`.
+    pub async fn start_app(
+        cert: &Path,
+        key: &Path,
         app: axum::Router,
-        resolver: Arc<ReloadingResolver>,
         reload_every: Duration,
     ) -> Self {
+        let resolver = ReloadingResolver::new(cert, key).expect("serving certificate");
+        let tls = server_config(resolver.clone()).expect("TLS config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
