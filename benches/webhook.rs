@@ -4,18 +4,23 @@
 //!    for a typical pod and a 1 MiB pod, timed per call: median and p99.
 //! 2. A load run: concurrent keep-alive TLS clients posting a typical AdmissionReview to the
 //!    real server (one server thread = one core), next to a no-op TLS handler on the same stack
-//!    measured in the same run, rounds alternating so both see the same machine noise. Reports
-//!    throughput, client-observed p50/p99, the handler's own p99 under load, and the ratio.
+//!    measured in the same run, rounds alternating (and which goes first alternating too) so both
+//!    see the same machine noise. Reports throughput, client-observed p50/p99, the handler's own
+//!    p99 under load, and the ratio.
+//! 3. With BENCH_LADDER=1, the load run also measures, in the same rounds, handlers that each do
+//!    one more part of the webhook's work (`LoadHandler::LADDER`: a fixed patched answer; JSON
+//!    validation only; the fast-path read; the whole pure review), and prints each one's ratio
+//!    and its server CPU per request over the no-op's: where the gap to the no-op goes.
 //!
 //! Figures are medians over rounds; the machines are shared and noisy, so read the ratio first.
 //! Environment: BENCH_SECONDS (per round, default 3), BENCH_ROUNDS (default 5),
-//! BENCH_CONNECTIONS (default 16).
+//! BENCH_CONNECTIONS (default 16), BENCH_LADDER (default off).
 
 // The same in-process server and TLS client the tests use (not every item is used here).
 #[allow(dead_code)]
 #[path = "../tests/common/server.rs"]
 mod server;
-use server::accelerating_view;
+use server::{LoadHandler, accelerating_view};
 #[allow(dead_code)]
 #[path = "../tests/common/tls_client.rs"]
 mod tls_client;
@@ -102,7 +107,7 @@ struct ServerThread {
 }
 
 impl ServerThread {
-    fn start(tls_dir: &std::path::Path, noop: bool) -> Self {
+    fn start(tls_dir: &std::path::Path, handler: LoadHandler) -> Self {
         let (cert, key) = (tls_dir.join("tls.crt"), tls_dir.join("tls.key"));
         let handler_times = Arc::new(Mutex::new(Vec::new()));
         let cpu = Arc::new(Mutex::new(Duration::ZERO));
@@ -110,16 +115,16 @@ impl ServerThread {
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
         let (times, cpu_out) = (handler_times.clone(), cpu.clone());
         // Named, so a profiler can tell the server's samples from the clients'.
-        let name = if noop { "server-noop" } else { "server-hook" };
+        let name = format!("server-{}", handler.name());
         let thread = std::thread::Builder::new()
-            .name(name.to_owned())
+            .name(name)
             .spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .unwrap();
                 rt.block_on(async move {
-                    let app = server::load_router(noop);
+                    let app = server::load_router(handler);
                     let app = app.layer(middleware::from_fn(move |req: Request, next: Next| {
                         let times = times.clone();
                         async move {
@@ -177,12 +182,12 @@ struct Round {
 /// Runs `connections` keep-alive clients against a fresh server for `seconds`.
 fn load_round(
     tls_dir: &std::path::Path,
-    noop: bool,
+    handler: LoadHandler,
     body: &Bytes,
     connections: usize,
     seconds: f64,
 ) -> Round {
-    let server = ServerThread::start(tls_dir, noop);
+    let server = ServerThread::start(tls_dir, handler);
     let ca = std::fs::read(tls_dir.join("ca.crt")).unwrap();
     let config = tls_client::client_config(&[&ca]);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -214,8 +219,8 @@ fn load_round(
                     }
                     let (status, answer) = conn.post("/mutate", body.clone()).await.unwrap();
                     assert_eq!(status, 200);
-                    if lat.is_empty() && !noop {
-                        // The load is the real path: every answer carries the patch.
+                    if lat.is_empty() && handler != LoadHandler::Noop {
+                        // Every answer but the no-op's carries the patch.
                         let answer = String::from_utf8_lossy(&answer);
                         assert!(answer.contains(r#""patchType":"JSONPatch""#), "{answer}");
                     }
@@ -256,7 +261,7 @@ fn main() {
     let connections: usize = env_or("BENCH_CONNECTIONS", 16);
 
     println!("== handler work: decode + patch + encode (accelerating phase) ==");
-    let typical = serde_json::to_vec(&fixture("pod-inject-enabled")).unwrap();
+    let typical = server::typical_body();
     let injected_pod = fixture("pod-injected");
     let injected = serde_json::to_vec(&injected_pod).unwrap();
     let mut large = fixture("pod-inject-enabled");
@@ -301,36 +306,62 @@ fn main() {
         );
     }
 
+    let ladder = env_or("BENCH_LADDER", 0) != 0;
+    let mut handlers = vec![LoadHandler::Noop];
+    if ladder {
+        handlers.extend(LoadHandler::LADDER);
+    }
+    handlers.push(LoadHandler::Webhook);
     println!(
         "== load: {connections} keep-alive TLS connections, server on one thread, {rounds} x {seconds}s rounds per handler =="
     );
     let tls_dir = tempfile::tempdir().unwrap();
     trust_rotation_operator::devcerts::write(tls_dir.path(), vec!["localhost".to_owned()]).unwrap();
     let body = Bytes::from(typical);
-    let (mut hook, mut noop) = (Vec::new(), Vec::new());
+    let mut results: Vec<Vec<Round>> = handlers.iter().map(|_| Vec::new()).collect();
     for round in 1..=rounds {
-        for is_noop in [true, false] {
-            let r = load_round(tls_dir.path(), is_noop, &body, connections, seconds);
+        // Each round starts one handler further on, so that none always runs first or last.
+        let order = (0..handlers.len()).map(|i| (i + round - 1) % handlers.len());
+        for i in order {
+            let handler = handlers[i];
+            let r = load_round(tls_dir.path(), handler, &body, connections, seconds);
             println!(
                 "round {round} {:8} {:>8.0}/s  {:>8.0}/cpu-s  p50 {:.3} ms  p99 {:.3} ms  handler p99 {:.4} ms",
-                if is_noop { "no-op" } else { "webhook" },
+                handler.name(),
                 r.per_sec,
                 r.per_cpu_sec,
                 pct_ms(&r.latencies, 0.5),
                 pct_ms(&r.latencies, 0.99),
                 pct_ms(&r.handler, 0.99),
             );
-            if is_noop { &mut noop } else { &mut hook }.push(r);
+            results[i].push(r);
         }
     }
+    let (noop, hook) = (&results[0], &results[results.len() - 1]);
     let med = |rs: &[Round], f: &dyn Fn(&Round) -> f64| median(rs.iter().map(f).collect());
-    let hook_rate = med(&hook, &|r| r.per_sec);
-    let noop_rate = med(&noop, &|r| r.per_sec);
-    let hook_cpu_rate = med(&hook, &|r| r.per_cpu_sec);
-    let noop_cpu_rate = med(&noop, &|r| r.per_cpu_sec);
-    let p50 = med(&hook, &|r| pct_ms(&r.latencies, 0.5));
-    let p99 = med(&hook, &|r| pct_ms(&r.latencies, 0.99));
-    let handler_p99 = med(&hook, &|r| pct_ms(&r.handler, 0.99));
+    let hook_rate = med(hook, &|r| r.per_sec);
+    let noop_rate = med(noop, &|r| r.per_sec);
+    let hook_cpu_rate = med(hook, &|r| r.per_cpu_sec);
+    let noop_cpu_rate = med(noop, &|r| r.per_cpu_sec);
+    if ladder {
+        println!(
+            "ladder (medians; extra = server CPU per request over the no-op's {:.1} us):",
+            1e6 / noop_cpu_rate
+        );
+        for (handler, rs) in handlers.iter().zip(&results).skip(1) {
+            let (rate, cpu_rate) = (med(rs, &|r| r.per_sec), med(rs, &|r| r.per_cpu_sec));
+            println!(
+                "  {:8} ratio {:.3}  per cpu-second {:.3}  extra {:>5.1} us",
+                handler.name(),
+                rate / noop_rate,
+                cpu_rate / noop_cpu_rate,
+                1e6 / cpu_rate - 1e6 / noop_cpu_rate
+            );
+        }
+    }
+    let p50 = med(hook, &|r| pct_ms(&r.latencies, 0.5));
+    let p99 = med(hook, &|r| pct_ms(&r.latencies, 0.99));
+    let handler_p99 = med(hook, &|r| pct_ms(&r.handler, 0.99));
     let ratio = hook_rate / noop_rate;
     println!(
         "medians: webhook {hook_rate:.0}/s ({hook_cpu_rate:.0} per server cpu-second), no-op {noop_rate:.0}/s ({noop_cpu_rate:.0} per cpu-second), ratio {ratio:.3} (per cpu-second {:.3})",

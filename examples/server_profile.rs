@@ -7,8 +7,9 @@
 //!     target/release/examples/server_profile hook 2000
 //! ```
 //!
-//! Arguments: `hook` (the webhook's router, accelerating view) or `noop` (the bench's no-op
-//! handler), and the number of requests. The server runs on its own thread (`server`, the
+//! Arguments: the handler, by its name in the bench (`webhook`, or `hook`; `no-op`, or `noop`;
+//! a rung of the bench's ladder: `answer`, `validate`, `read`, `review`), and the number of
+//! requests. The server runs on its own thread (`server`, the
 //! second thread callgrind numbers) with a current-thread runtime, as in the bench; one
 //! keep-alive TLS client on the main thread posts the typical pod's AdmissionReview. Run it with
 //! two request counts: the difference of the server thread's totals over the difference of the
@@ -26,19 +27,19 @@ use std::time::Duration;
 use hyper::body::Bytes;
 
 fn main() {
-    let noop = std::env::args().nth(1).as_deref() == Some("noop");
+    let name = std::env::args().nth(1).unwrap_or_default();
+    let handler = match name.as_str() {
+        "hook" => server::LoadHandler::Webhook,
+        "noop" => server::LoadHandler::Noop,
+        other => server::LoadHandler::from_name(other)
+            .unwrap_or_else(|| panic!("unknown handler {other:?}")),
+    };
     let n: usize = std::env::args()
         .nth(2)
         .map(|s| s.parse().unwrap())
         .unwrap_or(1000);
     trust_rotation_operator::cli::init_logging(trust_rotation_operator::cli::LogFormat::Plain);
-    let path = format!(
-        "{}/tests/fixtures/admission/pod-inject-enabled.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let fixture: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let body = Bytes::from(serde_json::to_vec(&fixture).unwrap());
+    let body = Bytes::from(server::typical_body());
 
     let dir = tempfile::tempdir().unwrap();
     trust_rotation_operator::devcerts::write(dir.path(), vec!["localhost".to_owned()]).unwrap();
@@ -56,7 +57,7 @@ fn main() {
                 let server = server::InProcessWebhook::start_app(
                     &cert,
                     &key,
-                    server::load_router(noop),
+                    server::load_router(handler),
                     Duration::from_secs(3600),
                 )
                 .await;

@@ -304,3 +304,50 @@ async fn graceful_shutdown_stops_accepting() {
         .expect("shutdown within 5s when idle");
     assert!(Connection::open(addr, config).await.is_err());
 }
+
+/// The load bench's handlers (the no-op, the ladder's rungs, the webhook) all serve over the real
+/// TLS stack, and every one but the no-op answers the typical pod with the webhook's patch: the
+/// bench compares like with like.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_bench_handlers_answer_the_typical_pod() {
+    use common::server::{LoadHandler, load_router, typical_body};
+    let certs = Certs::new();
+    let config = client_config(&[&certs.ca()]);
+    let mut patched = Vec::new();
+    for handler in [LoadHandler::Noop, LoadHandler::Webhook]
+        .into_iter()
+        .chain(LoadHandler::LADDER)
+    {
+        assert_eq!(LoadHandler::from_name(handler.name()), Some(handler));
+        let server = InProcessWebhook::start_app(
+            &certs.file("tls.crt"),
+            &certs.file("tls.key"),
+            load_router(handler),
+            Duration::from_secs(3600),
+        )
+        .await;
+        let mut conn = Connection::open(server.addr, config.clone()).await.unwrap();
+        let (status, answer) = conn
+            .post("/mutate", Bytes::from(typical_body()))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{handler:?}");
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(answer["response"]["allowed"], true, "{handler:?}");
+        if handler == LoadHandler::Noop {
+            assert!(answer["response"].get("patch").is_none());
+        } else {
+            patched.push((handler, answer["response"]["patch"].clone()));
+        }
+        server.stop().await;
+    }
+    // Every rung answers with the webhook's own patch.
+    let (_, webhook_patch) = &patched[0];
+    assert!(
+        webhook_patch.is_string(),
+        "the webhook patched the typical pod"
+    );
+    for (handler, patch) in &patched {
+        assert_eq!(patch, webhook_patch, "{handler:?}");
+    }
+}

@@ -34,13 +34,110 @@ pub fn noop_router() -> axum::Router {
     axum::Router::new().route("/mutate", axum::routing::post(noop))
 }
 
-/// The load run's router: the no-op baseline, or the webhook over [`accelerating_view`].
-pub fn load_router(noop: bool) -> axum::Router {
-    if noop {
-        noop_router()
-    } else {
-        webhook_router(ViewHandle::fixed(accelerating_view()))
+/// The handlers the load bench and `examples/server_profile` can put behind the server: the
+/// no-op baseline, the webhook, and the rungs of a ladder between them, each doing one more
+/// part of the webhook's work than the one before, so that the ratio's gap can be taken apart
+/// under load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadHandler {
+    /// Reads the body, answers a fixed allowed response.
+    Noop,
+    /// Reads the body, answers the webhook's patched response for the typical pod, computed
+    /// once: what the larger answer alone costs.
+    Answer,
+    /// Checks the body is JSON (serde_json, into `IgnoredAny`), then answers as `Answer`: the
+    /// floor for any handler that looks at its input.
+    Validate,
+    /// Reads the body with the webhook's fast path (UTF-8 check and `scan::review_in`), then
+    /// answers as `Answer`.
+    Read,
+    /// The whole pure review (`review::review` and `to_json`): decode, patch, encode; no span,
+    /// no metrics.
+    Review,
+    /// The webhook's own router.
+    Webhook,
+}
+
+impl LoadHandler {
+    /// The ladder, in order of the work each rung adds.
+    pub const LADDER: [LoadHandler; 4] = [
+        LoadHandler::Answer,
+        LoadHandler::Validate,
+        LoadHandler::Read,
+        LoadHandler::Review,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LoadHandler::Noop => "no-op",
+            LoadHandler::Answer => "answer",
+            LoadHandler::Validate => "validate",
+            LoadHandler::Read => "read",
+            LoadHandler::Review => "review",
+            LoadHandler::Webhook => "webhook",
+        }
     }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Noop, Self::Webhook]
+            .into_iter()
+            .chain(Self::LADDER)
+            .find(|h| h.name() == name)
+    }
+}
+
+/// The typical pod's AdmissionReview, compact, as the API server sends it.
+pub fn typical_body() -> Vec<u8> {
+    let path = format!(
+        "{}/tests/fixtures/admission/pod-inject-enabled.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).expect(&path);
+    let fixture: serde_json::Value = serde_json::from_str(&text).expect(&path);
+    serde_json::to_vec(&fixture).unwrap()
+}
+
+/// The router for `handler`. The webhook and the rungs read [`accelerating_view`].
+pub fn load_router(handler: LoadHandler) -> axum::Router {
+    use axum::response::{IntoResponse, Response};
+    use trust_rotation_operator::webhook::{review::review, scan};
+
+    let rung = match handler {
+        LoadHandler::Noop => return noop_router(),
+        LoadHandler::Webhook => return webhook_router(ViewHandle::fixed(accelerating_view())),
+        rung => rung,
+    };
+    let view = Arc::new(accelerating_view());
+    let answer: axum::body::Bytes = review(&typical_body(), Some(&view), &|_| None)
+        .review
+        .to_json()
+        .into();
+    let handle = move |body: axum::body::Bytes| {
+        let (view, answer) = (view.clone(), answer.clone());
+        async move {
+            let answer = match rung {
+                LoadHandler::Answer => answer,
+                LoadHandler::Validate => {
+                    let checked = serde_json::from_slice::<serde::de::IgnoredAny>(&body);
+                    assert!(checked.is_ok(), "the load's body is JSON");
+                    answer
+                }
+                LoadHandler::Read => {
+                    let read = std::str::from_utf8(&body).ok().and_then(scan::review_in);
+                    assert!(read.is_some(), "the fast path reads the load's body");
+                    answer
+                }
+                _ => review(&body, Some(&view), &|_| None)
+                    .review
+                    .to_json()
+                    .into(),
+            };
+            let response: Response =
+                ([("content-type", "application/json")], answer).into_response();
+            response
+        }
+    };
+    axum::Router::new().route("/mutate", axum::routing::post(handle))
 }
 
 /// A rotation in its first accelerating phase (a 5 minute interval), with a placeholder
