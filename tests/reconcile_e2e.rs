@@ -73,6 +73,49 @@ async fn workload_pods(client: &kube::Client, namespaces: &[String]) -> Vec<Pod>
     out
 }
 
+/// Each control-plane Deployment's proxy refresh interval, from its pod template (the env and
+/// the operator's annotation) and from its running pods' proxies: (template env, annotation,
+/// pods' env values).
+async fn control_plane_refresh(
+    client: &kube::Client,
+) -> BTreeMap<String, (Option<String>, Option<String>, Vec<Option<String>>)> {
+    let deployments = Api::<Deployment>::namespaced(client.clone(), "linkerd")
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let pods = workload_pods(client, &["linkerd".to_owned()]).await;
+    deployments
+        .items
+        .iter()
+        .map(|d| {
+            let template = d.spec.as_ref().unwrap().template.clone();
+            let annotation = template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get("trust.linkerd.io/proxy-max-refresh").cloned());
+            let as_pod = Pod {
+                spec: template.spec.clone(),
+                ..Pod::default()
+            };
+            let component = template.metadata.as_ref().unwrap().labels.as_ref().unwrap()
+                ["linkerd.io/control-plane-component"]
+                .clone();
+            let running: Vec<Option<String>> = pods
+                .iter()
+                .filter(|p| {
+                    p.labels().get("linkerd.io/control-plane-component") == Some(&component)
+                })
+                .map(|p| proxy_env(p, MAX_REFRESH_ENV))
+                .collect();
+            (
+                d.name_any(),
+                (proxy_env(&as_pod, MAX_REFRESH_ENV), annotation, running),
+            )
+        })
+        .collect()
+}
+
 /// Generation of each control-plane Deployment: it grows by one per rollout.
 async fn control_plane_generations(client: &kube::Client) -> BTreeMap<String, i64> {
     Api::<Deployment>::namespaced(client.clone(), "linkerd")
@@ -438,6 +481,18 @@ async fn automatic_rotation_from_synced_to_synced_with_zero_failed_handshakes() 
                 );
             }
             accelerated_pods = Some(pods.iter().map(|p| p.name_any()).collect());
+            // The control plane, which the webhook leaves alone, took the same interval into
+            // its pod templates with the restart onto the expanded bundle.
+            let cp = control_plane_refresh(&client).await;
+            assert_eq!(cp.len(), 3, "{cp:?}");
+            for (name, (env, annotation, running)) in &cp {
+                let three = Some("3s".to_owned());
+                assert_eq!((env, annotation), (&three, &three), "{name}");
+                assert!(
+                    !running.is_empty() && running.iter().all(|v| *v == three),
+                    "{name}: {running:?}"
+                );
+            }
             saw_interval_metric |= rig
                 .op
                 .metric("trust_rotation_workload_certificate_refresh_interval_seconds")
@@ -601,6 +656,15 @@ async fn automatic_rotation_from_synced_to_synced_with_zero_failed_handshakes() 
 
     // Every proxy ends on the new anchor alone, with a leaf from the new issuer.
     rig.assert_mesh_on(&new_anchor, 12).await;
+
+    // The restart onto the reduced bundle took the control plane's interval out again.
+    for (name, (env, annotation, running)) in control_plane_refresh(&client).await {
+        assert_eq!((env, annotation), (None, None), "{name}");
+        assert!(
+            !running.is_empty() && running.iter().all(Option::is_none),
+            "{name}: {running:?}"
+        );
+    }
 }
 
 /// Both policies Manual (BEL's way): the operator never restarts a workload or renews the

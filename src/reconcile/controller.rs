@@ -32,6 +32,10 @@ pub const MANAGER: &str = "trust-rotation-operator";
 /// Pod-template annotation that restarts a workload onto a bundle: its value is the bundle's
 /// fingerprint, so writing it again for the same bundle causes no second rollout.
 pub const RESTART_ANNOTATION: &str = "trust.linkerd.io/restarted-for-bundle";
+/// On a control-plane Deployment's pod template: the proxy refresh interval the operator set
+/// there for the rotation, so that it removes its own and never the user's.
+pub const PROXY_REFRESH_ANNOTATION: &str = "trust.linkerd.io/proxy-max-refresh";
+const MAX_REFRESH_ENV: &str = crate::webhook::patch::MAX_REFRESH_ENV;
 const CONTROL_PLANE_NS_LABEL: &str = "linkerd.io/control-plane-ns";
 const CONTROL_PLANE_COMPONENT_LABEL: &str = "linkerd.io/control-plane-component";
 const PROXY_CONTAINER: &str = "linkerd-proxy";
@@ -456,6 +460,11 @@ async fn observe(
             name: d.name_any(),
             restarted_for: template_annotation(d.template()),
             rollout_complete: d.rollout_complete(),
+            proxy: control_plane_proxy(d.template()),
+            refresh_set_by_operator: d
+                .template()
+                .and_then(|t| t.metadata.as_ref()?.annotations.as_ref())
+                .and_then(|a| a.get(PROXY_REFRESH_ANNOTATION).cloned()),
         })
         .collect();
     // Rollouts the operator started onto the bundle in place now (one from an earlier bundle
@@ -524,6 +533,29 @@ async fn issuer_issuing(client: &Client, (ns, name): &(String, String)) -> bool 
             cs.iter()
                 .any(|c| c["type"] == "Issuing" && c["status"] == "True")
         })
+}
+
+/// A pod template's `linkerd-proxy` container: which list holds it, and its refresh interval.
+fn control_plane_proxy(template: Option<&PodTemplateSpec>) -> Option<ControlPlaneProxy> {
+    let spec = template?.spec.as_ref()?;
+    let (list, proxy) = spec
+        .containers
+        .iter()
+        .map(|c| (ProxyList::Containers, c))
+        .chain(
+            spec.init_containers
+                .iter()
+                .flatten()
+                .map(|c| (ProxyList::InitContainers, c)),
+        )
+        .find(|(_, c)| c.name == PROXY_CONTAINER)?;
+    let max_refresh = proxy
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == MAX_REFRESH_ENV)
+        .map(|e| e.value.clone().unwrap_or_default());
+    Some(ControlPlaneProxy { list, max_refresh })
 }
 
 fn template_annotation(template: Option<&PodTemplateSpec>) -> Option<String> {
@@ -796,15 +828,9 @@ async fn execute(
             deployments,
             bundle_fingerprint,
         } => {
-            for name in deployments {
-                restart(
-                    client,
-                    "Deployment",
-                    &config.linkerd_namespace,
-                    name,
-                    bundle_fingerprint,
-                )
-                .await?;
+            for d in deployments {
+                restart_control_plane(client, &config.linkerd_namespace, d, bundle_fingerprint)
+                    .await?;
             }
         }
         Effect::RestartWorkloads {
@@ -864,6 +890,59 @@ async fn restart(
             .map(|_| ()),
     }
     .map_err(kube_err(what))
+}
+
+/// The control-plane restart: the restart annotation, and the proxy's refresh interval set or
+/// removed in the same write (a strategic merge patch, so the container and its env are merged
+/// by name and nothing else in them changes).
+async fn restart_control_plane(
+    client: &Client,
+    namespace: &str,
+    restart: &ControlPlaneRestart,
+    bundle_fingerprint: &str,
+) -> Result<(), ReconcileError> {
+    let patch = control_plane_restart_patch(restart, bundle_fingerprint);
+    let name = &restart.name;
+    tracing::info!(%namespace, %name, refresh = ?restart.proxy_refresh, "restarting the control plane onto the trust bundle");
+    Api::<Deployment>::namespaced(client.clone(), namespace)
+        .patch(name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+        .map(|_| ())
+        .map_err(kube_err(format!(
+            "restarting Deployment {namespace}/{name}"
+        )))
+}
+
+/// The strategic merge patch for [`restart_control_plane`].
+pub fn control_plane_restart_patch(
+    restart: &ControlPlaneRestart,
+    bundle_fingerprint: &str,
+) -> serde_json::Value {
+    let mut annotations = serde_json::Map::new();
+    annotations.insert(RESTART_ANNOTATION.to_owned(), json!(bundle_fingerprint));
+    let mut template = json!({});
+    let (list, env) = match &restart.proxy_refresh {
+        ProxyRefresh::Keep => (None, None),
+        ProxyRefresh::Set { list, value } => {
+            annotations.insert(PROXY_REFRESH_ANNOTATION.to_owned(), json!(value));
+            (
+                Some(list),
+                Some(json!({"name": MAX_REFRESH_ENV, "value": value})),
+            )
+        }
+        ProxyRefresh::Remove { list } => {
+            annotations.insert(PROXY_REFRESH_ANNOTATION.to_owned(), serde_json::Value::Null);
+            (
+                Some(list),
+                Some(json!({"name": MAX_REFRESH_ENV, "$patch": "delete"})),
+            )
+        }
+    };
+    template["metadata"] = json!({ "annotations": annotations });
+    if let (Some(list), Some(env)) = (list, env) {
+        template["spec"] = json!({ list.field(): [{"name": PROXY_CONTAINER, "env": [env]}] });
+    }
+    json!({"spec": {"template": template}})
 }
 
 /// What `cmctl renew` does: add `Issuing=True` (reason `ManuallyTriggered`) to the

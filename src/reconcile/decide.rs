@@ -251,15 +251,36 @@ pub fn decide(
                 .map(|c| c.name.clone())
                 .collect();
             if !stale.is_empty() {
+                // Onto the expanded bundle, the control plane's proxies take the accelerated
+                // refresh interval with them; onto the reduced one, they give it back.
+                let accelerated = renewed
+                    .then(|| crate::duration::parse(&policies.refresh_interval).ok())
+                    .flatten()
+                    .map(crate::duration::to_whole_seconds);
+                let deployments = observed
+                    .control_plane
+                    .iter()
+                    .filter(|c| stale.contains(&c.name))
+                    .map(|c| ControlPlaneRestart {
+                        name: c.name.clone(),
+                        proxy_refresh: proxy_refresh(c, accelerated.as_deref()),
+                    })
+                    .collect();
                 d.effects.push(Effect::RestartControlPlane {
-                    deployments: stale.clone(),
+                    deployments,
                     bundle_fingerprint: bundle_fp.clone(),
                 });
+                let refresh = match &accelerated {
+                    Some(interval) => {
+                        format!(", its proxies refreshing certificates every {interval}")
+                    }
+                    None => String::new(),
+                };
                 d.event(
                     false,
                     "RestartingControlPlane",
                     &format!(
-                        "restarting {} onto trust bundle {}",
+                        "restarting {} onto trust bundle {}{refresh}",
                         stale.join(", "),
                         short(&bundle_fp)
                     ),
@@ -410,6 +431,24 @@ pub fn decide(
             );
             d.finish(Requeue::Soon)
         }
+    }
+}
+
+/// What a control-plane restart does to the Deployment's proxy refresh interval: sets
+/// `accelerated` (the restart onto the expanded bundle), or removes what the operator set (`None`,
+/// onto the reduced bundle). An interval the user set themselves is never touched.
+fn proxy_refresh(deployment: &ControlPlaneDeployment, accelerated: Option<&str>) -> ProxyRefresh {
+    let Some(proxy) = &deployment.proxy else {
+        return ProxyRefresh::Keep;
+    };
+    let ours = deployment.refresh_set_by_operator.is_some();
+    match accelerated {
+        Some(value) if proxy.max_refresh.is_none() || ours => ProxyRefresh::Set {
+            list: proxy.list,
+            value: value.to_owned(),
+        },
+        None if ours => ProxyRefresh::Remove { list: proxy.list },
+        _ => ProxyRefresh::Keep,
     }
 }
 

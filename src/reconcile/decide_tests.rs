@@ -108,6 +108,11 @@ fn cp(restarted_for: Option<String>, complete: bool) -> Vec<ControlPlaneDeployme
         name: (*n).to_owned(),
         restarted_for: restarted_for.clone(),
         rollout_complete: complete,
+        proxy: Some(ControlPlaneProxy {
+            list: ProxyList::Containers,
+            max_refresh: None,
+        }),
+        refresh_set_by_operator: None,
     })
     .collect()
 }
@@ -345,6 +350,115 @@ fn control_plane_is_restarted_once_per_bundle_and_awaited() {
         blocking(&d).contains("linkerd-identity"),
         "{}",
         blocking(&d)
+    );
+}
+
+/// The `RestartControlPlane` effect's deployments, or nothing.
+fn cp_restarts(d: &Decision) -> Vec<ControlPlaneRestart> {
+    writes(d)
+        .into_iter()
+        .find_map(|e| match e {
+            Effect::RestartControlPlane { deployments, .. } => Some(deployments.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn control_plane_proxies_take_the_fast_refresh_onto_the_expanded_bundle() {
+    let w = World {
+        anchor: 1,
+        bundle: Some(vec![0, 1]),
+        ..World::synced()
+    };
+    let mut o = w.observed();
+    // A native sidecar; a proxy with the user's own interval; no proxy container at all.
+    o.control_plane[1].proxy = Some(ControlPlaneProxy {
+        list: ProxyList::InitContainers,
+        max_refresh: None,
+    });
+    o.control_plane[2].proxy = None;
+    let mut users = o.control_plane[0].clone();
+    users.name = "linkerd-users-own".to_owned();
+    users.proxy = Some(ControlPlaneProxy {
+        list: ProxyList::Containers,
+        max_refresh: Some("1h".to_owned()),
+    });
+    o.control_plane.push(users);
+    let d = run(&manual(), Phase::RefreshingControlPlane, &o);
+    let set = |list| ProxyRefresh::Set {
+        list,
+        value: "300s".to_owned(),
+    };
+    assert_eq!(
+        cp_restarts(&d)
+            .into_iter()
+            .map(|r| (r.name, r.proxy_refresh))
+            .collect::<Vec<_>>(),
+        [
+            ("linkerd-identity".to_owned(), set(ProxyList::Containers)),
+            (
+                "linkerd-destination".to_owned(),
+                set(ProxyList::InitContainers)
+            ),
+            ("linkerd-proxy-injector".to_owned(), ProxyRefresh::Keep),
+            ("linkerd-users-own".to_owned(), ProxyRefresh::Keep),
+        ]
+    );
+    let event = d
+        .effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Event {
+                reason, message, ..
+            } if reason == "RestartingControlPlane" => Some(message.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        event.contains("refreshing certificates every 300s"),
+        "{event}"
+    );
+
+    // A restart the operator already set an interval on (an earlier attempt) sets it again.
+    o.control_plane[3].refresh_set_by_operator = Some("300s".to_owned());
+    o.control_plane[3].proxy.as_mut().unwrap().max_refresh = Some("300s".to_owned());
+    let d = run(&manual(), Phase::RefreshingControlPlane, &o);
+    assert_eq!(cp_restarts(&d)[3].proxy_refresh, set(ProxyList::Containers));
+}
+
+#[test]
+fn control_plane_proxies_give_back_only_the_operators_refresh_onto_the_reduced_bundle() {
+    let w = World {
+        anchor: 1,
+        previous: Some(1),
+        bundle: Some(vec![1]),
+        signer: 1,
+        holds: vec![1],
+        cp_for: Some(bundle_fp(&[0, 1])),
+    };
+    let mut o = w.observed();
+    for c in &mut o.control_plane[..2] {
+        c.refresh_set_by_operator = Some("300s".to_owned());
+        c.proxy.as_mut().unwrap().max_refresh = Some("300s".to_owned());
+    }
+    // The user's own interval, never set by the operator.
+    o.control_plane[2].proxy.as_mut().unwrap().max_refresh = Some("1h".to_owned());
+    let d = run(&manual(), Phase::RefreshingControlPlane, &o);
+    assert_eq!(
+        cp_restarts(&d)
+            .into_iter()
+            .map(|r| r.proxy_refresh)
+            .collect::<Vec<_>>(),
+        [
+            ProxyRefresh::Remove {
+                list: ProxyList::Containers
+            },
+            ProxyRefresh::Remove {
+                list: ProxyList::Containers
+            },
+            ProxyRefresh::Keep,
+        ]
     );
 }
 

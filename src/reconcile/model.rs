@@ -122,6 +122,59 @@ pub struct ControlPlaneDeployment {
     pub restarted_for: Option<String>,
     /// `kubectl rollout status` would say complete.
     pub rollout_complete: bool,
+    /// Its pod template's `linkerd-proxy` container, if it has one.
+    pub proxy: Option<ControlPlaneProxy>,
+    /// The proxy refresh interval the operator set on the template (its
+    /// `trust.linkerd.io/proxy-max-refresh` annotation), if it did.
+    pub refresh_set_by_operator: Option<String>,
+}
+
+/// The `linkerd-proxy` container of a control-plane Deployment's pod template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlPlaneProxy {
+    pub list: ProxyList,
+    /// Its `LINKERD2_PROXY_IDENTITY_MAX_REFRESH` env value, if set.
+    pub max_refresh: Option<String>,
+}
+
+/// The pod-template list that holds a proxy container: a sidecar in `containers`, or a native
+/// sidecar in `initContainers`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyList {
+    Containers,
+    InitContainers,
+}
+
+impl ProxyList {
+    /// The field's name in a pod spec.
+    pub fn field(self) -> &'static str {
+        match self {
+            ProxyList::Containers => "containers",
+            ProxyList::InitContainers => "initContainers",
+        }
+    }
+}
+
+/// One control-plane Deployment to restart, and what the restart does to its proxy's refresh
+/// interval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlPlaneRestart {
+    pub name: String,
+    pub proxy_refresh: ProxyRefresh,
+}
+
+/// `LINKERD2_PROXY_IDENTITY_MAX_REFRESH` on a control-plane proxy. The webhook leaves
+/// control-plane pods alone, so the restart onto the expanded bundle carries the accelerated
+/// interval into their pod templates itself (no restart of its own), and the restart onto the
+/// reduced bundle takes it out again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProxyRefresh {
+    /// Set the env to this value (e.g. `300s`), and the operator's annotation with it.
+    Set { list: ProxyList, value: String },
+    /// Remove the env and the operator's annotation.
+    Remove { list: ProxyList },
+    /// Leave the proxy as it is: no proxy container, or an interval the user set.
+    Keep,
 }
 
 /// Everything the decision looks at, gathered by the I/O layer.
@@ -165,9 +218,10 @@ pub enum Effect {
     WriteBundle { pem: String, fingerprint: String },
     /// Create or update the previous-anchor Secret with this certificate (never a key).
     WritePreviousAnchor { pem: String, fingerprint: String },
-    /// Set the restart annotation on these control-plane Deployments' pod templates.
+    /// Set the restart annotation on these control-plane Deployments' pod templates, each with
+    /// its proxy's refresh interval set, removed or kept.
     RestartControlPlane {
-        deployments: Vec<String>,
+        deployments: Vec<ControlPlaneRestart>,
         bundle_fingerprint: String,
     },
     /// Set the restart annotation on these workloads' pod templates.
