@@ -524,8 +524,15 @@ fn certificate_api(client: &Client, namespace: &str) -> Api<DynamicObject> {
 
 /// Whether the issuer Certificate carries `Issuing=True` (read only when it matters: cheap).
 async fn issuer_issuing(client: &Client, (ns, name): &(String, String)) -> bool {
-    let Ok(Some(cert)) = certificate_api(client, ns).get_opt(name).await else {
-        return false;
+    let cert = match certificate_api(client, ns).get_opt(name).await {
+        Ok(Some(cert)) => cert,
+        Ok(None) => return false,
+        Err(e) => {
+            // Read as "not issuing": the worst that follows is the automatic policy setting
+            // `Issuing=True` again, which is idempotent (and fails the same way if the API does).
+            tracing::warn!(certificate = %format!("{ns}/{name}"), error = %e, "reading the issuer Certificate");
+            return false;
+        }
     };
     cert.data["status"]["conditions"]
         .as_array()
