@@ -244,52 +244,46 @@ pub fn decide(
                 );
                 return d.finish(Requeue::Soon);
             }
-            let stale: Vec<String> = observed
+            let stale =
+                |c: &ControlPlaneDeployment| c.restarted_for.as_deref() != Some(bundle_fp.as_str());
+            // Onto the expanded bundle, the control plane's proxies take the accelerated refresh
+            // interval with them (the webhook leaves their pods alone); onto the reduced one,
+            // they give it back.
+            let accelerated = renewed
+                .then(|| crate::webhook::patch::max_refresh_value(&policies.refresh_interval))
+                .flatten();
+            let restarts: Vec<ControlPlaneRestart> = observed
                 .control_plane
                 .iter()
-                .filter(|c| c.restarted_for.as_deref() != Some(bundle_fp.as_str()))
-                .map(|c| c.name.clone())
+                .filter(|c| stale(c))
+                .map(|c| ControlPlaneRestart {
+                    name: c.name.clone(),
+                    proxy_refresh: proxy_refresh(c, accelerated.as_deref()),
+                })
                 .collect();
-            if !stale.is_empty() {
-                // Onto the expanded bundle, the control plane's proxies take the accelerated
-                // refresh interval with them; onto the reduced one, they give it back.
-                let accelerated = renewed
-                    .then(|| crate::duration::parse(&policies.refresh_interval).ok())
-                    .flatten()
-                    .map(crate::duration::to_whole_seconds);
-                let deployments = observed
-                    .control_plane
-                    .iter()
-                    .filter(|c| stale.contains(&c.name))
-                    .map(|c| ControlPlaneRestart {
-                        name: c.name.clone(),
-                        proxy_refresh: proxy_refresh(c, accelerated.as_deref()),
+            if !restarts.is_empty() {
+                let names: Vec<&str> = restarts.iter().map(|r| r.name.as_str()).collect();
+                let refresh = accelerated
+                    .as_ref()
+                    .map(|interval| {
+                        format!(", its proxies refreshing certificates every {interval}")
                     })
-                    .collect();
+                    .unwrap_or_default();
+                let message = format!(
+                    "restarting {} onto trust bundle {}{refresh}",
+                    names.join(", "),
+                    short(&bundle_fp)
+                );
                 d.effects.push(Effect::RestartControlPlane {
-                    deployments,
+                    deployments: restarts,
                     bundle_fingerprint: bundle_fp.clone(),
                 });
-                let refresh = match &accelerated {
-                    Some(interval) => {
-                        format!(", its proxies refreshing certificates every {interval}")
-                    }
-                    None => String::new(),
-                };
-                d.event(
-                    false,
-                    "RestartingControlPlane",
-                    &format!(
-                        "restarting {} onto trust bundle {}{refresh}",
-                        stale.join(", "),
-                        short(&bundle_fp)
-                    ),
-                );
+                d.event(false, "RestartingControlPlane", &message);
             }
             let pending_rollouts: Vec<&str> = observed
                 .control_plane
                 .iter()
-                .filter(|c| !c.rollout_complete || stale.contains(&c.name))
+                .filter(|c| !c.rollout_complete || stale(c))
                 .map(|c| c.name.as_str())
                 .collect();
             let cp_pods: Vec<&MeshedPod> =

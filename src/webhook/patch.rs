@@ -33,6 +33,16 @@ pub const TRUST_ANCHORS_ENV: &str = "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS";
 /// Upper bound on the proxy's certificate refresh interval, read at proxy start.
 pub const MAX_REFRESH_ENV: &str = "LINKERD2_PROXY_IDENTITY_MAX_REFRESH";
 
+/// [`MAX_REFRESH_ENV`]'s value for a rotation's refresh interval (a Go duration): whole seconds,
+/// as `300s`. `None` for a zero or malformed interval, which is the reconciler's to report in
+/// status: no proxy is given it, the webhook's nor the control plane's.
+pub fn max_refresh_value(interval: &str) -> Option<String> {
+    duration::parse(interval)
+        .ok()
+        .filter(|i| !i.is_zero())
+        .map(duration::to_whole_seconds)
+}
+
 /// A pod's annotations (or labels), as decoded.
 type Annotations<'a> = BTreeMap<Str<'a>, Str<'a>>;
 
@@ -65,13 +75,10 @@ impl RotationView {
                 | Phase::WaitingForRemoteClusters
                 | Phase::RenewingWorkloadCerts
         );
-        // A zero or malformed interval is the reconciler's to report in status.
         let accelerated_max_refresh = refresh_interval
             .as_deref()
             .filter(|_| accelerating)
-            .and_then(|i| duration::parse(i).ok())
-            .filter(|i| !i.is_zero())
-            .map(duration::to_whole_seconds);
+            .and_then(max_refresh_value);
         Self {
             phase,
             desired_bundle_fingerprint,
