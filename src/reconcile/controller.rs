@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, PodTemplateSpec, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, ObjectReference, Pod, PodSpec, PodTemplateSpec, Secret,
+};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -458,13 +460,10 @@ async fn observe(
         })
         .map(|d| ControlPlaneDeployment {
             name: d.name_any(),
-            restarted_for: template_annotation(d.template()),
+            restarted_for: template_annotation(d.template(), RESTART_ANNOTATION),
             rollout_complete: d.rollout_complete(),
             proxy: control_plane_proxy(d.template()),
-            refresh_set_by_operator: d
-                .template()
-                .and_then(|t| t.metadata.as_ref()?.annotations.as_ref())
-                .and_then(|a| a.get(PROXY_REFRESH_ANNOTATION).cloned()),
+            refresh_set_by_operator: template_annotation(d.template(), PROXY_REFRESH_ANNOTATION),
         })
         .collect();
     // Rollouts the operator started onto the bundle in place now (one from an earlier bundle
@@ -542,11 +541,10 @@ async fn issuer_issuing(client: &Client, (ns, name): &(String, String)) -> bool 
         })
 }
 
-/// A pod template's `linkerd-proxy` container: which list holds it, and its refresh interval.
-fn control_plane_proxy(template: Option<&PodTemplateSpec>) -> Option<ControlPlaneProxy> {
-    let spec = template?.spec.as_ref()?;
-    let (list, proxy) = spec
-        .containers
+/// A pod spec's `linkerd-proxy` container (a sidecar, or a native sidecar), and which list
+/// holds it.
+fn proxy_container(spec: &PodSpec) -> Option<(ProxyList, &Container)> {
+    spec.containers
         .iter()
         .map(|c| (ProxyList::Containers, c))
         .chain(
@@ -555,23 +553,38 @@ fn control_plane_proxy(template: Option<&PodTemplateSpec>) -> Option<ControlPlan
                 .flatten()
                 .map(|c| (ProxyList::InitContainers, c)),
         )
-        .find(|(_, c)| c.name == PROXY_CONTAINER)?;
-    let max_refresh = proxy
-        .env
-        .iter()
-        .flatten()
-        .find(|e| e.name == MAX_REFRESH_ENV)
-        .map(|e| e.value.clone().unwrap_or_default());
-    Some(ControlPlaneProxy { list, max_refresh })
+        .find(|(_, c)| c.name == PROXY_CONTAINER)
 }
 
-fn template_annotation(template: Option<&PodTemplateSpec>) -> Option<String> {
+/// A container's env value for `name`: the last definition wins, as in Kubernetes.
+fn env_value(container: &Container, name: &str) -> Option<String> {
+    container
+        .env
+        .as_ref()?
+        .iter()
+        .rev()
+        .find(|e| e.name == name)?
+        .value
+        .clone()
+}
+
+/// A control-plane pod template's proxy container: which list holds it, and its refresh
+/// interval.
+fn control_plane_proxy(template: Option<&PodTemplateSpec>) -> Option<ControlPlaneProxy> {
+    let (list, proxy) = proxy_container(template?.spec.as_ref()?)?;
+    Some(ControlPlaneProxy {
+        list,
+        max_refresh: env_value(proxy, MAX_REFRESH_ENV),
+    })
+}
+
+fn template_annotation(template: Option<&PodTemplateSpec>, name: &str) -> Option<String> {
     template?
         .metadata
         .as_ref()?
         .annotations
         .as_ref()?
-        .get(RESTART_ANNOTATION)
+        .get(name)
         .cloned()
 }
 
@@ -637,7 +650,9 @@ fn rolling_onto<'a, K: Restartable>(
     store
         .state()
         .into_iter()
-        .filter(move |w| template_annotation(w.template()).as_deref() == Some(bundle))
+        .filter(move |w| {
+            template_annotation(w.template(), RESTART_ANNOTATION).as_deref() == Some(bundle)
+        })
         .filter(|w| !w.rollout_complete())
         .map(|w| Workload {
             kind: K::KIND.to_owned(),
@@ -657,16 +672,9 @@ fn meshed_pod(
     cache: &mut BTreeMap<String, Option<BTreeSet<String>>>,
     on_delete: &dyn Fn(&str, &str, &str) -> bool,
 ) -> MeshedPod {
-    let spec = p.spec.clone().unwrap_or_default();
-    let proxy = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .find(|c| c.name == PROXY_CONTAINER);
-    let anchors_text = proxy
-        .and_then(|c| c.env.as_ref())
-        .and_then(|env| env.iter().rev().find(|e| e.name == TRUST_ANCHORS_ENV))
-        .and_then(|e| e.value.clone());
+    let spec = p.spec.as_ref();
+    let proxy = spec.and_then(proxy_container).map(|(_, c)| c);
+    let anchors_text = proxy.and_then(|c| env_value(c, TRUST_ANCHORS_ENV));
     let anchors = anchors_text.and_then(|text| {
         cache
             .entry(text.clone())
@@ -734,7 +742,8 @@ fn meshed_pod(
             .map(|ip| std::net::SocketAddr::new(ip, ADMIN_PORT)),
         identity: format!(
             "{}.{}.serviceaccount.identity.{}.{}",
-            spec.service_account_name.as_deref().unwrap_or("default"),
+            spec.and_then(|s| s.service_account_name.as_deref())
+                .unwrap_or("default"),
             p.namespace().unwrap_or_default(),
             config.linkerd_namespace,
             config.trust_domain
@@ -921,35 +930,32 @@ async fn restart_control_plane(
 }
 
 /// The strategic merge patch for [`restart_control_plane`].
-pub fn control_plane_restart_patch(
+fn control_plane_restart_patch(
     restart: &ControlPlaneRestart,
     bundle_fingerprint: &str,
 ) -> serde_json::Value {
-    let mut annotations = serde_json::Map::new();
-    annotations.insert(RESTART_ANNOTATION.to_owned(), json!(bundle_fingerprint));
-    let mut template = json!({});
-    let (list, env) = match &restart.proxy_refresh {
-        ProxyRefresh::Keep => (None, None),
-        ProxyRefresh::Set { list, value } => {
-            annotations.insert(PROXY_REFRESH_ANNOTATION.to_owned(), json!(value));
-            (
-                Some(list),
-                Some(json!({"name": MAX_REFRESH_ENV, "value": value})),
-            )
+    // The operator's annotation and the env entry it stands for, written or removed together.
+    let (annotation, env, list) = match &restart.proxy_refresh {
+        ProxyRefresh::Keep => {
+            return json!({"spec": {"template": {"metadata": {"annotations": {
+                RESTART_ANNOTATION: bundle_fingerprint}}}}});
         }
-        ProxyRefresh::Remove { list } => {
-            annotations.insert(PROXY_REFRESH_ANNOTATION.to_owned(), serde_json::Value::Null);
-            (
-                Some(list),
-                Some(json!({"name": MAX_REFRESH_ENV, "$patch": "delete"})),
-            )
-        }
+        ProxyRefresh::Set { list, value } => (
+            json!(value),
+            json!({"name": MAX_REFRESH_ENV, "value": value}),
+            list,
+        ),
+        ProxyRefresh::Remove { list } => (
+            serde_json::Value::Null,
+            json!({"name": MAX_REFRESH_ENV, "$patch": "delete"}),
+            list,
+        ),
     };
-    template["metadata"] = json!({ "annotations": annotations });
-    if let (Some(list), Some(env)) = (list, env) {
-        template["spec"] = json!({ list.field(): [{"name": PROXY_CONTAINER, "env": [env]}] });
-    }
-    json!({"spec": {"template": template}})
+    json!({"spec": {"template": {
+        "metadata": {"annotations": {
+            RESTART_ANNOTATION: bundle_fingerprint,
+            PROXY_REFRESH_ANNOTATION: annotation}},
+        "spec": {list.field(): [{"name": PROXY_CONTAINER, "env": [env]}]}}}})
 }
 
 /// What `cmctl renew` does: add `Issuing=True` (reason `ManuallyTriggered`) to the
