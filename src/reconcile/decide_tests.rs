@@ -140,6 +140,15 @@ impl World {
         }
     }
 
+    /// The anchor just renewed and the bundle expanded to {old, new}; nothing else moved yet.
+    fn expanded() -> Self {
+        World {
+            anchor: 1,
+            bundle: Some(vec![0, 1]),
+            ..World::synced()
+        }
+    }
+
     fn observed(&self) -> Observed {
         let mut pods: Vec<MeshedPod> = (0..4)
             .map(|i| pod(&format!("app-{}", i % 2), &format!("web-{i}"), &self.holds))
@@ -324,11 +333,7 @@ fn issuer_renewed_with_the_anchor_raises_out_of_order_and_still_expands() {
 
 #[test]
 fn control_plane_is_restarted_once_per_bundle_and_awaited() {
-    let w = World {
-        anchor: 1,
-        bundle: Some(vec![0, 1]),
-        ..World::synced()
-    };
+    let w = World::expanded();
     let d = run(&manual(), Phase::RefreshingControlPlane, &w.observed());
     assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
     assert!(
@@ -366,11 +371,7 @@ fn cp_restarts(d: &Decision) -> Vec<ControlPlaneRestart> {
 
 #[test]
 fn control_plane_proxies_take_the_fast_refresh_onto_the_expanded_bundle() {
-    let w = World {
-        anchor: 1,
-        bundle: Some(vec![0, 1]),
-        ..World::synced()
-    };
+    let w = World::expanded();
     let mut o = w.observed();
     // A native sidecar; a proxy with the user's own interval; no proxy container at all.
     o.control_plane[1].proxy = Some(ControlPlaneProxy {
@@ -496,11 +497,7 @@ fn control_plane_on_the_reduced_bundle_starts_removal() {
 
 #[test]
 fn no_control_plane_found_blocks_rather_than_skipping_the_identity_restart() {
-    let w = World {
-        anchor: 1,
-        bundle: Some(vec![0, 1]),
-        ..World::synced()
-    };
+    let w = World::expanded();
     let mut o = w.observed();
     o.control_plane.clear();
     let d = run(&manual(), Phase::RefreshingControlPlane, &o);
