@@ -521,7 +521,8 @@ fn certificate_api(client: &Client, namespace: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), namespace, &ApiResource::from_gvk(&gvk))
 }
 
-/// Whether the issuer Certificate carries `Issuing=True` (read only when it matters: cheap).
+/// Whether the issuer Certificate carries `Issuing=True`: one GET on every reconcile that has an
+/// issuer (no watch on cert-manager's Certificates, whose CRD may be missing).
 async fn issuer_issuing(client: &Client, (ns, name): &(String, String)) -> bool {
     let cert = match certificate_api(client, ns).get_opt(name).await {
         Ok(Some(cert)) => cert,
