@@ -19,7 +19,8 @@ pub const DEFAULT_REFRESH_INTERVAL: &str = "5m";
 
 /// A Go-style duration (`300s`, `5m`, `1h30m`, `1.5h`): one or more number+unit pairs, no sign.
 /// The API server enforces it, so `abc` and `-5m` never reach the operator. A zero duration
-/// passes here and is refused by the operator in status, where it can explain why.
+/// passes here (Kubernetes v1.20 has no CEL to compare durations); the reconciler parks the
+/// rotation on it with a blockingMessage that names the field and says why.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$";
 
 /// Desired behaviour of trust-anchor rotations.

@@ -811,7 +811,7 @@ async fn second_anchor_renewal_mid_rotation_still_ends_synced() {
 /// Secret and the problem, and not one write (bundle, previous anchor, control plane). Once
 /// the Secret is fixed the rotation un-parks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unparseable_anchor_parks_and_writes_nothing() {
+async fn unparseable_anchor_or_zero_interval_parks_and_writes_nothing() {
     let rig = Rig::start((1, 1, 2), json!({}), &[]).await;
     let mut follow = Follow::new(&rig);
     let client = rig.client.clone();
@@ -855,7 +855,7 @@ async fn unparseable_anchor_parks_and_writes_nothing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let message = parked.blocking_message.clone().unwrap();
-    eprintln!("parked: {message}");
+    eprintln!("blockingMessage: {message}");
     assert!(
         message.contains("Secret cert-manager/linkerd-trust-anchor"),
         "{message}"
@@ -884,6 +884,47 @@ async fn unparseable_anchor_parks_and_writes_nothing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(versions().await, before);
+
+    // A zero refresh interval in the spec parks it the same way, naming the field; putting the
+    // interval back un-parks it.
+    let tars: Api<TrustAnchorRotation> = Api::all(client.clone());
+    let set_interval = |interval: &'static str| {
+        let tars = tars.clone();
+        async move {
+            tars.patch(
+                "cluster",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"workloadCertificateRefreshInterval": interval}})),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    set_interval("0s").await;
+    let message = loop {
+        let status = follow.status(&rig).await;
+        if let Some(message) = status.blocking_message {
+            assert_eq!(status.phase, Phase::Synced);
+            break message;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("blockingMessage: {message}");
+    assert!(
+        message.contains("spec.workloadCertificateRefreshInterval is \"0s\""),
+        "{message}"
+    );
+    set_interval("5m").await;
+    loop {
+        let status = follow.status(&rig).await;
+        if status.blocking_message.is_none() {
+            assert_eq!(status.phase, Phase::Synced);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(versions().await, before);
+
     let t = rig.traffic();
     assert_eq!(t.failed(), 0, "{t}");
     follow.assert_traffic_throughout(&rig);

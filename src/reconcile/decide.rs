@@ -62,6 +62,21 @@ pub fn bundle_of<'a>(certs: impl IntoIterator<Item = &'a Cert>) -> Bundle {
     Bundle::from_pem("bundle", &pem).unwrap_or_default()
 }
 
+/// Why `spec.workloadCertificateRefreshInterval` cannot be published to proxies, if it cannot.
+/// The CRD's pattern keeps malformed text out, but `0s` (or `0m0s`) matches it, and a proxy
+/// asked to refresh every zero seconds is not a setting anyone means; a CRD installed without
+/// its schema could let anything through.
+fn refresh_interval_problem(interval: &str) -> Option<String> {
+    const FIELD: &str = "spec.workloadCertificateRefreshInterval";
+    match crate::duration::parse(interval) {
+        Err(e) => Some(format!("{FIELD}: {e}")),
+        Ok(d) if d.is_zero() => Some(format!(
+            "{FIELD} is {interval:?}, a zero interval, which no proxy can refresh on; set a positive duration such as 5m"
+        )),
+        Ok(_) => None,
+    }
+}
+
 fn short(fingerprint: &str) -> &str {
     &fingerprint[..fingerprint.len().min(12)]
 }
@@ -114,6 +129,9 @@ pub fn decide(
             Some("paused (spec.paused): observing only, nothing is written".to_owned());
         d.next.phase = status.phase;
         return d.finish(Requeue::Idle);
+    }
+    if let Some(problem) = refresh_interval_problem(&policies.refresh_interval) {
+        return d.park(&problem);
     }
 
     // The anchor the issuer chains to must stay trusted, whatever else happens.

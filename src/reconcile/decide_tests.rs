@@ -824,6 +824,46 @@ fn paused_observes_and_writes_nothing() {
 }
 
 #[test]
+fn a_zero_or_malformed_refresh_interval_parks_the_rotation_and_says_why() {
+    let w = propagating();
+    let mut status = in_phase(Phase::PropagatingTrustRoots);
+    status.workload_certificate_refresh_interval = Some("5m".to_owned());
+    for (interval, says) in [
+        ("0s", "\"0s\", a zero interval"),
+        ("0m0.0s", "\"0m0.0s\", a zero interval"),
+        ("5 minutes", "\"5 minutes\" is not a duration"),
+    ] {
+        let policies = Policies {
+            refresh_interval: interval.to_owned(),
+            ..automatic()
+        };
+        let d = decide(&policies, &Names::default(), &status, &w.observed());
+        let message = blocking(&d);
+        assert!(
+            message.starts_with("parked: spec.workloadCertificateRefreshInterval"),
+            "{message}"
+        );
+        assert!(message.contains(says), "{message}");
+        assert!(writes(&d).is_empty(), "{interval}: {:?}", d.effects);
+        assert!(
+            d.effects.iter().any(|e| matches!(e, Effect::Event { reason, warning: true, .. } if reason == "RotationParked")),
+            "{interval}: {:?}",
+            d.effects
+        );
+        // Where it was, still publishing the interval it last published.
+        assert_eq!(d.status.phase, Phase::PropagatingTrustRoots);
+        assert_eq!(
+            d.status.workload_certificate_refresh_interval.as_deref(),
+            Some("5m")
+        );
+    }
+    // The control: the same world with a positive interval moves on.
+    let d = decide(&automatic(), &Names::default(), &status, &w.observed());
+    assert!(!blocking(&d).contains("parked"), "{}", blocking(&d));
+    assert!(!writes(&d).is_empty());
+}
+
+#[test]
 fn pods_a_restart_cannot_fix_are_named() {
     let mut o = propagating().observed();
     o.pods[0].owner = Err(Unfixable::BarePod);
