@@ -719,6 +719,7 @@ mod tests {
                 not_after,
                 is_ca: true,
                 fingerprint: String::new(),
+                public_key_fingerprint: String::new(),
             },
             key_pem: String::new(),
         }

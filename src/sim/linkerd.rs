@@ -15,7 +15,7 @@ use serde_json::json;
 use super::certmanager::{Certificate, ClusterIssuer, Issuer};
 use super::kubelet::{COMPONENT_LABEL, ENV_IDENTITY_TRUST_ANCHORS, PROXY_CONTAINER};
 use super::proxy::{ENV_LOCAL_NAME, ENV_TRUST_ANCHORS};
-use super::{MANAGER, SimError};
+use super::{MANAGER, SimConfig, SimError};
 
 /// Every name the simulated installation uses; Linkerd's and cert-manager's defaults.
 #[derive(Clone, Debug)]
@@ -90,12 +90,8 @@ pub async fn namespace(
 
 /// The four objects of the Linkerd PKI: a selfSigned Issuer, the trust-anchor Certificate, a
 /// CA ClusterIssuer over it, and the identity-issuer Certificate.
-pub async fn install_pki(
-    client: &Client,
-    names: &Names,
-    anchor_duration: Duration,
-    issuer_duration: Duration,
-) -> Result<(), SimError> {
+pub async fn install_pki(client: &Client, config: &SimConfig) -> Result<(), SimError> {
+    let names = &config.names;
     let cm_ns = &names.cert_manager_namespace;
     namespace(client, cm_ns, json!({}), json!({})).await?;
     namespace(
@@ -124,8 +120,8 @@ pub async fn install_pki(
         json!({"apiVersion": "cert-manager.io/v1", "kind": "Certificate",
                "metadata": {"name": names.anchor, "namespace": cm_ns},
                "spec": {"isCA": true, "commonName": format!("root.linkerd.{}", names.trust_domain),
-                        "secretName": names.anchor, "duration": secs(anchor_duration),
-                        "privateKey": {"algorithm": "ECDSA", "rotationPolicy": "Always"},
+                        "secretName": names.anchor, "duration": secs(config.anchor_duration),
+                        "privateKey": {"algorithm": "ECDSA", "rotationPolicy": config.anchor_key.as_str()},
                         "issuerRef": {"name": names.root_issuer, "kind": "Issuer",
                                       "group": "cert-manager.io"}}}),
     )
@@ -147,8 +143,8 @@ pub async fn install_pki(
                "metadata": {"name": names.identity_issuer, "namespace": names.linkerd_namespace},
                "spec": {"isCA": true,
                         "commonName": format!("identity.{}.{}", names.linkerd_namespace, names.trust_domain),
-                        "secretName": names.identity_issuer, "duration": secs(issuer_duration),
-                        "privateKey": {"algorithm": "ECDSA", "rotationPolicy": "Always"},
+                        "secretName": names.identity_issuer, "duration": secs(config.issuer_duration),
+                        "privateKey": {"algorithm": "ECDSA", "rotationPolicy": config.issuer_key.as_str()},
                         "issuerRef": {"name": names.identity_cluster_issuer, "kind": "ClusterIssuer",
                                       "group": "cert-manager.io"}}}),
     )

@@ -75,7 +75,28 @@ pub struct SimConfig {
     pub configmap_sync_delay: Duration,
     pub anchor_duration: Duration,
     pub issuer_duration: Duration,
+    /// `privateKey.rotationPolicy` of the trust-anchor and identity-issuer Certificates
+    /// (cert-manager's default since 1.18 is `Always`; before it was `Never`).
+    pub anchor_key: KeyRotation,
+    pub issuer_key: KeyRotation,
     pub control_plane_replicas: i32,
+}
+
+/// cert-manager's `privateKey.rotationPolicy`: a new key on every renewal, or the same key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeyRotation {
+    #[default]
+    Always,
+    Never,
+}
+
+impl KeyRotation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyRotation::Always => "Always",
+            KeyRotation::Never => "Never",
+        }
+    }
 }
 
 impl Default for SimConfig {
@@ -95,6 +116,8 @@ impl Default for SimConfig {
             configmap_sync_delay: Duration::from_millis(500),
             anchor_duration: Duration::from_secs(365 * 24 * 3600),
             issuer_duration: Duration::from_secs(48 * 3600),
+            anchor_key: KeyRotation::Always,
+            issuer_key: KeyRotation::Always,
             control_plane_replicas: 1,
         }
     }
@@ -196,13 +219,7 @@ impl Mesh {
         );
         tasks.push(tokio::spawn(kubelet.clone().run()));
 
-        linkerd::install_pki(
-            &client,
-            &names,
-            config.anchor_duration,
-            config.issuer_duration,
-        )
-        .await?;
+        linkerd::install_pki(&client, &config).await?;
         let anchor = wait_for("the trust-anchor Secret", INSTALL_TIMEOUT, || async {
             linkerd::secret_certificate(&client, &names.cert_manager_namespace, &names.anchor).await
         })

@@ -34,6 +34,8 @@ pub struct CertInfo {
     pub not_after: OffsetDateTime,
     pub is_ca: bool,
     pub fingerprint: String,
+    /// SHA-256 of the SubjectPublicKeyInfo: equal across renewals that keep the key.
+    pub public_key_fingerprint: String,
 }
 
 /// The certificates of a PEM text, as DER, in order.
@@ -82,6 +84,7 @@ pub fn info(what: &str, der: &[u8]) -> Result<CertInfo, PkiError> {
         not_after: cert.validity().not_after.to_datetime(),
         is_ca: cert.is_ca(),
         fingerprint: crate::bundle::sha256_hex(der),
+        public_key_fingerprint: crate::bundle::sha256_hex(cert.public_key().raw),
     })
 }
 

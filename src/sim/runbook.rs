@@ -16,14 +16,19 @@ use super::{Mesh, SimError, certmanager, pki, wait_for};
 pub struct Cert {
     pub pem: String,
     pub fingerprint: String,
+    /// SHA-256 of the public key: the same after a renewal with `rotationPolicy: Never`.
+    pub public_key_fingerprint: String,
 }
 
 impl Cert {
     fn from_tls_crt(what: &str, tls_crt: &str) -> Result<Self, SimError> {
-        let ders = pki::pem_certs(what, tls_crt).map_err(|e| SimError::Invalid(e.to_string()))?;
+        let invalid = |e: pki::PkiError| SimError::Invalid(e.to_string());
+        let ders = pki::pem_certs(what, tls_crt).map_err(invalid)?;
+        let info = pki::info(what, &ders[0]).map_err(invalid)?;
         Ok(Self {
             pem: pki::to_pem(&ders[0]),
-            fingerprint: crate::bundle::sha256_hex(&ders[0]),
+            fingerprint: info.fingerprint,
+            public_key_fingerprint: info.public_key_fingerprint,
         })
     }
 }
