@@ -24,7 +24,7 @@ use trust_rotation_operator::crd::{
 };
 use trust_rotation_operator::sim::runbook::{Cert, Runbook};
 use trust_rotation_operator::sim::traffic::{TrafficConfig, TrafficSnapshot};
-use trust_rotation_operator::sim::{Mesh, SimConfig};
+use trust_rotation_operator::sim::{KeyRotation, Mesh, SimConfig};
 use trust_rotation_operator::testbed::ControlPlane;
 
 const MAX_REFRESH_ENV: &str = "LINKERD2_PROXY_IDENTITY_MAX_REFRESH";
@@ -143,13 +143,22 @@ struct Rig {
 
 impl Rig {
     async fn start(
+        workloads: (usize, usize, i32),
+        spec: serde_json::Value,
+        op_args: &[&str],
+    ) -> Self {
+        Self::start_with(SimConfig::default(), workloads, spec, op_args).await
+    }
+
+    async fn start_with(
+        sim: SimConfig,
         (namespaces_n, deployments, replicas): (usize, usize, i32),
         spec: serde_json::Value,
         op_args: &[&str],
     ) -> Self {
         let cp = start_control_plane().await;
         let client = cp.client();
-        let mut mesh = Mesh::start(client.clone(), SimConfig::default())
+        let mut mesh = Mesh::start(client.clone(), sim)
             .await
             .unwrap_or_else(|e| panic!("starting the simulated mesh: {e}"));
         let ns = namespaces(namespaces_n);
@@ -266,6 +275,8 @@ struct Follow {
     last_successes: u64,
     last_progress: Instant,
     max_gap: Duration,
+    /// Whether any status read showed `OutOfOrderIssuerRotation=True`.
+    out_of_order: bool,
 }
 
 impl Follow {
@@ -276,6 +287,7 @@ impl Follow {
             last_successes: rig.traffic().successes,
             last_progress: Instant::now(),
             max_gap: Duration::ZERO,
+            out_of_order: false,
         }
     }
 
@@ -287,6 +299,10 @@ impl Follow {
         let status = rotation(&rig.client).await.status.unwrap_or_default();
         let t = rig.traffic();
         self.note_traffic(&t);
+        self.out_of_order |= status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "OutOfOrderIssuerRotation" && c.status == ConditionStatus::True);
         if self.phases.last().map(|(p, _)| *p) != Some(status.phase) {
             eprintln!(
                 "[{:5.1}s] {}; traffic: {t}; {}",
@@ -326,6 +342,10 @@ impl Follow {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    fn saw_out_of_order(&self) -> bool {
+        self.out_of_order
     }
 
     /// The traffic generator counted handshakes throughout: never a long stand-still.
@@ -805,6 +825,107 @@ async fn second_anchor_renewal_mid_rotation_still_ends_synced() {
     assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
     follow.assert_traffic_throughout(&rig);
     rig.assert_mesh_on(third.as_ref().unwrap(), 7).await;
+}
+
+/// An identity issuer renewed with its old key (`rotationPolicy: Never`, cert-manager's default
+/// before 1.18) while the anchor gets a new one: a leaf from the old issuer still verifies under
+/// the new issuer's key, but its chain (leaf, old issuer) does not verify under the new anchor.
+/// The rotation must wait until every proxy presents the new issuer's certificate, or the
+/// reduction to the new anchor fails the proxies still on the old chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_renewed_with_its_old_key_still_zero_failed_handshakes() {
+    let sim = SimConfig {
+        issuer_key: KeyRotation::Never,
+        ..SimConfig::default()
+    };
+    let rig = Rig::start_with(
+        sim,
+        (1, 2, 2),
+        json!({"workloadCertificateRefreshInterval": "3s",
+               "dataPlaneRestart": {"policy": "Automatic", "maxConcurrentWorkloads": 2},
+               "issuerRenewal": {"policy": "Automatic"}}),
+        &[],
+    )
+    .await;
+    let mut follow = Follow::new(&rig);
+    let old_issuer = rig.runbook().issuer().await.unwrap();
+    let new_anchor = rig.runbook().renew_anchor().await.unwrap();
+    let mut user = User::default();
+    let done = follow
+        .with_user_until_done(&rig, &mut user, &new_anchor)
+        .await;
+    let new_issuer = rig.runbook().issuer().await.unwrap();
+    assert_ne!(old_issuer.fingerprint, new_issuer.fingerprint);
+    assert_eq!(
+        old_issuer.public_key_fingerprint, new_issuer.public_key_fingerprint,
+        "the issuer kept its key"
+    );
+    let t = rig.traffic();
+    eprintln!(
+        "rotation with an issuer that keeps its key: {:.1}s; traffic: {t}",
+        follow.secs()
+    );
+    assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
+    assert_eq!(done.blocking_message, None);
+    follow.assert_traffic_throughout(&rig);
+    rig.assert_mesh_on(&new_anchor, 7).await;
+}
+
+/// Both Certificates renewed with their old keys (cert-manager's default before 1.18): the new
+/// anchor has the old one's key, so the old issuer verifies under it too. That is not an issuer
+/// renewed out of order, and the rotation must not say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anchor_renewed_with_its_old_key_raises_no_false_alarm() {
+    let sim = SimConfig {
+        anchor_key: KeyRotation::Never,
+        issuer_key: KeyRotation::Never,
+        ..SimConfig::default()
+    };
+    let rig = Rig::start_with(
+        sim,
+        (1, 1, 2),
+        json!({"workloadCertificateRefreshInterval": "3s",
+               "dataPlaneRestart": {"policy": "Automatic"},
+               "issuerRenewal": {"policy": "Automatic"}}),
+        &[],
+    )
+    .await;
+    let mut follow = Follow::new(&rig);
+    let old_issuer = rig.runbook().issuer().await.unwrap();
+    let new_anchor = rig.runbook().renew_anchor().await.unwrap();
+    assert_eq!(
+        rig.first_anchor.public_key_fingerprint, new_anchor.public_key_fingerprint,
+        "the anchor kept its key"
+    );
+    let mut user = User::default();
+    let done = follow
+        .with_user_until_done(&rig, &mut user, &new_anchor)
+        .await;
+    let t = rig.traffic();
+    eprintln!(
+        "rotation with an anchor that keeps its key: {:.1}s; traffic: {t}",
+        follow.secs()
+    );
+    assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
+    follow.assert_went_through_every_phase(false);
+    assert!(
+        !follow.saw_out_of_order(),
+        "OutOfOrderIssuerRotation was raised for an issuer renewed in order"
+    );
+    assert!(
+        done.conditions
+            .iter()
+            .all(|c| c.status != ConditionStatus::True),
+        "{done:#?}"
+    );
+    // The old issuer verifies under the new anchor's key too, but it was issued before the new
+    // anchor existed: the rotation still had the issuer renewed onto it.
+    let new_issuer = rig.runbook().issuer().await.unwrap();
+    assert_ne!(
+        new_issuer.fingerprint, old_issuer.fingerprint,
+        "the issuer was renewed"
+    );
+    rig.assert_mesh_on(&new_anchor, 5).await;
 }
 
 /// An anchor Secret that does not parse parks the rotation: a blockingMessage naming the

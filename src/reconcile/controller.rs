@@ -436,10 +436,7 @@ async fn observe(
             )
             .collect();
             let child = certs::der(&cert.pem).unwrap_or_default();
-            let signed_by = candidates
-                .iter()
-                .find(|a| certs::der(&a.pem).is_some_and(|p| certs::signed_by_der(&child, &p)))
-                .map(|a| a.fingerprint.clone());
+            let signed_by = certs::signer_of(&child, &candidates).map(|a| a.fingerprint.clone());
             let issuing = issuer_issuing(client, &n.issuer_certificate).await;
             Ok(Issuer {
                 cert,
@@ -781,15 +778,8 @@ async fn probe_leaves(config: &ReconcilerConfig, observed: &mut Observed) {
                 )
                 .await
                 {
-                    Ok(chain)
-                        if chain
-                            .first()
-                            .is_some_and(|l| certs::signed_by_der(l, &issuer_der)) =>
-                    {
-                        Leaf::FromIssuer
-                    }
-                    Ok(chain) if !chain.is_empty() => Leaf::FromOtherIssuer,
-                    _ => Leaf::Unreachable,
+                    Ok(chain) => certs::leaf_from(&chain, &issuer_der),
+                    Err(_) => Leaf::Unreachable,
                 };
                 (i, leaf)
             }
