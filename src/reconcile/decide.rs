@@ -208,22 +208,44 @@ pub fn decide(
     // Expansion: every anchor that must be trusted is in the bundle, or the bundle grows and the
     // control plane is restarted onto it. This is also how a second renewal mid-rotation
     // restarts the expansion: nothing already in B is dropped.
+    //
+    // Without a renewal (the anchor is the previous one) a bundle that lacks an anchor in use
+    // was rewritten by someone else (a `helm upgrade` of Linkerd renders it from its values).
+    // Every live leaf then chains to the anchors in use, so the bundle is restored to exactly
+    // those, and whatever else was written is dropped rather than spread to every proxy.
     let mut must_trust: Vec<&Cert> = vec![&anchor];
     must_trust.push(&signer_cert);
     if must_trust
         .iter()
         .any(|c| !bundle_set.contains(&c.fingerprint))
     {
-        let grown = bundle_of(bundle.iter().chain(must_trust.iter().copied()));
-        let why = if renewed {
-            format!(
+        let (grown, why) = if renewed {
+            let grown = bundle_of(bundle.iter().chain(must_trust.iter().copied()));
+            let why = format!(
                 "trust anchor renewed ({} -> {}): expanding the trust bundle to {} anchors",
                 short(&previous.fingerprint),
                 short(&anchor.fingerprint),
                 grown.len()
-            )
+            );
+            (grown, why)
         } else {
-            "the trust bundle lacked an anchor in use: restoring it".to_owned()
+            let restored = bundle_of(must_trust.iter().copied());
+            let in_use: BTreeSet<&str> = must_trust.iter().map(|c| short(&c.fingerprint)).collect();
+            let dropped: Vec<&str> = bundle
+                .iter()
+                .map(|c| short(&c.fingerprint))
+                .filter(|f| !in_use.contains(f))
+                .collect();
+            let why = format!(
+                "the trust bundle lacked an anchor in use: restoring it to the anchor(s) in use ({}){}",
+                in_use.into_iter().collect::<Vec<_>>().join(", "),
+                if dropped.is_empty() {
+                    String::new()
+                } else {
+                    format!(", dropping {}", dropped.join(", "))
+                }
+            );
+            (restored, why)
         };
         d.effects.push(Effect::WriteBundle {
             pem: grown.to_pem(),

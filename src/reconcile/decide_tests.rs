@@ -823,6 +823,66 @@ fn paused_observes_and_writes_nothing() {
     assert!(blocking(&d).contains("paused"));
 }
 
+/// Synced on anchor 1, then someone rewrites the bundle to the retired anchor 0 (a `helm
+/// upgrade` of Linkerd renders it from its values). The operator restores the anchor in use and
+/// drops the stranger; pods that never held it need no restart.
+#[test]
+fn a_bundle_overwritten_with_a_retired_anchor_is_restored_to_the_anchor_in_use() {
+    let mut w = World {
+        anchor: 1,
+        previous: Some(1),
+        bundle: Some(vec![0]),
+        signer: 1,
+        holds: vec![1],
+        cp_for: Some(bundle_fp(&[1])),
+    };
+    let d = run(&automatic(), Phase::Synced, &w.observed());
+    assert_eq!(written_bundle(&d), Some(set(&[1])), "{:?}", d.effects);
+    assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
+    assert!(
+        d.effects.iter().any(|e| matches!(e, Effect::Event { message, .. }
+            if message.contains("restoring it to the anchor(s) in use") && message.contains("dropping"))),
+        "{:?}",
+        d.effects
+    );
+
+    // The bundle as written; the control plane already ran on exactly it, so it is not
+    // restarted again, and every pod already holds it: no workload restart either.
+    w.bundle = Some(vec![1]);
+    let mut status = d.status;
+    let mut restarts = 0;
+    for _ in 0..3 {
+        let d = decide(&automatic(), &Names::default(), &status, &w.observed());
+        restarts += d
+            .effects
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Effect::RestartWorkloads { .. } | Effect::RestartControlPlane { .. }
+                )
+            })
+            .count();
+        assert_eq!(written_bundle(&d), None, "{:?}", d.effects);
+        status = d.status;
+    }
+    assert_eq!(status.phase, Phase::Synced, "{status:?}");
+    assert_eq!(restarts, 0);
+
+    // Pods created while the bundle was overwritten hold the retired anchor alone: those, and
+    // only those, are restarted.
+    w.holds = vec![0];
+    let d = run(&automatic(), Phase::RemovingOldTrustRoots, &w.observed());
+    assert!(
+        d.effects.iter().any(
+            |e| matches!(e, Effect::RestartWorkloads { bundle_fingerprint, .. }
+            if *bundle_fingerprint == bundle_fp(&[1]))
+        ),
+        "{:?}",
+        d.effects
+    );
+}
+
 #[test]
 fn a_zero_or_malformed_refresh_interval_parks_the_rotation_and_says_why() {
     let w = propagating();
@@ -904,6 +964,9 @@ mod properties {
         RefreshLeaves,
         /// A user restarts workload `n` onto the current bundle.
         UserRestart(usize),
+        /// Someone else rewrites the bundle to the first anchor (a `helm upgrade` of Linkerd
+        /// renders it from its install-time values).
+        OverwriteBundle,
         /// The operator looks.
         Reconcile,
     }
@@ -914,6 +977,7 @@ mod properties {
             1 => Just(Action::RenewIssuer),
             2 => Just(Action::RefreshLeaves),
             1 => (0usize..4).prop_map(Action::UserRestart),
+            1 => Just(Action::OverwriteBundle),
             6 => Just(Action::Reconcile),
         ]
     }
@@ -1083,6 +1147,7 @@ mod properties {
                         }
                     }
                     Action::UserRestart(n) => c.pods[n].0 = c.bundle.clone(),
+                    Action::OverwriteBundle => c.bundle = set(&[0]),
                     Action::Reconcile => c.reconcile(&policies)?,
                 }
             }
