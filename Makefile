@@ -54,10 +54,11 @@ bench-rotation: deps own-target
 	@echo "make bench-rotation: building the release binaries (the first build takes several minutes)"
 	$(CARGO) bench --bench rotation
 
-# Regenerate the committed CRD and webhook configurations after changing their source; tests
+# Regenerate the committed CRD, webhook configurations and RBAC after changing their source; tests
 # fail while the committed copies are stale.
 OPERATOR = $(CARGO) run --quiet --bin trust-rotation-operator --
 generate:
 	$(OPERATOR) crd > charts/trust-rotation-operator-crds/templates/trustanchorrotations.yaml
 	$(OPERATOR) webhook-config > webhook-config/in-cluster.yaml
 	$(OPERATOR) webhook-config --url https://127.0.0.1:9443/mutate > webhook-config/local.yaml
+	$(OPERATOR) rbac > rbac/rbac.yaml

@@ -171,6 +171,7 @@ async fn bench(pods: usize) -> Result<Figures, Error> {
     let mut world = World::default();
     let cp = ControlPlane::start_with_options(Options {
         audited_users: vec![OPERATOR_USER.to_owned()],
+        ..Default::default()
     })
     .await?;
     let client = cp.client();

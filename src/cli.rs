@@ -24,6 +24,9 @@ pub enum OperatorCommand {
     Crd,
     /// Print the MutatingWebhookConfiguration as YAML.
     WebhookConfig(WebhookConfigArgs),
+    /// Print the RBAC objects the operator needs (ClusterRoles, Roles and their bindings) as
+    /// YAML.
+    Rbac(RbacArgs),
     /// Make certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -143,6 +146,22 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct RbacArgs {
+    /// The operator's ServiceAccount, in the operator's namespace (where its Lease lives).
+    #[arg(long, default_value = crate::rbac::NAME)]
+    pub service_account: String,
+    /// The operator's namespace.
+    #[arg(long, default_value = crate::webhook::config::DEFAULT_OPERATOR_NAMESPACE)]
+    pub namespace: String,
+    /// Linkerd's control-plane namespace.
+    #[arg(long, default_value = "linkerd")]
+    pub linkerd_namespace: String,
+    /// Namespace of the trust anchor's Secret.
+    #[arg(long, default_value = "cert-manager")]
+    pub trust_anchor_namespace: String,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct WebhookConfigArgs {
     /// Reach the webhook at this URL (local development) instead of through a Service.
     #[arg(long, conflicts_with_all = ["service_name"])]
@@ -253,6 +272,15 @@ pub async fn operator(cli: OperatorCli, out: &mut impl std::io::Write) -> Result
         }
         OperatorCommand::Crd => {
             let yaml = crate::crd::crd_yaml().map_err(CliError::Yaml)?;
+            out.write_all(yaml.as_bytes()).map_err(CliError::Output)?;
+        }
+        OperatorCommand::Rbac(args) => {
+            let config = crate::rbac::RbacConfig {
+                linkerd_namespace: args.linkerd_namespace,
+                trust_anchor_namespace: args.trust_anchor_namespace,
+                ..crate::rbac::RbacConfig::service_account(&args.namespace, &args.service_account)
+            };
+            let yaml = crate::rbac::yaml(&crate::rbac::rbac(&config)).map_err(CliError::Yaml)?;
             out.write_all(yaml.as_bytes()).map_err(CliError::Output)?;
         }
         OperatorCommand::WebhookConfig(args) => {

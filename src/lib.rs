@@ -12,6 +12,7 @@ pub mod devcerts;
 pub mod duration;
 pub mod logging;
 pub mod probe;
+pub mod rbac;
 pub mod reconcile;
 pub mod run;
 pub mod sim;

@@ -1,6 +1,17 @@
-//! The CRD shipped in the chart is exactly what `trust-rotation-operator crd` prints.
+//! The CRD shipped in the chart is exactly what `trust-rotation-operator crd` prints, and the
+//! committed RBAC exactly what `trust-rotation-operator rbac` prints.
 
 use trust_rotation_operator::crd::crd_yaml;
+
+#[test]
+fn committed_rbac_matches_generated() {
+    use trust_rotation_operator::rbac::{NAME, RbacConfig, rbac, yaml};
+    let generated = yaml(&rbac(&RbacConfig::service_account("linkerd", NAME))).unwrap();
+    assert!(
+        include_str!("../rbac/rbac.yaml") == generated,
+        "rbac/rbac.yaml is stale: run `make generate`"
+    );
+}
 
 const COMMITTED: &str =
     include_str!("../charts/trust-rotation-operator-crds/templates/trustanchorrotations.yaml");

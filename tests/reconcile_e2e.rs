@@ -11,7 +11,9 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::{MANAGER, Operator, install_crd, register_webhook, start_control_plane};
+use common::{
+    MANAGER, Operator, install_crd, register_webhook, start_control_plane, start_control_plane_with,
+};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
@@ -128,6 +130,113 @@ async fn control_plane_generations(client: &kube::Client) -> BTreeMap<String, i6
         .collect()
 }
 
+/// What a [`Rig`] is made of, beyond its workloads.
+#[derive(Default)]
+struct Setup {
+    sim: SimConfig,
+    credentials: Credentials,
+}
+
+/// Whose credentials the operator runs with.
+#[derive(Default)]
+enum Credentials {
+    /// The cluster admin's.
+    #[default]
+    Admin,
+    /// A user with no group, allowed exactly what `rbac/rbac.yaml` grants; with `restart_in`,
+    /// the restarter ClusterRole is bound in those namespaces only.
+    Rbac { restart_in: Option<Vec<String>> },
+}
+
+const OPERATOR_USER: &str = "operator";
+
+/// `trust-rotation-operator rbac`'s objects, for [`OPERATOR_USER`].
+fn operator_rbac() -> trust_rotation_operator::rbac::Rbac {
+    use trust_rotation_operator::rbac::{RbacConfig, rbac};
+    let mut config = RbacConfig::service_account("linkerd", "unused");
+    config.subject = k8s_openapi::api::rbac::v1::Subject {
+        kind: "User".to_owned(),
+        name: OPERATOR_USER.to_owned(),
+        api_group: Some("rbac.authorization.k8s.io".to_owned()),
+        namespace: None,
+    };
+    rbac(&config)
+}
+
+async fn apply_rbac(client: &kube::Client, restart_in: Option<&[String]>) {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    use trust_rotation_operator::rbac::RESTARTER;
+    let rbac = operator_rbac();
+    let post = PostParams::default();
+    for o in &rbac.cluster_roles {
+        Api::<ClusterRole>::all(client.clone())
+            .create(&post, o)
+            .await
+            .unwrap();
+    }
+    for o in &rbac.cluster_role_bindings {
+        if restart_in.is_some() && o.metadata.name.as_deref() == Some(RESTARTER) {
+            continue;
+        }
+        Api::<ClusterRoleBinding>::all(client.clone())
+            .create(&post, o)
+            .await
+            .unwrap();
+    }
+    for o in &rbac.roles {
+        let ns = o.metadata.namespace.as_deref().unwrap();
+        ensure_namespace(client, ns).await;
+        Api::<Role>::namespaced(client.clone(), ns)
+            .create(&post, o)
+            .await
+            .unwrap();
+    }
+    for o in &rbac.role_bindings {
+        let ns = o.metadata.namespace.as_deref().unwrap();
+        Api::<RoleBinding>::namespaced(client.clone(), ns)
+            .create(&post, o)
+            .await
+            .unwrap();
+    }
+    for ns in restart_in.unwrap_or_default() {
+        allow_restarts_in(client, ns).await;
+    }
+}
+
+/// Binds the restarter ClusterRole to [`OPERATOR_USER`] in `namespace`.
+async fn allow_restarts_in(client: &kube::Client, namespace: &str) {
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    use trust_rotation_operator::rbac::RESTARTER;
+    ensure_namespace(client, namespace).await;
+    let mut binding = operator_rbac()
+        .cluster_role_bindings
+        .into_iter()
+        .find(|b| b.metadata.name.as_deref() == Some(RESTARTER))
+        .unwrap();
+    binding.metadata.namespace = Some(namespace.to_owned());
+    let binding = RoleBinding {
+        metadata: binding.metadata,
+        role_ref: binding.role_ref,
+        subjects: binding.subjects,
+    };
+    Api::<RoleBinding>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+}
+
+async fn ensure_namespace(client: &kube::Client, name: &str) {
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("creating namespace {name}: {e}"),
+    }
+}
+
 /// A control plane, a mesh with traffic running, the CRD with the `cluster` rotation, and the
 /// operator, bootstrapped to Synced.
 struct Rig {
@@ -137,6 +246,7 @@ struct Rig {
     ns: Vec<String>,
     op: Operator,
     op_args: Vec<String>,
+    op_kubeconfig: std::path::PathBuf,
     /// The anchor before any renewal.
     first_anchor: Cert,
 }
@@ -147,17 +257,33 @@ impl Rig {
         spec: serde_json::Value,
         op_args: &[&str],
     ) -> Self {
-        Self::start_with(SimConfig::default(), workloads, spec, op_args).await
+        Self::start_with(Setup::default(), workloads, spec, op_args).await
     }
 
     async fn start_with(
-        sim: SimConfig,
+        Setup { sim, credentials }: Setup,
         (namespaces_n, deployments, replicas): (usize, usize, i32),
         spec: serde_json::Value,
         op_args: &[&str],
     ) -> Self {
-        let cp = start_control_plane().await;
+        let cp = match &credentials {
+            Credentials::Admin => start_control_plane().await,
+            Credentials::Rbac { .. } => {
+                start_control_plane_with(trust_rotation_operator::testbed::Options {
+                    plain_users: vec![OPERATOR_USER.to_owned()],
+                    ..Default::default()
+                })
+                .await
+            }
+        };
         let client = cp.client();
+        let op_kubeconfig = match &credentials {
+            Credentials::Admin => cp.kubeconfig().to_owned(),
+            Credentials::Rbac { restart_in } => {
+                apply_rbac(&client, restart_in.as_deref()).await;
+                cp.kubeconfig_for(OPERATOR_USER).unwrap()
+            }
+        };
         let mut mesh = Mesh::start(client.clone(), sim)
             .await
             .unwrap_or_else(|e| panic!("starting the simulated mesh: {e}"));
@@ -181,7 +307,7 @@ impl Rig {
             .chain(op_args)
             .map(|a| (*a).to_owned())
             .collect();
-        let op = start_operator(&cp, &op_args).await;
+        let op = start_operator(&op_kubeconfig, &op_args).await;
         register_webhook(&cp, &op);
         mesh.start_traffic(TrafficConfig::default());
         let first_anchor = Runbook::new(&mesh).anchor().await.unwrap();
@@ -192,6 +318,7 @@ impl Rig {
             ns,
             op,
             op_args,
+            op_kubeconfig,
             first_anchor,
         };
         // Bootstrap: the previous-anchor Secret is written and the rotation reports Synced.
@@ -227,7 +354,7 @@ impl Rig {
     async fn kill_and_restart_operator(&mut self) {
         self.op.process.signal("KILL").unwrap();
         let _ = self.op.process.wait_timeout(Duration::from_secs(10));
-        self.op = start_operator(&self.cp, &self.op_args).await;
+        self.op = start_operator(&self.op_kubeconfig, &self.op_args).await;
         // The webhook registration names the old port and CA: point it at the new process.
         register_webhook(&self.cp, &self.op);
     }
@@ -260,9 +387,9 @@ impl Rig {
     }
 }
 
-async fn start_operator(cp: &ControlPlane, args: &[String]) -> Operator {
+async fn start_operator(kubeconfig: &std::path::Path, args: &[String]) -> Operator {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut op = Operator::start(cp, &args);
+    let mut op = Operator::start_as(kubeconfig, &args);
     op.wait_ready(Duration::from_secs(60)).await;
     op
 }
@@ -447,7 +574,12 @@ impl User {
 /// reference's shape; the metrics say the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn automatic_rotation_from_synced_to_synced_with_zero_failed_handshakes() {
-    let rig = Rig::start(
+    // The operator runs with exactly the permissions of `rbac/rbac.yaml`.
+    let rig = Rig::start_with(
+        Setup {
+            credentials: Credentials::Rbac { restart_in: None },
+            ..Setup::default()
+        },
         (2, 2, 2),
         json!({"workloadCertificateRefreshInterval": "3s",
                "dataPlaneRestart": {"policy": "Automatic", "maxConcurrentWorkloads": 2},
@@ -839,7 +971,10 @@ async fn issuer_renewed_with_its_old_key_still_zero_failed_handshakes() {
         ..SimConfig::default()
     };
     let rig = Rig::start_with(
-        sim,
+        Setup {
+            sim,
+            ..Setup::default()
+        },
         (1, 2, 2),
         json!({"workloadCertificateRefreshInterval": "3s",
                "dataPlaneRestart": {"policy": "Automatic", "maxConcurrentWorkloads": 2},
@@ -882,7 +1017,10 @@ async fn anchor_renewed_with_its_old_key_raises_no_false_alarm() {
         ..SimConfig::default()
     };
     let rig = Rig::start_with(
-        sim,
+        Setup {
+            sim,
+            ..Setup::default()
+        },
         (1, 1, 2),
         json!({"workloadCertificateRefreshInterval": "3s",
                "dataPlaneRestart": {"policy": "Automatic"},
@@ -925,6 +1063,96 @@ async fn anchor_renewed_with_its_old_key_raises_no_false_alarm() {
         new_issuer.fingerprint, old_issuer.fingerprint,
         "the issuer was renewed"
     );
+    rig.assert_mesh_on(&new_anchor, 5).await;
+}
+
+/// The operator may restart workloads in `mesh-0` only (its restarter ClusterRole bound there
+/// alone): the restart it may not do is named in the status with the API server's refusal, once
+/// (one Warning event, not one per retry), and holds up no other restart; once allowed, the
+/// rotation finishes with zero failed handshakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_the_operator_may_not_do_is_named_in_status() {
+    let rig = Rig::start_with(
+        Setup {
+            credentials: Credentials::Rbac {
+                restart_in: Some(vec!["mesh-0".to_owned()]),
+            },
+            ..Setup::default()
+        },
+        (2, 1, 1),
+        json!({"workloadCertificateRefreshInterval": "3s",
+               "dataPlaneRestart": {"policy": "Automatic"},
+               "issuerRenewal": {"policy": "Automatic"}}),
+        &[],
+    )
+    .await;
+    let mut follow = Follow::new(&rig);
+    let new_anchor = rig.runbook().renew_anchor().await.unwrap();
+    let held = loop {
+        let status = follow.status(&rig).await;
+        if status
+            .blocking_message
+            .as_deref()
+            .is_some_and(|m| m.contains("could not carry out the next step"))
+        {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let message = held.blocking_message.clone().unwrap();
+    eprintln!("blockingMessage: {message}");
+    assert_eq!(held.phase, Phase::PropagatingTrustRoots);
+    assert!(
+        message.contains("restarting Deployment mesh-1/app-0") && message.contains("(403)"),
+        "{message}"
+    );
+    assert!(message.contains("forbidden"), "{message}");
+    // The restart it may do was done.
+    let restarted = |ns: &'static str| {
+        let client = rig.client.clone();
+        async move {
+            Api::<Deployment>::namespaced(client, ns)
+                .get("app-0")
+                .await
+                .unwrap()
+                .spec
+                .and_then(|s| s.template.metadata)
+                .and_then(|m| m.annotations)
+                .is_some_and(|a| a.contains_key("trust.linkerd.io/restarted-for-bundle"))
+        }
+    };
+    assert!(restarted("mesh-0").await, "mesh-0/app-0 was restarted");
+    assert!(!restarted("mesh-1").await);
+    // Still held a few retries later, and said once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = follow.status(&rig).await;
+    assert_eq!(status.blocking_message.as_deref(), Some(message.as_str()));
+    let events: Vec<_> =
+        Api::<k8s_openapi::api::events::v1::Event>::namespaced(rig.client.clone(), "kube-system")
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("StepFailed"))
+            .collect();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0].type_.as_deref(), Some("Warning"));
+
+    // Allowed: the rotation moves on and finishes.
+    allow_restarts_in(&rig.client, "mesh-1").await;
+    let mut user = User::default();
+    let done = follow
+        .with_user_until_done(&rig, &mut user, &new_anchor)
+        .await;
+    assert_eq!(done.blocking_message, None);
+    let t = rig.traffic();
+    eprintln!(
+        "rotation with a restart refused, then allowed: {:.1}s; traffic: {t}",
+        follow.secs()
+    );
+    assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
+    follow.assert_traffic_throughout(&rig);
     rig.assert_mesh_on(&new_anchor, 5).await;
 }
 
@@ -1146,8 +1374,8 @@ async fn one_leader_reconciles_and_the_other_takes_over() {
             "--reconcile-interval=500ms".to_owned(),
         ]
     };
-    let a = start_operator(&cp, &args("replica-a")).await;
-    let b = start_operator(&cp, &args("replica-b")).await;
+    let a = start_operator(cp.kubeconfig(), &args("replica-a")).await;
+    let b = start_operator(cp.kubeconfig(), &args("replica-b")).await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), "linkerd");
     let holder = || async {
         leases

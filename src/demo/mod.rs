@@ -387,6 +387,7 @@ async fn scenario(
     ui.say("[1/5] starting the local control plane (etcd, kube-apiserver, kube-controller-manager; the first run builds them, about 10 minutes)")?;
     let cp = ControlPlane::start_with_options(Options {
         audited_users: vec![OPERATOR_USER.to_owned()],
+        ..Default::default()
     })
     .await?;
     let client = cp.client();

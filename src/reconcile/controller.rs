@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use super::certs;
-use super::decide::{Names, decide};
+use super::decide::{Names, OUT_OF_ORDER_URGENT, decide};
 use super::metrics::ReconcileMetrics;
 use super::model::*;
 use crate::crd::{
@@ -50,7 +50,7 @@ const ADMIN_PORT: u16 = 4191;
 /// `default` or `kube-system` (later versions); kube's Recorder uses `default`, which 1.20
 /// refuses with 422, so the reconciler writes its own. `kubectl describe tar cluster` finds
 /// them in any namespace.
-const EVENTS_NAMESPACE: &str = "kube-system";
+use crate::rbac::EVENTS_NAMESPACE;
 /// events.k8s.io limits `note` to 1 kB.
 const EVENT_NOTE_MAX_BYTES: usize = 1024;
 
@@ -145,6 +145,28 @@ pub enum ReconcileError {
         #[source]
         source: kube::Error,
     },
+    /// Several writes of one step failed (each workload's restart is tried).
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Several(Vec<ReconcileError>),
+}
+
+impl ReconcileError {
+    /// For a blockingMessage: what failed and the API server's own words, without the
+    /// client's wrapping.
+    pub fn brief(&self) -> String {
+        match self {
+            ReconcileError::Kube {
+                what,
+                source: kube::Error::Api(status),
+            } => format!("{what}: {} ({})", status.message, status.code),
+            ReconcileError::Kube { what, source } => format!("{what}: {source}"),
+            ReconcileError::Several(all) => all
+                .iter()
+                .map(ReconcileError::brief)
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
+    }
 }
 
 fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
@@ -338,7 +360,33 @@ async fn reconcile_once(
     let decision = decide(&policies, &config.names, &status, &observed);
     let mut reference = rotation.object_ref(&());
     reference.namespace = None;
-    for effect in &decision.effects {
+    // The writes first, in order, each only if the one before it landed; the step's events
+    // (which say what was done) only once all of them have.
+    let (events, writes): (Vec<&Effect>, Vec<&Effect>) = decision
+        .effects
+        .iter()
+        .partition(|e| matches!(e, Effect::Event { .. }));
+    for effect in writes {
+        if let Err(error) = execute(client, config, recorder, &reference, effect).await {
+            // The step did not happen: the status stays where it was (the next look decides
+            // again from what landed) and says why it is stuck.
+            let held = failed_step_status(&status, &decision.status, &error);
+            if held != status {
+                recorder
+                    .publish(
+                        &reference,
+                        true,
+                        "StepFailed",
+                        held.blocking_message.as_deref().unwrap_or_default(),
+                    )
+                    .await
+                    .unwrap_or_else(|e| tracing::warn!(error = %e, "publishing an event"));
+                write_status(client, &config.rotation_name, &held).await?;
+            }
+            return Err(error);
+        }
+    }
+    for effect in events {
         execute(client, config, recorder, &reference, effect).await?;
     }
     if decision.status != status {
@@ -349,6 +397,28 @@ async fn reconcile_once(
     }
     metrics.record(&status, &decision.status, &observed);
     Ok(decision.requeue)
+}
+
+/// The status after a step's write failed: the previous one, phase and all, with a
+/// blockingMessage naming what failed (after the urgent prefix, if the step carried one).
+fn failed_step_status(
+    previous: &TrustAnchorRotationStatus,
+    decided: &TrustAnchorRotationStatus,
+    error: &ReconcileError,
+) -> TrustAnchorRotationStatus {
+    let urgent = decided
+        .blocking_message
+        .as_deref()
+        .filter(|m| m.starts_with(OUT_OF_ORDER_URGENT))
+        .map(|_| format!("{OUT_OF_ORDER_URGENT}; "))
+        .unwrap_or_default();
+    TrustAnchorRotationStatus {
+        blocking_message: Some(format!(
+            "{urgent}could not carry out the next step, retrying: {}",
+            error.brief()
+        )),
+        ..previous.clone()
+    }
 }
 
 async fn observe(
@@ -844,8 +914,19 @@ async fn execute(
             workloads,
             bundle_fingerprint,
         } => {
+            // Each one is tried: one workload that cannot be restarted holds up no other.
+            let mut failed = Vec::new();
             for w in workloads {
-                restart(client, &w.kind, &w.namespace, &w.name, bundle_fingerprint).await?;
+                if let Err(e) =
+                    restart(client, &w.kind, &w.namespace, &w.name, bundle_fingerprint).await
+                {
+                    failed.push(e);
+                }
+            }
+            match failed.len() {
+                0 => {}
+                1 => return Err(failed.remove(0)),
+                _ => return Err(ReconcileError::Several(failed)),
             }
         }
         Effect::RenewIssuer => {

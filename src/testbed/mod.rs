@@ -102,6 +102,8 @@ pub struct Options {
     /// operator's API requests without instrumenting it. Nobody else's requests are logged, so
     /// the cost is the audited users' traffic only.
     pub audited_users: Vec<String>,
+    /// Extra users (static tokens) in no group: RBAC alone decides what they may do.
+    pub plain_users: Vec<String>,
 }
 
 impl ControlPlane {
@@ -157,6 +159,9 @@ impl ControlPlane {
                 "{},{user},{user},system:masters\n",
                 user_token(user)
             ));
+        }
+        for user in &options.plain_users {
+            token_lines.push_str(&format!("{},{user},{user}\n", user_token(user)));
         }
         std::fs::write(&tokens, token_lines)
             .map_err(io_err(format!("writing {}", tokens.display())))?;
@@ -277,7 +282,8 @@ impl ControlPlane {
         &self.kubeconfig
     }
 
-    /// A kubeconfig for one of [`Options::audited_users`], written beside the admin one.
+    /// A kubeconfig for one of [`Options::audited_users`] or [`Options::plain_users`], written
+    /// beside the admin one.
     pub fn kubeconfig_for(&self, user: &str) -> Result<PathBuf, TestbedError> {
         let path = self.dir.path().join(format!("{user}.kubeconfig"));
         let ca = self.dir.path().join("ca.crt");

@@ -15,9 +15,15 @@ pub const MANAGER: &str = "trust-rotation-operator-tests";
 
 /// Starts a control plane, printing how long the start took (a figure we report).
 pub async fn start_control_plane() -> ControlPlane {
+    start_control_plane_with(Default::default()).await
+}
+
+pub async fn start_control_plane_with(
+    options: trust_rotation_operator::testbed::Options,
+) -> ControlPlane {
     init_tracing();
     let started = Instant::now();
-    let cp = ControlPlane::start()
+    let cp = ControlPlane::start_with_options(options)
         .await
         .unwrap_or_else(|e| panic!("starting the local control plane: {e}"));
     eprintln!(
@@ -83,6 +89,11 @@ impl Operator {
 
     /// `trust-rotation-operator certs dev`, then `trust-rotation-operator run`.
     pub fn start(cp: &ControlPlane, extra_args: &[&str]) -> Self {
+        Self::start_as(cp.kubeconfig(), extra_args)
+    }
+
+    /// As [`Operator::start`], with the credentials of `kubeconfig`.
+    pub fn start_as(kubeconfig: &std::path::Path, extra_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let status = std::process::Command::new(Self::binary())
             .args(["certs", "dev", "--out"])
@@ -110,7 +121,7 @@ impl Operator {
             &args,
             dir.path(),
             &[
-                ("KUBECONFIG", cp.kubeconfig().as_os_str()),
+                ("KUBECONFIG", kubeconfig.as_os_str()),
                 ("RUST_LOG", std::ffi::OsStr::new("info")),
             ],
         )

@@ -1,0 +1,280 @@
+//! The permissions the operator needs, as RBAC objects: what `trust-rotation-operator rbac`
+//! prints and `rbac/rbac.yaml` commits. Every rule names the code that needs it; the
+//! real-control-plane tests run the operator under exactly these objects, so a permission the
+//! code needs and this file lacks fails a test.
+
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use kube::api::ObjectMeta;
+
+/// Name of the operator's ClusterRole, bindings and Roles (Roles get a suffix).
+pub const NAME: &str = "trust-rotation-operator";
+/// The ClusterRole that lets the operator restart workloads (patch their pod templates). Bound
+/// cluster-wide by default; bind it with RoleBindings instead to restrict restarts to some
+/// namespaces.
+pub const RESTARTER: &str = "trust-rotation-operator-restarter";
+/// Where the reconciler writes its Events (`events.k8s.io/v1`).
+pub const EVENTS_NAMESPACE: &str = "kube-system";
+
+/// Who the objects are for, and the namespaces of what the operator reads and writes.
+#[derive(Clone, Debug)]
+pub struct RbacConfig {
+    pub subject: Subject,
+    /// The operator's own namespace (its leader Lease).
+    pub operator_namespace: String,
+    /// Linkerd's namespace: the bundle ConfigMap, the previous-anchor Secret, the issuer
+    /// Certificate and Secret, the control-plane Deployments.
+    pub linkerd_namespace: String,
+    /// The trust anchor's Secret.
+    pub trust_anchor_namespace: String,
+}
+
+impl RbacConfig {
+    /// For a ServiceAccount, with the operator's default namespaces.
+    pub fn service_account(namespace: &str, name: &str) -> Self {
+        Self {
+            subject: Subject {
+                kind: "ServiceAccount".to_owned(),
+                name: name.to_owned(),
+                namespace: Some(namespace.to_owned()),
+                api_group: None,
+            },
+            operator_namespace: namespace.to_owned(),
+            linkerd_namespace: "linkerd".to_owned(),
+            trust_anchor_namespace: "cert-manager".to_owned(),
+        }
+    }
+}
+
+/// The objects, in the order they can be applied.
+#[derive(Clone, Debug, Default)]
+pub struct Rbac {
+    pub cluster_roles: Vec<ClusterRole>,
+    pub cluster_role_bindings: Vec<ClusterRoleBinding>,
+    pub roles: Vec<Role>,
+    pub role_bindings: Vec<RoleBinding>,
+}
+
+fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    let strings = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    PolicyRule {
+        api_groups: Some(strings(groups)),
+        resources: Some(strings(resources)),
+        verbs: strings(verbs),
+        ..Default::default()
+    }
+}
+
+fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: namespace.map(str::to_owned),
+        labels: Some(
+            [(
+                "app.kubernetes.io/name".to_owned(),
+                "trust-rotation-operator".to_owned(),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    }
+}
+
+fn role_ref(kind: &str, name: &str) -> RoleRef {
+    RoleRef {
+        api_group: "rbac.authorization.k8s.io".to_owned(),
+        kind: kind.to_owned(),
+        name: name.to_owned(),
+    }
+}
+
+/// The operator's RBAC objects.
+pub fn rbac(config: &RbacConfig) -> Rbac {
+    let workloads = ["deployments", "statefulsets", "daemonsets"];
+    let cluster_roles = vec![
+        ClusterRole {
+            metadata: meta(NAME, None),
+            rules: Some(vec![
+                // The rotation it follows (webhook view and reconciler) and the status it writes.
+                rule(
+                    &["trust.linkerd.io"],
+                    &["trustanchorrotations"],
+                    &["get", "list", "watch"],
+                ),
+                rule(
+                    &["trust.linkerd.io"],
+                    &["trustanchorrotations/status"],
+                    &["get", "patch", "update"],
+                ),
+                // Meshed pods everywhere (their proxies' env and leaves); namespaces for the
+                // webhook's `linkerd.io/inject` rule.
+                rule(&[""], &["pods", "namespaces"], &["get", "list", "watch"]),
+                // The owners it may restart, and their rollout progress.
+                rule(&["apps"], &workloads, &["get", "list", "watch"]),
+            ]),
+            ..Default::default()
+        },
+        ClusterRole {
+            metadata: meta(RESTARTER, None),
+            // A restart is a patch of the pod template's annotations.
+            rules: Some(vec![rule(&["apps"], &workloads, &["patch"])]),
+            ..Default::default()
+        },
+    ];
+    let binding = |name: &str| ClusterRoleBinding {
+        metadata: meta(name, None),
+        role_ref: role_ref("ClusterRole", name),
+        subjects: Some(vec![config.subject.clone()]),
+    };
+    let cluster_role_bindings = vec![binding(NAME), binding(RESTARTER)];
+
+    let linkerd = config.linkerd_namespace.as_str();
+    let roles: Vec<(String, &str, Vec<PolicyRule>)> = vec![
+        (
+            format!("{NAME}-linkerd"),
+            linkerd,
+            vec![
+                // The trust bundle ConfigMap and the previous-anchor Secret (server-side apply
+                // creates them), the issuer's Secret.
+                rule(
+                    &[""],
+                    &["configmaps", "secrets"],
+                    &["get", "list", "watch", "create", "patch"],
+                ),
+                // Control-plane restarts, even where workload restarts are not allowed.
+                rule(&["apps"], &["deployments"], &["patch"]),
+                // The issuer Certificate: read, and renewed as `cmctl renew` does.
+                rule(&["cert-manager.io"], &["certificates"], &["get"]),
+                rule(
+                    &["cert-manager.io"],
+                    &["certificates/status"],
+                    &["patch", "update"],
+                ),
+            ],
+        ),
+        (
+            format!("{NAME}-trust-anchor"),
+            config.trust_anchor_namespace.as_str(),
+            vec![rule(&[""], &["secrets"], &["get", "list", "watch"])],
+        ),
+        (
+            format!("{NAME}-leader"),
+            config.operator_namespace.as_str(),
+            vec![rule(
+                &["coordination.k8s.io"],
+                &["leases"],
+                &["get", "create", "update"],
+            )],
+        ),
+        (
+            format!("{NAME}-events"),
+            EVENTS_NAMESPACE,
+            vec![rule(&["events.k8s.io"], &["events"], &["create"])],
+        ),
+    ];
+    let role_bindings = roles
+        .iter()
+        .map(|(name, ns, _)| RoleBinding {
+            metadata: meta(name, Some(ns)),
+            role_ref: role_ref("Role", name),
+            subjects: Some(vec![config.subject.clone()]),
+        })
+        .collect();
+    let roles = roles
+        .into_iter()
+        .map(|(name, ns, rules)| Role {
+            metadata: meta(&name, Some(ns)),
+            rules: Some(rules),
+        })
+        .collect();
+    Rbac {
+        cluster_roles,
+        cluster_role_bindings,
+        roles,
+        role_bindings,
+    }
+}
+
+/// The objects as one YAML stream.
+pub fn yaml(rbac: &Rbac) -> Result<String, serde_yaml::Error> {
+    fn doc<T: serde::Serialize + k8s_openapi::Resource>(
+        object: &T,
+    ) -> Result<String, serde_yaml::Error> {
+        let mut value = serde_yaml::to_value(object)?;
+        if let serde_yaml::Value::Mapping(m) = &mut value {
+            // apiVersion and kind first, as kubectl writes them.
+            let mut ordered = serde_yaml::Mapping::new();
+            ordered.insert("apiVersion".into(), T::API_VERSION.into());
+            ordered.insert("kind".into(), T::KIND.into());
+            for (k, v) in std::mem::take(m) {
+                if k != "apiVersion" && k != "kind" {
+                    ordered.insert(k, v);
+                }
+            }
+            value = serde_yaml::Value::Mapping(ordered);
+        }
+        serde_yaml::to_string(&value)
+    }
+    let mut docs = Vec::new();
+    for o in &rbac.cluster_roles {
+        docs.push(doc(o)?);
+    }
+    for o in &rbac.cluster_role_bindings {
+        docs.push(doc(o)?);
+    }
+    for o in &rbac.roles {
+        docs.push(doc(o)?);
+    }
+    for o in &rbac.role_bindings {
+        docs.push(doc(o)?);
+    }
+    Ok(format!(
+        "# Generated by `trust-rotation-operator rbac`: regenerate it with `make generate`.\n\
+         # To let the operator restart workloads in some namespaces only, replace the\n\
+         # ClusterRoleBinding `{RESTARTER}` with RoleBindings of that ClusterRole in those\n\
+         # namespaces; pods it may not restart are named in the rotation's status.\n---\n{}",
+        docs.join("---\n")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_role_is_bound_to_the_subject_in_its_namespace() {
+        let r = rbac(&RbacConfig::service_account("tro", "operator"));
+        assert_eq!(r.roles.len(), r.role_bindings.len());
+        for (role, binding) in r.roles.iter().zip(&r.role_bindings) {
+            assert_eq!(role.metadata.name, binding.metadata.name);
+            assert_eq!(role.metadata.namespace, binding.metadata.namespace);
+            assert_eq!(binding.role_ref.name, role.metadata.name.clone().unwrap());
+            let subject = &binding.subjects.as_ref().unwrap()[0];
+            assert_eq!(
+                (subject.kind.as_str(), subject.name.as_str()),
+                ("ServiceAccount", "operator")
+            );
+        }
+        let leader = r
+            .roles
+            .iter()
+            .find(|x| x.metadata.name.as_deref() == Some("trust-rotation-operator-leader"))
+            .unwrap();
+        assert_eq!(leader.metadata.namespace.as_deref(), Some("tro"));
+    }
+
+    #[test]
+    fn the_yaml_reads_back_as_the_objects() {
+        let r = rbac(&RbacConfig::service_account("linkerd", NAME));
+        let text = yaml(&r).unwrap();
+        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+        assert_eq!(docs.len(), 2 + 2 + 4 + 4);
+        assert_eq!(docs[0]["kind"], "ClusterRole");
+        assert_eq!(docs[0]["apiVersion"], "rbac.authorization.k8s.io/v1");
+        let back: ClusterRole = serde_yaml::from_value(docs[0].clone()).unwrap();
+        assert_eq!(back, r.cluster_roles[0]);
+    }
+}
