@@ -50,16 +50,15 @@ pub struct Loaded {
     pub not_after: i64,
 }
 
-/// Reads and parses a certificate chain and its private key.
-pub fn load(cert_path: &Path, key_path: &Path) -> Result<Loaded, TlsError> {
+/// The two files' bytes, read once: what is parsed is what is remembered as served.
+fn read_pair(cert_path: &Path, key_path: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
     let read = |p: &Path| {
         std::fs::read(p).map_err(|source| TlsError::Read {
             path: p.display().to_string(),
             source,
         })
     };
-    let (cert_pem, key_pem) = (read(cert_path)?, read(key_path)?);
-    parse(cert_path, &cert_pem, key_path, &key_pem)
+    Ok((read(cert_path)?, read(key_path)?))
 }
 
 fn parse(
@@ -111,25 +110,22 @@ fn parse(
 pub struct ReloadingResolver {
     cert_path: PathBuf,
     key_path: PathBuf,
-    state: RwLock<(Loaded, Vec<u8>)>,
+    /// The certificate in service and the file bytes it was parsed from. Parsed from the very
+    /// bytes remembered: a Secret-volume swap between two reads can never leave an old
+    /// certificate served while the new files count as seen.
+    state: RwLock<(Loaded, (Vec<u8>, Vec<u8>))>,
 }
 
 impl ReloadingResolver {
     /// Loads the files once; fails if they are not usable now.
     pub fn new(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, TlsError> {
-        let loaded = load(cert_path, key_path)?;
-        let fingerprint = Self::file_bytes(cert_path, key_path).unwrap_or_default();
+        let bytes = read_pair(cert_path, key_path)?;
+        let loaded = parse(cert_path, &bytes.0, key_path, &bytes.1)?;
         Ok(Arc::new(Self {
             cert_path: cert_path.to_owned(),
             key_path: key_path.to_owned(),
-            state: RwLock::new((loaded, fingerprint)),
+            state: RwLock::new((loaded, bytes)),
         }))
-    }
-
-    fn file_bytes(cert: &Path, key: &Path) -> std::io::Result<Vec<u8>> {
-        let mut bytes = std::fs::read(cert)?;
-        bytes.extend(std::fs::read(key)?);
-        Ok(bytes)
     }
 
     /// notAfter (Unix seconds) of the certificate being served.
@@ -140,15 +136,11 @@ impl ReloadingResolver {
     /// Re-reads the files; swaps in the new certificate if they changed and parse. Returns
     /// `Ok(true)` on a swap. A half-written or bad pair leaves the old certificate in service.
     pub fn reload(&self) -> Result<bool, TlsError> {
-        let bytes =
-            Self::file_bytes(&self.cert_path, &self.key_path).map_err(|source| TlsError::Read {
-                path: self.cert_path.display().to_string(),
-                source,
-            })?;
+        let bytes = read_pair(&self.cert_path, &self.key_path)?;
         if self.state.read().expect("resolver lock").1 == bytes {
             return Ok(false);
         }
-        let loaded = load(&self.cert_path, &self.key_path)?;
+        let loaded = parse(&self.cert_path, &bytes.0, &self.key_path, &bytes.1)?;
         *self.state.write().expect("resolver lock") = (loaded, bytes);
         Ok(true)
     }
