@@ -134,6 +134,11 @@ pub struct RunArgs {
     /// restarted container keeps its pod name, so it takes its Lease back at once.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// After SIGTERM: report not ready and keep serving this long before closing the webhook
+    /// listener, so the API server stops calling this replica first (endpoint removal takes a
+    /// few seconds). Keep it under the pod's terminationGracePeriodSeconds.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
@@ -231,6 +236,7 @@ pub async fn operator(cli: OperatorCli, out: &mut impl std::io::Write) -> Result
                 tls_cert_file: args.tls_cert_file,
                 tls_key_file: args.tls_key_file,
                 cert_reload_interval: args.cert_reload_interval,
+                shutdown_delay: args.shutdown_delay,
                 view: crate::webhook::view::ViewConfig {
                     rotation_name: args.rotation_name.clone(),
                     linkerd_namespace: args.linkerd_namespace.clone(),

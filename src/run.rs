@@ -32,6 +32,9 @@ pub struct RunConfig {
     pub reconciler: Option<crate::reconcile::controller::ReconcilerConfig>,
     /// Run the reconciler only while holding this Lease (`None`: always).
     pub leader: Option<crate::reconcile::lease::LeaseConfig>,
+    /// After the shutdown signal: not ready, still serving, for this long, so the API server
+    /// has stopped sending admissions here before the listener closes.
+    pub shutdown_delay: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,10 +138,15 @@ pub async fn run(
 
     let shutdown_health = health.clone();
     let app = router(AppState { view, metrics });
+    let delay = config.shutdown_delay;
     serve_tls(webhook_listener, tls, app, async move {
         shutdown.await;
+        // Not ready first: the Service drops this endpoint (and the API server stops calling
+        // it) while the listener still answers whoever has not heard yet.
         shutdown_health.shutting_down.store(true, Ordering::Release);
-        tracing::info!("shutting down: draining requests in flight");
+        tracing::info!(delay = ?delay, "shutting down: not ready, still serving");
+        tokio::time::sleep(delay).await;
+        tracing::info!("shutting down: closing the listener, draining requests in flight");
     })
     .await;
     let _ = admin_stop_tx.send(());

@@ -196,7 +196,7 @@ async fn create_timed(pods: &Api<Pod>, pod: &Pod) -> (Pod, Duration) {
 async fn webhook_stamps_pods_and_never_blocks_them() {
     let cp = start_control_plane().await;
     seed_cluster(&cp).await;
-    let mut op = Operator::start(&cp, &["--reconciler=false"]);
+    let mut op = Operator::start(&cp, &["--reconciler=false", "--shutdown-delay=3s"]);
     op.wait_ready(Duration::from_secs(60)).await;
     register_webhook(&cp, &op);
 
@@ -289,8 +289,28 @@ async fn webhook_stamps_pods_and_never_blocks_them() {
     assert!(took < Duration::from_secs(10), "took {took:?}");
     eprintln!("pod created while the webhook hung: {took:?}");
 
-    // Stopped (SIGTERM): exits cleanly and in time, then pods are created at once, unstamped.
+    // Stopping (SIGTERM): at once not ready, but still serving for the shutdown delay, so an
+    // admission sent before the endpoint is gone is still answered.
     op.process.signal("TERM").unwrap();
+    let terminated = Instant::now();
+    while op.admin_get("/ready").map(|(code, _)| code) != Some(503) {
+        assert!(
+            terminated.elapsed() < Duration::from_secs(2),
+            "/ready: {:?}",
+            op.admin_get("/ready")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (pod, took) = create_timed(&meshed, &app_pod("while-stopping")).await;
+    assert!(
+        annotation(&pod, TRUST_BUNDLE_ANNOTATION).is_some(),
+        "stamped while not ready but still serving"
+    );
+    eprintln!(
+        "pod created {:?} after SIGTERM, while not ready: {took:?}",
+        terminated.elapsed()
+    );
+    // Stopped: exits cleanly and in time, then pods are created at once, unstamped.
     let status = op
         .process
         .wait_timeout(Duration::from_secs(15))

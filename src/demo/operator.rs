@@ -58,6 +58,8 @@ impl OperatorProcess {
             format!("--tls-cert-file={}", certs.cert.display()),
             format!("--tls-key-file={}", certs.key.display()),
             "--reconcile-interval=500ms".to_owned(),
+            // Registered by URL, not behind a Service: no endpoint to drain before stopping.
+            "--shutdown-delay=0s".to_owned(),
         ];
         args.extend(extra_args.iter().cloned());
         let rust_log = std::env::var_os("RUST_LOG").unwrap_or_else(|| "info".into());
