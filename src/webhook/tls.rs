@@ -50,8 +50,11 @@ pub struct Loaded {
     pub not_after: i64,
 }
 
+/// The certificate file's bytes and the key file's.
+type PairBytes = (Vec<u8>, Vec<u8>);
+
 /// The two files' bytes, read once: what is parsed is what is remembered as served.
-fn read_pair(cert_path: &Path, key_path: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+fn read_pair(cert_path: &Path, key_path: &Path) -> Result<PairBytes, TlsError> {
     let read = |p: &Path| {
         std::fs::read(p).map_err(|source| TlsError::Read {
             path: p.display().to_string(),
@@ -113,7 +116,7 @@ pub struct ReloadingResolver {
     /// The certificate in service and the file bytes it was parsed from. Parsed from the very
     /// bytes remembered: a Secret-volume swap between two reads can never leave an old
     /// certificate served while the new files count as seen.
-    state: RwLock<(Loaded, (Vec<u8>, Vec<u8>))>,
+    state: RwLock<(Loaded, PairBytes)>,
 }
 
 impl ReloadingResolver {
