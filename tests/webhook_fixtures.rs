@@ -245,6 +245,28 @@ fn injected_pod_gets_fingerprint_of_its_own_anchors_and_env_on_the_proxy() {
     assert_idempotent(&again, &accelerating_view());
 }
 
+/// Injected anchors that do not parse: the fingerprint stamped at the first call (from the
+/// desired bundle, before injection) is removed rather than left claiming a bundle the proxy
+/// does not hold; the env var is still set, and the second run changes nothing.
+#[test]
+fn unparseable_injected_anchors_take_our_earlier_fingerprint_away() {
+    let mut body = fixture("pod-injected");
+    let object = &mut body["request"]["object"];
+    for e in object["spec"]["containers"][0]["env"]
+        .as_array_mut()
+        .unwrap()
+    {
+        if e["name"] == "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS" {
+            e["value"] = json!("not a certificate");
+        }
+    }
+    object["metadata"]["annotations"][TRUST_BUNDLE_ANNOTATION] = json!(DESIRED);
+    let (pod, again) = apply(&body, &run(&body, Some(&accelerating_view())));
+    assert_eq!(annotation(&pod, TRUST_BUNDLE_ANNOTATION), None);
+    assert_eq!(proxy_env(&pod, "containers", MAX_REFRESH_ENV), Some("300s"));
+    assert_idempotent(&again, &accelerating_view());
+}
+
 /// The webhook's second call for a pod (reinvoked after the injector): anchors that are the
 /// trust-roots ConfigMap's text get the view's fingerprint without being parsed; other anchors
 /// are parsed as before.

@@ -67,12 +67,9 @@ fn env_list() -> impl Strategy<Value = Option<Vec<Value>>> {
         ),
         "[A-Z_]{1,8}".prop_map(|n| json!({"name": n, "value": "v"})),
     ];
-    proptest::option::of(proptest::collection::vec(entry, 0..4).prop_map(|mut list| {
-        // Kubernetes refuses duplicate env names in one container; so do we generate none.
-        let mut seen = std::collections::HashSet::new();
-        list.retain(|e| seen.insert(e["name"].as_str().unwrap().to_owned()));
-        list
-    }))
+    // Duplicate names included: the API server accepts them (with a warning) and the kubelet
+    // lets the last one win.
+    proptest::option::of(proptest::collection::vec(entry, 0..5))
 }
 
 /// Where the proxy is: absent, in containers at some position, or a native sidecar.
@@ -182,6 +179,24 @@ proptest! {
         };
         prop_assert_eq!(names(&pod_json, "containers"), names(&patched, "containers"));
         prop_assert_eq!(names(&pod_json, "initContainers"), names(&patched, "initContainers"));
+
+        // While accelerating, the proxy runs with the interval: the last definition of the
+        // name (the one the kubelet uses) has it.
+        if let Some(interval) = view.accelerated_max_refresh() {
+            for list in ["containers", "initContainers"] {
+                let Some(proxy) = patched["spec"][list]
+                    .as_array()
+                    .and_then(|l| l.iter().find(|c| c["name"] == "linkerd-proxy"))
+                else {
+                    continue;
+                };
+                let effective = proxy["env"]
+                    .as_array()
+                    .and_then(|env| env.iter().rev().find(|e| e["name"] == MAX_REFRESH_ENV))
+                    .map(|e| e["value"].clone());
+                prop_assert_eq!(effective, Some(json!(interval)), "{} env: {}", list, proxy["env"]);
+            }
+        }
 
         // Re-running on our own output changes nothing.
         match mutate_pod(&patched_pod, ns.as_deref(), &view) {

@@ -209,6 +209,13 @@ pub fn mutate_pod(pod: &PodIn, namespace_inject: Option<&str>, view: &RotationVi
 
     let mut patch = JsonPatch::new();
     annotation_ops(&mut patch, metadata.is_some(), annotations, &wanted);
+    // Injected anchors that do not parse: no fingerprint is true of them, so an earlier one (the
+    // first admission's, before injection) must not stay behind claiming a bundle.
+    if invalid_trust_anchors.is_some()
+        && annotations.is_some_and(|a| a.contains_key(TRUST_BUNDLE_ANNOTATION))
+    {
+        patch.remove(&["metadata", "annotations", TRUST_BUNDLE_ANNOTATION]);
+    }
     if let (Some(value), Some((list, index, container))) = (max_refresh, proxy) {
         container_env_ops(&mut patch, list, index, container, MAX_REFRESH_ENV, value);
     }
@@ -246,7 +253,8 @@ fn env_value<'p>(container: &'p ContainerIn, name: &str) -> Option<&'p str> {
         .env
         .as_ref()?
         .iter()
-        .find(|e| e.name.as_str() == name)?
+        // The kubelet lets the last definition of a name win.
+        .rfind(|e| e.name.as_str() == name)?
         .value
         .as_deref()
 }
@@ -287,13 +295,23 @@ pub fn merge_additional_env(
         },
     };
     let entry = json!({"name": name, "value": value});
-    let position = list
-        .iter()
-        .position(|e| e.get("name").and_then(Value::as_str) == Some(name));
-    match position {
-        Some(i) if list[i] == entry => return Ok(existing.unwrap_or_default().to_owned()),
-        Some(i) => list[i] = entry,
-        None => list.push(entry),
+    // Every entry of that name is set (a duplicate left alone could be the one that wins).
+    let mut found = false;
+    let mut changed = false;
+    for e in list
+        .iter_mut()
+        .filter(|e| e.get("name").and_then(Value::as_str) == Some(name))
+    {
+        found = true;
+        if *e != entry {
+            *e = entry.clone();
+            changed = true;
+        }
+    }
+    if !found {
+        list.push(entry);
+    } else if !changed {
+        return Ok(existing.unwrap_or_default().to_owned());
     }
     Ok(Value::Array(list).to_string())
 }
@@ -362,10 +380,21 @@ fn container_env_ops(
         });
         return;
     };
-    match env.iter().position(|e| e.name.as_str() == name) {
-        Some(i) if env[i].value.as_deref() == Some(value) && !env[i].value_from => {}
-        Some(i) => patch.replace(&["spec", list, &idx, "env", &i.to_string()], entry),
-        None => patch.add(&["spec", list, &idx, "env", "-"], entry),
+    // Every entry of that name is set: the kubelet lets the last one win, and a duplicate left
+    // alone could be it.
+    let mut found = false;
+    for (i, e) in env
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.name.as_str() == name)
+    {
+        found = true;
+        if e.value.as_deref() != Some(value) || e.value_from {
+            patch.replace(&["spec", list, &idx, "env", &i.to_string()], entry);
+        }
+    }
+    if !found {
+        patch.add(&["spec", list, &idx, "env", "-"], entry);
     }
 }
 
@@ -450,7 +479,15 @@ impl JsonPatch {
         self.push("replace", tokens, value);
     }
 
+    pub(crate) fn remove(&mut self, tokens: &[&str]) {
+        self.push_op("remove", tokens, None::<fn(&mut Vec<u8>)>);
+    }
+
     fn push(&mut self, op: &str, tokens: &[&str], value: impl FnOnce(&mut Vec<u8>)) {
+        self.push_op(op, tokens, Some(value));
+    }
+
+    fn push_op(&mut self, op: &str, tokens: &[&str], value: Option<impl FnOnce(&mut Vec<u8>)>) {
         let out = &mut self.json;
         out.pop();
         if self.len > 0 {
@@ -460,8 +497,10 @@ impl JsonPatch {
         out.extend_from_slice(op.as_bytes());
         out.extend_from_slice(br#"","path":"#);
         write_pointer(out, tokens);
-        out.extend_from_slice(br#","value":"#);
-        value(out);
+        if let Some(value) = value {
+            out.extend_from_slice(br#","value":"#);
+            value(out);
+        }
         out.extend_from_slice(b"}]");
         self.len += 1;
     }
