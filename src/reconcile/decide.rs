@@ -278,6 +278,9 @@ pub fn decide(
             d.finish(Requeue::Idle)
         }
         Phase::RefreshingControlPlane => {
+            // The count is against the bundle just written (expanded: holding every anchor of
+            // it; reduced: holding exactly it), not the last phase's.
+            d.count_bundle(observed, &bundle_set, !renewed);
             if observed.control_plane.is_empty() {
                 d.next.blocking_message = Some(
                     "no control-plane Deployment found (label linkerd.io/control-plane-ns): cannot restart the identity controller onto the new bundle".to_owned(),

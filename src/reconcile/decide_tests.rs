@@ -340,6 +340,11 @@ fn control_plane_is_restarted_once_per_bundle_and_awaited() {
         matches!(&writes(&d)[..], [Effect::RestartControlPlane { deployments, bundle_fingerprint }]
         if deployments.len() == 3 && *bundle_fingerprint == bundle_fp(&[0, 1]))
     );
+    // The pods' count is against the expanded bundle, which none holds yet.
+    assert_eq!(
+        d.status.trust_bundle.as_ref().unwrap().progress.as_deref(),
+        Some("0/4")
+    );
 
     // Restarted for this bundle, rollout still going: no second restart.
     let mut o = World {
