@@ -1,8 +1,10 @@
 //! Leader election with a `coordination.k8s.io/v1` Lease, as client-go's leaderelection does
 //! it: the holder renews `renewTime` every few seconds; another replica takes the Lease only
-//! once `renewTime + leaseDurationSeconds` has passed without a renewal. Every write carries
-//! the `resourceVersion` it read, so two replicas racing for an expired Lease cannot both win:
-//! the API server refuses the second write with 409 Conflict.
+//! once it has itself seen the Lease unchanged for `leaseDurationSeconds`, timed on its own
+//! monotonic clock (never by comparing the holder's `renewTime` with its own wall clock, so
+//! replicas whose clocks disagree neither steal a live Lease nor wait too long for a dead
+//! one). Every write carries the `resourceVersion` it read, so two replicas racing for an
+//! expired Lease cannot both win: the API server refuses the second write with 409 Conflict.
 //!
 //! [`next_step`] is the pure rule; [`Elector`] does the reads and writes. Every replica serves
 //! the webhook; only the leader runs the reconciler.
@@ -19,7 +21,7 @@ use kube::api::{Api, ObjectMeta, PostParams};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseState {
     pub holder: Option<String>,
-    /// Unix milliseconds of the last renewal (or acquisition).
+    /// Unix milliseconds of the last renewal (or acquisition), as the holder's clock wrote it.
     pub renewed_ms: Option<i64>,
     pub duration: Duration,
 }
@@ -35,19 +37,31 @@ pub enum Step {
     Wait,
 }
 
-/// The rule: a Lease is ours to renew, free (or expired) to take, or held.
-pub fn next_step(lease: &LeaseState, me: &str, now_ms: i64) -> Step {
+/// The rule: a Lease is ours to renew, free (or expired) to take, or held. `unchanged_for` is
+/// how long this replica has seen this very Lease (holder and renewTime) without a change.
+pub fn next_step(lease: &LeaseState, me: &str, unchanged_for: Duration) -> Step {
     match lease.holder.as_deref() {
         Some(h) if h == me => Step::Renew,
         None | Some("") => Step::Acquire,
-        Some(_) => {
-            let expires = lease
-                .renewed_ms
-                .map(|r| r + lease.duration.as_millis() as i64);
-            if expires.is_none_or(|e| now_ms >= e) {
-                Step::Acquire
-            } else {
-                Step::Wait
+        Some(_) if unchanged_for >= lease.duration => Step::Acquire,
+        Some(_) => Step::Wait,
+    }
+}
+
+/// The Lease as this replica last saw it change, and when (its own monotonic clock).
+#[derive(Debug, Default)]
+struct Observed {
+    seen: Option<(LeaseState, std::time::Instant)>,
+}
+
+impl Observed {
+    /// How long `state` has been seen unchanged, counting from now if it just changed.
+    fn unchanged_for(&mut self, state: &LeaseState, now: std::time::Instant) -> Duration {
+        match &self.seen {
+            Some((last, since)) if last == state => now.saturating_duration_since(*since),
+            _ => {
+                self.seen = Some((state.clone(), now));
+                Duration::ZERO
             }
         }
     }
@@ -103,6 +117,7 @@ pub enum LeaseError {
 pub struct Elector {
     api: Api<Lease>,
     config: LeaseConfig,
+    observed: std::sync::Arc<std::sync::Mutex<Observed>>,
 }
 
 fn state_of(lease: &Lease) -> LeaseState {
@@ -122,6 +137,7 @@ impl Elector {
         Self {
             api: Api::namespaced(client, &config.namespace),
             config,
+            observed: Default::default(),
         }
     }
 
@@ -154,8 +170,13 @@ impl Elector {
             };
         };
         let state = state_of(&lease);
+        let unchanged_for = self
+            .observed
+            .lock()
+            .expect("observed lease lock")
+            .unchanged_for(&state, std::time::Instant::now());
         let spec = lease.spec.clone().unwrap_or_default();
-        let new_spec = match next_step(&state, &c.identity, now.as_millisecond()) {
+        let new_spec = match next_step(&state, &c.identity, unchanged_for) {
             Step::Wait => return Ok(false),
             Step::Renew => self.spec(
                 spec.acquire_time.map_or(now, |t| t.0),
@@ -276,19 +297,62 @@ mod tests {
     #[test]
     fn ours_is_renewed_free_is_taken() {
         assert_eq!(
-            next_step(&lease(Some("a"), Some(0)), "a", 999_999),
+            next_step(&lease(Some("a"), Some(0)), "a", Duration::ZERO),
             Step::Renew
         );
-        assert_eq!(next_step(&lease(None, None), "a", 0), Step::Acquire);
-        assert_eq!(next_step(&lease(Some(""), Some(0)), "a", 0), Step::Acquire);
+        assert_eq!(
+            next_step(&lease(None, None), "a", Duration::ZERO),
+            Step::Acquire
+        );
+        assert_eq!(
+            next_step(&lease(Some(""), Some(0)), "a", Duration::ZERO),
+            Step::Acquire
+        );
     }
 
     #[test]
     fn held_is_taken_only_after_it_expires() {
         let held = lease(Some("b"), Some(1_000));
-        assert_eq!(next_step(&held, "a", 1_000), Step::Wait);
-        assert_eq!(next_step(&held, "a", 15_999), Step::Wait);
-        assert_eq!(next_step(&held, "a", 16_000), Step::Acquire);
-        assert_eq!(next_step(&lease(Some("b"), None), "a", 0), Step::Acquire);
+        let ms = Duration::from_millis;
+        assert_eq!(next_step(&held, "a", ms(0)), Step::Wait);
+        assert_eq!(next_step(&held, "a", ms(14_999)), Step::Wait);
+        assert_eq!(next_step(&held, "a", ms(15_000)), Step::Acquire);
+    }
+
+    /// Expiry is timed on the follower's own clock from when it saw the Lease change: a
+    /// renewTime far in the past (the holder's clock behind) or in the future (ahead) changes
+    /// nothing.
+    #[test]
+    fn expiry_is_timed_from_the_last_change_seen_whatever_the_clocks_say() {
+        let t0 = std::time::Instant::now();
+        let secs = Duration::from_secs;
+        let mut observed = Observed::default();
+        for renewed_ms in [Some(0), Some(i64::MAX / 2), None] {
+            let held = lease(Some("b"), renewed_ms);
+            let mut observed = Observed::default();
+            assert_eq!(observed.unchanged_for(&held, t0), Duration::ZERO);
+            assert_eq!(observed.unchanged_for(&held, t0 + secs(14)), secs(14));
+            assert_eq!(
+                next_step(&held, "a", observed.unchanged_for(&held, t0 + secs(15))),
+                Step::Acquire
+            );
+        }
+        // A renewal seen restarts the count.
+        assert_eq!(
+            observed.unchanged_for(&lease(Some("b"), Some(1)), t0),
+            Duration::ZERO
+        );
+        assert_eq!(
+            observed.unchanged_for(&lease(Some("b"), Some(1)), t0 + secs(10)),
+            secs(10)
+        );
+        assert_eq!(
+            observed.unchanged_for(&lease(Some("b"), Some(2)), t0 + secs(12)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            observed.unchanged_for(&lease(Some("b"), Some(2)), t0 + secs(20)),
+            secs(8)
+        );
     }
 }
