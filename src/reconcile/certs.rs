@@ -82,11 +82,10 @@ pub fn signer_of<'a>(issuer: &[u8], candidates: &[&'a Cert]) -> Option<&'a Cert>
     signers
         .iter()
         .filter(|(_, since)| *since <= issued_at)
-        // The newest; among equals, the first in order of preference.
-        .fold(None, |best: Option<&(&Cert, i64)>, s| match best {
-            Some(b) if b.1 >= s.1 => Some(b),
-            _ => Some(s),
-        })
+        // The newest; among equals the first in order of preference (`max_by_key` keeps the
+        // last of equals, hence the reversal).
+        .rev()
+        .max_by_key(|(_, since)| *since)
         .or(signers.first())
         .map(|(c, _)| *c)
 }
@@ -196,6 +195,11 @@ mod tests {
             .signed_by(&issuer_key, &old_anchor, &anchor_key)
             .unwrap();
         assert_eq!(signer_of(&early, &candidates), Some(&new));
+        // Two that both qualify and were issued the same second: the first preferred.
+        let twin = cert(&ca("root", t0).self_signed(&anchor_key).unwrap());
+        assert_ne!(twin.fingerprint, old.fingerprint, "a new serial");
+        assert_eq!(signer_of(&old_issuer, &[&twin, &old]), Some(&twin));
+        assert_eq!(signer_of(&old_issuer, &[&old, &twin]), Some(&old));
     }
 
     #[test]
