@@ -14,7 +14,11 @@ pub const NAME: &str = "trust-rotation-operator";
 /// cluster-wide by default; bind it with RoleBindings instead to restrict restarts to some
 /// namespaces.
 pub const RESTARTER: &str = "trust-rotation-operator-restarter";
-/// Where the reconciler writes its Events (`events.k8s.io/v1`).
+/// Where the reconciler files its Events (`events.k8s.io/v1`) about the cluster-scoped
+/// rotation. Kubernetes accepts an Event about a cluster-scoped object only in `kube-system`
+/// (1.20) or in `default` or `kube-system` (later versions); kube's Recorder uses `default`,
+/// which 1.20 refuses with 422, so the reconciler writes its own. `kubectl describe tar
+/// cluster` finds them in any namespace.
 pub const EVENTS_NAMESPACE: &str = "kube-system";
 
 /// Who the objects are for, and the namespaces of what the operator reads and writes.
@@ -31,19 +35,26 @@ pub struct RbacConfig {
 }
 
 impl RbacConfig {
-    /// For a ServiceAccount, with the operator's default namespaces.
-    pub fn service_account(namespace: &str, name: &str) -> Self {
+    /// For `subject`, with the operator running in `operator_namespace` and Linkerd's and
+    /// cert-manager's default namespaces.
+    pub fn new(subject: Subject, operator_namespace: &str) -> Self {
         Self {
-            subject: Subject {
-                kind: "ServiceAccount".to_owned(),
-                name: name.to_owned(),
-                namespace: Some(namespace.to_owned()),
-                api_group: None,
-            },
-            operator_namespace: namespace.to_owned(),
+            subject,
+            operator_namespace: operator_namespace.to_owned(),
             linkerd_namespace: "linkerd".to_owned(),
             trust_anchor_namespace: "cert-manager".to_owned(),
         }
+    }
+
+    /// For the operator's ServiceAccount `namespace/name`.
+    pub fn service_account(namespace: &str, name: &str) -> Self {
+        let subject = Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: name.to_owned(),
+            namespace: Some(namespace.to_owned()),
+            api_group: None,
+        };
+        Self::new(subject, namespace)
     }
 }
 

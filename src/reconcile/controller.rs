@@ -28,6 +28,7 @@ use crate::crd::{
     RenewalPolicy, RestartPolicy, TrustAnchorRotation, TrustAnchorRotationSpec,
     TrustAnchorRotationStatus,
 };
+use crate::rbac::EVENTS_NAMESPACE;
 
 /// Field manager of every write the reconciler makes.
 pub const MANAGER: &str = "trust-rotation-operator";
@@ -45,12 +46,6 @@ const TRUST_ANCHORS_ENV: &str = "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS";
 /// The proxy admin port, where a TLS handshake returns the live leaf chain.
 const ADMIN_PORT: u16 = 4191;
 
-/// Where Events about the cluster-scoped rotation are filed. Kubernetes accepts an
-/// events.k8s.io Event about a cluster-scoped object only in `kube-system` (1.20) or in
-/// `default` or `kube-system` (later versions); kube's Recorder uses `default`, which 1.20
-/// refuses with 422, so the reconciler writes its own. `kubectl describe tar cluster` finds
-/// them in any namespace.
-use crate::rbac::EVENTS_NAMESPACE;
 /// events.k8s.io limits `note` to 1 kB.
 const EVENT_NOTE_MAX_BYTES: usize = 1024;
 
