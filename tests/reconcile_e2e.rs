@@ -153,14 +153,13 @@ const OPERATOR_USER: &str = "operator";
 /// `trust-rotation-operator rbac`'s objects, for [`OPERATOR_USER`].
 fn operator_rbac() -> trust_rotation_operator::rbac::Rbac {
     use trust_rotation_operator::rbac::{RbacConfig, rbac};
-    let mut config = RbacConfig::service_account("linkerd", "unused");
-    config.subject = k8s_openapi::api::rbac::v1::Subject {
+    let user = k8s_openapi::api::rbac::v1::Subject {
         kind: "User".to_owned(),
         name: OPERATOR_USER.to_owned(),
         api_group: Some("rbac.authorization.k8s.io".to_owned()),
         namespace: None,
     };
-    rbac(&config)
+    rbac(&RbacConfig::new(user, "linkerd"))
 }
 
 async fn apply_rbac(client: &kube::Client, restart_in: Option<&[String]>) {
@@ -185,7 +184,6 @@ async fn apply_rbac(client: &kube::Client, restart_in: Option<&[String]>) {
     }
     for o in &rbac.roles {
         let ns = o.metadata.namespace.as_deref().unwrap();
-        ensure_namespace(client, ns).await;
         Api::<Role>::namespaced(client.clone(), ns)
             .create(&post, o)
             .await
@@ -207,7 +205,6 @@ async fn apply_rbac(client: &kube::Client, restart_in: Option<&[String]>) {
 async fn allow_restarts_in(client: &kube::Client, namespace: &str) {
     use k8s_openapi::api::rbac::v1::RoleBinding;
     use trust_rotation_operator::rbac::RESTARTER;
-    ensure_namespace(client, namespace).await;
     let mut binding = operator_rbac()
         .cluster_role_bindings
         .into_iter()
@@ -223,18 +220,6 @@ async fn allow_restarts_in(client: &kube::Client, namespace: &str) {
         .create(&PostParams::default(), &binding)
         .await
         .unwrap();
-}
-
-async fn ensure_namespace(client: &kube::Client, name: &str) {
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    match Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => panic!("creating namespace {name}: {e}"),
-    }
 }
 
 /// A control plane, a mesh with traffic running, the CRD with the `cluster` rotation, and the
@@ -266,24 +251,13 @@ impl Rig {
         spec: serde_json::Value,
         op_args: &[&str],
     ) -> Self {
-        let cp = match &credentials {
-            Credentials::Admin => start_control_plane().await,
-            Credentials::Rbac { .. } => {
-                start_control_plane_with(trust_rotation_operator::testbed::Options {
-                    plain_users: vec![OPERATOR_USER.to_owned()],
-                    ..Default::default()
-                })
-                .await
-            }
-        };
+        // The operator's user exists either way; only with `Credentials::Rbac` is it used.
+        let cp = start_control_plane_with(trust_rotation_operator::testbed::Options {
+            plain_users: vec![OPERATOR_USER.to_owned()],
+            ..Default::default()
+        })
+        .await;
         let client = cp.client();
-        let op_kubeconfig = match &credentials {
-            Credentials::Admin => cp.kubeconfig().to_owned(),
-            Credentials::Rbac { restart_in } => {
-                apply_rbac(&client, restart_in.as_deref()).await;
-                cp.kubeconfig_for(OPERATOR_USER).unwrap()
-            }
-        };
         let mut mesh = Mesh::start(client.clone(), sim)
             .await
             .unwrap_or_else(|e| panic!("starting the simulated mesh: {e}"));
@@ -307,6 +281,14 @@ impl Rig {
             .chain(op_args)
             .map(|a| (*a).to_owned())
             .collect();
+        // RBAC once the mesh and its namespaces exist.
+        let op_kubeconfig = match &credentials {
+            Credentials::Admin => cp.kubeconfig().to_owned(),
+            Credentials::Rbac { restart_in } => {
+                apply_rbac(&client, restart_in.as_deref()).await;
+                cp.kubeconfig_for(OPERATOR_USER).unwrap()
+            }
+        };
         let op = start_operator(&op_kubeconfig, &op_args).await;
         register_webhook(&cp, &op);
         mesh.start_traffic(TrafficConfig::default());
@@ -469,10 +451,6 @@ impl Follow {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-    }
-
-    fn saw_out_of_order(&self) -> bool {
-        self.out_of_order
     }
 
     /// The traffic generator counted handshakes throughout: never a long stand-still.
@@ -1047,7 +1025,7 @@ async fn anchor_renewed_with_its_old_key_raises_no_false_alarm() {
     assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
     follow.assert_went_through_every_phase(false);
     assert!(
-        !follow.saw_out_of_order(),
+        !follow.out_of_order,
         "OutOfOrderIssuerRotation was raised for an issuer renewed in order"
     );
     assert!(
