@@ -149,6 +149,19 @@ impl World {
         }
     }
 
+    /// Anchor 1 in use everywhere: the bundle reduced to it, the control plane restarted onto
+    /// that, every pod holding it.
+    fn reduced() -> Self {
+        World {
+            anchor: 1,
+            previous: Some(1),
+            bundle: Some(vec![1]),
+            signer: 1,
+            holds: vec![1],
+            cp_for: Some(bundle_fp(&[1])),
+        }
+    }
+
     fn observed(&self) -> Observed {
         let mut pods: Vec<MeshedPod> = (0..4)
             .map(|i| pod(&format!("app-{}", i % 2), &format!("web-{i}"), &self.holds))
@@ -436,12 +449,8 @@ fn control_plane_proxies_take_the_fast_refresh_onto_the_expanded_bundle() {
 #[test]
 fn control_plane_proxies_give_back_only_the_operators_refresh_onto_the_reduced_bundle() {
     let w = World {
-        anchor: 1,
-        previous: Some(1),
-        bundle: Some(vec![1]),
-        signer: 1,
-        holds: vec![1],
         cp_for: Some(bundle_fp(&[0, 1])),
+        ..World::reduced()
     };
     let mut o = w.observed();
     for c in &mut o.control_plane[..2] {
@@ -488,12 +497,8 @@ fn control_plane_on_the_expanded_bundle_starts_propagation_with_the_fast_refresh
 #[test]
 fn control_plane_on_the_reduced_bundle_starts_removal() {
     let w = World {
-        anchor: 1,
-        previous: Some(1),
-        bundle: Some(vec![1]),
-        signer: 1,
         holds: vec![0, 1],
-        cp_for: Some(bundle_fp(&[1])),
+        ..World::reduced()
     };
     let d = run(&manual(), Phase::RefreshingControlPlane, &w.observed());
     assert_eq!(d.status.phase, Phase::RemovingOldTrustRoots);
@@ -624,15 +629,7 @@ fn a_restart_still_rolling_holds_the_phase_even_when_every_running_pod_converged
         blocking(&d)
     );
     let d = run(&automatic(), Phase::RemovingOldTrustRoots, &{
-        let w = World {
-            anchor: 1,
-            previous: Some(1),
-            bundle: Some(vec![1]),
-            signer: 1,
-            holds: vec![1],
-            cp_for: Some(bundle_fp(&[1])),
-        };
-        let mut o = w.observed();
+        let mut o = World::reduced().observed();
         o.workloads_restarting.insert(Workload {
             kind: "Deployment".to_owned(),
             namespace: "app-1".to_owned(),
@@ -725,12 +722,8 @@ fn unreachable_or_unprobed_pods_are_not_converged() {
 #[test]
 fn removal_restarts_pods_still_trusting_the_old_anchor_then_syncs() {
     let w = World {
-        anchor: 1,
-        previous: Some(1),
-        bundle: Some(vec![1]),
-        signer: 1,
         holds: vec![0, 1],
-        cp_for: Some(bundle_fp(&[1])),
+        ..World::reduced()
     };
     let d = run(&automatic(), Phase::RemovingOldTrustRoots, &w.observed());
     assert_eq!(d.status.phase, Phase::RemovingOldTrustRoots);
@@ -834,12 +827,8 @@ fn paused_observes_and_writes_nothing() {
 #[test]
 fn a_bundle_overwritten_with_a_retired_anchor_is_restored_to_the_anchor_in_use() {
     let mut w = World {
-        anchor: 1,
-        previous: Some(1),
         bundle: Some(vec![0]),
-        signer: 1,
-        holds: vec![1],
-        cp_for: Some(bundle_fp(&[1])),
+        ..World::reduced()
     };
     let d = run(&automatic(), Phase::Synced, &w.observed());
     assert_eq!(written_bundle(&d), Some(set(&[1])), "{:?}", d.effects);

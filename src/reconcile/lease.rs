@@ -326,7 +326,6 @@ mod tests {
     fn expiry_is_timed_from_the_last_change_seen_whatever_the_clocks_say() {
         let t0 = std::time::Instant::now();
         let secs = Duration::from_secs;
-        let mut observed = Observed::default();
         for renewed_ms in [Some(0), Some(i64::MAX / 2), None] {
             let held = lease(Some("b"), renewed_ms);
             let mut observed = Observed::default();
@@ -338,6 +337,7 @@ mod tests {
             );
         }
         // A renewal seen restarts the count.
+        let mut observed = Observed::default();
         assert_eq!(
             observed.unchanged_for(&lease(Some("b"), Some(1)), t0),
             Duration::ZERO
