@@ -472,22 +472,19 @@ impl JsonPatch {
 
     /// Appends `add` at the pointer made of `tokens`; `value` writes the value's JSON.
     pub(crate) fn add(&mut self, tokens: &[&str], value: impl FnOnce(&mut Vec<u8>)) {
-        self.push("add", tokens, value);
+        self.push("add", tokens, Some(value));
     }
 
     pub(crate) fn replace(&mut self, tokens: &[&str], value: impl FnOnce(&mut Vec<u8>)) {
-        self.push("replace", tokens, value);
+        self.push("replace", tokens, Some(value));
     }
 
     pub(crate) fn remove(&mut self, tokens: &[&str]) {
-        self.push_op("remove", tokens, None::<fn(&mut Vec<u8>)>);
+        self.push("remove", tokens, None::<fn(&mut Vec<u8>)>);
     }
 
-    fn push(&mut self, op: &str, tokens: &[&str], value: impl FnOnce(&mut Vec<u8>)) {
-        self.push_op(op, tokens, Some(value));
-    }
-
-    fn push_op(&mut self, op: &str, tokens: &[&str], value: Option<impl FnOnce(&mut Vec<u8>)>) {
+    /// One operation; `value` writes the value's JSON (`None` for `remove`, which has none).
+    fn push(&mut self, op: &str, tokens: &[&str], value: Option<impl FnOnce(&mut Vec<u8>)>) {
         let out = &mut self.json;
         out.pop();
         if self.len > 0 {
