@@ -937,6 +937,140 @@ async fn second_anchor_renewal_mid_rotation_still_ends_synced() {
     rig.assert_mesh_on(third.as_ref().unwrap(), 7).await;
 }
 
+/// A workload started while the control plane refreshes onto the expanded bundle: the injector
+/// already gives it that bundle, so propagation has no reason to restart it, but the rotation
+/// had not yet published its interval, so its proxies keep Linkerd's natural refresh (70 % of
+/// the leaf's lifetime, here 42 minutes of an hour). The operator restarts it for a leaf from
+/// the renewed issuer, once, and the rotation finishes in seconds with zero failed handshakes.
+/// Without that restart it waits for the natural refresh (the negative control: the rotation
+/// stays in RenewingWorkloadCerts until the test's deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_started_before_the_interval_was_published_is_restarted_for_its_leaf() {
+    const LATE: &str = "mesh-late";
+    let sim = SimConfig {
+        leaf_lifetime: Duration::from_secs(3600),
+        ..SimConfig::default()
+    };
+    let rig = Rig::start_with(
+        Setup {
+            sim,
+            ..Setup::default()
+        },
+        (1, 1, 2),
+        json!({"workloadCertificateRefreshInterval": "3s",
+               "dataPlaneRestart": {"policy": "Automatic"},
+               "issuerRenewal": {"policy": "Automatic"}}),
+        &[],
+    )
+    .await;
+    let rotations = Api::<TrustAnchorRotation>::all(rig.client.clone());
+    let pause = |paused: bool| {
+        let rotations = rotations.clone();
+        async move {
+            rotations
+                .patch(
+                    "cluster",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"paused": paused}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let mut follow = Follow::new(&rig);
+    let new_anchor = rig.runbook().renew_anchor().await.unwrap();
+    // Hold the rotation in the expanding control-plane refresh.
+    loop {
+        let status = follow.status(&rig).await;
+        if status.phase == Phase::RefreshingControlPlane {
+            pause(true).await;
+            break;
+        }
+        assert_eq!(status.phase, Phase::Synced, "missed RefreshingControlPlane");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = follow.status(&rig).await;
+    assert_eq!(
+        status.phase,
+        Phase::RefreshingControlPlane,
+        "paused too late: {status:#?}"
+    );
+    // Once the injector's copy of the bundle holds the new anchor, a new workload starts.
+    let holds_new = |pem: &str| {
+        trust_rotation_operator::bundle::Bundle::from_pem("bundle", pem)
+            .is_ok_and(|b| b.fingerprints().any(|f| f == new_anchor.fingerprint))
+    };
+    let waited = Instant::now();
+    while !rig.mesh.injector_bundle().is_some_and(|b| holds_new(&b)) {
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "injector kept the old bundle"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rig.mesh
+        .add_workloads(&[LATE.to_owned()], 1, 2, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let late = workload_pods(&rig.client, &[LATE.to_owned()]).await;
+    assert_eq!(late.len(), 2);
+    for pod in &late {
+        let anchors = proxy_env(pod, "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS").unwrap();
+        assert!(
+            holds_new(&anchors),
+            "{} holds the expanded bundle",
+            pod.name_any()
+        );
+        assert_eq!(proxy_env(pod, MAX_REFRESH_ENV), None, "{}", pod.name_any());
+    }
+    pause(false).await;
+
+    let mut asked = None;
+    let done = loop {
+        let status = follow.status(&rig).await;
+        let message = status.blocking_message.as_deref().unwrap_or_default();
+        if asked.is_none() && message.contains("will not refresh their leaf within 3s") {
+            asked = Some(message.to_owned());
+        }
+        if is_done(&status, &new_anchor) {
+            break status;
+        }
+        assert!(
+            follow.secs() < 150.0,
+            "the rotation waits for a natural leaf refresh: {status:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let t = rig.traffic();
+    eprintln!(
+        "rotation with a workload started before the interval: {:.1}s; asked: {asked:?}; traffic: {t}",
+        follow.secs()
+    );
+    assert_eq!(done.blocking_message, None);
+    let asked = asked.expect("the status named the workload that refreshes too late");
+    assert!(asked.contains(&format!("{LATE}/app-0-")), "{asked}");
+    let issuer = rig.runbook().issuer().await.unwrap();
+    let template = Api::<Deployment>::namespaced(rig.client.clone(), LATE)
+        .get("app-0")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template;
+    assert_eq!(
+        template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap_or_default()
+            .get("trust.linkerd.io/restarted-for-issuer"),
+        Some(&issuer.fingerprint)
+    );
+    assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
+    follow.assert_traffic_throughout(&rig);
+    rig.assert_mesh_on(&new_anchor, 7).await;
+}
+
 /// An identity issuer renewed with its old key (`rotationPolicy: Never`, cert-manager's default
 /// before 1.18) while the anchor gets a new one: a leaf from the old issuer still verifies under
 /// the new issuer's key, but its chain (leaf, old issuer) does not verify under the new anchor.

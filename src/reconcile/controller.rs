@@ -35,6 +35,10 @@ pub const MANAGER: &str = "trust-rotation-operator";
 /// Pod-template annotation that restarts a workload onto a bundle: its value is the bundle's
 /// fingerprint, so writing it again for the same bundle causes no second rollout.
 pub const RESTART_ANNOTATION: &str = "trust.linkerd.io/restarted-for-bundle";
+/// Pod-template annotation that restarts a workload so that its proxies get a leaf from the
+/// current issuer: its value is the issuer's fingerprint, so a workload is restarted at most
+/// once per issuer for that reason.
+pub const LEAF_RESTART_ANNOTATION: &str = "trust.linkerd.io/restarted-for-issuer";
 /// On a control-plane Deployment's pod template: the proxy refresh interval the operator set
 /// there for the rotation, so that it removes its own and never the user's.
 pub const PROXY_REFRESH_ANNOTATION: &str = "trust.linkerd.io/proxy-max-refresh";
@@ -535,15 +539,23 @@ async fn observe(
         .ok()
         .and_then(|b| b.as_ref())
         .map(|b| super::decide::bundle_of(b.iter()).fingerprint());
-    let workloads_restarting: BTreeSet<Workload> = current_bundle
-        .as_deref()
-        .map(|fp| {
-            rolling_onto(&stores.deployments, fp)
-                .chain(rolling_onto(&stores.statefulsets, fp))
-                .chain(rolling_onto(&stores.daemonsets, fp))
-                .collect()
+    // And the same for restarts for a leaf from the issuer in place now.
+    let current_issuer = issuer.as_ref().ok().map(|i| i.cert.fingerprint.clone());
+    let markers: Vec<(&str, &str)> = [
+        (RESTART_ANNOTATION, current_bundle.as_deref()),
+        (LEAF_RESTART_ANNOTATION, current_issuer.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| Some((key, value?)))
+    .collect();
+    let workloads_restarting: BTreeSet<Workload> = markers
+        .iter()
+        .flat_map(|&(key, value)| {
+            rolling_onto(&stores.deployments, key, value)
+                .chain(rolling_onto(&stores.statefulsets, key, value))
+                .chain(rolling_onto(&stores.daemonsets, key, value))
         })
-        .unwrap_or_default();
+        .collect();
     let on_delete = |kind: &str, namespace: &str, name: &str| {
         match kind {
             "StatefulSet" => stores
@@ -705,17 +717,17 @@ impl Restartable for DaemonSet {
     }
 }
 
-/// Workloads of one kind the operator restarted onto `bundle` whose rollout is not done.
+/// Workloads of one kind the operator restarted with `marker` = `value` whose rollout is not
+/// done.
 fn rolling_onto<'a, K: Restartable>(
     store: &'a Store<K>,
-    bundle: &'a str,
+    marker: &'a str,
+    value: &'a str,
 ) -> impl Iterator<Item = Workload> + 'a {
     store
         .state()
         .into_iter()
-        .filter(move |w| {
-            template_annotation(w.template(), RESTART_ANNOTATION).as_deref() == Some(bundle)
-        })
+        .filter(move |w| template_annotation(w.template(), marker).as_deref() == Some(value))
         .filter(|w| !w.rollout_complete())
         .map(|w| Workload {
             kind: K::KIND.to_owned(),
@@ -795,6 +807,9 @@ fn meshed_pod(
         ready,
         anchors,
         restarted_for: p.annotations().get(RESTART_ANNOTATION).cloned(),
+        max_refresh: proxy
+            .and_then(|c| env_value(c, MAX_REFRESH_ENV))
+            .and_then(|v| crate::duration::parse(&v).ok()),
         owner,
         leaf: None,
         addr: p
@@ -907,14 +922,16 @@ async fn execute(
         }
         Effect::RestartWorkloads {
             workloads,
-            bundle_fingerprint,
+            restart_for,
         } => {
+            let marker = match restart_for {
+                RestartFor::Bundle(fingerprint) => (RESTART_ANNOTATION, fingerprint.as_str()),
+                RestartFor::Issuer(fingerprint) => (LEAF_RESTART_ANNOTATION, fingerprint.as_str()),
+            };
             // Each one is tried: one workload that cannot be restarted holds up no other.
             let mut failed = Vec::new();
             for w in workloads {
-                if let Err(e) =
-                    restart(client, &w.kind, &w.namespace, &w.name, bundle_fingerprint).await
-                {
+                if let Err(e) = restart(client, w, marker).await {
                     failed.push(e);
                 }
             }
@@ -942,21 +959,24 @@ async fn execute(
     Ok(())
 }
 
-/// Sets the restart annotation on a workload's pod template (a merge patch of one key: the
-/// same value twice changes nothing, so no second rollout).
+/// Sets a restart annotation (`key`, `value`) on a workload's pod template (a merge patch of
+/// one key: the same value twice changes nothing, so no second rollout).
 async fn restart(
     client: &Client,
-    kind: &str,
-    namespace: &str,
-    name: &str,
-    bundle_fingerprint: &str,
+    workload: &Workload,
+    (key, value): (&str, &str),
 ) -> Result<(), ReconcileError> {
+    let Workload {
+        kind,
+        namespace,
+        name,
+    } = workload;
     let patch = Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
-        RESTART_ANNOTATION: bundle_fingerprint}}}}}));
+        key: value}}}}}));
     let params = PatchParams::default();
     let what = format!("restarting {kind} {namespace}/{name}");
-    tracing::info!(%kind, %namespace, %name, "restarting onto the trust bundle");
-    match kind {
+    tracing::info!(%kind, %namespace, %name, annotation = key, %value, "restarting");
+    match kind.as_str() {
         "Deployment" => Api::<Deployment>::namespaced(client.clone(), namespace)
             .patch(name, &params, &patch)
             .await

@@ -23,6 +23,9 @@ const IN_ORDER_MESSAGE: &str = "the identity issuer is renewed only after the bu
 /// Leads the blockingMessage while `OutOfOrderIssuerRotation` is True.
 pub const OUT_OF_ORDER_URGENT: &str = "URGENT: the identity issuer was renewed before every proxy trusted the new anchor, so proxies on the old bundle reject new leaves: let the bundle finish propagating (restart the workloads listed) now";
 
+/// The proxy's refresh cap, named in messages.
+const MAX_REFRESH_ENV: &str = crate::webhook::patch::MAX_REFRESH_ENV;
+
 /// How many example pod names a blocking message carries.
 const EXAMPLES: usize = 3;
 
@@ -62,18 +65,18 @@ pub fn bundle_of<'a>(certs: impl IntoIterator<Item = &'a Cert>) -> Bundle {
     Bundle::from_pem("bundle", &pem).unwrap_or_default()
 }
 
-/// Why `spec.workloadCertificateRefreshInterval` cannot be published to proxies, if it cannot.
+/// `spec.workloadCertificateRefreshInterval`, or why it cannot be published to proxies.
 /// The CRD's pattern keeps malformed text out, but `0s` (or `0m0s`) matches it, and a proxy
 /// asked to refresh every zero seconds is not a setting anyone means; a CRD installed without
 /// its schema could let anything through.
-fn refresh_interval_problem(interval: &str) -> Option<String> {
+fn refresh_interval(interval: &str) -> Result<std::time::Duration, String> {
     const FIELD: &str = "spec.workloadCertificateRefreshInterval";
     match crate::duration::parse(interval) {
-        Err(e) => Some(format!("{FIELD}: {e}")),
-        Ok(d) if d.is_zero() => Some(format!(
+        Err(e) => Err(format!("{FIELD}: {e}")),
+        Ok(d) if d.is_zero() => Err(format!(
             "{FIELD} is {interval:?}, a zero interval, which no proxy can refresh on; set a positive duration such as 5m"
         )),
-        Ok(_) => None,
+        Ok(d) => Ok(d),
     }
 }
 
@@ -130,9 +133,10 @@ pub fn decide(
         d.next.phase = status.phase;
         return d.finish(Requeue::Idle);
     }
-    if let Some(problem) = refresh_interval_problem(&policies.refresh_interval) {
-        return d.park(&problem);
-    }
+    let interval = match refresh_interval(&policies.refresh_interval) {
+        Ok(interval) => interval,
+        Err(problem) => return d.park(&problem),
+    };
 
     // The anchor the issuer chains to must stay trusted, whatever else happens.
     let signer = issuer.signed_by.clone();
@@ -383,7 +387,7 @@ pub fn decide(
                 policies,
                 observed,
                 &pending,
-                &bundle_fp,
+                RestartFor::Bundle(bundle_fp.clone()),
                 "do not hold the expanded trust bundle yet",
             );
             d.finish(Requeue::Soon)
@@ -414,13 +418,40 @@ pub fn decide(
                 targets as u32,
             ));
             if !pending.is_empty() || targets == 0 {
-                d.next.blocking_message = Some(format!(
+                let waiting = format!(
                     "waiting for {} of {targets} proxies to present a leaf certificate from issuer {} (refresh interval {}){}",
                     pending.len(),
                     short(&issuer.cert.fingerprint),
                     policies.refresh_interval,
                     examples(&pending)
-                ));
+                );
+                // A proxy that does not refresh within the interval (it started before the
+                // interval was published, or while the webhook was unreachable) would hold
+                // the rotation for most of its leaf's lifetime: its workload is restarted, and
+                // its new pods get a leaf from this issuer at start.
+                let slow: Vec<String> = observed
+                    .pods
+                    .iter()
+                    .filter(|p| !p.control_plane && p.leaf != Some(Leaf::FromIssuer))
+                    .filter(|p| p.max_refresh.is_none_or(|m| m > interval))
+                    .map(|p| p.key())
+                    .collect();
+                if slow.is_empty() {
+                    d.next.blocking_message = Some(waiting);
+                } else {
+                    d.restart_or_ask(
+                        policies,
+                        observed,
+                        &slow,
+                        RestartFor::Issuer(issuer.cert.fingerprint.clone()),
+                        &format!(
+                            "will not refresh their leaf within {0} (their proxy has no {MAX_REFRESH_ENV} of at most {0})",
+                            policies.refresh_interval
+                        ),
+                    );
+                    let asked = d.next.blocking_message.take().unwrap_or_default();
+                    d.next.blocking_message = Some(format!("{waiting}; {asked}"));
+                }
                 return d.finish(Requeue::Soon);
             }
             // Every leaf chains to the current anchor: the old anchors can go.
@@ -463,7 +494,7 @@ pub fn decide(
                 policies,
                 observed,
                 &pending,
-                &bundle_fp,
+                RestartFor::Bundle(bundle_fp.clone()),
                 "still trust the old anchor",
             );
             d.finish(Requeue::Soon)
@@ -673,13 +704,14 @@ impl<'a> Step<'a> {
         false
     }
 
-    /// Restarts (Automatic) or names (Manual) the workloads of pods not holding the bundle.
+    /// Restarts (Automatic) or names (Manual) the workloads of the `pending` pods, which `what`
+    /// describes, for `restart_for`.
     fn restart_or_ask(
         &mut self,
         policies: &Policies,
         observed: &Observed,
         pending: &[String],
-        bundle_fp: &str,
+        restart_for: RestartFor,
         what: &str,
     ) {
         let pending_pods: Vec<&MeshedPod> = observed
@@ -745,7 +777,7 @@ impl<'a> Step<'a> {
                     );
                     self.effects.push(Effect::RestartWorkloads {
                         workloads: next,
-                        bundle_fingerprint: bundle_fp.to_owned(),
+                        restart_for,
                     });
                 }
             }

@@ -73,6 +73,8 @@ fn pod(ns: &str, name: &str, holds: &[usize]) -> MeshedPod {
         ready: true,
         anchors: Some(set(holds)),
         restarted_for: None,
+        // Restarted while the rotation published its interval (the tests' 5m).
+        max_refresh: Some(Duration::from_secs(300)),
         owner: Ok(Workload {
             kind: "Deployment".to_owned(),
             namespace: ns.to_owned(),
@@ -570,9 +572,9 @@ fn automatic_propagation_restarts_paced_and_skips_unready_and_busy_workloads() {
     let restarted = d.effects.iter().find_map(|e| match e {
         Effect::RestartWorkloads {
             workloads,
-            bundle_fingerprint,
+            restart_for,
         } => {
-            assert_eq!(*bundle_fingerprint, bundle_fp(&[0, 1]));
+            assert_eq!(*restart_for, RestartFor::Bundle(bundle_fp(&[0, 1])));
             Some(workloads.iter().map(|w| w.name.clone()).collect::<Vec<_>>())
         }
         _ => None,
@@ -719,6 +721,103 @@ fn unreachable_or_unprobed_pods_are_not_converged() {
     assert!(writes(&d).is_empty());
 }
 
+/// Pods that started before the rotation published its interval (during the expanding
+/// control-plane refresh, say, already holding the expanded bundle, so propagation never
+/// restarted them) refresh their leaf only at 70 % of its lifetime: their workloads are
+/// restarted for a leaf from the new issuer, once each, instead of holding the phase for hours.
+#[test]
+fn proxies_that_would_refresh_too_late_are_restarted_for_a_leaf() {
+    let w = World {
+        holds: vec![0, 1],
+        signer: 1,
+        ..propagating()
+    };
+    let mut o = w.observed();
+    for p in o.pods.iter_mut() {
+        p.leaf = Some(Leaf::FromOtherIssuer);
+    }
+    // web-0 (app-0): no refresh cap. web-1 (app-1): a cap longer than the interval. web-2
+    // (app-0): the interval's own cap, it refreshes in time. web-3 (app-1): no cap, but its
+    // leaf is already from the new issuer.
+    o.pods[0].max_refresh = None;
+    o.pods[1].max_refresh = Some(Duration::from_secs(3600));
+    o.pods[3].max_refresh = None;
+    o.pods[3].leaf = Some(Leaf::FromIssuer);
+    let issuer_fp = issuer(1).cert.fingerprint;
+
+    let d = run(&automatic(), Phase::RenewingWorkloadCerts, &o);
+    assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts);
+    let restarted: Vec<(&RestartFor, Vec<String>)> = writes(&d)
+        .iter()
+        .filter_map(|e| match e {
+            Effect::RestartWorkloads {
+                workloads,
+                restart_for,
+            } => Some((
+                restart_for,
+                workloads.iter().map(|w| w.to_string()).collect(),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        restarted,
+        [(
+            &RestartFor::Issuer(issuer_fp.clone()),
+            vec![
+                "deployment/app-0/web".to_owned(),
+                "deployment/app-1/web".to_owned()
+            ]
+        )],
+        "{:?}",
+        d.effects
+    );
+    let message = blocking(&d);
+    assert!(
+        message.starts_with("waiting for 4 of 5 proxies to present a leaf certificate"),
+        "{message}"
+    );
+    assert!(
+        message.contains("2 of 4 meshed pods will not refresh their leaf within 5m"),
+        "{message}"
+    );
+
+    // A restart for this issuer still rolling is not asked for again.
+    o.workloads_restarting.insert(Workload {
+        kind: "Deployment".to_owned(),
+        namespace: "app-0".to_owned(),
+        name: "web".to_owned(),
+    });
+    let d = run(&automatic(), Phase::RenewingWorkloadCerts, &o);
+    assert!(
+        matches!(&writes(&d)[..], [Effect::RestartWorkloads { workloads, .. }] if workloads.len() == 1 && workloads[0].namespace == "app-1"),
+        "{:?}",
+        d.effects
+    );
+
+    // Manual: named with the command, nothing written.
+    let d = run(&manual(), Phase::RenewingWorkloadCerts, &o);
+    assert!(writes(&d).is_empty(), "{:?}", d.effects);
+    assert!(
+        blocking(&d).contains("kubectl rollout restart deployment/web -n app-1"),
+        "{}",
+        blocking(&d)
+    );
+
+    // Once every slow proxy is gone, the rest is waited for without a restart.
+    o.pods.retain(|p| {
+        p.max_refresh == Some(Duration::from_secs(300)) || p.leaf == Some(Leaf::FromIssuer)
+    });
+    assert_eq!(o.pods.len(), 3);
+    let d = run(&automatic(), Phase::RenewingWorkloadCerts, &o);
+    assert!(writes(&d).is_empty(), "{:?}", d.effects);
+    assert!(
+        !blocking(&d).contains("will not refresh"),
+        "{}",
+        blocking(&d)
+    );
+}
+
 #[test]
 fn removal_restarts_pods_still_trusting_the_old_anchor_then_syncs() {
     let w = World {
@@ -728,7 +827,7 @@ fn removal_restarts_pods_still_trusting_the_old_anchor_then_syncs() {
     let d = run(&automatic(), Phase::RemovingOldTrustRoots, &w.observed());
     assert_eq!(d.status.phase, Phase::RemovingOldTrustRoots);
     assert!(
-        matches!(writes(&d)[..], [Effect::RestartWorkloads { bundle_fingerprint, .. }] if *bundle_fingerprint == bundle_fp(&[1]))
+        matches!(writes(&d)[..], [Effect::RestartWorkloads { restart_for: RestartFor::Bundle(bundle), .. }] if *bundle == bundle_fp(&[1]))
     );
     assert!(blocking(&d).contains("still trust the old anchor"));
 
@@ -869,8 +968,8 @@ fn a_bundle_overwritten_with_a_retired_anchor_is_restored_to_the_anchor_in_use()
     let d = run(&automatic(), Phase::RemovingOldTrustRoots, &w.observed());
     assert!(
         d.effects.iter().any(
-            |e| matches!(e, Effect::RestartWorkloads { bundle_fingerprint, .. }
-            if *bundle_fingerprint == bundle_fp(&[1]))
+            |e| matches!(e, Effect::RestartWorkloads { restart_for: RestartFor::Bundle(bundle), .. }
+            if *bundle == bundle_fp(&[1]))
         ),
         "{:?}",
         d.effects
@@ -983,8 +1082,9 @@ mod properties {
         bundle: BTreeSet<String>,
         /// (generation, index of the anchor that signed it).
         issuer: (u32, usize),
-        /// Per workload pod: anchors held, and the issuer (generation, anchor) of its leaf.
-        pods: Vec<(BTreeSet<String>, (u32, usize))>,
+        /// Per workload pod: anchors held, the issuer (generation, anchor) of its leaf, and
+        /// whether it started with the rotation's accelerated refresh.
+        pods: Vec<(BTreeSet<String>, (u32, usize), bool)>,
         cp_for: Option<String>,
         status: TrustAnchorRotationStatus,
     }
@@ -1001,9 +1101,10 @@ mod properties {
                 .pods
                 .iter()
                 .enumerate()
-                .map(|(i, (anchors, leaf))| {
+                .map(|(i, (anchors, leaf, accelerated))| {
                     let mut p = pod("app", &format!("w{i}-x"), &[]);
                     p.anchors = Some(anchors.clone());
+                    p.max_refresh = accelerated.then_some(Duration::from_secs(300));
                     p.leaf = Some(if *leaf == self.issuer {
                         Leaf::FromIssuer
                     } else {
@@ -1015,9 +1116,10 @@ mod properties {
             let mut identity = cp_pod("linkerd-identity-1", self.cp_for.clone());
             identity.leaf = Some(Leaf::FromIssuer);
             pods.push(identity);
-            let mut issuer = issuer(self.issuer.1);
-            issuer.cert.fingerprint =
-                format!("{:0>64}", format!("{}{}", self.issuer.0, self.issuer.1));
+            let issuer = Issuer {
+                cert: self.issuer_cert(),
+                ..issuer(self.issuer.1)
+            };
             Observed {
                 now: NOW,
                 anchor: Ok(a(self.anchor)),
@@ -1030,6 +1132,13 @@ mod properties {
             }
         }
 
+        fn issuer_cert(&self) -> Cert {
+            Cert {
+                fingerprint: format!("{:0>64}", format!("{}{}", self.issuer.0, self.issuer.1)),
+                ..issuer(self.issuer.1).cert
+            }
+        }
+
         fn bundle_fp(&self) -> String {
             bundle_of(self.bundle.iter().map(|f| &anchors()[index_of(f)])).fingerprint()
         }
@@ -1039,7 +1148,7 @@ mod properties {
             let before_phase = self.status.phase;
             let d = decide(policies, &Names::default(), &self.status, &self.observed());
             let in_use: BTreeSet<String> = std::iter::once(fp(self.issuer.1))
-                .chain(self.pods.iter().map(|(_, leaf)| fp(leaf.1)))
+                .chain(self.pods.iter().map(|(_, leaf, _)| fp(leaf.1)))
                 .collect();
             for effect in &d.effects {
                 match effect {
@@ -1066,19 +1175,28 @@ mod properties {
                     } => {
                         self.cp_for = Some(bundle_fingerprint.clone());
                     }
-                    Effect::RestartWorkloads {
-                        bundle_fingerprint, ..
-                    } => {
-                        prop_assert_eq!(bundle_fingerprint, &self.bundle_fp());
+                    Effect::RestartWorkloads { restart_for, .. } => {
+                        match restart_for {
+                            RestartFor::Bundle(bundle) => {
+                                prop_assert_eq!(bundle, &self.bundle_fp());
+                            }
+                            RestartFor::Issuer(issuer) => {
+                                prop_assert_eq!(before_phase, Phase::RenewingWorkloadCerts);
+                                prop_assert_eq!(issuer, &self.issuer_cert().fingerprint);
+                            }
+                        }
+                        // New pods: the bundle in place, a leaf from the issuer in place, the
+                        // accelerated refresh if the webhook stamps one now.
+                        let accelerated = accelerating(before_phase);
                         for p in self.pods.iter_mut() {
-                            p.0 = self.bundle.clone();
+                            *p = (self.bundle.clone(), self.issuer, accelerated);
                         }
                     }
                     Effect::RenewIssuer => {
                         prop_assert!(
                             self.pods
                                 .iter()
-                                .all(|(held, _)| held.contains(&fp(self.anchor))),
+                                .all(|(held, _, _)| held.contains(&fp(self.anchor))),
                             "the issuer is renewed only once every proxy trusts the new anchor"
                         );
                         self.issuer = (self.issuer.0 + 1, self.anchor);
@@ -1092,7 +1210,7 @@ mod properties {
                     Phase::WaitingForIdentityRotation => prop_assert!(
                         self.pods
                             .iter()
-                            .all(|(held, _)| held.is_superset(&self.bundle)),
+                            .all(|(held, _, _)| held.is_superset(&self.bundle)),
                         "bundle converged before waiting for the issuer"
                     ),
                     Phase::PropagatingTrustRoots | Phase::RemovingOldTrustRoots => prop_assert_eq!(
@@ -1127,7 +1245,7 @@ mod properties {
                 previous: Some(0),
                 bundle: set(&[0]),
                 issuer: (0, 0),
-                pods: vec![(set(&[0]), (0, 0)); 4],
+                pods: vec![(set(&[0]), (0, 0), false); 4],
                 cp_for: None,
                 status: TrustAnchorRotationStatus::default(),
             };
@@ -1140,7 +1258,9 @@ mod properties {
                             p.1 = c.issuer;
                         }
                     }
-                    Action::UserRestart(n) => c.pods[n].0 = c.bundle.clone(),
+                    Action::UserRestart(n) => {
+                        c.pods[n] = (c.bundle.clone(), c.issuer, accelerating(c.status.phase));
+                    }
                     Action::OverwriteBundle => c.bundle = set(&[0]),
                     Action::Reconcile => c.reconcile(&policies)?,
                 }

@@ -98,6 +98,10 @@ pub struct MeshedPod {
     pub anchors: Option<BTreeSet<String>>,
     /// For control-plane pods: the bundle fingerprint their pod template was restarted for.
     pub restarted_for: Option<String>,
+    /// Its proxy's `LINKERD2_PROXY_IDENTITY_MAX_REFRESH`, the longest it keeps a leaf before
+    /// asking for a new one; `None` when unset or unreadable (then the proxy refreshes at 70 %
+    /// of the leaf's lifetime: about 17 h of Linkerd's 24 h leaves).
+    pub max_refresh: Option<std::time::Duration>,
     /// Who restarts it, or why nobody can.
     pub owner: Result<Workload, Unfixable>,
     /// Probed only while leaves are awaited.
@@ -224,10 +228,10 @@ pub enum Effect {
         deployments: Vec<ControlPlaneRestart>,
         bundle_fingerprint: String,
     },
-    /// Set the restart annotation on these workloads' pod templates.
+    /// Set a restart annotation on these workloads' pod templates.
     RestartWorkloads {
         workloads: Vec<Workload>,
-        bundle_fingerprint: String,
+        restart_for: RestartFor,
     },
     /// Set `Issuing=True` on the issuer Certificate, as `cmctl renew` does.
     RenewIssuer,
@@ -237,6 +241,18 @@ pub enum Effect {
         reason: String,
         message: String,
     },
+}
+
+/// What a workload restart is for. The I/O layer writes it into the pod template as an
+/// annotation, one key per kind of restart, so asking for the same restart again changes
+/// nothing and a workload is restarted at most once for each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestartFor {
+    /// Onto the bundle with this fingerprint: its pods come back holding it.
+    Bundle(String),
+    /// For a leaf from the issuer with this fingerprint: its pods come back with one, instead
+    /// of waiting for a refresh that is hours away.
+    Issuer(String),
 }
 
 /// How soon to look again when nothing changes.
