@@ -394,7 +394,23 @@ pub fn decide(
         }
         Phase::WaitingForIdentityRotation => {
             d.next.workload_certificate_refresh_interval = Some(policies.refresh_interval.clone());
-            d.count_bundle(observed, &bundle_set, false);
+            let pending = d.count_bundle(observed, &bundle_set, false);
+            // A pod that started without the expanded bundle since it converged (one that was
+            // Pending with an older injection, say) would reject every leaf of the renewed
+            // issuer: it goes back to propagation before the issuer is renewed, unless that
+            // renewal is already under way and can no longer be held back.
+            let renewed = issuer.signed_by.as_deref() == Some(anchor.fingerprint.as_str());
+            if !pending.is_empty() && !renewed && !issuer.issuing {
+                d.transition(
+                    Phase::PropagatingTrustRoots,
+                    &format!(
+                        "{} meshed pod(s) started without the expanded trust bundle{}",
+                        pending.len(),
+                        examples(&pending)
+                    ),
+                );
+                return d.finish(Requeue::Soon);
+            }
             d.waiting_for_issuer(policies, names, &anchor, &issuer)
         }
         Phase::RenewingWorkloadCerts => {

@@ -818,6 +818,39 @@ fn proxies_that_would_refresh_too_late_are_restarted_for_a_leaf() {
     );
 }
 
+/// A pod that starts without the expanded bundle after it converged (one that was Pending with
+/// an older injection) would reject every leaf of a renewed issuer: the rotation goes back to
+/// propagation instead of renewing the issuer, unless the renewal is already under way.
+#[test]
+fn a_pod_started_without_the_expanded_bundle_holds_back_the_issuer_renewal() {
+    let w = World {
+        holds: vec![0, 1],
+        ..propagating()
+    };
+    let mut o = w.observed();
+    o.pods[2].anchors = Some(set(&[0]));
+    for policies in [manual(), automatic()] {
+        let d = run(&policies, Phase::WaitingForIdentityRotation, &o);
+        assert_eq!(d.status.phase, Phase::PropagatingTrustRoots);
+        assert!(writes(&d).is_empty(), "{:?}", d.effects);
+        // From propagation the pod is restarted (or named) as any other.
+        let d = run(&policies, Phase::PropagatingTrustRoots, &o);
+        assert_eq!(d.status.phase, Phase::PropagatingTrustRoots);
+        assert!(blocking(&d).contains("app-0/web-2"), "{}", blocking(&d));
+    }
+
+    // cert-manager is already re-issuing: nothing to hold back, no second renewal asked for.
+    o.issuer.as_mut().unwrap().issuing = true;
+    let d = run(&automatic(), Phase::WaitingForIdentityRotation, &o);
+    assert_eq!(d.status.phase, Phase::WaitingForIdentityRotation);
+    assert!(writes(&d).is_empty(), "{:?}", d.effects);
+
+    // Renewed already: on to the leaves, where the restart of that pod's workload comes next.
+    o.issuer = Ok(issuer(1));
+    let d = run(&automatic(), Phase::WaitingForIdentityRotation, &o);
+    assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts);
+}
+
 #[test]
 fn removal_restarts_pods_still_trusting_the_old_anchor_then_syncs() {
     let w = World {
@@ -1053,6 +1086,9 @@ mod properties {
         RenewAnchor,
         /// Someone runs `cmctl renew` on the issuer, in order or not.
         RenewIssuer,
+        /// The operator looks, and a user who follows the status runs `cmctl renew` if it asks
+        /// for that.
+        RenewIssuerWhenAsked,
         /// Every proxy refreshes its leaf from the current issuer.
         RefreshLeaves,
         /// A user restarts workload `n` onto the current bundle.
@@ -1060,6 +1096,9 @@ mod properties {
         /// Someone else rewrites the bundle to the first anchor (a `helm upgrade` of Linkerd
         /// renders it from its install-time values).
         OverwriteBundle,
+        /// Pod `n` is replaced by one injected long ago with the first anchor alone (it was
+        /// Pending until now).
+        StalePodStarts(usize),
         /// The operator looks.
         Reconcile,
     }
@@ -1068,9 +1107,11 @@ mod properties {
         prop_oneof![
             1 => Just(Action::RenewAnchor),
             1 => Just(Action::RenewIssuer),
+            2 => Just(Action::RenewIssuerWhenAsked),
             2 => Just(Action::RefreshLeaves),
             1 => (0usize..4).prop_map(Action::UserRestart),
             1 => Just(Action::OverwriteBundle),
+            1 => (0usize..4).prop_map(Action::StalePodStarts),
             6 => Just(Action::Reconcile),
         ]
     }
@@ -1253,6 +1294,20 @@ mod properties {
                 match action {
                     Action::RenewAnchor => c.anchor = (c.anchor + 1).min(2),
                     Action::RenewIssuer => c.issuer = (c.issuer.0 + 1, c.anchor),
+                    Action::RenewIssuerWhenAsked => {
+                        // The status read is the operator's latest look at the cluster.
+                        c.reconcile(&policies)?;
+                        let asked = c.status.blocking_message.as_deref().is_some_and(|m| {
+                            m.contains("renew the identity issuer now: cmctl renew")
+                        });
+                        if asked {
+                            prop_assert!(
+                                c.pods.iter().all(|(held, _, _)| held.contains(&fp(c.anchor))),
+                                "the status asks for the issuer's renewal only once every proxy trusts the new anchor"
+                            );
+                            c.issuer = (c.issuer.0 + 1, c.anchor);
+                        }
+                    }
                     Action::RefreshLeaves => {
                         for p in c.pods.iter_mut() {
                             p.1 = c.issuer;
@@ -1262,6 +1317,7 @@ mod properties {
                         c.pods[n] = (c.bundle.clone(), c.issuer, accelerating(c.status.phase));
                     }
                     Action::OverwriteBundle => c.bundle = set(&[0]),
+                    Action::StalePodStarts(n) => c.pods[n] = (set(&[0]), c.issuer, false),
                     Action::Reconcile => c.reconcile(&policies)?,
                 }
             }
