@@ -457,6 +457,23 @@ fn unsynced_view_patches_nothing() {
         Some("the rotation view has not synced yet")
     );
     assert!(response(&r)["patch"].is_null());
+    assert!(
+        r.unsynced,
+        "counted as allowed unpatched for want of the view"
+    );
+    // What would not have been patched anyway is not counted as unsynced.
+    for other in [
+        "deployment-create",
+        "pod-update",
+        "wrong-api-version",
+        "missing-request",
+    ] {
+        let r = run(&fixture(other), None);
+        assert!(!r.unsynced, "{other}: {:?}", r.outcome);
+    }
+    let r = review(b"{not json", None, &namespaces);
+    assert_eq!(r.outcome, Outcome::Invalid);
+    assert!(!r.unsynced);
 }
 
 #[test]

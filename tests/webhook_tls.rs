@@ -249,6 +249,9 @@ async fn oversized_body_is_refused_with_413() {
     }
     let _ = tls.flush().await;
     assert_answered_413(&mut tls, "an answer to an endless chunked body").await;
+    // Both counted, as invalid requests.
+    let invalid = r#"trust_rotation_webhook_admissions_total{outcome="invalid"}"#;
+    assert_eq!(server.metric(invalid), Some(2.0));
 
     // The limit is 7 MiB: a body just under it is read and answered (invalid, but 200).
     let mut conn = Connection::open(server.addr, client_config(&[&certs.ca()]))
@@ -259,6 +262,7 @@ async fn oversized_body_is_refused_with_413() {
         .await
         .unwrap();
     assert_eq!(status, 200);
+    assert_eq!(server.metric(invalid), Some(3.0));
     server.stop().await;
 }
 

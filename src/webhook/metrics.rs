@@ -37,7 +37,7 @@ pub struct WebhookMetrics {
     /// SipHash) was a measurable share of the webhook's cost.
     admissions: [Counter; 4],
     latency: Histogram,
-    /// Requests answered unpatched because the rotation view had not synced yet.
+    /// Pod CREATEs allowed unpatched because the rotation view had not synced yet.
     pub unsynced_admissions: Counter,
     /// Pods whose `config.linkerd.io/proxy-additional-env` was not a JSON list.
     pub invalid_additional_env: Counter,
@@ -77,7 +77,7 @@ impl WebhookMetrics {
         );
         registry.register(
             "trust_rotation_webhook_unsynced_admissions",
-            "Admission requests allowed unpatched because the rotation view had not synced",
+            "Pod CREATE requests allowed unpatched because the rotation view had not synced",
             m.unsynced_admissions.clone(),
         );
         registry.register(
@@ -96,6 +96,12 @@ impl WebhookMetrics {
             m.view_synced.clone(),
         );
         m
+    }
+
+    /// A request refused before it reached the handler (413, or a body cut short): counted as
+    /// invalid, with no latency (nothing was reviewed).
+    pub fn refused(&self) {
+        self.admissions[3].inc();
     }
 
     pub fn observe(&self, outcome: Outcome, elapsed: Duration) {

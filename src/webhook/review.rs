@@ -48,6 +48,8 @@ pub struct Reviewed {
     pub note: Option<String>,
     /// The pod's additional-env annotation was not a JSON list (left untouched).
     pub invalid_additional_env: bool,
+    /// A Pod CREATE allowed unpatched only because the rotation view had not synced.
+    pub unsynced: bool,
 }
 
 /// Answers one AdmissionReview body. `view` is `None` until the webhook's watches have synced:
@@ -102,6 +104,7 @@ pub fn review(
         name: name.clone(),
         note: Some(note.to_owned()),
         invalid_additional_env: false,
+        unsynced: false,
     };
 
     let is_pod_create = req
@@ -114,7 +117,10 @@ pub fn review(
         return answer(Outcome::Skipped, "not a Pod CREATE");
     }
     let Some(view) = view else {
-        return answer(Outcome::Skipped, "the rotation view has not synced yet");
+        return Reviewed {
+            unsynced: true,
+            ..answer(Outcome::Skipped, "the rotation view has not synced yet")
+        };
     };
     if let Some(e) = pod_error {
         let mut r = invalid(
@@ -163,6 +169,7 @@ pub fn review(
                 name,
                 note: (!note.is_empty()).then_some(note),
                 invalid_additional_env: invalid_additional_env.is_some(),
+                unsynced: false,
             }
         }
     }
@@ -194,5 +201,6 @@ fn invalid(uid: Option<String>, message: String) -> Reviewed {
         name: String::new(),
         note: Some(message),
         invalid_additional_env: false,
+        unsynced: false,
     }
 }

@@ -85,7 +85,11 @@ fn too_large(what: &str) -> Response {
 async fn mutate(State(state): State<AppState>, request: Request) -> Response {
     let body = match read_body(request).await {
         Ok(body) => body,
-        Err(refused) => return refused,
+        Err(refused) => {
+            // Too large, or a body that never arrived whole: not a usable AdmissionReview.
+            state.metrics.refused();
+            return refused;
+        }
     };
     let started = Instant::now();
     let view = state.view.current();
@@ -108,7 +112,7 @@ async fn mutate(State(state): State<AppState>, request: Request) -> Response {
         }
         (outcome, note) => tracing::debug!(outcome = outcome.as_str(), note = note.as_deref(), "admitted"),
     });
-    if view.is_none() {
+    if reviewed.unsynced {
         state.metrics.unsynced_admissions.inc();
     }
     if reviewed.invalid_additional_env {

@@ -16,7 +16,12 @@ use trust_rotation_operator::webhook::view::ViewHandle;
 
 /// The webhook's router over `view`, with metrics of its own.
 pub fn webhook_router(view: ViewHandle) -> axum::Router {
-    let metrics = WebhookMetrics::register(&mut Registry::default());
+    webhook_router_in(view, &mut Registry::default())
+}
+
+/// The webhook's router over `view`, its metrics registered in `registry`.
+pub fn webhook_router_in(view: ViewHandle, registry: &mut Registry) -> axum::Router {
+    let metrics = WebhookMetrics::register(registry);
     router(AppState { view, metrics })
 }
 
@@ -153,6 +158,7 @@ pub fn accelerating_view() -> RotationView {
 pub struct InProcessWebhook {
     pub addr: SocketAddr,
     pub resolver: Arc<ReloadingResolver>,
+    registry: Option<Registry>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
     watcher: tokio::task::JoinHandle<()>,
@@ -162,7 +168,20 @@ impl InProcessWebhook {
     /// Serves `/mutate` on a free loopback port, re-reading the certificate files every
     /// `reload_every`.
     pub async fn start(cert: &Path, key: &Path, view: ViewHandle, reload_every: Duration) -> Self {
-        Self::start_app(cert, key, webhook_router(view), reload_every).await
+        let mut registry = Registry::default();
+        let app = webhook_router_in(view, &mut registry);
+        let mut server = Self::start_app(cert, key, app, reload_every).await;
+        server.registry = Some(registry);
+        server
+    }
+
+    /// One sample of the webhook's metrics (`name{labels}` as the text format writes it), if
+    /// this server runs the webhook's router.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, self.registry.as_ref()?).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
     }
 
     /// Serves any router (the benchmark's no-op baseline, a timed router) over the real TLS
@@ -185,6 +204,7 @@ impl InProcessWebhook {
         Self {
             addr,
             resolver,
+            registry: None,
             shutdown: Some(tx),
             server,
             watcher,
