@@ -226,6 +226,67 @@ fn disabled_pod_in_enabled_namespace_is_not_meshed() {
     assert_eq!(r.note.as_deref(), Some("not meshed"));
 }
 
+/// Linkerd's injector does not inject a pod in the host's network: nothing to stamp. One that
+/// already has a proxy is meshed all the same.
+#[test]
+fn host_network_pod_is_not_meshed_unless_it_has_a_proxy() {
+    let body = fixture("pod-host-network");
+    let r = run(&body, Some(&accelerating_view()));
+    assert_eq!(r.outcome, Outcome::Skipped);
+    assert_eq!(r.note.as_deref(), Some("not meshed"));
+
+    let mut injected = fixture("pod-injected");
+    injected["request"]["object"]["spec"]["hostNetwork"] = json!(true);
+    let r = run(&injected, Some(&accelerating_view()));
+    assert_eq!(r.outcome, Outcome::Patched);
+}
+
+/// Meshed or not as Linkerd's injector decides from `linkerd.io/inject` (its truth table in
+/// linkerd2's pkg/inject/report.go): the namespace's `enabled`/`ingress` unless the pod says
+/// `disabled`; else the pod's; an empty value counts as none; an unknown value on either
+/// side means no injection.
+#[test]
+fn inject_annotation_truth_table_is_linkerds() {
+    let cases: [(Option<&str>, Option<&str>, bool); 16] = [
+        // (namespace, pod, meshed)
+        (Some("enabled"), Some("enabled"), true),
+        (Some("enabled"), Some(""), true),
+        (Some("enabled"), None, true),
+        (Some("ingress"), None, true),
+        (Some("enabled"), Some("disabled"), false),
+        (Some("disabled"), Some("enabled"), true),
+        (Some(""), Some("enabled"), true),
+        (None, Some("enabled"), true),
+        (None, Some("ingress"), true),
+        (Some("disabled"), Some("disabled"), false),
+        (Some(""), Some("disabled"), false),
+        (Some("disabled"), Some(""), false),
+        (Some(""), Some(""), false),
+        (None, None, false),
+        (Some("yes"), Some("enabled"), false),
+        (Some("enabled"), Some("true"), false),
+    ];
+    for (namespace, pod, meshed) in cases {
+        let mut body = fixture("pod-no-annotations");
+        if let Some(value) = pod {
+            body["request"]["object"]["metadata"]["annotations"] =
+                json!({"linkerd.io/inject": value});
+        }
+        let namespace_inject = move |_: &str| namespace.map(str::to_owned);
+        let r = review(
+            &serde_json::to_vec(&body).unwrap(),
+            Some(&accelerating_view()),
+            &namespace_inject,
+        );
+        let expected = if meshed {
+            Outcome::Patched
+        } else {
+            Outcome::Skipped
+        };
+        assert_eq!(r.outcome, expected, "namespace {namespace:?}, pod {pod:?}");
+    }
+}
+
 #[test]
 fn injected_pod_gets_fingerprint_of_its_own_anchors_and_env_on_the_proxy() {
     let body = fixture("pod-injected");

@@ -143,6 +143,8 @@ pub struct PodSpecIn<'a> {
     pub containers: Vec<ContainerIn<'a>>,
     #[serde(default, borrow)]
     pub init_containers: Option<Vec<ContainerIn<'a>>>,
+    #[serde(default)]
+    pub host_network: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

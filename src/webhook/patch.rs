@@ -132,7 +132,8 @@ impl RotationView {
 /// Why a pod is left alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SkipReason {
-    /// Not injected and injection not asked for (or the pod says `disabled`).
+    /// Not injected, and the injector will not inject it: injection not asked for, the pod
+    /// says `disabled`, or it runs in the host's network.
     NotMeshed,
     /// A Linkerd control-plane pod.
     ControlPlane,
@@ -168,7 +169,8 @@ pub fn mutate_pod(pod: &PodIn, namespace_inject: Option<&str>, view: &RotationVi
         return PodMutation::Skipped(SkipReason::Mirror);
     }
     let proxy = find_proxy(pod);
-    if proxy.is_none() && !injection_requested(annotations, namespace_inject) {
+    let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+    if proxy.is_none() && (host_network || !injection_requested(annotations, namespace_inject)) {
         return PodMutation::Skipped(SkipReason::NotMeshed);
     }
 
@@ -226,14 +228,25 @@ pub fn mutate_pod(pod: &PodIn, namespace_inject: Option<&str>, view: &RotationVi
     }
 }
 
-/// `linkerd.io/inject: enabled|ingress` on the pod or its namespace; the pod's own value wins,
-/// so a pod saying `disabled` in an enabled namespace is not meshed.
+/// Whether Linkerd's proxy injector injects the pod, as its webhook decides from
+/// `linkerd.io/inject` on the pod and its namespace: `enabled` or `ingress` on either, unless
+/// the pod says `disabled`; an empty value is no value; a value that is none of these, on
+/// either, means no injection.
 fn injection_requested(pod: Option<&Annotations>, namespace: Option<&str>) -> bool {
-    let value = pod
+    let valid = |v: &str| matches!(v, "" | "enabled" | "ingress" | "disabled");
+    let on = |v: &str| matches!(v, "enabled" | "ingress");
+    let pod = pod
         .and_then(|a| a.get(INJECT_ANNOTATION))
-        .map(Str::as_str)
-        .or(namespace);
-    matches!(value, Some("enabled" | "ingress"))
+        .map_or("", Str::as_str);
+    let namespace = namespace.unwrap_or_default();
+    if !valid(pod) || !valid(namespace) {
+        return false;
+    }
+    if on(namespace) {
+        pod != "disabled"
+    } else {
+        on(pod)
+    }
 }
 
 /// The proxy container: `(list, index, container)`, in `containers` or, for native sidecars,

@@ -132,18 +132,20 @@ impl<'a> Reader<'a> {
     }
 
     fn pod_spec(&mut self) -> Option<PodSpecIn<'a>> {
-        let (mut containers, mut init_containers) = (None, None);
+        let (mut containers, mut init_containers, mut host_network) = (None, None, None);
         self.object(|r, key| match key {
             "containers" => fill(&mut containers, r.list(Self::container)?),
             "initContainers" => fill(
                 &mut init_containers,
                 r.nullable(|r| r.list(Self::container))?,
             ),
+            "hostNetwork" => fill(&mut host_network, r.nullable(Self::boolean)?),
             _ => r.skip(),
         })?;
         Some(PodSpecIn {
             containers: containers.unwrap_or_default(),
             init_containers: init_containers.flatten(),
+            host_network: host_network.flatten(),
         })
     }
 
@@ -203,6 +205,18 @@ impl<'a> Reader<'a> {
         let found = self.peek() == Some(byte);
         self.pos += usize::from(found);
         found
+    }
+
+    /// `true` or `false`.
+    fn boolean(&mut self) -> Option<bool> {
+        let value = match self.peek()? {
+            b't' => true,
+            b'f' => false,
+            _ => return None,
+        };
+        let word: &[u8] = if value { b"true" } else { b"false" };
+        self.pos = literal(self.bytes, self.pos, word)?;
+        Some(value)
     }
 
     /// `null` (then `Some(None)`), or whatever `read` reads.
