@@ -69,8 +69,12 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
 /// Whole seconds with an `s` suffix, as Linkerd's proxy reads its refresh bounds (`300s`).
 /// Fractions round up, so a refresh is never later than asked.
 pub fn to_whole_seconds(d: Duration) -> String {
-    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    format!("{secs}s")
+    format!("{}s", round_up_to_seconds(d).as_secs())
+}
+
+/// `d` rounded up to whole seconds: what a proxy is given for it.
+pub fn round_up_to_seconds(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
 #[cfg(test)]

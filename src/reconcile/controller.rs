@@ -539,22 +539,24 @@ async fn observe(
         .ok()
         .and_then(|b| b.as_ref())
         .map(|b| super::decide::bundle_of(b.iter()).fingerprint());
-    // And the same for restarts for a leaf from the issuer in place now.
+    // And the same for restarts for a leaf from the issuer in place now (the decision counts
+    // those only while it waits for leaves: one left from an earlier rotation, whose issuer is
+    // still in place until this one renews it, is not this rotation's).
     let current_issuer = issuer.as_ref().ok().map(|i| i.cert.fingerprint.clone());
-    let markers: Vec<(&str, &str)> = [
-        (RESTART_ANNOTATION, current_bundle.as_deref()),
-        (LEAF_RESTART_ANNOTATION, current_issuer.as_deref()),
-    ]
-    .into_iter()
-    .filter_map(|(key, value)| Some((key, value?)))
-    .collect();
-    let workloads_restarting: BTreeSet<Workload> = markers
-        .iter()
-        .flat_map(|&(key, value)| {
-            rolling_onto(&stores.deployments, key, value)
-                .chain(rolling_onto(&stores.statefulsets, key, value))
-                .chain(rolling_onto(&stores.daemonsets, key, value))
-        })
+    let rolling = |key: &'static str, value: Option<&str>| -> BTreeSet<Workload> {
+        let Some(value) = value else {
+            return BTreeSet::new();
+        };
+        rolling_onto(&stores.deployments, key, value)
+            .chain(rolling_onto(&stores.statefulsets, key, value))
+            .chain(rolling_onto(&stores.daemonsets, key, value))
+            .collect()
+    };
+    let workloads_restarting = rolling(RESTART_ANNOTATION, current_bundle.as_deref());
+    let workloads_renewing = rolling(LEAF_RESTART_ANNOTATION, current_issuer.as_deref());
+    let restart_markers: BTreeMap<Workload, RestartMarkers> = markers_of(&stores.deployments)
+        .chain(markers_of(&stores.statefulsets))
+        .chain(markers_of(&stores.daemonsets))
         .collect();
     let on_delete = |kind: &str, namespace: &str, name: &str| {
         match kind {
@@ -571,22 +573,27 @@ async fn observe(
         .is_some_and(|t| t == "OnDelete")
     };
     let mut anchors_cache: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
-    let pods = stores
-        .pods
-        .state()
-        .iter()
-        .filter(|p| running(p))
-        .map(|p| meshed_pod(config, p, &mut anchors_cache, &on_delete))
-        .collect();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let (mut pods, mut draining) = (Vec::new(), Vec::new());
+    for p in stores.pods.state().iter() {
+        if running(p) {
+            pods.push(meshed_pod(config, p, &mut anchors_cache, &on_delete));
+        } else if draining_until(p).is_some_and(|deadline| deadline > now) {
+            draining.push(meshed_pod(config, p, &mut anchors_cache, &on_delete));
+        }
+    }
     Ok(Observed {
-        now: k8s_openapi::jiff::Timestamp::now().as_second(),
+        now: now.as_second(),
         anchor,
         previous,
         bundle,
         issuer,
         control_plane,
         pods,
+        draining,
         workloads_restarting,
+        workloads_renewing,
+        restart_markers,
     })
 }
 
@@ -734,6 +741,38 @@ fn rolling_onto<'a, K: Restartable>(
             namespace: w.namespace().unwrap_or_default(),
             name: w.name_any(),
         })
+}
+
+/// The operator's restart markers on each workload of one kind that has any.
+fn markers_of<K: Restartable>(
+    store: &Store<K>,
+) -> impl Iterator<Item = (Workload, RestartMarkers)> {
+    store.state().into_iter().filter_map(|w| {
+        let markers = RestartMarkers {
+            bundle: template_annotation(w.template(), RESTART_ANNOTATION),
+            issuer: template_annotation(w.template(), LEAF_RESTART_ANNOTATION),
+        };
+        (markers != RestartMarkers::default()).then(|| {
+            (
+                Workload {
+                    kind: K::KIND.to_owned(),
+                    namespace: w.namespace().unwrap_or_default(),
+                    name: w.name_any(),
+                },
+                markers,
+            )
+        })
+    })
+}
+
+/// For a Running pod being deleted: when its grace period runs out (the API server sets
+/// `deletionTimestamp` to the deletion time plus the grace period). Until then its containers
+/// may still run.
+fn draining_until(p: &Pod) -> Option<k8s_openapi::jiff::Timestamp> {
+    let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+    running
+        .then(|| p.metadata.deletion_timestamp.as_ref().map(|t| t.0))
+        .flatten()
 }
 
 fn running(p: &Pod) -> bool {

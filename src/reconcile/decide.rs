@@ -203,8 +203,16 @@ pub fn decide(
     let renewed = anchor.fingerprint != previous.fingerprint;
 
     // Out of order: the issuer already chains to a renewed anchor that not every proxy trusts.
-    let before_convergence = matches!(status.phase, Phase::Synced | Phase::PropagatingTrustRoots)
-        || (status.phase == Phase::RefreshingControlPlane && renewed);
+    // While the bundle propagates (and while the issuer is awaited), that is what the pods say:
+    // a renewal the operator asked for just before it was stopped, its status unwritten, finds
+    // every pod holding the bundle and is in order.
+    let lacking_bundle = workloads_lacking(observed.pods.iter(), &bundle_set);
+    let before_convergence = status.phase == Phase::Synced
+        || (status.phase == Phase::RefreshingControlPlane && renewed)
+        || (matches!(
+            status.phase,
+            Phase::PropagatingTrustRoots | Phase::WaitingForIdentityRotation
+        ) && !lacking_bundle.is_empty());
     let out_of_order =
         renewed && signer.as_deref() == Some(anchor.fingerprint.as_str()) && before_convergence;
     d.out_of_order(out_of_order);
@@ -411,6 +419,17 @@ pub fn decide(
                 );
                 return d.finish(Requeue::Soon);
             }
+            // Pods still draining with the old bundle alone would reject the renewed issuer's
+            // leaves for as long as they drain: the renewal waits for them.
+            let draining = workloads_lacking(observed.draining.iter(), &bundle_set);
+            if !draining.is_empty() && !renewed && !issuer.issuing {
+                d.next.blocking_message = Some(format!(
+                    "the trust bundle has converged on every running meshed pod; waiting for {} terminating pod(s) without it to stop before the identity issuer is renewed{}",
+                    draining.len(),
+                    examples(&draining)
+                ));
+                return d.finish(Requeue::Soon);
+            }
             d.waiting_for_issuer(policies, names, &anchor, &issuer)
         }
         Phase::RenewingWorkloadCerts => {
@@ -433,41 +452,67 @@ pub fn decide(
                 (targets - pending.len()) as u32,
                 targets as u32,
             ));
-            if !pending.is_empty() || targets == 0 {
-                let waiting = format!(
+            let waiting = (!pending.is_empty() || targets == 0).then(|| {
+                format!(
                     "waiting for {} of {targets} proxies to present a leaf certificate from issuer {} (refresh interval {}){}",
                     pending.len(),
                     short(&issuer.cert.fingerprint),
                     policies.refresh_interval,
                     examples(&pending)
+                )
+            });
+            // A proxy that does not refresh within the interval (it started before the interval
+            // was published, or while the webhook was unreachable) would hold the rotation for
+            // most of its leaf's lifetime, and one without the expanded bundle (started late
+            // with an older injection) rejects the new leaves: their workloads are restarted,
+            // and the new pods hold the bundle and a leaf from this issuer from the start.
+            let published = crate::duration::round_up_to_seconds(interval);
+            let slow: BTreeSet<String> = observed
+                .pods
+                .iter()
+                .filter(|p| !p.control_plane && p.leaf != Some(Leaf::FromIssuer))
+                .filter(|p| p.max_refresh.is_none_or(|m| m > published))
+                .map(|p| p.key())
+                .collect();
+            let lacking: BTreeSet<String> = lacking_bundle.iter().cloned().collect();
+            let stuck: Vec<String> = slow.union(&lacking).cloned().collect();
+            if !stuck.is_empty() {
+                let slow_what = format!(
+                    "will not refresh their leaf within {0} (their proxy has no {MAX_REFRESH_ENV} of at most {0})",
+                    policies.refresh_interval
                 );
-                // A proxy that does not refresh within the interval (it started before the
-                // interval was published, or while the webhook was unreachable) would hold
-                // the rotation for most of its leaf's lifetime: its workload is restarted, and
-                // its new pods get a leaf from this issuer at start.
-                let slow: Vec<String> = observed
-                    .pods
-                    .iter()
-                    .filter(|p| !p.control_plane && p.leaf != Some(Leaf::FromIssuer))
-                    .filter(|p| p.max_refresh.is_none_or(|m| m > interval))
-                    .map(|p| p.key())
-                    .collect();
-                if slow.is_empty() {
-                    d.next.blocking_message = Some(waiting);
-                } else {
-                    d.restart_or_ask(
-                        policies,
-                        observed,
-                        &slow,
-                        RestartFor::Issuer(issuer.cert.fingerprint.clone()),
-                        &format!(
-                            "will not refresh their leaf within {0} (their proxy has no {MAX_REFRESH_ENV} of at most {0})",
-                            policies.refresh_interval
-                        ),
-                    );
+                let what = match (slow.is_empty(), lacking.is_empty()) {
+                    (false, true) => slow_what,
+                    (true, false) => "do not hold the expanded trust bundle".to_owned(),
+                    _ => format!("{slow_what} or do not hold the expanded trust bundle"),
+                };
+                d.restart_or_ask(
+                    policies,
+                    observed,
+                    &stuck,
+                    RestartFor::Issuer(issuer.cert.fingerprint.clone()),
+                    &what,
+                );
+                if let Some(waiting) = waiting {
                     let asked = d.next.blocking_message.take().unwrap_or_default();
                     d.next.blocking_message = Some(format!("{waiting}; {asked}"));
                 }
+                return d.finish(Requeue::Soon);
+            }
+            if let Some(waiting) = waiting {
+                d.next.blocking_message = Some(waiting);
+                return d.finish(Requeue::Soon);
+            }
+            // Pods still draining hold leaves from before: the old anchors stay until they
+            // have stopped.
+            let draining: Vec<String> = observed.draining.iter().map(|p| p.key()).collect();
+            if !draining.is_empty() {
+                d.next.blocking_message = Some(format!(
+                    "every running proxy presents a leaf from issuer {}; waiting for {} terminating pod(s) to stop before the old anchor leaves the bundle{}",
+                    short(&issuer.cert.fingerprint),
+                    draining.len(),
+                    examples(&draining)
+                ));
                 return d.finish(Requeue::Soon);
             }
             // Every leaf chains to the current anchor: the old anchors can go.
@@ -534,6 +579,18 @@ fn proxy_refresh(deployment: &ControlPlaneDeployment, accelerated: Option<&str>)
         None if ours => ProxyRefresh::Remove { list: proxy.list },
         _ => ProxyRefresh::Keep,
     }
+}
+
+/// Workload pods (not the control plane's) among `pods` whose proxy does not hold every anchor
+/// of `bundle`.
+fn workloads_lacking<'p>(
+    pods: impl Iterator<Item = &'p MeshedPod>,
+    bundle: &BTreeSet<String>,
+) -> Vec<String> {
+    pods.filter(|p| !p.control_plane)
+        .filter(|p| p.anchors.as_ref().is_none_or(|a| !a.is_superset(bundle)))
+        .map(|p| p.key())
+        .collect()
 }
 
 fn fingerprints(certs: &[Cert]) -> BTreeSet<String> {
@@ -685,15 +742,15 @@ impl<'a> Step<'a> {
     ) -> Vec<String> {
         let workloads: Vec<&MeshedPod> =
             observed.pods.iter().filter(|p| !p.control_plane).collect();
-        let pending: Vec<String> = workloads
-            .iter()
-            .filter(|p| match &p.anchors {
-                Some(a) if exact => a != bundle,
-                Some(a) => !a.is_superset(bundle),
-                None => true,
-            })
-            .map(|p| p.key())
-            .collect();
+        let pending: Vec<String> = if exact {
+            workloads
+                .iter()
+                .filter(|p| p.anchors.as_ref() != Some(bundle))
+                .map(|p| p.key())
+                .collect()
+        } else {
+            workloads_lacking(workloads.iter().copied(), bundle)
+        };
         self.next.trust_bundle = Some(ConvergenceStatus::new(
             (workloads.len() - pending.len()) as u32,
             workloads.len() as u32,
@@ -769,21 +826,46 @@ impl<'a> Step<'a> {
                     .filter(|p| !p.ready)
                     .filter_map(|p| p.owner.as_ref().ok())
                     .collect();
-                let busy = observed.workloads_restarting.len();
-                let room = policies.max_concurrent_workloads.saturating_sub(busy);
-                let next: Vec<Workload> = workloads
+                // Rollouts the operator started for this step and that are still running.
+                let in_progress: BTreeSet<&Workload> = match &restart_for {
+                    RestartFor::Bundle(_) => observed.workloads_restarting.iter().collect(),
+                    RestartFor::Issuer(_) => observed
+                        .workloads_restarting
+                        .iter()
+                        .chain(&observed.workloads_renewing)
+                        .collect(),
+                };
+                // Restarted for this already, rollout done, and still not converged: asking
+                // again would change nothing, so they are named instead.
+                let (done, candidates): (Vec<&Workload>, Vec<&Workload>) = workloads
                     .iter()
-                    .filter(|w| {
-                        !observed.workloads_restarting.contains(*w) && !not_ready.contains(w)
-                    })
+                    .filter(|w| !in_progress.contains(w))
+                    .partition(|w| {
+                        observed
+                            .restart_markers
+                            .get(*w)
+                            .is_some_and(|m| m.has(&restart_for))
+                    });
+                let busy = in_progress.len();
+                let room = policies.max_concurrent_workloads.saturating_sub(busy);
+                let next: Vec<Workload> = candidates
+                    .iter()
+                    .filter(|w| !not_ready.contains(*w))
                     .take(room)
-                    .cloned()
+                    .map(|w| (*w).clone())
                     .collect();
                 message.push_str(&format!(
                     "; restarting {} workload(s) at a time ({busy} in progress, {} waiting)",
                     policies.max_concurrent_workloads,
-                    workloads.len().saturating_sub(busy + next.len())
+                    candidates.len() - next.len()
                 ));
+                if !done.is_empty() {
+                    let list: Vec<String> = done.iter().map(|w| w.to_string()).collect();
+                    message.push_str(&format!(
+                        "; restarted already and still not converged, look at their pods: {}",
+                        list.join(", ")
+                    ));
+                }
                 if !next.is_empty() {
                     let list: Vec<String> = next.iter().map(|w| w.to_string()).collect();
                     self.event(

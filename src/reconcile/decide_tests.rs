@@ -1,7 +1,7 @@
 //! Table tests of [`super::decide::decide`]: every phase against the observations that move it,
 //! hold it, or park it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -180,7 +180,10 @@ impl World {
             issuer: Ok(issuer(self.signer)),
             control_plane: cp(self.cp_for.clone(), true),
             pods,
+            draining: Vec::new(),
             workloads_restarting: BTreeSet::new(),
+            workloads_renewing: BTreeSet::new(),
+            restart_markers: BTreeMap::new(),
         }
     }
 }
@@ -344,6 +347,30 @@ fn issuer_renewed_with_the_anchor_raises_out_of_order_and_still_expands() {
     let d = run(&manual(), Phase::PropagatingTrustRoots, &w.observed());
     assert_eq!(out_of_order(&d), Some(ConditionStatus::True));
     assert_eq!(d.status.phase, Phase::PropagatingTrustRoots);
+}
+
+/// The operator renewed the issuer on leaving propagation and was stopped before it wrote the
+/// new phase: its successor reads PropagatingTrustRoots and a renewed issuer, but every pod
+/// holds the expanded bundle, so the renewal was in order. A pod that lacks the bundle once
+/// the issuer is renewed, in WaitingForIdentityRotation too, is out of order.
+#[test]
+fn a_renewal_after_the_bundle_converged_is_in_order_whatever_the_phase_says() {
+    let w = World {
+        holds: vec![0, 1],
+        signer: 1,
+        ..propagating()
+    };
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &w.observed());
+    assert_eq!(out_of_order(&d), Some(ConditionStatus::False));
+    assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts);
+    assert!(writes(&d).is_empty(), "no second renewal: {:?}", d.effects);
+
+    let mut o = w.observed();
+    o.pods[1].anchors = Some(set(&[0]));
+    let d = run(&automatic(), Phase::WaitingForIdentityRotation, &o);
+    assert_eq!(out_of_order(&d), Some(ConditionStatus::True));
+    assert!(blocking(&d).starts_with("URGENT"), "{}", blocking(&d));
+    assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts);
 }
 
 #[test]
@@ -818,6 +845,135 @@ fn proxies_that_would_refresh_too_late_are_restarted_for_a_leaf() {
     );
 }
 
+/// In RenewingWorkloadCerts a pod without the expanded bundle (it rejects the new leaves) is
+/// restarted with the slow ones, even once its own leaf is new; an interval with a fraction
+/// is compared as the proxies are given it (rounded up to whole seconds); a workload already
+/// restarted for this issuer is not asked for again but named; a restart for this issuer
+/// left from an earlier rotation is no rollout of this one.
+#[test]
+fn leaf_restarts_cover_pods_without_the_bundle_and_are_asked_for_once() {
+    let w = World {
+        holds: vec![0, 1],
+        signer: 1,
+        ..propagating()
+    };
+    let mut o = w.observed();
+    for p in o.pods.iter_mut() {
+        p.leaf = Some(Leaf::FromIssuer);
+    }
+    o.pods[1].anchors = Some(set(&[0]));
+    let issuer_fp = issuer(1).cert.fingerprint;
+    let d = run(&automatic(), Phase::RenewingWorkloadCerts, &o);
+    assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts, "no reduction");
+    assert!(
+        matches!(&writes(&d)[..], [Effect::RestartWorkloads { workloads, restart_for: RestartFor::Issuer(fp) }]
+            if *fp == issuer_fp && workloads.len() == 1 && workloads[0].namespace == "app-1"),
+        "{:?}",
+        d.effects
+    );
+    assert!(
+        blocking(&d).starts_with("1 of 4 meshed pods do not hold the expanded trust bundle"),
+        "{}",
+        blocking(&d)
+    );
+
+    // Restarted for this issuer already (rollout complete): named, not asked for again.
+    o.restart_markers.insert(
+        Workload {
+            kind: "Deployment".to_owned(),
+            namespace: "app-1".to_owned(),
+            name: "web".to_owned(),
+        },
+        RestartMarkers {
+            bundle: None,
+            issuer: Some(issuer_fp.clone()),
+        },
+    );
+    let d = run(&automatic(), Phase::RenewingWorkloadCerts, &o);
+    assert!(writes(&d).is_empty(), "{:?}", d.effects);
+    assert!(
+        blocking(&d).contains(
+            "restarted already and still not converged, look at their pods: deployment/app-1/web"
+        ),
+        "{}",
+        blocking(&d)
+    );
+
+    // 2.5s reaches proxies as 3s: a proxy with 3s is not slow.
+    let mut o = w.observed();
+    for p in o.pods.iter_mut() {
+        p.leaf = Some(Leaf::FromOtherIssuer);
+        p.max_refresh = Some(Duration::from_secs(3));
+    }
+    let fractional = Policies {
+        refresh_interval: "2.5s".to_owned(),
+        ..automatic()
+    };
+    let d = run(&fractional, Phase::RenewingWorkloadCerts, &o);
+    assert!(writes(&d).is_empty(), "{:?}", d.effects);
+
+    // A rollout for this issuer still running from the last rotation (its issuer is still in
+    // place while this one propagates) neither holds propagation nor keeps its workload from
+    // being restarted onto the bundle.
+    let mut o = propagating().observed();
+    o.workloads_renewing.insert(Workload {
+        kind: "Deployment".to_owned(),
+        namespace: "app-0".to_owned(),
+        name: "web".to_owned(),
+    });
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
+    assert!(
+        matches!(&writes(&d)[..], [Effect::RestartWorkloads { workloads, restart_for: RestartFor::Bundle(_) }] if workloads.len() == 2),
+        "{:?}",
+        d.effects
+    );
+}
+
+/// Pods being deleted but still inside their grace period keep serving and calling with what
+/// they had: the old anchor leaves the bundle only once they have stopped, and the issuer is
+/// renewed only once those without the expanded bundle have.
+#[test]
+fn terminating_pods_hold_the_reduction_and_the_renewal_while_they_drain() {
+    let w = World {
+        holds: vec![0, 1],
+        signer: 1,
+        ..propagating()
+    };
+    let mut o = w.observed();
+    for p in o.pods.iter_mut() {
+        p.leaf = Some(Leaf::FromIssuer);
+    }
+    let mut old = pod("app-0", "web-9", &[0, 1]);
+    old.leaf = None;
+    o.draining.push(old);
+    let d = run(&automatic(), Phase::RenewingWorkloadCerts, &o);
+    assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts);
+    assert!(writes(&d).is_empty(), "{:?}", d.effects);
+    assert!(
+        blocking(&d).contains("1 terminating pod(s)"),
+        "{}",
+        blocking(&d)
+    );
+    o.draining.clear();
+    let d = run(&automatic(), Phase::RenewingWorkloadCerts, &o);
+    assert_eq!(written_bundle(&d), Some(set(&[1])));
+
+    // Before the renewal: a draining pod holding the expanded bundle is no reason to wait; one
+    // with the old anchor alone is.
+    let w = World {
+        holds: vec![0, 1],
+        ..propagating()
+    };
+    let mut o = w.observed();
+    o.draining.push(pod("app-0", "web-8", &[0, 1]));
+    let d = run(&automatic(), Phase::WaitingForIdentityRotation, &o);
+    assert_eq!(writes(&d), [&Effect::RenewIssuer]);
+    o.draining.push(pod("app-0", "web-9", &[0]));
+    let d = run(&automatic(), Phase::WaitingForIdentityRotation, &o);
+    assert!(writes(&d).is_empty(), "{:?}", d.effects);
+    assert!(blocking(&d).contains("app-0/web-9"), "{}", blocking(&d));
+}
+
 /// A pod that starts without the expanded bundle after it converged (one that was Pending with
 /// an older injection) would reject every leaf of a renewed issuer: the rotation goes back to
 /// propagation instead of renewing the issuer, unless the renewal is already under way.
@@ -1169,7 +1325,10 @@ mod properties {
                 issuer: Ok(issuer),
                 control_plane: cp(self.cp_for.clone(), true),
                 pods,
+                draining: Vec::new(),
                 workloads_restarting: BTreeSet::new(),
+                workloads_renewing: BTreeSet::new(),
+                restart_markers: BTreeMap::new(),
             }
         }
 

@@ -275,7 +275,10 @@ mod tests {
             }),
             control_plane: vec![],
             pods: vec![],
+            draining: vec![],
             workloads_restarting: Default::default(),
+            workloads_renewing: Default::default(),
+            restart_markers: Default::default(),
         }
     }
 

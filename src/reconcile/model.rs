@@ -1,6 +1,6 @@
 //! What the reconciler observes and what it asks the I/O layer to do: plain values, no clients.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::crd::{Phase, RenewalPolicy, RestartPolicy};
 
@@ -196,8 +196,35 @@ pub struct Observed {
     pub control_plane: Vec<ControlPlaneDeployment>,
     /// Running meshed pods (not terminating), control plane included.
     pub pods: Vec<MeshedPod>,
-    /// Workloads with a restart already in progress (rollout not complete).
+    /// Meshed pods being deleted whose grace period has not run out: their proxies may still
+    /// make and answer connections while they drain.
+    pub draining: Vec<MeshedPod>,
+    /// Workloads restarted onto the current bundle whose rollout is not complete.
     pub workloads_restarting: BTreeSet<Workload>,
+    /// Workloads restarted for a leaf from the current issuer whose rollout is not complete.
+    pub workloads_renewing: BTreeSet<Workload>,
+    /// What each workload's pod template was last restarted for by the operator (workloads
+    /// without either marker are left out).
+    pub restart_markers: BTreeMap<Workload, RestartMarkers>,
+}
+
+/// The operator's restart annotations on a workload's pod template.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestartMarkers {
+    /// The bundle fingerprint it was restarted onto.
+    pub bundle: Option<String>,
+    /// The issuer fingerprint it was restarted for.
+    pub issuer: Option<String>,
+}
+
+impl RestartMarkers {
+    /// Whether the template already carries `restart_for` (asking again would change nothing).
+    pub fn has(&self, restart_for: &RestartFor) -> bool {
+        match restart_for {
+            RestartFor::Bundle(fp) => self.bundle.as_deref() == Some(fp.as_str()),
+            RestartFor::Issuer(fp) => self.issuer.as_deref() == Some(fp.as_str()),
+        }
+    }
 }
 
 /// The policies, from the spec, with defaults applied.
