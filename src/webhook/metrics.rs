@@ -101,10 +101,15 @@ impl WebhookMetrics {
     /// A request refused before it reached the handler (413, or a body cut short): counted as
     /// invalid, with no latency (nothing was reviewed).
     pub fn refused(&self) {
-        self.admissions[3].inc();
+        self.count(Outcome::Invalid);
     }
 
     pub fn observe(&self, outcome: Outcome, elapsed: Duration) {
+        self.count(outcome);
+        self.latency.observe(elapsed.as_secs_f64());
+    }
+
+    fn count(&self, outcome: Outcome) {
         let index = match outcome {
             Outcome::Patched => 0,
             Outcome::Unchanged => 1,
@@ -112,6 +117,5 @@ impl WebhookMetrics {
             Outcome::Invalid => 3,
         };
         self.admissions[index].inc();
-        self.latency.observe(elapsed.as_secs_f64());
     }
 }

@@ -168,10 +168,7 @@ impl Operator {
     /// `trust_rotation_webhook_admissions_total{outcome="patched"}`.
     pub fn metric(&self, sample: &str) -> Option<f64> {
         let (_, body) = self.admin_get("/metrics")?;
-        body.lines().find_map(|line| {
-            let rest = line.strip_prefix(sample)?;
-            rest.strip_prefix(' ')?.trim().parse().ok()
-        })
+        server::sample_value(&body, sample)
     }
 }
 

@@ -155,6 +155,18 @@ pub fn accelerating_view() -> RotationView {
     )
 }
 
+/// The value of one sample line (`name{labels}`, as the text format writes it) in Prometheus
+/// text.
+pub fn sample_value(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(sample)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 pub struct InProcessWebhook {
     pub addr: SocketAddr,
     pub resolver: Arc<ReloadingResolver>,
@@ -180,8 +192,7 @@ impl InProcessWebhook {
     pub fn metric(&self, sample: &str) -> Option<f64> {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, self.registry.as_ref()?).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        sample_value(&text, sample)
     }
 
     /// Serves any router (the benchmark's no-op baseline, a timed router) over the real TLS
