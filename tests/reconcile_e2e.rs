@@ -137,6 +137,16 @@ struct Setup {
     credentials: Credentials,
 }
 
+impl From<SimConfig> for Setup {
+    /// A simulated mesh configured so, the operator with the admin's credentials.
+    fn from(sim: SimConfig) -> Self {
+        Setup {
+            sim,
+            ..Setup::default()
+        }
+    }
+}
+
 /// Whose credentials the operator runs with.
 #[derive(Default)]
 enum Credentials {
@@ -952,10 +962,7 @@ async fn a_workload_started_before_the_interval_was_published_is_restarted_for_i
         ..SimConfig::default()
     };
     let rig = Rig::start_with(
-        Setup {
-            sim,
-            ..Setup::default()
-        },
+        sim.into(),
         (1, 1, 2),
         json!({"workloadCertificateRefreshInterval": "3s",
                "dataPlaneRestart": {"policy": "Automatic"},
@@ -1083,10 +1090,7 @@ async fn issuer_renewed_with_its_old_key_still_zero_failed_handshakes() {
         ..SimConfig::default()
     };
     let rig = Rig::start_with(
-        Setup {
-            sim,
-            ..Setup::default()
-        },
+        sim.into(),
         (1, 2, 2),
         json!({"workloadCertificateRefreshInterval": "3s",
                "dataPlaneRestart": {"policy": "Automatic", "maxConcurrentWorkloads": 2},
@@ -1129,10 +1133,7 @@ async fn anchor_renewed_with_its_old_key_raises_no_false_alarm() {
         ..SimConfig::default()
     };
     let rig = Rig::start_with(
-        Setup {
-            sim,
-            ..Setup::default()
-        },
+        sim.into(),
         (1, 1, 2),
         json!({"workloadCertificateRefreshInterval": "3s",
                "dataPlaneRestart": {"policy": "Automatic"},

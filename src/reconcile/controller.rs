@@ -532,28 +532,6 @@ async fn observe(
             refresh_set_by_operator: template_annotation(d.template(), PROXY_REFRESH_ANNOTATION),
         })
         .collect();
-    // Rollouts the operator started onto the bundle in place now (one from an earlier bundle
-    // that never finished is not this rotation's to wait for).
-    let current_bundle = bundle
-        .as_ref()
-        .ok()
-        .and_then(|b| b.as_ref())
-        .map(|b| super::decide::bundle_of(b.iter()).fingerprint());
-    // And the same for restarts for a leaf from the issuer in place now (the decision counts
-    // those only while it waits for leaves: one left from an earlier rotation, whose issuer is
-    // still in place until this one renews it, is not this rotation's).
-    let current_issuer = issuer.as_ref().ok().map(|i| i.cert.fingerprint.clone());
-    let rolling = |key: &'static str, value: Option<&str>| -> BTreeSet<Workload> {
-        let Some(value) = value else {
-            return BTreeSet::new();
-        };
-        rolling_onto(&stores.deployments, key, value)
-            .chain(rolling_onto(&stores.statefulsets, key, value))
-            .chain(rolling_onto(&stores.daemonsets, key, value))
-            .collect()
-    };
-    let workloads_restarting = rolling(RESTART_ANNOTATION, current_bundle.as_deref());
-    let workloads_renewing = rolling(LEAF_RESTART_ANNOTATION, current_issuer.as_deref());
     let restart_markers: BTreeMap<Workload, RestartMarkers> = markers_of(&stores.deployments)
         .chain(markers_of(&stores.statefulsets))
         .chain(markers_of(&stores.daemonsets))
@@ -591,8 +569,6 @@ async fn observe(
         control_plane,
         pods,
         draining,
-        workloads_restarting,
-        workloads_renewing,
         restart_markers,
     })
 }
@@ -724,42 +700,26 @@ impl Restartable for DaemonSet {
     }
 }
 
-/// Workloads of one kind the operator restarted with `marker` = `value` whose rollout is not
-/// done.
-fn rolling_onto<'a, K: Restartable>(
-    store: &'a Store<K>,
-    marker: &'a str,
-    value: &'a str,
-) -> impl Iterator<Item = Workload> + 'a {
-    store
-        .state()
-        .into_iter()
-        .filter(move |w| template_annotation(w.template(), marker).as_deref() == Some(value))
-        .filter(|w| !w.rollout_complete())
-        .map(|w| Workload {
-            kind: K::KIND.to_owned(),
-            namespace: w.namespace().unwrap_or_default(),
-            name: w.name_any(),
-        })
-}
-
-/// The operator's restart markers on each workload of one kind that has any.
+/// The operator's restart markers, and the rollout's state, of each workload of one kind that
+/// has any.
 fn markers_of<K: Restartable>(
     store: &Store<K>,
 ) -> impl Iterator<Item = (Workload, RestartMarkers)> {
     store.state().into_iter().filter_map(|w| {
-        let markers = RestartMarkers {
-            bundle: template_annotation(w.template(), RESTART_ANNOTATION),
-            issuer: template_annotation(w.template(), LEAF_RESTART_ANNOTATION),
-        };
-        (markers != RestartMarkers::default()).then(|| {
+        let bundle = template_annotation(w.template(), RESTART_ANNOTATION);
+        let issuer = template_annotation(w.template(), LEAF_RESTART_ANNOTATION);
+        (bundle.is_some() || issuer.is_some()).then(|| {
             (
                 Workload {
                     kind: K::KIND.to_owned(),
                     namespace: w.namespace().unwrap_or_default(),
                     name: w.name_any(),
                 },
-                markers,
+                RestartMarkers {
+                    bundle,
+                    issuer,
+                    rollout_complete: w.rollout_complete(),
+                },
             )
         })
     })

@@ -382,7 +382,7 @@ pub fn decide(
             d.next.workload_certificate_refresh_interval = Some(policies.refresh_interval.clone());
             let pending = d.count_bundle(observed, &bundle_set, false);
             if pending.is_empty() {
-                if !d.rollouts_finished(observed) {
+                if !d.rollouts_finished(observed, &bundle_fp) {
                     return d.finish(Requeue::Soon);
                 }
                 d.transition(
@@ -395,6 +395,7 @@ pub fn decide(
                 policies,
                 observed,
                 &pending,
+                &bundle_fp,
                 RestartFor::Bundle(bundle_fp.clone()),
                 "do not hold the expanded trust bundle yet",
             );
@@ -490,6 +491,7 @@ pub fn decide(
                     policies,
                     observed,
                     &stuck,
+                    &bundle_fp,
                     RestartFor::Issuer(issuer.cert.fingerprint.clone()),
                     &what,
                 );
@@ -541,7 +543,7 @@ pub fn decide(
             d.next.workload_certificate_refresh_interval = None;
             let pending = d.count_bundle(observed, &bundle_set, true);
             if pending.is_empty() {
-                if !d.rollouts_finished(observed) {
+                if !d.rollouts_finished(observed, &bundle_fp) {
                     return d.finish(Requeue::Soon);
                 }
                 d.transition(
@@ -555,6 +557,7 @@ pub fn decide(
                 policies,
                 observed,
                 &pending,
+                &bundle_fp,
                 RestartFor::Bundle(bundle_fp.clone()),
                 "still trust the old anchor",
             );
@@ -758,17 +761,18 @@ impl<'a> Step<'a> {
         pending
     }
 
-    /// No restart onto the current bundle is still rolling: a pod being replaced is in no
-    /// count, so advancing now would leave it out of the status. Otherwise says so.
-    fn rollouts_finished(&mut self, observed: &Observed) -> bool {
-        if observed.workloads_restarting.is_empty() {
-            return true;
-        }
+    /// No restart onto the current bundle (`bundle_fp`; one from an earlier bundle that never
+    /// finished is not this rotation's to wait for) is still rolling: a pod being replaced is
+    /// in no count, so advancing now would leave it out of the status. Otherwise says so.
+    fn rollouts_finished(&mut self, observed: &Observed, bundle_fp: &str) -> bool {
+        let onto_bundle = RestartFor::Bundle(bundle_fp.to_owned());
         let names: Vec<String> = observed
-            .workloads_restarting
-            .iter()
+            .rolling(&onto_bundle)
             .map(|w| w.to_string())
             .collect();
+        if names.is_empty() {
+            return true;
+        }
         self.next.blocking_message = Some(format!(
             "every running meshed pod holds the bundle; waiting for {} rollout(s) to finish{}",
             names.len(),
@@ -778,12 +782,13 @@ impl<'a> Step<'a> {
     }
 
     /// Restarts (Automatic) or names (Manual) the workloads of the `pending` pods, which `what`
-    /// describes, for `restart_for`.
+    /// describes, for `restart_for`; `bundle_fp` is the current bundle's.
     fn restart_or_ask(
         &mut self,
         policies: &Policies,
         observed: &Observed,
         pending: &[String],
+        bundle_fp: &str,
         restart_for: RestartFor,
         what: &str,
     ) {
@@ -826,15 +831,15 @@ impl<'a> Step<'a> {
                     .filter(|p| !p.ready)
                     .filter_map(|p| p.owner.as_ref().ok())
                     .collect();
-                // Rollouts the operator started for this step and that are still running.
-                let in_progress: BTreeSet<&Workload> = match &restart_for {
-                    RestartFor::Bundle(_) => observed.workloads_restarting.iter().collect(),
-                    RestartFor::Issuer(_) => observed
-                        .workloads_restarting
-                        .iter()
-                        .chain(&observed.workloads_renewing)
-                        .collect(),
-                };
+                // Rollouts the operator started onto this bundle, or for this step, still
+                // running. (A restart for the issuer in place is counted only while leaves are
+                // awaited: one left from an earlier rotation, whose issuer stays in place until
+                // this one renews it, is not this rotation's.)
+                let onto_bundle = RestartFor::Bundle(bundle_fp.to_owned());
+                let in_progress: BTreeSet<&Workload> = observed
+                    .rolling(&onto_bundle)
+                    .chain(observed.rolling(&restart_for))
+                    .collect();
                 // Restarted for this already, rollout done, and still not converged: asking
                 // again would change nothing, so they are named instead.
                 let (done, candidates): (Vec<&Workload>, Vec<&Workload>) = workloads

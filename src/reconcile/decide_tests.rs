@@ -90,6 +90,25 @@ fn pod(ns: &str, name: &str, holds: &[usize]) -> MeshedPod {
     }
 }
 
+/// The Deployment `web` in `namespace`, owner of [`World`]'s pods there.
+fn web(namespace: &str) -> Workload {
+    Workload {
+        kind: "Deployment".to_owned(),
+        namespace: namespace.to_owned(),
+        name: "web".to_owned(),
+    }
+}
+
+/// `workload` restarted for `restart_for`, its rollout still running.
+fn rolling(o: &mut Observed, workload: Workload, restart_for: RestartFor) {
+    let markers = o.restart_markers.entry(workload).or_default();
+    match restart_for {
+        RestartFor::Bundle(fp) => markers.bundle = Some(fp),
+        RestartFor::Issuer(fp) => markers.issuer = Some(fp),
+    }
+    markers.rollout_complete = false;
+}
+
 fn cp_pod(name: &str, restarted_for: Option<String>) -> MeshedPod {
     MeshedPod {
         control_plane: true,
@@ -181,8 +200,6 @@ impl World {
             control_plane: cp(self.cp_for.clone(), true),
             pods,
             draining: Vec::new(),
-            workloads_restarting: BTreeSet::new(),
-            workloads_renewing: BTreeSet::new(),
             restart_markers: BTreeMap::new(),
         }
     }
@@ -355,11 +372,7 @@ fn issuer_renewed_with_the_anchor_raises_out_of_order_and_still_expands() {
 /// the issuer is renewed, in WaitingForIdentityRotation too, is out of order.
 #[test]
 fn a_renewal_after_the_bundle_converged_is_in_order_whatever_the_phase_says() {
-    let w = World {
-        holds: vec![0, 1],
-        signer: 1,
-        ..propagating()
-    };
+    let w = issuer_renewed();
     let d = run(&automatic(), Phase::PropagatingTrustRoots, &w.observed());
     assert_eq!(out_of_order(&d), Some(ConditionStatus::False));
     assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts);
@@ -554,6 +567,22 @@ fn propagating() -> World {
     }
 }
 
+/// The bundle converged and the issuer renewed onto the new anchor.
+fn issuer_renewed() -> World {
+    World {
+        holds: vec![0, 1],
+        signer: 1,
+        ..propagating()
+    }
+}
+
+/// Every pod's probed leaf is `leaf`.
+fn every_leaf(o: &mut Observed, leaf: Leaf) {
+    for p in o.pods.iter_mut() {
+        p.leaf = Some(leaf.clone());
+    }
+}
+
 #[test]
 fn manual_propagation_names_the_restarts_and_does_none() {
     let d = run(
@@ -590,11 +619,15 @@ fn automatic_propagation_restarts_paced_and_skips_unready_and_busy_workloads() {
         });
     }
     o.pods[1].ready = false;
-    o.workloads_restarting.insert(Workload {
-        kind: "Deployment".to_owned(),
-        namespace: "app".to_owned(),
-        name: "w3".to_owned(),
-    });
+    rolling(
+        &mut o,
+        Workload {
+            kind: "Deployment".to_owned(),
+            namespace: "app".to_owned(),
+            name: "w3".to_owned(),
+        },
+        RestartFor::Bundle(bundle_fp(&[0, 1])),
+    );
     let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
     let restarted = d.effects.iter().find_map(|e| match e {
         Effect::RestartWorkloads {
@@ -644,11 +677,15 @@ fn a_restart_still_rolling_holds_the_phase_even_when_every_running_pod_converged
         ..propagating()
     };
     let mut o = w.observed();
-    o.workloads_restarting.insert(Workload {
-        kind: "StatefulSet".to_owned(),
-        namespace: "app-0".to_owned(),
-        name: "db".to_owned(),
-    });
+    rolling(
+        &mut o,
+        Workload {
+            kind: "StatefulSet".to_owned(),
+            namespace: "app-0".to_owned(),
+            name: "db".to_owned(),
+        },
+        RestartFor::Bundle(bundle_fp(&[0, 1])),
+    );
     let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
     assert_eq!(d.status.phase, Phase::PropagatingTrustRoots);
     assert!(writes(&d).is_empty(), "{:?}", d.effects);
@@ -659,11 +696,7 @@ fn a_restart_still_rolling_holds_the_phase_even_when_every_running_pod_converged
     );
     let d = run(&automatic(), Phase::RemovingOldTrustRoots, &{
         let mut o = World::reduced().observed();
-        o.workloads_restarting.insert(Workload {
-            kind: "Deployment".to_owned(),
-            namespace: "app-1".to_owned(),
-            name: "web".to_owned(),
-        });
+        rolling(&mut o, web("app-1"), RestartFor::Bundle(bundle_fp(&[1])));
         o
     });
     assert_eq!(d.status.phase, Phase::RemovingOldTrustRoots);
@@ -671,11 +704,7 @@ fn a_restart_still_rolling_holds_the_phase_even_when_every_running_pod_converged
 
 #[test]
 fn renewed_issuer_moves_to_renewing_workload_certs() {
-    let w = World {
-        holds: vec![0, 1],
-        signer: 1,
-        ..propagating()
-    };
+    let w = issuer_renewed();
     let d = run(&manual(), Phase::WaitingForIdentityRotation, &w.observed());
     assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts);
     assert_eq!(
@@ -691,11 +720,7 @@ fn renewed_issuer_moves_to_renewing_workload_certs() {
 
 #[test]
 fn leaves_are_awaited_then_the_bundle_is_reduced() {
-    let w = World {
-        holds: vec![0, 1],
-        signer: 1,
-        ..propagating()
-    };
+    let w = issuer_renewed();
     let mut o = w.observed();
     for (i, p) in o.pods.iter_mut().enumerate() {
         p.leaf = Some(if i == 0 {
@@ -732,15 +757,9 @@ fn leaves_are_awaited_then_the_bundle_is_reduced() {
 
 #[test]
 fn unreachable_or_unprobed_pods_are_not_converged() {
-    let w = World {
-        holds: vec![0, 1],
-        signer: 1,
-        ..propagating()
-    };
+    let w = issuer_renewed();
     let mut o = w.observed();
-    for p in o.pods.iter_mut() {
-        p.leaf = Some(Leaf::FromIssuer);
-    }
+    every_leaf(&mut o, Leaf::FromIssuer);
     o.pods[2].leaf = Some(Leaf::Unreachable);
     o.pods[3].leaf = None;
     let d = run(&manual(), Phase::RenewingWorkloadCerts, &o);
@@ -754,15 +773,9 @@ fn unreachable_or_unprobed_pods_are_not_converged() {
 /// restarted for a leaf from the new issuer, once each, instead of holding the phase for hours.
 #[test]
 fn proxies_that_would_refresh_too_late_are_restarted_for_a_leaf() {
-    let w = World {
-        holds: vec![0, 1],
-        signer: 1,
-        ..propagating()
-    };
+    let w = issuer_renewed();
     let mut o = w.observed();
-    for p in o.pods.iter_mut() {
-        p.leaf = Some(Leaf::FromOtherIssuer);
-    }
+    every_leaf(&mut o, Leaf::FromOtherIssuer);
     // web-0 (app-0): no refresh cap. web-1 (app-1): a cap longer than the interval. web-2
     // (app-0): the interval's own cap, it refreshes in time. web-3 (app-1): no cap, but its
     // leaf is already from the new issuer.
@@ -810,11 +823,7 @@ fn proxies_that_would_refresh_too_late_are_restarted_for_a_leaf() {
     );
 
     // A restart for this issuer still rolling is not asked for again.
-    o.workloads_restarting.insert(Workload {
-        kind: "Deployment".to_owned(),
-        namespace: "app-0".to_owned(),
-        name: "web".to_owned(),
-    });
+    rolling(&mut o, web("app-0"), RestartFor::Issuer(issuer_fp.clone()));
     let d = run(&automatic(), Phase::RenewingWorkloadCerts, &o);
     assert!(
         matches!(&writes(&d)[..], [Effect::RestartWorkloads { workloads, .. }] if workloads.len() == 1 && workloads[0].namespace == "app-1"),
@@ -852,15 +861,9 @@ fn proxies_that_would_refresh_too_late_are_restarted_for_a_leaf() {
 /// left from an earlier rotation is no rollout of this one.
 #[test]
 fn leaf_restarts_cover_pods_without_the_bundle_and_are_asked_for_once() {
-    let w = World {
-        holds: vec![0, 1],
-        signer: 1,
-        ..propagating()
-    };
+    let w = issuer_renewed();
     let mut o = w.observed();
-    for p in o.pods.iter_mut() {
-        p.leaf = Some(Leaf::FromIssuer);
-    }
+    every_leaf(&mut o, Leaf::FromIssuer);
     o.pods[1].anchors = Some(set(&[0]));
     let issuer_fp = issuer(1).cert.fingerprint;
     let d = run(&automatic(), Phase::RenewingWorkloadCerts, &o);
@@ -879,14 +882,11 @@ fn leaf_restarts_cover_pods_without_the_bundle_and_are_asked_for_once() {
 
     // Restarted for this issuer already (rollout complete): named, not asked for again.
     o.restart_markers.insert(
-        Workload {
-            kind: "Deployment".to_owned(),
-            namespace: "app-1".to_owned(),
-            name: "web".to_owned(),
-        },
+        web("app-1"),
         RestartMarkers {
             bundle: None,
             issuer: Some(issuer_fp.clone()),
+            rollout_complete: true,
         },
     );
     let d = run(&automatic(), Phase::RenewingWorkloadCerts, &o);
@@ -916,11 +916,11 @@ fn leaf_restarts_cover_pods_without_the_bundle_and_are_asked_for_once() {
     // place while this one propagates) neither holds propagation nor keeps its workload from
     // being restarted onto the bundle.
     let mut o = propagating().observed();
-    o.workloads_renewing.insert(Workload {
-        kind: "Deployment".to_owned(),
-        namespace: "app-0".to_owned(),
-        name: "web".to_owned(),
-    });
+    rolling(
+        &mut o,
+        web("app-0"),
+        RestartFor::Issuer(issuer(0).cert.fingerprint),
+    );
     let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
     assert!(
         matches!(&writes(&d)[..], [Effect::RestartWorkloads { workloads, restart_for: RestartFor::Bundle(_) }] if workloads.len() == 2),
@@ -934,15 +934,9 @@ fn leaf_restarts_cover_pods_without_the_bundle_and_are_asked_for_once() {
 /// renewed only once those without the expanded bundle have.
 #[test]
 fn terminating_pods_hold_the_reduction_and_the_renewal_while_they_drain() {
-    let w = World {
-        holds: vec![0, 1],
-        signer: 1,
-        ..propagating()
-    };
+    let w = issuer_renewed();
     let mut o = w.observed();
-    for p in o.pods.iter_mut() {
-        p.leaf = Some(Leaf::FromIssuer);
-    }
+    every_leaf(&mut o, Leaf::FromIssuer);
     let mut old = pod("app-0", "web-9", &[0, 1]);
     old.leaf = None;
     o.draining.push(old);
@@ -1326,8 +1320,6 @@ mod properties {
                 control_plane: cp(self.cp_for.clone(), true),
                 pods,
                 draining: Vec::new(),
-                workloads_restarting: BTreeSet::new(),
-                workloads_renewing: BTreeSet::new(),
                 restart_markers: BTreeMap::new(),
             }
         }

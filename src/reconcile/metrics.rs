@@ -276,8 +276,6 @@ mod tests {
             control_plane: vec![],
             pods: vec![],
             draining: vec![],
-            workloads_restarting: Default::default(),
-            workloads_renewing: Default::default(),
             restart_markers: Default::default(),
         }
     }

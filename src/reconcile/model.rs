@@ -199,22 +199,33 @@ pub struct Observed {
     /// Meshed pods being deleted whose grace period has not run out: their proxies may still
     /// make and answer connections while they drain.
     pub draining: Vec<MeshedPod>,
-    /// Workloads restarted onto the current bundle whose rollout is not complete.
-    pub workloads_restarting: BTreeSet<Workload>,
-    /// Workloads restarted for a leaf from the current issuer whose rollout is not complete.
-    pub workloads_renewing: BTreeSet<Workload>,
-    /// What each workload's pod template was last restarted for by the operator (workloads
-    /// without either marker are left out).
+    /// What each workload's pod template was last restarted for by the operator, and whether
+    /// that rollout is complete (workloads without either marker are left out).
     pub restart_markers: BTreeMap<Workload, RestartMarkers>,
 }
 
-/// The operator's restart annotations on a workload's pod template.
+impl Observed {
+    /// Workloads restarted for `restart_for` whose rollout is not complete.
+    pub fn rolling<'a>(
+        &'a self,
+        restart_for: &'a RestartFor,
+    ) -> impl Iterator<Item = &'a Workload> + 'a {
+        self.restart_markers
+            .iter()
+            .filter(move |(_, m)| m.has(restart_for) && !m.rollout_complete)
+            .map(|(w, _)| w)
+    }
+}
+
+/// The operator's restart annotations on a workload's pod template, and its rollout.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RestartMarkers {
     /// The bundle fingerprint it was restarted onto.
     pub bundle: Option<String>,
     /// The issuer fingerprint it was restarted for.
     pub issuer: Option<String>,
+    /// `kubectl rollout status` would say complete.
+    pub rollout_complete: bool,
 }
 
 impl RestartMarkers {
