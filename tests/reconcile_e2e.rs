@@ -585,8 +585,7 @@ async fn automatic_rotation_from_synced_to_synced_with_zero_failed_handshakes() 
                 "spec": {"replicas": 1, "serviceName": "db",
                     "selector": {"matchLabels": {"app": "db"}},
                     "template": {"metadata": {"labels": {"app": "db"}},
-                        "spec": {"automountServiceAccountToken": false,
-                                 "containers": [{"name": "db", "image": "sim/db:1"}]}}}}))
+                        "spec": {"containers": [{"name": "db", "image": "sim/db:1"}]}}}}))
             .unwrap(),
         )
         .await

@@ -109,8 +109,7 @@ fn app_pod(name: &str) -> Pod {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "annotations": {
             PROXY_ADDITIONAL_ENV_ANNOTATION: r#"[{"name":"USER_SETTING","value":"kept"}]"#}},
-        "spec": {"automountServiceAccountToken": false,
-            "containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
+        "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
     }))
     .unwrap()
 }

@@ -241,6 +241,59 @@ fn host_network_pod_is_not_meshed_unless_it_has_a_proxy() {
     assert_eq!(r.outcome, Outcome::Patched);
 }
 
+/// Linkerd's injector does not inject a pod without its service-account token (the proxy
+/// needs it for its identity): `automountServiceAccountToken: false` on the pod, or no token
+/// mounted in the first container (the pod's ServiceAccount turned it off, so the
+/// ServiceAccount admission plugin mounted nothing). One that already has a proxy is meshed all
+/// the same.
+#[test]
+fn pod_without_a_service_account_token_is_not_meshed_unless_it_has_a_proxy() {
+    let not_meshed = |body: &Value, case: &str| {
+        let r = run(body, Some(&accelerating_view()));
+        assert_eq!(r.outcome, Outcome::Skipped, "{case}");
+        assert_eq!(r.note.as_deref(), Some("not meshed"), "{case}");
+    };
+    not_meshed(&fixture("pod-automount-disabled"), "the recorded pod");
+
+    fn spec(body: &mut Value) -> &mut Value {
+        &mut body["request"]["object"]["spec"]
+    }
+    let mut off_but_mounted = fixture("pod-inject-enabled");
+    spec(&mut off_but_mounted)["automountServiceAccountToken"] = json!(false);
+    not_meshed(
+        &off_but_mounted,
+        "automount off on the pod, a token mounted all the same",
+    );
+
+    let mut not_mounted = fixture("pod-inject-enabled");
+    spec(&mut not_mounted)["containers"][0]["volumeMounts"] =
+        json!([{"name": "data", "mountPath": "/data"}]);
+    not_meshed(
+        &not_mounted,
+        "no token mounted (the ServiceAccount turns it off)",
+    );
+
+    // The injector looks at the first container only.
+    let mut second_only = fixture("pod-inject-enabled");
+    let first = spec(&mut second_only)["containers"][0].clone();
+    let mut bare = first.clone();
+    bare["name"] = json!("init-like");
+    bare.as_object_mut().unwrap().remove("volumeMounts");
+    spec(&mut second_only)["containers"] = json!([bare, first]);
+    not_meshed(&second_only, "token mounted in the second container only");
+
+    let mut on = fixture("pod-inject-enabled");
+    spec(&mut on)["automountServiceAccountToken"] = json!(true);
+    let r = run(&on, Some(&accelerating_view()));
+    assert_eq!(r.outcome, Outcome::Patched, "automount on, token mounted");
+    assert_idempotent(&apply(&on, &r).1, &accelerating_view());
+
+    let mut injected = fixture("pod-injected");
+    spec(&mut injected)["automountServiceAccountToken"] = json!(false);
+    let r = run(&injected, Some(&accelerating_view()));
+    assert_eq!(r.outcome, Outcome::Patched, "a proxy already there");
+}
+
 /// Meshed or not as Linkerd's injector decides from `linkerd.io/inject` (its truth table in
 /// linkerd2's pkg/inject/report.go): the namespace's `enabled`/`ingress` unless the pod says
 /// `disabled`; else the pod's; an empty value counts as none; an unknown value on either

@@ -11,7 +11,7 @@ use trust_rotation_operator::crd::Phase;
 use trust_rotation_operator::webhook::admission::PodIn;
 use trust_rotation_operator::webhook::patch::{
     MAX_REFRESH_ENV, PROXY_ADDITIONAL_ENV_ANNOTATION, PodMutation, RotationView,
-    TRUST_BUNDLE_ANNOTATION, mutate_pod,
+    SERVICE_ACCOUNT_MOUNT_PATH, TRUST_BUNDLE_ANNOTATION, mutate_pod,
 };
 
 const ANCHOR: &str = include_str!("fixtures/anchor.pem");
@@ -80,6 +80,23 @@ enum ProxyAt {
     Init,
 }
 
+/// The pod's service-account token: mounted (mostly), not mounted, or turned off on the pod
+/// (and mounted all the same, which the injector also refuses).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Token {
+    Mounted,
+    NotMounted,
+    TurnedOff,
+}
+
+fn token() -> impl Strategy<Value = Token> {
+    prop_oneof![
+        8 => Just(Token::Mounted),
+        1 => Just(Token::NotMounted),
+        1 => Just(Token::TurnedOff),
+    ]
+}
+
 fn pod() -> impl Strategy<Value = Value> {
     (
         annotations(),
@@ -91,8 +108,9 @@ fn pod() -> impl Strategy<Value = Value> {
             Just(ProxyAt::Init)
         ],
         env_list(),
+        token(),
     )
-        .prop_map(|(annotations, control_plane, apps, proxy_at, proxy_env)| {
+        .prop_map(|(annotations, control_plane, apps, proxy_at, proxy_env, token)| {
             let mut metadata = json!({"name": "p", "namespace": "ns", "labels": {"app": "x"}});
             if let Some(a) = annotations {
                 metadata["annotations"] = json!(a);
@@ -103,6 +121,12 @@ fn pod() -> impl Strategy<Value = Value> {
             let mut containers: Vec<Value> = (0..apps)
                 .map(|i| json!({"name": format!("app{i}"), "image": "app"}))
                 .collect();
+            if token != Token::NotMounted {
+                // As the ServiceAccount admission plugin mounts it, in every app container.
+                for c in &mut containers {
+                    c["volumeMounts"] = json!([{"name": "kube-api-access", "mountPath": SERVICE_ACCOUNT_MOUNT_PATH}]);
+                }
+            }
             let mut proxy = json!({"name": "linkerd-proxy", "image": "proxy"});
             if let Some(env) = proxy_env {
                 proxy["env"] = json!(env);
@@ -117,6 +141,9 @@ fn pod() -> impl Strategy<Value = Value> {
                 }
             }
             spec["containers"] = json!(containers);
+            if token == Token::TurnedOff {
+                spec["automountServiceAccountToken"] = json!(false);
+            }
             json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec})
         })
 }

@@ -31,6 +31,7 @@ use serde_json::json;
 
 use super::kubelet::PROXY_CONTAINER;
 use super::proxy::ENV_TRUST_ANCHORS;
+use crate::webhook::patch::SERVICE_ACCOUNT_MOUNT_PATH;
 
 pub const WEBHOOK_CONFIG_NAME: &str = "linkerd-proxy-injector-webhook-config";
 pub const INJECT_ANNOTATION: &str = "linkerd.io/inject";
@@ -138,7 +139,16 @@ pub fn inject(
         .iter()
         .chain(spec.init_containers.iter().flatten())
         .any(|c| c.name == PROXY_CONTAINER);
-    if !wanted || has_proxy {
+    // As Linkerd's injector: never in the host's network, nor without the service-account token
+    // (turned off on the pod, or not mounted in the first container).
+    let token_mounted = spec.automount_service_account_token != Some(false)
+        && spec.containers.first().is_some_and(|c| {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.mount_path == SERVICE_ACCOUNT_MOUNT_PATH)
+        });
+    if !wanted || has_proxy || spec.host_network == Some(true) || !token_mounted {
         return None;
     }
     let additional = |a: &BTreeMap<String, String>| {
@@ -443,7 +453,9 @@ mod tests {
     fn pod(annotations: serde_json::Value) -> Pod {
         serde_json::from_value(json!({
             "metadata": {"name": "p", "annotations": annotations},
-            "spec": {"containers": [{"name": "app"}], "serviceAccountName": "web"}
+            "spec": {"containers": [{"name": "app", "volumeMounts": [
+                {"name": "kube-api-access", "mountPath": SERVICE_ACCOUNT_MOUNT_PATH}
+            ]}], "serviceAccountName": "web"}
         }))
         .unwrap()
     }
@@ -485,6 +497,20 @@ mod tests {
             out.metadata.labels.as_ref().unwrap()[CONTROL_PLANE_NS_LABEL],
             "linkerd"
         );
+    }
+
+    #[test]
+    fn no_injection_without_the_service_account_token_or_in_the_host_network() {
+        let ns = BTreeMap::from([(INJECT_ANNOTATION.to_owned(), "enabled".to_owned())]);
+        let with_spec = |change: &dyn Fn(&mut k8s_openapi::api::core::v1::PodSpec)| {
+            let mut p = pod(json!({}));
+            change(p.spec.as_mut().unwrap());
+            inject(&p, "n", &ns, "B", &config())
+        };
+        assert!(with_spec(&|_| {}).is_some());
+        assert!(with_spec(&|s| s.automount_service_account_token = Some(false)).is_none());
+        assert!(with_spec(&|s| s.containers[0].volume_mounts = None).is_none());
+        assert!(with_spec(&|s| s.host_network = Some(true)).is_none());
     }
 
     #[test]

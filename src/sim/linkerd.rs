@@ -292,7 +292,6 @@ pub async fn install_workload(
                    "template": {
                        "metadata": {"labels": {"app": name}},
                        "spec": {"serviceAccountName": name,
-                                "automountServiceAccountToken": false,
                                 "containers": [{"name": "app", "image": "sim/app:1"}]}}}}),
     )
     .await?;

@@ -145,14 +145,27 @@ pub struct PodSpecIn<'a> {
     pub init_containers: Option<Vec<ContainerIn<'a>>>,
     #[serde(default)]
     pub host_network: Option<bool>,
+    #[serde(default)]
+    pub automount_service_account_token: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct ContainerIn<'a> {
     #[serde(default, borrow)]
     pub name: Str<'a>,
     #[serde(default, borrow)]
     pub env: Option<Vec<EnvVarIn<'a>>>,
+    #[serde(default, borrow)]
+    pub volume_mounts: Option<Vec<VolumeMountIn<'a>>>,
+}
+
+/// Only where it is mounted matters (the injector looks for the service-account token's path).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeMountIn<'a> {
+    #[serde(default, borrow)]
+    pub mount_path: Str<'a>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

@@ -26,6 +26,9 @@ pub const INJECT_ANNOTATION: &str = "linkerd.io/inject";
 pub const CONTROL_PLANE_COMPONENT_LABEL: &str = "linkerd.io/control-plane-component";
 /// Static pods' mirrors: the API server refuses changes to them that the kubelet did not make.
 pub const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
+/// Where the ServiceAccount admission plugin mounts the pod's API token; Linkerd's injector
+/// does not inject a pod whose first container lacks it.
+pub const SERVICE_ACCOUNT_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// The injected proxy container.
 pub const PROXY_CONTAINER: &str = "linkerd-proxy";
 /// The proxy's anchors, baked into its env by the injector.
@@ -133,7 +136,7 @@ impl RotationView {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SkipReason {
     /// Not injected, and the injector will not inject it: injection not asked for, the pod
-    /// says `disabled`, or it runs in the host's network.
+    /// says `disabled`, it runs in the host's network, or it has no service-account token.
     NotMeshed,
     /// A Linkerd control-plane pod.
     ControlPlane,
@@ -169,8 +172,7 @@ pub fn mutate_pod(pod: &PodIn, namespace_inject: Option<&str>, view: &RotationVi
         return PodMutation::Skipped(SkipReason::Mirror);
     }
     let proxy = find_proxy(pod);
-    let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
-    if proxy.is_none() && (host_network || !injection_requested(annotations, namespace_inject)) {
+    if proxy.is_none() && !injector_injects(pod, annotations, namespace_inject) {
         return PodMutation::Skipped(SkipReason::NotMeshed);
     }
 
@@ -228,7 +230,31 @@ pub fn mutate_pod(pod: &PodIn, namespace_inject: Option<&str>, view: &RotationVi
     }
 }
 
-/// Whether Linkerd's proxy injector injects the pod, as its webhook decides from
+/// Whether Linkerd's proxy injector injects a pod that has no proxy yet (its webhook's report
+/// in linkerd2's pkg/inject/report.go): injection requested, not in the host's network, and
+/// the service-account token mounted: not turned off on the pod
+/// (`automountServiceAccountToken: false`), and mounted in the first container, where the
+/// ServiceAccount admission plugin (which runs before every webhook) puts it unless the pod's
+/// ServiceAccount turns it off.
+fn injector_injects(
+    pod: &PodIn,
+    annotations: Option<&Annotations>,
+    namespace: Option<&str>,
+) -> bool {
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
+    let token_mounted = spec.automount_service_account_token != Some(false)
+        && spec.containers.first().is_some_and(|c| {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.mount_path.as_str() == SERVICE_ACCOUNT_MOUNT_PATH)
+        });
+    spec.host_network != Some(true) && token_mounted && injection_requested(annotations, namespace)
+}
+
+/// Whether injection is asked for, as Linkerd's injector reads
 /// `linkerd.io/inject` on the pod and its namespace: `enabled` or `ingress` on either, unless
 /// the pod says `disabled`; an empty value is no value; a value that is none of these, on
 /// either, means no injection.

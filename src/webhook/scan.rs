@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use super::admission::{
     ContainerIn, EnvVarIn, GroupVersionKind, ObjectMetaIn, PodIn, PodSpecIn, RequestIn, ReviewIn,
-    Str,
+    Str, VolumeMountIn,
 };
 
 /// Objects and lists nested deeper than this are left to serde_json (a Pod is about 10 deep).
@@ -132,7 +132,8 @@ impl<'a> Reader<'a> {
     }
 
     fn pod_spec(&mut self) -> Option<PodSpecIn<'a>> {
-        let (mut containers, mut init_containers, mut host_network) = (None, None, None);
+        let (mut containers, mut init_containers) = (None, None);
+        let (mut host_network, mut automount) = (None, None);
         self.object(|r, key| match key {
             "containers" => fill(&mut containers, r.list(Self::container)?),
             "initContainers" => fill(
@@ -140,25 +141,43 @@ impl<'a> Reader<'a> {
                 r.nullable(|r| r.list(Self::container))?,
             ),
             "hostNetwork" => fill(&mut host_network, r.nullable(Self::boolean)?),
+            "automountServiceAccountToken" => fill(&mut automount, r.nullable(Self::boolean)?),
             _ => r.skip(),
         })?;
         Some(PodSpecIn {
             containers: containers.unwrap_or_default(),
             init_containers: init_containers.flatten(),
             host_network: host_network.flatten(),
+            automount_service_account_token: automount.flatten(),
         })
     }
 
     fn container(&mut self) -> Option<ContainerIn<'a>> {
-        let (mut name, mut env) = (None, None);
+        let (mut name, mut env, mut volume_mounts) = (None, None, None);
         self.object(|r, key| match key {
             "name" => fill(&mut name, r.string()?),
             "env" => fill(&mut env, r.nullable(|r| r.list(Self::env_var))?),
+            "volumeMounts" => fill(
+                &mut volume_mounts,
+                r.nullable(|r| r.list(Self::volume_mount))?,
+            ),
             _ => r.skip(),
         })?;
         Some(ContainerIn {
             name: name.unwrap_or_default(),
             env: env.flatten(),
+            volume_mounts: volume_mounts.flatten(),
+        })
+    }
+
+    fn volume_mount(&mut self) -> Option<VolumeMountIn<'a>> {
+        let mut mount_path = None;
+        self.object(|r, key| match key {
+            "mountPath" => fill(&mut mount_path, r.string()?),
+            _ => r.skip(),
+        })?;
+        Some(VolumeMountIn {
+            mount_path: mount_path.unwrap_or_default(),
         })
     }
 
