@@ -604,7 +604,7 @@ mod tests {
 
     #[test]
     fn reads_a_pod_review_as_serde_json_does() {
-        let text = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},"namespace":"ns","operation":"CREATE","userInfo":{"groups":["a","b"],"extra":{}},"dryRun":false,"options":{"fieldManager":"x"},"object":{"metadata":{"labels":{"app":"web"},"annotations":{"linkerd.io/inject":"enabled","a\u0026b":"c\"d\\e\/\n\u00e9"},"ownerReferences":[{"controller":true}]},"spec":{"containers":[{"name":"app","ports":[{"containerPort":8080}],"resources":{"limits":{"cpu":-1.5e+3}}},{"name":"linkerd-proxy","env":[{"name":"A","value":"1"},{"name":"B","valueFrom":{"fieldRef":{}}},{"name":"C","valueFrom":null}]}],"initContainers":null}}}}"#;
+        let text = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","kind":{"group":"","version":"v1","kind":"Pod"},"resource":{"group":"","version":"v1","resource":"pods"},"namespace":"ns","operation":"CREATE","userInfo":{"groups":["a","b"],"extra":{}},"dryRun":false,"options":{"fieldManager":"x"},"object":{"metadata":{"labels":{"app":"web"},"annotations":{"linkerd.io/inject":"enabled","a\u0026b":"c\"d\\e\/\n\u00e9"},"ownerReferences":[{"controller":true}]},"spec":{"automountServiceAccountToken":null,"containers":[{"name":"app","volumeMounts":[{"name":"t","mountPath":"/var/run/secrets/kubernetes.io/serviceaccount","readOnly":true}],"ports":[{"containerPort":8080}],"resources":{"limits":{"cpu":-1.5e+3}}},{"name":"linkerd-proxy","env":[{"name":"A","value":"1"},{"name":"B","valueFrom":{"fieldRef":{}}},{"name":"C","valueFrom":null}]}],"initContainers":null}}}}"#;
         let review = fast(text).expect("the fast path reads it");
         let pod = review.request.unwrap().object.unwrap();
         let annotations = pod.metadata.unwrap().annotations.unwrap();
@@ -638,6 +638,9 @@ mod tests {
             r#"{"request":{"object":{"spec":{"containers":null}}}}"#,
             r#"{"request":{"object":{"metadata":{"labels":{"a":null}}}}}"#,
             r#"{"request":{"kind":{"group":null}}}"#,
+            r#"{"request":{"object":{"spec":{"containers":[{"volumeMounts":[{"mountPath":null}]}]}}}}"#,
+            r#"{"request":{"object":{"spec":{"containers":[{"volumeMounts":{}}]}}}}"#,
+            r#"{"request":{"object":{"spec":{"automountServiceAccountToken":"false"}}}}"#,
             // Duplicate fields (serde refuses), surrogate escapes (left to serde).
             r#"{"kind":"a","kind":"b"}"#,
             r#"{"request":{"uid":"a","uid":"b"}}"#,
