@@ -1,7 +1,8 @@
 //! The reconciler's I/O: reflectors gather [`Observed`] (named-object watches for the three
 //! certificate Secrets and the bundle ConfigMap; meshed pods and Deployments by label; the
 //! `cluster` resource), the pure [`decide`] picks the step, and this module executes its
-//! [`Effect`]s idempotently, then writes status by server-side apply.
+//! [`Effect`]s idempotently, then writes status by server-side apply onto the resourceVersion
+//! it decided from, and publishes the step's events once that has landed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -359,8 +360,14 @@ async fn reconcile_once(
     let decision = decide(&policies, &config.names, &status, &observed);
     let mut reference = rotation.object_ref(&());
     reference.namespace = None;
-    // The writes first, in order, each only if the one before it landed; the step's events
-    // (which say what was done) only once all of them have.
+    // Every status write carries the resourceVersion the decision was made from: a watch cache
+    // that has not yet shown the last write (ours or anyone's) fails it with a conflict, and
+    // the step is decided again from a fresh look instead of being written, and announced,
+    // twice.
+    let read_at = rotation.resource_version();
+    let read_at = read_at.as_deref();
+    // The writes first, in order, each only if the one before it landed; then the status that
+    // records them; the step's events (which say what was done) only once that has landed.
     let (events, writes): (Vec<&Effect>, Vec<&Effect>) = decision
         .effects
         .iter()
@@ -370,7 +377,10 @@ async fn reconcile_once(
             // The step did not happen: the status stays where it was (the next look decides
             // again from what landed) and says why it is stuck.
             let held = failed_step_status(&status, &decision.status, &error);
-            if held != status {
+            if held != status
+                && write_status(client, &config.rotation_name, &held, read_at).await?
+                    == StatusWrite::Written
+            {
                 recorder
                     .publish(
                         &reference,
@@ -380,19 +390,22 @@ async fn reconcile_once(
                     )
                     .await
                     .unwrap_or_else(|e| tracing::warn!(error = %e, "publishing an event"));
-                write_status(client, &config.rotation_name, &held).await?;
             }
             return Err(error);
         }
     }
-    for effect in events {
-        execute(client, config, recorder, &reference, effect).await?;
-    }
     if decision.status != status {
+        if write_status(client, &config.rotation_name, &decision.status, read_at).await?
+            == StatusWrite::Stale
+        {
+            return Ok(Requeue::Soon);
+        }
         if decision.status.phase != status.phase {
             tracing::info!(from = %status.phase, to = %decision.status.phase, "phase transition");
         }
-        write_status(client, &config.rotation_name, &decision.status).await?;
+    }
+    for effect in events {
+        execute(client, config, recorder, &reference, effect).await?;
     }
     metrics.record(&status, &decision.status, &observed);
     Ok(decision.requeue)
@@ -1077,21 +1090,145 @@ async fn renew_certificate(
     Ok(())
 }
 
+/// Whether a status write landed.
+#[derive(Debug, PartialEq, Eq)]
+enum StatusWrite {
+    Written,
+    /// The object changed after the version the status was decided from (`read_at`): nothing
+    /// was written.
+    Stale,
+}
+
+/// Writes the rotation's status by server-side apply, only onto the version `read_at` (when
+/// given), the one it was decided from.
 async fn write_status(
     client: &Client,
     name: &str,
     status: &TrustAnchorRotationStatus,
-) -> Result<(), ReconcileError> {
-    Api::<TrustAnchorRotation>::all(client.clone())
+    read_at: Option<&str>,
+) -> Result<StatusWrite, ReconcileError> {
+    let mut metadata = json!({"name": name});
+    if let Some(version) = read_at {
+        metadata["resourceVersion"] = json!(version);
+    }
+    let written = Api::<TrustAnchorRotation>::all(client.clone())
         .patch_status(
             name,
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(json!({"apiVersion": "trust.linkerd.io/v1alpha1",
-                "kind": "TrustAnchorRotation", "metadata": {"name": name}, "status": status})),
+                "kind": "TrustAnchorRotation", "metadata": metadata, "status": status})),
+        )
+        .await;
+    match written {
+        Ok(_) => Ok(StatusWrite::Written),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            tracing::info!(
+                read_at = read_at.unwrap_or_default(),
+                "TrustAnchorRotation {name} changed since it was read (the watch has not shown it yet); deciding again"
+            );
+            Ok(StatusWrite::Stale)
+        }
+        Err(source) => Err(ReconcileError::Kube {
+            what: format!("writing status of TrustAnchorRotation {name}"),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testbed::ControlPlane;
+    use k8s_openapi::api::events::v1::Event;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::CustomResourceExt;
+    use kube::api::ListParams;
+    use kube::runtime::wait::{await_condition, conditions};
+
+    /// A store holding `objects`, as a watch that has shown nothing since.
+    fn frozen<K>(objects: Vec<K>) -> Store<K>
+    where
+        K: Resource<DynamicType = ()> + Clone,
+    {
+        let (reader, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for object in objects {
+            writer.apply_watcher_event(&watcher::Event::InitApply(object));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        reader
+    }
+
+    /// The reconciler decides from its watch cache, which can lag its own last status write.
+    /// A look from a cache that still shows the object before that write must neither write
+    /// the step again nor announce it twice. Real API server; the lag is a cache that is not
+    /// fed, so the second look certainly comes from before the first write.
+    #[tokio::test]
+    async fn a_look_from_a_cache_older_than_the_last_status_write_writes_and_announces_nothing() {
+        let cp = ControlPlane::start().await.expect("a local control plane");
+        let client = cp.client();
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        let crd = TrustAnchorRotation::crd();
+        let crd_name = crd.metadata.name.clone().unwrap();
+        crds.patch(
+            &crd_name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&crd),
         )
         .await
-        .map_err(kube_err(format!(
-            "writing status of TrustAnchorRotation {name}"
-        )))?;
-    Ok(())
+        .unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            await_condition(crds, &crd_name, conditions::is_crd_established()),
+        )
+        .await
+        .expect("the CRD established")
+        .unwrap();
+        let rotations = Api::<TrustAnchorRotation>::all(client.clone());
+        let rotation: TrustAnchorRotation = serde_json::from_value(json!({
+            "apiVersion": "trust.linkerd.io/v1alpha1", "kind": "TrustAnchorRotation",
+            "metadata": {"name": "cluster"}, "spec": {}}))
+        .unwrap();
+        let created = rotations
+            .create(&PostParams::default(), &rotation)
+            .await
+            .unwrap();
+
+        // No certificate Secrets: every look parks the rotation and, the first time, says so.
+        let stores = Stores {
+            rotation: frozen(vec![created]),
+            secrets: vec![frozen(vec![]), frozen(vec![]), frozen(vec![])],
+            bundle: frozen(vec![]),
+            pods: frozen(vec![]),
+            deployments: frozen(vec![]),
+            statefulsets: frozen(vec![]),
+            daemonsets: frozen(vec![]),
+        };
+        let config = ReconcilerConfig::default();
+        let recorder = EventWriter {
+            api: Api::namespaced(client.clone(), EVENTS_NAMESPACE),
+            instance: "test".to_owned(),
+        };
+        let metrics = ReconcileMetrics::register(&mut Default::default());
+        for _ in 0..3 {
+            reconcile_once(&client, &config, &stores, &recorder, &metrics)
+                .await
+                .expect("a look");
+        }
+
+        let status = rotations.get("cluster").await.unwrap().status.unwrap();
+        let blocking = status.blocking_message.unwrap_or_default();
+        assert!(blocking.starts_with("parked: "), "{blocking}");
+        let events = Api::<Event>::namespaced(client.clone(), EVENTS_NAMESPACE)
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+        let parked: Vec<_> = events
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("RotationParked"))
+            .map(|e| e.note.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(parked.len(), 1, "announced once: {parked:?}");
+    }
 }
