@@ -22,7 +22,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use super::certs;
-use super::decide::{Names, OUT_OF_ORDER_URGENT, decide};
+use super::decide::{Names, OUT_OF_ORDER_URGENT, decide, reads_issuing};
 use super::metrics::ReconcileMetrics;
 use super::model::*;
 use crate::crd::{
@@ -353,7 +353,7 @@ async fn reconcile_once(
     let status = rotation.status.clone().unwrap_or_default();
     tracing::Span::current().record("phase", status.phase.as_str());
     let policies = policies(&rotation.spec);
-    let mut observed = observe(client, config, stores).await?;
+    let mut observed = observe(client, config, stores, reads_issuing(status.phase)).await?;
     if status.phase == crate::crd::Phase::RenewingWorkloadCerts {
         probe_leaves(config, &mut observed).await;
     }
@@ -433,10 +433,13 @@ fn failed_step_status(
     }
 }
 
+/// The world as the watches show it. `read_issuing`: also fetch the issuer Certificate's
+/// `Issuing` condition (one GET), which only some phases use.
 async fn observe(
     client: &Client,
     config: &ReconcilerConfig,
     stores: &Stores,
+    read_issuing: bool,
 ) -> Result<Observed, ReconcileError> {
     let n = &config.names;
     let secret_of = |store: &Store<Secret>, (ns, name): &(String, String)| {
@@ -519,7 +522,7 @@ async fn observe(
             .collect();
             let child = certs::der(&cert.pem).unwrap_or_default();
             let signed_by = certs::signer_of(&child, &candidates).map(|a| a.fingerprint.clone());
-            let issuing = issuer_issuing(client, &n.issuer_certificate).await;
+            let issuing = read_issuing && issuer_issuing(client, &n.issuer_certificate).await;
             Ok(Issuer {
                 cert,
                 signed_by,

@@ -1475,3 +1475,38 @@ mod properties {
         }
     }
 }
+
+/// The reconciler fetches the issuer Certificate's `Issuing` condition only in the phases
+/// [`reads_issuing`] names: in every other phase, whatever the world and the policies, the
+/// decision must not depend on it.
+#[test]
+fn issuing_is_read_only_where_the_reconciler_fetches_it() {
+    let worlds = [
+        World::synced(),
+        World::expanded(),
+        World::reduced(),
+        propagating(),
+        World {
+            holds: vec![0, 1],
+            ..propagating()
+        },
+        issuer_renewed(),
+    ];
+    for phase in Phase::ALL.into_iter().filter(|&p| !reads_issuing(p)) {
+        for world in &worlds {
+            for policies in [manual(), automatic()] {
+                let mut observed = world.observed();
+                let idle = run(&policies, phase, &observed);
+                if let Ok(issuer) = &mut observed.issuer {
+                    issuer.issuing = true;
+                }
+                assert_eq!(
+                    run(&policies, phase, &observed),
+                    idle,
+                    "{phase}: the decision depends on Issuing"
+                );
+            }
+        }
+    }
+    // Where it is read, it matters: `converged_bundle_waits_for_the_issuer_or_renews_it`.
+}
