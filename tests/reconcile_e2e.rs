@@ -24,8 +24,9 @@ use trust_rotation_operator::crd::{
     ConditionStatus, ConvergenceState, Phase, SourceKind, TrustAnchorRotation,
     TrustAnchorRotationStatus,
 };
+use trust_rotation_operator::sim::kubelet::HOLD_ANNOTATION;
 use trust_rotation_operator::sim::runbook::{Cert, Runbook};
-use trust_rotation_operator::sim::traffic::{TrafficConfig, TrafficSnapshot};
+use trust_rotation_operator::sim::traffic::{FailureReason, TrafficConfig, TrafficSnapshot};
 use trust_rotation_operator::sim::{KeyRotation, Mesh, SimConfig};
 use trust_rotation_operator::testbed::ControlPlane;
 
@@ -1075,6 +1076,241 @@ async fn a_workload_started_before_the_interval_was_published_is_restarted_for_i
     assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
     follow.assert_traffic_throughout(&rig);
     rig.assert_mesh_on(&new_anchor, 7).await;
+}
+
+/// A meshed namespace with one Deployment (`app-0`, one replica) whose pods wait, Pending,
+/// held by the simulated scheduler (`HOLD_ANNOTATION`, as a scheduling gate would): created,
+/// and injected, now; started only once the hold is lifted. Returns once its pod exists with
+/// the proxy the injector gave it.
+async fn held_workload(client: &kube::Client, ns: &str) -> Pod {
+    trust_rotation_operator::sim::linkerd::namespace(
+        client,
+        ns,
+        json!({}),
+        json!({"linkerd.io/inject": "enabled"}),
+    )
+    .await
+    .unwrap();
+    let deployment = json!({"metadata": {"name": "app-0"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "late"}},
+            "template": {"metadata": {"labels": {"app": "late"},
+                                      "annotations": {HOLD_ANNOTATION: "until the test lifts it"}},
+                "spec": {"containers": [{"name": "app", "image": "sim/app:1"}]}}}});
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(deployment).unwrap(),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if let [pod] = &workload_pods(client, &[ns.to_owned()]).await[..]
+            && proxy_env(pod, "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS").is_some()
+        {
+            return pod.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the held pod was not created and injected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// From now on, lifts the hold from every pod of `ns` that has it (those a restart creates
+/// too), until the returned task is aborted.
+fn lift_holds(client: &kube::Client, ns: &str) -> tokio::task::JoinHandle<()> {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    tokio::spawn(async move {
+        loop {
+            for pod in pods.list(&ListParams::default()).await.unwrap().items {
+                if pod.annotations().contains_key(HOLD_ANNOTATION) {
+                    pods.patch(
+                        &pod.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(
+                            json!({"metadata": {"annotations": {HOLD_ANNOTATION: null}}}),
+                        ),
+                    )
+                    .await
+                    .unwrap();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+/// Waits until the pod `name` of `ns` runs a ready proxy.
+async fn wait_proxy_ready(rig: &Rig, ns: &str, name: &str) {
+    let started = Instant::now();
+    while !rig
+        .mesh
+        .ready_proxies()
+        .iter()
+        .any(|p| p.pod.namespace == ns && p.pod.name == name)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{ns}/{name} never ran a ready proxy"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A pod created before the rotation and Pending since (held by the simulated scheduler) starts
+/// while the rotation waits for the issuer renewal: its proxy trusts the old anchor alone, so
+/// it would reject every leaf of the renewed issuer. The operator takes the rotation back to
+/// PropagatingTrustRoots before anyone renews the issuer, restarts the pod's workload onto the
+/// expanded bundle, and only then asks for the renewal again: the rotation ends with zero
+/// failed handshakes. The negative control beside it (the issuer renewed while such a pod
+/// runs) shows that the traffic check catches the failures this avoids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_starts_late_without_the_expanded_bundle_holds_back_the_issuer_renewal() {
+    const LATE: &str = "mesh-late";
+    let rig = Rig::start(
+        (1, 1, 2),
+        json!({"workloadCertificateRefreshInterval": "3s",
+               "dataPlaneRestart": {"policy": "Automatic"},
+               "issuerRenewal": {"policy": "Manual"}}),
+        &[],
+    )
+    .await;
+    let stale = held_workload(&rig.client, LATE).await;
+    let mut follow = Follow::new(&rig);
+    let mut user = User::default();
+    let new_anchor = rig.runbook().renew_anchor().await.unwrap();
+    loop {
+        let status = follow.status(&rig).await;
+        if status.phase == Phase::WaitingForIdentityRotation {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The status asks for the issuer renewal; before anyone does it, the late pod starts.
+    let lifter = lift_holds(&rig.client, LATE);
+    wait_proxy_ready(&rig, LATE, &stale.name_any()).await;
+    let back = loop {
+        let status = follow.status(&rig).await;
+        if status.phase == Phase::PropagatingTrustRoots {
+            break status;
+        }
+        assert!(
+            follow.secs() < 120.0,
+            "the rotation did not go back to propagation: {status:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eprintln!(
+        "[{:5.1}s] back to propagation: {:?}",
+        follow.secs(),
+        back.blocking_message
+    );
+    let done = follow
+        .with_user_until_done(&rig, &mut user, &new_anchor)
+        .await;
+    lifter.abort();
+    let t = rig.traffic();
+    eprintln!(
+        "rotation with a late pod: {:.1}s; user: {:?}; traffic: {t}",
+        follow.secs(),
+        user.actions
+    );
+    assert_eq!(done.blocking_message, None);
+    assert!(!follow.out_of_order, "the issuer was renewed out of order");
+    assert_eq!(user.actions.len(), 1, "{:?}", user.actions);
+    let phases: Vec<Phase> = follow.phases.iter().map(|(p, _)| *p).collect();
+    let waits = phases
+        .iter()
+        .filter(|&&p| p == Phase::WaitingForIdentityRotation)
+        .count();
+    assert!(waits >= 2, "waited for the issuer twice: {phases:?}");
+    let template = Api::<Deployment>::namespaced(rig.client.clone(), LATE)
+        .get("app-0")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template;
+    assert!(
+        template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap_or_default()
+            .contains_key("trust.linkerd.io/restarted-for-bundle"),
+        "the late workload was restarted onto the expanded bundle"
+    );
+    assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
+    follow.assert_traffic_throughout(&rig);
+    rig.assert_mesh_on(&new_anchor, 6).await;
+}
+
+/// The negative control of the test above: the same late pod starts while the rotation waits
+/// for the issuer, and the issuer is renewed at once, without waiting for the operator (and
+/// nobody restarts what it names). The late pod's proxy rejects the renewed issuer's leaves:
+/// the traffic counts unknown-issuer failures, and the status raises OutOfOrderIssuerRotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_pod_without_the_expanded_bundle_fails_handshakes_once_the_issuer_is_renewed() {
+    const LATE: &str = "mesh-late";
+    let rig = Rig::start(
+        (1, 1, 2),
+        json!({"workloadCertificateRefreshInterval": "3s",
+               "dataPlaneRestart": {"policy": "Manual"},
+               "issuerRenewal": {"policy": "Manual"}}),
+        &[],
+    )
+    .await;
+    let stale = held_workload(&rig.client, LATE).await;
+    let mut follow = Follow::new(&rig);
+    let mut user = User::default();
+    rig.runbook().renew_anchor().await.unwrap();
+    // The user restarts what propagation names, up to the request to renew the issuer (once
+    // the pods it replaced have stopped: only the late pod lacks the new anchor then).
+    loop {
+        let status = follow.status(&rig).await;
+        let message = status.blocking_message.as_deref().unwrap_or_default();
+        if status.phase == Phase::WaitingForIdentityRotation
+            && message.contains("renew the identity issuer now")
+        {
+            break;
+        }
+        user.act(&rig, &status).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let lifter = lift_holds(&rig.client, LATE);
+    wait_proxy_ready(&rig, LATE, &stale.name_any()).await;
+    rig.runbook().renew_issuer().await.unwrap();
+    let before = rig.traffic();
+    assert_eq!(before.failed(), 0, "no failures before: {before}");
+    loop {
+        let status = follow.status(&rig).await;
+        let t = rig.traffic();
+        if t.failed_with(&FailureReason::UnknownIssuer) >= 5 && follow.out_of_order {
+            eprintln!(
+                "[{:5.1}s] the late pod rejects the renewed issuer's leaves: {t}; {}",
+                follow.secs(),
+                status.blocking_message.as_deref().unwrap_or_default()
+            );
+            // Every failure has the late pod on one side.
+            for f in &t.recent {
+                assert!(
+                    [&f.client, &f.server]
+                        .iter()
+                        .any(|p| p.namespace == LATE && p.name == stale.name_any()),
+                    "a failure without the late pod: {f:?}"
+                );
+            }
+            break;
+        }
+        assert!(
+            follow.secs() < 120.0,
+            "no unknown-issuer failures or no OutOfOrderIssuerRotation: {t}; {status:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    lifter.abort();
 }
 
 /// An identity issuer renewed with its old key (`rotationPolicy: Never`, cert-manager's default

@@ -1,12 +1,12 @@
 //! kubelet (and scheduler) stand-in.
 //!
-//! Registers fake Nodes, binds every unscheduled pod to one of them, and "runs" bound pods: after
-//! a start delay it resolves each container's environment as the kubelet does (literal values
-//! with `$(VAR)` expansion, `fieldRef`, `configMapKeyRef`, `secretKeyRef`, read at container
-//! start), starts the pod's simulated proxy and, for `linkerd-identity` pods, an identity
-//! controller, gives the pod a unique `127.x.y.z` address and marks it Running, then Ready once
-//! its proxy holds a leaf. A pod being deleted keeps serving for the stop delay, then its
-//! processes stop and the pod object is removed, so Deployments roll through the real
+//! Registers fake Nodes, binds every unscheduled pod (but those held by [`HOLD_ANNOTATION`]) to one of them, and
+//! "runs" bound pods: after a start delay it resolves each container's environment as the kubelet
+//! does (literal values with `$(VAR)` expansion, `fieldRef`, `configMapKeyRef`, `secretKeyRef`,
+//! read at container start), starts the pod's simulated proxy and, for `linkerd-identity` pods, an
+//! identity controller, gives the pod a unique `127.x.y.z` address and marks it Running, then
+//! Ready once its proxy holds a leaf. A pod being deleted keeps serving for the stop delay, then
+//! its processes stop and the pod object is removed, so Deployments roll through the real
 //! controller-manager exactly as on a cluster.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -29,6 +29,11 @@ use super::proxy::{PodRef, Proxy, ProxyEnv};
 
 /// Container name of the proxy, Linkerd's.
 pub const PROXY_CONTAINER: &str = "linkerd-proxy";
+
+/// A pod with this annotation is left Pending, unscheduled, until the annotation is removed:
+/// what a scheduling gate does on Kubernetes 1.26 and later (the testbed's API server, 1.20, has
+/// none). Tests use it for a pod created, and injected, long before it starts.
+pub const HOLD_ANNOTATION: &str = "sim.trust.linkerd.io/hold";
 
 /// Label that marks control-plane pods and names their component.
 pub const COMPONENT_LABEL: &str = "linkerd.io/control-plane-component";
@@ -204,10 +209,12 @@ impl Kubelet {
         let uid = pod.uid().unwrap_or_default();
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
         let deleting = pod.metadata.deletion_timestamp.is_some();
+        let held = pod.annotations().contains_key(HOLD_ANNOTATION);
         match node {
             // Bind each pending pod once; the API server removes unbound pods on deletion by
             // itself.
             None if !deleting
+                && !held
                 && self
                     .binding
                     .lock()
