@@ -1078,6 +1078,98 @@ async fn a_workload_started_before_the_interval_was_published_is_restarted_for_i
     rig.assert_mesh_on(&new_anchor, 7).await;
 }
 
+/// Pods that take their time to stop (a grace period; 6 s here, against a 3 s refresh
+/// interval): the pods the propagation's restarts replaced still serve with the old anchor
+/// alone when every running pod holds the expanded bundle. The automatic issuer renewal waits
+/// until they have stopped, or their proxies would reject the renewed issuer's leaves: zero
+/// failed handshakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_automatic_issuer_renewal_waits_for_replaced_pods_to_stop() {
+    let sim = SimConfig {
+        pod_stop_delay: Duration::from_secs(6),
+        ..SimConfig::default()
+    };
+    let rig = Rig::start_with(
+        sim.into(),
+        (1, 2, 1),
+        json!({"workloadCertificateRefreshInterval": "3s",
+               "dataPlaneRestart": {"policy": "Automatic"},
+               "issuerRenewal": {"policy": "Automatic"}}),
+        &[],
+    )
+    .await;
+    let mut follow = Follow::new(&rig);
+    let new_anchor = rig.runbook().renew_anchor().await.unwrap();
+    let mut held = None;
+    loop {
+        let status = follow.status(&rig).await;
+        let message = status.blocking_message.as_deref().unwrap_or_default();
+        if message.contains("terminating pod(s) without it to stop") {
+            held.get_or_insert_with(|| message.to_owned());
+        }
+        if is_done(&status, &new_anchor) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let t = rig.traffic();
+    eprintln!(
+        "rotation with pods stopping in 6s: {:.1}s; held: {held:?}; traffic: {t}",
+        follow.secs()
+    );
+    assert!(held.is_some(), "the renewal waited for the replaced pods");
+    assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
+    rig.assert_mesh_on(&new_anchor, 5).await;
+}
+
+/// The negative control of the test above: the same slow-stopping pods, the issuer renewed by
+/// hand as soon as the rotation waits for it, without heeding the hold. The replaced pods,
+/// still serving with the old anchor alone, reject the renewed issuer's leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewing_the_issuer_while_replaced_pods_drain_fails_handshakes() {
+    let sim = SimConfig {
+        pod_stop_delay: Duration::from_secs(6),
+        ..SimConfig::default()
+    };
+    let rig = Rig::start_with(
+        sim.into(),
+        (1, 2, 1),
+        json!({"workloadCertificateRefreshInterval": "3s",
+               "dataPlaneRestart": {"policy": "Automatic"},
+               "issuerRenewal": {"policy": "Manual"}}),
+        &[],
+    )
+    .await;
+    let mut follow = Follow::new(&rig);
+    rig.runbook().renew_anchor().await.unwrap();
+    let mut renewed = false;
+    loop {
+        let status = follow.status(&rig).await;
+        if status.phase == Phase::WaitingForIdentityRotation && !renewed {
+            let message = status.blocking_message.as_deref().unwrap_or_default();
+            assert!(
+                message.contains("terminating pod(s) without it to stop"),
+                "the pods replaced by propagation are still stopping: {message}"
+            );
+            rig.runbook().renew_issuer().await.unwrap();
+            renewed = true;
+        }
+        let t = rig.traffic();
+        if t.failed_with(&FailureReason::UnknownIssuer) >= 5 {
+            eprintln!(
+                "[{:5.1}s] replaced pods reject the renewed issuer's leaves: {t}",
+                follow.secs()
+            );
+            break;
+        }
+        assert!(
+            follow.secs() < 120.0,
+            "no unknown-issuer failures: {t}; {status:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// A meshed namespace with one Deployment (`app-0`, one replica) whose pods wait, Pending,
 /// held by the simulated scheduler (`HOLD_ANNOTATION`, as a scheduling gate would): created,
 /// and injected, now; started only once the hold is lifted. Returns once its pod exists with
@@ -1163,13 +1255,19 @@ async fn wait_proxy_ready(rig: &Rig, ns: &str, name: &str) {
 /// while the rotation waits for the issuer renewal: its proxy trusts the old anchor alone, so
 /// it would reject every leaf of the renewed issuer. The operator takes the rotation back to
 /// PropagatingTrustRoots before anyone renews the issuer, restarts the pod's workload onto the
-/// expanded bundle, and only then asks for the renewal again: the rotation ends with zero
-/// failed handshakes. The negative control beside it (the issuer renewed while such a pod
-/// runs) shows that the traffic check catches the failures this avoids.
+/// expanded bundle, and asks for the renewal again only once that pod has stopped (pods take
+/// 4 s to stop here, serving traffic meanwhile): the rotation ends with zero failed
+/// handshakes. The negative control beside it (the issuer renewed while such a pod runs)
+/// shows that the traffic check catches the failures this avoids.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_that_starts_late_without_the_expanded_bundle_holds_back_the_issuer_renewal() {
     const LATE: &str = "mesh-late";
-    let rig = Rig::start(
+    let sim = SimConfig {
+        pod_stop_delay: Duration::from_secs(4),
+        ..SimConfig::default()
+    };
+    let rig = Rig::start_with(
+        sim.into(),
         (1, 1, 2),
         json!({"workloadCertificateRefreshInterval": "3s",
                "dataPlaneRestart": {"policy": "Automatic"},
@@ -1207,10 +1305,26 @@ async fn a_pod_that_starts_late_without_the_expanded_bundle_holds_back_the_issue
         follow.secs(),
         back.blocking_message
     );
-    let done = follow
-        .with_user_until_done(&rig, &mut user, &new_anchor)
-        .await;
+    // The user does what the status asks; the renewal is asked for only once the late pod,
+    // replaced, has stopped.
+    let mut held = None;
+    let done = loop {
+        let status = follow.status(&rig).await;
+        let message = status.blocking_message.as_deref().unwrap_or_default();
+        if message.contains("terminating pod(s) without it to stop")
+            && message.contains(&stale.name_any())
+        {
+            held.get_or_insert_with(|| message.to_owned());
+        }
+        user.act(&rig, &status).await;
+        if is_done(&status, &new_anchor) {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     lifter.abort();
+    let held = held.expect("the renewal was held while the late pod drained");
+    eprintln!("held: {held}");
     let t = rig.traffic();
     eprintln!(
         "rotation with a late pod: {:.1}s; user: {:?}; traffic: {t}",

@@ -402,7 +402,14 @@ pub fn decide(
                     Phase::WaitingForIdentityRotation,
                     "every meshed pod holds the expanded trust bundle",
                 );
-                return d.waiting_for_issuer(policies, names, &anchor, &issuer);
+                return d.waiting_for_issuer(
+                    policies,
+                    names,
+                    &anchor,
+                    &issuer,
+                    observed,
+                    &bundle_set,
+                );
             }
             d.restart_or_ask(
                 policies,
@@ -433,18 +440,7 @@ pub fn decide(
                 );
                 return d.finish(Requeue::Soon);
             }
-            // Pods still draining with the old bundle alone would reject the renewed issuer's
-            // leaves for as long as they drain: the renewal waits for them.
-            let draining = workloads_lacking(observed.draining.iter(), &bundle_set);
-            if !draining.is_empty() && !renewed && !issuer.issuing {
-                d.next.blocking_message = Some(format!(
-                    "the trust bundle has converged on every running meshed pod; waiting for {} terminating pod(s) without it to stop before the identity issuer is renewed{}",
-                    draining.len(),
-                    examples(&draining)
-                ));
-                return d.finish(Requeue::Soon);
-            }
-            d.waiting_for_issuer(policies, names, &anchor, &issuer)
+            d.waiting_for_issuer(policies, names, &anchor, &issuer, observed, &bundle_set)
         }
         Phase::RenewingWorkloadCerts => {
             d.next.workload_certificate_refresh_interval = Some(policies.refresh_interval.clone());
@@ -453,7 +449,14 @@ pub fn decide(
                     Phase::WaitingForIdentityRotation,
                     "the identity issuer no longer chains to the current anchor",
                 );
-                return d.waiting_for_issuer(policies, names, &anchor, &issuer);
+                return d.waiting_for_issuer(
+                    policies,
+                    names,
+                    &anchor,
+                    &issuer,
+                    observed,
+                    &bundle_set,
+                );
             }
             let targets = observed.pods.len();
             let pending: Vec<String> = observed
@@ -950,12 +953,17 @@ impl<'a> Step<'a> {
         self.next.blocking_message = Some(message);
     }
 
+    /// In WaitingForIdentityRotation, whether entered on this look or before: on to
+    /// RenewingWorkloadCerts once the issuer chains to the current anchor, else the renewal,
+    /// asked for or made, unless pods lacking `bundle` still drain.
     fn waiting_for_issuer(
         mut self,
         policies: &Policies,
         names: &Names,
         anchor: &Cert,
         issuer: &Issuer,
+        observed: &Observed,
+        bundle: &BTreeSet<String>,
     ) -> Decision {
         if issuer.signed_by.as_deref() == Some(anchor.fingerprint.as_str()) {
             self.transition(
@@ -965,6 +973,18 @@ impl<'a> Step<'a> {
                     short(&issuer.cert.fingerprint)
                 ),
             );
+            return self.finish(Requeue::Soon);
+        }
+        // Pods still draining with the old bundle alone (those a restart just replaced, say)
+        // would reject the renewed issuer's leaves for as long as they drain: the renewal
+        // waits for them, unless it is already under way.
+        let draining = workloads_lacking(observed.draining.iter(), bundle);
+        if !draining.is_empty() && !issuer.issuing {
+            self.next.blocking_message = Some(format!(
+                "the trust bundle has converged on every running meshed pod; waiting for {} terminating pod(s) without it to stop before the identity issuer is renewed{}",
+                draining.len(),
+                examples(&draining)
+            ));
             return self.finish(Requeue::Soon);
         }
         let (ns, name) = &names.issuer_certificate;

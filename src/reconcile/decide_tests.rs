@@ -966,6 +966,15 @@ fn terminating_pods_hold_the_reduction_and_the_renewal_while_they_drain() {
     let d = run(&automatic(), Phase::WaitingForIdentityRotation, &o);
     assert!(writes(&d).is_empty(), "{:?}", d.effects);
     assert!(blocking(&d).contains("app-0/web-9"), "{}", blocking(&d));
+    // Also on the look that finds propagation done (the pods a restart replaced are draining
+    // then), under either issuer policy: it moves on, and holds the renewal.
+    for policies in [automatic(), manual()] {
+        let d = run(&policies, Phase::PropagatingTrustRoots, &o);
+        assert_eq!(d.status.phase, Phase::WaitingForIdentityRotation);
+        assert!(writes(&d).is_empty(), "{:?}", d.effects);
+        assert!(blocking(&d).contains("app-0/web-9"), "{}", blocking(&d));
+        assert!(!blocking(&d).contains("cmctl renew"), "{}", blocking(&d));
+    }
 }
 
 /// A pod that starts without the expanded bundle after it converged (one that was Pending with
