@@ -1078,6 +1078,24 @@ async fn a_workload_started_before_the_interval_was_published_is_restarted_for_i
     rig.assert_mesh_on(&new_anchor, 7).await;
 }
 
+/// One namespace of two single-pod Deployments whose pods take 6 s to stop (against a 3 s
+/// refresh interval), restarted automatically; the issuer renewed by `issuer_policy`.
+async fn slow_stopping_rig(issuer_policy: &str) -> Rig {
+    let sim = SimConfig {
+        pod_stop_delay: Duration::from_secs(6),
+        ..SimConfig::default()
+    };
+    Rig::start_with(
+        sim.into(),
+        (1, 2, 1),
+        json!({"workloadCertificateRefreshInterval": "3s",
+               "dataPlaneRestart": {"policy": "Automatic"},
+               "issuerRenewal": {"policy": issuer_policy}}),
+        &[],
+    )
+    .await
+}
+
 /// Pods that take their time to stop (a grace period; 6 s here, against a 3 s refresh
 /// interval): the pods the propagation's restarts replaced still serve with the old anchor
 /// alone when every running pod holds the expanded bundle. The automatic issuer renewal waits
@@ -1085,19 +1103,7 @@ async fn a_workload_started_before_the_interval_was_published_is_restarted_for_i
 /// failed handshakes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_automatic_issuer_renewal_waits_for_replaced_pods_to_stop() {
-    let sim = SimConfig {
-        pod_stop_delay: Duration::from_secs(6),
-        ..SimConfig::default()
-    };
-    let rig = Rig::start_with(
-        sim.into(),
-        (1, 2, 1),
-        json!({"workloadCertificateRefreshInterval": "3s",
-               "dataPlaneRestart": {"policy": "Automatic"},
-               "issuerRenewal": {"policy": "Automatic"}}),
-        &[],
-    )
-    .await;
+    let rig = slow_stopping_rig("Automatic").await;
     let mut follow = Follow::new(&rig);
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
     let mut held = None;
@@ -1127,19 +1133,7 @@ async fn the_automatic_issuer_renewal_waits_for_replaced_pods_to_stop() {
 /// still serving with the old anchor alone, reject the renewed issuer's leaves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewing_the_issuer_while_replaced_pods_drain_fails_handshakes() {
-    let sim = SimConfig {
-        pod_stop_delay: Duration::from_secs(6),
-        ..SimConfig::default()
-    };
-    let rig = Rig::start_with(
-        sim.into(),
-        (1, 2, 1),
-        json!({"workloadCertificateRefreshInterval": "3s",
-               "dataPlaneRestart": {"policy": "Automatic"},
-               "issuerRenewal": {"policy": "Manual"}}),
-        &[],
-    )
-    .await;
+    let rig = slow_stopping_rig("Manual").await;
     let mut follow = Follow::new(&rig);
     rig.runbook().renew_anchor().await.unwrap();
     let mut renewed = false;

@@ -22,7 +22,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use super::certs;
-use super::decide::{Names, OUT_OF_ORDER_URGENT, decide, reads_issuing};
+use super::decide::{Names, OUT_OF_ORDER_URGENT, decide};
 use super::metrics::ReconcileMetrics;
 use super::model::*;
 use crate::crd::{
@@ -353,7 +353,7 @@ async fn reconcile_once(
     let status = rotation.status.clone().unwrap_or_default();
     tracing::Span::current().record("phase", status.phase.as_str());
     let policies = policies(&rotation.spec);
-    let mut observed = observe(client, config, stores, reads_issuing(status.phase)).await?;
+    let mut observed = observe(client, config, stores, accelerating(status.phase)).await?;
     if status.phase == crate::crd::Phase::RenewingWorkloadCerts {
         probe_leaves(config, &mut observed).await;
     }
@@ -1143,10 +1143,8 @@ mod tests {
     use super::*;
     use crate::testbed::ControlPlane;
     use k8s_openapi::api::events::v1::Event;
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::CustomResourceExt;
     use kube::api::ListParams;
-    use kube::runtime::wait::{await_condition, conditions};
 
     /// A store holding `objects`, as a watch that has shown nothing since.
     fn frozen<K>(objects: Vec<K>) -> Store<K>
@@ -1170,23 +1168,9 @@ mod tests {
     async fn a_look_from_a_cache_older_than_the_last_status_write_writes_and_announces_nothing() {
         let cp = ControlPlane::start().await.expect("a local control plane");
         let client = cp.client();
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        let crd = TrustAnchorRotation::crd();
-        let crd_name = crd.metadata.name.clone().unwrap();
-        crds.patch(
-            &crd_name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap();
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            await_condition(crds, &crd_name, conditions::is_crd_established()),
-        )
-        .await
-        .expect("the CRD established")
-        .unwrap();
+        crate::sim::install_crd(&client, &TrustAnchorRotation::crd())
+            .await
+            .expect("the CRD installed");
         let rotations = Api::<TrustAnchorRotation>::all(client.clone());
         let rotation: TrustAnchorRotation = serde_json::from_value(json!({
             "apiVersion": "trust.linkerd.io/v1alpha1", "kind": "TrustAnchorRotation",

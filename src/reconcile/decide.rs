@@ -50,19 +50,6 @@ impl Default for Names {
     }
 }
 
-/// Whether a look in `phase` reads [`Issuer::issuing`] (the issuer Certificate's `Issuing`
-/// condition): only the phases that can renew the issuer, or move to waiting for that, do. In
-/// the others the reconciler does not fetch the Certificate, and `issuing` is `false`.
-pub fn reads_issuing(phase: Phase) -> bool {
-    matches!(
-        phase,
-        Phase::PropagatingTrustRoots
-            | Phase::WaitingForRemoteClusters
-            | Phase::WaitingForIdentityRotation
-            | Phase::RenewingWorkloadCerts
-    )
-}
-
 /// The outcome of one look at the world.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {

@@ -1485,8 +1485,8 @@ mod properties {
     }
 }
 
-/// The reconciler fetches the issuer Certificate's `Issuing` condition only in the phases
-/// [`reads_issuing`] names: in every other phase, whatever the world and the policies, the
+/// The reconciler fetches the issuer Certificate's `Issuing` condition only in the
+/// [`accelerating`] phases: in every other phase, whatever the world and the policies, the
 /// decision must not depend on it.
 #[test]
 fn issuing_is_read_only_where_the_reconciler_fetches_it() {
@@ -1501,7 +1501,7 @@ fn issuing_is_read_only_where_the_reconciler_fetches_it() {
         },
         issuer_renewed(),
     ];
-    for phase in Phase::ALL.into_iter().filter(|&p| !reads_issuing(p)) {
+    for phase in Phase::ALL.into_iter().filter(|&p| !accelerating(p)) {
         for world in &worlds {
             for policies in [manual(), automatic()] {
                 let mut observed = world.observed();

@@ -36,9 +36,9 @@ pub struct Issuer {
     /// Fingerprint of the known anchor (current, previous or in the bundle) that signed it, if
     /// any of them did.
     pub signed_by: Option<String>,
-    /// The issuer Certificate carries `Issuing=True` (a renewal is under way). Read only in
-    /// the phases that use it ([`reads_issuing`](super::decide::reads_issuing)); `false`
-    /// elsewhere.
+    /// The issuer Certificate carries `Issuing=True` (a renewal is under way). Only the
+    /// [`accelerating`] phases, which can renew the issuer or move to waiting for it, read it:
+    /// the reconciler fetches it there alone, and it is `false` elsewhere.
     pub issuing: bool,
 }
 
