@@ -3,9 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, CustomResourceExt};
 use trust_rotation_operator::crd::TrustAnchorRotation;
 use trust_rotation_operator::testbed::ControlPlane;
@@ -36,23 +33,9 @@ pub async fn start_control_plane_with(
 
 /// Installs the TrustAnchorRotation CRD and waits until the API server serves it.
 pub async fn install_crd(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = TrustAnchorRotation::crd();
-    let name = crd.metadata.name.clone().unwrap();
-    crds.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("installing CRD {name}: {e}"));
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        await_condition(crds, &name, conditions::is_crd_established()),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("CRD {name} not Established after 30s"))
-    .unwrap();
+    trust_rotation_operator::sim::install_crd(client, &TrustAnchorRotation::crd())
+        .await
+        .unwrap_or_else(|e| panic!("installing the TrustAnchorRotation CRD: {e}"));
 }
 
 /// Polls `f` until it returns `Some`, or panics naming `what` after `timeout`.
