@@ -72,6 +72,18 @@ impl Bundle {
             source_name: source_name.to_owned(),
             message: e.to_string(),
         })?;
+        // pem skips a block that has no END line; a truncated file must not lose an anchor
+        // without a word.
+        let begun = pem_text.matches("-----BEGIN ").count();
+        if begun > blocks.len() {
+            return Err(BundleError::Pem {
+                source_name: source_name.to_owned(),
+                message: format!(
+                    "{} of {begun} BEGIN lines start no complete block (cut off, or no END line)",
+                    begun - blocks.len()
+                ),
+            });
+        }
         if blocks.is_empty() {
             return Err(BundleError::Empty {
                 source_name: source_name.to_owned(),
@@ -86,11 +98,21 @@ impl Bundle {
                 });
             }
             let der = block.into_contents();
-            x509_parser::parse_x509_certificate(&der).map_err(|e| BundleError::NotX509 {
+            let not_x509 = |message: String| BundleError::NotX509 {
                 source_name: source_name.to_owned(),
                 index,
-                message: e.to_string(),
-            })?;
+                message,
+            };
+            let (rest, _) =
+                x509_parser::parse_x509_certificate(&der).map_err(|e| not_x509(e.to_string()))?;
+            // Bytes after the certificate would be kept in the bundle and change its
+            // fingerprint, though no TLS library reads them.
+            if !rest.is_empty() {
+                return Err(not_x509(format!(
+                    "{} bytes follow the certificate",
+                    rest.len()
+                )));
+            }
             self.insert_der(der);
         }
         Ok(())
@@ -200,6 +222,31 @@ mod tests {
         let bogus = pem::encode(&pem::Pem::new("CERTIFICATE", vec![1, 2, 3]));
         let e = Bundle::from_pem("b", &bogus).unwrap_err();
         assert!(matches!(e, BundleError::NotX509 { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_cut_off_block_or_bytes_after_a_certificate_are_errors_not_lost_anchors() {
+        let (a, b) = (cert("a"), cert("b"));
+        let cut = &b[..b.len() / 2];
+        let e = Bundle::from_pem("anchors.pem", &format!("{a}{cut}")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "anchors.pem: not valid PEM: 1 of 2 BEGIN lines start no complete block (cut off, or no END line)"
+        );
+        let e = Bundle::from_pem("anchors.pem", cut).unwrap_err();
+        assert!(matches!(e, BundleError::Pem { .. }), "{e}");
+        // Text around the blocks is allowed, as PEM allows it.
+        let commented = format!("# the anchors\n{a}between\n{b}");
+        assert_eq!(Bundle::from_pem("c", &commented).unwrap().len(), 2);
+
+        let mut der = pem::parse(&a).unwrap().into_contents();
+        der.extend_from_slice(&[0, 0]);
+        let padded = pem::encode(&pem::Pem::new("CERTIFICATE", der));
+        let e = Bundle::from_pem("padded.pem", &padded).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "padded.pem: certificate 0 is not valid X.509: 2 bytes follow the certificate"
+        );
     }
 
     #[test]
