@@ -75,13 +75,76 @@ pub fn write(dir: &Path, dns_names: Vec<String>) -> Result<DevCerts, DevCertsErr
         move |source| DevCertsError::Write { path, source }
     };
     std::fs::create_dir_all(dir).map_err(write_err(dir))?;
-    for (path, pem) in [
-        (&out.ca_cert, ca_cert.pem()),
-        (&out.ca_key, ca.key().serialize_pem()),
-        (&out.cert, cert.pem()),
-        (&out.key, key.serialize_pem()),
+    for (path, pem, mode) in [
+        (&out.ca_cert, ca_cert.pem(), 0o644),
+        (&out.ca_key, ca.key().serialize_pem(), 0o600),
+        (&out.cert, cert.pem(), 0o644),
+        (&out.key, key.serialize_pem(), 0o600),
     ] {
-        std::fs::write(path, pem).map_err(write_err(path))?;
+        replace_file(path, pem.as_bytes(), mode).map_err(write_err(path))?;
     }
     Ok(out)
+}
+
+/// Writes `path` whole or not at all (a running server re-reading it never sees half a file),
+/// readable by its owner only when `mode` says so.
+fn replace_file(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(".tmp");
+    let temp = PathBuf::from(temp);
+    let _ = std::fs::remove_file(&temp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&temp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn private_keys_are_readable_by_their_owner_only_even_when_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        // A key left world-readable by an older version is tightened too.
+        std::fs::write(dir.path().join("tls.key"), "old").unwrap();
+        std::fs::set_permissions(
+            dir.path().join("tls.key"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let certs = write(dir.path(), vec!["localhost".to_owned()]).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&certs.ca_key), 0o600);
+        assert_eq!(mode(&certs.key), 0o600);
+        assert_eq!(mode(&certs.ca_cert) & 0o077, 0o044 & !umask());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 4, "no temporary file left behind: {names:?}");
+        assert!(
+            std::fs::read_to_string(&certs.key)
+                .unwrap()
+                .contains("PRIVATE KEY")
+        );
+    }
+
+    /// The process's umask, read from /proc (it cannot be read without changing it otherwise).
+    fn umask() -> u32 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("Umask:"))?;
+                u32::from_str_radix(line.split_whitespace().nth(1)?, 8).ok()
+            })
+            .unwrap_or(0o022)
+    }
 }
