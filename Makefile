@@ -56,9 +56,15 @@ bench-rotation: deps own-target
 
 # Regenerate the committed CRD, webhook configurations and RBAC after changing their source; tests
 # fail while the committed copies are stale.
+# Each file is replaced only once its new text is whole: a build error leaves it as it was.
 OPERATOR = $(CARGO) run --quiet --bin trust-rotation-operator --
 generate:
-	$(OPERATOR) crd > charts/trust-rotation-operator-crds/templates/trustanchorrotations.yaml
-	$(OPERATOR) webhook-config > webhook-config/in-cluster.yaml
-	$(OPERATOR) webhook-config --url https://127.0.0.1:9443/mutate > webhook-config/local.yaml
-	$(OPERATOR) rbac > rbac/rbac.yaml
+	$(CARGO) build --quiet --bin trust-rotation-operator
+	$(OPERATOR) crd > charts/trust-rotation-operator-crds/templates/trustanchorrotations.yaml.new
+	mv charts/trust-rotation-operator-crds/templates/trustanchorrotations.yaml.new charts/trust-rotation-operator-crds/templates/trustanchorrotations.yaml
+	$(OPERATOR) webhook-config > webhook-config/in-cluster.yaml.new
+	mv webhook-config/in-cluster.yaml.new webhook-config/in-cluster.yaml
+	$(OPERATOR) webhook-config --url https://127.0.0.1:9443/mutate > webhook-config/local.yaml.new
+	mv webhook-config/local.yaml.new webhook-config/local.yaml
+	$(OPERATOR) rbac > rbac/rbac.yaml.new
+	mv rbac/rbac.yaml.new rbac/rbac.yaml

@@ -21,13 +21,17 @@ fn committed_crd_matches_generated() {
     let generated = crd_yaml().unwrap();
     assert!(
         COMMITTED == generated,
-        "charts/trust-rotation-operator-crds/templates/trustanchorrotations.yaml is stale: run `make crd`"
+        "charts/trust-rotation-operator-crds/templates/trustanchorrotations.yaml is stale: run `make generate`"
     );
 }
 
 #[test]
 fn committed_crd_has_the_reference_names() {
     let crd: serde_yaml::Value = serde_yaml::from_str(COMMITTED).unwrap();
+    assert_eq!(
+        crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+        "helm uninstall must not delete the CRD and the rotation's status with it"
+    );
     let spec = &crd["spec"];
     assert_eq!(spec["group"], "trust.linkerd.io");
     assert_eq!(spec["scope"], "Cluster");
