@@ -86,7 +86,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "/var/run/trust-rotation-operator/tls/tls.key")]
     pub tls_key_file: PathBuf,
     /// How often the certificate files are checked for changes, as a duration.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = parse_period)]
     pub cert_reload_interval: Duration,
     /// Name of the TrustAnchorRotation to follow.
     #[arg(long, default_value = crate::crd::CLUSTER_ROTATION_NAME)]
@@ -116,7 +116,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
     /// How often a rotation in progress is looked at without a watch event.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = parse_period)]
     pub reconcile_interval: Duration,
     /// Run the reconciler only while holding a leader Lease (`false`: a single replica).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -128,7 +128,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "trust-rotation-operator")]
     pub lease_name: String,
     /// How long a leader that stopped renewing keeps the Lease; a replica takes over after it.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = parse_period)]
     pub lease_duration: Duration,
     /// This replica's identity in the Lease (the pod name in a cluster; default host-pid). A
     /// restarted container keeps its pod name, so it takes its Lease back at once.
@@ -197,6 +197,14 @@ pub enum CertsCommand {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::duration::parse(s).map_err(|e| e.to_string())
+}
+
+/// A duration something is done every so often: zero would mean never waiting.
+fn parse_period(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err(format!("{s:?} is zero; it must be longer, like 2s")),
+        period => Ok(period),
+    }
 }
 
 /// Installs the tracing subscriber: `RUST_LOG` filters (default `info`).
@@ -291,12 +299,12 @@ pub async fn operator(cli: OperatorCli, out: &mut impl std::io::Write) -> Result
         }
         OperatorCommand::WebhookConfig(args) => {
             use crate::webhook::config::{Endpoint, render};
+            // Only certificates go into caBundle, which anyone who can read the configuration
+            // sees: a key file given by mistake is refused here, not published.
             let ca = match &args.ca_file {
                 Some(p) => Some(
-                    std::fs::read_to_string(p).map_err(|source| CliError::Input {
-                        path: p.display().to_string(),
-                        source,
-                    })?,
+                    crate::bundle::Bundle::from_pem(&p.display().to_string(), &read_text(p)?)?
+                        .to_pem(),
                 ),
                 None => None,
             };
@@ -399,7 +407,7 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// Checks, bundles and inspects a Linkerd trust rotation (the `linkerd trust` extension).
+/// Builds trust bundles for a Linkerd trust rotation (the `linkerd trust` extension).
 #[derive(Debug, Parser)]
 #[command(name = "linkerd-trust", version, about)]
 pub struct LinkerdTrustCli {
@@ -428,11 +436,7 @@ pub fn linkerd_trust(
         LinkerdTrustCommand::Bundle { files } => {
             let mut pems = Vec::new();
             for f in &files {
-                let text = std::fs::read_to_string(f).map_err(|source| CliError::Input {
-                    path: f.display().to_string(),
-                    source,
-                })?;
-                pems.push((f.display().to_string(), text));
+                pems.push((f.display().to_string(), read_text(f)?));
             }
             let bundle = crate::bundle::Bundle::from_sources(&pems)?;
             out.write_all(bundle.to_pem().as_bytes())
@@ -444,6 +448,15 @@ pub fn linkerd_trust(
     Ok(())
 }
 
+/// A PEM file's text; a binary file (DER, say) is named as such.
+fn read_text(file: &std::path::Path) -> Result<String, CliError> {
+    let path = file.display().to_string();
+    std::fs::read_to_string(file).map_err(|source| match source.kind() {
+        std::io::ErrorKind::InvalidData => CliError::NotText { path },
+        _ => CliError::Input { path, source },
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error("rendering YAML: {0}")]
@@ -453,9 +466,12 @@ pub enum CliError {
     #[error("reading {path}: {source}")]
     Input {
         path: String,
-        #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{path}: not PEM text (a DER file? `openssl x509 -inform der -in {path}` prints it as PEM)"
+    )]
+    NotText { path: String },
     #[error(transparent)]
     Bundle(#[from] crate::bundle::BundleError),
     #[error("connecting to Kubernetes: {0}")]

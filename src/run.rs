@@ -48,6 +48,10 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// A part that runs for the process's whole life stopped: the process stops too (not
+    /// ready, draining), so the kubelet restarts it instead of it serving half-alive.
+    #[error("the {what} stopped unexpectedly ({how}); the operator stops so that it is restarted")]
+    PartStopped { what: &'static str, how: String },
 }
 
 /// Runs until `shutdown` completes: then `/ready` turns false, the webhook stops accepting,
@@ -83,9 +87,10 @@ pub async fn run(
         "listening"
     );
 
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut tasks = Parts::default();
     let reload_metrics = metrics.clone();
     tasks.spawn(
+        "serving certificate reloader",
         resolver.watch(config.cert_reload_interval, move |not_after| {
             reload_metrics.serving_certificate_not_after.set(not_after);
         }),
@@ -93,6 +98,7 @@ pub async fn run(
     let view = ViewHandle::unsynced();
     let (synced_health, synced_metrics) = (health.clone(), metrics.clone());
     tasks.spawn(
+        "rotation view",
         view.clone()
             .run(client.clone(), config.view.clone(), move || {
                 synced_health.view_synced.store(true, Ordering::Release);
@@ -109,7 +115,7 @@ pub async fn run(
         match config.leader.clone() {
             None => {
                 reconcile_metrics.leader.set(1);
-                tasks.spawn(lead());
+                tasks.spawn("reconciler", lead());
             }
             Some(lease) => {
                 let leader_gauge = reconcile_metrics.clone();
@@ -117,14 +123,14 @@ pub async fn run(
                     leader_gauge.leader.set(i64::from(leading));
                 };
                 let e = Elector::new(client.clone(), lease);
-                tasks.spawn(e.clone().run(lead, on_change));
+                tasks.spawn("leader election", e.clone().run(lead, on_change));
                 elector = Some(e);
             }
         }
     }
     let admin_app = admin::router(Arc::new(registry), health.clone());
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tasks.spawn(async move {
+    tasks.spawn("admin server", async move {
         let stopped = async {
             let _ = admin_stop_rx.await;
         };
@@ -139,8 +145,18 @@ pub async fn run(
     let shutdown_health = health.clone();
     let app = router(AppState { view, metrics });
     let delay = config.shutdown_delay;
+    let mut failure = None;
+    let parts = &mut tasks;
+    let failed = &mut failure;
     serve_tls(webhook_listener, tls, app, async move {
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            stopped = parts.next_stopped() => {
+                let error = stopped;
+                tracing::error!(error = %error, "shutting down");
+                *failed = Some(error);
+            }
+        }
         // Not ready first: the Service drops this endpoint (and the API server stops calling
         // it) while the listener still answers whoever has not heard yet.
         shutdown_health.shutting_down.store(true, Ordering::Release);
@@ -150,13 +166,55 @@ pub async fn run(
     })
     .await;
     let _ = admin_stop_tx.send(());
-    tasks.abort_all();
-    while tasks.join_next().await.is_some() {}
+    tasks.stop_all().await;
     // The reconciler has stopped with its task: hand the Lease over without making the next
     // leader wait for it to expire.
     if let Some(elector) = elector {
         elector.release().await;
     }
     tracing::info!("stopped");
-    Ok(())
+    failure.map_or(Ok(()), Err)
+}
+
+/// The process's long-lived parts, each with a name to say which one stopped.
+#[derive(Default)]
+struct Parts {
+    set: tokio::task::JoinSet<()>,
+    names: std::collections::HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Parts {
+    fn spawn(&mut self, what: &'static str, part: impl Future<Output = ()> + Send + 'static) {
+        let id = self.set.spawn(part).id();
+        self.names.insert(id, what);
+    }
+
+    /// Waits for the first part to stop (none should before shutdown) and says which and how.
+    async fn next_stopped(&mut self) -> RunError {
+        let (id, how): (tokio::task::Id, String) = match self.set.join_next_with_id().await {
+            Some(Ok((id, ()))) => (id, "it returned".to_owned()),
+            Some(Err(e)) if e.is_panic() => {
+                let id = e.id();
+                let payload = e.into_panic();
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|m| (*m).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                (id, format!("it panicked: {message}"))
+            }
+            Some(Err(e)) => (e.id(), format!("it was cancelled: {e}")),
+            // Nothing was spawned: nothing can stop.
+            None => std::future::pending().await,
+        };
+        RunError::PartStopped {
+            what: self.names.get(&id).copied().unwrap_or("a part"),
+            how,
+        }
+    }
+
+    async fn stop_all(&mut self) {
+        self.set.abort_all();
+        while self.set.join_next().await.is_some() {}
+    }
 }

@@ -1,0 +1,204 @@
+//! The command lines as a user meets them: `linkerd-trust bundle` run as a process, the
+//! operator's flags, and `run` stopping when one of its parts stops.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use trust_rotation_operator::bundle::Bundle;
+use trust_rotation_operator::cli::OperatorCli;
+
+fn ca(cn: &str) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).unwrap().pem()
+}
+
+/// `linkerd-trust` with `args`: (exit code, stdout, stderr).
+fn linkerd_trust(args: &[&Path]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_linkerd-trust"))
+        .arg("bundle")
+        .args(args)
+        .output()
+        .expect("running linkerd-trust");
+    (
+        out.status.code().expect("exited"),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn linkerd_trust_bundle_prints_the_canonical_bundle_and_its_fingerprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (ca("a"), ca("b"));
+    let (first, second) = (dir.path().join("old.pem"), dir.path().join("new.pem"));
+    std::fs::write(&first, format!("{b}{a}")).unwrap();
+    std::fs::write(&second, &a).unwrap();
+    let (code, stdout, stderr) = linkerd_trust(&[&first, &second]);
+    assert_eq!(code, 0, "{stderr}");
+    let expected = Bundle::from_pem("x", &format!("{a}{b}")).unwrap();
+    assert_eq!(stdout, expected.to_pem());
+    assert_eq!(
+        stderr,
+        format!("trust-root-sha256: {}\n", expected.fingerprint())
+    );
+}
+
+#[test]
+fn linkerd_trust_bundle_names_the_file_and_its_problem_once_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.pem");
+    std::fs::write(&good, ca("good")).unwrap();
+    let other = ca("cut");
+    let cut = dir.path().join("cut.pem");
+    std::fs::write(
+        &cut,
+        format!("{}{}", ca("whole"), &other[..other.len() / 2]),
+    )
+    .unwrap();
+    let der = dir.path().join("anchor.der");
+    std::fs::write(&der, pem::parse(ca("der")).unwrap().contents()).unwrap();
+    let missing = dir.path().join("missing.pem");
+
+    let cases = [
+        (
+            &cut,
+            format!(
+                "Error: {}: not valid PEM: 1 of 2 BEGIN lines start no complete block (cut off, or no END line)\n",
+                cut.display()
+            ),
+        ),
+        (
+            &der,
+            format!(
+                "Error: {0}: not PEM text (a DER file? `openssl x509 -inform der -in {0}` prints it as PEM)\n",
+                der.display()
+            ),
+        ),
+        (
+            &missing,
+            format!(
+                "Error: reading {}: No such file or directory (os error 2)\n",
+                missing.display()
+            ),
+        ),
+    ];
+    for (bad, message) in cases {
+        let (code, stdout, stderr) = linkerd_trust(&[&good, bad]);
+        assert_eq!(code, 1, "{}", bad.display());
+        assert_eq!(stdout, "", "no partial bundle for {}", bad.display());
+        assert_eq!(stderr, message);
+    }
+}
+
+#[test]
+fn periods_of_zero_are_refused_where_zero_means_never_waiting() {
+    let run = |flag: &str, value: &str| {
+        OperatorCli::try_parse_from(["trust-rotation-operator", "run", flag, value])
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    for flag in [
+        "--cert-reload-interval",
+        "--reconcile-interval",
+        "--lease-duration",
+    ] {
+        let error = run(flag, "0s").unwrap_err();
+        assert!(error.contains("\"0s\" is zero"), "{flag}: {error}");
+        assert!(run(flag, "250ms").is_ok(), "{flag}");
+    }
+    // Not waiting before closing the listener is a choice, not a mistake.
+    assert!(run("--shutdown-delay", "0s").is_ok());
+}
+
+#[test]
+fn webhook_config_embeds_only_certificates_as_the_ca_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs =
+        trust_rotation_operator::devcerts::write(dir.path(), vec!["localhost".to_owned()]).unwrap();
+    let config = |ca_file: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_trust-rotation-operator"))
+            .args(["webhook-config", "--url", "https://127.0.0.1:9443/mutate"])
+            .arg("--ca-file")
+            .arg(ca_file)
+            .output()
+            .unwrap()
+    };
+    let ok = config(&certs.ca_cert);
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("caBundle: "));
+    let key = config(&certs.ca_key);
+    assert_eq!(key.status.code(), Some(1));
+    assert!(key.stdout.is_empty(), "nothing printed: {key:?}");
+    assert_eq!(
+        String::from_utf8(key.stderr).unwrap(),
+        format!(
+            "Error: {}: PEM block 0 is a PRIVATE KEY, not a CERTIFICATE\n",
+            certs.ca_key.display()
+        )
+    );
+}
+
+/// `run` with nothing behind its Kubernetes client (the view keeps retrying) and certificates
+/// re-read every `reload`: how it ended, and after how long.
+async fn run_until(
+    reload: Duration,
+    stop_after: Duration,
+) -> (Result<(), trust_rotation_operator::run::RunError>, Duration) {
+    use trust_rotation_operator::run::{RunConfig, run};
+    let dir = tempfile::tempdir().unwrap();
+    let certs =
+        trust_rotation_operator::devcerts::write(dir.path(), vec!["localhost".to_owned()]).unwrap();
+    let config = RunConfig {
+        webhook_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        tls_cert_file: certs.cert,
+        tls_key_file: certs.key,
+        cert_reload_interval: reload,
+        view: Default::default(),
+        reconciler: None,
+        leader: None,
+        shutdown_delay: Duration::from_millis(100),
+    };
+    // Port 9 on loopback: nothing answers, so the view's watches retry for as long as it runs.
+    let kube = kube::Config::new("https://127.0.0.1:9".parse().unwrap());
+    let client = kube::Client::try_from(kube).unwrap();
+    let started = Instant::now();
+    let ended = tokio::time::timeout(
+        Duration::from_secs(30),
+        run(config, client, tokio::time::sleep(stop_after)),
+    )
+    .await
+    .expect("run ends");
+    (ended, started.elapsed())
+}
+
+#[tokio::test]
+async fn run_stops_with_an_error_naming_the_part_that_stopped() {
+    // A zero period makes the certificate reloader panic (tokio refuses it): the part is gone,
+    // and a process that kept serving would never pick up a renewed certificate.
+    let (ended, took) = run_until(Duration::ZERO, Duration::from_secs(60)).await;
+    let error = ended
+        .expect_err("run must not outlive one of its parts")
+        .to_string();
+    assert!(
+        error.starts_with("the serving certificate reloader stopped unexpectedly (it panicked: "),
+        "{error}"
+    );
+    assert!(
+        error.ends_with("; the operator stops so that it is restarted"),
+        "{error}"
+    );
+    assert!(took < Duration::from_secs(10), "stopped after {took:?}");
+
+    // The same run with its parts healthy lasts until it is told to stop, and ends well.
+    let (ended, took) = run_until(Duration::from_millis(200), Duration::from_secs(2)).await;
+    ended.expect("a run told to stop ends without an error");
+    assert!(took >= Duration::from_secs(2), "stopped after {took:?}");
+}
