@@ -207,7 +207,14 @@ pub fn decide(
     // a renewal the operator asked for just before it was stopped, its status unwritten, finds
     // every pod holding the bundle and is in order.
     let lacking_bundle = workloads_lacking(observed.pods.iter(), &bundle_set);
-    let before_convergence = status.phase == Phase::Synced
+    // In Synced the bundle may not hold the new anchor yet: what counts is the anchor. A status
+    // that says Synced over pods that all trust it is one that was lost (the resource deleted
+    // and created again mid-rotation), not a renewal out of order.
+    let lacking_anchor = workloads_lacking(
+        observed.pods.iter(),
+        &BTreeSet::from([anchor.fingerprint.clone()]),
+    );
+    let before_convergence = (status.phase == Phase::Synced && !lacking_anchor.is_empty())
         || (status.phase == Phase::RefreshingControlPlane && renewed)
         || (matches!(
             status.phase,
@@ -271,9 +278,43 @@ pub fn decide(
         return d.finish(Requeue::Soon);
     }
 
+    // Every phase after RefreshingControlPlane stands on the control plane having been
+    // restarted onto the bundle now in place. A bundle written by a look whose status never
+    // landed (a conflict, a crash, a lost Lease between the two writes) leaves the old phase
+    // in the status with a control plane still on the bundle before: back to the restart.
+    let after_refresh = matches!(
+        status.phase,
+        Phase::PropagatingTrustRoots
+            | Phase::WaitingForRemoteClusters
+            | Phase::WaitingForIdentityRotation
+            | Phase::RenewingWorkloadCerts
+            | Phase::RemovingOldTrustRoots
+    );
+    let behind: Vec<&str> = observed
+        .control_plane
+        .iter()
+        .filter(|c| c.restarted_for.as_deref() != Some(bundle_fp.as_str()))
+        .map(|c| c.name.as_str())
+        .collect();
+    if after_refresh && !behind.is_empty() {
+        d.transition(
+            Phase::RefreshingControlPlane,
+            &format!(
+                "the control plane ({}) has not been restarted onto trust bundle {}",
+                behind.join(", "),
+                short(&bundle_fp)
+            ),
+        );
+        d.next.blocking_message = Some(format!(
+            "restarting the control plane onto trust bundle {}",
+            short(&bundle_fp)
+        ));
+        return d.finish(Requeue::Soon);
+    }
+
     match status.phase {
         Phase::Synced => {
-            d.count_bundle(observed, &bundle_set, false);
+            d.count_bundle(observed, &bundle_set, true);
             d.next.workload_certificate_refresh_interval = None;
             if renewed {
                 d.transition(
@@ -282,6 +323,28 @@ pub fn decide(
                         "trust anchor {} is in the bundle but differs from the previous anchor {}",
                         short(&anchor.fingerprint),
                         short(&previous.fingerprint)
+                    ),
+                );
+                return d.finish(Requeue::Soon);
+            }
+            // Pods whose anchors are known and are not the bundle: a removal that never
+            // finished (its status lost with a deleted resource), or pods injected from an
+            // older bundle that started late. Synced would be untrue; the removal takes them.
+            let off_bundle: Vec<String> = observed
+                .pods
+                .iter()
+                .filter(|p| !p.control_plane)
+                .filter(|p| p.anchors.as_ref().is_some_and(|a| *a != bundle_set))
+                .map(|p| p.key())
+                .collect();
+            if !off_bundle.is_empty() {
+                d.transition(
+                    Phase::RemovingOldTrustRoots,
+                    &format!(
+                        "{} meshed pod(s) do not hold exactly the trust bundle {}{}",
+                        off_bundle.len(),
+                        short(&bundle_fp),
+                        examples(&off_bundle)
                     ),
                 );
                 return d.finish(Requeue::Soon);

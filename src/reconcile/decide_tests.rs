@@ -359,11 +359,124 @@ fn issuer_renewed_with_the_anchor_raises_out_of_order_and_still_expands() {
         signer: 1,
         bundle: Some(vec![0, 1]),
         holds: vec![0],
+        cp_for: Some(bundle_fp(&[0, 1])),
         ..World::synced()
     };
     let d = run(&manual(), Phase::PropagatingTrustRoots, &w.observed());
     assert_eq!(out_of_order(&d), Some(ConditionStatus::True));
     assert_eq!(d.status.phase, Phase::PropagatingTrustRoots);
+}
+
+/// A look wrote a bundle and its status write never landed (a conflict, a crash, a lost Lease
+/// between the two): the status still says a phase after RefreshingControlPlane while the
+/// control plane runs on the bundle before. Nothing moves on that phase's word; the control
+/// plane is restarted first.
+#[test]
+fn a_bundle_whose_status_write_was_lost_restarts_the_control_plane_before_anything_else() {
+    // A second renewal (anchor 2) mid-rotation: the bundle grew to {0, 1, 2}, the control plane
+    // and every pod still on {0, 1}, the issuer on anchor 1.
+    let grown = World {
+        anchor: 2,
+        previous: Some(0),
+        bundle: Some(vec![0, 1, 2]),
+        signer: 1,
+        holds: vec![0, 1],
+        cp_for: Some(bundle_fp(&[0, 1])),
+    };
+    // The reduction to anchor 1 written, the control plane still on {0, 1}.
+    let reduced = World {
+        cp_for: Some(bundle_fp(&[0, 1])),
+        holds: vec![0, 1],
+        ..World::reduced()
+    };
+    let cases = [
+        (&grown, Phase::PropagatingTrustRoots),
+        (&grown, Phase::WaitingForIdentityRotation),
+        (&grown, Phase::RenewingWorkloadCerts),
+        (&reduced, Phase::RemovingOldTrustRoots),
+    ];
+    for (world, phase) in cases {
+        for policies in [manual(), automatic()] {
+            let d = run(&policies, phase, &world.observed());
+            assert_eq!(d.status.phase, Phase::RefreshingControlPlane, "{phase}");
+            assert_eq!(
+                writes(&d),
+                Vec::<&Effect>::new(),
+                "{phase}: nothing else moves"
+            );
+            assert!(
+                !blocking(&d).contains("cmctl renew"),
+                "{phase}: {}",
+                blocking(&d)
+            );
+            // And the next look restarts the control plane onto the bundle in place.
+            let next = decide(&policies, &Names::default(), &d.status, &world.observed());
+            let bundle = bundle_fp(world.bundle.as_deref().unwrap());
+            assert!(
+                matches!(
+                    writes(&next)[..],
+                    [Effect::RestartControlPlane { bundle_fingerprint, .. }] if *bundle_fingerprint == bundle
+                ),
+                "{phase}: {:?}",
+                next.effects
+            );
+        }
+    }
+}
+
+/// The resource deleted and created again mid-rotation: its status is empty, so it reads as
+/// Synced. The pods say where the rotation is; nothing raises a false alarm or stays Synced
+/// over a removal that never finished.
+#[test]
+fn a_status_lost_mid_rotation_is_read_from_the_pods() {
+    // Lost in RenewingWorkloadCerts: every pod holds {0, 1}, the issuer on anchor 1.
+    for policies in [manual(), automatic()] {
+        let d = run(&policies, Phase::Synced, &issuer_renewed().observed());
+        assert_eq!(out_of_order(&d), Some(ConditionStatus::False));
+        assert!(!d.effects.iter().any(
+            |e| matches!(e, Effect::Event { reason, .. } if reason == "OutOfOrderIssuerRotation")
+        ));
+        assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
+    }
+    // Pods that do lack the new anchor keep the alarm.
+    let w = World {
+        signer: 1,
+        ..propagating()
+    };
+    let d = run(&manual(), Phase::Synced, &w.observed());
+    assert_eq!(out_of_order(&d), Some(ConditionStatus::True));
+
+    // Lost in RemovingOldTrustRoots: the bundle reduced to {1}, the pods still on {0, 1}.
+    let w = World {
+        holds: vec![0, 1],
+        ..World::reduced()
+    };
+    let d = run(&automatic(), Phase::Synced, &w.observed());
+    assert_eq!(d.status.phase, Phase::RemovingOldTrustRoots);
+    assert!(
+        d.effects
+            .iter()
+            .any(|e| matches!(e, Effect::Event { message, .. }
+            if message.contains("4 meshed pod(s) do not hold exactly the trust bundle"))),
+        "{:?}",
+        d.effects
+    );
+    let next = decide(&automatic(), &Names::default(), &d.status, &w.observed());
+    assert!(
+        writes(&next)
+            .iter()
+            .any(|e| matches!(e, Effect::RestartWorkloads { .. })),
+        "{:?}",
+        next.effects
+    );
+    // Synced stays Synced over pods holding exactly the bundle, and over pods whose anchors
+    // cannot be read.
+    let d = run(&automatic(), Phase::Synced, &World::reduced().observed());
+    assert_eq!((d.status.phase, d.requeue), (Phase::Synced, Requeue::Idle));
+    let mut unknown = World::reduced().observed();
+    unknown.pods[0].anchors = None;
+    let d = run(&automatic(), Phase::Synced, &unknown);
+    assert_eq!((d.status.phase, d.requeue), (Phase::Synced, Requeue::Idle));
 }
 
 /// The operator renewed the issuer on leaving propagation and was stopped before it wrote the
@@ -1260,6 +1373,9 @@ mod properties {
         StalePodStarts(usize),
         /// The operator looks.
         Reconcile,
+        /// The operator looks and its writes land, but its status write does not (a conflict,
+        /// a crash, a lost Lease between them): the next look starts from the old status.
+        ReconcileStatusLost,
     }
 
     fn action() -> impl Strategy<Value = Action> {
@@ -1272,6 +1388,7 @@ mod properties {
             1 => Just(Action::OverwriteBundle),
             1 => (0usize..4).prop_map(Action::StalePodStarts),
             6 => Just(Action::Reconcile),
+            1 => Just(Action::ReconcileStatusLost),
         ]
     }
 
@@ -1479,6 +1596,11 @@ mod properties {
                     Action::OverwriteBundle => c.bundle = set(&[0]),
                     Action::StalePodStarts(n) => c.pods[n] = (set(&[0]), c.issuer, false),
                     Action::Reconcile => c.reconcile(&policies)?,
+                    Action::ReconcileStatusLost => {
+                        let before = c.status.clone();
+                        c.reconcile(&policies)?;
+                        c.status = before;
+                    }
                 }
             }
         }
