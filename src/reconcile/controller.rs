@@ -201,9 +201,11 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
+    // Deletions too: a deleted bundle ConfigMap or previous-anchor Secret is put back at the
+    // next look, not after the idle interval.
     let stream = reflector::reflector(writer, watcher::watcher(api, config))
         .default_backoff()
-        .applied_objects();
+        .touched_objects();
     tasks.spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
@@ -1158,6 +1160,49 @@ mod tests {
         }
         writer.apply_watcher_event(&watcher::Event::InitDone);
         reader
+    }
+
+    /// A watched object deleted wakes the reconciler as one created or changed does.
+    #[tokio::test]
+    async fn a_deleted_object_wakes_the_reconciler() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let cp = ControlPlane::start().await.expect("a local control plane");
+        let client = cp.client();
+        let wake = Arc::new(Notify::new());
+        let mut tasks = tokio::task::JoinSet::new();
+        let configmaps = Api::<ConfigMap>::namespaced(client.clone(), "default");
+        let store = reflect(
+            configmaps.clone(),
+            named("bundle"),
+            wake.clone(),
+            &mut tasks,
+        );
+        store.wait_until_ready().await.expect("synced");
+        let bundle: ConfigMap = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bundle"}}))
+        .unwrap();
+        configmaps
+            .create(&PostParams::default(), &bundle)
+            .await
+            .unwrap();
+        let woken = |what: &'static str| {
+            let wake = wake.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(5), wake.notified())
+                    .await
+                    .unwrap_or_else(|_| panic!("not woken by the {what}"));
+            }
+        };
+        woken("creation").await;
+        // Nothing else pending: the next wake-up is the deletion's.
+        let _ = tokio::time::timeout(Duration::from_millis(300), wake.notified()).await;
+        configmaps
+            .delete("bundle", &Default::default())
+            .await
+            .unwrap();
+        woken("deletion").await;
+        assert!(store.is_empty(), "the store follows the deletion");
+        tasks.abort_all();
     }
 
     /// The reconciler decides from its watch cache, which can lag its own last status write.
