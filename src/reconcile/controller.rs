@@ -554,28 +554,37 @@ async fn observe(
         .chain(markers_of(&stores.statefulsets))
         .chain(markers_of(&stores.daemonsets))
         .collect();
-    let on_delete = |kind: &str, namespace: &str, name: &str| {
-        match kind {
+    let wont_roll = |w: &Workload| {
+        let (name, ns) = (w.name.as_str(), w.namespace.as_str());
+        match w.kind.as_str() {
+            "Deployment" => stores
+                .deployments
+                .get(&ObjectRef::new(name).within(ns))
+                .is_some_and(|d| d.spec.as_ref().and_then(|s| s.paused) == Some(true))
+                .then(|| Unfixable::Paused(w.clone())),
             "StatefulSet" => stores
                 .statefulsets
-                .get(&ObjectRef::new(name).within(namespace))
-                .and_then(|s| s.spec.as_ref()?.update_strategy.as_ref()?.type_.clone()),
+                .get(&ObjectRef::new(name).within(ns))
+                .and_then(|s| s.spec.as_ref()?.update_strategy.as_ref()?.type_.clone())
+                .filter(|t| t == "OnDelete")
+                .map(|_| Unfixable::OnDelete(format!("{} {ns}/{name}", w.kind))),
             "DaemonSet" => stores
                 .daemonsets
-                .get(&ObjectRef::new(name).within(namespace))
-                .and_then(|d| d.spec.as_ref()?.update_strategy.as_ref()?.type_.clone()),
+                .get(&ObjectRef::new(name).within(ns))
+                .and_then(|d| d.spec.as_ref()?.update_strategy.as_ref()?.type_.clone())
+                .filter(|t| t == "OnDelete")
+                .map(|_| Unfixable::OnDelete(format!("{} {ns}/{name}", w.kind))),
             _ => None,
         }
-        .is_some_and(|t| t == "OnDelete")
     };
     let mut anchors_cache: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
     let now = k8s_openapi::jiff::Timestamp::now();
     let (mut pods, mut draining) = (Vec::new(), Vec::new());
     for p in stores.pods.state().iter() {
         if running(p) {
-            pods.push(meshed_pod(config, p, &mut anchors_cache, &on_delete));
+            pods.push(meshed_pod(config, p, &mut anchors_cache, &wont_roll));
         } else if draining_until(p).is_some_and(|deadline| deadline > now) {
-            draining.push(meshed_pod(config, p, &mut anchors_cache, &on_delete));
+            draining.push(meshed_pod(config, p, &mut anchors_cache, &wont_roll));
         }
     }
     Ok(Observed {
@@ -693,14 +702,27 @@ impl Restartable for StatefulSet {
     fn template(&self) -> Option<&PodTemplateSpec> {
         self.spec.as_ref().map(|s| &s.template)
     }
-    /// Every replica updated and ready, on one revision.
+    /// Every replica updated and ready, on one revision; with a `rollingUpdate.partition`,
+    /// every replica the partition lets roll (the others are never updated, so waiting for
+    /// them would wait forever; their pods are counted, and named, as not converged).
     fn rollout_complete(&self) -> bool {
-        let want = self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let spec = self.spec.as_ref();
+        let want = spec.and_then(|s| s.replicas).unwrap_or(1);
+        let partition = spec
+            .and_then(|s| {
+                s.update_strategy
+                    .as_ref()?
+                    .rolling_update
+                    .as_ref()?
+                    .partition
+            })
+            .unwrap_or(0)
+            .clamp(0, want);
         let Some(st) = &self.status else { return false };
         st.observed_generation >= self.metadata.generation
-            && st.updated_replicas.unwrap_or(0) == want
+            && st.updated_replicas.unwrap_or(0) >= want - partition
             && st.ready_replicas.unwrap_or(0) == want
-            && st.current_revision == st.update_revision
+            && (partition > 0 || st.current_revision == st.update_revision)
     }
 }
 
@@ -762,7 +784,7 @@ fn meshed_pod(
     config: &ReconcilerConfig,
     p: &Pod,
     cache: &mut BTreeMap<String, Option<BTreeSet<String>>>,
-    on_delete: &dyn Fn(&str, &str, &str) -> bool,
+    wont_roll: &dyn Fn(&Workload) -> Option<Unfixable>,
 ) -> MeshedPod {
     let spec = p.spec.as_ref();
     let proxy = spec.and_then(proxy_container).map(|(_, c)| c);
@@ -805,9 +827,6 @@ fn meshed_pod(
                         None => Err(Unfixable::Owner(format!("ReplicaSet {}", o.name))),
                     }
                 }
-                "StatefulSet" | "DaemonSet" if on_delete(&o.kind, &namespace, &o.name) => Err(
-                    Unfixable::OnDelete(format!("{} {namespace}/{}", o.kind, o.name)),
-                ),
                 "StatefulSet" | "DaemonSet" => Ok(Workload {
                     kind: o.kind.clone(),
                     namespace: namespace.clone(),
@@ -817,6 +836,8 @@ fn meshed_pod(
             },
         }
     };
+    // A workload whose template change would roll nothing cannot be restarted by one.
+    let owner = owner.and_then(|w| wont_roll(&w).map_or(Ok(w), Err));
     MeshedPod {
         namespace,
         name: p.name_any(),
@@ -1160,6 +1181,118 @@ mod tests {
         }
         writer.apply_watcher_event(&watcher::Event::InitDone);
         reader
+    }
+
+    fn object<K: serde::de::DeserializeOwned>(value: serde_json::Value) -> K {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn running_pod(namespace: &str, name: &str, owner: serde_json::Value) -> Pod {
+        let mut labels = json!({});
+        if owner["kind"] == "ReplicaSet" {
+            labels["pod-template-hash"] = json!("5d8f7c");
+        }
+        object(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels,
+                "ownerReferences": [owner]},
+            "spec": {"containers": [{"name": "linkerd-proxy", "image": "proxy"}]},
+            "status": {"phase": "Running"}}))
+    }
+
+    fn owned_by(kind: &str, name: &str) -> serde_json::Value {
+        json!({"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "u", "controller": true})
+    }
+
+    /// Workloads whose template change would roll nothing (a paused Deployment, OnDelete) are
+    /// named as such instead of being restarted and waited for forever.
+    #[tokio::test]
+    async fn workloads_a_restart_would_not_roll_are_told_apart() {
+        let deployment = |name: &str, paused: bool| -> Deployment {
+            object(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "namespace": "app"},
+                "spec": {"paused": paused, "selector": {}, "template": {}}}))
+        };
+        let statefulset: StatefulSet = object(json!({"apiVersion": "apps/v1",
+            "kind": "StatefulSet", "metadata": {"name": "db", "namespace": "app"},
+            "spec": {"serviceName": "db", "selector": {}, "template": {},
+                "updateStrategy": {"type": "OnDelete"}}}));
+        let stores = Stores {
+            rotation: frozen(vec![]),
+            secrets: vec![frozen(vec![]), frozen(vec![]), frozen(vec![])],
+            bundle: frozen(vec![]),
+            pods: frozen(vec![
+                running_pod("app", "web-5d8f7c-a", owned_by("ReplicaSet", "web-5d8f7c")),
+                running_pod("app", "api-5d8f7c-a", owned_by("ReplicaSet", "api-5d8f7c")),
+                running_pod("app", "db-0", owned_by("StatefulSet", "db")),
+            ]),
+            deployments: frozen(vec![deployment("web", true), deployment("api", false)]),
+            statefulsets: frozen(vec![statefulset]),
+            daemonsets: frozen(vec![]),
+        };
+        // Nothing is asked of the API server outside the accelerating phases.
+        let client =
+            Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
+        let observed = observe(&client, &ReconcilerConfig::default(), &stores, false)
+            .await
+            .unwrap();
+        let owners: BTreeMap<String, Result<Workload, Unfixable>> = observed
+            .pods
+            .iter()
+            .map(|p| (p.name.clone(), p.owner.clone()))
+            .collect();
+        let workload = |kind: &str, name: &str| Workload {
+            kind: kind.to_owned(),
+            namespace: "app".to_owned(),
+            name: name.to_owned(),
+        };
+        assert_eq!(
+            owners,
+            BTreeMap::from([
+                (
+                    "web-5d8f7c-a".to_owned(),
+                    Err(Unfixable::Paused(workload("Deployment", "web")))
+                ),
+                ("api-5d8f7c-a".to_owned(), Ok(workload("Deployment", "api"))),
+                (
+                    "db-0".to_owned(),
+                    Err(Unfixable::OnDelete("StatefulSet app/db".to_owned()))
+                ),
+            ])
+        );
+    }
+
+    /// With a `rollingUpdate.partition`, the replicas below it never update: the rollout is
+    /// complete once those above it are updated and every replica is ready.
+    #[test]
+    fn a_partitioned_statefulset_rollout_completes_without_the_replicas_it_holds_back() {
+        let statefulset = |partition: Option<i32>, updated: i32, same_revision: bool| {
+            let mut s: StatefulSet = object(json!({"apiVersion": "apps/v1",
+                "kind": "StatefulSet",
+                "metadata": {"name": "db", "namespace": "app", "generation": 2},
+                "spec": {"replicas": 3, "serviceName": "db", "selector": {}, "template": {},
+                    "updateStrategy": {"type": "RollingUpdate"}},
+                "status": {"observedGeneration": 2, "replicas": 3, "readyReplicas": 3,
+                    "updatedReplicas": updated, "currentRevision": "db-1",
+                    "updateRevision": if same_revision { "db-1" } else { "db-2" }}}));
+            if let Some(p) = partition {
+                s.spec
+                    .as_mut()
+                    .unwrap()
+                    .update_strategy
+                    .as_mut()
+                    .unwrap()
+                    .rolling_update = Some(object(json!({ "partition": p })));
+            }
+            s
+        };
+        assert!(statefulset(None, 3, true).rollout_complete());
+        assert!(!statefulset(None, 2, false).rollout_complete());
+        // Partition 1: replicas 1 and 2 roll, replica 0 keeps the old revision.
+        assert!(statefulset(Some(1), 2, false).rollout_complete());
+        assert!(!statefulset(Some(1), 1, false).rollout_complete());
+        // A partition above the replica count holds every replica back.
+        assert!(statefulset(Some(5), 0, false).rollout_complete());
     }
 
     /// A watched object deleted wakes the reconciler as one created or changed does.

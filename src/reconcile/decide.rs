@@ -881,6 +881,10 @@ impl<'a> Step<'a> {
                         Unfixable::OnDelete(w) => format!(
                             "{w} has updateStrategy OnDelete: delete its pods to restart them"
                         ),
+                        Unfixable::Paused(w) => format!(
+                            "Deployment {0}/{1} is paused: kubectl rollout resume deployment/{1} -n {0}",
+                            w.namespace, w.name
+                        ),
                     }
                 )),
             }
@@ -919,17 +923,28 @@ impl<'a> Step<'a> {
                     });
                 let busy = in_progress.len();
                 let room = policies.max_concurrent_workloads.saturating_sub(busy);
-                let next: Vec<Workload> = candidates
-                    .iter()
-                    .filter(|w| !not_ready.contains(*w))
-                    .take(room)
-                    .map(|w| (*w).clone())
-                    .collect();
+                // A workload with a pod that is not ready is not restarted: a rollout would
+                // take down a ready pod first. It is named, so a stall has a cause to read.
+                let (held, ready): (Vec<&Workload>, Vec<&Workload>) =
+                    candidates.iter().partition(|w| not_ready.contains(*w));
+                let next: Vec<Workload> = ready.iter().take(room).map(|w| (*w).clone()).collect();
                 message.push_str(&format!(
                     "; restarting {} workload(s) at a time ({busy} in progress, {} waiting)",
                     policies.max_concurrent_workloads,
                     candidates.len() - next.len()
                 ));
+                if !held.is_empty() {
+                    let list: Vec<String> = held.iter().map(|w| w.to_string()).collect();
+                    message.push_str(&format!(
+                        "; held back until their pods are ready: {}{}",
+                        list.iter()
+                            .take(EXAMPLES)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        if list.len() > EXAMPLES { ", ..." } else { "" }
+                    ));
+                }
                 if !done.is_empty() {
                     let list: Vec<String> = done.iter().map(|w| w.to_string()).collect();
                     message.push_str(&format!(
@@ -978,14 +993,19 @@ impl<'a> Step<'a> {
         }
         if !unfixable.is_empty() {
             message.push_str(&format!(
-                "; a restart cannot fix {}: {}",
+                "; a restart cannot fix {}: {}{}",
                 unfixable.len(),
                 unfixable
                     .iter()
                     .take(EXAMPLES)
                     .cloned()
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                if unfixable.len() > EXAMPLES {
+                    ", ..."
+                } else {
+                    ""
+                }
             ));
             let previous_mentions = self
                 .prev

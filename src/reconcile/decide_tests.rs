@@ -754,6 +754,13 @@ fn automatic_propagation_restarts_paced_and_skips_unready_and_busy_workloads() {
     });
     // Two at a time, one already busy: one more, never w1 (not Ready) or w3 (restarting).
     assert_eq!(restarted, Some(vec!["w0".to_owned()]));
+    // The one held back is named: a workload whose pod never gets ready stalls the phase, and
+    // the status says which.
+    assert!(
+        blocking(&d).ends_with("; held back until their pods are ready: deployment/app/w1"),
+        "{}",
+        blocking(&d)
+    );
 }
 
 #[test]
@@ -1327,12 +1334,14 @@ fn pods_a_restart_cannot_fix_are_named() {
     o.pods[0].owner = Err(Unfixable::BarePod);
     o.pods[1].owner = Err(Unfixable::ManuallyInjected);
     o.pods[2].owner = Err(Unfixable::OnDelete("StatefulSet app-1/db".to_owned()));
+    o.pods[3].owner = Err(Unfixable::Paused(web("app-1")));
     let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
     let m = blocking(&d);
     assert!(
-        m.contains("a restart cannot fix 3: app-0/web-0 (no owning workload: delete it)"),
+        m.contains("a restart cannot fix 4: app-0/web-0 (no owning workload: delete it)"),
         "{m}"
     );
+    assert!(m.ends_with("delete its pods to restart them), ..."), "{m}");
     assert!(m.contains("linkerd inject"), "{m}");
     assert!(
         m.contains("StatefulSet app-1/db has updateStrategy OnDelete: delete its pods"),
@@ -1342,6 +1351,14 @@ fn pods_a_restart_cannot_fix_are_named() {
         d.effects
             .iter()
             .any(|e| matches!(e, Effect::Event { reason, .. } if reason == "UnfixableWorkloads"))
+    );
+    let mut o = propagating().observed();
+    o.pods[0].owner = Err(Unfixable::Paused(web("app-0")));
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
+    assert!(
+        blocking(&d).contains("app-0/web-0 (Deployment app-0/web is paused: kubectl rollout resume deployment/web -n app-0)"),
+        "{}",
+        blocking(&d)
     );
 }
 

@@ -75,6 +75,8 @@ pub enum Unfixable {
     /// A StatefulSet or DaemonSet with `updateStrategy: OnDelete`: a template change rolls
     /// nothing; its pods must be deleted.
     OnDelete(String),
+    /// A paused Deployment: a template change rolls nothing until it is resumed.
+    Paused(Workload),
 }
 
 /// The live leaf of a pod, as probed.
