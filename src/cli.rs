@@ -164,6 +164,20 @@ pub struct RbacArgs {
     /// Namespace of the trust anchor's Secret.
     #[arg(long, default_value = "cert-manager")]
     pub trust_anchor_namespace: String,
+    /// The names given to `run`, when they are not its defaults: the permissions on these
+    /// objects name them.
+    #[arg(long, default_value = crate::crd::CLUSTER_ROTATION_NAME)]
+    pub rotation_name: String,
+    #[arg(long, default_value = "linkerd-identity-trust-roots")]
+    pub trust_roots_configmap: String,
+    #[arg(long, default_value = "linkerd-previous-anchor")]
+    pub previous_anchor_secret: String,
+    #[arg(long, default_value = "linkerd-identity-issuer")]
+    pub identity_issuer: String,
+    #[arg(long, default_value = "linkerd-trust-anchor")]
+    pub trust_anchor_secret: String,
+    #[arg(long, default_value = "trust-rotation-operator")]
+    pub lease_name: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -292,6 +306,14 @@ pub async fn operator(cli: OperatorCli, out: &mut impl std::io::Write) -> Result
             let config = crate::rbac::RbacConfig {
                 linkerd_namespace: args.linkerd_namespace,
                 trust_anchor_namespace: args.trust_anchor_namespace,
+                names: crate::rbac::ObjectNames {
+                    rotation: args.rotation_name,
+                    trust_roots_configmap: args.trust_roots_configmap,
+                    previous_anchor_secret: args.previous_anchor_secret,
+                    identity_issuer: args.identity_issuer,
+                    trust_anchor_secret: args.trust_anchor_secret,
+                    lease: args.lease_name,
+                },
                 ..crate::rbac::RbacConfig::service_account(&args.namespace, &args.service_account)
             };
             let yaml = crate::rbac::yaml(&crate::rbac::rbac(&config)).map_err(CliError::Yaml)?;

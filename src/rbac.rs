@@ -32,6 +32,39 @@ pub struct RbacConfig {
     pub linkerd_namespace: String,
     /// The trust anchor's Secret.
     pub trust_anchor_namespace: String,
+    /// The objects the operator reads or writes by name: its permissions on them name them,
+    /// so that it can read no other Secret in those namespaces and overwrite nothing else.
+    pub names: ObjectNames,
+}
+
+/// The names of the objects the operator reads or writes one by one (`run`'s defaults).
+#[derive(Clone, Debug)]
+pub struct ObjectNames {
+    /// The TrustAnchorRotation.
+    pub rotation: String,
+    /// The trust bundle ConfigMap, in Linkerd's namespace.
+    pub trust_roots_configmap: String,
+    /// The previous anchor's Secret, in Linkerd's namespace.
+    pub previous_anchor_secret: String,
+    /// The identity issuer's Certificate and Secret, in Linkerd's namespace.
+    pub identity_issuer: String,
+    /// The trust anchor's Secret.
+    pub trust_anchor_secret: String,
+    /// The leader Lease, in the operator's namespace.
+    pub lease: String,
+}
+
+impl Default for ObjectNames {
+    fn default() -> Self {
+        Self {
+            rotation: crate::crd::CLUSTER_ROTATION_NAME.to_owned(),
+            trust_roots_configmap: "linkerd-identity-trust-roots".to_owned(),
+            previous_anchor_secret: "linkerd-previous-anchor".to_owned(),
+            identity_issuer: "linkerd-identity-issuer".to_owned(),
+            trust_anchor_secret: "linkerd-trust-anchor".to_owned(),
+            lease: NAME.to_owned(),
+        }
+    }
 }
 
 impl RbacConfig {
@@ -43,6 +76,7 @@ impl RbacConfig {
             operator_namespace: operator_namespace.to_owned(),
             linkerd_namespace: "linkerd".to_owned(),
             trust_anchor_namespace: "cert-manager".to_owned(),
+            names: ObjectNames::default(),
         }
     }
 
@@ -77,6 +111,15 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
     }
 }
 
+/// A rule on the named objects only. A list or watch is allowed by it only when it asks for
+/// one of them by `metadata.name` field selector, as every watch of the operator's does.
+fn named(groups: &[&str], resources: &[&str], verbs: &[&str], names: &[&str]) -> PolicyRule {
+    PolicyRule {
+        resource_names: Some(names.iter().map(|x| (*x).to_owned()).collect()),
+        ..rule(groups, resources, verbs)
+    }
+}
+
 fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.to_owned()),
@@ -103,20 +146,24 @@ fn role_ref(kind: &str, name: &str) -> RoleRef {
 /// The operator's RBAC objects.
 pub fn rbac(config: &RbacConfig) -> Rbac {
     let workloads = ["deployments", "statefulsets", "daemonsets"];
+    let n = &config.names;
     let cluster_roles = vec![
         ClusterRole {
             metadata: meta(NAME, None),
             rules: Some(vec![
-                // The rotation it follows (webhook view and reconciler) and the status it writes.
-                rule(
+                // The rotation it follows (webhook view and reconciler) and the status it writes
+                // (server-side apply).
+                named(
                     &["trust.linkerd.io"],
                     &["trustanchorrotations"],
                     &["get", "list", "watch"],
+                    &[&n.rotation],
                 ),
-                rule(
+                named(
                     &["trust.linkerd.io"],
                     &["trustanchorrotations/status"],
-                    &["get", "patch", "update"],
+                    &["patch"],
+                    &[&n.rotation],
                 ),
                 // Meshed pods everywhere (their proxies' env and leaves); namespaces for the
                 // webhook's `linkerd.io/inject` rule.
@@ -146,37 +193,68 @@ pub fn rbac(config: &RbacConfig) -> Rbac {
             format!("{NAME}-linkerd"),
             linkerd,
             vec![
-                // The trust bundle ConfigMap and the previous-anchor Secret (server-side apply
-                // creates them), the issuer's Secret.
-                rule(
+                // The trust bundle ConfigMap and the previous-anchor Secret, written by
+                // server-side apply (which creates them when missing: `create` cannot name its
+                // object); the issuer's Secret, read.
+                named(
                     &[""],
-                    &["configmaps", "secrets"],
-                    &["get", "list", "watch", "create", "patch"],
+                    &["configmaps"],
+                    &["get", "list", "watch", "patch"],
+                    &[&n.trust_roots_configmap],
                 ),
+                named(
+                    &[""],
+                    &["secrets"],
+                    &["get", "list", "watch"],
+                    &[&n.previous_anchor_secret, &n.identity_issuer],
+                ),
+                named(
+                    &[""],
+                    &["secrets"],
+                    &["patch"],
+                    &[&n.previous_anchor_secret],
+                ),
+                rule(&[""], &["configmaps", "secrets"], &["create"]),
                 // Control-plane restarts, even where workload restarts are not allowed.
                 rule(&["apps"], &["deployments"], &["patch"]),
-                // The issuer Certificate: read, and renewed as `cmctl renew` does.
-                rule(&["cert-manager.io"], &["certificates"], &["get"]),
-                rule(
+                // The issuer Certificate: read, and renewed as `cmctl renew` does (a status
+                // update).
+                named(
+                    &["cert-manager.io"],
+                    &["certificates"],
+                    &["get"],
+                    &[&n.identity_issuer],
+                ),
+                named(
                     &["cert-manager.io"],
                     &["certificates/status"],
-                    &["patch", "update"],
+                    &["update"],
+                    &[&n.identity_issuer],
                 ),
             ],
         ),
         (
             format!("{NAME}-trust-anchor"),
             config.trust_anchor_namespace.as_str(),
-            vec![rule(&[""], &["secrets"], &["get", "list", "watch"])],
+            vec![named(
+                &[""],
+                &["secrets"],
+                &["get", "list", "watch"],
+                &[&n.trust_anchor_secret],
+            )],
         ),
         (
             format!("{NAME}-leader"),
             config.operator_namespace.as_str(),
-            vec![rule(
-                &["coordination.k8s.io"],
-                &["leases"],
-                &["get", "create", "update"],
-            )],
+            vec![
+                named(
+                    &["coordination.k8s.io"],
+                    &["leases"],
+                    &["get", "update"],
+                    &[&n.lease],
+                ),
+                rule(&["coordination.k8s.io"], &["leases"], &["create"]),
+            ],
         ),
         (
             format!("{NAME}-events"),

@@ -577,6 +577,31 @@ async fn automatic_rotation_from_synced_to_synced_with_zero_failed_handshakes() 
     )
     .await;
     let client = rig.client.clone();
+    // Those permissions name the Secrets and the ConfigMap it reads: it can read no other, and
+    // list or watch them only by name.
+    let operator = trust_rotation_operator::testbed::client_from_kubeconfig(&rig.op_kubeconfig)
+        .await
+        .unwrap();
+    let secrets =
+        |ns: &str| Api::<k8s_openapi::api::core::v1::Secret>::namespaced(operator.clone(), ns);
+    let forbidden = |r: Result<_, kube::Error>, what: &str| match r {
+        Err(kube::Error::Api(e)) if e.code == 403 => {}
+        other => panic!("{what}: {:?}", other.map(|_| ())),
+    };
+    forbidden(
+        secrets("linkerd").get("unrelated").await.map(|_| ()),
+        "get of a Secret it does not use",
+    );
+    forbidden(
+        secrets("cert-manager")
+            .list(&Default::default())
+            .await
+            .map(|_| ()),
+        "list of every Secret",
+    );
+    let by_name = kube::api::ListParams::default().fields("metadata.name=linkerd-trust-anchor");
+    let anchors = secrets("cert-manager").list(&by_name).await.unwrap();
+    assert_eq!(anchors.items.len(), 1, "its own Secret, listed by name");
     // A StatefulSet beside the Deployments: restarted and tracked the same way.
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), "mesh-0");
     statefulsets
