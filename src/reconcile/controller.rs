@@ -524,7 +524,8 @@ async fn observe(
             .collect();
             let child = certs::der(&cert.pem).unwrap_or_default();
             let signed_by = certs::signer_of(&child, &candidates).map(|a| a.fingerprint.clone());
-            let issuing = read_issuing && issuer_issuing(client, &n.issuer_certificate).await;
+            let issuing =
+                read_issuing && issuer_issuing(client, &n.issuer_certificate, cert.not_after).await;
             Ok(Issuer {
                 cert,
                 signed_by,
@@ -605,9 +606,17 @@ fn certificate_api(client: &Client, namespace: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), namespace, &ApiResource::from_gvk(&gvk))
 }
 
-/// Whether the issuer Certificate carries `Issuing=True`: one GET on every reconcile that has an
-/// issuer (no watch on cert-manager's Certificates, whose CRD may be missing).
-async fn issuer_issuing(client: &Client, (ns, name): &(String, String)) -> bool {
+/// Whether the issuer's renewal is under way: `Issuing=True`, or an issuance the Certificate
+/// records (`status.notAfter`) that the watched Secret, `cached_not_after`, does not show yet.
+/// cert-manager writes the Secret, then clears `Issuing`: a look between the two, from a
+/// Secret cache that lags, would otherwise read "not renewed, not issuing" and renew twice.
+/// One GET per look, in the accelerating phases only (no watch on cert-manager's
+/// Certificates, whose CRD may be missing).
+async fn issuer_issuing(
+    client: &Client,
+    (ns, name): &(String, String),
+    cached_not_after: i64,
+) -> bool {
     let cert = match certificate_api(client, ns).get_opt(name).await {
         Ok(Some(cert)) => cert,
         Ok(None) => return false,
@@ -618,12 +627,17 @@ async fn issuer_issuing(client: &Client, (ns, name): &(String, String)) -> bool 
             return false;
         }
     };
-    cert.data["status"]["conditions"]
+    let issuing = cert.data["status"]["conditions"]
         .as_array()
         .is_some_and(|cs| {
             cs.iter()
                 .any(|c| c["type"] == "Issuing" && c["status"] == "True")
-        })
+        });
+    let issued_since = cert.data["status"]["notAfter"]
+        .as_str()
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .is_some_and(|t| t.as_second() > cached_not_after);
+    issuing || issued_since
 }
 
 /// A pod spec's `linkerd-proxy` container (a sidecar, or a native sidecar), and which list
@@ -1293,6 +1307,53 @@ mod tests {
         assert!(!statefulset(Some(1), 1, false).rollout_complete());
         // A partition above the replica count holds every replica back.
         assert!(statefulset(Some(5), 0, false).rollout_complete());
+    }
+
+    /// The issuer's renewal is under way while `Issuing=True`, and also once the Certificate
+    /// records an issuance newer than the Secret the reconciler has seen: its Secret cache
+    /// lags, and renewing again would issue twice. Real API server, the stand-in's CRD.
+    #[tokio::test]
+    async fn an_issuance_the_secret_cache_has_not_shown_counts_as_under_way() {
+        let cp = ControlPlane::start().await.expect("a local control plane");
+        let client = cp.client();
+        for crd in crate::sim::certmanager::crds() {
+            crate::sim::install_crd(&client, &crd).await.unwrap();
+        }
+        let api = certificate_api(&client, "default");
+        let certificate: DynamicObject = object(json!({
+            "apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+            "metadata": {"name": "issuer", "namespace": "default"},
+            "spec": {"secretName": "issuer", "commonName": "identity.linkerd.cluster.local",
+                "issuerRef": {"name": "anchor", "kind": "Issuer"}}}));
+        api.create(&PostParams::default(), &certificate)
+            .await
+            .unwrap();
+        let set_status = |status: serde_json::Value| {
+            let api = api.clone();
+            async move {
+                api.patch_status(
+                    "issuer",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "status": status })),
+                )
+                .await
+                .unwrap();
+            }
+        };
+        let name = ("default".to_owned(), "issuer".to_owned());
+        // The notAfter of the certificate last issued: 2026-11-26T00:00:00Z.
+        let issued: i64 = 1_795_651_200;
+        set_status(json!({"notAfter": "2026-11-26T00:00:00Z", "conditions": []})).await;
+        assert!(
+            !issuer_issuing(&client, &name, issued).await,
+            "the Secret shows the last issuance"
+        );
+        assert!(
+            issuer_issuing(&client, &name, issued - 3600).await,
+            "the Secret shows an older certificate than the Certificate issued"
+        );
+        set_status(json!({"conditions": [{"type": "Issuing", "status": "True"}]})).await;
+        assert!(issuer_issuing(&client, &name, issued).await, "Issuing=True");
     }
 
     /// A watched object deleted wakes the reconciler as one created or changed does.
