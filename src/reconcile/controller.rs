@@ -555,7 +555,7 @@ async fn observe(
         .chain(markers_of(&stores.statefulsets))
         .chain(markers_of(&stores.daemonsets))
         .collect();
-    let wont_roll = |w: &Workload| {
+    let wont_roll = |w: &Workload, pod: &str| {
         let (name, ns) = (w.name.as_str(), w.namespace.as_str());
         match w.kind.as_str() {
             "Deployment" => stores
@@ -563,12 +563,31 @@ async fn observe(
                 .get(&ObjectRef::new(name).within(ns))
                 .is_some_and(|d| d.spec.as_ref().and_then(|s| s.paused) == Some(true))
                 .then(|| Unfixable::Paused(w.clone())),
-            "StatefulSet" => stores
-                .statefulsets
-                .get(&ObjectRef::new(name).within(ns))
-                .and_then(|s| s.spec.as_ref()?.update_strategy.as_ref()?.type_.clone())
-                .filter(|t| t == "OnDelete")
-                .map(|_| Unfixable::OnDelete(format!("{} {ns}/{name}", w.kind))),
+            "StatefulSet" => {
+                let strategy = stores
+                    .statefulsets
+                    .get(&ObjectRef::new(name).within(ns))
+                    .and_then(|s| s.spec.as_ref()?.update_strategy.clone());
+                let strategy = strategy.as_ref();
+                let partition = strategy
+                    .and_then(|u| u.rolling_update.as_ref()?.partition)
+                    .unwrap_or(0);
+                // A StatefulSet's pods are named `<set>-<ordinal>`.
+                let ordinal = pod
+                    .strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .and_then(|o| o.parse::<i32>().ok());
+                if strategy.and_then(|u| u.type_.as_deref()) == Some("OnDelete") {
+                    Some(Unfixable::OnDelete(format!("{} {ns}/{name}", w.kind)))
+                } else if ordinal.is_some_and(|o| o < partition) {
+                    Some(Unfixable::Partitioned {
+                        workload: w.clone(),
+                        partition,
+                    })
+                } else {
+                    None
+                }
+            }
             "DaemonSet" => stores
                 .daemonsets
                 .get(&ObjectRef::new(name).within(ns))
@@ -798,7 +817,7 @@ fn meshed_pod(
     config: &ReconcilerConfig,
     p: &Pod,
     cache: &mut BTreeMap<String, Option<BTreeSet<String>>>,
-    wont_roll: &dyn Fn(&Workload) -> Option<Unfixable>,
+    wont_roll: &dyn Fn(&Workload, &str) -> Option<Unfixable>,
 ) -> MeshedPod {
     let spec = p.spec.as_ref();
     let proxy = spec.and_then(proxy_container).map(|(_, c)| c);
@@ -851,7 +870,7 @@ fn meshed_pod(
         }
     };
     // A workload whose template change would roll nothing cannot be restarted by one.
-    let owner = owner.and_then(|w| wont_roll(&w).map_or(Ok(w), Err));
+    let owner = owner.and_then(|w| wont_roll(&w, &p.name_any()).map_or(Ok(w), Err));
     MeshedPod {
         namespace,
         name: p.name_any(),
@@ -1218,8 +1237,9 @@ mod tests {
         json!({"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "u", "controller": true})
     }
 
-    /// Workloads whose template change would roll nothing (a paused Deployment, OnDelete) are
-    /// named as such instead of being restarted and waited for forever.
+    /// Pods a template change would not roll (a paused Deployment's, an OnDelete StatefulSet's,
+    /// those below a StatefulSet's partition) are named as such instead of being restarted and
+    /// waited for forever; the rest of a partitioned StatefulSet is restarted as usual.
     #[tokio::test]
     async fn workloads_a_restart_would_not_roll_are_told_apart() {
         let deployment = |name: &str, paused: bool| -> Deployment {
@@ -1227,10 +1247,12 @@ mod tests {
                 "metadata": {"name": name, "namespace": "app"},
                 "spec": {"paused": paused, "selector": {}, "template": {}}}))
         };
-        let statefulset: StatefulSet = object(json!({"apiVersion": "apps/v1",
-            "kind": "StatefulSet", "metadata": {"name": "db", "namespace": "app"},
-            "spec": {"serviceName": "db", "selector": {}, "template": {},
-                "updateStrategy": {"type": "OnDelete"}}}));
+        let statefulset = |name: &str, strategy: serde_json::Value| -> StatefulSet {
+            object(json!({"apiVersion": "apps/v1",
+                "kind": "StatefulSet", "metadata": {"name": name, "namespace": "app"},
+                "spec": {"serviceName": name, "selector": {}, "template": {},
+                    "updateStrategy": strategy}}))
+        };
         let stores = Stores {
             rotation: frozen(vec![]),
             secrets: vec![frozen(vec![]), frozen(vec![]), frozen(vec![])],
@@ -1239,9 +1261,17 @@ mod tests {
                 running_pod("app", "web-5d8f7c-a", owned_by("ReplicaSet", "web-5d8f7c")),
                 running_pod("app", "api-5d8f7c-a", owned_by("ReplicaSet", "api-5d8f7c")),
                 running_pod("app", "db-0", owned_by("StatefulSet", "db")),
+                running_pod("app", "cache-0", owned_by("StatefulSet", "cache")),
+                running_pod("app", "cache-1", owned_by("StatefulSet", "cache")),
             ]),
             deployments: frozen(vec![deployment("web", true), deployment("api", false)]),
-            statefulsets: frozen(vec![statefulset]),
+            statefulsets: frozen(vec![
+                statefulset("db", json!({"type": "OnDelete"})),
+                statefulset(
+                    "cache",
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 1}}),
+                ),
+            ]),
             daemonsets: frozen(vec![]),
         };
         // Nothing is asked of the API server outside the accelerating phases.
@@ -1272,6 +1302,14 @@ mod tests {
                     "db-0".to_owned(),
                     Err(Unfixable::OnDelete("StatefulSet app/db".to_owned()))
                 ),
+                (
+                    "cache-0".to_owned(),
+                    Err(Unfixable::Partitioned {
+                        workload: workload("StatefulSet", "cache"),
+                        partition: 1
+                    })
+                ),
+                ("cache-1".to_owned(), Ok(workload("StatefulSet", "cache"))),
             ])
         );
     }

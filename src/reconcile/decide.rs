@@ -214,12 +214,14 @@ pub fn decide(
         observed.pods.iter(),
         &BTreeSet::from([anchor.fingerprint.clone()]),
     );
-    let before_convergence = (status.phase == Phase::Synced && !lacking_anchor.is_empty())
-        || (status.phase == Phase::RefreshingControlPlane && renewed)
-        || (matches!(
-            status.phase,
-            Phase::PropagatingTrustRoots | Phase::WaitingForIdentityRotation
-        ) && !lacking_bundle.is_empty());
+    let before_convergence =
+        (matches!(status.phase, Phase::Synced | Phase::RefreshingControlPlane)
+            && renewed
+            && !lacking_anchor.is_empty())
+            || (matches!(
+                status.phase,
+                Phase::PropagatingTrustRoots | Phase::WaitingForIdentityRotation
+            ) && !lacking_bundle.is_empty());
     let out_of_order =
         renewed && signer.as_deref() == Some(anchor.fingerprint.as_str()) && before_convergence;
     d.out_of_order(out_of_order);
@@ -290,10 +292,16 @@ pub fn decide(
             | Phase::RenewingWorkloadCerts
             | Phase::RemovingOldTrustRoots
     );
+    // (A Deployment without a marker was created since, by a `helm upgrade --force` say: its
+    // pods read the bundle in place when they started.)
     let behind: Vec<&str> = observed
         .control_plane
         .iter()
-        .filter(|c| c.restarted_for.as_deref() != Some(bundle_fp.as_str()))
+        .filter(|c| {
+            c.restarted_for
+                .as_deref()
+                .is_some_and(|f| f != bundle_fp.as_str())
+        })
         .map(|c| c.name.as_str())
         .collect();
     if after_refresh && !behind.is_empty() {
@@ -314,7 +322,7 @@ pub fn decide(
 
     match status.phase {
         Phase::Synced => {
-            d.count_bundle(observed, &bundle_set, true);
+            d.count_bundle(observed, &bundle_set, false);
             d.next.workload_certificate_refresh_interval = None;
             if renewed {
                 d.transition(
@@ -327,24 +335,29 @@ pub fn decide(
                 );
                 return d.finish(Requeue::Soon);
             }
-            // Pods whose anchors are known and are not the bundle: a removal that never
-            // finished (its status lost with a deleted resource), or pods injected from an
-            // older bundle that started late. Synced would be untrue; the removal takes them.
-            let off_bundle: Vec<String> = observed
+            // Restartable pods that still trust an anchor the bundle no longer holds: a removal
+            // that never finished (its status lost with a deleted resource). Synced would be
+            // untrue; the removal takes them. (Pods holding less than the bundle, one an anchor
+            // was added to since, are in no danger from the anchors in use.)
+            let still_trusting: Vec<String> = observed
                 .pods
                 .iter()
-                .filter(|p| !p.control_plane)
-                .filter(|p| p.anchors.as_ref().is_some_and(|a| *a != bundle_set))
+                .filter(|p| !p.control_plane && p.owner.is_ok())
+                .filter(|p| {
+                    p.anchors
+                        .as_ref()
+                        .is_some_and(|a| a.is_superset(&bundle_set) && *a != bundle_set)
+                })
                 .map(|p| p.key())
                 .collect();
-            if !off_bundle.is_empty() {
+            if !still_trusting.is_empty() {
                 d.transition(
                     Phase::RemovingOldTrustRoots,
                     &format!(
-                        "{} meshed pod(s) do not hold exactly the trust bundle {}{}",
-                        off_bundle.len(),
+                        "{} meshed pod(s) still trust an anchor that left the trust bundle {}{}",
+                        still_trusting.len(),
                         short(&bundle_fp),
-                        examples(&off_bundle)
+                        examples(&still_trusting)
                     ),
                 );
                 return d.finish(Requeue::Soon);
@@ -880,6 +893,10 @@ impl<'a> Step<'a> {
                         Unfixable::Owner(o) => format!("owned by {o}: restart it by hand"),
                         Unfixable::OnDelete(w) => format!(
                             "{w} has updateStrategy OnDelete: delete its pods to restart them"
+                        ),
+                        Unfixable::Partitioned { workload: w, partition } => format!(
+                            "below StatefulSet {}/{}'s rollingUpdate.partition {partition}: lower the partition or delete the pod",
+                            w.namespace, w.name
                         ),
                         Unfixable::Paused(w) => format!(
                             "Deployment {0}/{1} is paused: kubectl rollout resume deployment/{1} -n {0}",

@@ -422,6 +422,18 @@ fn a_bundle_whose_status_write_was_lost_restarts_the_control_plane_before_anythi
             );
         }
     }
+    // A control-plane Deployment with no marker at all was created since (a `helm upgrade
+    // --force`, say): its pods read the bundle in place, and nothing goes back.
+    let recreated = World {
+        cp_for: None,
+        ..propagating()
+    };
+    let d = run(
+        &manual(),
+        Phase::PropagatingTrustRoots,
+        &recreated.observed(),
+    );
+    assert_eq!(d.status.phase, Phase::PropagatingTrustRoots);
 }
 
 /// The resource deleted and created again mid-rotation: its status is empty, so it reads as
@@ -429,21 +441,28 @@ fn a_bundle_whose_status_write_was_lost_restarts_the_control_plane_before_anythi
 /// over a removal that never finished.
 #[test]
 fn a_status_lost_mid_rotation_is_read_from_the_pods() {
-    // Lost in RenewingWorkloadCerts: every pod holds {0, 1}, the issuer on anchor 1.
+    // Lost in RenewingWorkloadCerts: every pod holds {0, 1}, the issuer on anchor 1. Nor does
+    // the look after, in RefreshingControlPlane, raise the alarm.
     for policies in [manual(), automatic()] {
-        let d = run(&policies, Phase::Synced, &issuer_renewed().observed());
+        let w = issuer_renewed();
+        let d = run(&policies, Phase::Synced, &w.observed());
         assert_eq!(out_of_order(&d), Some(ConditionStatus::False));
         assert!(!d.effects.iter().any(
             |e| matches!(e, Effect::Event { reason, .. } if reason == "OutOfOrderIssuerRotation")
         ));
         assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
+        let next = decide(&policies, &Names::default(), &d.status, &w.observed());
+        assert_eq!(out_of_order(&next), Some(ConditionStatus::False));
+        assert_eq!(next.status.phase, Phase::PropagatingTrustRoots);
     }
-    // Pods that do lack the new anchor keep the alarm.
+    // Pods that do lack the new anchor keep the alarm, in Synced and in RefreshingControlPlane.
     let w = World {
         signer: 1,
         ..propagating()
     };
     let d = run(&manual(), Phase::Synced, &w.observed());
+    assert_eq!(out_of_order(&d), Some(ConditionStatus::True));
+    let d = run(&manual(), Phase::RefreshingControlPlane, &w.observed());
     assert_eq!(out_of_order(&d), Some(ConditionStatus::True));
 
     // Lost in RemovingOldTrustRoots: the bundle reduced to {1}, the pods still on {0, 1}.
@@ -454,10 +473,8 @@ fn a_status_lost_mid_rotation_is_read_from_the_pods() {
     let d = run(&automatic(), Phase::Synced, &w.observed());
     assert_eq!(d.status.phase, Phase::RemovingOldTrustRoots);
     assert!(
-        d.effects
-            .iter()
-            .any(|e| matches!(e, Effect::Event { message, .. }
-            if message.contains("4 meshed pod(s) do not hold exactly the trust bundle"))),
+        d.effects.iter().any(|e| matches!(e, Effect::Event { message, .. }
+            if message.contains("4 meshed pod(s) still trust an anchor that left the trust bundle"))),
         "{:?}",
         d.effects
     );
@@ -469,14 +486,32 @@ fn a_status_lost_mid_rotation_is_read_from_the_pods() {
         "{:?}",
         next.effects
     );
-    // Synced stays Synced over pods holding exactly the bundle, and over pods whose anchors
-    // cannot be read.
+    // Synced stays Synced over pods holding exactly the bundle; over pods whose anchors cannot
+    // be read; over pods holding less than the bundle (an anchor added to it since, for
+    // multicluster say); and over a pod still trusting the old anchor that no restart can fix
+    // (it is counted, not chased).
     let d = run(&automatic(), Phase::Synced, &World::reduced().observed());
     assert_eq!((d.status.phase, d.requeue), (Phase::Synced, Requeue::Idle));
     let mut unknown = World::reduced().observed();
     unknown.pods[0].anchors = None;
     let d = run(&automatic(), Phase::Synced, &unknown);
     assert_eq!((d.status.phase, d.requeue), (Phase::Synced, Requeue::Idle));
+    let added = World {
+        bundle: Some(vec![1, 2]),
+        ..World::reduced()
+    };
+    let d = run(&automatic(), Phase::Synced, &added.observed());
+    assert_eq!((d.status.phase, d.requeue), (Phase::Synced, Requeue::Idle));
+    let mut bare = World::reduced().observed();
+    bare.pods[0].anchors = Some(set(&[0, 1]));
+    bare.pods[0].owner = Err(Unfixable::BarePod);
+    let d = run(&automatic(), Phase::Synced, &bare);
+    assert_eq!((d.status.phase, d.requeue), (Phase::Synced, Requeue::Idle));
+    assert_eq!(
+        d.status.trust_bundle.as_ref().unwrap().progress.as_deref(),
+        Some("4/4"),
+        "Synced counts pods holding the bundle, as before"
+    );
 }
 
 /// The operator renewed the issuer on leaving propagation and was stopped before it wrote the
@@ -1351,6 +1386,21 @@ fn pods_a_restart_cannot_fix_are_named() {
         d.effects
             .iter()
             .any(|e| matches!(e, Effect::Event { reason, .. } if reason == "UnfixableWorkloads"))
+    );
+    let mut o = propagating().observed();
+    o.pods[1].owner = Err(Unfixable::Partitioned {
+        workload: Workload {
+            kind: "StatefulSet".to_owned(),
+            namespace: "app-1".to_owned(),
+            name: "db".to_owned(),
+        },
+        partition: 2,
+    });
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
+    assert!(
+        blocking(&d).contains("app-1/web-1 (below StatefulSet app-1/db's rollingUpdate.partition 2: lower the partition or delete the pod)"),
+        "{}",
+        blocking(&d)
     );
     let mut o = propagating().observed();
     o.pods[0].owner = Err(Unfixable::Paused(web("app-0")));

@@ -77,6 +77,9 @@ pub enum Unfixable {
     OnDelete(String),
     /// A paused Deployment: a template change rolls nothing until it is resumed.
     Paused(Workload),
+    /// A StatefulSet pod below the set's `rollingUpdate.partition`: a template change never
+    /// reaches it.
+    Partitioned { workload: Workload, partition: i32 },
 }
 
 /// The live leaf of a pod, as probed.
