@@ -194,12 +194,12 @@ pub fn rbac(config: &RbacConfig) -> Rbac {
             linkerd,
             vec![
                 // The trust bundle ConfigMap and the previous-anchor Secret, written by
-                // server-side apply (which creates them when missing: `create` cannot name its
-                // object); the issuer's Secret, read.
+                // server-side apply (which creates them when missing; the API server asks for
+                // `create` on the named object then); the issuer's Secret, read.
                 named(
                     &[""],
                     &["configmaps"],
-                    &["get", "list", "watch", "patch"],
+                    &["get", "list", "watch", "create", "patch"],
                     &[&n.trust_roots_configmap],
                 ),
                 named(
@@ -211,10 +211,9 @@ pub fn rbac(config: &RbacConfig) -> Rbac {
                 named(
                     &[""],
                     &["secrets"],
-                    &["patch"],
+                    &["create", "patch"],
                     &[&n.previous_anchor_secret],
                 ),
-                rule(&[""], &["configmaps", "secrets"], &["create"]),
                 // Control-plane restarts, even where workload restarts are not allowed.
                 rule(&["apps"], &["deployments"], &["patch"]),
                 // The issuer Certificate: read, and renewed as `cmctl renew` does (a status
@@ -253,6 +252,7 @@ pub fn rbac(config: &RbacConfig) -> Rbac {
                     &["get", "update"],
                     &[&n.lease],
                 ),
+                // A plain create (POST), which the API server authorizes without a name.
                 rule(&["coordination.k8s.io"], &["leases"], &["create"]),
             ],
         ),

@@ -599,6 +599,17 @@ async fn automatic_rotation_from_synced_to_synced_with_zero_failed_handshakes() 
             .map(|_| ()),
         "list of every Secret",
     );
+    let foreign: k8s_openapi::api::core::v1::Secret = serde_json::from_value(
+        json!({"metadata": {"name": "linkerd-identity-issuer-copy"}, "stringData": {"k": "v"}}),
+    )
+    .unwrap();
+    forbidden(
+        secrets("linkerd")
+            .create(&PostParams::default(), &foreign)
+            .await
+            .map(|_| ()),
+        "create of a Secret it does not own",
+    );
     let by_name = kube::api::ListParams::default().fields("metadata.name=linkerd-trust-anchor");
     let anchors = secrets("cert-manager").list(&by_name).await.unwrap();
     assert_eq!(anchors.items.len(), 1, "its own Secret, listed by name");
