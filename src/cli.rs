@@ -206,6 +206,9 @@ pub enum CertsCommand {
         /// Namespace of the webhook Service (for its DNS names).
         #[arg(long, default_value = crate::webhook::config::DEFAULT_OPERATOR_NAMESPACE)]
         namespace: String,
+        /// The webhook Service's name (for its DNS names), as given to `webhook-config`.
+        #[arg(long, default_value = crate::webhook::config::DEFAULT_SERVICE_NAME)]
+        service_name: String,
     },
 }
 
@@ -344,11 +347,9 @@ pub async fn operator(cli: OperatorCli, out: &mut impl std::io::Write) -> Result
         OperatorCommand::Certs(CertsCommand::Dev {
             out: dir,
             namespace,
+            service_name,
         }) => {
-            let names = crate::devcerts::serving_names(
-                crate::webhook::config::DEFAULT_SERVICE_NAME,
-                &namespace,
-            );
+            let names = crate::devcerts::serving_names(&service_name, &namespace);
             let certs = crate::devcerts::write(&dir, names)?;
             writeln!(
                 out,

@@ -202,3 +202,39 @@ async fn run_stops_with_an_error_naming_the_part_that_stopped() {
     ended.expect("a run told to stop ends without an error");
     assert!(took >= Duration::from_secs(2), "stopped after {took:?}");
 }
+
+#[test]
+fn certs_dev_covers_the_service_it_is_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_trust-rotation-operator"))
+        .args([
+            "certs",
+            "dev",
+            "--namespace",
+            "ops",
+            "--service-name",
+            "tro-hook",
+            "--out",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let pem = std::fs::read_to_string(dir.path().join("tls.crt")).unwrap();
+    let der = pem::parse(pem).unwrap().into_contents();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let names: Vec<String> = cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+            _ => None,
+        })
+        .collect();
+    assert!(names.contains(&"tro-hook.ops.svc".to_owned()), "{names:?}");
+    assert!(names.contains(&"localhost".to_owned()), "{names:?}");
+}
