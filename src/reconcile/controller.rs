@@ -36,6 +36,9 @@ pub const MANAGER: &str = "trust-rotation-operator";
 /// Pod-template annotation that restarts a workload onto a bundle: its value is the bundle's
 /// fingerprint, so writing it again for the same bundle causes no second rollout.
 pub const RESTART_ANNOTATION: &str = "trust.linkerd.io/restarted-for-bundle";
+/// On the bundle ConfigMap: the version of it the operator's last write replaced (see
+/// [`BundleMeta`]).
+pub const WRITTEN_OVER_ANNOTATION: &str = "trust.linkerd.io/written-over-version";
 /// Pod-template annotation that restarts a workload so that its proxies get a leaf from the
 /// current issuer: its value is the issuer's fingerprint, so a workload is restarted at most
 /// once per issuer for that reason.
@@ -607,6 +610,14 @@ async fn observe(
             draining.push(meshed_pod(config, p, &mut anchors_cache, &wont_roll));
         }
     }
+    let bundle_meta = stores
+        .bundle
+        .get(&ObjectRef::new(&n.bundle_configmap.1).within(&n.bundle_configmap.0))
+        .map(|cm| BundleMeta {
+            version: cm.resource_version(),
+            written_over: cm.annotations().get(WRITTEN_OVER_ANNOTATION).cloned(),
+        })
+        .unwrap_or_default();
     Ok(Observed {
         now: now.as_second(),
         anchor,
@@ -617,6 +628,7 @@ async fn observe(
         pods,
         draining,
         restart_markers,
+        bundle_meta,
     })
 }
 
@@ -952,15 +964,25 @@ async fn execute(
 ) -> Result<(), ReconcileError> {
     let apply = PatchParams::apply(MANAGER).force();
     match effect {
-        Effect::WriteBundle { pem, fingerprint } => {
+        Effect::WriteBundle {
+            pem,
+            fingerprint,
+            written_over,
+        } => {
             let (ns, name) = &config.names.bundle_configmap;
-            tracing::info!(%fingerprint, "writing the trust bundle");
+            tracing::info!(%fingerprint, ?written_over, "writing the trust bundle");
+            // Without `written_over` (the ConfigMap is created), server-side apply drops the
+            // annotation an earlier write set.
+            let mut metadata = json!({ "name": name });
+            if let Some(after) = written_over {
+                metadata["annotations"] = json!({ WRITTEN_OVER_ANNOTATION: after });
+            }
             Api::<ConfigMap>::namespaced(client.clone(), ns)
                 .patch(
                     name,
                     &apply,
                     &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
-                        "metadata": {"name": name},
+                        "metadata": metadata,
                         "data": {config.bundle_key.as_str(): pem}})),
                 )
                 .await

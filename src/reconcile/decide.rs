@@ -183,6 +183,7 @@ pub fn decide(
         d.effects.push(Effect::WriteBundle {
             pem: b.to_pem(),
             fingerprint: b.fingerprint(),
+            written_over: None,
         });
         d.event(
             false,
@@ -199,6 +200,12 @@ pub fn decide(
 
     let bundle_set = fingerprints(&bundle);
     let bundle_fp = bundle_of(&bundle).fingerprint();
+    // What a restart onto this bundle is marked with: its fingerprint and the version of the
+    // ConfigMap the operator's write of it replaced (see `BundleMeta`).
+    let marker = match &observed.bundle_meta.written_over {
+        Some(after) => format!("{bundle_fp}.{after}"),
+        None => bundle_fp.clone(),
+    };
     d.next.source_fingerprints = sources(names, &bundle, &anchor, &previous);
     let renewed = anchor.fingerprint != previous.fingerprint;
 
@@ -268,9 +275,13 @@ pub fn decide(
             );
             (restored, why)
         };
+        // The bundle may come back to a fingerprint used before (someone else overwrote it and
+        // it is restored, or grown back): the write records the version it replaced, which
+        // sets its restarts apart from those onto the bundle before (see `BundleMeta`).
         d.effects.push(Effect::WriteBundle {
             pem: grown.to_pem(),
             fingerprint: grown.fingerprint(),
+            written_over: observed.bundle_meta.version.clone(),
         });
         d.transition(Phase::RefreshingControlPlane, &why);
         d.next.blocking_message = Some(format!(
@@ -300,7 +311,7 @@ pub fn decide(
         .filter(|c| {
             c.restarted_for
                 .as_deref()
-                .is_some_and(|f| f != bundle_fp.as_str())
+                .is_some_and(|f| f != marker.as_str())
         })
         .map(|c| c.name.as_str())
         .collect();
@@ -376,7 +387,7 @@ pub fn decide(
                 return d.finish(Requeue::Soon);
             }
             let stale =
-                |c: &ControlPlaneDeployment| c.restarted_for.as_deref() != Some(bundle_fp.as_str());
+                |c: &ControlPlaneDeployment| c.restarted_for.as_deref() != Some(marker.as_str());
             // Onto the expanded bundle, the control plane's proxies take the accelerated refresh
             // interval with them (the webhook leaves their pods alone); onto the reduced one,
             // they give it back.
@@ -407,7 +418,7 @@ pub fn decide(
                 );
                 d.effects.push(Effect::RestartControlPlane {
                     deployments: restarts,
-                    bundle_fingerprint: bundle_fp.clone(),
+                    bundle_fingerprint: marker.clone(),
                 });
                 d.event(false, "RestartingControlPlane", &message);
             }
@@ -421,7 +432,7 @@ pub fn decide(
                 observed.pods.iter().filter(|p| p.control_plane).collect();
             let stale_pods: Vec<String> = cp_pods
                 .iter()
-                .filter(|p| p.restarted_for.as_deref() != Some(bundle_fp.as_str()) || !p.ready)
+                .filter(|p| p.restarted_for.as_deref() != Some(marker.as_str()) || !p.ready)
                 .map(|p| p.key())
                 .collect();
             if pending_rollouts.is_empty() && stale_pods.is_empty() && !cp_pods.is_empty() {
@@ -458,7 +469,7 @@ pub fn decide(
             d.next.workload_certificate_refresh_interval = Some(policies.refresh_interval.clone());
             let pending = d.count_bundle(observed, &bundle_set, false);
             if pending.is_empty() {
-                if !d.rollouts_finished(observed, &bundle_fp) {
+                if !d.rollouts_finished(observed, &marker) {
                     return d.finish(Requeue::Soon);
                 }
                 d.transition(
@@ -478,8 +489,8 @@ pub fn decide(
                 policies,
                 observed,
                 &pending,
-                &bundle_fp,
-                RestartFor::Bundle(bundle_fp.clone()),
+                &marker,
+                RestartFor::Bundle(marker.clone()),
                 "do not hold the expanded trust bundle yet",
             );
             d.finish(Requeue::Soon)
@@ -570,7 +581,7 @@ pub fn decide(
                     policies,
                     observed,
                     &stuck,
-                    &bundle_fp,
+                    &marker,
                     RestartFor::Issuer(issuer.cert.fingerprint.clone()),
                     &what,
                 );
@@ -607,6 +618,7 @@ pub fn decide(
             d.effects.push(Effect::WriteBundle {
                 pem: reduced.to_pem(),
                 fingerprint: reduced.fingerprint(),
+                written_over: observed.bundle_meta.version.clone(),
             });
             d.transition(
                 Phase::RefreshingControlPlane,
@@ -622,7 +634,7 @@ pub fn decide(
             d.next.workload_certificate_refresh_interval = None;
             let pending = d.count_bundle(observed, &bundle_set, true);
             if pending.is_empty() {
-                if !d.rollouts_finished(observed, &bundle_fp) {
+                if !d.rollouts_finished(observed, &marker) {
                     return d.finish(Requeue::Soon);
                 }
                 d.transition(
@@ -636,8 +648,8 @@ pub fn decide(
                 policies,
                 observed,
                 &pending,
-                &bundle_fp,
-                RestartFor::Bundle(bundle_fp.clone()),
+                &marker,
+                RestartFor::Bundle(marker.clone()),
                 "still trust the old anchor",
             );
             d.finish(Requeue::Soon)
@@ -840,11 +852,12 @@ impl<'a> Step<'a> {
         pending
     }
 
-    /// No restart onto the current bundle (`bundle_fp`; one from an earlier bundle that never
-    /// finished is not this rotation's to wait for) is still rolling: a pod being replaced is
-    /// in no count, so advancing now would leave it out of the status. Otherwise says so.
-    fn rollouts_finished(&mut self, observed: &Observed, bundle_fp: &str) -> bool {
-        let onto_bundle = RestartFor::Bundle(bundle_fp.to_owned());
+    /// No restart onto the current bundle (its restart `marker`; one from an earlier bundle
+    /// that never finished is not this rotation's to wait for) is still rolling: a pod being
+    /// replaced is in no count, so advancing now would leave it out of the status. Otherwise
+    /// says so.
+    fn rollouts_finished(&mut self, observed: &Observed, marker: &str) -> bool {
+        let onto_bundle = RestartFor::Bundle(marker.to_owned());
         let names: Vec<String> = observed
             .rolling(&onto_bundle)
             .map(|w| w.to_string())
@@ -861,13 +874,13 @@ impl<'a> Step<'a> {
     }
 
     /// Restarts (Automatic) or names (Manual) the workloads of the `pending` pods, which `what`
-    /// describes, for `restart_for`; `bundle_fp` is the current bundle's.
+    /// describes, for `restart_for`; `marker` is the current bundle's restart marker.
     fn restart_or_ask(
         &mut self,
         policies: &Policies,
         observed: &Observed,
         pending: &[String],
-        bundle_fp: &str,
+        marker: &str,
         restart_for: RestartFor,
         what: &str,
     ) {
@@ -922,7 +935,7 @@ impl<'a> Step<'a> {
                 // running. (A restart for the issuer in place is counted only while leaves are
                 // awaited: one left from an earlier rotation, whose issuer stays in place until
                 // this one renews it, is not this rotation's.)
-                let onto_bundle = RestartFor::Bundle(bundle_fp.to_owned());
+                let onto_bundle = RestartFor::Bundle(marker.to_owned());
                 let in_progress: BTreeSet<&Workload> = observed
                     .rolling(&onto_bundle)
                     .chain(observed.rolling(&restart_for))

@@ -201,6 +201,7 @@ impl World {
             pods,
             draining: Vec::new(),
             restart_markers: BTreeMap::new(),
+            bundle_meta: BundleMeta::default(),
         }
     }
 }
@@ -511,6 +512,78 @@ fn a_status_lost_mid_rotation_is_read_from_the_pods() {
         d.status.trust_bundle.as_ref().unwrap().progress.as_deref(),
         Some("4/4"),
         "Synced counts pods holding the bundle, as before"
+    );
+}
+
+/// A `helm upgrade` of Linkerd rewrote the bundle with a retired anchor and rolled the control
+/// plane, whose pod templates kept the operator's marker of the bundle before; workloads that
+/// restarted meanwhile hold the retired anchor too. The restored bundle has the fingerprint it
+/// had: only the restore recorded in the ConfigMap tells the restarts apart, and everything
+/// that started on the foreign bundle is restarted again.
+#[test]
+fn a_restored_bundle_restarts_what_started_on_the_foreign_one() {
+    let before = bundle_fp(&[1]);
+    let overwritten = World {
+        bundle: Some(vec![0]),
+        ..World::reduced()
+    };
+    let mut o = overwritten.observed();
+    o.bundle_meta.version = Some("42".to_owned());
+    let d = run(&automatic(), Phase::Synced, &o);
+    assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
+    assert!(
+        matches!(&writes(&d)[..], [Effect::WriteBundle { written_over: Some(v), .. }] if v == "42"),
+        "{:?}",
+        d.effects
+    );
+
+    // Restored: the ConfigMap says after which write; the control plane still carries the
+    // marker of the bundle before, and is restarted onto the new one.
+    let marker = format!("{before}.42");
+    let mut o = World::reduced().observed();
+    o.bundle_meta = BundleMeta {
+        version: Some("43".to_owned()),
+        written_over: Some("42".to_owned()),
+    };
+    for p in o.pods.iter_mut().take(2) {
+        p.anchors = Some(set(&[0]));
+    }
+    let next = decide(&automatic(), &Names::default(), &d.status, &o);
+    assert!(
+        matches!(&writes(&next)[..], [Effect::RestartControlPlane { bundle_fingerprint, .. }] if *bundle_fingerprint == marker),
+        "{:?}",
+        next.effects
+    );
+
+    // Once it runs on it: the workloads restarted onto the bundle before (rollout done) whose
+    // pods hold the retired anchor are restarted again, not named as beyond a restart.
+    o.control_plane = cp(Some(marker.clone()), true);
+    for p in o.pods.iter_mut().filter(|p| p.control_plane) {
+        p.restarted_for = Some(marker.clone());
+    }
+    for ns in ["app-0", "app-1"] {
+        o.restart_markers.insert(
+            web(ns),
+            RestartMarkers {
+                bundle: Some(before.clone()),
+                issuer: None,
+                rollout_complete: true,
+            },
+        );
+    }
+    let d = run(&automatic(), Phase::RemovingOldTrustRoots, &o);
+    let restarted = d.effects.iter().find_map(|e| match e {
+        Effect::RestartWorkloads {
+            workloads,
+            restart_for,
+        } => Some((workloads.clone(), restart_for.clone())),
+        _ => None,
+    });
+    assert_eq!(
+        restarted,
+        Some((vec![web("app-0"), web("app-1")], RestartFor::Bundle(marker))),
+        "{}",
+        blocking(&d)
     );
 }
 
@@ -1435,6 +1508,9 @@ mod properties {
         /// Someone else rewrites the bundle to the first anchor (a `helm upgrade` of Linkerd
         /// renders it from its install-time values).
         OverwriteBundle,
+        /// The same, and the upgrade rolls the control plane, which starts on that bundle (its
+        /// pod templates keep the operator's restart marker).
+        HelmUpgrade,
         /// Pod `n` is replaced by one injected long ago with the first anchor alone (it was
         /// Pending until now).
         StalePodStarts(usize),
@@ -1453,6 +1529,7 @@ mod properties {
             2 => Just(Action::RefreshLeaves),
             1 => (0usize..4).prop_map(Action::UserRestart),
             1 => Just(Action::OverwriteBundle),
+            1 => Just(Action::HelmUpgrade),
             1 => (0usize..4).prop_map(Action::StalePodStarts),
             6 => Just(Action::Reconcile),
             1 => Just(Action::ReconcileStatusLost),
@@ -1470,6 +1547,12 @@ mod properties {
         /// whether it started with the rotation's accelerated refresh.
         pods: Vec<(BTreeSet<String>, (u32, usize), bool)>,
         cp_for: Option<String>,
+        /// The anchors the control plane runs with (read when its pods started).
+        cp_anchors: BTreeSet<String>,
+        /// The bundle ConfigMap's version (every write bumps it) and the operator's
+        /// restored-after annotation on it.
+        bundle_version: u64,
+        written_over: Option<u64>,
         status: TrustAnchorRotationStatus,
     }
 
@@ -1514,6 +1597,18 @@ mod properties {
                 pods,
                 draining: Vec::new(),
                 restart_markers: BTreeMap::new(),
+                bundle_meta: BundleMeta {
+                    version: Some(self.bundle_version.to_string()),
+                    written_over: self.written_over.map(|v| v.to_string()),
+                },
+            }
+        }
+
+        /// The restart marker of the bundle in place.
+        fn marker(&self) -> String {
+            match self.written_over {
+                Some(v) => format!("{}.{v}", self.bundle_fp()),
+                None => self.bundle_fp(),
             }
         }
 
@@ -1537,7 +1632,9 @@ mod properties {
                 .collect();
             for effect in &d.effects {
                 match effect {
-                    Effect::WriteBundle { pem, .. } => {
+                    Effect::WriteBundle {
+                        pem, written_over, ..
+                    } => {
                         let written: BTreeSet<String> = crate::bundle::Bundle::from_pem("b", pem)
                             .unwrap()
                             .fingerprints()
@@ -1551,6 +1648,8 @@ mod properties {
                             );
                         }
                         self.bundle = written;
+                        self.bundle_version += 1;
+                        self.written_over = written_over.as_deref().map(|v| v.parse().unwrap());
                     }
                     Effect::WritePreviousAnchor { fingerprint, .. } => {
                         self.previous = Some(index_of(fingerprint));
@@ -1559,11 +1658,12 @@ mod properties {
                         bundle_fingerprint, ..
                     } => {
                         self.cp_for = Some(bundle_fingerprint.clone());
+                        self.cp_anchors = self.bundle.clone();
                     }
                     Effect::RestartWorkloads { restart_for, .. } => {
                         match restart_for {
                             RestartFor::Bundle(bundle) => {
-                                prop_assert_eq!(bundle, &self.bundle_fp());
+                                prop_assert_eq!(bundle, &self.marker());
                             }
                             RestartFor::Issuer(issuer) => {
                                 prop_assert_eq!(before_phase, Phase::RenewingWorkloadCerts);
@@ -1598,11 +1698,18 @@ mod properties {
                             .all(|(held, _, _)| held.is_superset(&self.bundle)),
                         "bundle converged before waiting for the issuer"
                     ),
-                    Phase::PropagatingTrustRoots | Phase::RemovingOldTrustRoots => prop_assert_eq!(
-                        self.cp_for.clone(),
-                        Some(self.bundle_fp()),
-                        "control plane on the bundle before the data plane"
-                    ),
+                    Phase::PropagatingTrustRoots | Phase::RemovingOldTrustRoots => {
+                        prop_assert_eq!(
+                            self.cp_for.clone(),
+                            Some(self.marker()),
+                            "control plane restarted onto the bundle before the data plane"
+                        );
+                        prop_assert_eq!(
+                            &self.cp_anchors,
+                            &self.bundle,
+                            "control plane running with the bundle before the data plane"
+                        );
+                    }
                     _ => {}
                 }
             }
@@ -1632,6 +1739,9 @@ mod properties {
                 issuer: (0, 0),
                 pods: vec![(set(&[0]), (0, 0), false); 4],
                 cp_for: None,
+                cp_anchors: set(&[0]),
+                bundle_version: 1,
+                written_over: None,
                 status: TrustAnchorRotationStatus::default(),
             };
             for action in actions {
@@ -1660,7 +1770,15 @@ mod properties {
                     Action::UserRestart(n) => {
                         c.pods[n] = (c.bundle.clone(), c.issuer, accelerating(c.status.phase));
                     }
-                    Action::OverwriteBundle => c.bundle = set(&[0]),
+                    Action::OverwriteBundle => {
+                        c.bundle = set(&[0]);
+                        c.bundle_version += 1;
+                    }
+                    Action::HelmUpgrade => {
+                        c.bundle = set(&[0]);
+                        c.bundle_version += 1;
+                        c.cp_anchors = set(&[0]);
+                    }
                     Action::StalePodStarts(n) => c.pods[n] = (set(&[0]), c.issuer, false),
                     Action::Reconcile => c.reconcile(&policies)?,
                     Action::ReconcileStatusLost => {

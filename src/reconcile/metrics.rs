@@ -277,6 +277,7 @@ mod tests {
             pods: vec![],
             draining: vec![],
             restart_markers: Default::default(),
+            bundle_meta: Default::default(),
         }
     }
 

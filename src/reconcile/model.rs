@@ -209,6 +209,26 @@ pub struct Observed {
     /// What each workload's pod template was last restarted for by the operator, and whether
     /// that rollout is complete (workloads without either marker are left out).
     pub restart_markers: BTreeMap<Workload, RestartMarkers>,
+    /// The bundle ConfigMap's version, and the restore it was last written for.
+    pub bundle_meta: BundleMeta,
+}
+
+/// The bundle ConfigMap beyond its anchors.
+///
+/// A bundle can come back to a fingerprint it had before: restored after someone else
+/// overwrote it (a `helm upgrade` of Linkerd renders it from its install-time values), or grown
+/// back to the same anchors. The control plane and the workloads that restarted onto the
+/// foreign bundle meanwhile still carry the restart marker of the bundle before, and would
+/// pass for restarted onto it. So each write of the operator's records the version of the
+/// ConfigMap it replaced (`trust.linkerd.io/written-over-version`), and restart markers carry
+/// it with the fingerprint: every bundle the operator writes has markers of its own.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BundleMeta {
+    /// `metadata.resourceVersion`.
+    pub version: Option<String>,
+    /// The operator's `trust.linkerd.io/written-over-version` annotation: the version its
+    /// last write of the bundle replaced.
+    pub written_over: Option<String>,
 }
 
 impl Observed {
@@ -263,8 +283,13 @@ pub const DEFAULT_MAX_CONCURRENT_WORKLOADS: usize = 5;
 /// What the I/O layer is asked to do, in order. Each is idempotent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
-    /// Server-side apply the bundle ConfigMap with this canonical PEM.
-    WriteBundle { pem: String, fingerprint: String },
+    /// Server-side apply the bundle ConfigMap with this canonical PEM; `written_over`: the
+    /// version of the ConfigMap it replaces, recorded on it (see [`BundleMeta`]).
+    WriteBundle {
+        pem: String,
+        fingerprint: String,
+        written_over: Option<String>,
+    },
     /// Create or update the previous-anchor Secret with this certificate (never a key).
     WritePreviousAnchor { pem: String, fingerprint: String },
     /// Set the restart annotation on these control-plane Deployments' pod templates, each with
