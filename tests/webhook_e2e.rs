@@ -281,7 +281,7 @@ async fn webhook_stamps_pods_and_never_blocks_them() {
 
     // Hung (SIGSTOP: the kernel still accepts connections, nobody answers): the API server gives
     // up after the configured timeout and creates the pod unstamped.
-    op.process.signal("STOP").unwrap();
+    op.process.freeze().unwrap();
     let (pod, took) = create_timed(&meshed, &app_pod("while-hung")).await;
     op.process.signal("CONT").unwrap();
     assert_eq!(annotation(&pod, TRUST_BUNDLE_ANNOTATION), None);

@@ -131,6 +131,37 @@ impl Managed {
         }
     }
 
+    /// SIGSTOP, then waits until every thread of the process is seen stopped (`T` in
+    /// `/proc/<pid>/task/*/stat`): a signal is only queued when `kill` returns, and a test that
+    /// needs the process frozen must not race its last running thread.
+    pub fn freeze(&self) -> Result<(), TestbedError> {
+        self.signal("STOP")?;
+        let started = Instant::now();
+        let tasks = format!("/proc/{}/task", self.pid());
+        loop {
+            let stopped = std::fs::read_dir(&tasks)
+                .map_err(io_err(format!("reading {tasks}")))?
+                .filter_map(Result::ok)
+                .all(|task| {
+                    std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                        // `pid (comm) state ...`: the state follows the last `)`.
+                        stat.rsplit_once(')')
+                            .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+                    })
+                });
+            if stopped {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(5) {
+                return Err(TestbedError::Io {
+                    context: format!("kill -STOP {} ({})", self.pid(), self.name),
+                    source: std::io::Error::other("some threads still running after 5 s"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Waits up to `timeout` for the process to exit; `None` if it is still running.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let started = Instant::now();
