@@ -9,14 +9,18 @@ use clap::Parser;
 use trust_rotation_operator::bundle::Bundle;
 use trust_rotation_operator::cli::OperatorCli;
 
+/// A self-signed CA certificate as PEM, from the simulated cert-manager's PKI.
 fn ca(cn: &str) -> String {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, cn);
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.self_signed(&key).unwrap().pem()
+    use trust_rotation_operator::sim::pki;
+    let now = pki::now();
+    let template = pki::Template {
+        common_name: cn.to_owned(),
+        dns_names: vec![],
+        is_ca: true,
+        not_before: now,
+        not_after: now + std::time::Duration::from_secs(3600),
+    };
+    pki::to_pem(&template.self_signed(&pki::generate_key().unwrap()).unwrap())
 }
 
 /// `linkerd-trust` with `args`: (exit code, stdout, stderr).
