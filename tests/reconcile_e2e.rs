@@ -1931,3 +1931,151 @@ async fn one_leader_reconciles_and_the_other_takes_over() {
     let lease = leases.get("trust-rotation-operator").await.unwrap();
     assert_eq!(lease.spec.unwrap().lease_transitions, Some(1));
 }
+
+/// A `helm upgrade` of Linkerd after a rotation: it renders the bundle ConfigMap from its
+/// install-time values (the retired anchor) and rolls the control plane, whose pod templates
+/// keep the operator's restart marker. The operator restores the bundle, to the very
+/// fingerprint it had, and still restarts the control plane onto it: the marker of the restore
+/// differs from the one the upgraded control plane carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_rewritten_by_a_linkerd_upgrade_is_restored_and_the_control_plane_restarted() {
+    use trust_rotation_operator::bundle::Bundle;
+    use trust_rotation_operator::reconcile::controller::{
+        RESTART_ANNOTATION, WRITTEN_OVER_ANNOTATION,
+    };
+    let rig = Rig::start(
+        (1, 2, 1),
+        json!({"workloadCertificateRefreshInterval": "3s",
+               "dataPlaneRestart": {"policy": "Automatic", "maxConcurrentWorkloads": 2},
+               "issuerRenewal": {"policy": "Automatic"}}),
+        &[],
+    )
+    .await;
+    let new_anchor = rig.runbook().renew_anchor().await.unwrap();
+    let started = Instant::now();
+    while !is_done(
+        &rotation(&rig.client).await.status.unwrap_or_default(),
+        &new_anchor,
+    ) {
+        assert!(
+            started.elapsed() < ROTATION_TIMEOUT,
+            "the rotation never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let deployments: Api<Deployment> = Api::namespaced(rig.client.clone(), "linkerd");
+    let markers = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .get(RESTART_ANNOTATION)
+            .cloned()
+    };
+    let control_plane: Vec<Deployment> = deployments
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    let before: BTreeSet<Option<String>> = control_plane.iter().map(markers).collect();
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    // The upgrade: the retired anchor in the bundle, the control plane rolled onto it.
+    let names = rig.mesh.names();
+    let retired = Bundle::from_pem("first anchor", &rig.first_anchor.pem).unwrap();
+    trust_rotation_operator::sim::linkerd::write_bundle(&rig.client, names, &retired.to_pem())
+        .await
+        .unwrap();
+    for d in &control_plane {
+        trust_rotation_operator::sim::linkerd::restart_deployment(
+            &rig.client,
+            "linkerd",
+            &d.name_any(),
+        )
+        .await
+        .unwrap();
+    }
+    // The generation of each control-plane Deployment once upgraded: the operator must change
+    // their templates again.
+    let upgraded: BTreeMap<String, i64> = deployments
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|d| (d.name_any(), d.metadata.generation.unwrap_or(0)))
+        .collect();
+
+    // The bundle restored, the control plane restarted onto it with the restore's marker, and
+    // every control-plane pod running under it.
+    let restored = Bundle::from_pem("new anchor", &new_anchor.pem)
+        .unwrap()
+        .fingerprint();
+    let configmaps: Api<ConfigMap> = Api::namespaced(rig.client.clone(), "linkerd");
+    let pods: Api<Pod> = Api::namespaced(rig.client.clone(), "linkerd");
+    let started = Instant::now();
+    loop {
+        let cm = configmaps.get(&names.bundle_configmap).await.unwrap();
+        let bundle = cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get("ca-bundle.crt").cloned());
+        let bundle = bundle.and_then(|pem| Bundle::from_pem("cm", &pem).ok());
+        let marker = cm
+            .annotations()
+            .get(WRITTEN_OVER_ANNOTATION)
+            .map(|v| format!("{restored}.{v}"));
+        let now: Vec<Deployment> = deployments
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items;
+        let cp_markers: BTreeSet<Option<String>> = now.iter().map(markers).collect();
+        let restarted_since = now
+            .iter()
+            .all(|d| d.metadata.generation.unwrap_or(0) > upgraded[&d.name_any()]);
+        let running: Vec<Pod> = pods
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        let pods_on_marker = !running.is_empty()
+            && running
+                .iter()
+                .all(|p| p.annotations().get(RESTART_ANNOTATION) == marker.as_ref());
+        let status = rotation(&rig.client).await.status.unwrap_or_default();
+        if bundle.as_ref().map(Bundle::fingerprint).as_deref() == Some(restored.as_str())
+            && marker.is_some()
+            && cp_markers == BTreeSet::from([marker.clone()])
+            && pods_on_marker
+            && restarted_since
+            && status.phase == Phase::Synced
+        {
+            assert!(
+                !before.contains(&marker),
+                "the restore's marker is new: {marker:?}"
+            );
+            eprintln!(
+                "bundle restored and control plane restarted onto it in {:.1}s; traffic: {}",
+                started.elapsed().as_secs_f64(),
+                rig.traffic()
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "bundle {:?}, marker {marker:?}, control plane {cp_markers:?}, restarted since the upgrade: {restarted_since}, pods on it: {pods_on_marker}, status {status:?}",
+            bundle.map(|b| b.fingerprint())
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
