@@ -496,6 +496,14 @@ impl Follow {
     }
 }
 
+/// The rotation's spec with both policies automatic, a 3 s refresh and `max_concurrent`
+/// workloads restarted at a time.
+fn automatic_spec(max_concurrent: u32) -> serde_json::Value {
+    json!({"workloadCertificateRefreshInterval": "3s",
+           "dataPlaneRestart": {"policy": "Automatic", "maxConcurrentWorkloads": max_concurrent},
+           "issuerRenewal": {"policy": "Automatic"}})
+}
+
 fn is_done(status: &TrustAnchorRotationStatus, anchor: &Cert) -> bool {
     status.phase == Phase::Synced
         && status.previous_anchor_fingerprint.as_deref() == Some(anchor.fingerprint.as_str())
@@ -570,9 +578,7 @@ async fn automatic_rotation_from_synced_to_synced_with_zero_failed_handshakes() 
             ..Setup::default()
         },
         (2, 2, 2),
-        json!({"workloadCertificateRefreshInterval": "3s",
-               "dataPlaneRestart": {"policy": "Automatic", "maxConcurrentWorkloads": 2},
-               "issuerRenewal": {"policy": "Automatic"}}),
+        automatic_spec(2),
         &[],
     )
     .await;
@@ -946,14 +952,7 @@ async fn issuer_renewed_out_of_order_is_flagged() {
 /// failed handshakes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_anchor_renewal_mid_rotation_still_ends_synced() {
-    let rig = Rig::start(
-        (2, 2, 1),
-        json!({"workloadCertificateRefreshInterval": "3s",
-               "dataPlaneRestart": {"policy": "Automatic", "maxConcurrentWorkloads": 1},
-               "issuerRenewal": {"policy": "Automatic"}}),
-        &[],
-    )
-    .await;
+    let rig = Rig::start((2, 2, 1), automatic_spec(1), &[]).await;
     let mut follow = Follow::new(&rig);
     let second = rig.runbook().renew_anchor().await.unwrap();
     let mut third: Option<Cert> = None;
@@ -1471,15 +1470,7 @@ async fn issuer_renewed_with_its_old_key_still_zero_failed_handshakes() {
         issuer_key: KeyRotation::Never,
         ..SimConfig::default()
     };
-    let rig = Rig::start_with(
-        sim.into(),
-        (1, 2, 2),
-        json!({"workloadCertificateRefreshInterval": "3s",
-               "dataPlaneRestart": {"policy": "Automatic", "maxConcurrentWorkloads": 2},
-               "issuerRenewal": {"policy": "Automatic"}}),
-        &[],
-    )
-    .await;
+    let rig = Rig::start_with(sim.into(), (1, 2, 2), automatic_spec(2), &[]).await;
     let mut follow = Follow::new(&rig);
     let old_issuer = rig.runbook().issuer().await.unwrap();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
@@ -1943,14 +1934,7 @@ async fn a_bundle_rewritten_by_a_linkerd_upgrade_is_restored_and_the_control_pla
     use trust_rotation_operator::reconcile::controller::{
         RESTART_ANNOTATION, WRITTEN_OVER_ANNOTATION,
     };
-    let rig = Rig::start(
-        (1, 2, 1),
-        json!({"workloadCertificateRefreshInterval": "3s",
-               "dataPlaneRestart": {"policy": "Automatic", "maxConcurrentWorkloads": 2},
-               "issuerRenewal": {"policy": "Automatic"}}),
-        &[],
-    )
-    .await;
+    let rig = Rig::start((1, 2, 1), automatic_spec(2), &[]).await;
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
     let started = Instant::now();
     while !is_done(
