@@ -1962,11 +1962,14 @@ async fn a_bundle_rewritten_by_a_linkerd_upgrade_is_restored_and_the_control_pla
             .get(RESTART_ANNOTATION)
             .cloned()
     };
-    let control_plane: Vec<Deployment> = deployments
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items;
+    let list_control_plane = || async {
+        deployments
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+    };
+    let control_plane: Vec<Deployment> = list_control_plane().await;
     let before: BTreeSet<Option<String>> = control_plane.iter().map(markers).collect();
     assert_eq!(before.len(), 1, "{before:?}");
 
@@ -1987,11 +1990,8 @@ async fn a_bundle_rewritten_by_a_linkerd_upgrade_is_restored_and_the_control_pla
     }
     // The generation of each control-plane Deployment once upgraded: the operator must change
     // their templates again.
-    let upgraded: BTreeMap<String, i64> = deployments
-        .list(&ListParams::default())
+    let upgraded: BTreeMap<String, i64> = list_control_plane()
         .await
-        .unwrap()
-        .items
         .iter()
         .map(|d| (d.name_any(), d.metadata.generation.unwrap_or(0)))
         .collect();
@@ -2015,11 +2015,7 @@ async fn a_bundle_rewritten_by_a_linkerd_upgrade_is_restored_and_the_control_pla
             .annotations()
             .get(WRITTEN_OVER_ANNOTATION)
             .map(|v| format!("{restored}.{v}"));
-        let now: Vec<Deployment> = deployments
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items;
+        let now: Vec<Deployment> = list_control_plane().await;
         let cp_markers: BTreeSet<Option<String>> = now.iter().map(markers).collect();
         let restarted_since = now
             .iter()
