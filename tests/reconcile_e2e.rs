@@ -1972,6 +1972,14 @@ async fn a_bundle_rewritten_by_a_linkerd_upgrade_is_restored_and_the_control_pla
     let control_plane: Vec<Deployment> = list_control_plane().await;
     let before: BTreeSet<Option<String>> = control_plane.iter().map(markers).collect();
     assert_eq!(before.len(), 1, "{before:?}");
+    // Each template change bumps a Deployment's generation: the upgrade's once, and the
+    // operator's once more (whichever comes first).
+    let generations = |ds: &[Deployment]| -> BTreeMap<String, i64> {
+        ds.iter()
+            .map(|d| (d.name_any(), d.metadata.generation.unwrap_or(0)))
+            .collect()
+    };
+    let before_upgrade = generations(&control_plane);
 
     // The upgrade: the retired anchor in the bundle, the control plane rolled onto it.
     let names = rig.mesh.names();
@@ -1988,13 +1996,6 @@ async fn a_bundle_rewritten_by_a_linkerd_upgrade_is_restored_and_the_control_pla
         .await
         .unwrap();
     }
-    // The generation of each control-plane Deployment once upgraded: the operator must change
-    // their templates again.
-    let upgraded: BTreeMap<String, i64> = list_control_plane()
-        .await
-        .iter()
-        .map(|d| (d.name_any(), d.metadata.generation.unwrap_or(0)))
-        .collect();
 
     // The bundle restored, the control plane restarted onto it with the restore's marker, and
     // every control-plane pod running under it.
@@ -2017,9 +2018,9 @@ async fn a_bundle_rewritten_by_a_linkerd_upgrade_is_restored_and_the_control_pla
             .map(|v| format!("{restored}.{v}"));
         let now: Vec<Deployment> = list_control_plane().await;
         let cp_markers: BTreeSet<Option<String>> = now.iter().map(markers).collect();
-        let restarted_since = now
+        let restarted_since = generations(&now)
             .iter()
-            .all(|d| d.metadata.generation.unwrap_or(0) > upgraded[&d.name_any()]);
+            .all(|(name, g)| *g >= before_upgrade[name] + 2);
         let running: Vec<Pod> = pods
             .list(&ListParams::default())
             .await
@@ -2048,6 +2049,13 @@ async fn a_bundle_rewritten_by_a_linkerd_upgrade_is_restored_and_the_control_pla
                 "bundle restored and control plane restarted onto it in {:.1}s; traffic: {}",
                 started.elapsed().as_secs_f64(),
                 rig.traffic()
+            );
+            // Once: no restart after it.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            assert_eq!(
+                generations(&list_control_plane().await),
+                generations(&now),
+                "the control plane was restarted again"
             );
             break;
         }

@@ -34,7 +34,9 @@ use crate::rbac::EVENTS_NAMESPACE;
 /// Field manager of every write the reconciler makes.
 pub const MANAGER: &str = "trust-rotation-operator";
 /// Pod-template annotation that restarts a workload onto a bundle: its value is the bundle's
-/// fingerprint, so writing it again for the same bundle causes no second rollout.
+/// restart marker (its fingerprint, and the ConfigMap version the operator's write of it
+/// replaced; see [`BundleMeta`]), so writing it again for the same bundle causes no second
+/// rollout.
 pub const RESTART_ANNOTATION: &str = "trust.linkerd.io/restarted-for-bundle";
 /// On the bundle ConfigMap: the version of it the operator's last write replaced (see
 /// [`BundleMeta`]).
@@ -488,9 +490,19 @@ async fn observe(
         "ConfigMap {}/{}",
         n.bundle_configmap.0, n.bundle_configmap.1
     );
-    let bundle = match stores
+    // One read of the ConfigMap for its anchors and its version, which make the restart
+    // marker together.
+    let bundle_configmap = stores
         .bundle
-        .get(&ObjectRef::new(&n.bundle_configmap.1).within(&n.bundle_configmap.0))
+        .get(&ObjectRef::new(&n.bundle_configmap.1).within(&n.bundle_configmap.0));
+    let bundle_meta = bundle_configmap
+        .as_deref()
+        .map(|cm| BundleMeta {
+            version: cm.resource_version(),
+            written_over: cm.annotations().get(WRITTEN_OVER_ANNOTATION).cloned(),
+        })
+        .unwrap_or_default();
+    let bundle = match bundle_configmap
         .and_then(|cm| cm.data.clone())
         .and_then(|d| d.get(&config.bundle_key).cloned())
     {
@@ -610,14 +622,6 @@ async fn observe(
             draining.push(meshed_pod(config, p, &mut anchors_cache, &wont_roll));
         }
     }
-    let bundle_meta = stores
-        .bundle
-        .get(&ObjectRef::new(&n.bundle_configmap.1).within(&n.bundle_configmap.0))
-        .map(|cm| BundleMeta {
-            version: cm.resource_version(),
-            written_over: cm.annotations().get(WRITTEN_OVER_ANNOTATION).cloned(),
-        })
-        .unwrap_or_default();
     Ok(Observed {
         now: now.as_second(),
         anchor,
@@ -971,8 +975,8 @@ async fn execute(
         } => {
             let (ns, name) = &config.names.bundle_configmap;
             tracing::info!(%fingerprint, ?written_over, "writing the trust bundle");
-            // Without `written_over` (the ConfigMap is created), server-side apply drops the
-            // annotation an earlier write set.
+            // Without `written_over` (the ConfigMap does not exist yet), server-side apply
+            // drops the annotation an earlier write set.
             let mut metadata = json!({ "name": name });
             if let Some(after) = written_over {
                 metadata["annotations"] = json!({ WRITTEN_OVER_ANNOTATION: after });

@@ -183,7 +183,8 @@ pub fn decide(
         d.effects.push(Effect::WriteBundle {
             pem: b.to_pem(),
             fingerprint: b.fingerprint(),
-            written_over: None,
+            // (None when the ConfigMap does not exist; it may exist without the key.)
+            written_over: observed.bundle_meta.version.clone(),
         });
         d.event(
             false,
@@ -852,14 +853,13 @@ impl<'a> Step<'a> {
         pending
     }
 
-    /// No restart onto the current bundle (its restart `marker`; one from an earlier bundle
-    /// that never finished is not this rotation's to wait for) is still rolling: a pod being
-    /// replaced is in no count, so advancing now would leave it out of the status. Otherwise
-    /// says so.
+    /// No restart onto the current bundle (the one of its restart `marker`, whichever write
+    /// of it; one from an earlier bundle that never finished is not this rotation's to wait
+    /// for) is still rolling: a pod being replaced is in no count, so advancing now would
+    /// leave it out of the status. Otherwise says so.
     fn rollouts_finished(&mut self, observed: &Observed, marker: &str) -> bool {
-        let onto_bundle = RestartFor::Bundle(marker.to_owned());
         let names: Vec<String> = observed
-            .rolling(&onto_bundle)
+            .rolling_onto(marker_fingerprint(marker))
             .map(|w| w.to_string())
             .collect();
         if names.is_empty() {
@@ -935,9 +935,8 @@ impl<'a> Step<'a> {
                 // running. (A restart for the issuer in place is counted only while leaves are
                 // awaited: one left from an earlier rotation, whose issuer stays in place until
                 // this one renews it, is not this rotation's.)
-                let onto_bundle = RestartFor::Bundle(marker.to_owned());
                 let in_progress: BTreeSet<&Workload> = observed
-                    .rolling(&onto_bundle)
+                    .rolling_onto(marker_fingerprint(marker))
                     .chain(observed.rolling(&restart_for))
                     .collect();
                 // Restarted for this already, rollout done, and still not converged: asking

@@ -587,6 +587,33 @@ fn a_restored_bundle_restarts_what_started_on_the_foreign_one() {
     );
 }
 
+/// Rollouts onto a bundle started before it was restored to the same anchors still replace
+/// pods: they count against the pacing and are waited for, whatever write their marker names.
+#[test]
+fn rollouts_onto_the_bundle_before_its_restore_still_count() {
+    let fp = bundle_fp(&[0, 1]);
+    let all_hold = World {
+        holds: vec![0, 1],
+        cp_for: Some(format!("{fp}.42")),
+        ..propagating()
+    };
+    let mut o = all_hold.observed();
+    o.bundle_meta.written_over = Some("42".to_owned());
+    rolling(&mut o, web("app-0"), RestartFor::Bundle(fp.clone()));
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
+    assert_eq!(
+        d.status.phase,
+        Phase::PropagatingTrustRoots,
+        "{}",
+        blocking(&d)
+    );
+    assert!(
+        blocking(&d).contains("waiting for 1 rollout(s) to finish"),
+        "{}",
+        blocking(&d)
+    );
+}
+
 /// The operator renewed the issuer on leaving propagation and was stopped before it wrote the
 /// new phase: its successor reads PropagatingTrustRoots and a renewed issuer, but every pod
 /// holds the expanded bundle, so the renewal was in order. A pod that lacks the bundle once

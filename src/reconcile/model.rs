@@ -232,6 +232,24 @@ pub struct BundleMeta {
 }
 
 impl Observed {
+    /// Workloads restarted onto bundle `fingerprint` whose rollout is not complete, whichever
+    /// write of it they were restarted for: a rollout started before the bundle was restored
+    /// to the same anchors still replaces pods, and still counts.
+    pub fn rolling_onto<'a>(
+        &'a self,
+        fingerprint: &'a str,
+    ) -> impl Iterator<Item = &'a Workload> + 'a {
+        self.restart_markers
+            .iter()
+            .filter(move |(_, m)| {
+                !m.rollout_complete
+                    && m.bundle
+                        .as_deref()
+                        .is_some_and(|b| marker_fingerprint(b) == fingerprint)
+            })
+            .map(|(w, _)| w)
+    }
+
     /// Workloads restarted for `restart_for` whose rollout is not complete.
     pub fn rolling<'a>(
         &'a self,
@@ -244,10 +262,17 @@ impl Observed {
     }
 }
 
+/// The bundle fingerprint of a restart marker (`<fingerprint>` or `<fingerprint>.<version>`).
+pub fn marker_fingerprint(marker: &str) -> &str {
+    marker
+        .split_once('.')
+        .map_or(marker, |(fingerprint, _)| fingerprint)
+}
+
 /// The operator's restart annotations on a workload's pod template, and its rollout.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RestartMarkers {
-    /// The bundle fingerprint it was restarted onto.
+    /// The restart marker of the bundle it was restarted onto (see [`BundleMeta`]).
     pub bundle: Option<String>,
     /// The issuer fingerprint it was restarted for.
     pub issuer: Option<String>,
