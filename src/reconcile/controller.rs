@@ -1010,11 +1010,10 @@ async fn execute(
         }
         Effect::RestartControlPlane {
             deployments,
-            bundle_fingerprint,
+            marker,
         } => {
             for d in deployments {
-                restart_control_plane(client, &config.linkerd_namespace, d, bundle_fingerprint)
-                    .await?;
+                restart_control_plane(client, &config.linkerd_namespace, d, marker).await?;
             }
         }
         Effect::RestartWorkloads {
@@ -1099,9 +1098,9 @@ async fn restart_control_plane(
     client: &Client,
     namespace: &str,
     restart: &ControlPlaneRestart,
-    bundle_fingerprint: &str,
+    marker: &str,
 ) -> Result<(), ReconcileError> {
-    let patch = control_plane_restart_patch(restart, bundle_fingerprint);
+    let patch = control_plane_restart_patch(restart, marker);
     let name = &restart.name;
     tracing::info!(%namespace, %name, refresh = ?restart.proxy_refresh, "restarting the control plane onto the trust bundle");
     Api::<Deployment>::namespaced(client.clone(), namespace)
@@ -1114,15 +1113,12 @@ async fn restart_control_plane(
 }
 
 /// The strategic merge patch for [`restart_control_plane`].
-fn control_plane_restart_patch(
-    restart: &ControlPlaneRestart,
-    bundle_fingerprint: &str,
-) -> serde_json::Value {
+fn control_plane_restart_patch(restart: &ControlPlaneRestart, marker: &str) -> serde_json::Value {
     // The operator's annotation and the env entry it stands for, written or removed together.
     let (annotation, env, list) = match &restart.proxy_refresh {
         ProxyRefresh::Keep => {
             return json!({"spec": {"template": {"metadata": {"annotations": {
-                RESTART_ANNOTATION: bundle_fingerprint}}}}});
+                RESTART_ANNOTATION: marker}}}}});
         }
         ProxyRefresh::Set { list, value } => (
             json!(value),
@@ -1137,7 +1133,7 @@ fn control_plane_restart_patch(
     };
     json!({"spec": {"template": {
         "metadata": {"annotations": {
-            RESTART_ANNOTATION: bundle_fingerprint,
+            RESTART_ANNOTATION: marker,
             PROXY_REFRESH_ANNOTATION: annotation}},
         "spec": {list.field(): [{"name": PROXY_CONTAINER, "env": [env]}]}}}})
 }

@@ -332,6 +332,14 @@ pub fn decide(
         return d.finish(Requeue::Soon);
     }
 
+    let renewal = IssuerRenewal {
+        policies,
+        names,
+        anchor: &anchor,
+        issuer: &issuer,
+        observed,
+        bundle: &bundle_set,
+    };
     match status.phase {
         Phase::Synced => {
             d.count_bundle(observed, &bundle_set, false);
@@ -419,7 +427,7 @@ pub fn decide(
                 );
                 d.effects.push(Effect::RestartControlPlane {
                     deployments: restarts,
-                    bundle_fingerprint: marker.clone(),
+                    marker: marker.clone(),
                 });
                 d.event(false, "RestartingControlPlane", &message);
             }
@@ -477,14 +485,7 @@ pub fn decide(
                     Phase::WaitingForIdentityRotation,
                     "every meshed pod holds the expanded trust bundle",
                 );
-                return d.waiting_for_issuer(
-                    policies,
-                    names,
-                    &anchor,
-                    &issuer,
-                    observed,
-                    &bundle_set,
-                );
+                return d.waiting_for_issuer(&renewal);
             }
             d.restart_or_ask(
                 policies,
@@ -515,7 +516,7 @@ pub fn decide(
                 );
                 return d.finish(Requeue::Soon);
             }
-            d.waiting_for_issuer(policies, names, &anchor, &issuer, observed, &bundle_set)
+            d.waiting_for_issuer(&renewal)
         }
         Phase::RenewingWorkloadCerts => {
             d.next.workload_certificate_refresh_interval = Some(policies.refresh_interval.clone());
@@ -524,14 +525,7 @@ pub fn decide(
                     Phase::WaitingForIdentityRotation,
                     "the identity issuer no longer chains to the current anchor",
                 );
-                return d.waiting_for_issuer(
-                    policies,
-                    names,
-                    &anchor,
-                    &issuer,
-                    observed,
-                    &bundle_set,
-                );
+                return d.waiting_for_issuer(&renewal);
             }
             let targets = observed.pods.len();
             let pending: Vec<String> = observed
@@ -726,11 +720,29 @@ fn examples(keys: &[String]) -> String {
     if keys.is_empty() {
         return String::new();
     }
-    let mut shown: Vec<&str> = keys.iter().take(EXAMPLES).map(String::as_str).collect();
-    if keys.len() > EXAMPLES {
+    format!(" (e.g. {})", first_few(keys))
+}
+
+/// The first [`EXAMPLES`] of `items`, comma-separated, with `...` when there are more.
+fn first_few(items: &[String]) -> String {
+    let mut shown: Vec<&str> = items.iter().take(EXAMPLES).map(String::as_str).collect();
+    if items.len() > EXAMPLES {
         shown.push("...");
     }
-    format!(" (e.g. {})", shown.join(", "))
+    shown.join(", ")
+}
+
+/// What the decision on the issuer's renewal reads ([`Step::waiting_for_issuer`]), from every
+/// way into WaitingForIdentityRotation.
+#[derive(Clone, Copy)]
+struct IssuerRenewal<'a> {
+    policies: &'a Policies,
+    names: &'a Names,
+    anchor: &'a Cert,
+    issuer: &'a Issuer,
+    observed: &'a Observed,
+    /// The bundle in place: pods draining without it hold the renewal back.
+    bundle: &'a BTreeSet<String>,
 }
 
 /// The decision being built.
@@ -965,13 +977,8 @@ impl<'a> Step<'a> {
                 if !held.is_empty() {
                     let list: Vec<String> = held.iter().map(|w| w.to_string()).collect();
                     message.push_str(&format!(
-                        "; held back until their pods are ready: {}{}",
-                        list.iter()
-                            .take(EXAMPLES)
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        if list.len() > EXAMPLES { ", ..." } else { "" }
+                        "; held back until their pods are ready: {}",
+                        first_few(&list)
                     ));
                 }
                 if !done.is_empty() {
@@ -1022,19 +1029,9 @@ impl<'a> Step<'a> {
         }
         if !unfixable.is_empty() {
             message.push_str(&format!(
-                "; a restart cannot fix {}: {}{}",
+                "; a restart cannot fix {}: {}",
                 unfixable.len(),
-                unfixable
-                    .iter()
-                    .take(EXAMPLES)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                if unfixable.len() > EXAMPLES {
-                    ", ..."
-                } else {
-                    ""
-                }
+                first_few(&unfixable)
             ));
             let previous_mentions = self
                 .prev
@@ -1055,15 +1052,15 @@ impl<'a> Step<'a> {
     /// In WaitingForIdentityRotation, whether entered on this look or before: on to
     /// RenewingWorkloadCerts once the issuer chains to the current anchor, else the renewal,
     /// asked for or made, unless pods lacking `bundle` still drain.
-    fn waiting_for_issuer(
-        mut self,
-        policies: &Policies,
-        names: &Names,
-        anchor: &Cert,
-        issuer: &Issuer,
-        observed: &Observed,
-        bundle: &BTreeSet<String>,
-    ) -> Decision {
+    fn waiting_for_issuer(mut self, renewal: &IssuerRenewal) -> Decision {
+        let IssuerRenewal {
+            policies,
+            names,
+            anchor,
+            issuer,
+            observed,
+            bundle,
+        } = *renewal;
         if issuer.signed_by.as_deref() == Some(anchor.fingerprint.as_str()) {
             self.transition(
                 Phase::RenewingWorkloadCerts,

@@ -416,7 +416,7 @@ fn a_bundle_whose_status_write_was_lost_restarts_the_control_plane_before_anythi
             assert!(
                 matches!(
                     writes(&next)[..],
-                    [Effect::RestartControlPlane { bundle_fingerprint, .. }] if *bundle_fingerprint == bundle
+                    [Effect::RestartControlPlane { marker, .. }] if *marker == bundle
                 ),
                 "{phase}: {:?}",
                 next.effects
@@ -550,7 +550,7 @@ fn a_restored_bundle_restarts_what_started_on_the_foreign_one() {
     }
     let next = decide(&automatic(), &Names::default(), &d.status, &o);
     assert!(
-        matches!(&writes(&next)[..], [Effect::RestartControlPlane { bundle_fingerprint, .. }] if *bundle_fingerprint == marker),
+        matches!(&writes(&next)[..], [Effect::RestartControlPlane { marker: written, .. }] if *written == marker),
         "{:?}",
         next.effects
     );
@@ -640,8 +640,8 @@ fn control_plane_is_restarted_once_per_bundle_and_awaited() {
     let d = run(&manual(), Phase::RefreshingControlPlane, &w.observed());
     assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
     assert!(
-        matches!(&writes(&d)[..], [Effect::RestartControlPlane { deployments, bundle_fingerprint }]
-        if deployments.len() == 3 && *bundle_fingerprint == bundle_fp(&[0, 1]))
+        matches!(&writes(&d)[..], [Effect::RestartControlPlane { deployments, marker }]
+        if deployments.len() == 3 && *marker == bundle_fp(&[0, 1]))
     );
     // The pods' count is against the expanded bundle, which none holds yet.
     assert_eq!(
@@ -1681,10 +1681,8 @@ mod properties {
                     Effect::WritePreviousAnchor { fingerprint, .. } => {
                         self.previous = Some(index_of(fingerprint));
                     }
-                    Effect::RestartControlPlane {
-                        bundle_fingerprint, ..
-                    } => {
-                        self.cp_for = Some(bundle_fingerprint.clone());
+                    Effect::RestartControlPlane { marker, .. } => {
+                        self.cp_for = Some(marker.clone());
                         self.cp_anchors = self.bundle.clone();
                     }
                     Effect::RestartWorkloads { restart_for, .. } => {

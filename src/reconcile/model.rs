@@ -321,7 +321,7 @@ pub enum Effect {
     /// its proxy's refresh interval set, removed or kept.
     RestartControlPlane {
         deployments: Vec<ControlPlaneRestart>,
-        bundle_fingerprint: String,
+        marker: String,
     },
     /// Set a restart annotation on these workloads' pod templates.
     RestartWorkloads {
