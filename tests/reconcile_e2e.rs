@@ -496,12 +496,18 @@ impl Follow {
     }
 }
 
-/// The rotation's spec with both policies automatic, a 3 s refresh and `max_concurrent`
-/// workloads restarted at a time.
-fn automatic_spec(max_concurrent: u32) -> serde_json::Value {
+/// The rotation's spec with a 3 s refresh and these restart and issuer-renewal policies.
+fn spec(restart: &str, issuer: &str) -> serde_json::Value {
     json!({"workloadCertificateRefreshInterval": "3s",
-           "dataPlaneRestart": {"policy": "Automatic", "maxConcurrentWorkloads": max_concurrent},
-           "issuerRenewal": {"policy": "Automatic"}})
+           "dataPlaneRestart": {"policy": restart},
+           "issuerRenewal": {"policy": issuer}})
+}
+
+/// Both policies automatic, `max_concurrent` workloads restarted at a time.
+fn automatic_spec(max_concurrent: u32) -> serde_json::Value {
+    let mut spec = spec("Automatic", "Automatic");
+    spec["dataPlaneRestart"]["maxConcurrentWorkloads"] = max_concurrent.into();
+    spec
 }
 
 fn is_done(status: &TrustAnchorRotationStatus, anchor: &Cert) -> bool {
@@ -999,15 +1005,7 @@ async fn a_workload_started_before_the_interval_was_published_is_restarted_for_i
         leaf_lifetime: Duration::from_secs(3600),
         ..SimConfig::default()
     };
-    let rig = Rig::start_with(
-        sim.into(),
-        (1, 1, 2),
-        json!({"workloadCertificateRefreshInterval": "3s",
-               "dataPlaneRestart": {"policy": "Automatic"},
-               "issuerRenewal": {"policy": "Automatic"}}),
-        &[],
-    )
-    .await;
+    let rig = Rig::start_with(sim.into(), (1, 1, 2), spec("Automatic", "Automatic"), &[]).await;
     let rotations = Api::<TrustAnchorRotation>::all(rig.client.clone());
     let pause = |paused: bool| {
         let rotations = rotations.clone();
@@ -1123,15 +1121,7 @@ async fn slow_stopping_rig(issuer_policy: &str) -> Rig {
         pod_stop_delay: Duration::from_secs(6),
         ..SimConfig::default()
     };
-    Rig::start_with(
-        sim.into(),
-        (1, 2, 1),
-        json!({"workloadCertificateRefreshInterval": "3s",
-               "dataPlaneRestart": {"policy": "Automatic"},
-               "issuerRenewal": {"policy": issuer_policy}}),
-        &[],
-    )
-    .await
+    Rig::start_with(sim.into(), (1, 2, 1), spec("Automatic", issuer_policy), &[]).await
 }
 
 /// Pods that take their time to stop (a grace period; 6 s here, against a 3 s refresh
@@ -1298,15 +1288,7 @@ async fn a_pod_that_starts_late_without_the_expanded_bundle_holds_back_the_issue
         pod_stop_delay: Duration::from_secs(4),
         ..SimConfig::default()
     };
-    let rig = Rig::start_with(
-        sim.into(),
-        (1, 1, 2),
-        json!({"workloadCertificateRefreshInterval": "3s",
-               "dataPlaneRestart": {"policy": "Automatic"},
-               "issuerRenewal": {"policy": "Manual"}}),
-        &[],
-    )
-    .await;
+    let rig = Rig::start_with(sim.into(), (1, 1, 2), spec("Automatic", "Manual"), &[]).await;
     let stale = held_workload(&rig.client, LATE).await;
     let mut follow = Follow::new(&rig);
     let mut user = User::default();
@@ -1400,14 +1382,7 @@ async fn a_pod_that_starts_late_without_the_expanded_bundle_holds_back_the_issue
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_pod_without_the_expanded_bundle_fails_handshakes_once_the_issuer_is_renewed() {
     const LATE: &str = "mesh-late";
-    let rig = Rig::start(
-        (1, 1, 2),
-        json!({"workloadCertificateRefreshInterval": "3s",
-               "dataPlaneRestart": {"policy": "Manual"},
-               "issuerRenewal": {"policy": "Manual"}}),
-        &[],
-    )
-    .await;
+    let rig = Rig::start((1, 1, 2), spec("Manual", "Manual"), &[]).await;
     let stale = held_workload(&rig.client, LATE).await;
     let mut follow = Follow::new(&rig);
     let mut user = User::default();
@@ -1505,15 +1480,7 @@ async fn anchor_renewed_with_its_old_key_raises_no_false_alarm() {
         issuer_key: KeyRotation::Never,
         ..SimConfig::default()
     };
-    let rig = Rig::start_with(
-        sim.into(),
-        (1, 1, 2),
-        json!({"workloadCertificateRefreshInterval": "3s",
-               "dataPlaneRestart": {"policy": "Automatic"},
-               "issuerRenewal": {"policy": "Automatic"}}),
-        &[],
-    )
-    .await;
+    let rig = Rig::start_with(sim.into(), (1, 1, 2), spec("Automatic", "Automatic"), &[]).await;
     let mut follow = Follow::new(&rig);
     let old_issuer = rig.runbook().issuer().await.unwrap();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
@@ -1566,9 +1533,7 @@ async fn a_restart_the_operator_may_not_do_is_named_in_status() {
             ..Setup::default()
         },
         (2, 1, 1),
-        json!({"workloadCertificateRefreshInterval": "3s",
-               "dataPlaneRestart": {"policy": "Automatic"},
-               "issuerRenewal": {"policy": "Automatic"}}),
+        spec("Automatic", "Automatic"),
         &[],
     )
     .await;
