@@ -119,16 +119,21 @@ async fn control_plane_refresh(
         .collect()
 }
 
-/// Generation of each control-plane Deployment: it grows by one per rollout.
-async fn control_plane_generations(client: &kube::Client) -> BTreeMap<String, i64> {
-    Api::<Deployment>::namespaced(client.clone(), "linkerd")
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
+/// Generation of each Deployment: it grows by one per rollout (per template change).
+fn generations(deployments: &[Deployment]) -> BTreeMap<String, i64> {
+    deployments
         .iter()
         .map(|d| (d.name_any(), d.metadata.generation.unwrap_or(0)))
         .collect()
+}
+
+/// [`generations`] of the control-plane Deployments.
+async fn control_plane_generations(client: &kube::Client) -> BTreeMap<String, i64> {
+    let deployments = Api::<Deployment>::namespaced(client.clone(), "linkerd")
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    generations(&deployments.items)
 }
 
 /// What a [`Rig`] is made of, beyond its workloads.
@@ -1937,13 +1942,8 @@ async fn a_bundle_rewritten_by_a_linkerd_upgrade_is_restored_and_the_control_pla
     let control_plane: Vec<Deployment> = list_control_plane().await;
     let before: BTreeSet<Option<String>> = control_plane.iter().map(markers).collect();
     assert_eq!(before.len(), 1, "{before:?}");
-    // Each template change bumps a Deployment's generation: the upgrade's once, and the
-    // operator's once more (whichever comes first).
-    let generations = |ds: &[Deployment]| -> BTreeMap<String, i64> {
-        ds.iter()
-            .map(|d| (d.name_any(), d.metadata.generation.unwrap_or(0)))
-            .collect()
-    };
+    // The upgrade changes each template once, and the operator once more (whichever comes
+    // first).
     let before_upgrade = generations(&control_plane);
 
     // The upgrade: the retired anchor in the bundle, the control plane rolled onto it.
