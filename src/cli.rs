@@ -118,6 +118,11 @@ pub struct RunArgs {
     /// How often a rotation in progress is looked at without a watch event.
     #[arg(long, default_value = "2s", value_parser = parse_period)]
     pub reconcile_interval: Duration,
+    /// When another writer keeps overwriting the trust bundle (two restores less than 10m
+    /// apart), how long a restored bundle must stay put before the control plane is restarted
+    /// onto it.
+    #[arg(long, default_value = "2m", value_parser = parse_period)]
+    pub contested_bundle_quiet: Duration,
     /// Run the reconciler only while holding a leader Lease (`false`: a single replica).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
@@ -286,6 +291,7 @@ pub async fn operator(cli: OperatorCli, out: &mut impl std::io::Write) -> Result
                         trust_domain: args.trust_domain.clone(),
                         issuer_secret: pair(ns, &args.identity_issuer),
                         active_interval: args.reconcile_interval,
+                        contested_bundle_quiet: args.contested_bundle_quiet,
                         ..Default::default()
                     }
                 }),

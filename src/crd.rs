@@ -147,9 +147,26 @@ pub struct TrustAnchorRotationStatus {
     /// The certificates the desired bundle is built from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub source_fingerprints: Vec<SourceFingerprint>,
-    /// Standard conditions, for example `OutOfOrderIssuerRotation`.
+    /// Standard conditions, for example `OutOfOrderIssuerRotation` and `TrustBundleContested`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The operator's latest restores of a trust bundle that another writer overwrote after
+    /// the operator had written it, oldest first (at most five are kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bundle_overwrites: Vec<BundleOverwrite>,
+}
+
+/// A write of the trust bundle by someone else, which the operator undid.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleOverwrite {
+    /// When the operator restored the bundle.
+    pub restored_at: Time,
+    /// The field managers that held the bundle's key in the ConfigMap's `managedFields` when
+    /// it was restored: who wrote over it (`helm`, `kubectl-client-side-apply`, a GitOps
+    /// controller).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub field_managers: Vec<String>,
 }
 
 /// The phases of a rotation (DESIGN.md section 2).

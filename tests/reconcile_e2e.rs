@@ -1898,13 +1898,25 @@ async fn one_leader_reconciles_and_the_other_takes_over() {
 /// keep the operator's restart marker. The operator restores the bundle, to the very
 /// fingerprint it had, and still restarts the control plane onto it: the marker of the restore
 /// differs from the one the upgraded control plane carries.
+///
+/// Then a GitOps controller re-applies the install-time bundle a moment later: the bundle is
+/// contested. The operator restores it at once again, says who overwrote it, and restarts the
+/// control plane once the bundle has stayed put for the quiet period, not before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bundle_rewritten_by_a_linkerd_upgrade_is_restored_and_the_control_plane_restarted() {
+async fn a_bundle_rewritten_by_others_is_restored_and_the_control_plane_restarted_once_it_stays_put()
+ {
     use trust_rotation_operator::bundle::Bundle;
     use trust_rotation_operator::reconcile::controller::{
         RESTART_ANNOTATION, WRITTEN_OVER_ANNOTATION,
     };
-    let rig = Rig::start((1, 2, 1), automatic_spec(2), &[]).await;
+    use trust_rotation_operator::reconcile::decide::CONTESTED_CONDITION;
+    const QUIET: Duration = Duration::from_secs(10);
+    let rig = Rig::start(
+        (1, 2, 1),
+        automatic_spec(2),
+        &["--contested-bundle-quiet=10s"],
+    )
+    .await;
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
     let started = Instant::now();
     while !is_done(
@@ -2031,4 +2043,103 @@ async fn a_bundle_rewritten_by_a_linkerd_upgrade_is_restored_and_the_control_pla
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+
+    // The GitOps controller's overwrite, well within the contest window of the upgrade's.
+    let before_contest = generations(&list_control_plane().await);
+    configmaps
+        .patch(
+            &names.bundle_configmap,
+            &PatchParams {
+                field_manager: Some("argocd-application-controller".to_owned()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({"data": {"ca-bundle.crt": retired.to_pem()}})),
+        )
+        .await
+        .unwrap();
+    let overwritten = Instant::now();
+    let contested = |status: &TrustAnchorRotationStatus| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONTESTED_CONDITION)
+            .map(|c| (c.status, c.message.clone()))
+    };
+    // The status records time in whole seconds, so the quiet period may end up to a second
+    // before QUIET has passed here.
+    let earliest_restart = QUIET - Duration::from_secs(1);
+    let (mut restored_at, mut held) = (None, false);
+    loop {
+        let status = rotation(&rig.client).await.status.unwrap_or_default();
+        let bundle = trust_rotation_operator::sim::linkerd::read_bundle(&rig.client, names)
+            .await
+            .unwrap()
+            .and_then(|pem| Bundle::from_pem("cm", &pem).ok())
+            .map(|b| b.fingerprint());
+        let generations_now = generations(&list_control_plane().await);
+        let restarted = generations_now != before_contest;
+        let elapsed = overwritten.elapsed();
+        if restored_at.is_none() && bundle.as_deref() == Some(restored.as_str()) {
+            restored_at = Some(elapsed);
+        }
+        assert!(
+            !restarted || elapsed >= earliest_restart,
+            "the control plane was restarted {:.1}s after the overwrite, before the bundle stayed put for {QUIET:?}: {before_contest:?} -> {generations_now:?}, status {status:?}",
+            elapsed.as_secs_f64()
+        );
+        match contested(&status) {
+            Some((ConditionStatus::True, message)) if !restarted => {
+                assert!(
+                    message.contains("argocd-application-controller"),
+                    "{message}"
+                );
+                let blocking = status.blocking_message.clone().unwrap_or_default();
+                if status.phase == Phase::RefreshingControlPlane && restored_at.is_some() {
+                    assert!(blocking.contains("stayed put for 10s"), "{blocking}");
+                    held = true;
+                }
+            }
+            Some((ConditionStatus::False, _)) if restarted && status.phase == Phase::Synced => {
+                assert!(
+                    generations_now
+                        .iter()
+                        .all(|(name, g)| *g == before_contest[name] + 1),
+                    "restarted once: {before_contest:?} -> {generations_now:?}"
+                );
+                let managers: Vec<Vec<String>> = status
+                    .bundle_overwrites
+                    .iter()
+                    .map(|o| o.field_managers.clone())
+                    .collect();
+                assert_eq!(
+                    managers,
+                    [
+                        vec![trust_rotation_operator::sim::MANAGER.to_owned()],
+                        vec!["argocd-application-controller".to_owned()]
+                    ]
+                );
+                eprintln!(
+                    "contested bundle restored in {:.1}s, control plane restarted once and running after {:.1}s; traffic: {}",
+                    restored_at.unwrap_or_default().as_secs_f64(),
+                    elapsed.as_secs_f64(),
+                    rig.traffic()
+                );
+                break;
+            }
+            _ => {}
+        }
+        assert!(
+            elapsed < QUIET + Duration::from_secs(60),
+            "bundle {bundle:?}, status {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        held,
+        "the status said why the control plane waited while the bundle was contested"
+    );
+    assert!(
+        restored_at.is_some_and(|t| t < earliest_restart),
+        "restored at once, not after the quiet period: {restored_at:?}"
+    );
 }

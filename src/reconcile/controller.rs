@@ -121,6 +121,8 @@ pub struct ReconcilerConfig {
     pub idle_interval: Duration,
     pub probe_concurrency: usize,
     pub probe_timeout: Duration,
+    /// See [`Policies::contested_bundle_quiet`].
+    pub contested_bundle_quiet: Duration,
 }
 
 impl Default for ReconcilerConfig {
@@ -138,6 +140,7 @@ impl Default for ReconcilerConfig {
             idle_interval: Duration::from_secs(300),
             probe_concurrency: 32,
             probe_timeout: Duration::from_secs(2),
+            contested_bundle_quiet: DEFAULT_CONTESTED_BUNDLE_QUIET,
         }
     }
 }
@@ -323,7 +326,7 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
     }
 }
 
-fn policies(spec: &TrustAnchorRotationSpec) -> Policies {
+fn policies(spec: &TrustAnchorRotationSpec, config: &ReconcilerConfig) -> Policies {
     Policies {
         restart: spec
             .data_plane_restart
@@ -343,6 +346,7 @@ fn policies(spec: &TrustAnchorRotationSpec) -> Policies {
             .unwrap_or(RenewalPolicy::Manual),
         paused: spec.paused.unwrap_or(false),
         refresh_interval: spec.workload_certificate_refresh_interval.clone(),
+        contested_bundle_quiet: config.contested_bundle_quiet,
     }
 }
 
@@ -359,7 +363,7 @@ async fn reconcile_once(
     };
     let status = rotation.status.clone().unwrap_or_default();
     tracing::Span::current().record("phase", status.phase.as_str());
-    let policies = policies(&rotation.spec);
+    let policies = policies(&rotation.spec, config);
     let mut observed = observe(client, config, stores, accelerating(status.phase)).await?;
     if status.phase == crate::crd::Phase::RenewingWorkloadCerts {
         probe_leaves(config, &mut observed).await;
@@ -440,6 +444,33 @@ fn failed_step_status(
     }
 }
 
+/// Who wrote the bundle's `key` after the operator last wrote the ConfigMap (see
+/// [`BundleMeta::overwritten_by`]): server-side apply with force took the key from every other
+/// field manager on the operator's write, so another manager holding it now wrote it since.
+pub fn overwritten_by(cm: &ConfigMap, key: &str) -> Vec<String> {
+    let entries = cm.metadata.managed_fields.as_deref().unwrap_or_default();
+    let field = format!("f:{key}");
+    let holds_key = |e: &&k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry| {
+        e.fields_v1
+            .as_ref()
+            .and_then(|f| f.0.get("f:data"))
+            .is_some_and(|data| data.get(&field).is_some())
+    };
+    if !entries
+        .iter()
+        .any(|e| e.manager.as_deref() == Some(MANAGER))
+    {
+        return Vec::new();
+    }
+    let managers: BTreeSet<String> = entries
+        .iter()
+        .filter(holds_key)
+        .filter_map(|e| e.manager.clone())
+        .filter(|m| m != MANAGER)
+        .collect();
+    managers.into_iter().collect()
+}
+
 /// The world as the watches show it. `read_issuing`: also fetch the issuer Certificate's
 /// `Issuing` condition (one GET), which only some phases use.
 async fn observe(
@@ -500,6 +531,7 @@ async fn observe(
         .map(|cm| BundleMeta {
             version: cm.resource_version(),
             written_over: cm.annotations().get(WRITTEN_OVER_ANNOTATION).cloned(),
+            overwritten_by: overwritten_by(cm, &config.bundle_key),
         })
         .unwrap_or_default();
     let bundle = match bundle_configmap
@@ -1516,5 +1548,103 @@ mod tests {
             .map(|e| e.note.clone().unwrap_or_default())
             .collect();
         assert_eq!(parked.len(), 1, "announced once: {parked:?}");
+    }
+
+    /// Who wrote over the operator's bundle, read from the ConfigMap's managedFields on the
+    /// real API server: nobody for the bundle Linkerd was installed with (the operator never
+    /// wrote it) or right after the operator's write; the writer after it, whether it updated
+    /// (`helm upgrade`, `kubectl apply`) or applied server-side with force (Flux).
+    #[tokio::test]
+    async fn the_writer_over_the_operators_bundle_is_named_from_managed_fields() {
+        let cp = ControlPlane::start().await.expect("a local control plane");
+        let client = cp.client();
+        let config = ReconcilerConfig::default();
+        let (ns, name) = config.names.bundle_configmap.clone();
+        crate::sim::linkerd::namespace(&client, &ns, json!({}), json!({}))
+            .await
+            .unwrap();
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let key = config.bundle_key.clone();
+        let read = || async { overwritten_by(&api.get(&name).await.unwrap(), &key) };
+        let update_as = |manager: &'static str, pem: &'static str| {
+            let api = api.clone();
+            let (name, key) = (name.clone(), key.clone());
+            async move {
+                api.patch(
+                    &name,
+                    &PatchParams {
+                        field_manager: Some(manager.to_owned()),
+                        ..Default::default()
+                    },
+                    &Patch::Merge(json!({ "data": { key: pem } })),
+                )
+                .await
+                .unwrap();
+            }
+        };
+
+        // Linkerd's install.
+        let installed: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns},
+            "data": {key.as_str(): "installed"}}))
+        .unwrap();
+        api.create(
+            &PostParams {
+                field_manager: Some("helm".to_owned()),
+                ..Default::default()
+            },
+            &installed,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            read().await,
+            Vec::<String>::new(),
+            "never written by the operator"
+        );
+
+        // The operator's write, as the reconciler carries it out.
+        let recorder = EventWriter {
+            api: Api::namespaced(client.clone(), EVENTS_NAMESPACE),
+            instance: "test".to_owned(),
+        };
+        let version = api.get(&name).await.unwrap().resource_version();
+        let write = Effect::WriteBundle {
+            pem: "restored".to_owned(),
+            fingerprint: "f".repeat(64),
+            written_over: version,
+        };
+        let reference = ObjectReference::default();
+        execute(&client, &config, &recorder, &reference, &write)
+            .await
+            .unwrap();
+        assert_eq!(
+            read().await,
+            Vec::<String>::new(),
+            "the operator's is the latest write"
+        );
+
+        update_as("helm", "upgraded").await;
+        assert_eq!(read().await, ["helm"]);
+
+        execute(&client, &config, &recorder, &reference, &write)
+            .await
+            .unwrap();
+        assert_eq!(read().await, Vec::<String>::new());
+
+        api.patch(
+            &name,
+            &PatchParams::apply("kustomize-controller").force(),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name}, "data": {key.as_str(): "flux"}})),
+        )
+        .await
+        .unwrap();
+        update_as("kubectl-edit", "edited").await;
+        assert_eq!(
+            read().await,
+            ["kubectl-edit"],
+            "only the last writer holds the key"
+        );
     }
 }

@@ -13,11 +13,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::model::*;
 use crate::bundle::{Bundle, sha256_hex};
 use crate::crd::{
-    Condition, ConditionStatus, ConvergenceStatus, Phase, RenewalPolicy, RestartPolicy,
-    SourceFingerprint, SourceKind, TrustAnchorRotationStatus,
+    BundleOverwrite, Condition, ConditionStatus, ConvergenceStatus, Phase, RenewalPolicy,
+    RestartPolicy, SourceFingerprint, SourceKind, TrustAnchorRotationStatus,
 };
 
 pub const OUT_OF_ORDER_CONDITION: &str = "OutOfOrderIssuerRotation";
+/// True while another writer keeps overwriting the trust bundle (see [`CONTEST_WINDOW`]).
+pub const CONTESTED_CONDITION: &str = "TrustBundleContested";
 const IN_ORDER_REASON: &str = "IssuerRotationInOrder";
 const IN_ORDER_MESSAGE: &str = "the identity issuer is renewed only after the bundle converged";
 /// Leads the blockingMessage while `OutOfOrderIssuerRotation` is True.
@@ -91,7 +93,7 @@ pub fn decide(
     status: &TrustAnchorRotationStatus,
     observed: &Observed,
 ) -> Decision {
-    let mut d = Step::new(status, observed.now);
+    let mut d = Step::new(status, observed.now, policies.contested_bundle_quiet, names);
 
     // Unusable material parks the rotation where it is, writing nothing.
     let material = (|| {
@@ -284,6 +286,16 @@ pub fn decide(
             fingerprint: grown.fingerprint(),
             written_over: observed.bundle_meta.version.clone(),
         });
+        let by = &observed.bundle_meta.overwritten_by;
+        let why = if by.is_empty() {
+            why
+        } else {
+            d.overwritten(by);
+            format!(
+                "{why} (written over the operator's bundle by {})",
+                by.join(", ")
+            )
+        };
         d.transition(Phase::RefreshingControlPlane, &why);
         d.next.blocking_message = Some(format!(
             "restarting the control plane onto trust bundle {}",
@@ -397,6 +409,18 @@ pub fn decide(
             }
             let stale =
                 |c: &ControlPlaneDeployment| c.restarted_for.as_deref() != Some(marker.as_str());
+            if let Some(contest) = d.contest()
+                && observed.control_plane.iter().any(stale)
+            {
+                d.next.blocking_message = Some(format!(
+                    "{}; restarting the control plane onto trust bundle {} waits until it has stayed put for {} (until {}), so that the fight does not keep Linkerd's identity controller restarting",
+                    contest.what,
+                    short(&bundle_fp),
+                    crate::duration::to_whole_seconds(policies.contested_bundle_quiet),
+                    timestamp(contest.until)
+                ));
+                return d.finish(Requeue::Soon);
+            }
             // Onto the expanded bundle, the control plane's proxies take the accelerated refresh
             // interval with them (the webhook leaves their pods alone); onto the reduced one,
             // they give it back.
@@ -751,16 +775,132 @@ struct Step<'a> {
     next: TrustAnchorRotationStatus,
     effects: Vec<Effect>,
     now: i64,
+    /// [`Policies::contested_bundle_quiet`].
+    contested_quiet: std::time::Duration,
+    names: &'a Names,
+}
+
+/// Another writer keeps overwriting the bundle (see [`CONTEST_WINDOW`]).
+struct Contest {
+    /// Who, and how often, for messages.
+    what: String,
+    /// Unix seconds until which control-plane restarts wait.
+    until: i64,
+}
+
+/// RFC 3339, for messages.
+fn timestamp(unix_seconds: i64) -> String {
+    k8s_openapi::jiff::Timestamp::from_second(unix_seconds)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| format!("{unix_seconds}s after the epoch"))
 }
 
 impl<'a> Step<'a> {
-    fn new(prev: &'a TrustAnchorRotationStatus, now: i64) -> Self {
+    fn new(
+        prev: &'a TrustAnchorRotationStatus,
+        now: i64,
+        contested_quiet: std::time::Duration,
+        names: &'a Names,
+    ) -> Self {
         Self {
             prev,
             next: prev.clone(),
             effects: Vec::new(),
             now,
+            contested_quiet,
+            names,
         }
+    }
+
+    /// Records a restore of the bundle that `by` wrote over, keeping the latest few.
+    fn overwritten(&mut self, by: &[String]) {
+        let restored_at = self.time();
+        let overwrites = &mut self.next.bundle_overwrites;
+        overwrites.push(BundleOverwrite {
+            restored_at,
+            field_managers: by.to_vec(),
+        });
+        let excess = overwrites.len().saturating_sub(BUNDLE_OVERWRITES_KEPT);
+        overwrites.drain(..excess);
+    }
+
+    /// Whether the bundle is contested now: its last two restores were less than
+    /// [`CONTEST_WINDOW`] apart, and the last is more recent than the quiet period.
+    fn contest(&self) -> Option<Contest> {
+        let [.., earlier, last] = self.next.bundle_overwrites.as_slice() else {
+            return None;
+        };
+        let (earlier_at, last_at) = (
+            earlier.restored_at.0.as_second(),
+            last.restored_at.0.as_second(),
+        );
+        let until = last_at.saturating_add(self.contested_quiet.as_secs() as i64);
+        if last_at - earlier_at >= CONTEST_WINDOW.as_secs() as i64 || self.now >= until {
+            return None;
+        }
+        let (ns, name) = &self.names.bundle_configmap;
+        // (At least the two that make the contest, under a quiet period longer than the window.)
+        let window_start = (self.now - CONTEST_WINDOW.as_secs() as i64).min(earlier_at - 1);
+        let recent: Vec<&BundleOverwrite> = self
+            .next
+            .bundle_overwrites
+            .iter()
+            .filter(|o| o.restored_at.0.as_second() > window_start)
+            .collect();
+        let managers: BTreeSet<&str> = recent
+            .iter()
+            .flat_map(|o| o.field_managers.iter().map(String::as_str))
+            .collect();
+        Some(Contest {
+            what: format!(
+                "ConfigMap {ns}/{name}: the trust bundle was overwritten {} times in the last {}m (field manager(s): {}) and restored each time; stop the other writer from writing the bundle, or give it this one",
+                recent.len(),
+                CONTEST_WINDOW.as_secs() / 60,
+                managers.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+            until,
+        })
+    }
+
+    /// Keeps the `TrustBundleContested` condition: raised (with a warning event) while the
+    /// bundle is contested, and lowered once it has stayed put; absent if it never was.
+    fn contested_condition(&mut self) {
+        let was = self
+            .prev
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONTESTED_CONDITION);
+        let was_true = was.is_some_and(|c| c.status == ConditionStatus::True);
+        let (status, reason, message) = match self.contest() {
+            Some(contest) => (ConditionStatus::True, "OverwrittenRepeatedly", contest.what),
+            None if was.is_some() => (
+                ConditionStatus::False,
+                "BundleStayedPut",
+                format!(
+                    "the trust bundle has not been overwritten for {}",
+                    crate::duration::to_whole_seconds(self.contested_quiet)
+                ),
+            ),
+            None => return,
+        };
+        if status == ConditionStatus::True && !was_true {
+            self.event(true, "TrustBundleContested", &message);
+        }
+        let changed = was.is_none_or(|c| c.status != status);
+        let last_transition_time = match was {
+            Some(c) if !changed => c.last_transition_time.clone(),
+            _ => self.time(),
+        };
+        self.next
+            .conditions
+            .retain(|c| c.type_ != CONTESTED_CONDITION);
+        self.next.conditions.push(Condition {
+            type_: CONTESTED_CONDITION.to_owned(),
+            status,
+            reason: reason.to_owned(),
+            message,
+            last_transition_time,
+        });
     }
 
     fn time(&self) -> Time {
@@ -1109,6 +1249,7 @@ impl<'a> Step<'a> {
     }
 
     fn finish(mut self, requeue: Requeue) -> Decision {
+        self.contested_condition();
         // Back in Synced the damage is over: every proxy holds the new anchor alone.
         if self.next.phase == Phase::Synced {
             let now = self.time();

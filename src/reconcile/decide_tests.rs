@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use super::decide::*;
 use super::model::*;
-use crate::crd::{ConditionStatus, Phase, RenewalPolicy, RestartPolicy, TrustAnchorRotationStatus};
+use crate::crd::{
+    Condition, ConditionStatus, Phase, RenewalPolicy, RestartPolicy, TrustAnchorRotationStatus,
+};
 use crate::sim::pki;
 
 const NOW: i64 = 1_800_000_000;
@@ -213,6 +215,7 @@ fn manual() -> Policies {
         issuer_renewal: RenewalPolicy::Manual,
         paused: false,
         refresh_interval: "5m".to_owned(),
+        contested_bundle_quiet: DEFAULT_CONTESTED_BUNDLE_QUIET,
     }
 }
 
@@ -515,6 +518,210 @@ fn a_status_lost_mid_rotation_is_read_from_the_pods() {
     );
 }
 
+fn contested(d: &Decision) -> Option<&Condition> {
+    d.status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONTESTED_CONDITION)
+}
+
+/// The reduced world whose bundle `by` rewrote with the retired anchor after the operator's
+/// last write; `at` seconds after NOW.
+fn overwritten_by(by: &str, version: u32, at: i64) -> Observed {
+    let mut o = World {
+        bundle: Some(vec![0]),
+        ..World::reduced()
+    }
+    .observed();
+    o.now = NOW + at;
+    o.bundle_meta = BundleMeta {
+        version: Some(version.to_string()),
+        written_over: Some((version - 1).to_string()),
+        overwritten_by: vec![by.to_owned()],
+    };
+    o
+}
+
+/// The reduced world with the bundle restored by the operator's write over `version`, the
+/// control plane still on the bundle before it; `at` seconds after NOW.
+fn restored_over(version: u32, at: i64) -> Observed {
+    let mut o = World::reduced().observed();
+    o.now = NOW + at;
+    o.bundle_meta = BundleMeta {
+        version: Some((version + 1).to_string()),
+        written_over: Some(version.to_string()),
+        overwritten_by: Vec::new(),
+    };
+    o
+}
+
+/// A GitOps controller that re-applies Linkerd's install-time ConfigMap fights the operator
+/// over the bundle. Each overwrite is restored at once (new pods must get the anchors in use),
+/// but from the second one within the contest window the control plane is restarted only once
+/// the bundle has stayed put for the quiet period: not on every restore, which would keep the
+/// identity controller rolling for as long as the fight lasts.
+#[test]
+fn a_contested_bundle_is_restored_but_restarts_the_control_plane_once_it_stays_put() {
+    let policies = automatic();
+    let quiet = policies.contested_bundle_quiet.as_secs() as i64;
+    let restored = bundle_fp(&[1]);
+
+    // The first overwrite: restored, and the control plane restarted onto it at once.
+    let first = decide(
+        &policies,
+        &Names::default(),
+        &in_phase(Phase::Synced),
+        &overwritten_by("argocd-application-controller", 10, 0),
+    );
+    assert_eq!(first.status.phase, Phase::RefreshingControlPlane);
+    assert!(
+        matches!(&writes(&first)[..], [Effect::WriteBundle { written_over: Some(v), .. }] if v == "10")
+    );
+    assert_eq!(first.status.bundle_overwrites.len(), 1);
+    assert_eq!(
+        first.status.bundle_overwrites[0].field_managers,
+        ["argocd-application-controller"]
+    );
+    assert!(contested(&first).is_none(), "{:?}", first.status.conditions);
+    let next = decide(
+        &policies,
+        &Names::default(),
+        &first.status,
+        &restored_over(10, 2),
+    );
+    assert!(
+        matches!(&writes(&next)[..], [Effect::RestartControlPlane { marker, .. }] if *marker == format!("{restored}.10")),
+        "{:?}",
+        next.effects
+    );
+
+    // The second, a minute later: restored again, and the bundle is contested.
+    let mut status = next.status.clone();
+    status.phase = Phase::Synced;
+    let second = decide(
+        &policies,
+        &Names::default(),
+        &status,
+        &overwritten_by("argocd-application-controller", 20, 60),
+    );
+    assert!(matches!(&writes(&second)[..], [Effect::WriteBundle { .. }]));
+    let raised = contested(&second).expect("the contest is raised");
+    assert_eq!(raised.status, ConditionStatus::True);
+    assert!(
+        raised.message.contains("overwritten 2 times")
+            && raised.message.contains("argocd-application-controller")
+            && raised
+                .message
+                .contains("linkerd/linkerd-identity-trust-roots"),
+        "{}",
+        raised.message
+    );
+    assert!(second.effects.iter().any(
+        |e| matches!(e, Effect::Event { warning: true, reason, .. } if reason == "TrustBundleContested")
+    ));
+
+    // Restored, but the control plane waits while the quiet period runs, and says why.
+    for at in [62, 60 + quiet - 1] {
+        let held = decide(
+            &policies,
+            &Names::default(),
+            &second.status,
+            &restored_over(20, at),
+        );
+        assert_eq!(writes(&held), Vec::<&Effect>::new(), "at {at}s");
+        assert_eq!(held.status.phase, Phase::RefreshingControlPlane);
+        assert!(
+            blocking(&held).contains("waits until it has stayed put for 120s")
+                && blocking(&held).contains("argocd-application-controller"),
+            "{}",
+            blocking(&held)
+        );
+        assert_eq!(contested(&held).unwrap().status, ConditionStatus::True);
+        // Raised once: no second warning.
+        assert!(!held.effects.iter().any(
+            |e| matches!(e, Effect::Event { reason, .. } if reason == "TrustBundleContested")
+        ));
+    }
+
+    // The bundle stayed put: one restart onto it, and the condition lowered.
+    let quiet_now = decide(
+        &policies,
+        &Names::default(),
+        &second.status,
+        &restored_over(20, 60 + quiet),
+    );
+    assert!(
+        matches!(&writes(&quiet_now)[..], [Effect::RestartControlPlane { marker, .. }] if *marker == format!("{restored}.20")),
+        "{:?}",
+        quiet_now.effects
+    );
+    let lowered = contested(&quiet_now).unwrap();
+    assert_eq!(
+        (lowered.status, lowered.reason.as_str()),
+        (ConditionStatus::False, "BundleStayedPut")
+    );
+}
+
+/// Overwrites further apart than the contest window are each restored and restarted onto at
+/// once, as a `helm upgrade` of Linkerd now and then is; the status keeps the latest few.
+#[test]
+fn overwrites_far_apart_are_not_a_contest() {
+    let policies = automatic();
+    let window = CONTEST_WINDOW.as_secs() as i64;
+    let mut status = in_phase(Phase::Synced);
+    for i in 0..7u32 {
+        let at = i as i64 * (window + 1);
+        let d = decide(
+            &policies,
+            &Names::default(),
+            &status,
+            &overwritten_by("helm", 10 * (i + 1), at),
+        );
+        assert!(contested(&d).is_none(), "overwrite {i}");
+        let next = decide(
+            &policies,
+            &Names::default(),
+            &d.status,
+            &restored_over(10 * (i + 1), at + 2),
+        );
+        assert!(
+            matches!(&writes(&next)[..], [Effect::RestartControlPlane { .. }]),
+            "overwrite {i}: {:?}",
+            next.effects
+        );
+        status = next.status;
+        status.phase = Phase::Synced;
+    }
+    assert_eq!(status.bundle_overwrites.len(), BUNDLE_OVERWRITES_KEPT);
+    let first_kept = status.bundle_overwrites[0].restored_at.0.as_second();
+    assert_eq!(first_kept, NOW + 2 * (window + 1), "the oldest are dropped");
+}
+
+/// A bundle nobody wrote over since the operator did (its first write over Linkerd's
+/// install-time bundle, or a renewal's expansion) records no overwrite.
+#[test]
+fn the_operators_own_bundle_writes_are_not_overwrites() {
+    let mut o = World {
+        bundle: Some(vec![0]),
+        ..World::reduced()
+    }
+    .observed();
+    o.bundle_meta.version = Some("7".to_owned());
+    let d = run(&automatic(), Phase::Synced, &o);
+    assert!(matches!(&writes(&d)[..], [Effect::WriteBundle { .. }]));
+    assert!(d.status.bundle_overwrites.is_empty());
+    let renewed = World {
+        anchor: 1,
+        ..World::synced()
+    };
+    let expanding = run(&automatic(), Phase::Synced, &renewed.observed());
+    assert!(matches!(
+        &writes(&expanding)[..],
+        [Effect::WriteBundle { .. }]
+    ));
+    assert!(expanding.status.bundle_overwrites.is_empty());
+}
+
 /// A `helm upgrade` of Linkerd rewrote the bundle with a retired anchor and rolled the control
 /// plane, whose pod templates kept the operator's marker of the bundle before; workloads that
 /// restarted meanwhile hold the retired anchor too. The restored bundle has the fingerprint it
@@ -544,6 +751,7 @@ fn a_restored_bundle_restarts_what_started_on_the_foreign_one() {
     o.bundle_meta = BundleMeta {
         version: Some("43".to_owned()),
         written_over: Some("42".to_owned()),
+        overwritten_by: Vec::new(),
     };
     for p in o.pods.iter_mut().take(2) {
         p.anchors = Some(set(&[0]));
@@ -1580,6 +1788,10 @@ mod properties {
         /// restored-after annotation on it.
         bundle_version: u64,
         written_over: Option<u64>,
+        /// Someone else wrote the bundle after the operator last did.
+        overwritten: bool,
+        /// Seconds since the start; every action takes a few.
+        clock: i64,
         status: TrustAnchorRotationStatus,
     }
 
@@ -1615,7 +1827,7 @@ mod properties {
                 ..issuer(self.issuer.1)
             };
             Observed {
-                now: NOW,
+                now: NOW + self.clock,
                 anchor: Ok(a(self.anchor)),
                 previous: Ok(self.previous.map(a)),
                 bundle: Ok(Some(self.bundle.iter().map(|f| a(index_of(f))).collect())),
@@ -1627,6 +1839,11 @@ mod properties {
                 bundle_meta: BundleMeta {
                     version: Some(self.bundle_version.to_string()),
                     written_over: self.written_over.map(|v| v.to_string()),
+                    overwritten_by: if self.overwritten {
+                        vec!["helm".to_owned()]
+                    } else {
+                        Vec::new()
+                    },
                 },
             }
         }
@@ -1676,6 +1893,7 @@ mod properties {
                         }
                         self.bundle = written;
                         self.bundle_version += 1;
+                        self.overwritten = false;
                         self.written_over = written_over.as_deref().map(|v| v.parse().unwrap());
                     }
                     Effect::WritePreviousAnchor { fingerprint, .. } => {
@@ -1767,9 +1985,13 @@ mod properties {
                 cp_anchors: set(&[0]),
                 bundle_version: 1,
                 written_over: None,
+                overwritten: false,
+                clock: 0,
                 status: TrustAnchorRotationStatus::default(),
             };
             for action in actions {
+                // Some 20 s a step: a contest's quiet period passes within a few steps.
+                c.clock += 20;
                 match action {
                     Action::RenewAnchor => c.anchor = (c.anchor + 1).min(2),
                     Action::RenewIssuer => c.issuer = (c.issuer.0 + 1, c.anchor),
@@ -1798,10 +2020,12 @@ mod properties {
                     Action::OverwriteBundle => {
                         c.bundle = set(&[0]);
                         c.bundle_version += 1;
+                        c.overwritten = true;
                     }
                     Action::HelmUpgrade => {
                         c.bundle = set(&[0]);
                         c.bundle_version += 1;
+                        c.overwritten = true;
                         c.cp_anchors = set(&[0]);
                     }
                     Action::StalePodStarts(n) => c.pods[n] = (set(&[0]), c.issuer, false),

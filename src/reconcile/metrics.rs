@@ -64,6 +64,8 @@ pub struct ReconcileMetrics {
     refresh_interval_seconds: Gauge,
     not_after: Family<CertificateLabels, Gauge>,
     transitions: Counter,
+    bundle_restores: Counter,
+    bundle_contested: Gauge,
     probes: Family<ProbeLabels, Counter>,
     /// Reconcile passes that failed on an API error (retried).
     pub errors: Counter,
@@ -84,6 +86,8 @@ impl ReconcileMetrics {
             refresh_interval_seconds: Gauge::default(),
             not_after: Family::default(),
             transitions: Counter::default(),
+            bundle_restores: Counter::default(),
+            bundle_contested: Gauge::default(),
             probes: Family::default(),
             errors: Counter::default(),
             leader: Gauge::default(),
@@ -140,6 +144,16 @@ impl ReconcileMetrics {
             m.transitions.clone(),
         );
         r.register(
+            "trust_rotation_trust_bundle_restores",
+            "Restores of a trust bundle another writer overwrote after the operator wrote it",
+            m.bundle_restores.clone(),
+        );
+        r.register(
+            "trust_rotation_trust_bundle_contested",
+            "1 while the TrustBundleContested condition is True: another writer keeps overwriting the trust bundle",
+            m.bundle_contested.clone(),
+        );
+        r.register(
             "trust_rotation_probes",
             "TLS probes of proxies' live leaves, by result",
             m.probes.clone(),
@@ -174,6 +188,14 @@ impl ReconcileMetrics {
         if before.phase != after.phase {
             self.transitions.inc();
         }
+        if after.bundle_overwrites.last() != before.bundle_overwrites.last() {
+            self.bundle_restores.inc();
+        }
+        self.bundle_contested
+            .set(i64::from(after.conditions.iter().any(|c| {
+                c.type_ == crate::reconcile::decide::CONTESTED_CONDITION
+                    && c.status == crate::crd::ConditionStatus::True
+            })));
         let (bc, bt) = counts(after.trust_bundle.as_ref());
         self.trust_bundle_converged.set(bc);
         self.trust_bundle_target.set(bt);
@@ -327,5 +349,51 @@ mod tests {
             t.contains("trust_rotation_phase_transitions_total 1"),
             "{t}"
         );
+        assert!(
+            t.contains("trust_rotation_trust_bundle_restores_total 0"),
+            "{t}"
+        );
+        assert!(t.contains("trust_rotation_trust_bundle_contested 0"), "{t}");
+    }
+
+    /// A restore is counted once, on the pass that made it; the contest gauge follows the
+    /// condition.
+    #[test]
+    fn restores_are_counted_and_the_contest_shown() {
+        use crate::crd::{BundleOverwrite, Condition, ConditionStatus};
+        let mut registry = Registry::default();
+        let m = ReconcileMetrics::register(&mut registry);
+        let at = |s| {
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(s).unwrap(),
+            )
+        };
+        let before = TrustAnchorRotationStatus::default();
+        let mut after = before.clone();
+        after.bundle_overwrites.push(BundleOverwrite {
+            restored_at: at(100),
+            field_managers: vec!["helm".to_owned()],
+        });
+        m.record(&before, &after, &observed());
+        m.record(&after, &after, &observed());
+        let mut contested = after.clone();
+        contested.bundle_overwrites.push(BundleOverwrite {
+            restored_at: at(160),
+            field_managers: vec!["helm".to_owned()],
+        });
+        contested.conditions.push(Condition {
+            type_: crate::reconcile::decide::CONTESTED_CONDITION.to_owned(),
+            status: ConditionStatus::True,
+            reason: "OverwrittenRepeatedly".to_owned(),
+            message: String::new(),
+            last_transition_time: at(160),
+        });
+        m.record(&after, &contested, &observed());
+        let t = text(&registry);
+        assert!(
+            t.contains("trust_rotation_trust_bundle_restores_total 2"),
+            "{t}"
+        );
+        assert!(t.contains("trust_rotation_trust_bundle_contested 1"), "{t}");
     }
 }

@@ -1,6 +1,7 @@
 //! What the reconciler observes and what it asks the I/O layer to do: plain values, no clients.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use crate::crd::{Phase, RenewalPolicy, RestartPolicy};
 
@@ -108,7 +109,7 @@ pub struct MeshedPod {
     /// Its proxy's `LINKERD2_PROXY_IDENTITY_MAX_REFRESH`, the longest it keeps a leaf before
     /// asking for a new one; `None` when unset or unreadable (then the proxy refreshes at 70 %
     /// of the leaf's lifetime: about 17 h of Linkerd's 24 h leaves).
-    pub max_refresh: Option<std::time::Duration>,
+    pub max_refresh: Option<Duration>,
     /// Who restarts it, or why nobody can.
     pub owner: Result<Workload, Unfixable>,
     /// Probed only while leaves are awaited.
@@ -229,6 +230,11 @@ pub struct BundleMeta {
     /// The operator's `trust.linkerd.io/written-over-version` annotation: the version its
     /// last write of the bundle replaced.
     pub written_over: Option<String>,
+    /// Who wrote the bundle's key over the operator's last write of the ConfigMap: the other
+    /// field managers that hold the key in `managedFields` while the operator still manages a
+    /// field of the object (sorted). Empty when the operator's write is the latest, and when
+    /// it never wrote the ConfigMap (the bundle Linkerd was installed with is not a contest).
+    pub overwritten_by: Vec<String>,
 }
 
 impl Observed {
@@ -299,7 +305,22 @@ pub struct Policies {
     pub paused: bool,
     /// `spec.workloadCertificateRefreshInterval`.
     pub refresh_interval: String,
+    /// While another writer keeps overwriting the bundle (see [`CONTEST_WINDOW`]), how long a
+    /// restored bundle must stay put before the control plane is restarted onto it.
+    pub contested_bundle_quiet: Duration,
 }
+
+/// Two restores of an overwritten bundle within this window make the bundle contested: some
+/// other writer (a GitOps controller re-applying Linkerd's install-time ConfigMap, say) keeps
+/// writing it, and restarting the control plane on every restore would keep Linkerd's identity
+/// controller rolling for as long as the two fight.
+pub const CONTEST_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// Default for [`Policies::contested_bundle_quiet`].
+pub const DEFAULT_CONTESTED_BUNDLE_QUIET: Duration = Duration::from_secs(2 * 60);
+
+/// How many restores `status.bundleOverwrites` keeps.
+pub const BUNDLE_OVERWRITES_KEPT: usize = 5;
 
 /// Default pacing of automatic workload restarts: enough parallelism that a large mesh is not
 /// serialised, few enough that a bad restart never takes out more than a handful of services.
