@@ -1901,7 +1901,9 @@ async fn one_leader_reconciles_and_the_other_takes_over() {
 ///
 /// Then a GitOps controller re-applies the install-time bundle a moment later: the bundle is
 /// contested. The operator restores it at once again, says who overwrote it, and restarts the
-/// control plane once the bundle has stayed put for the quiet period, not before.
+/// control plane once the bundle has stayed put for the quiet period, not before. And a third
+/// overwrite that rolls the control plane onto the retired anchor (another upgrade, finished
+/// while the operator was not looking) is restarted onto the restored bundle at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_rewritten_by_others_is_restored_and_the_control_plane_restarted_once_it_stays_put()
  {
@@ -2044,6 +2046,19 @@ async fn a_bundle_rewritten_by_others_is_restored_and_the_control_plane_restarte
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
+    // The operator's next look finds its bundle in place, after the control plane's pods
+    // started: it knows they started on its bundle. (Any watch event makes a look; an
+    // annotation on the rotation is one.)
+    Api::<TrustAnchorRotation>::all(rig.client.clone())
+        .patch(
+            "cluster",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"test/look": "again"}}})),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
     // The GitOps controller's overwrite, well within the contest window of the upgrade's.
     let before_contest = generations(&list_control_plane().await);
     configmaps
@@ -2142,4 +2157,81 @@ async fn a_bundle_rewritten_by_others_is_restored_and_the_control_plane_restarte
         restored_at.is_some_and(|t| t < earliest_restart),
         "restored at once, not after the quiet period: {restored_at:?}"
     );
+
+    // Still contested, another `helm upgrade`, whose rollout completes before the operator
+    // looks (it is frozen meanwhile): the control plane now runs on the retired anchor, and is
+    // restarted onto the restored bundle at once, quiet period or not.
+    let before_upgrade = generations(&list_control_plane().await);
+    rig.op.process.freeze().unwrap();
+    let upgraded_at = k8s_openapi::jiff::Timestamp::now().as_second();
+    trust_rotation_operator::sim::linkerd::write_bundle(&rig.client, names, &retired.to_pem())
+        .await
+        .unwrap();
+    for name in before_upgrade.keys() {
+        trust_rotation_operator::sim::linkerd::restart_deployment(&rig.client, "linkerd", name)
+            .await
+            .unwrap();
+    }
+    let rolled = Instant::now();
+    loop {
+        // A pod of the upgrade for each Deployment, and containers of them started: on the
+        // retired anchor. (The upgrade's identity controller refuses to start on it, as
+        // Linkerd's does, so its rollout never finishes.)
+        let upgrade_pods: Vec<Pod> = pods
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|p| {
+                p.metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .is_some_and(|t| t.0.as_second() >= upgraded_at)
+            })
+            .collect();
+        let started = upgrade_pods.iter().any(|p| {
+            p.status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+                .any(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        });
+        if upgrade_pods.len() >= before_upgrade.len() && started {
+            break;
+        }
+        assert!(
+            rolled.elapsed() < Duration::from_secs(60),
+            "the upgrade's pods never started: {upgrade_pods:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let upgraded = generations(&list_control_plane().await);
+    rig.op.process.signal("CONT").unwrap();
+    let thawed = Instant::now();
+    loop {
+        let status = rotation(&rig.client).await.status.unwrap_or_default();
+        let now = generations(&list_control_plane().await);
+        if now.iter().all(|(name, g)| *g > upgraded[name]) {
+            eprintln!(
+                "control plane upgraded onto the retired anchor while contested: restarted {:.1}s after the operator looked again; status: {:?}",
+                thawed.elapsed().as_secs_f64(),
+                status.blocking_message
+            );
+            assert!(
+                thawed.elapsed() < QUIET / 2,
+                "restarted at once, not after the quiet period"
+            );
+            assert_eq!(
+                contested(&status).map(|c| c.0),
+                Some(ConditionStatus::True),
+                "the bundle is contested still: {status:?}"
+            );
+            break;
+        }
+        assert!(
+            thawed.elapsed() < QUIET / 2,
+            "the control plane on the retired anchor was held for the quiet period: {upgraded:?} -> {now:?}, status {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

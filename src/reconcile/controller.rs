@@ -41,6 +41,12 @@ pub const RESTART_ANNOTATION: &str = "trust.linkerd.io/restarted-for-bundle";
 /// On the bundle ConfigMap: the version of it the operator's last write replaced (see
 /// [`BundleMeta`]).
 pub const WRITTEN_OVER_ANNOTATION: &str = "trust.linkerd.io/written-over-version";
+/// On the bundle ConfigMap, when the operator's last write restored a bundle someone else had
+/// written over its own: their field managers (comma-separated) and a time the bundle was
+/// still the operator's (RFC 3339; they wrote it after), read back as
+/// [`BundleMeta::last_restore`].
+pub const OVERWRITTEN_BY_ANNOTATION: &str = "trust.linkerd.io/overwritten-by";
+pub const OVERWRITTEN_AFTER_ANNOTATION: &str = "trust.linkerd.io/overwritten-after";
 /// Pod-template annotation that restarts a workload so that its proxies get a leaf from the
 /// current issuer: its value is the issuer's fingerprint, so a workload is restarted at most
 /// once per issuer for that reason.
@@ -184,6 +190,8 @@ fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileErr
 
 /// Stores the reconciler reads from, kept by watches.
 struct Stores {
+    /// See [`BundleMeta::seen_ours_at`]: kept from look to look.
+    bundle_seen_ours: std::sync::Mutex<Option<i64>>,
     rotation: Store<TrustAnchorRotation>,
     secrets: Vec<Store<Secret>>,
     bundle: Store<ConfigMap>,
@@ -249,6 +257,7 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
         secret(&config.issuer_secret, &mut tasks),
     ];
     let stores = Stores {
+        bundle_seen_ours: Default::default(),
         rotation: reflect(
             Api::all(client.clone()),
             named(&config.rotation_name),
@@ -444,31 +453,70 @@ fn failed_step_status(
     }
 }
 
-/// Who wrote the bundle's `key` after the operator last wrote the ConfigMap (see
-/// [`BundleMeta::overwritten_by`]): server-side apply with force took the key from every other
-/// field manager on the operator's write, so another manager holding it now wrote it since.
-pub fn overwritten_by(cm: &ConfigMap, key: &str) -> Vec<String> {
+/// Who wrote the bundle's `key` over the operator's last write of the ConfigMap (see
+/// [`BundleMeta::overwritten_by`]), and when the operator made that write. The operator's write (server-side apply with force)
+/// owns the key; a later write of another value takes it away. So the key is overwritten when
+/// the operator still manages a field of the ConfigMap (its written-over annotation) but no
+/// longer the key, and other managers do. One that applied the same value shares the key with
+/// the operator, and is no overwrite.
+pub fn overwritten_by(cm: &ConfigMap, key: &str) -> (Vec<String>, Option<i64>) {
+    let time = |e: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry| {
+        e.time.as_ref().map(|t| t.0.as_second())
+    };
     let entries = cm.metadata.managed_fields.as_deref().unwrap_or_default();
     let field = format!("f:{key}");
-    let holds_key = |e: &&k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry| {
+    let holds_key = |e: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry| {
         e.fields_v1
             .as_ref()
             .and_then(|f| f.0.get("f:data"))
             .is_some_and(|data| data.get(&field).is_some())
     };
-    if !entries
+    let ours: Vec<_> = entries
         .iter()
-        .any(|e| e.manager.as_deref() == Some(MANAGER))
-    {
-        return Vec::new();
+        .filter(|e| e.manager.as_deref() == Some(MANAGER))
+        .collect();
+    let wrote_at = ours.iter().filter_map(|e| time(e)).max();
+    if ours.is_empty() || ours.iter().any(|e| holds_key(e)) {
+        return (Vec::new(), wrote_at);
     }
     let managers: BTreeSet<String> = entries
         .iter()
-        .filter(holds_key)
+        .filter(|e| holds_key(e))
         .filter_map(|e| e.manager.clone())
-        .filter(|m| m != MANAGER)
         .collect();
-    managers.into_iter().collect()
+    (managers.into_iter().collect(), wrote_at)
+}
+
+/// The operator's last write of the ConfigMap, if it restored an overwrite (see
+/// [`BundleMeta::last_restore`]).
+pub fn last_restore(cm: &ConfigMap) -> Option<Restore> {
+    let by = cm.annotations().get(OVERWRITTEN_BY_ANNOTATION)?;
+    let restored_at = cm
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|e| {
+            e.manager.as_deref() == Some(MANAGER) && e.operation.as_deref() == Some("Apply")
+        })
+        .filter_map(|e| Some(e.time.as_ref()?.0.as_second()))
+        .max()?;
+    let at = cm
+        .annotations()
+        .get(OVERWRITTEN_AFTER_ANNOTATION)
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .map(|t| t.as_second());
+    Some(Restore {
+        overwrite: Overwrite {
+            by: by
+                .split(',')
+                .filter(|m| !m.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            after: at,
+        },
+        restored_at,
+    })
 }
 
 /// The world as the watches show it. `read_issuing`: also fetch the issuer Certificate's
@@ -528,10 +576,14 @@ async fn observe(
         .get(&ObjectRef::new(&n.bundle_configmap.1).within(&n.bundle_configmap.0));
     let bundle_meta = bundle_configmap
         .as_deref()
-        .map(|cm| BundleMeta {
+        .map(|cm| (cm, overwritten_by(cm, &config.bundle_key)))
+        .map(|(cm, overwritten)| BundleMeta {
             version: cm.resource_version(),
             written_over: cm.annotations().get(WRITTEN_OVER_ANNOTATION).cloned(),
-            overwritten_by: overwritten_by(cm, &config.bundle_key),
+            overwritten_by: overwritten.0,
+            operator_wrote_at: overwritten.1,
+            seen_ours_at: None,
+            last_restore: last_restore(cm),
         })
         .unwrap_or_default();
     let bundle = match bundle_configmap
@@ -653,6 +705,17 @@ async fn observe(
         } else if draining_until(p).is_some_and(|deadline| deadline > now) {
             draining.push(meshed_pod(config, p, &mut anchors_cache, &wont_roll));
         }
+    }
+    let mut bundle_meta = bundle_meta;
+    {
+        let mut seen = stores
+            .bundle_seen_ours
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if bundle_meta.operator_wrote_at.is_some() && bundle_meta.overwritten_by.is_empty() {
+            *seen = Some(now.as_second());
+        }
+        bundle_meta.seen_ours_at = *seen;
     }
     Ok(Observed {
         now: now.as_second(),
@@ -926,6 +989,16 @@ fn meshed_pod(
         ready,
         anchors,
         restarted_for: p.annotations().get(RESTART_ANNOTATION).cloned(),
+        started: p
+            .status
+            .iter()
+            .flat_map(|s| {
+                let init = s.init_container_statuses.iter().flatten();
+                init.chain(s.container_statuses.iter().flatten())
+            })
+            .filter_map(|c| c.state.as_ref()?.running.as_ref()?.started_at.as_ref())
+            .map(|t| t.0.as_second())
+            .collect(),
         max_refresh: proxy
             .and_then(|c| env_value(c, MAX_REFRESH_ENV))
             .and_then(|v| crate::duration::parse(&v).ok()),
@@ -1004,14 +1077,34 @@ async fn execute(
             pem,
             fingerprint,
             written_over,
+            restores,
         } => {
             let (ns, name) = &config.names.bundle_configmap;
-            tracing::info!(%fingerprint, ?written_over, "writing the trust bundle");
-            // Without `written_over` (the ConfigMap does not exist yet), server-side apply
-            // drops the annotation an earlier write set.
-            let mut metadata = json!({ "name": name });
+            tracing::info!(%fingerprint, ?written_over, ?restores, "writing the trust bundle");
+            // An annotation left out (no `written_over`: the ConfigMap does not exist yet; no
+            // restore) is dropped by server-side apply if an earlier write set it.
+            let mut annotations = serde_json::Map::new();
             if let Some(after) = written_over {
-                metadata["annotations"] = json!({ WRITTEN_OVER_ANNOTATION: after });
+                annotations.insert(WRITTEN_OVER_ANNOTATION.to_owned(), json!(after));
+            }
+            if let Some(overwrite) = restores {
+                annotations.insert(
+                    OVERWRITTEN_BY_ANNOTATION.to_owned(),
+                    json!(overwrite.by.join(",")),
+                );
+                if let Some(after) = overwrite
+                    .after
+                    .and_then(|at| k8s_openapi::jiff::Timestamp::from_second(at).ok())
+                {
+                    annotations.insert(
+                        OVERWRITTEN_AFTER_ANNOTATION.to_owned(),
+                        json!(after.to_string()),
+                    );
+                }
+            }
+            let mut metadata = json!({ "name": name });
+            if !annotations.is_empty() {
+                metadata["annotations"] = annotations.into();
             }
             Api::<ConfigMap>::namespaced(client.clone(), ns)
                 .patch(
@@ -1308,6 +1401,7 @@ mod tests {
                     "updateStrategy": strategy}}))
         };
         let stores = Stores {
+            bundle_seen_ours: Default::default(),
             rotation: frozen(vec![]),
             secrets: vec![frozen(vec![]), frozen(vec![]), frozen(vec![])],
             bundle: frozen(vec![]),
@@ -1514,6 +1608,7 @@ mod tests {
 
         // No certificate Secrets: every look parks the rotation and, the first time, says so.
         let stores = Stores {
+            bundle_seen_ours: Default::default(),
             rotation: frozen(vec![created]),
             secrets: vec![frozen(vec![]), frozen(vec![]), frozen(vec![])],
             bundle: frozen(vec![]),
@@ -1550,12 +1645,13 @@ mod tests {
         assert_eq!(parked.len(), 1, "announced once: {parked:?}");
     }
 
-    /// Who wrote over the operator's bundle, read from the ConfigMap's managedFields on the
-    /// real API server: nobody for the bundle Linkerd was installed with (the operator never
-    /// wrote it) or right after the operator's write; the writer after it, whether it updated
-    /// (`helm upgrade`, `kubectl apply`) or applied server-side with force (Flux).
+    /// Who wrote over the operator's bundle, and the operator's restores of it, read back from
+    /// the ConfigMap on the real API server: nobody for the bundle Linkerd was installed with
+    /// (the operator never wrote it) or right after the operator's write; the writer after it,
+    /// whether it updated (`helm upgrade`, `kubectl apply`) or applied server-side with force
+    /// (Flux), and when; nobody for a writer that applied the operator's own bundle.
     #[tokio::test]
-    async fn the_writer_over_the_operators_bundle_is_named_from_managed_fields() {
+    async fn overwrites_and_restores_are_read_from_the_configmap() {
         let cp = ControlPlane::start().await.expect("a local control plane");
         let client = cp.client();
         let config = ReconcilerConfig::default();
@@ -1565,7 +1661,15 @@ mod tests {
             .unwrap();
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
         let key = config.bundle_key.clone();
-        let read = || async { overwritten_by(&api.get(&name).await.unwrap(), &key) };
+        let read = || async {
+            let cm = api.get(&name).await.unwrap();
+            (
+                overwritten_by(&cm, &key).0,
+                last_restore(&cm),
+                cm.resource_version(),
+            )
+        };
+        let now = || k8s_openapi::jiff::Timestamp::now().as_second();
         let update_as = |manager: &'static str, pem: &'static str| {
             let api = api.clone();
             let (name, key) = (name.clone(), key.clone());
@@ -1582,6 +1686,40 @@ mod tests {
                 .unwrap();
             }
         };
+        let apply_as = |manager: &'static str, pem: &'static str| {
+            let api = api.clone();
+            let (name, key) = (name.clone(), key.clone());
+            async move {
+                api.patch(
+                    &name,
+                    &PatchParams::apply(manager).force(),
+                    &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": name}, "data": {key: pem}})),
+                )
+                .await
+                .unwrap();
+            }
+        };
+        let recorder = EventWriter {
+            api: Api::namespaced(client.clone(), EVENTS_NAMESPACE),
+            instance: "test".to_owned(),
+        };
+        let reference = ObjectReference::default();
+        let write = |written_over: Option<String>, restores: Option<Overwrite>| {
+            let (client, config, recorder, reference) = (&client, &config, &recorder, &reference);
+            async move {
+                let effect = Effect::WriteBundle {
+                    pem: "restored".to_owned(),
+                    fingerprint: "f".repeat(64),
+                    written_over,
+                    restores,
+                };
+                execute(client, config, recorder, reference, &effect)
+                    .await
+                    .unwrap();
+            }
+        };
+        let nobody = Vec::<String>::new();
 
         // Linkerd's install.
         let installed: ConfigMap = serde_json::from_value(json!({
@@ -1597,54 +1735,66 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(
-            read().await,
-            Vec::<String>::new(),
-            "never written by the operator"
-        );
+        let (overwrite, restore, version) = read().await;
+        assert_eq!(overwrite, nobody, "never written by the operator");
+        assert_eq!(restore, None);
 
-        // The operator's write, as the reconciler carries it out.
-        let recorder = EventWriter {
-            api: Api::namespaced(client.clone(), EVENTS_NAMESPACE),
-            instance: "test".to_owned(),
-        };
-        let version = api.get(&name).await.unwrap().resource_version();
-        let write = Effect::WriteBundle {
-            pem: "restored".to_owned(),
-            fingerprint: "f".repeat(64),
-            written_over: version,
-        };
-        let reference = ObjectReference::default();
-        execute(&client, &config, &recorder, &reference, &write)
-            .await
-            .unwrap();
-        assert_eq!(
-            read().await,
-            Vec::<String>::new(),
-            "the operator's is the latest write"
+        // The operator's first write is no restore; it reads back when it was made.
+        let before = now();
+        write(version, None).await;
+        let after = now();
+        let cm = api.get(&name).await.unwrap();
+        let (overwrite, wrote_at) = overwritten_by(&cm, &key);
+        assert_eq!(overwrite, nobody, "the operator's is the latest write");
+        let wrote_at = wrote_at.expect("the time of the operator's write");
+        assert!(
+            (before..=after).contains(&wrote_at),
+            "{before} <= {wrote_at} <= {after}"
         );
+        assert_eq!(last_restore(&cm), None);
 
+        // A `helm upgrade` writes over it: the operator's write keeps its time.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
         update_as("helm", "upgraded").await;
-        assert_eq!(read().await, ["helm"]);
-
-        execute(&client, &config, &recorder, &reference, &write)
-            .await
-            .unwrap();
-        assert_eq!(read().await, Vec::<String>::new());
-
-        api.patch(
-            &name,
-            &PatchParams::apply("kustomize-controller").force(),
-            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": name}, "data": {key.as_str(): "flux"}})),
-        )
-        .await
-        .unwrap();
-        update_as("kubectl-edit", "edited").await;
+        let cm = api.get(&name).await.unwrap();
         assert_eq!(
-            read().await,
-            ["kubectl-edit"],
-            "only the last writer holds the key"
+            overwritten_by(&cm, &key),
+            (vec!["helm".to_owned()], Some(wrote_at))
         );
+        // The operator restores it.
+        let overwrite = Overwrite {
+            by: vec!["helm".to_owned()],
+            after: Some(wrote_at),
+        };
+        let before = now();
+        write(cm.resource_version(), Some(overwrite.clone())).await;
+        let after = now();
+        let (overwritten, restore, version) = read().await;
+        assert_eq!(overwritten, nobody);
+        let restore = restore.expect("the restore, read back");
+        assert_eq!(restore.overwrite, overwrite);
+        assert!((before..=after).contains(&restore.restored_at));
+
+        // Written over again: the restore the ConfigMap recorded stays as it was.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        update_as("helm", "upgraded").await;
+        let (overwritten, again, _) = read().await;
+        assert_eq!(overwritten, ["helm"]);
+        assert_eq!(again, Some(restore));
+        write(version, Some(overwrite)).await;
+
+        // A GitOps controller that applies the operator's own bundle shares it: no overwrite.
+        apply_as("kustomize-controller", "restored").await;
+        assert_eq!(read().await.0, nobody);
+        // One that applies another, and a hand edit after it: only the last holds the key.
+        apply_as("kustomize-controller", "flux").await;
+        assert_eq!(read().await.0, ["kustomize-controller"]);
+        update_as("kubectl-edit", "edited").await;
+        assert_eq!(read().await.0, ["kubectl-edit"]);
+
+        // A write that restores nothing drops the record of the last restore.
+        let version = read().await.2;
+        write(version, None).await;
+        assert_eq!(read().await.1, None);
     }
 }

@@ -123,6 +123,7 @@ pub fn decide(
     }
 
     d.next.active_issuer_fingerprint = Some(issuer.cert.fingerprint.clone());
+    d.recover_restore(&observed.bundle_meta);
     d.next.previous_anchor_fingerprint = previous.as_ref().map(|p| p.fingerprint.clone());
 
     if policies.paused {
@@ -187,6 +188,7 @@ pub fn decide(
             fingerprint: b.fingerprint(),
             // (None when the ConfigMap does not exist; it may exist without the key.)
             written_over: observed.bundle_meta.version.clone(),
+            restores: None,
         });
         d.event(
             false,
@@ -281,20 +283,27 @@ pub fn decide(
         // The bundle may come back to a fingerprint used before (someone else overwrote it and
         // it is restored, or grown back): the write records the version it replaced, which
         // sets its restarts apart from those onto the bundle before (see `BundleMeta`).
+        let meta = &observed.bundle_meta;
+        let restores = (!meta.overwritten_by.is_empty()).then(|| Overwrite {
+            by: meta.overwritten_by.clone(),
+            after: meta.ours_until(),
+        });
         d.effects.push(Effect::WriteBundle {
             pem: grown.to_pem(),
             fingerprint: grown.fingerprint(),
-            written_over: observed.bundle_meta.version.clone(),
+            written_over: meta.version.clone(),
+            restores: restores.clone(),
         });
-        let by = &observed.bundle_meta.overwritten_by;
-        let why = if by.is_empty() {
-            why
-        } else {
-            d.overwritten(by);
-            format!(
-                "{why} (written over the operator's bundle by {})",
-                by.join(", ")
-            )
+        let why = match restores {
+            None => why,
+            Some(overwrite) => {
+                let why = format!(
+                    "{why} (written over the operator's bundle by {})",
+                    overwrite.by.join(", ")
+                );
+                d.overwritten(meta.version.clone(), overwrite, observed.now);
+                why
+            }
         };
         d.transition(Phase::RefreshingControlPlane, &why);
         d.next.blocking_message = Some(format!(
@@ -409,11 +418,15 @@ pub fn decide(
             }
             let stale =
                 |c: &ControlPlaneDeployment| c.restarted_for.as_deref() != Some(marker.as_str());
+            // The restart waits only while no control-plane container can have read a foreign
+            // bundle: each runs on one of the operator's, holding the anchors in use.
             if let Some(contest) = d.contest()
                 && observed.control_plane.iter().any(stale)
+                && !d.out_of_order_raised()
+                && d.control_plane_started_on_foreign(observed).is_empty()
             {
                 d.next.blocking_message = Some(format!(
-                    "{}; restarting the control plane onto trust bundle {} waits until it has stayed put for {} (until {}), so that the fight does not keep Linkerd's identity controller restarting",
+                    "{}; the control plane runs on an earlier bundle of the operator's, with the anchors in use, so restarting it onto trust bundle {} waits until the bundle has stayed put for {} (until {}), so that the fight does not keep Linkerd's identity controller restarting",
                     contest.what,
                     short(&bundle_fp),
                     crate::duration::to_whole_seconds(policies.contested_bundle_quiet),
@@ -638,6 +651,7 @@ pub fn decide(
                 pem: reduced.to_pem(),
                 fingerprint: reduced.fingerprint(),
                 written_over: observed.bundle_meta.version.clone(),
+                restores: None,
             });
             d.transition(
                 Phase::RefreshingControlPlane,
@@ -812,16 +826,85 @@ impl<'a> Step<'a> {
         }
     }
 
-    /// Records a restore of the bundle that `by` wrote over, keeping the latest few.
-    fn overwritten(&mut self, by: &[String]) {
-        let restored_at = self.time();
+    /// Records a restore of the bundle someone else wrote over (the version it replaced, the
+    /// overwrite, when), keeping the latest few. A look whose ConfigMap cache has not yet shown
+    /// the operator's last restore restores the same version again: that is one overwrite,
+    /// recorded once.
+    fn overwritten(&mut self, replaced: Option<String>, overwrite: Overwrite, restored_at: i64) {
         let overwrites = &mut self.next.bundle_overwrites;
+        if replaced.is_some() && overwrites.iter().any(|o| o.replaced_version == replaced) {
+            return;
+        }
+        let time = |s: i64| Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap_or_default());
         overwrites.push(BundleOverwrite {
-            restored_at,
-            field_managers: by.to_vec(),
+            overwritten_after: overwrite.after.map(time),
+            restored_at: time(restored_at),
+            replaced_version: replaced,
+            field_managers: overwrite.by,
         });
         let excess = overwrites.len().saturating_sub(BUNDLE_OVERWRITES_KEPT);
         overwrites.drain(..excess);
+    }
+
+    /// The operator's last restore as the ConfigMap records it, back in the status if the
+    /// status write of the look that made it was lost.
+    fn recover_restore(&mut self, meta: &BundleMeta) {
+        if let Some(restore) = &meta.last_restore {
+            self.overwritten(
+                meta.written_over.clone(),
+                restore.overwrite.clone(),
+                restore.restored_at,
+            );
+        }
+    }
+
+    /// Control-plane pods with a container that started while a recorded overwrite may have
+    /// been in place (from the last time the bundle was known to be the operator's to its
+    /// restore, both ends included: times are whole seconds), so may run on the foreign
+    /// bundle. A pod restarted by the operator for a restore was created after it, and is
+    /// checked against later ones only. An overwrite with no such time counts from the restore
+    /// before it, or from the start.
+    fn control_plane_started_on_foreign(&self, observed: &Observed) -> Vec<String> {
+        let overwrites = &self.next.bundle_overwrites;
+        let second = |t: &Time| t.0.as_second();
+        observed
+            .pods
+            .iter()
+            .filter(|p| p.control_plane)
+            .filter(|p| {
+                // The restore this pod was restarted for, if it is one of those recorded.
+                let restarted_after = p
+                    .restarted_for
+                    .as_deref()
+                    .and_then(|m| m.split_once('.'))
+                    .and_then(|(_, version)| {
+                        overwrites
+                            .iter()
+                            .position(|o| o.replaced_version.as_deref() == Some(version))
+                    });
+                overwrites
+                    .iter()
+                    .enumerate()
+                    .skip(restarted_after.map_or(0, |i| i + 1))
+                    .any(|(i, o)| {
+                        let from = o.overwritten_after.as_ref().map(second).unwrap_or_else(|| {
+                            i.checked_sub(1)
+                                .map_or(i64::MIN, |before| second(&overwrites[before].restored_at))
+                        });
+                        let to = second(&o.restored_at);
+                        p.started.iter().any(|s| (from..=to).contains(s))
+                    })
+            })
+            .map(|p| p.key())
+            .collect()
+    }
+
+    /// Whether `OutOfOrderIssuerRotation` is True in the status being built.
+    fn out_of_order_raised(&self) -> bool {
+        self.next
+            .conditions
+            .iter()
+            .any(|c| c.type_ == OUT_OF_ORDER_CONDITION && c.status == ConditionStatus::True)
     }
 
     /// Whether the bundle is contested now: its last two restores were less than

@@ -75,6 +75,7 @@ fn pod(ns: &str, name: &str, holds: &[usize]) -> MeshedPod {
         ready: true,
         anchors: Some(set(holds)),
         restarted_for: None,
+        started: Vec::new(),
         // Restarted while the rotation published its interval (the tests' 5m).
         max_refresh: Some(Duration::from_secs(300)),
         owner: Ok(Workload {
@@ -538,6 +539,10 @@ fn overwritten_by(by: &str, version: u32, at: i64) -> Observed {
         version: Some(version.to_string()),
         written_over: Some((version - 1).to_string()),
         overwritten_by: vec![by.to_owned()],
+        // A second before the look that restores it.
+        operator_wrote_at: Some(NOW + at - 1),
+        seen_ours_at: None,
+        last_restore: None,
     };
     o
 }
@@ -550,7 +555,7 @@ fn restored_over(version: u32, at: i64) -> Observed {
     o.bundle_meta = BundleMeta {
         version: Some((version + 1).to_string()),
         written_over: Some(version.to_string()),
-        overwritten_by: Vec::new(),
+        ..BundleMeta::default()
     };
     o
 }
@@ -631,7 +636,7 @@ fn a_contested_bundle_is_restored_but_restarts_the_control_plane_once_it_stays_p
         assert_eq!(writes(&held), Vec::<&Effect>::new(), "at {at}s");
         assert_eq!(held.status.phase, Phase::RefreshingControlPlane);
         assert!(
-            blocking(&held).contains("waits until it has stayed put for 120s")
+            blocking(&held).contains("waits until the bundle has stayed put for 300s")
                 && blocking(&held).contains("argocd-application-controller"),
             "{}",
             blocking(&held)
@@ -660,6 +665,146 @@ fn a_contested_bundle_is_restored_but_restarts_the_control_plane_once_it_stays_p
         (lowered.status, lowered.reason.as_str()),
         (ConditionStatus::False, "BundleStayedPut")
     );
+}
+
+/// The restart waits only while no control-plane container can have read the foreign bundle:
+/// one that started while an overwrite was in place (a `helm upgrade` that rolled the control
+/// plane, a pod rescheduled mid-fight) is restarted onto the restored bundle at once, contest
+/// or not; and so is everything while `OutOfOrderIssuerRotation` is raised.
+#[test]
+fn a_contest_never_holds_a_control_plane_that_may_run_on_the_foreign_bundle() {
+    let policies = automatic();
+    let names = Names::default();
+    let first = decide(
+        &policies,
+        &names,
+        &in_phase(Phase::Synced),
+        &overwritten_by("helm", 10, 0),
+    );
+    let mut status = first.status.clone();
+    status.phase = Phase::Synced;
+    let second = decide(&policies, &names, &status, &overwritten_by("helm", 20, 60));
+    assert_eq!(contested(&second).unwrap().status, ConditionStatus::True);
+    let restarts = |d: &Decision| {
+        writes(d)
+            .iter()
+            .any(|e| matches!(e, Effect::RestartControlPlane { .. }))
+    };
+    // (marker of the pod, when its containers started, seconds after NOW) -> restarted now?
+    let restored_first = format!("{}.10", bundle_fp(&[1]));
+    for (marker, started, restart) in [
+        (None, vec![-100], false),
+        // Started after the restore: on the operator's bundle.
+        (None, vec![-100, 61], false),
+        // Within the second overwrite (written at 59, restored at 60), both ends included.
+        (None, vec![59], true),
+        (None, vec![-100, 60], true),
+        // Within the first (-1 to 0).
+        (None, vec![0], true),
+        // ... but restarted by the operator for the first restore, so created after it.
+        (Some(restored_first.clone()), vec![0], false),
+        (Some(restored_first), vec![60], true),
+    ] {
+        let mut o = restored_over(20, 62);
+        let cp = o.pods.iter_mut().find(|p| p.control_plane).unwrap();
+        cp.restarted_for = marker.clone();
+        cp.started = started.iter().map(|s| NOW + s).collect();
+        let d = decide(&policies, &names, &second.status, &o);
+        assert_eq!(
+            restarts(&d),
+            restart,
+            "{marker:?} started {started:?}: {}",
+            blocking(&d)
+        );
+    }
+
+    let mut urgent = second.status.clone();
+    let raised = urgent
+        .conditions
+        .iter_mut()
+        .find(|c| c.type_ == OUT_OF_ORDER_CONDITION)
+        .unwrap();
+    raised.status = ConditionStatus::True;
+    let d = decide(&policies, &names, &urgent, &restored_over(20, 62));
+    assert_eq!(out_of_order(&d), Some(ConditionStatus::True));
+    assert!(restarts(&d), "{}", blocking(&d));
+}
+
+/// A restore whose status write was lost is read back from the ConfigMap, which the restore
+/// itself wrote: it still counts, both for the contest and for the control-plane pods that
+/// started while that overwrite was in place.
+#[test]
+fn a_restore_whose_status_was_lost_is_read_back_from_the_configmap() {
+    let policies = automatic();
+    let names = Names::default();
+    let first = decide(
+        &policies,
+        &names,
+        &in_phase(Phase::Synced),
+        &overwritten_by("helm", 10, 0),
+    );
+    let mut status = first.status.clone();
+    status.phase = Phase::Synced;
+    // The second restore's look: its writes landed, its status did not.
+    let mut o = restored_over(20, 62);
+    o.bundle_meta.last_restore = Some(Restore {
+        overwrite: Overwrite {
+            by: vec!["argocd-application-controller".to_owned()],
+            after: Some(NOW + 59),
+        },
+        restored_at: NOW + 60,
+    });
+    let mut status_lost = status.clone();
+    status_lost.phase = Phase::RefreshingControlPlane;
+    let d = decide(&policies, &names, &status_lost, &o);
+    assert_eq!(d.status.bundle_overwrites.len(), 2);
+    assert_eq!(
+        d.status.bundle_overwrites[1].replaced_version.as_deref(),
+        Some("20")
+    );
+    assert_eq!(contested(&d).unwrap().status, ConditionStatus::True);
+    assert!(
+        !writes(&d)
+            .iter()
+            .any(|e| matches!(e, Effect::RestartControlPlane { .. })),
+        "{:?}",
+        d.effects
+    );
+    // Read back once only.
+    let again = decide(&policies, &names, &d.status, &o);
+    assert_eq!(again.status.bundle_overwrites, d.status.bundle_overwrites);
+    // A control-plane container that started in it is restarted at once.
+    o.pods.iter_mut().find(|p| p.control_plane).unwrap().started = vec![NOW + 59];
+    let d = decide(&policies, &names, &status_lost, &o);
+    assert!(
+        writes(&d)
+            .iter()
+            .any(|e| matches!(e, Effect::RestartControlPlane { .. })),
+        "{}",
+        blocking(&d)
+    );
+}
+
+/// A look whose ConfigMap cache has not yet shown the operator's restore sees the overwritten
+/// version again and restores it again: still one overwrite, no contest.
+#[test]
+fn an_overwrite_seen_twice_is_recorded_once() {
+    let policies = automatic();
+    let first = decide(
+        &policies,
+        &Names::default(),
+        &in_phase(Phase::Synced),
+        &overwritten_by("helm", 10, 0),
+    );
+    let again = decide(
+        &policies,
+        &Names::default(),
+        &first.status,
+        &overwritten_by("helm", 10, 1),
+    );
+    assert!(matches!(&writes(&again)[..], [Effect::WriteBundle { .. }]));
+    assert_eq!(again.status.bundle_overwrites.len(), 1);
+    assert!(contested(&again).is_none());
 }
 
 /// Overwrites further apart than the contest window are each restored and restarted onto at
@@ -751,7 +896,7 @@ fn a_restored_bundle_restarts_what_started_on_the_foreign_one() {
     o.bundle_meta = BundleMeta {
         version: Some("43".to_owned()),
         written_over: Some("42".to_owned()),
-        overwritten_by: Vec::new(),
+        ..BundleMeta::default()
     };
     for p in o.pods.iter_mut().take(2) {
         p.anchors = Some(set(&[0]));
@@ -1790,6 +1935,14 @@ mod properties {
         written_over: Option<u64>,
         /// Someone else wrote the bundle after the operator last did.
         overwritten: bool,
+        /// When the operator last wrote the bundle (clock; its managedFields entry's time).
+        operator_wrote: Option<i64>,
+        /// The operator's last look that found its own bundle in place (clock).
+        seen_ours: Option<i64>,
+        /// What the ConfigMap records of the operator's last write, if it was a restore.
+        last_restore: Option<Restore>,
+        /// When the control plane's containers last started (clock).
+        cp_started: i64,
         /// Seconds since the start; every action takes a few.
         clock: i64,
         status: TrustAnchorRotationStatus,
@@ -1821,6 +1974,7 @@ mod properties {
                 .collect();
             let mut identity = cp_pod("linkerd-identity-1", self.cp_for.clone());
             identity.leaf = Some(Leaf::FromIssuer);
+            identity.started = vec![NOW + self.cp_started];
             pods.push(identity);
             let issuer = Issuer {
                 cert: self.issuer_cert(),
@@ -1844,6 +1998,9 @@ mod properties {
                     } else {
                         Vec::new()
                     },
+                    operator_wrote_at: self.operator_wrote.map(|at| NOW + at),
+                    seen_ours_at: self.seen_ours.map(|at| NOW + at),
+                    last_restore: self.last_restore.clone(),
                 },
             }
         }
@@ -1869,6 +2026,9 @@ mod properties {
 
         /// Applies the decision's effects as the I/O layer would, checking the invariants.
         fn reconcile(&mut self, policies: &Policies) -> Result<(), TestCaseError> {
+            if self.operator_wrote.is_some() && !self.overwritten {
+                self.seen_ours = Some(self.clock);
+            }
             let before_phase = self.status.phase;
             let d = decide(policies, &Names::default(), &self.status, &self.observed());
             let in_use: BTreeSet<String> = std::iter::once(fp(self.issuer.1))
@@ -1877,8 +2037,15 @@ mod properties {
             for effect in &d.effects {
                 match effect {
                     Effect::WriteBundle {
-                        pem, written_over, ..
+                        pem,
+                        written_over,
+                        restores,
+                        ..
                     } => {
+                        self.last_restore = restores.clone().map(|overwrite| Restore {
+                            overwrite,
+                            restored_at: NOW + self.clock,
+                        });
                         let written: BTreeSet<String> = crate::bundle::Bundle::from_pem("b", pem)
                             .unwrap()
                             .fingerprints()
@@ -1894,6 +2061,7 @@ mod properties {
                         self.bundle = written;
                         self.bundle_version += 1;
                         self.overwritten = false;
+                        self.operator_wrote = Some(self.clock);
                         self.written_over = written_over.as_deref().map(|v| v.parse().unwrap());
                     }
                     Effect::WritePreviousAnchor { fingerprint, .. } => {
@@ -1902,6 +2070,8 @@ mod properties {
                     Effect::RestartControlPlane { marker, .. } => {
                         self.cp_for = Some(marker.clone());
                         self.cp_anchors = self.bundle.clone();
+                        // Its new pods start after the look that restarted them.
+                        self.cp_started = self.clock + 1;
                     }
                     Effect::RestartWorkloads { restart_for, .. } => {
                         match restart_for {
@@ -1931,6 +2101,34 @@ mod properties {
                     }
                     Effect::Event { .. } => {}
                 }
+            }
+            // A control plane that started without the anchor the issuer chains to (a `helm
+            // upgrade` rolled it onto a foreign bundle) is restarted at the first chance, a
+            // contested bundle or not.
+            let in_use_missing = !self.cp_anchors.contains(&fp(self.issuer.1));
+            let restarted = d
+                .effects
+                .iter()
+                .any(|e| matches!(e, Effect::RestartControlPlane { .. }));
+            let wrote_bundle = d
+                .effects
+                .iter()
+                .any(|e| matches!(e, Effect::WriteBundle { .. }));
+            let parked = d
+                .status
+                .blocking_message
+                .as_deref()
+                .is_some_and(|m| m.contains("parked: "));
+            if before_phase == Phase::RefreshingControlPlane
+                && in_use_missing
+                && !wrote_bundle
+                && !parked
+            {
+                prop_assert!(
+                    restarted,
+                    "a control plane without the anchor in use is restarted at once: {:?}",
+                    d.status.blocking_message
+                );
             }
             let after = d.status.phase;
             if after != before_phase {
@@ -1986,6 +2184,10 @@ mod properties {
                 bundle_version: 1,
                 written_over: None,
                 overwritten: false,
+                operator_wrote: None,
+                seen_ours: None,
+                last_restore: None,
+                cp_started: 0,
                 clock: 0,
                 status: TrustAnchorRotationStatus::default(),
             };
@@ -2020,13 +2222,14 @@ mod properties {
                     Action::OverwriteBundle => {
                         c.bundle = set(&[0]);
                         c.bundle_version += 1;
-                        c.overwritten = true;
+                        c.overwritten = c.operator_wrote.is_some();
                     }
                     Action::HelmUpgrade => {
                         c.bundle = set(&[0]);
                         c.bundle_version += 1;
-                        c.overwritten = true;
+                        c.overwritten = c.operator_wrote.is_some();
                         c.cp_anchors = set(&[0]);
+                        c.cp_started = c.clock;
                     }
                     Action::StalePodStarts(n) => c.pods[n] = (set(&[0]), c.issuer, false),
                     Action::Reconcile => c.reconcile(&policies)?,

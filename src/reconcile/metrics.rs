@@ -371,14 +371,18 @@ mod tests {
         let before = TrustAnchorRotationStatus::default();
         let mut after = before.clone();
         after.bundle_overwrites.push(BundleOverwrite {
+            overwritten_after: None,
             restored_at: at(100),
+            replaced_version: Some("1".to_owned()),
             field_managers: vec!["helm".to_owned()],
         });
         m.record(&before, &after, &observed());
         m.record(&after, &after, &observed());
         let mut contested = after.clone();
         contested.bundle_overwrites.push(BundleOverwrite {
+            overwritten_after: None,
             restored_at: at(160),
+            replaced_version: Some("2".to_owned()),
             field_managers: vec!["helm".to_owned()],
         });
         contested.conditions.push(Condition {

@@ -106,6 +106,9 @@ pub struct MeshedPod {
     pub anchors: Option<BTreeSet<String>>,
     /// For control-plane pods: the bundle fingerprint their pod template was restarted for.
     pub restarted_for: Option<String>,
+    /// When each of its running containers last started (Unix seconds): a control-plane
+    /// container reads the bundle when it starts.
+    pub started: Vec<i64>,
     /// Its proxy's `LINKERD2_PROXY_IDENTITY_MAX_REFRESH`, the longest it keeps a leaf before
     /// asking for a new one; `None` when unset or unreadable (then the proxy refreshes at 70 %
     /// of the leaf's lifetime: about 17 h of Linkerd's 24 h leaves).
@@ -235,6 +238,46 @@ pub struct BundleMeta {
     /// field of the object (sorted). Empty when the operator's write is the latest, and when
     /// it never wrote the ConfigMap (the bundle Linkerd was installed with is not a contest).
     pub overwritten_by: Vec<String>,
+    /// When the operator last wrote the ConfigMap (the `time` of its `managedFields` entry).
+    pub operator_wrote_at: Option<i64>,
+    /// This process's last look that found the operator's write in place, nobody's over it
+    /// (`None` after a restart or a change of leader). With `operator_wrote_at`, it bounds when
+    /// an overwrite can have come: `managedFields` keep only a writer's latest time, and it
+    /// may have written more than once since.
+    pub seen_ours_at: Option<i64>,
+    /// The operator's last write of the ConfigMap, if it restored an overwrite: what its
+    /// annotations recorded of the overwrite, and when it was made (the `time` of the
+    /// operator's `managedFields` entry). The status records restores too, but a status write
+    /// can be lost; the ConfigMap is written with the restore itself.
+    pub last_restore: Option<Restore>,
+}
+
+impl BundleMeta {
+    /// The latest time the bundle is known to have been the operator's: its last write, or a
+    /// later look that found that write in place (less a second, for a watch cache a moment
+    /// behind).
+    pub fn ours_until(&self) -> Option<i64> {
+        let seen = self.seen_ours_at.map(|s| s - 1);
+        seen.max(self.operator_wrote_at)
+    }
+}
+
+/// Someone else's write of the bundle over the operator's, as the operator's restore records
+/// it on the ConfigMap.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overwrite {
+    /// Their field managers.
+    pub by: Vec<String>,
+    /// A time the bundle was still the operator's (Unix seconds): they wrote it after.
+    pub after: Option<i64>,
+}
+
+/// A restore of the operator's, read back from the ConfigMap.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restore {
+    pub overwrite: Overwrite,
+    /// Unix seconds.
+    pub restored_at: i64,
 }
 
 impl Observed {
@@ -314,10 +357,11 @@ pub struct Policies {
 /// other writer (a GitOps controller re-applying Linkerd's install-time ConfigMap, say) keeps
 /// writing it, and restarting the control plane on every restore would keep Linkerd's identity
 /// controller rolling for as long as the two fight.
-pub const CONTEST_WINDOW: Duration = Duration::from_secs(10 * 60);
+pub const CONTEST_WINDOW: Duration = Duration::from_secs(15 * 60);
 
-/// Default for [`Policies::contested_bundle_quiet`].
-pub const DEFAULT_CONTESTED_BUNDLE_QUIET: Duration = Duration::from_secs(2 * 60);
+/// Default for [`Policies::contested_bundle_quiet`]: longer than Argo CD's default 3-minute
+/// resync, so that a fight at that pace holds the restart rather than restarting every time.
+pub const DEFAULT_CONTESTED_BUNDLE_QUIET: Duration = Duration::from_secs(5 * 60);
 
 /// How many restores `status.bundleOverwrites` keeps.
 pub const BUNDLE_OVERWRITES_KEPT: usize = 5;
@@ -335,6 +379,9 @@ pub enum Effect {
         pem: String,
         fingerprint: String,
         written_over: Option<String>,
+        /// When the write restores a bundle someone else wrote over the operator's: that
+        /// overwrite, recorded on the ConfigMap with it.
+        restores: Option<Overwrite>,
     },
     /// Create or update the previous-anchor Secret with this certificate (never a key).
     WritePreviousAnchor { pem: String, fingerprint: String },
