@@ -118,12 +118,6 @@ pub struct RunArgs {
     /// How often a rotation in progress is looked at without a watch event.
     #[arg(long, default_value = "2s", value_parser = parse_period)]
     pub reconcile_interval: Duration,
-    /// When another writer keeps overwriting the trust bundle (two restores less than 15m
-    /// apart), how long a restored bundle must stay put before the control plane is restarted
-    /// onto it (a control plane that may have started on the other writer's bundle is restarted
-    /// at once).
-    #[arg(long, default_value = "5m", value_parser = parse_period)]
-    pub contested_bundle_quiet: Duration,
     /// Run the reconciler only while holding a leader Lease (`false`: a single replica).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
@@ -292,7 +286,6 @@ pub async fn operator(cli: OperatorCli, out: &mut impl std::io::Write) -> Result
                         trust_domain: args.trust_domain.clone(),
                         issuer_secret: pair(ns, &args.identity_issuer),
                         active_interval: args.reconcile_interval,
-                        contested_bundle_quiet: args.contested_bundle_quiet,
                         ..Default::default()
                     }
                 }),

@@ -160,10 +160,6 @@ pub struct TrustAnchorRotationStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BundleOverwrite {
-    /// A time the bundle was still the operator's (its last write, or a later look that found
-    /// it in place): the other writer wrote it after this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub overwritten_after: Option<Time>,
     /// When the operator restored the bundle.
     pub restored_at: Time,
     /// The ConfigMap's `resourceVersion` the restore replaced: the other writer's version.

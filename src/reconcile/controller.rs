@@ -41,12 +41,6 @@ pub const RESTART_ANNOTATION: &str = "trust.linkerd.io/restarted-for-bundle";
 /// On the bundle ConfigMap: the version of it the operator's last write replaced (see
 /// [`BundleMeta`]).
 pub const WRITTEN_OVER_ANNOTATION: &str = "trust.linkerd.io/written-over-version";
-/// On the bundle ConfigMap, when the operator's last write restored a bundle someone else had
-/// written over its own: their field managers (comma-separated) and a time the bundle was
-/// still the operator's (RFC 3339; they wrote it after), read back as
-/// [`BundleMeta::last_restore`].
-pub const OVERWRITTEN_BY_ANNOTATION: &str = "trust.linkerd.io/overwritten-by";
-pub const OVERWRITTEN_AFTER_ANNOTATION: &str = "trust.linkerd.io/overwritten-after";
 /// Pod-template annotation that restarts a workload so that its proxies get a leaf from the
 /// current issuer: its value is the issuer's fingerprint, so a workload is restarted at most
 /// once per issuer for that reason.
@@ -127,8 +121,6 @@ pub struct ReconcilerConfig {
     pub idle_interval: Duration,
     pub probe_concurrency: usize,
     pub probe_timeout: Duration,
-    /// See [`Policies::contested_bundle_quiet`].
-    pub contested_bundle_quiet: Duration,
 }
 
 impl Default for ReconcilerConfig {
@@ -146,7 +138,6 @@ impl Default for ReconcilerConfig {
             idle_interval: Duration::from_secs(300),
             probe_concurrency: 32,
             probe_timeout: Duration::from_secs(2),
-            contested_bundle_quiet: DEFAULT_CONTESTED_BUNDLE_QUIET,
         }
     }
 }
@@ -190,8 +181,6 @@ fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileErr
 
 /// Stores the reconciler reads from, kept by watches.
 struct Stores {
-    /// See [`BundleMeta::seen_ours_at`]: kept from look to look.
-    bundle_seen_ours: std::sync::Mutex<Option<i64>>,
     rotation: Store<TrustAnchorRotation>,
     secrets: Vec<Store<Secret>>,
     bundle: Store<ConfigMap>,
@@ -257,7 +246,6 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
         secret(&config.issuer_secret, &mut tasks),
     ];
     let stores = Stores {
-        bundle_seen_ours: Default::default(),
         rotation: reflect(
             Api::all(client.clone()),
             named(&config.rotation_name),
@@ -335,7 +323,7 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
     }
 }
 
-fn policies(spec: &TrustAnchorRotationSpec, config: &ReconcilerConfig) -> Policies {
+fn policies(spec: &TrustAnchorRotationSpec) -> Policies {
     Policies {
         restart: spec
             .data_plane_restart
@@ -355,7 +343,6 @@ fn policies(spec: &TrustAnchorRotationSpec, config: &ReconcilerConfig) -> Polici
             .unwrap_or(RenewalPolicy::Manual),
         paused: spec.paused.unwrap_or(false),
         refresh_interval: spec.workload_certificate_refresh_interval.clone(),
-        contested_bundle_quiet: config.contested_bundle_quiet,
     }
 }
 
@@ -372,7 +359,7 @@ async fn reconcile_once(
     };
     let status = rotation.status.clone().unwrap_or_default();
     tracing::Span::current().record("phase", status.phase.as_str());
-    let policies = policies(&rotation.spec, config);
+    let policies = policies(&rotation.spec);
     let mut observed = observe(client, config, stores, accelerating(status.phase)).await?;
     if status.phase == crate::crd::Phase::RenewingWorkloadCerts {
         probe_leaves(config, &mut observed).await;
@@ -454,15 +441,12 @@ fn failed_step_status(
 }
 
 /// Who wrote the bundle's `key` over the operator's last write of the ConfigMap (see
-/// [`BundleMeta::overwritten_by`]), and when the operator made that write. The operator's write (server-side apply with force)
-/// owns the key; a later write of another value takes it away. So the key is overwritten when
-/// the operator still manages a field of the ConfigMap (its written-over annotation) but no
+/// [`BundleMeta::overwritten_by`]). The operator's write (server-side apply with force) owns
+/// the key; a later write of another value takes it away. So the key is overwritten when the
+/// operator still manages a field of the ConfigMap (its written-over annotation) but no
 /// longer the key, and other managers do. One that applied the same value shares the key with
 /// the operator, and is no overwrite.
-pub fn overwritten_by(cm: &ConfigMap, key: &str) -> (Vec<String>, Option<i64>) {
-    let time = |e: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry| {
-        e.time.as_ref().map(|t| t.0.as_second())
-    };
+pub fn overwritten_by(cm: &ConfigMap, key: &str) -> Vec<String> {
     let entries = cm.metadata.managed_fields.as_deref().unwrap_or_default();
     let field = format!("f:{key}");
     let holds_key = |e: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry| {
@@ -475,48 +459,15 @@ pub fn overwritten_by(cm: &ConfigMap, key: &str) -> (Vec<String>, Option<i64>) {
         .iter()
         .filter(|e| e.manager.as_deref() == Some(MANAGER))
         .collect();
-    let wrote_at = ours.iter().filter_map(|e| time(e)).max();
     if ours.is_empty() || ours.iter().any(|e| holds_key(e)) {
-        return (Vec::new(), wrote_at);
+        return Vec::new();
     }
     let managers: BTreeSet<String> = entries
         .iter()
         .filter(|e| holds_key(e))
         .filter_map(|e| e.manager.clone())
         .collect();
-    (managers.into_iter().collect(), wrote_at)
-}
-
-/// The operator's last write of the ConfigMap, if it restored an overwrite (see
-/// [`BundleMeta::last_restore`]).
-pub fn last_restore(cm: &ConfigMap) -> Option<Restore> {
-    let by = cm.annotations().get(OVERWRITTEN_BY_ANNOTATION)?;
-    let restored_at = cm
-        .metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter(|e| {
-            e.manager.as_deref() == Some(MANAGER) && e.operation.as_deref() == Some("Apply")
-        })
-        .filter_map(|e| Some(e.time.as_ref()?.0.as_second()))
-        .max()?;
-    let at = cm
-        .annotations()
-        .get(OVERWRITTEN_AFTER_ANNOTATION)
-        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
-        .map(|t| t.as_second());
-    Some(Restore {
-        overwrite: Overwrite {
-            by: by
-                .split(',')
-                .filter(|m| !m.is_empty())
-                .map(str::to_owned)
-                .collect(),
-            after: at,
-        },
-        restored_at,
-    })
+    managers.into_iter().collect()
 }
 
 /// The world as the watches show it. `read_issuing`: also fetch the issuer Certificate's
@@ -576,14 +527,10 @@ async fn observe(
         .get(&ObjectRef::new(&n.bundle_configmap.1).within(&n.bundle_configmap.0));
     let bundle_meta = bundle_configmap
         .as_deref()
-        .map(|cm| (cm, overwritten_by(cm, &config.bundle_key)))
-        .map(|(cm, overwritten)| BundleMeta {
+        .map(|cm| BundleMeta {
             version: cm.resource_version(),
             written_over: cm.annotations().get(WRITTEN_OVER_ANNOTATION).cloned(),
-            overwritten_by: overwritten.0,
-            operator_wrote_at: overwritten.1,
-            seen_ours_at: None,
-            last_restore: last_restore(cm),
+            overwritten_by: overwritten_by(cm, &config.bundle_key),
         })
         .unwrap_or_default();
     let bundle = match bundle_configmap
@@ -705,17 +652,6 @@ async fn observe(
         } else if draining_until(p).is_some_and(|deadline| deadline > now) {
             draining.push(meshed_pod(config, p, &mut anchors_cache, &wont_roll));
         }
-    }
-    let mut bundle_meta = bundle_meta;
-    {
-        let mut seen = stores
-            .bundle_seen_ours
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if bundle_meta.operator_wrote_at.is_some() && bundle_meta.overwritten_by.is_empty() {
-            *seen = Some(now.as_second());
-        }
-        bundle_meta.seen_ours_at = *seen;
     }
     Ok(Observed {
         now: now.as_second(),
@@ -989,16 +925,6 @@ fn meshed_pod(
         ready,
         anchors,
         restarted_for: p.annotations().get(RESTART_ANNOTATION).cloned(),
-        started: p
-            .status
-            .iter()
-            .flat_map(|s| {
-                let init = s.init_container_statuses.iter().flatten();
-                init.chain(s.container_statuses.iter().flatten())
-            })
-            .filter_map(|c| c.state.as_ref()?.running.as_ref()?.started_at.as_ref())
-            .map(|t| t.0.as_second())
-            .collect(),
         max_refresh: proxy
             .and_then(|c| env_value(c, MAX_REFRESH_ENV))
             .and_then(|v| crate::duration::parse(&v).ok()),
@@ -1077,34 +1003,14 @@ async fn execute(
             pem,
             fingerprint,
             written_over,
-            restores,
         } => {
             let (ns, name) = &config.names.bundle_configmap;
-            tracing::info!(%fingerprint, ?written_over, ?restores, "writing the trust bundle");
-            // An annotation left out (no `written_over`: the ConfigMap does not exist yet; no
-            // restore) is dropped by server-side apply if an earlier write set it.
-            let mut annotations = serde_json::Map::new();
-            if let Some(after) = written_over {
-                annotations.insert(WRITTEN_OVER_ANNOTATION.to_owned(), json!(after));
-            }
-            if let Some(overwrite) = restores {
-                annotations.insert(
-                    OVERWRITTEN_BY_ANNOTATION.to_owned(),
-                    json!(overwrite.by.join(",")),
-                );
-                if let Some(after) = overwrite
-                    .after
-                    .and_then(|at| k8s_openapi::jiff::Timestamp::from_second(at).ok())
-                {
-                    annotations.insert(
-                        OVERWRITTEN_AFTER_ANNOTATION.to_owned(),
-                        json!(after.to_string()),
-                    );
-                }
-            }
+            tracing::info!(%fingerprint, ?written_over, "writing the trust bundle");
+            // Without `written_over` (the ConfigMap does not exist yet), server-side apply
+            // drops the annotation an earlier write set.
             let mut metadata = json!({ "name": name });
-            if !annotations.is_empty() {
-                metadata["annotations"] = annotations.into();
+            if let Some(after) = written_over {
+                metadata["annotations"] = json!({ WRITTEN_OVER_ANNOTATION: after });
             }
             Api::<ConfigMap>::namespaced(client.clone(), ns)
                 .patch(
@@ -1401,7 +1307,6 @@ mod tests {
                     "updateStrategy": strategy}}))
         };
         let stores = Stores {
-            bundle_seen_ours: Default::default(),
             rotation: frozen(vec![]),
             secrets: vec![frozen(vec![]), frozen(vec![]), frozen(vec![])],
             bundle: frozen(vec![]),
@@ -1608,7 +1513,6 @@ mod tests {
 
         // No certificate Secrets: every look parks the rotation and, the first time, says so.
         let stores = Stores {
-            bundle_seen_ours: Default::default(),
             rotation: frozen(vec![created]),
             secrets: vec![frozen(vec![]), frozen(vec![]), frozen(vec![])],
             bundle: frozen(vec![]),
@@ -1645,13 +1549,13 @@ mod tests {
         assert_eq!(parked.len(), 1, "announced once: {parked:?}");
     }
 
-    /// Who wrote over the operator's bundle, and the operator's restores of it, read back from
-    /// the ConfigMap on the real API server: nobody for the bundle Linkerd was installed with
-    /// (the operator never wrote it) or right after the operator's write; the writer after it,
-    /// whether it updated (`helm upgrade`, `kubectl apply`) or applied server-side with force
-    /// (Flux), and when; nobody for a writer that applied the operator's own bundle.
+    /// Who wrote over the operator's bundle, read from the ConfigMap's managedFields on the
+    /// real API server: nobody for the bundle Linkerd was installed with (the operator never
+    /// wrote it), right after the operator's write, or for a writer that applied the operator's
+    /// own bundle; the writer after it, whether it updated (`helm upgrade`, `kubectl edit`) or
+    /// applied server-side with force (Flux).
     #[tokio::test]
-    async fn overwrites_and_restores_are_read_from_the_configmap() {
+    async fn the_writer_over_the_operators_bundle_is_named_from_managed_fields() {
         let cp = ControlPlane::start().await.expect("a local control plane");
         let client = cp.client();
         let config = ReconcilerConfig::default();
@@ -1661,15 +1565,8 @@ mod tests {
             .unwrap();
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
         let key = config.bundle_key.clone();
-        let read = || async {
-            let cm = api.get(&name).await.unwrap();
-            (
-                overwritten_by(&cm, &key).0,
-                last_restore(&cm),
-                cm.resource_version(),
-            )
-        };
-        let now = || k8s_openapi::jiff::Timestamp::now().as_second();
+        let read = || async { overwritten_by(&api.get(&name).await.unwrap(), &key) };
+        let version = || async { api.get(&name).await.unwrap().resource_version() };
         let update_as = |manager: &'static str, pem: &'static str| {
             let api = api.clone();
             let (name, key) = (name.clone(), key.clone());
@@ -1705,14 +1602,14 @@ mod tests {
             instance: "test".to_owned(),
         };
         let reference = ObjectReference::default();
-        let write = |written_over: Option<String>, restores: Option<Overwrite>| {
+        // The operator's write, as the reconciler carries it out.
+        let write = |written_over: Option<String>| {
             let (client, config, recorder, reference) = (&client, &config, &recorder, &reference);
             async move {
                 let effect = Effect::WriteBundle {
                     pem: "restored".to_owned(),
                     fingerprint: "f".repeat(64),
                     written_over,
-                    restores,
                 };
                 execute(client, config, recorder, reference, &effect)
                     .await
@@ -1735,66 +1632,23 @@ mod tests {
         )
         .await
         .unwrap();
-        let (overwrite, restore, version) = read().await;
-        assert_eq!(overwrite, nobody, "never written by the operator");
-        assert_eq!(restore, None);
+        assert_eq!(read().await, nobody, "never written by the operator");
 
-        // The operator's first write is no restore; it reads back when it was made.
-        let before = now();
-        write(version, None).await;
-        let after = now();
-        let cm = api.get(&name).await.unwrap();
-        let (overwrite, wrote_at) = overwritten_by(&cm, &key);
-        assert_eq!(overwrite, nobody, "the operator's is the latest write");
-        let wrote_at = wrote_at.expect("the time of the operator's write");
-        assert!(
-            (before..=after).contains(&wrote_at),
-            "{before} <= {wrote_at} <= {after}"
-        );
-        assert_eq!(last_restore(&cm), None);
+        write(version().await).await;
+        assert_eq!(read().await, nobody, "the operator's is the latest write");
 
-        // A `helm upgrade` writes over it: the operator's write keeps its time.
-        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
         update_as("helm", "upgraded").await;
-        let cm = api.get(&name).await.unwrap();
-        assert_eq!(
-            overwritten_by(&cm, &key),
-            (vec!["helm".to_owned()], Some(wrote_at))
-        );
-        // The operator restores it.
-        let overwrite = Overwrite {
-            by: vec!["helm".to_owned()],
-            after: Some(wrote_at),
-        };
-        let before = now();
-        write(cm.resource_version(), Some(overwrite.clone())).await;
-        let after = now();
-        let (overwritten, restore, version) = read().await;
-        assert_eq!(overwritten, nobody);
-        let restore = restore.expect("the restore, read back");
-        assert_eq!(restore.overwrite, overwrite);
-        assert!((before..=after).contains(&restore.restored_at));
-
-        // Written over again: the restore the ConfigMap recorded stays as it was.
-        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-        update_as("helm", "upgraded").await;
-        let (overwritten, again, _) = read().await;
-        assert_eq!(overwritten, ["helm"]);
-        assert_eq!(again, Some(restore));
-        write(version, Some(overwrite)).await;
+        assert_eq!(read().await, ["helm"]);
+        write(version().await).await;
+        assert_eq!(read().await, nobody);
 
         // A GitOps controller that applies the operator's own bundle shares it: no overwrite.
         apply_as("kustomize-controller", "restored").await;
-        assert_eq!(read().await.0, nobody);
+        assert_eq!(read().await, nobody);
         // One that applies another, and a hand edit after it: only the last holds the key.
         apply_as("kustomize-controller", "flux").await;
-        assert_eq!(read().await.0, ["kustomize-controller"]);
+        assert_eq!(read().await, ["kustomize-controller"]);
         update_as("kubectl-edit", "edited").await;
-        assert_eq!(read().await.0, ["kubectl-edit"]);
-
-        // A write that restores nothing drops the record of the last restore.
-        let version = read().await.2;
-        write(version, None).await;
-        assert_eq!(read().await.1, None);
+        assert_eq!(read().await, ["kubectl-edit"]);
     }
 }

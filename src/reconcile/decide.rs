@@ -93,7 +93,7 @@ pub fn decide(
     status: &TrustAnchorRotationStatus,
     observed: &Observed,
 ) -> Decision {
-    let mut d = Step::new(status, observed.now, policies.contested_bundle_quiet, names);
+    let mut d = Step::new(status, observed.now, names);
 
     // Unusable material parks the rotation where it is, writing nothing.
     let material = (|| {
@@ -123,7 +123,6 @@ pub fn decide(
     }
 
     d.next.active_issuer_fingerprint = Some(issuer.cert.fingerprint.clone());
-    d.recover_restore(&observed.bundle_meta);
     d.next.previous_anchor_fingerprint = previous.as_ref().map(|p| p.fingerprint.clone());
 
     if policies.paused {
@@ -188,7 +187,6 @@ pub fn decide(
             fingerprint: b.fingerprint(),
             // (None when the ConfigMap does not exist; it may exist without the key.)
             written_over: observed.bundle_meta.version.clone(),
-            restores: None,
         });
         d.event(
             false,
@@ -284,26 +282,19 @@ pub fn decide(
         // it is restored, or grown back): the write records the version it replaced, which
         // sets its restarts apart from those onto the bundle before (see `BundleMeta`).
         let meta = &observed.bundle_meta;
-        let restores = (!meta.overwritten_by.is_empty()).then(|| Overwrite {
-            by: meta.overwritten_by.clone(),
-            after: meta.ours_until(),
-        });
         d.effects.push(Effect::WriteBundle {
             pem: grown.to_pem(),
             fingerprint: grown.fingerprint(),
             written_over: meta.version.clone(),
-            restores: restores.clone(),
         });
-        let why = match restores {
-            None => why,
-            Some(overwrite) => {
-                let why = format!(
-                    "{why} (written over the operator's bundle by {})",
-                    overwrite.by.join(", ")
-                );
-                d.overwritten(meta.version.clone(), overwrite, observed.now);
-                why
-            }
+        let why = if meta.overwritten_by.is_empty() {
+            why
+        } else {
+            d.overwritten(meta);
+            format!(
+                "{why} (written over the operator's bundle by {})",
+                meta.overwritten_by.join(", ")
+            )
         };
         d.transition(Phase::RefreshingControlPlane, &why);
         d.next.blocking_message = Some(format!(
@@ -418,22 +409,6 @@ pub fn decide(
             }
             let stale =
                 |c: &ControlPlaneDeployment| c.restarted_for.as_deref() != Some(marker.as_str());
-            // The restart waits only while no control-plane container can have read a foreign
-            // bundle: each runs on one of the operator's, holding the anchors in use.
-            if let Some(contest) = d.contest()
-                && observed.control_plane.iter().any(stale)
-                && !d.out_of_order_raised()
-                && d.control_plane_started_on_foreign(observed).is_empty()
-            {
-                d.next.blocking_message = Some(format!(
-                    "{}; the control plane runs on an earlier bundle of the operator's, with the anchors in use, so restarting it onto trust bundle {} waits until the bundle has stayed put for {} (until {}), so that the fight does not keep Linkerd's identity controller restarting",
-                    contest.what,
-                    short(&bundle_fp),
-                    crate::duration::to_whole_seconds(policies.contested_bundle_quiet),
-                    timestamp(contest.until)
-                ));
-                return d.finish(Requeue::Soon);
-            }
             // Onto the expanded bundle, the control plane's proxies take the accelerated refresh
             // interval with them (the webhook leaves their pods alone); onto the reduced one,
             // they give it back.
@@ -651,7 +626,6 @@ pub fn decide(
                 pem: reduced.to_pem(),
                 fingerprint: reduced.fingerprint(),
                 written_over: observed.bundle_meta.version.clone(),
-                restores: None,
             });
             d.transition(
                 Phase::RefreshingControlPlane,
@@ -789,127 +763,46 @@ struct Step<'a> {
     next: TrustAnchorRotationStatus,
     effects: Vec<Effect>,
     now: i64,
-    /// [`Policies::contested_bundle_quiet`].
-    contested_quiet: std::time::Duration,
     names: &'a Names,
 }
 
-/// Another writer keeps overwriting the bundle (see [`CONTEST_WINDOW`]).
-struct Contest {
-    /// Who, and how often, for messages.
-    what: String,
-    /// Unix seconds until which control-plane restarts wait.
-    until: i64,
-}
-
-/// RFC 3339, for messages.
-fn timestamp(unix_seconds: i64) -> String {
-    k8s_openapi::jiff::Timestamp::from_second(unix_seconds)
-        .map(|t| t.to_string())
-        .unwrap_or_else(|_| format!("{unix_seconds}s after the epoch"))
-}
-
 impl<'a> Step<'a> {
-    fn new(
-        prev: &'a TrustAnchorRotationStatus,
-        now: i64,
-        contested_quiet: std::time::Duration,
-        names: &'a Names,
-    ) -> Self {
+    fn new(prev: &'a TrustAnchorRotationStatus, now: i64, names: &'a Names) -> Self {
         Self {
             prev,
             next: prev.clone(),
             effects: Vec::new(),
             now,
-            contested_quiet,
             names,
         }
     }
 
-    /// Records a restore of the bundle someone else wrote over (the version it replaced, the
-    /// overwrite, when), keeping the latest few. A look whose ConfigMap cache has not yet shown
-    /// the operator's last restore restores the same version again: that is one overwrite,
-    /// recorded once.
-    fn overwritten(&mut self, replaced: Option<String>, overwrite: Overwrite, restored_at: i64) {
+    /// Records a restore of the bundle someone else wrote over (who, when, the version it
+    /// replaced), keeping the latest few. A look whose ConfigMap cache has not yet shown the
+    /// operator's restore restores the same version again: one overwrite, recorded once.
+    fn overwritten(&mut self, meta: &BundleMeta) {
+        let restored_at = self.time();
         let overwrites = &mut self.next.bundle_overwrites;
-        if replaced.is_some() && overwrites.iter().any(|o| o.replaced_version == replaced) {
+        if meta.version.is_some()
+            && overwrites
+                .iter()
+                .any(|o| o.replaced_version == meta.version)
+        {
             return;
         }
-        let time = |s: i64| Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap_or_default());
         overwrites.push(BundleOverwrite {
-            overwritten_after: overwrite.after.map(time),
-            restored_at: time(restored_at),
-            replaced_version: replaced,
-            field_managers: overwrite.by,
+            restored_at,
+            replaced_version: meta.version.clone(),
+            field_managers: meta.overwritten_by.clone(),
         });
         let excess = overwrites.len().saturating_sub(BUNDLE_OVERWRITES_KEPT);
         overwrites.drain(..excess);
     }
 
-    /// The operator's last restore as the ConfigMap records it, back in the status if the
-    /// status write of the look that made it was lost.
-    fn recover_restore(&mut self, meta: &BundleMeta) {
-        if let Some(restore) = &meta.last_restore {
-            self.overwritten(
-                meta.written_over.clone(),
-                restore.overwrite.clone(),
-                restore.restored_at,
-            );
-        }
-    }
-
-    /// Control-plane pods with a container that started while a recorded overwrite may have
-    /// been in place (from the last time the bundle was known to be the operator's to its
-    /// restore, both ends included: times are whole seconds), so may run on the foreign
-    /// bundle. A pod restarted by the operator for a restore was created after it, and is
-    /// checked against later ones only. An overwrite with no such time counts from the restore
-    /// before it, or from the start.
-    fn control_plane_started_on_foreign(&self, observed: &Observed) -> Vec<String> {
-        let overwrites = &self.next.bundle_overwrites;
-        let second = |t: &Time| t.0.as_second();
-        observed
-            .pods
-            .iter()
-            .filter(|p| p.control_plane)
-            .filter(|p| {
-                // The restore this pod was restarted for, if it is one of those recorded.
-                let restarted_after = p
-                    .restarted_for
-                    .as_deref()
-                    .and_then(|m| m.split_once('.'))
-                    .and_then(|(_, version)| {
-                        overwrites
-                            .iter()
-                            .position(|o| o.replaced_version.as_deref() == Some(version))
-                    });
-                overwrites
-                    .iter()
-                    .enumerate()
-                    .skip(restarted_after.map_or(0, |i| i + 1))
-                    .any(|(i, o)| {
-                        let from = o.overwritten_after.as_ref().map(second).unwrap_or_else(|| {
-                            i.checked_sub(1)
-                                .map_or(i64::MIN, |before| second(&overwrites[before].restored_at))
-                        });
-                        let to = second(&o.restored_at);
-                        p.started.iter().any(|s| (from..=to).contains(s))
-                    })
-            })
-            .map(|p| p.key())
-            .collect()
-    }
-
-    /// Whether `OutOfOrderIssuerRotation` is True in the status being built.
-    fn out_of_order_raised(&self) -> bool {
-        self.next
-            .conditions
-            .iter()
-            .any(|c| c.type_ == OUT_OF_ORDER_CONDITION && c.status == ConditionStatus::True)
-    }
-
-    /// Whether the bundle is contested now: its last two restores were less than
-    /// [`CONTEST_WINDOW`] apart, and the last is more recent than the quiet period.
-    fn contest(&self) -> Option<Contest> {
+    /// What to say while the bundle is contested: its last two restores were less than
+    /// [`CONTEST_WINDOW`] apart, and the last is less than that ago.
+    fn contest(&self) -> Option<String> {
+        let window = CONTEST_WINDOW.as_secs() as i64;
         let [.., earlier, last] = self.next.bundle_overwrites.as_slice() else {
             return None;
         };
@@ -917,36 +810,31 @@ impl<'a> Step<'a> {
             earlier.restored_at.0.as_second(),
             last.restored_at.0.as_second(),
         );
-        let until = last_at.saturating_add(self.contested_quiet.as_secs() as i64);
-        if last_at - earlier_at >= CONTEST_WINDOW.as_secs() as i64 || self.now >= until {
+        if last_at - earlier_at >= window || self.now - last_at >= window {
             return None;
         }
-        let (ns, name) = &self.names.bundle_configmap;
-        // (At least the two that make the contest, under a quiet period longer than the window.)
-        let window_start = (self.now - CONTEST_WINDOW.as_secs() as i64).min(earlier_at - 1);
         let recent: Vec<&BundleOverwrite> = self
             .next
             .bundle_overwrites
             .iter()
-            .filter(|o| o.restored_at.0.as_second() > window_start)
+            .filter(|o| self.now - o.restored_at.0.as_second() < window)
             .collect();
         let managers: BTreeSet<&str> = recent
             .iter()
             .flat_map(|o| o.field_managers.iter().map(String::as_str))
             .collect();
-        Some(Contest {
-            what: format!(
-                "ConfigMap {ns}/{name}: the trust bundle was overwritten {} times in the last {}m (field manager(s): {}) and restored each time; stop the other writer from writing the bundle, or give it this one",
-                recent.len(),
-                CONTEST_WINDOW.as_secs() / 60,
-                managers.into_iter().collect::<Vec<_>>().join(", ")
-            ),
-            until,
-        })
+        let (ns, name) = &self.names.bundle_configmap;
+        Some(format!(
+            "ConfigMap {ns}/{name}: the trust bundle was overwritten {} times in the last {}m (field manager(s): {}); each restore restarts Linkerd's control plane. Stop the other writer from writing the bundle, or give it the operator's",
+            recent.len(),
+            window / 60,
+            managers.into_iter().collect::<Vec<_>>().join(", ")
+        ))
     }
 
     /// Keeps the `TrustBundleContested` condition: raised (with a warning event) while the
-    /// bundle is contested, and lowered once it has stayed put; absent if it never was.
+    /// bundle is contested, lowered once it has not been overwritten for the window; absent if
+    /// it never was contested.
     fn contested_condition(&mut self) {
         let was = self
             .prev
@@ -955,13 +843,13 @@ impl<'a> Step<'a> {
             .find(|c| c.type_ == CONTESTED_CONDITION);
         let was_true = was.is_some_and(|c| c.status == ConditionStatus::True);
         let (status, reason, message) = match self.contest() {
-            Some(contest) => (ConditionStatus::True, "OverwrittenRepeatedly", contest.what),
+            Some(what) => (ConditionStatus::True, "OverwrittenRepeatedly", what),
             None if was.is_some() => (
                 ConditionStatus::False,
                 "BundleStayedPut",
                 format!(
-                    "the trust bundle has not been overwritten for {}",
-                    crate::duration::to_whole_seconds(self.contested_quiet)
+                    "the trust bundle has not been overwritten twice within {}m",
+                    CONTEST_WINDOW.as_secs() / 60
                 ),
             ),
             None => return,

@@ -75,7 +75,6 @@ fn pod(ns: &str, name: &str, holds: &[usize]) -> MeshedPod {
         ready: true,
         anchors: Some(set(holds)),
         restarted_for: None,
-        started: Vec::new(),
         // Restarted while the rotation published its interval (the tests' 5m).
         max_refresh: Some(Duration::from_secs(300)),
         owner: Ok(Workload {
@@ -216,7 +215,6 @@ fn manual() -> Policies {
         issuer_renewal: RenewalPolicy::Manual,
         paused: false,
         refresh_interval: "5m".to_owned(),
-        contested_bundle_quiet: DEFAULT_CONTESTED_BUNDLE_QUIET,
     }
 }
 
@@ -539,10 +537,6 @@ fn overwritten_by(by: &str, version: u32, at: i64) -> Observed {
         version: Some(version.to_string()),
         written_over: Some((version - 1).to_string()),
         overwritten_by: vec![by.to_owned()],
-        // A second before the look that restores it.
-        operator_wrote_at: Some(NOW + at - 1),
-        seen_ours_at: None,
-        last_restore: None,
     };
     o
 }
@@ -560,21 +554,27 @@ fn restored_over(version: u32, at: i64) -> Observed {
     o
 }
 
+fn restarts_control_plane(d: &Decision) -> bool {
+    writes(d)
+        .iter()
+        .any(|e| matches!(e, Effect::RestartControlPlane { .. }))
+}
+
 /// A GitOps controller that re-applies Linkerd's install-time ConfigMap fights the operator
-/// over the bundle. Each overwrite is restored at once (new pods must get the anchors in use),
-/// but from the second one within the contest window the control plane is restarted only once
-/// the bundle has stayed put for the quiet period: not on every restore, which would keep the
-/// identity controller rolling for as long as the fight lasts.
+/// over the bundle. Each overwrite is restored, and the control plane restarted onto it, at
+/// once: the operator cannot tell whether the control plane started on the foreign bundle
+/// meanwhile. From the second overwrite within the contest window the status says who keeps
+/// writing it, until the window passes without another.
 #[test]
-fn a_contested_bundle_is_restored_but_restarts_the_control_plane_once_it_stays_put() {
+fn a_contested_bundle_is_named_and_still_restored_and_restarted_onto_at_once() {
     let policies = automatic();
-    let quiet = policies.contested_bundle_quiet.as_secs() as i64;
+    let names = Names::default();
     let restored = bundle_fp(&[1]);
 
-    // The first overwrite: restored, and the control plane restarted onto it at once.
+    // The first overwrite: restored, the control plane restarted onto it; no contest.
     let first = decide(
         &policies,
-        &Names::default(),
+        &names,
         &in_phase(Phase::Synced),
         &overwritten_by("argocd-application-controller", 10, 0),
     );
@@ -588,30 +588,28 @@ fn a_contested_bundle_is_restored_but_restarts_the_control_plane_once_it_stays_p
         ["argocd-application-controller"]
     );
     assert!(contested(&first).is_none(), "{:?}", first.status.conditions);
-    let next = decide(
-        &policies,
-        &Names::default(),
-        &first.status,
-        &restored_over(10, 2),
-    );
+    let next = decide(&policies, &names, &first.status, &restored_over(10, 2));
     assert!(
         matches!(&writes(&next)[..], [Effect::RestartControlPlane { marker, .. }] if *marker == format!("{restored}.10")),
         "{:?}",
         next.effects
     );
 
-    // The second, a minute later: restored again, and the bundle is contested.
+    // The second, a minute later: restored, contested, and restarted onto at once.
     let mut status = next.status.clone();
     status.phase = Phase::Synced;
     let second = decide(
         &policies,
-        &Names::default(),
+        &names,
         &status,
         &overwritten_by("argocd-application-controller", 20, 60),
     );
     assert!(matches!(&writes(&second)[..], [Effect::WriteBundle { .. }]));
     let raised = contested(&second).expect("the contest is raised");
-    assert_eq!(raised.status, ConditionStatus::True);
+    assert_eq!(
+        (raised.status, raised.reason.as_str()),
+        (ConditionStatus::True, "OverwrittenRepeatedly")
+    );
     assert!(
         raised.message.contains("overwritten 2 times")
             && raised.message.contains("argocd-application-controller")
@@ -624,165 +622,74 @@ fn a_contested_bundle_is_restored_but_restarts_the_control_plane_once_it_stays_p
     assert!(second.effects.iter().any(
         |e| matches!(e, Effect::Event { warning: true, reason, .. } if reason == "TrustBundleContested")
     ));
-
-    // Restored, but the control plane waits while the quiet period runs, and says why.
-    for at in [62, 60 + quiet - 1] {
-        let held = decide(
-            &policies,
-            &Names::default(),
-            &second.status,
-            &restored_over(20, at),
-        );
-        assert_eq!(writes(&held), Vec::<&Effect>::new(), "at {at}s");
-        assert_eq!(held.status.phase, Phase::RefreshingControlPlane);
-        assert!(
-            blocking(&held).contains("waits until the bundle has stayed put for 300s")
-                && blocking(&held).contains("argocd-application-controller"),
-            "{}",
-            blocking(&held)
-        );
-        assert_eq!(contested(&held).unwrap().status, ConditionStatus::True);
-        // Raised once: no second warning.
-        assert!(!held.effects.iter().any(
-            |e| matches!(e, Effect::Event { reason, .. } if reason == "TrustBundleContested")
-        ));
-    }
-
-    // The bundle stayed put: one restart onto it, and the condition lowered.
-    let quiet_now = decide(
-        &policies,
-        &Names::default(),
-        &second.status,
-        &restored_over(20, 60 + quiet),
-    );
+    let held = decide(&policies, &names, &second.status, &restored_over(20, 62));
     assert!(
-        matches!(&writes(&quiet_now)[..], [Effect::RestartControlPlane { marker, .. }] if *marker == format!("{restored}.20")),
+        matches!(&writes(&held)[..], [Effect::RestartControlPlane { marker, .. }] if *marker == format!("{restored}.20")),
         "{:?}",
-        quiet_now.effects
+        held.effects
     );
-    let lowered = contested(&quiet_now).unwrap();
+    assert_eq!(contested(&held).unwrap().status, ConditionStatus::True);
+    // Raised once: no second warning, and its time kept.
+    assert!(
+        !held
+            .effects
+            .iter()
+            .any(|e| matches!(e, Effect::Event { reason, .. } if reason == "TrustBundleContested"))
+    );
+    assert_eq!(
+        contested(&held).unwrap().last_transition_time,
+        raised.last_transition_time
+    );
+
+    // A window later without another overwrite: lowered.
+    let window = CONTEST_WINDOW.as_secs() as i64;
+    let mut synced = held.status.clone();
+    synced.phase = Phase::Synced;
+    let quiet = decide(
+        &policies,
+        &names,
+        &synced,
+        &restored_over(20, 60 + window - 1),
+    );
+    assert_eq!(contested(&quiet).unwrap().status, ConditionStatus::True);
+    let quiet = decide(&policies, &names, &synced, &restored_over(20, 60 + window));
+    let lowered = contested(&quiet).unwrap();
     assert_eq!(
         (lowered.status, lowered.reason.as_str()),
         (ConditionStatus::False, "BundleStayedPut")
     );
 }
 
-/// The restart waits only while no control-plane container can have read the foreign bundle:
-/// one that started while an overwrite was in place (a `helm upgrade` that rolled the control
-/// plane, a pod rescheduled mid-fight) is restarted onto the restored bundle at once, contest
-/// or not; and so is everything while `OutOfOrderIssuerRotation` is raised.
+/// Overwrites further apart than the contest window are each restored and restarted onto, as
+/// a `helm upgrade` of Linkerd now and then is, and are no contest; the status keeps the
+/// latest few.
 #[test]
-fn a_contest_never_holds_a_control_plane_that_may_run_on_the_foreign_bundle() {
+fn overwrites_far_apart_are_not_a_contest() {
     let policies = automatic();
-    let names = Names::default();
-    let first = decide(
-        &policies,
-        &names,
-        &in_phase(Phase::Synced),
-        &overwritten_by("helm", 10, 0),
-    );
-    let mut status = first.status.clone();
-    status.phase = Phase::Synced;
-    let second = decide(&policies, &names, &status, &overwritten_by("helm", 20, 60));
-    assert_eq!(contested(&second).unwrap().status, ConditionStatus::True);
-    let restarts = |d: &Decision| {
-        writes(d)
-            .iter()
-            .any(|e| matches!(e, Effect::RestartControlPlane { .. }))
-    };
-    // (marker of the pod, when its containers started, seconds after NOW) -> restarted now?
-    let restored_first = format!("{}.10", bundle_fp(&[1]));
-    for (marker, started, restart) in [
-        (None, vec![-100], false),
-        // Started after the restore: on the operator's bundle.
-        (None, vec![-100, 61], false),
-        // Within the second overwrite (written at 59, restored at 60), both ends included.
-        (None, vec![59], true),
-        (None, vec![-100, 60], true),
-        // Within the first (-1 to 0).
-        (None, vec![0], true),
-        // ... but restarted by the operator for the first restore, so created after it.
-        (Some(restored_first.clone()), vec![0], false),
-        (Some(restored_first), vec![60], true),
-    ] {
-        let mut o = restored_over(20, 62);
-        let cp = o.pods.iter_mut().find(|p| p.control_plane).unwrap();
-        cp.restarted_for = marker.clone();
-        cp.started = started.iter().map(|s| NOW + s).collect();
-        let d = decide(&policies, &names, &second.status, &o);
-        assert_eq!(
-            restarts(&d),
-            restart,
-            "{marker:?} started {started:?}: {}",
-            blocking(&d)
+    let window = CONTEST_WINDOW.as_secs() as i64;
+    let mut status = in_phase(Phase::Synced);
+    for i in 0..7u32 {
+        let at = i as i64 * (window + 1);
+        let d = decide(
+            &policies,
+            &Names::default(),
+            &status,
+            &overwritten_by("helm", 10 * (i + 1), at),
         );
+        assert!(contested(&d).is_none(), "overwrite {i}");
+        let next = decide(
+            &policies,
+            &Names::default(),
+            &d.status,
+            &restored_over(10 * (i + 1), at + 2),
+        );
+        assert!(restarts_control_plane(&next), "overwrite {i}");
+        status = next.status;
+        status.phase = Phase::Synced;
     }
-
-    let mut urgent = second.status.clone();
-    let raised = urgent
-        .conditions
-        .iter_mut()
-        .find(|c| c.type_ == OUT_OF_ORDER_CONDITION)
-        .unwrap();
-    raised.status = ConditionStatus::True;
-    let d = decide(&policies, &names, &urgent, &restored_over(20, 62));
-    assert_eq!(out_of_order(&d), Some(ConditionStatus::True));
-    assert!(restarts(&d), "{}", blocking(&d));
-}
-
-/// A restore whose status write was lost is read back from the ConfigMap, which the restore
-/// itself wrote: it still counts, both for the contest and for the control-plane pods that
-/// started while that overwrite was in place.
-#[test]
-fn a_restore_whose_status_was_lost_is_read_back_from_the_configmap() {
-    let policies = automatic();
-    let names = Names::default();
-    let first = decide(
-        &policies,
-        &names,
-        &in_phase(Phase::Synced),
-        &overwritten_by("helm", 10, 0),
-    );
-    let mut status = first.status.clone();
-    status.phase = Phase::Synced;
-    // The second restore's look: its writes landed, its status did not.
-    let mut o = restored_over(20, 62);
-    o.bundle_meta.last_restore = Some(Restore {
-        overwrite: Overwrite {
-            by: vec!["argocd-application-controller".to_owned()],
-            after: Some(NOW + 59),
-        },
-        restored_at: NOW + 60,
-    });
-    let mut status_lost = status.clone();
-    status_lost.phase = Phase::RefreshingControlPlane;
-    let d = decide(&policies, &names, &status_lost, &o);
-    assert_eq!(d.status.bundle_overwrites.len(), 2);
-    assert_eq!(
-        d.status.bundle_overwrites[1].replaced_version.as_deref(),
-        Some("20")
-    );
-    assert_eq!(contested(&d).unwrap().status, ConditionStatus::True);
-    assert!(
-        !writes(&d)
-            .iter()
-            .any(|e| matches!(e, Effect::RestartControlPlane { .. })),
-        "{:?}",
-        d.effects
-    );
-    // Read back once only.
-    let again = decide(&policies, &names, &d.status, &o);
-    assert_eq!(again.status.bundle_overwrites, d.status.bundle_overwrites);
-    // A control-plane container that started in it is restarted at once.
-    o.pods.iter_mut().find(|p| p.control_plane).unwrap().started = vec![NOW + 59];
-    let d = decide(&policies, &names, &status_lost, &o);
-    assert!(
-        writes(&d)
-            .iter()
-            .any(|e| matches!(e, Effect::RestartControlPlane { .. })),
-        "{}",
-        blocking(&d)
-    );
+    assert_eq!(status.bundle_overwrites.len(), BUNDLE_OVERWRITES_KEPT);
+    let first_kept = status.bundle_overwrites[0].restored_at.0.as_second();
+    assert_eq!(first_kept, NOW + 2 * (window + 1), "the oldest are dropped");
 }
 
 /// A look whose ConfigMap cache has not yet shown the operator's restore sees the overwritten
@@ -805,41 +712,6 @@ fn an_overwrite_seen_twice_is_recorded_once() {
     assert!(matches!(&writes(&again)[..], [Effect::WriteBundle { .. }]));
     assert_eq!(again.status.bundle_overwrites.len(), 1);
     assert!(contested(&again).is_none());
-}
-
-/// Overwrites further apart than the contest window are each restored and restarted onto at
-/// once, as a `helm upgrade` of Linkerd now and then is; the status keeps the latest few.
-#[test]
-fn overwrites_far_apart_are_not_a_contest() {
-    let policies = automatic();
-    let window = CONTEST_WINDOW.as_secs() as i64;
-    let mut status = in_phase(Phase::Synced);
-    for i in 0..7u32 {
-        let at = i as i64 * (window + 1);
-        let d = decide(
-            &policies,
-            &Names::default(),
-            &status,
-            &overwritten_by("helm", 10 * (i + 1), at),
-        );
-        assert!(contested(&d).is_none(), "overwrite {i}");
-        let next = decide(
-            &policies,
-            &Names::default(),
-            &d.status,
-            &restored_over(10 * (i + 1), at + 2),
-        );
-        assert!(
-            matches!(&writes(&next)[..], [Effect::RestartControlPlane { .. }]),
-            "overwrite {i}: {:?}",
-            next.effects
-        );
-        status = next.status;
-        status.phase = Phase::Synced;
-    }
-    assert_eq!(status.bundle_overwrites.len(), BUNDLE_OVERWRITES_KEPT);
-    let first_kept = status.bundle_overwrites[0].restored_at.0.as_second();
-    assert_eq!(first_kept, NOW + 2 * (window + 1), "the oldest are dropped");
 }
 
 /// A bundle nobody wrote over since the operator did (its first write over Linkerd's
@@ -1935,14 +1807,8 @@ mod properties {
         written_over: Option<u64>,
         /// Someone else wrote the bundle after the operator last did.
         overwritten: bool,
-        /// When the operator last wrote the bundle (clock; its managedFields entry's time).
-        operator_wrote: Option<i64>,
-        /// The operator's last look that found its own bundle in place (clock).
-        seen_ours: Option<i64>,
-        /// What the ConfigMap records of the operator's last write, if it was a restore.
-        last_restore: Option<Restore>,
-        /// When the control plane's containers last started (clock).
-        cp_started: i64,
+        /// Whether the operator has written the bundle (its managedFields entry exists).
+        operator_wrote: bool,
         /// Seconds since the start; every action takes a few.
         clock: i64,
         status: TrustAnchorRotationStatus,
@@ -1974,7 +1840,6 @@ mod properties {
                 .collect();
             let mut identity = cp_pod("linkerd-identity-1", self.cp_for.clone());
             identity.leaf = Some(Leaf::FromIssuer);
-            identity.started = vec![NOW + self.cp_started];
             pods.push(identity);
             let issuer = Issuer {
                 cert: self.issuer_cert(),
@@ -1998,9 +1863,6 @@ mod properties {
                     } else {
                         Vec::new()
                     },
-                    operator_wrote_at: self.operator_wrote.map(|at| NOW + at),
-                    seen_ours_at: self.seen_ours.map(|at| NOW + at),
-                    last_restore: self.last_restore.clone(),
                 },
             }
         }
@@ -2026,9 +1888,6 @@ mod properties {
 
         /// Applies the decision's effects as the I/O layer would, checking the invariants.
         fn reconcile(&mut self, policies: &Policies) -> Result<(), TestCaseError> {
-            if self.operator_wrote.is_some() && !self.overwritten {
-                self.seen_ours = Some(self.clock);
-            }
             let before_phase = self.status.phase;
             let d = decide(policies, &Names::default(), &self.status, &self.observed());
             let in_use: BTreeSet<String> = std::iter::once(fp(self.issuer.1))
@@ -2037,15 +1896,8 @@ mod properties {
             for effect in &d.effects {
                 match effect {
                     Effect::WriteBundle {
-                        pem,
-                        written_over,
-                        restores,
-                        ..
+                        pem, written_over, ..
                     } => {
-                        self.last_restore = restores.clone().map(|overwrite| Restore {
-                            overwrite,
-                            restored_at: NOW + self.clock,
-                        });
                         let written: BTreeSet<String> = crate::bundle::Bundle::from_pem("b", pem)
                             .unwrap()
                             .fingerprints()
@@ -2061,7 +1913,7 @@ mod properties {
                         self.bundle = written;
                         self.bundle_version += 1;
                         self.overwritten = false;
-                        self.operator_wrote = Some(self.clock);
+                        self.operator_wrote = true;
                         self.written_over = written_over.as_deref().map(|v| v.parse().unwrap());
                     }
                     Effect::WritePreviousAnchor { fingerprint, .. } => {
@@ -2070,8 +1922,6 @@ mod properties {
                     Effect::RestartControlPlane { marker, .. } => {
                         self.cp_for = Some(marker.clone());
                         self.cp_anchors = self.bundle.clone();
-                        // Its new pods start after the look that restarted them.
-                        self.cp_started = self.clock + 1;
                     }
                     Effect::RestartWorkloads { restart_for, .. } => {
                         match restart_for {
@@ -2184,15 +2034,12 @@ mod properties {
                 bundle_version: 1,
                 written_over: None,
                 overwritten: false,
-                operator_wrote: None,
-                seen_ours: None,
-                last_restore: None,
-                cp_started: 0,
+                operator_wrote: false,
                 clock: 0,
                 status: TrustAnchorRotationStatus::default(),
             };
             for action in actions {
-                // Some 20 s a step: a contest's quiet period passes within a few steps.
+                // Some 20 s a step: overwrites may come within the contest window or not.
                 c.clock += 20;
                 match action {
                     Action::RenewAnchor => c.anchor = (c.anchor + 1).min(2),
@@ -2222,14 +2069,13 @@ mod properties {
                     Action::OverwriteBundle => {
                         c.bundle = set(&[0]);
                         c.bundle_version += 1;
-                        c.overwritten = c.operator_wrote.is_some();
+                        c.overwritten = c.operator_wrote;
                     }
                     Action::HelmUpgrade => {
                         c.bundle = set(&[0]);
                         c.bundle_version += 1;
-                        c.overwritten = c.operator_wrote.is_some();
+                        c.overwritten = c.operator_wrote;
                         c.cp_anchors = set(&[0]);
-                        c.cp_started = c.clock;
                     }
                     Action::StalePodStarts(n) => c.pods[n] = (set(&[0]), c.issuer, false),
                     Action::Reconcile => c.reconcile(&policies)?,

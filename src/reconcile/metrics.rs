@@ -371,7 +371,6 @@ mod tests {
         let before = TrustAnchorRotationStatus::default();
         let mut after = before.clone();
         after.bundle_overwrites.push(BundleOverwrite {
-            overwritten_after: None,
             restored_at: at(100),
             replaced_version: Some("1".to_owned()),
             field_managers: vec!["helm".to_owned()],
@@ -380,7 +379,6 @@ mod tests {
         m.record(&after, &after, &observed());
         let mut contested = after.clone();
         contested.bundle_overwrites.push(BundleOverwrite {
-            overwritten_after: None,
             restored_at: at(160),
             replaced_version: Some("2".to_owned()),
             field_managers: vec!["helm".to_owned()],

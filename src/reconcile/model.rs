@@ -106,9 +106,6 @@ pub struct MeshedPod {
     pub anchors: Option<BTreeSet<String>>,
     /// For control-plane pods: the bundle fingerprint their pod template was restarted for.
     pub restarted_for: Option<String>,
-    /// When each of its running containers last started (Unix seconds): a control-plane
-    /// container reads the bundle when it starts.
-    pub started: Vec<i64>,
     /// Its proxy's `LINKERD2_PROXY_IDENTITY_MAX_REFRESH`, the longest it keeps a leaf before
     /// asking for a new one; `None` when unset or unreadable (then the proxy refreshes at 70 %
     /// of the leaf's lifetime: about 17 h of Linkerd's 24 h leaves).
@@ -234,50 +231,11 @@ pub struct BundleMeta {
     /// last write of the bundle replaced.
     pub written_over: Option<String>,
     /// Who wrote the bundle's key over the operator's last write of the ConfigMap: the other
-    /// field managers that hold the key in `managedFields` while the operator still manages a
-    /// field of the object (sorted). Empty when the operator's write is the latest, and when
-    /// it never wrote the ConfigMap (the bundle Linkerd was installed with is not a contest).
+    /// field managers that hold the key in `managedFields` once the operator's entry no longer
+    /// does (sorted). Empty when the operator's write is the latest or shared (another writer
+    /// applied the same bundle), and when it never wrote the ConfigMap (the bundle Linkerd was
+    /// installed with is not an overwrite).
     pub overwritten_by: Vec<String>,
-    /// When the operator last wrote the ConfigMap (the `time` of its `managedFields` entry).
-    pub operator_wrote_at: Option<i64>,
-    /// This process's last look that found the operator's write in place, nobody's over it
-    /// (`None` after a restart or a change of leader). With `operator_wrote_at`, it bounds when
-    /// an overwrite can have come: `managedFields` keep only a writer's latest time, and it
-    /// may have written more than once since.
-    pub seen_ours_at: Option<i64>,
-    /// The operator's last write of the ConfigMap, if it restored an overwrite: what its
-    /// annotations recorded of the overwrite, and when it was made (the `time` of the
-    /// operator's `managedFields` entry). The status records restores too, but a status write
-    /// can be lost; the ConfigMap is written with the restore itself.
-    pub last_restore: Option<Restore>,
-}
-
-impl BundleMeta {
-    /// The latest time the bundle is known to have been the operator's: its last write, or a
-    /// later look that found that write in place (less a second, for a watch cache a moment
-    /// behind).
-    pub fn ours_until(&self) -> Option<i64> {
-        let seen = self.seen_ours_at.map(|s| s - 1);
-        seen.max(self.operator_wrote_at)
-    }
-}
-
-/// Someone else's write of the bundle over the operator's, as the operator's restore records
-/// it on the ConfigMap.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Overwrite {
-    /// Their field managers.
-    pub by: Vec<String>,
-    /// A time the bundle was still the operator's (Unix seconds): they wrote it after.
-    pub after: Option<i64>,
-}
-
-/// A restore of the operator's, read back from the ConfigMap.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Restore {
-    pub overwrite: Overwrite,
-    /// Unix seconds.
-    pub restored_at: i64,
 }
 
 impl Observed {
@@ -348,20 +306,13 @@ pub struct Policies {
     pub paused: bool,
     /// `spec.workloadCertificateRefreshInterval`.
     pub refresh_interval: String,
-    /// While another writer keeps overwriting the bundle (see [`CONTEST_WINDOW`]), how long a
-    /// restored bundle must stay put before the control plane is restarted onto it.
-    pub contested_bundle_quiet: Duration,
 }
 
-/// Two restores of an overwritten bundle within this window make the bundle contested: some
+/// Two restores of an overwritten bundle less than this apart make the bundle contested: some
 /// other writer (a GitOps controller re-applying Linkerd's install-time ConfigMap, say) keeps
-/// writing it, and restarting the control plane on every restore would keep Linkerd's identity
-/// controller rolling for as long as the two fight.
+/// writing it, and every restore restarts Linkerd's control plane. It stays contested until
+/// this long has passed without another.
 pub const CONTEST_WINDOW: Duration = Duration::from_secs(15 * 60);
-
-/// Default for [`Policies::contested_bundle_quiet`]: longer than Argo CD's default 3-minute
-/// resync, so that a fight at that pace holds the restart rather than restarting every time.
-pub const DEFAULT_CONTESTED_BUNDLE_QUIET: Duration = Duration::from_secs(5 * 60);
 
 /// How many restores `status.bundleOverwrites` keeps.
 pub const BUNDLE_OVERWRITES_KEPT: usize = 5;
@@ -379,9 +330,6 @@ pub enum Effect {
         pem: String,
         fingerprint: String,
         written_over: Option<String>,
-        /// When the write restores a bundle someone else wrote over the operator's: that
-        /// overwrite, recorded on the ConfigMap with it.
-        restores: Option<Overwrite>,
     },
     /// Create or update the previous-anchor Secret with this certificate (never a key).
     WritePreviousAnchor { pem: String, fingerprint: String },
