@@ -857,19 +857,23 @@ impl<'a> Step<'a> {
         if status == ConditionStatus::True && !was_true {
             self.event(true, "TrustBundleContested", &message);
         }
-        let changed = was.is_none_or(|c| c.status != status);
+        self.set_condition(CONTESTED_CONDITION, status, reason, &message);
+    }
+
+    /// Puts condition `type_` in the status being built, in place of the one before, keeping
+    /// its lastTransitionTime unless the status changes.
+    fn set_condition(&mut self, type_: &str, status: ConditionStatus, reason: &str, message: &str) {
+        let was = self.prev.conditions.iter().find(|c| c.type_ == type_);
         let last_transition_time = match was {
-            Some(c) if !changed => c.last_transition_time.clone(),
+            Some(c) if c.status == status => c.last_transition_time.clone(),
             _ => self.time(),
         };
-        self.next
-            .conditions
-            .retain(|c| c.type_ != CONTESTED_CONDITION);
+        self.next.conditions.retain(|c| c.type_ != type_);
         self.next.conditions.push(Condition {
-            type_: CONTESTED_CONDITION.to_owned(),
+            type_: type_.to_owned(),
             status,
             reason: reason.to_owned(),
-            message,
+            message: message.to_owned(),
             last_transition_time,
         });
     }
@@ -933,21 +937,7 @@ impl<'a> Step<'a> {
         if detected && !was_true {
             self.event(true, "OutOfOrderIssuerRotation", message);
         }
-        let changed = was.is_none_or(|c| c.status != status);
-        let condition = Condition {
-            type_: OUT_OF_ORDER_CONDITION.to_owned(),
-            status,
-            reason: reason.to_owned(),
-            message: message.to_owned(),
-            last_transition_time: match was {
-                Some(c) if !changed => c.last_transition_time.clone(),
-                _ => self.time(),
-            },
-        };
-        self.next
-            .conditions
-            .retain(|c| c.type_ != OUT_OF_ORDER_CONDITION);
-        self.next.conditions.push(condition);
+        self.set_condition(OUT_OF_ORDER_CONDITION, status, reason, message);
     }
 
     /// Counts workload pods holding the bundle (a superset while expanding, exactly it when
