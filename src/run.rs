@@ -123,7 +123,10 @@ pub async fn run(
                     leader_gauge.leader.set(i64::from(leading));
                 };
                 let e = Elector::new(client.clone(), lease);
-                tasks.spawn("leader election", e.clone().run(lead, on_change));
+                tasks.spawn(
+                    "reconciler (leader-elected)",
+                    e.clone().run(lead, on_change),
+                );
                 elector = Some(e);
             }
         }

@@ -93,9 +93,11 @@ impl LeaseConfig {
     }
 
     /// Keeps client-go's proportions for another duration: give up leading after 2/3 of it,
-    /// retry about 7 times per duration.
+    /// retry about 7 times per duration. The Lease holds whole seconds, so the duration is
+    /// rounded up to them: a leader must never time itself on less than its Lease tells the
+    /// others to wait.
     pub fn with_duration(mut self, duration: Duration) -> Self {
-        self.duration = duration.max(Duration::from_secs(1));
+        self.duration = crate::duration::round_up_to_seconds(duration).max(Duration::from_secs(1));
         self.renew_deadline = self.duration * 2 / 3;
         self.retry = (self.duration / 7).max(Duration::from_millis(100));
         self
@@ -211,8 +213,21 @@ impl Elector {
     }
 
     /// Gives the Lease up on a clean shutdown so another replica need not wait for it to
-    /// expire (client-go's ReleaseOnCancel).
+    /// expire (client-go's ReleaseOnCancel). Bounded by `retry`: a release that cannot be made
+    /// quickly is not worth holding the shutdown for (the Lease then simply expires).
     pub async fn release(&self) {
+        if tokio::time::timeout(
+            self.config.retry.max(Duration::from_secs(1)),
+            self.release_now(),
+        )
+        .await
+        .is_err()
+        {
+            tracing::warn!("releasing the leader Lease: no answer in time; it will expire");
+        }
+    }
+
+    async fn release_now(&self) {
         let Ok(Some(mut lease)) = self.api.get_opt(&self.config.name).await else {
             return;
         };
@@ -237,6 +252,12 @@ impl Elector {
     /// Runs `lead` while this replica holds the Lease: waits to acquire it, starts `lead`,
     /// renews every `retry`, and stops `lead` (drops its future) as soon as a renewal has not
     /// succeeded within `renew_deadline`; then competes again. `on_change(true|false)` is told.
+    /// Returns if `lead` itself returns: the reconciler stopped, which is for the process to
+    /// report, not for the election to hide by starting it again.
+    ///
+    /// A renewal counts from when it was sent, not from when its answer came (the API server
+    /// may have committed it long before a slow answer), and an attempt that has not answered
+    /// when the deadline comes is given up: the reconciler is not polled while it waits.
     pub async fn run<F, Fut>(self, mut lead: F, on_change: impl Fn(bool))
     where
         F: FnMut() -> Fut,
@@ -245,39 +266,48 @@ impl Elector {
         let c = self.config.clone();
         loop {
             // Follower: try until acquired.
-            loop {
-                match self.try_lead().await {
-                    Ok(true) => break,
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(error = %e, "leader election"),
+            let mut last_renewed = loop {
+                let sent = tokio::time::Instant::now();
+                match tokio::time::timeout(c.renew_deadline, self.try_lead()).await {
+                    Ok(Ok(true)) => break sent,
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "leader election"),
+                    Err(_) => {
+                        tracing::warn!("leader election: the API server did not answer in time")
+                    }
                 }
                 tokio::time::sleep(c.retry).await;
-            }
+            };
             tracing::info!(identity = %c.identity, lease = %format!("{}/{}", c.namespace, c.name), "became leader");
             on_change(true);
             let leading = lead();
             tokio::pin!(leading);
-            let mut last_renewed = tokio::time::Instant::now();
-            loop {
+            let ended = loop {
                 tokio::select! {
-                    () = &mut leading => break,
+                    () = &mut leading => break true,
                     () = tokio::time::sleep(c.retry) => {}
                 }
-                match self.try_lead().await {
-                    Ok(true) => last_renewed = tokio::time::Instant::now(),
-                    Ok(false) => {
+                let sent = tokio::time::Instant::now();
+                let left = c.renew_deadline.saturating_sub(sent - last_renewed);
+                match tokio::time::timeout(left, self.try_lead()).await {
+                    Ok(Ok(true)) => last_renewed = sent,
+                    Ok(Ok(false)) => {
                         tracing::warn!("the leader Lease was taken by another replica");
-                        break;
+                        break false;
                     }
-                    Err(e) => tracing::warn!(error = %e, "renewing the leader Lease"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "renewing the leader Lease"),
+                    Err(_) => {}
                 }
                 if last_renewed.elapsed() >= c.renew_deadline {
                     tracing::warn!("could not renew the leader Lease in time");
-                    break;
+                    break false;
                 }
-            }
+            };
             on_change(false);
             tracing::info!(identity = %c.identity, "stopped leading");
+            if ended {
+                return;
+            }
         }
     }
 }
@@ -354,5 +384,48 @@ mod tests {
             observed.unchanged_for(&lease(Some("b"), Some(2)), t0 + secs(20)),
             secs(8)
         );
+    }
+
+    /// The Lease holds whole seconds: a duration with a fraction is rounded up, so the leader
+    /// never gives up later than its Lease tells the others to wait.
+    #[test]
+    fn a_fractional_duration_is_rounded_up_to_the_leases_seconds() {
+        let c = LeaseConfig::new("ns", "l", "a").with_duration(Duration::from_millis(1500));
+        assert_eq!(c.duration, Duration::from_secs(2));
+        assert!(c.renew_deadline < c.duration);
+        let c = LeaseConfig::new("ns", "l", "a").with_duration(Duration::from_millis(10));
+        assert_eq!(c.duration, Duration::from_secs(1));
+    }
+
+    /// A reconciler that returns while leading ends the election too (and the Lease is handed
+    /// back when the process releases it), on the real API server: restarting it would hide a
+    /// stopped part from the process that must report it.
+    #[tokio::test]
+    async fn a_lead_that_returns_ends_the_election() {
+        let cp = crate::testbed::ControlPlane::start()
+            .await
+            .expect("a local control plane");
+        let client = cp.client();
+        let config =
+            LeaseConfig::new("default", "election", "a").with_duration(Duration::from_secs(3));
+        let elector = Elector::new(client.clone(), config);
+        let changes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = changes.clone();
+        let ran = tokio::time::timeout(
+            Duration::from_secs(30),
+            elector.clone().run(
+                || async {},
+                move |leading| seen.lock().unwrap().push(leading),
+            ),
+        )
+        .await;
+        assert!(ran.is_ok(), "the election went on after its lead returned");
+        assert_eq!(*changes.lock().unwrap(), [true, false]);
+        elector.release().await;
+        let lease = Api::<Lease>::namespaced(client, "default")
+            .get("election")
+            .await
+            .unwrap();
+        assert_eq!(lease.spec.unwrap().holder_identity, None, "released");
     }
 }
