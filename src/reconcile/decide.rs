@@ -836,11 +836,7 @@ impl<'a> Step<'a> {
     /// bundle is contested, lowered once it has not been overwritten for the window; absent if
     /// it never was contested.
     fn contested_condition(&mut self) {
-        let was = self
-            .prev
-            .conditions
-            .iter()
-            .find(|c| c.type_ == CONTESTED_CONDITION);
+        let was = self.prev_condition(CONTESTED_CONDITION);
         let was_true = was.is_some_and(|c| c.status == ConditionStatus::True);
         let (status, reason, message) = match self.contest() {
             Some(what) => (ConditionStatus::True, "OverwrittenRepeatedly", what),
@@ -860,10 +856,15 @@ impl<'a> Step<'a> {
         self.set_condition(CONTESTED_CONDITION, status, reason, &message);
     }
 
+    /// Condition `type_` as the look began.
+    fn prev_condition(&self, type_: &str) -> Option<&'a Condition> {
+        self.prev.conditions.iter().find(|c| c.type_ == type_)
+    }
+
     /// Puts condition `type_` in the status being built, in place of the one before, keeping
     /// its lastTransitionTime unless the status changes.
     fn set_condition(&mut self, type_: &str, status: ConditionStatus, reason: &str, message: &str) {
-        let was = self.prev.conditions.iter().find(|c| c.type_ == type_);
+        let was = self.prev_condition(type_);
         let last_transition_time = match was {
             Some(c) if c.status == status => c.last_transition_time.clone(),
             _ => self.time(),
@@ -916,11 +917,7 @@ impl<'a> Step<'a> {
     }
 
     fn out_of_order(&mut self, detected: bool) {
-        let was = self
-            .prev
-            .conditions
-            .iter()
-            .find(|c| c.type_ == OUT_OF_ORDER_CONDITION);
+        let was = self.prev_condition(OUT_OF_ORDER_CONDITION);
         let was_true = was.is_some_and(|c| c.status == ConditionStatus::True);
         // Once raised it stays until the rotation is back in Synced: the damage (leaves some
         // proxies cannot verify) lasts until every proxy holds the expanded bundle.
