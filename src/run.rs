@@ -154,8 +154,7 @@ pub async fn run(
     serve_tls(webhook_listener, tls, app, async move {
         tokio::select! {
             () = shutdown => {}
-            stopped = parts.next_stopped() => {
-                let error = stopped;
+            error = parts.next_stopped() => {
                 tracing::error!(error = %error, "shutting down");
                 *failed = Some(error);
             }

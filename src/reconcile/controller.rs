@@ -610,20 +610,18 @@ async fn observe(
                 .is_some_and(|d| d.spec.as_ref().and_then(|s| s.paused) == Some(true))
                 .then(|| Unfixable::Paused(w.clone())),
             "StatefulSet" => {
-                let strategy = stores
-                    .statefulsets
-                    .get(&ObjectRef::new(name).within(ns))
-                    .and_then(|s| s.spec.as_ref()?.update_strategy.clone());
-                let strategy = strategy.as_ref();
-                let partition = strategy
-                    .and_then(|u| u.rolling_update.as_ref()?.partition)
-                    .unwrap_or(0);
+                let set = stores.statefulsets.get(&ObjectRef::new(name).within(ns));
+                let on_delete = set
+                    .as_ref()
+                    .and_then(|s| s.spec.as_ref()?.update_strategy.as_ref()?.type_.as_deref())
+                    == Some("OnDelete");
+                let partition = set.as_deref().map_or(0, partition);
                 // A StatefulSet's pods are named `<set>-<ordinal>`.
                 let ordinal = pod
                     .strip_prefix(name)
                     .and_then(|rest| rest.strip_prefix('-'))
                     .and_then(|o| o.parse::<i32>().ok());
-                if strategy.and_then(|u| u.type_.as_deref()) == Some("OnDelete") {
+                if on_delete {
                     Some(Unfixable::OnDelete(format!("{} {ns}/{name}", w.kind)))
                 } else if ordinal.is_some_and(|o| o < partition) {
                     Some(Unfixable::Partitioned {
@@ -706,6 +704,21 @@ async fn issuer_issuing(
     issuing || issued_since
 }
 
+/// A StatefulSet's `rollingUpdate.partition`, 0 without one: replicas with a lower ordinal
+/// are never updated by a template change.
+fn partition(set: &StatefulSet) -> i32 {
+    set.spec
+        .as_ref()
+        .and_then(|s| {
+            s.update_strategy
+                .as_ref()?
+                .rolling_update
+                .as_ref()?
+                .partition
+        })
+        .unwrap_or(0)
+}
+
 /// A pod spec's `linkerd-proxy` container (a sidecar, or a native sidecar), and which list
 /// holds it.
 fn proxy_container(spec: &PodSpec) -> Option<(ProxyList, &Container)> {
@@ -786,18 +799,8 @@ impl Restartable for StatefulSet {
     /// every replica the partition lets roll (the others are never updated, so waiting for
     /// them would wait forever; their pods are counted, and named, as not converged).
     fn rollout_complete(&self) -> bool {
-        let spec = self.spec.as_ref();
-        let want = spec.and_then(|s| s.replicas).unwrap_or(1);
-        let partition = spec
-            .and_then(|s| {
-                s.update_strategy
-                    .as_ref()?
-                    .rolling_update
-                    .as_ref()?
-                    .partition
-            })
-            .unwrap_or(0)
-            .clamp(0, want);
+        let want = self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let partition = partition(self).clamp(0, want);
         let Some(st) = &self.status else { return false };
         st.observed_generation >= self.metadata.generation
             && st.updated_replicas.unwrap_or(0) >= want - partition

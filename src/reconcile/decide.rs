@@ -296,12 +296,7 @@ pub fn decide(
                 meta.overwritten_by.join(", ")
             )
         };
-        d.transition(Phase::RefreshingControlPlane, &why);
-        d.next.blocking_message = Some(format!(
-            "restarting the control plane onto trust bundle {}",
-            short(&grown.fingerprint())
-        ));
-        return d.finish(Requeue::Soon);
+        return d.refresh_control_plane(&why, &grown.fingerprint());
     }
 
     // Every phase after RefreshingControlPlane stands on the control plane having been
@@ -329,19 +324,12 @@ pub fn decide(
         .map(|c| c.name.as_str())
         .collect();
     if after_refresh && !behind.is_empty() {
-        d.transition(
-            Phase::RefreshingControlPlane,
-            &format!(
-                "the control plane ({}) has not been restarted onto trust bundle {}",
-                behind.join(", "),
-                short(&bundle_fp)
-            ),
-        );
-        d.next.blocking_message = Some(format!(
-            "restarting the control plane onto trust bundle {}",
+        let why = format!(
+            "the control plane ({}) has not been restarted onto trust bundle {}",
+            behind.join(", "),
             short(&bundle_fp)
-        ));
-        return d.finish(Requeue::Soon);
+        );
+        return d.refresh_control_plane(&why, &bundle_fp);
     }
 
     let renewal = IssuerRenewal {
@@ -897,6 +885,17 @@ impl<'a> Step<'a> {
         self.next.last_phase_transition_time = Some(self.time());
         self.next.blocking_message = None;
         self.event(false, to.as_str(), &format!("{from} -> {to}: {why}"));
+    }
+
+    /// On to RefreshingControlPlane, `why`, to restart the control plane onto the bundle of
+    /// fingerprint `bundle_fp`.
+    fn refresh_control_plane(mut self, why: &str, bundle_fp: &str) -> Decision {
+        self.transition(Phase::RefreshingControlPlane, why);
+        self.next.blocking_message = Some(format!(
+            "restarting the control plane onto trust bundle {}",
+            short(bundle_fp)
+        ));
+        self.finish(Requeue::Soon)
     }
 
     fn park(mut self, problem: &str) -> Decision {

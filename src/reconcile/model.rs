@@ -246,15 +246,11 @@ impl Observed {
         &'a self,
         fingerprint: &'a str,
     ) -> impl Iterator<Item = &'a Workload> + 'a {
-        self.restart_markers
-            .iter()
-            .filter(move |(_, m)| {
-                !m.rollout_complete
-                    && m.bundle
-                        .as_deref()
-                        .is_some_and(|b| marker_fingerprint(b) == fingerprint)
-            })
-            .map(|(w, _)| w)
+        self.rolling_where(move |m| {
+            m.bundle
+                .as_deref()
+                .is_some_and(|b| marker_fingerprint(b) == fingerprint)
+        })
     }
 
     /// Workloads restarted for `restart_for` whose rollout is not complete.
@@ -262,9 +258,17 @@ impl Observed {
         &'a self,
         restart_for: &'a RestartFor,
     ) -> impl Iterator<Item = &'a Workload> + 'a {
+        self.rolling_where(move |m| m.has(restart_for))
+    }
+
+    /// Workloads whose rollout is not complete and whose restart markers satisfy `restarted`.
+    fn rolling_where<'a>(
+        &'a self,
+        restarted: impl Fn(&RestartMarkers) -> bool + 'a,
+    ) -> impl Iterator<Item = &'a Workload> + 'a {
         self.restart_markers
             .iter()
-            .filter(move |(_, m)| m.has(restart_for) && !m.rollout_complete)
+            .filter(move |(_, m)| !m.rollout_complete && restarted(m))
             .map(|(w, _)| w)
     }
 }
