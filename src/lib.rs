@@ -17,4 +17,5 @@ pub mod reconcile;
 pub mod run;
 pub mod sim;
 pub mod testbed;
+pub mod watch;
 pub mod webhook;

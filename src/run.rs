@@ -99,12 +99,16 @@ pub async fn run(
     let (synced_health, synced_metrics) = (health.clone(), metrics.clone());
     tasks.spawn(
         "rotation view",
-        view.clone()
-            .run(client.clone(), config.view.clone(), move || {
+        view.clone().run(
+            client.clone(),
+            config.view.clone(),
+            metrics.view_watch_errors.clone(),
+            move || {
                 synced_health.view_synced.store(true, Ordering::Release);
                 synced_metrics.view_synced.set(1);
                 tracing::info!("rotation view synced; webhook patching enabled");
-            }),
+            },
+        ),
     );
     let mut elector = None;
     if let Some(reconciler) = config.reconciler.clone() {

@@ -30,6 +30,7 @@ use crate::crd::{
     TrustAnchorRotationStatus,
 };
 use crate::rbac::EVENTS_NAMESPACE;
+use crate::watch::WatchErrors;
 
 /// Field manager of every write the reconciler makes.
 pub const MANAGER: &str = "trust-rotation-operator";
@@ -190,117 +191,150 @@ struct Stores {
     daemonsets: Store<DaemonSet>,
 }
 
-fn reflect<K>(
-    api: Api<K>,
-    config: watcher::Config,
+/// The reconciler's watches: reflectors that wake it on every change, each task named after
+/// what it watches (to say which one stopped).
+struct Watches {
     wake: Arc<Notify>,
-    tasks: &mut tokio::task::JoinSet<()>,
-) -> Store<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    // Deletions too: a deleted bundle ConfigMap or previous-anchor Secret is put back at the
-    // next look, not after the idle interval.
-    let stream = reflector::reflector(writer, watcher::watcher(api, config))
-        .default_backoff()
-        .touched_objects();
-    tasks.spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "watch error (retrying)");
-            }
-            wake.notify_one();
+    errors: WatchErrors,
+    tasks: tokio::task::JoinSet<()>,
+    names: std::collections::HashMap<tokio::task::Id, String>,
+}
+
+impl Watches {
+    fn new(errors: WatchErrors) -> Self {
+        Self {
+            wake: Arc::new(Notify::new()),
+            errors,
+            tasks: tokio::task::JoinSet::new(),
+            names: std::collections::HashMap::new(),
         }
-    });
-    reader
+    }
+
+    /// Starts a reflector for `api` (described as `what` in logs); failed attempts are counted
+    /// and retried with backoff.
+    fn reflect<K>(&mut self, what: String, api: Api<K>, config: watcher::Config) -> Store<K>
+    where
+        K: Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (reader, writer) = reflector::store();
+        // Deletions too: a deleted bundle ConfigMap or previous-anchor Secret is put back at
+        // the next look, not after the idle interval.
+        let stream = reflector::reflector(writer, watcher::watcher(api, config))
+            .default_backoff()
+            .touched_objects();
+        let (wake, errors, task_what) = (self.wake.clone(), self.errors.clone(), what.clone());
+        let id = self
+            .tasks
+            .spawn(async move {
+                let mut stream = std::pin::pin!(stream);
+                while let Some(event) = stream.next().await {
+                    if let Err(e) = event {
+                        errors.report(&K::kind(&()), &task_what, &e);
+                    }
+                    wake.notify_one();
+                }
+            })
+            .id();
+        self.names.insert(id, what);
+        reader
+    }
+
+    /// Waits until a watch task ends (none should: the watcher retries every error) and says
+    /// which one and how. Pending forever when there is none.
+    async fn stopped(&mut self) -> String {
+        let Some(ended) = self.tasks.join_next_with_id().await else {
+            return std::future::pending().await;
+        };
+        let (id, how) = match ended {
+            Ok((id, ())) => (id, "ended".to_owned()),
+            Err(e) if e.is_panic() => (e.id(), "panicked".to_owned()),
+            Err(e) => (e.id(), e.to_string()),
+        };
+        let what = self.names.get(&id).map_or("a watch", String::as_str);
+        format!("the watch of {what} {how}")
+    }
 }
 
 fn named(name: &str) -> watcher::Config {
     watcher::Config::default().fields(&format!("metadata.name={name}"))
 }
 
-/// Runs the reconciler until the task is dropped.
+/// Runs the reconciler until the task is dropped. Returns (with an error logged) only if one of
+/// its watches stops, so that whoever runs it sees the reconciler end instead of deciding from
+/// a cache that no longer changes.
 pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<ReconcileMetrics>) {
-    let wake = Arc::new(Notify::new());
-    let mut tasks = tokio::task::JoinSet::new();
-    let secret = |(ns, name): &(String, String), tasks: &mut tokio::task::JoinSet<()>| {
-        reflect(
+    let mut watches = Watches::new(metrics.watch_errors.clone());
+    let wake = watches.wake.clone();
+    let n = &config.names;
+    let secrets = [
+        &n.anchor_secret,
+        &n.previous_anchor_secret,
+        &config.issuer_secret,
+    ]
+    .map(|(ns, name)| {
+        watches.reflect(
+            format!("Secret {ns}/{name}"),
             Api::<Secret>::namespaced(client.clone(), ns),
             named(name),
-            wake.clone(),
-            tasks,
         )
-    };
-    let n = &config.names;
-    let secrets = vec![
-        secret(&n.anchor_secret, &mut tasks),
-        secret(&n.previous_anchor_secret, &mut tasks),
-        secret(&config.issuer_secret, &mut tasks),
-    ];
+    })
+    .to_vec();
+    let (bundle_ns, bundle_name) = &n.bundle_configmap;
     let stores = Stores {
-        rotation: reflect(
+        rotation: watches.reflect(
+            format!("TrustAnchorRotation {}", config.rotation_name),
             Api::all(client.clone()),
             named(&config.rotation_name),
-            wake.clone(),
-            &mut tasks,
         ),
         secrets,
-        bundle: reflect(
-            Api::namespaced(client.clone(), &n.bundle_configmap.0),
-            named(&n.bundle_configmap.1),
-            wake.clone(),
-            &mut tasks,
+        bundle: watches.reflect(
+            format!("ConfigMap {bundle_ns}/{bundle_name}"),
+            Api::namespaced(client.clone(), bundle_ns),
+            named(bundle_name),
         ),
-        pods: reflect(
+        pods: watches.reflect(
+            format!("Pods labelled {CONTROL_PLANE_NS_LABEL}"),
             Api::all(client.clone()),
             watcher::Config::default().labels(CONTROL_PLANE_NS_LABEL),
-            wake.clone(),
-            &mut tasks,
         ),
-        deployments: reflect(
+        deployments: watches.reflect(
+            "Deployments".to_owned(),
             Api::all(client.clone()),
             watcher::Config::default(),
-            wake.clone(),
-            &mut tasks,
         ),
-        statefulsets: reflect(
+        statefulsets: watches.reflect(
+            "StatefulSets".to_owned(),
             Api::all(client.clone()),
             watcher::Config::default(),
-            wake.clone(),
-            &mut tasks,
         ),
-        daemonsets: reflect(
+        daemonsets: watches.reflect(
+            "DaemonSets".to_owned(),
             Api::all(client.clone()),
             watcher::Config::default(),
-            wake.clone(),
-            &mut tasks,
         ),
     };
-    for ready in [
-        stores.rotation.wait_until_ready().await.is_ok(),
-        stores.bundle.wait_until_ready().await.is_ok(),
-        stores.pods.wait_until_ready().await.is_ok(),
-        stores.deployments.wait_until_ready().await.is_ok(),
-        stores.statefulsets.wait_until_ready().await.is_ok(),
-        stores.daemonsets.wait_until_ready().await.is_ok(),
-    ] {
-        if !ready {
-            tracing::error!("a watch stopped before it synced; the reconciler stops");
-            return;
-        }
-    }
-    for s in &stores.secrets {
-        if s.wait_until_ready().await.is_err() {
-            return;
-        }
+    // A store is ready once its watch has listed; its wait fails only if the watch's task
+    // ended, which `stopped` then names.
+    let synced = stores.rotation.wait_until_ready().await.is_ok()
+        && stores.bundle.wait_until_ready().await.is_ok()
+        && stores.pods.wait_until_ready().await.is_ok()
+        && stores.deployments.wait_until_ready().await.is_ok()
+        && stores.statefulsets.wait_until_ready().await.is_ok()
+        && stores.daemonsets.wait_until_ready().await.is_ok()
+        && futures::future::join_all(stores.secrets.iter().map(Store::wait_until_ready))
+            .await
+            .iter()
+            .all(Result::is_ok);
+    if !synced {
+        let stopped = watches.stopped().await;
+        tracing::error!("{stopped} before the reconciler synced; the reconciler stops");
+        return;
     }
     tracing::info!("reconciler synced");
     let recorder = EventWriter {
@@ -318,7 +352,13 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
             }
         };
         // Watch events wake us early; debounce a burst of them a little.
-        let _ = tokio::time::timeout(interval, wake.notified()).await;
+        tokio::select! {
+            _ = tokio::time::timeout(interval, wake.notified()) => {}
+            stopped = watches.stopped() => {
+                tracing::error!("{stopped}; the reconciler stops rather than act on a cache that no longer changes");
+                return;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -1450,20 +1490,37 @@ mod tests {
         assert!(issuer_issuing(&client, &name, issued).await, "Issuing=True");
     }
 
+    /// A watch task that ends (none should) is named, with how it ended: the reconciler then
+    /// stops instead of deciding from a store that no longer changes.
+    #[tokio::test]
+    async fn a_watch_task_that_ends_is_named() {
+        let mut watches = Watches::new(WatchErrors::default());
+        let ended = watches.tasks.spawn(async {}).id();
+        watches.names.insert(ended, "StatefulSets".to_owned());
+        assert_eq!(watches.stopped().await, "the watch of StatefulSets ended");
+        let panicked = watches
+            .tasks
+            .spawn(async { panic!("a bug in a watch") })
+            .id();
+        watches.names.insert(panicked, "Deployments".to_owned());
+        assert_eq!(watches.stopped().await, "the watch of Deployments panicked");
+        let none_ends = tokio::time::timeout(Duration::from_millis(50), watches.stopped()).await;
+        assert!(none_ends.is_err(), "no task left: stopped() waits");
+    }
+
     /// A watched object deleted wakes the reconciler as one created or changed does.
     #[tokio::test]
     async fn a_deleted_object_wakes_the_reconciler() {
         use k8s_openapi::api::core::v1::ConfigMap;
         let cp = ControlPlane::start().await.expect("a local control plane");
         let client = cp.client();
-        let wake = Arc::new(Notify::new());
-        let mut tasks = tokio::task::JoinSet::new();
+        let mut watches = Watches::new(WatchErrors::default());
+        let wake = watches.wake.clone();
         let configmaps = Api::<ConfigMap>::namespaced(client.clone(), "default");
-        let store = reflect(
+        let store = watches.reflect(
+            "ConfigMap bundle".to_owned(),
             configmaps.clone(),
             named("bundle"),
-            wake.clone(),
-            &mut tasks,
         );
         store.wait_until_ready().await.expect("synced");
         let bundle: ConfigMap = serde_json::from_value(json!({
@@ -1490,7 +1547,7 @@ mod tests {
             .unwrap();
         woken("deletion").await;
         assert!(store.is_empty(), "the store follows the deletion");
-        tasks.abort_all();
+        watches.tasks.abort_all();
     }
 
     /// The reconciler decides from its watch cache, which can lag its own last status write.

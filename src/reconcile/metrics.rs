@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 
 use super::model::{Leaf, Observed};
 use crate::crd::{Phase, TrustAnchorRotationStatus};
+use crate::watch::WatchErrors;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
@@ -71,6 +72,8 @@ pub struct ReconcileMetrics {
     pub errors: Counter,
     /// 1 while this replica holds the leader Lease and runs the reconciler.
     pub leader: Gauge,
+    /// Failed attempts of the reconciler's watches (each retried).
+    pub watch_errors: WatchErrors,
 }
 
 impl ReconcileMetrics {
@@ -91,6 +94,11 @@ impl ReconcileMetrics {
             probes: Family::default(),
             errors: Counter::default(),
             leader: Gauge::default(),
+            watch_errors: WatchErrors::register(
+                registry,
+                "trust_rotation_reconciler_watch_errors",
+                "Failed attempts of the reconciler's watches, by resource (each retried with backoff)",
+            ),
         });
         let r = registry;
         r.register(

@@ -11,6 +11,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::review::Outcome;
+use crate::watch::WatchErrors;
 
 /// Admission latency buckets, seconds: from 50 µs (a typical pod) to 250 ms (far beyond the
 /// webhook's timeout budget share).
@@ -45,6 +46,8 @@ pub struct WebhookMetrics {
     pub serving_certificate_not_after: Gauge,
     /// 1 once the rotation view has synced from its watches.
     pub view_synced: Gauge,
+    /// Failed attempts of the view's watches (each retried).
+    pub view_watch_errors: WatchErrors,
 }
 
 impl WebhookMetrics {
@@ -64,6 +67,11 @@ impl WebhookMetrics {
             invalid_additional_env: Counter::default(),
             serving_certificate_not_after: Gauge::default(),
             view_synced: Gauge::default(),
+            view_watch_errors: WatchErrors::register(
+                registry,
+                "trust_rotation_webhook_view_watch_errors",
+                "Failed attempts of the webhook view's watches, by resource (each retried with backoff)",
+            ),
         });
         registry.register(
             "trust_rotation_webhook_admissions",

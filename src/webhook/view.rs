@@ -15,6 +15,7 @@ use kube::{Api, Client, Resource};
 use super::patch::RotationView;
 use crate::bundle::Bundle;
 use crate::crd::TrustAnchorRotation;
+use crate::watch::WatchErrors;
 
 /// Names the view watches (all overridable by flags).
 #[derive(Clone, Debug)]
@@ -90,8 +91,15 @@ impl ViewHandle {
     }
 
     /// Runs the watches until dropped, keeping the view current. Calls `on_synced` once, when
-    /// all three watches have listed.
-    pub async fn run(self, client: Client, config: ViewConfig, on_synced: impl FnOnce()) {
+    /// all three watches have listed. Failed watch attempts are logged, counted in `errors` and
+    /// retried with backoff.
+    pub async fn run(
+        self,
+        client: Client,
+        config: ViewConfig,
+        errors: WatchErrors,
+        on_synced: impl FnOnce(),
+    ) {
         let by_name =
             |name: &str| watcher::Config::default().fields(&format!("metadata.name={name}"));
         let tars: Api<TrustAnchorRotation> = Api::all(client.clone());
@@ -108,7 +116,8 @@ impl ViewHandle {
         let tar_events = track_init(
             reflector(tar_writer, watcher(tars, by_name(&config.rotation_name))),
             synced[0].clone(),
-            "TrustAnchorRotation",
+            format!("TrustAnchorRotation {}", config.rotation_name),
+            errors.clone(),
         );
         let cm_events = track_init(
             reflector(
@@ -116,12 +125,17 @@ impl ViewHandle {
                 watcher(cms, by_name(&config.trust_roots_configmap)),
             ),
             synced[1].clone(),
-            "ConfigMap",
+            format!(
+                "ConfigMap {}/{}",
+                config.linkerd_namespace, config.trust_roots_configmap
+            ),
+            errors.clone(),
         );
         let ns_events = track_init(
             reflector(ns_writer, watcher(nss, watcher::Config::default())),
             synced[2].clone(),
-            "Namespace",
+            "Namespaces (metadata)".to_owned(),
+            errors,
         );
         let mut events =
             futures::stream::select_all([tar_events.boxed(), cm_events.boxed(), ns_events.boxed()]);
@@ -146,17 +160,18 @@ impl ViewHandle {
     }
 }
 
-/// Passes events through, marking `flag` at the end of each initial list and logging errors
+/// Passes events through, marking `flag` at the end of each initial list and reporting errors
 /// (the watcher retries with backoff).
-fn track_init<K: Resource + Clone + std::fmt::Debug + Send + 'static>(
+fn track_init<K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + 'static>(
     stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     flag: Arc<AtomicBool>,
-    what: &'static str,
+    what: String,
+    errors: WatchErrors,
 ) -> impl Stream<Item = ()> + Send {
     stream.default_backoff().map(move |event| match event {
         Ok(watcher::Event::InitDone) => flag.store(true, Ordering::Release),
         Ok(_) => {}
-        Err(e) => tracing::warn!(watch = what, error = %e, "watch failed; retrying"),
+        Err(e) => errors.report(&K::kind(&()), &what, &e),
     })
 }
 

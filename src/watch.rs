@@ -1,0 +1,79 @@
+//! What the webhook's view and the reconciler share about their watches: a failed watch is
+//! retried with backoff (the kube-rs watcher does that), logged naming what was watched, and
+//! counted by resource, so that a watch that keeps failing (permissions missing, a CRD not
+//! installed, an API server out of reach) is visible before anything else goes wrong.
+
+use kube::runtime::watcher;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabels {
+    /// The kind watched (`ConfigMap`, `Pod`, ...): a fixed set, from the code.
+    resource: String,
+}
+
+/// Failed watch attempts (each retried), by the kind of resource watched.
+#[derive(Clone, Default)]
+pub struct WatchErrors {
+    family: Family<ResourceLabels, Counter>,
+}
+
+impl WatchErrors {
+    /// Registers the counter as `<name>_total`.
+    pub fn register(registry: &mut Registry, name: &str, help: &str) -> Self {
+        let errors = Self::default();
+        registry.register(name, help, errors.family.clone());
+        errors
+    }
+
+    /// Logs and counts one failed attempt of the watch of `what` (a `kind` resource).
+    pub fn report(&self, kind: &str, what: &str, error: &watcher::Error) {
+        tracing::warn!(watch = what, error = %brief(error), "watch failed; retrying with backoff");
+        self.family
+            .get_or_create(&ResourceLabels {
+                resource: kind.to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// What went wrong, in the API server's own words when it answered (its message and code),
+/// without the client's debug dump of the whole Status.
+fn brief(error: &watcher::Error) -> String {
+    let api = |doing: &str, e: &kube::Error| match e {
+        kube::Error::Api(status) => format!("{doing}: {} ({})", status.message, status.code),
+        other => format!("{doing}: {other}"),
+    };
+    match error {
+        watcher::Error::InitialListFailed(e) => api("listing failed", e),
+        watcher::Error::WatchStartFailed(e) => api("starting the watch failed", e),
+        watcher::Error::WatchFailed(e) => api("the watch failed", e),
+        watcher::Error::WatchError(status) => format!(
+            "the API server ended the watch: {} ({})",
+            status.message, status.code
+        ),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_reads_as_the_api_servers_message() {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 403, "reason": "Forbidden",
+            "message": "namespaces is forbidden: User \"operator\" cannot list resource \"namespaces\""
+        }))
+        .unwrap();
+        let error = watcher::Error::InitialListFailed(kube::Error::Api(status.into()));
+        assert_eq!(
+            brief(&error),
+            "listing failed: namespaces is forbidden: User \"operator\" cannot list resource \"namespaces\" (403)"
+        );
+    }
+}
