@@ -2108,3 +2108,102 @@ async fn a_bundle_rewritten_by_others_is_restored_and_who_keeps_writing_it_is_na
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// An operator started before its permissions (RBAC applied after the Deployment, or cut down
+/// by mistake) is not ready, names in its log the watches the API server refuses and counts
+/// them by resource, and starts on its own once they are granted: nothing to restart by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_without_its_permissions_names_the_refused_watches_and_starts_once_granted() {
+    let cp = start_control_plane_with(trust_rotation_operator::testbed::Options {
+        plain_users: vec![OPERATOR_USER.to_owned()],
+        ..Default::default()
+    })
+    .await;
+    let client = cp.client();
+    install_crd(&client).await;
+    for name in ["linkerd", "cert-manager"] {
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+    }
+    // Without leader election, so that the reconciler's own watches start (with it, the
+    // reconciler waits for the Lease, whose refusal the elector logs).
+    let mut op = Operator::start_as(
+        &cp.kubeconfig_for(OPERATOR_USER).unwrap(),
+        &["--reconcile-interval=500ms", "--leader-elect=false"],
+    );
+
+    let refused = [
+        ("webhook_view", "TrustAnchorRotation"),
+        ("webhook_view", "ConfigMap"),
+        ("webhook_view", "Namespace"),
+        ("reconciler", "TrustAnchorRotation"),
+        ("reconciler", "ConfigMap"),
+        ("reconciler", "Secret"),
+        ("reconciler", "Pod"),
+        ("reconciler", "Deployment"),
+        ("reconciler", "StatefulSet"),
+        ("reconciler", "DaemonSet"),
+    ]
+    .map(|(who, kind)| format!("trust_rotation_{who}_watch_errors_total{{resource=\"{kind}\"}}"));
+    let started = Instant::now();
+    let counts = loop {
+        op.process
+            .check_alive()
+            .expect("the operator keeps running");
+        let counts: Vec<f64> = refused
+            .iter()
+            .map(|s| op.metric(s).unwrap_or(0.0))
+            .collect();
+        if counts.iter().all(|&c| c >= 1.0) {
+            break counts;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not every refused watch counted: {refused:?} = {counts:?}\n{}",
+            op.process.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("watch errors before the RBAC: {counts:?}");
+    assert_ne!(
+        op.admin_get("/ready").map(|(code, _)| code),
+        Some(200),
+        "ready without a synced view"
+    );
+    assert_eq!(op.metric("trust_rotation_webhook_view_synced"), Some(0.0));
+    let log = std::fs::read_to_string(op.process.log_path()).unwrap();
+    for watch in [
+        "watch=\"TrustAnchorRotation cluster\"",
+        "watch=\"ConfigMap linkerd/linkerd-identity-trust-roots\"",
+        "watch=\"Namespaces (metadata)\"",
+        "watch=\"Secret cert-manager/linkerd-trust-anchor\"",
+        "watch=\"Deployments\"",
+    ] {
+        assert!(
+            log.lines().any(|l| l.contains(watch)
+                && l.contains("watch failed; retrying with backoff")
+                && l.contains("listing failed: ")
+                && l.contains("is forbidden: User \"operator\" cannot list")
+                && l.ends_with("(403)")),
+            "no refusal logged for {watch}:\n{log}"
+        );
+    }
+
+    let granted = Instant::now();
+    apply_rbac(&client, None).await;
+    op.wait_ready(Duration::from_secs(90)).await;
+    assert_eq!(op.metric("trust_rotation_webhook_view_synced"), Some(1.0));
+    common::eventually("the reconciler synced", Duration::from_secs(60), || async {
+        let log = std::fs::read_to_string(op.process.log_path()).unwrap();
+        log.contains("reconciler synced").then_some(())
+    })
+    .await;
+    eprintln!(
+        "ready and synced {:.1}s after the RBAC was applied",
+        granted.elapsed().as_secs_f64()
+    );
+    op.process.check_alive().expect("the operator kept running");
+}
