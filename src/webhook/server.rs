@@ -133,6 +133,12 @@ pub async fn serve_tls(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
+    // No timer, so no HTTP/1.1 header-read or idle timeout once a connection is up (only the
+    // handshake is timed). hyper's header-read timeout also runs while a keep-alive connection
+    // waits for its next request, so it would close an HTTP/1.1 client's idle connections; a
+    // close racing that client's next POST fails the call (Go retries a POST only if nothing of
+    // it was written) and the pod is admitted unstamped. The API server normally speaks HTTP/2
+    // here (ALPN), and bounds its own calls by the webhook's timeoutSeconds either way.
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
     loop {
