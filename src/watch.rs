@@ -29,6 +29,14 @@ impl WatchErrors {
         errors
     }
 
+    /// Shows the counter for `kind` at 0 from the start, so that a rate or an increase over it
+    /// has a series to work on before the first failure.
+    pub fn watching(&self, kind: &str) {
+        let _created = self.family.get_or_create(&ResourceLabels {
+            resource: kind.to_owned(),
+        });
+    }
+
     /// Logs and counts one failed attempt of the watch of `what` (a `kind` resource).
     pub fn report(&self, kind: &str, what: &str, error: &watcher::Error) {
         tracing::warn!(watch = what, error = %brief(error), "watch failed; retrying with backoff");

@@ -278,6 +278,16 @@ async fn webhook_stamps_pods_and_never_blocks_them() {
             .unwrap()
             > 0.0
     );
+    // Every watch of the view has its error counter from the start, at 0 here.
+    for kind in ["TrustAnchorRotation", "ConfigMap", "Namespace"] {
+        assert_eq!(
+            op.metric(&format!(
+                "trust_rotation_webhook_view_watch_errors_total{{resource=\"{kind}\"}}"
+            )),
+            Some(0.0),
+            "{kind}"
+        );
+    }
 
     // Hung (SIGSTOP: the kernel still accepts connections, nobody answers): the API server gives
     // up after the configured timeout and creates the pod unstamped.

@@ -228,6 +228,7 @@ impl Watches {
         let stream = reflector::reflector(writer, watcher::watcher(api, config))
             .default_backoff()
             .touched_objects();
+        self.errors.watching(&K::kind(&()));
         let (wake, errors, task_what) = (self.wake.clone(), self.errors.clone(), what.clone());
         let id = self
             .tasks

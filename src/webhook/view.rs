@@ -168,6 +168,7 @@ fn track_init<K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + '
     what: String,
     errors: WatchErrors,
 ) -> impl Stream<Item = ()> + Send {
+    errors.watching(&K::kind(&()));
     stream.default_backoff().map(move |event| match event {
         Ok(watcher::Event::InitDone) => flag.store(true, Ordering::Release),
         Ok(_) => {}
