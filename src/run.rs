@@ -150,7 +150,9 @@ pub async fn run(
     });
 
     let shutdown_health = health.clone();
-    let app = router(AppState { view, metrics });
+    let state = AppState::new(view, metrics);
+    let stopping = state.stopping.clone();
+    let app = router(state);
     let delay = config.shutdown_delay;
     let mut failure = None;
     let parts = &mut tasks;
@@ -164,8 +166,11 @@ pub async fn run(
             }
         }
         // Not ready first: the Service drops this endpoint (and the API server stops calling
-        // it) while the listener still answers whoever has not heard yet.
+        // it) while the listener still answers whoever has not heard yet. Connections the API
+        // server keeps alive outlive the endpoint, so each answer now asks it to close its
+        // connection: few are left idle for the drain to close under a request.
         shutdown_health.shutting_down.store(true, Ordering::Release);
+        stopping.store(true, Ordering::Release);
         tracing::info!(delay = ?delay, "shutting down: not ready, still serving");
         tokio::time::sleep(delay).await;
         tracing::info!("shutting down: closing the listener, draining requests in flight");

@@ -298,6 +298,23 @@ async fn webhook_stamps_pods_and_never_blocks_them() {
     assert!(took < Duration::from_secs(10), "took {took:?}");
     eprintln!("pod created while the webhook hung: {took:?}");
 
+    // A client's kept-alive connection, as the API server keeps them: open before stopping.
+    let ca = std::fs::read(op.dir.path().join("ca.crt")).unwrap();
+    let webhook_addr = std::net::SocketAddr::from(([127, 0, 0, 1], op.webhook_port));
+    let mut kept = common::tls_client::Connection::open(
+        webhook_addr,
+        common::tls_client::client_config(&[&ca]),
+    )
+    .await
+    .unwrap();
+    let review = hyper::body::Bytes::from(common::server::typical_body());
+    let (code, headers, _) = kept
+        .post_with_headers("/mutate", review.clone())
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(headers.get("connection"), None, "kept alive while serving");
+
     // Stopping (SIGTERM): at once not ready, but still serving for the shutdown delay, so an
     // admission sent before the endpoint is gone is still answered.
     op.process.signal("TERM").unwrap();
@@ -319,6 +336,23 @@ async fn webhook_stamps_pods_and_never_blocks_them() {
         "pod created {:?} after SIGTERM, while not ready: {took:?}",
         terminated.elapsed()
     );
+    // The kept connection is answered too, and asked to close: the client retires it after
+    // this answer rather than have it closed under its next request when the listener drains.
+    let (code, headers, _) = kept.post_with_headers("/mutate", review).await.unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(
+        headers.get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "{headers:?}"
+    );
+    let asked = Instant::now();
+    while !kept.is_closed() {
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "the server did not close the connection after asking to"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Stopped: exits cleanly and in time, then pods are created at once, unstamped.
     let status = op
         .process

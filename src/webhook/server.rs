@@ -3,12 +3,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http_body_util::LengthLimitError;
@@ -40,6 +41,21 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct AppState {
     pub view: ViewHandle,
     pub metrics: Arc<WebhookMetrics>,
+    /// Set once the process starts to stop. Every HTTP/1.x answer then carries
+    /// `Connection: close`, so that the API server retires its kept-alive connections to this
+    /// replica one at a time, each right after an answer, instead of finding them closed under
+    /// a request when the listener drains (see [`serve_tls`]).
+    pub stopping: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn new(view: ViewHandle, metrics: Arc<WebhookMetrics>) -> Self {
+        Self {
+            view,
+            metrics,
+            stopping: Arc::new(AtomicBool::new(false)),
+        }
+    }
 }
 
 /// The webhook's routes.
@@ -83,6 +99,18 @@ fn too_large(what: &str) -> Response {
 }
 
 async fn mutate(State(state): State<AppState>, request: Request) -> Response {
+    // HTTP/2 has no `Connection` header; its graceful shutdown sends GOAWAY instead.
+    let close = request.version() <= Version::HTTP_11 && state.stopping.load(Ordering::Acquire);
+    let mut response = answer(state, request).await;
+    if close {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+async fn answer(state: AppState, request: Request) -> Response {
     let body = match read_body(request).await {
         Ok(body) => body,
         Err(refused) => {
@@ -134,11 +162,14 @@ pub async fn serve_tls(
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     // No timer, so no HTTP/1.1 header-read or idle timeout once a connection is up (only the
-    // handshake is timed). hyper's header-read timeout also runs while a keep-alive connection
-    // waits for its next request, so it would close an HTTP/1.1 client's idle connections; a
-    // close racing that client's next POST fails the call (Go retries a POST only if nothing of
-    // it was written) and the pod is admitted unstamped. The API server normally speaks HTTP/2
-    // here (ALPN), and bounds its own calls by the webhook's timeoutSeconds either way.
+    // handshake is timed). The API server calls admission webhooks over HTTP/1.1 (HTTP/2 only
+    // for a loopback URL) and keeps connections alive. hyper's header-read timeout also runs
+    // while a kept-alive connection waits for its next request, so it would close the API
+    // server's idle connections; a close racing its next POST fails the call (Go retries a POST
+    // only if nothing of it was written) and the pod is admitted unstamped. The API server
+    // bounds its own calls by the webhook's timeoutSeconds. For the same reason, a stopping
+    // process asks each client to close after its answer (`AppState::stopping`) before it
+    // drains.
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
     loop {

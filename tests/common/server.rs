@@ -22,7 +22,7 @@ pub fn webhook_router(view: ViewHandle) -> axum::Router {
 /// The webhook's router over `view`, its metrics registered in `registry`.
 pub fn webhook_router_in(view: ViewHandle, registry: &mut Registry) -> axum::Router {
     let metrics = WebhookMetrics::register(registry);
-    router(AppState { view, metrics })
+    router(AppState::new(view, metrics))
 }
 
 /// The load bench's baseline: the same TLS, HTTP and routing stack, answering a fixed allowed

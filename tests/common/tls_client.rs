@@ -72,6 +72,16 @@ impl Connection {
 
     /// POSTs `body` as JSON to `path`; returns the status and the whole response body.
     pub async fn post(&mut self, path: &str, body: Bytes) -> Result<(u16, Bytes), hyper::Error> {
+        let (status, _, body) = self.post_with_headers(path, body).await?;
+        Ok((status, body))
+    }
+
+    /// As [`Connection::post`], with the response's headers.
+    pub async fn post_with_headers(
+        &mut self,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(u16, hyper::HeaderMap, Bytes), hyper::Error> {
         self.sender.ready().await?;
         let request = hyper::Request::post(path)
             .header("host", "127.0.0.1")
@@ -80,7 +90,13 @@ impl Connection {
             .expect("request");
         let response = self.sender.send_request(request).await?;
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let body = response.into_body().collect().await?.to_bytes();
-        Ok((status, body))
+        Ok((status, headers, body))
+    }
+
+    /// Whether the connection has ended (the server closed it).
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
     }
 }
