@@ -151,7 +151,7 @@ pub async fn run(
 
     let shutdown_health = health.clone();
     let state = AppState::new(view, metrics);
-    let stopping = state.stopping.clone();
+    let stopping = state.clone();
     let app = router(state);
     let delay = config.shutdown_delay;
     let mut failure = None;
@@ -170,7 +170,7 @@ pub async fn run(
         // server keeps alive outlive the endpoint, so each answer now asks it to close its
         // connection: few are left idle for the drain to close under a request.
         shutdown_health.shutting_down.store(true, Ordering::Release);
-        stopping.store(true, Ordering::Release);
+        stopping.stop();
         tracing::info!(delay = ?delay, "shutting down: not ready, still serving");
         tokio::time::sleep(delay).await;
         tracing::info!("shutting down: closing the listener, draining requests in flight");

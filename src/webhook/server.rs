@@ -36,25 +36,37 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for requests in flight before closing their connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the `/mutate` handler needs.
+/// What the `/mutate` handler needs: one shared allocation, since axum clones the state for
+/// every request.
 #[derive(Clone)]
 pub struct AppState {
-    pub view: ViewHandle,
-    pub metrics: Arc<WebhookMetrics>,
-    /// Set once the process starts to stop. Every HTTP/1.x answer then carries
-    /// `Connection: close`, so that the API server retires its kept-alive connections to this
-    /// replica one at a time, each right after an answer, instead of finding them closed under
-    /// a request when the listener drains (see [`serve_tls`]).
-    pub stopping: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    view: ViewHandle,
+    metrics: Arc<WebhookMetrics>,
+    /// Set once the process starts to stop (see [`AppState::stop`]).
+    stopping: AtomicBool,
 }
 
 impl AppState {
     pub fn new(view: ViewHandle, metrics: Arc<WebhookMetrics>) -> Self {
         Self {
-            view,
-            metrics,
-            stopping: Arc::new(AtomicBool::new(false)),
+            shared: Arc::new(Shared {
+                view,
+                metrics,
+                stopping: AtomicBool::new(false),
+            }),
         }
+    }
+
+    /// The process starts to stop: from now on every HTTP/1.x answer carries
+    /// `Connection: close`, so that the API server retires its kept-alive connections to this
+    /// replica one at a time, each right after an answer, instead of finding them closed under
+    /// a request when the listener drains (see [`serve_tls`]).
+    pub fn stop(&self) {
+        self.shared.stopping.store(true, Ordering::Release);
     }
 }
 
@@ -99,24 +111,15 @@ fn too_large(what: &str) -> Response {
 }
 
 async fn mutate(State(state): State<AppState>, request: Request) -> Response {
+    let state = &*state.shared;
     // HTTP/2 has no `Connection` header; its graceful shutdown sends GOAWAY instead.
     let close = request.version() <= Version::HTTP_11 && state.stopping.load(Ordering::Acquire);
-    let mut response = answer(state, request).await;
-    if close {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
-}
-
-async fn answer(state: AppState, request: Request) -> Response {
     let body = match read_body(request).await {
         Ok(body) => body,
         Err(refused) => {
             // Too large, or a body that never arrived whole: not a usable AdmissionReview.
             state.metrics.refused();
-            return refused;
+            return closing_if(close, refused);
         }
     };
     let started = Instant::now();
@@ -148,7 +151,28 @@ async fn answer(state: AppState, request: Request) -> Response {
     }
     let body = reviewed.review.to_json();
     state.metrics.observe(reviewed.outcome, started.elapsed());
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    closing_if(
+        close,
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+    )
+}
+
+/// With `close`, asks the client to close the connection after this response.
+#[inline(always)]
+fn closing_if(close: bool, mut response: Response) -> Response {
+    if close {
+        ask_to_close(&mut response);
+    }
+    response
+}
+
+/// Only while stopping: kept out of line, off the path of every other admission.
+#[cold]
+#[inline(never)]
+fn ask_to_close(response: &mut Response) {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
 }
 
 /// Serves `app` over TLS on `listener` until `shutdown` completes, then stops accepting, lets
@@ -168,7 +192,7 @@ pub async fn serve_tls(
     // server's idle connections; a close racing its next POST fails the call (Go retries a POST
     // only if nothing of it was written) and the pod is admitted unstamped. The API server
     // bounds its own calls by the webhook's timeoutSeconds. For the same reason, a stopping
-    // process asks each client to close after its answer (`AppState::stopping`) before it
+    // process asks each client to close after its answer (`AppState::stop`) before it
     // drains.
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
