@@ -158,21 +158,13 @@ async fn mutate(State(state): State<AppState>, request: Request) -> Response {
 }
 
 /// With `close`, asks the client to close the connection after this response.
-#[inline(always)]
 fn closing_if(close: bool, mut response: Response) -> Response {
     if close {
-        ask_to_close(&mut response);
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
-}
-
-/// Only while stopping: kept out of line, off the path of every other admission.
-#[cold]
-#[inline(never)]
-fn ask_to_close(response: &mut Response) {
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
 }
 
 /// Serves `app` over TLS on `listener` until `shutdown` completes, then stops accepting, lets
