@@ -2122,9 +2122,7 @@ async fn an_operator_without_its_permissions_names_the_refused_watches_and_start
     let client = cp.client();
     install_crd(&client).await;
     for name in ["linkerd", "cert-manager"] {
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
+        trust_rotation_operator::sim::linkerd::namespace(&client, name, json!({}), json!({}))
             .await
             .unwrap();
     }

@@ -334,7 +334,6 @@ pub fn decide(
 
     let renewal = IssuerRenewal {
         policies,
-        names,
         anchor: &anchor,
         issuer: &issuer,
         observed,
@@ -737,7 +736,6 @@ fn first_few(items: &[String]) -> String {
 #[derive(Clone, Copy)]
 struct IssuerRenewal<'a> {
     policies: &'a Policies,
-    names: &'a Names,
     anchor: &'a Cert,
     issuer: &'a Issuer,
     observed: &'a Observed,
@@ -1152,7 +1150,6 @@ impl<'a> Step<'a> {
     fn waiting_for_issuer(mut self, renewal: &IssuerRenewal) -> Decision {
         let IssuerRenewal {
             policies,
-            names,
             anchor,
             issuer,
             observed,
@@ -1180,7 +1177,7 @@ impl<'a> Step<'a> {
             ));
             return self.finish(Requeue::Soon);
         }
-        let (ns, name) = &names.issuer_certificate;
+        let (ns, name) = &self.names.issuer_certificate;
         let message = match policies.issuer_renewal {
             RenewalPolicy::Automatic => {
                 if !issuer.issuing {
