@@ -257,7 +257,8 @@ impl Elector {
     ///
     /// A renewal counts from when it was sent, not from when its answer came (the API server
     /// may have committed it long before a slow answer), and an attempt that has not answered
-    /// when the deadline comes is given up: the reconciler is not polled while it waits.
+    /// when the deadline comes is given up: the reconciler is not polled while it waits, nor
+    /// once the deadline has passed (as after a pause of the whole process).
     pub async fn run<F, Fut>(self, mut lead: F, on_change: impl Fn(bool))
     where
         F: FnMut() -> Fut,
@@ -284,6 +285,14 @@ impl Elector {
             tokio::pin!(leading);
             let ended = loop {
                 tokio::select! {
+                    // The deadline is looked at before the reconciler is polled: after a pause
+                    // (a stopped process, a starved runtime) every timer comes due at once, and
+                    // the reconciler must not act on a leadership that may have passed on.
+                    biased;
+                    () = tokio::time::sleep_until(last_renewed + c.renew_deadline) => {
+                        tracing::warn!("could not renew the leader Lease in time");
+                        break false;
+                    }
                     () = &mut leading => break true,
                     () = tokio::time::sleep(c.retry) => {}
                 }
@@ -395,6 +404,62 @@ mod tests {
         assert!(c.renew_deadline < c.duration);
         let c = LeaseConfig::new("ns", "l", "a").with_duration(Duration::from_millis(10));
         assert_eq!(c.duration, Duration::from_secs(1));
+    }
+
+    /// A leader whose whole process stood still for longer than its renew deadline (a stopped
+    /// process, a starved runtime; here the test blocks the only runtime thread) must not let
+    /// its reconciler act once more when it runs again: by then another replica may hold the
+    /// Lease. Everything it does after the pause comes after it has stepped down.
+    #[tokio::test]
+    async fn a_leader_that_stood_still_past_its_deadline_steps_down_before_acting() {
+        #[derive(Clone, Copy, Debug, PartialEq)]
+        enum Event {
+            Leading(bool),
+            Acted,
+            Resumed,
+        }
+        let cp = crate::testbed::ControlPlane::start()
+            .await
+            .expect("a local control plane");
+        let config =
+            LeaseConfig::new("default", "paused", "a").with_duration(Duration::from_secs(3));
+        let pause = config.renew_deadline + Duration::from_millis(500);
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (acts, changes) = (events.clone(), events.clone());
+        let election = tokio::spawn(Elector::new(cp.client(), config).run(
+            move || {
+                let acts = acts.clone();
+                async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        acts.lock().unwrap().push(Event::Acted);
+                    }
+                }
+            },
+            move |leading| changes.lock().unwrap().push(Event::Leading(leading)),
+        ));
+        let count = |e: Event| events.lock().unwrap().iter().filter(|&&x| x == e).count();
+        for round in 0..3 {
+            let started = std::time::Instant::now();
+            while count(Event::Acted) < 3 || count(Event::Leading(true)) <= round {
+                assert!(started.elapsed() < Duration::from_secs(30), "{events:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Nothing else runs on this runtime while its one thread sleeps: timers, the
+            // reconciler's included, all come due together when it wakes.
+            std::thread::sleep(pause);
+            events.lock().unwrap().push(Event::Resumed);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let events = events.lock().unwrap();
+            let after = events.iter().rev().take_while(|&&e| e != Event::Resumed);
+            let first = after.collect::<Vec<_>>().last().copied().copied();
+            assert_eq!(
+                first,
+                Some(Event::Leading(false)),
+                "round {round}: the first thing after the pause must be stepping down: {events:?}"
+            );
+        }
+        election.abort();
     }
 
     /// A reconciler that returns while leading ends the election too (and the Lease is handed
