@@ -1800,10 +1800,9 @@ async fn sigkill_in_every_phase_resumes_without_an_extra_rollout() {
     rig.assert_mesh_on(&new_anchor, 5).await;
 }
 
-/// Two replicas: one holds the Lease and reconciles, the other serves the webhook only and
-/// writes nothing; SIGKILL the leader and the other takes over once the Lease expires.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_leader_reconciles_and_the_other_takes_over() {
+/// A control plane with the CRD, the `linkerd` namespace and the `cluster` rotation (which parks:
+/// there is no anchor), for the leader-election tests.
+async fn election_control_plane() -> ControlPlane {
     let cp = start_control_plane().await;
     let client = cp.client();
     install_crd(&client).await;
@@ -1823,23 +1822,37 @@ async fn one_leader_reconciles_and_the_other_takes_over() {
         )
         .await
         .unwrap();
-    let args = |id: &str| {
-        vec![
-            format!("--identity={id}"),
-            "--lease-duration=3s".to_owned(),
-            "--reconcile-interval=500ms".to_owned(),
-        ]
-    };
+    cp
+}
+
+fn replica_args(id: &str, lease_duration: &str) -> Vec<String> {
+    vec![
+        format!("--identity={id}"),
+        format!("--lease-duration={lease_duration}"),
+        "--reconcile-interval=500ms".to_owned(),
+    ]
+}
+
+/// The leader Lease's holder and transitions.
+async fn lease_holder(client: &kube::Client) -> (Option<String>, Option<i32>) {
+    let lease = Api::<Lease>::namespaced(client.clone(), "linkerd")
+        .get_opt("trust-rotation-operator")
+        .await
+        .unwrap();
+    let spec = lease.and_then(|l| l.spec).unwrap_or_default();
+    (spec.holder_identity, spec.lease_transitions)
+}
+
+/// Two replicas: one holds the Lease and reconciles, the other serves the webhook only and
+/// writes nothing; SIGKILL the leader and the other takes over once the Lease expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_reconciles_and_the_other_takes_over() {
+    let cp = election_control_plane().await;
+    let client = cp.client();
+    let args = |id: &str| replica_args(id, "3s");
     let a = start_operator(cp.kubeconfig(), &args("replica-a")).await;
     let b = start_operator(cp.kubeconfig(), &args("replica-b")).await;
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "linkerd");
-    let holder = || async {
-        leases
-            .get_opt("trust-rotation-operator")
-            .await
-            .unwrap()
-            .and_then(|l| l.spec?.holder_identity)
-    };
+    let holder = || async { lease_holder(&client).await.0 };
     // a started first and took the Lease; its reconciler runs (the rotation parks: there is
     // no anchor in this cluster) and b's does not.
     let started = Instant::now();
@@ -1889,8 +1902,91 @@ async fn one_leader_reconciles_and_the_other_takes_over() {
         "replica-b took over {:.1}s after replica-a was killed (Lease 3s)",
         killed.elapsed().as_secs_f64()
     );
-    let lease = leases.get("trust-rotation-operator").await.unwrap();
-    assert_eq!(lease.spec.unwrap().lease_transitions, Some(1));
+    assert_eq!(lease_holder(&client).await.1, Some(1));
+}
+
+/// The leader loses the API server (a partition of its own: requests hang, nothing is refused)
+/// while the other replica still reaches it. The leader stops reconciling within its renew
+/// deadline, two thirds of the Lease, from its last renewal; the other takes the Lease only once
+/// it has seen it unchanged for the whole Lease: at no moment do both lead. When the partition
+/// heals, what the old leader sent into it arrives late, and it finds the Lease held: it stays a
+/// follower, and the new leader keeps the Lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_api_server_steps_down_before_the_other_takes_over() {
+    use common::relay::Relay;
+    let cp = election_control_plane().await;
+    let client = cp.client();
+    let upstream = cp.server().trim_start_matches("https://").parse().unwrap();
+    let relay = Relay::start(upstream).await;
+    let kubeconfig_a = cp.dir().join("replica-a.kubeconfig");
+    let text = std::fs::read_to_string(cp.kubeconfig()).unwrap();
+    std::fs::write(&kubeconfig_a, text.replace(cp.server(), &relay.url())).unwrap();
+    // Lease 6s: the leader gives up after 4s without a renewal, and renews about every 0.9s.
+    let (lease, renew_deadline) = ("6s", Duration::from_secs(4));
+    let a = start_operator(&kubeconfig_a, &replica_args("replica-a", lease)).await;
+    let leading = |op: &Operator| op.metric("trust_rotation_leader") == Some(1.0);
+    common::eventually("replica-a leads", Duration::from_secs(30), || async {
+        leading(&a).then_some(())
+    })
+    .await;
+    let b = start_operator(cp.kubeconfig(), &replica_args("replica-b", lease)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(leading(&a) && !leading(&b));
+    assert_eq!(lease_holder(&client).await.0.as_deref(), Some("replica-a"));
+
+    relay.cut(true);
+    let cut = Instant::now();
+    let (mut a_stopped, mut b_started) = (None, None);
+    while b_started.is_none() {
+        let (a_leads, b_leads) = (leading(&a), leading(&b));
+        assert!(
+            !(a_leads && b_leads),
+            "both replicas lead {:.1}s into the partition",
+            cut.elapsed().as_secs_f64()
+        );
+        if !a_leads && a_stopped.is_none() {
+            a_stopped = Some(cut.elapsed());
+        }
+        if b_leads {
+            b_started = Some(cut.elapsed());
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(30),
+            "replica-b never took over; replica-a stopped leading after {a_stopped:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (a_stopped, b_started) = (a_stopped.unwrap(), b_started.unwrap());
+    eprintln!(
+        "partition: replica-a stopped leading after {:.1}s, replica-b took over after {:.1}s \
+         (Lease {lease}, renew deadline {renew_deadline:?})",
+        a_stopped.as_secs_f64(),
+        b_started.as_secs_f64()
+    );
+    assert!(a_stopped < b_started);
+    // Its last renewal was sent at most one retry before the cut.
+    assert!(
+        a_stopped <= renew_deadline + Duration::from_millis(500),
+        "replica-a led on for {a_stopped:?} without renewing"
+    );
+    let log = std::fs::read_to_string(a.process.log_path()).unwrap();
+    assert!(
+        log.contains("could not renew the leader Lease in time"),
+        "{log}"
+    );
+    assert_eq!(lease_holder(&client).await.0.as_deref(), Some("replica-b"));
+
+    relay.cut(false);
+    let healed = Instant::now();
+    while healed.elapsed() < Duration::from_secs(5) {
+        assert!(leading(&b) && !leading(&a), "after the partition healed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        lease_holder(&client).await,
+        (Some("replica-b".to_owned()), Some(1))
+    );
+    assert_eq!(a.admin_get("/ready").map(|r| r.0), Some(200));
 }
 
 /// A `helm upgrade` of Linkerd after a rotation: it renders the bundle ConfigMap from its

@@ -167,6 +167,7 @@ pub fn http_get(addr: (&str, u16), path: &str) -> Option<(u16, String)> {
     let code = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((code, body.to_owned()))
 }
+pub mod relay;
 pub mod server;
 pub mod tls_client;
 
