@@ -82,7 +82,7 @@ fn refresh_interval(interval: &str) -> Result<std::time::Duration, String> {
     }
 }
 
-fn short(fingerprint: &str) -> &str {
+pub(crate) fn short(fingerprint: &str) -> &str {
     &fingerprint[..fingerprint.len().min(12)]
 }
 
@@ -244,20 +244,40 @@ pub fn decide(
     // was rewritten by someone else (a `helm upgrade` of Linkerd renders it from its values).
     // Every live leaf then chains to the anchors in use, so the bundle is restored to exactly
     // those, and whatever else was written is dropped rather than spread to every proxy.
-    let mut must_trust: Vec<&Cert> = vec![&anchor];
-    must_trust.push(&signer_cert);
+    //
+    // While a renewal is under way the previous anchor is in use too: leaves from the issuer
+    // before, and every proxy not yet restarted, chain to it until the bundle is reduced. A
+    // bundle written without it (a GitOps commit of the new anchor alone) is grown back, never
+    // rolled onto the control plane.
+    let mut must_trust: Vec<&Cert> = vec![&anchor, &signer_cert];
+    if renewed {
+        must_trust.push(&previous);
+    }
     if must_trust
         .iter()
         .any(|c| !bundle_set.contains(&c.fingerprint))
     {
         let (grown, why) = if renewed {
             let grown = bundle_of(bundle.iter().chain(must_trust.iter().copied()));
-            let why = format!(
-                "trust anchor renewed ({} -> {}): expanding the trust bundle to {} anchors",
-                short(&previous.fingerprint),
-                short(&anchor.fingerprint),
-                grown.len()
-            );
+            let why = if bundle_set.contains(&anchor.fingerprint) {
+                let missing: BTreeSet<&str> = must_trust
+                    .iter()
+                    .filter(|c| !bundle_set.contains(&c.fingerprint))
+                    .map(|c| short(&c.fingerprint))
+                    .collect();
+                format!(
+                    "the trust bundle lacked anchor(s) still in use during the rotation ({}): growing it back to {} anchors",
+                    missing.into_iter().collect::<Vec<_>>().join(", "),
+                    grown.len()
+                )
+            } else {
+                format!(
+                    "trust anchor renewed ({} -> {}): expanding the trust bundle to {} anchors",
+                    short(&previous.fingerprint),
+                    short(&anchor.fingerprint),
+                    grown.len()
+                )
+            };
             (grown, why)
         } else {
             let restored = bundle_of(must_trust.iter().copied());

@@ -1235,6 +1235,57 @@ fn leaves_are_awaited_then_the_bundle_is_reduced() {
     assert_eq!(written_bundle(&d), Some(set(&[1])));
 }
 
+/// A GitOps commit of the new anchor alone lands mid-rotation, over the operator's expanded
+/// bundle, once the issuer has switched: the issuer's anchor is in it, but the proxies not yet
+/// holding a new leaf, and every pod not yet restarted, still need the old one. The bundle is
+/// grown back and the overwrite recorded; the control plane is restarted onto the grown bundle,
+/// never onto the one written over it. The same in every phase of the expansion.
+#[test]
+fn a_bundle_written_without_the_old_anchor_mid_rotation_is_grown_back() {
+    for (phase, world) in [
+        (Phase::RefreshingControlPlane, propagating()),
+        (Phase::PropagatingTrustRoots, propagating()),
+        (Phase::WaitingForIdentityRotation, issuer_renewed()),
+        (Phase::RenewingWorkloadCerts, issuer_renewed()),
+    ] {
+        let mut o = World {
+            bundle: Some(vec![1]),
+            ..world
+        }
+        .observed();
+        every_leaf(&mut o, Leaf::FromOtherIssuer);
+        o.bundle_meta = BundleMeta {
+            version: Some("12".to_owned()),
+            written_over: Some("11".to_owned()),
+            overwritten_by: vec!["argocd-application-controller".to_owned()],
+        };
+        let d = run(&automatic(), phase, &o);
+        assert_eq!(written_bundle(&d), Some(set(&[0, 1])), "{phase}");
+        assert_eq!(d.status.phase, Phase::RefreshingControlPlane, "{phase}");
+        assert!(
+            blocking(&d).contains(short(&bundle_fp(&[0, 1]))),
+            "{phase}: {}",
+            blocking(&d)
+        );
+        assert_eq!(d.status.bundle_overwrites.len(), 1, "{phase}");
+        let said: Vec<&str> = d
+            .effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Event { message, .. } => Some(message.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            said.iter().any(|m| m.contains(&format!(
+                "lacked anchor(s) still in use during the rotation ({})",
+                short(&fp(0))
+            )) && m.contains("argocd-application-controller")),
+            "{phase}: {said:?}"
+        );
+    }
+}
+
 #[test]
 fn unreachable_or_unprobed_pods_are_not_converged() {
     let w = issuer_renewed();
@@ -1763,6 +1814,9 @@ mod properties {
         /// The same, and the upgrade rolls the control plane, which starts on that bundle (its
         /// pod templates keep the operator's restart marker).
         HelmUpgrade,
+        /// Someone else rewrites the bundle to the current anchor alone (a GitOps commit of the
+        /// renewed anchor, mid-rotation or not).
+        CommitAnchorAlone,
         /// Pod `n` is replaced by one injected long ago with the first anchor alone (it was
         /// Pending until now).
         StalePodStarts(usize),
@@ -1782,6 +1836,7 @@ mod properties {
             1 => (0usize..4).prop_map(Action::UserRestart),
             1 => Just(Action::OverwriteBundle),
             1 => Just(Action::HelmUpgrade),
+            1 => Just(Action::CommitAnchorAlone),
             1 => (0usize..4).prop_map(Action::StalePodStarts),
             6 => Just(Action::Reconcile),
             1 => Just(Action::ReconcileStatusLost),
@@ -1920,6 +1975,21 @@ mod properties {
                         self.previous = Some(index_of(fingerprint));
                     }
                     Effect::RestartControlPlane { marker, .. } => {
+                        // The anchors it can tell are in use: the current one, the issuer's,
+                        // and the previous one until the bundle is reduced. (Not every live
+                        // leaf's: those are probed only while certificates are renewed, and an
+                        // anchor that a foreign write dropped, after the Secrets moved on from
+                        // it, is no longer held anywhere the operator could restore it from.)
+                        let known: BTreeSet<String> = [Some(self.anchor), Some(self.issuer.1)]
+                            .into_iter()
+                            .chain([self.previous.filter(|&p| p != self.anchor)])
+                            .flatten()
+                            .map(fp)
+                            .collect();
+                        prop_assert!(
+                            self.bundle.is_superset(&known),
+                            "the control plane is restarted only onto a bundle holding the anchors in use"
+                        );
                         self.cp_for = Some(marker.clone());
                         self.cp_anchors = self.bundle.clone();
                     }
@@ -2076,6 +2146,11 @@ mod properties {
                         c.bundle_version += 1;
                         c.overwritten = c.operator_wrote;
                         c.cp_anchors = set(&[0]);
+                    }
+                    Action::CommitAnchorAlone => {
+                        c.bundle = set(&[c.anchor]);
+                        c.bundle_version += 1;
+                        c.overwritten = c.operator_wrote;
                     }
                     Action::StalePodStarts(n) => c.pods[n] = (set(&[0]), c.issuer, false),
                     Action::Reconcile => c.reconcile(&policies)?,
