@@ -54,7 +54,8 @@ pub struct TrustAnchorRotationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer_renewal: Option<IssuerRenewal>,
 
-    /// Stop advancing: the operator observes and reports, but writes nothing but status.
+    /// Stop advancing: the operator observes and reports (its status, and the Warning event of
+    /// an issuer renewed out of order), but writes nothing else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<bool>,
 }

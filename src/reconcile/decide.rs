@@ -129,6 +129,18 @@ pub fn decide(
         if let Some(b) = &bundle {
             let set = fingerprints(b);
             d.count_bundle(observed, &set, false);
+            // Reported even now: pausing to look into a rotation is when someone may run
+            // `cmctl renew` too early.
+            if let Some(previous) = &previous {
+                d.out_of_order(renewed_out_of_order(
+                    status.phase,
+                    &anchor,
+                    previous,
+                    issuer.signed_by.as_deref(),
+                    &set,
+                    &observed.pods,
+                ));
+            }
         }
         d.next.blocking_message =
             Some("paused (spec.paused): observing only, nothing is written".to_owned());
@@ -212,29 +224,15 @@ pub fn decide(
     d.next.source_fingerprints = sources(names, &bundle, &anchor, &previous);
     let renewed = anchor.fingerprint != previous.fingerprint;
 
-    // Out of order: the issuer already chains to a renewed anchor that not every proxy trusts.
-    // While the bundle propagates (and while the issuer is awaited), that is what the pods say:
-    // a renewal the operator asked for just before it was stopped, its status unwritten, finds
-    // every pod holding the bundle and is in order.
     let lacking_bundle = workloads_lacking(observed.pods.iter(), &bundle_set);
-    // In Synced the bundle may not hold the new anchor yet: what counts is the anchor. A status
-    // that says Synced over pods that all trust it is one that was lost (the resource deleted
-    // and created again mid-rotation), not a renewal out of order.
-    let lacking_anchor = workloads_lacking(
-        observed.pods.iter(),
-        &BTreeSet::from([anchor.fingerprint.clone()]),
-    );
-    let before_convergence =
-        (matches!(status.phase, Phase::Synced | Phase::RefreshingControlPlane)
-            && renewed
-            && !lacking_anchor.is_empty())
-            || (matches!(
-                status.phase,
-                Phase::PropagatingTrustRoots | Phase::WaitingForIdentityRotation
-            ) && !lacking_bundle.is_empty());
-    let out_of_order =
-        renewed && signer.as_deref() == Some(anchor.fingerprint.as_str()) && before_convergence;
-    d.out_of_order(out_of_order);
+    d.out_of_order(renewed_out_of_order(
+        status.phase,
+        &anchor,
+        &previous,
+        signer.as_deref(),
+        &bundle_set,
+        &observed.pods,
+    ));
 
     // Expansion: every anchor that must be trusted is in the bundle, or the bundle grows and the
     // control plane is restarted onto it. This is also how a second renewal mid-rotation
@@ -691,6 +689,36 @@ fn proxy_refresh(deployment: &ControlPlaneDeployment, accelerated: Option<&str>)
 
 /// Workload pods (not the control plane's) among `pods` whose proxy does not hold every anchor
 /// of `bundle`.
+/// Out of order: the issuer already chains to a renewed anchor that not every proxy trusts.
+/// While the bundle propagates (and while the issuer is awaited), that is what the pods say: a
+/// renewal the operator asked for just before it was stopped, its status unwritten, finds every
+/// pod holding the bundle and is in order.
+fn renewed_out_of_order(
+    phase: Phase,
+    anchor: &Cert,
+    previous: &Cert,
+    signer: Option<&str>,
+    bundle: &BTreeSet<String>,
+    pods: &[MeshedPod],
+) -> bool {
+    if anchor.fingerprint == previous.fingerprint || signer != Some(anchor.fingerprint.as_str()) {
+        return false;
+    }
+    match phase {
+        // In Synced the bundle may not hold the new anchor yet: what counts is the anchor. A
+        // status that says Synced over pods that all trust it is one that was lost (the
+        // resource deleted and created again mid-rotation), not a renewal out of order.
+        Phase::Synced | Phase::RefreshingControlPlane => {
+            let anchor = BTreeSet::from([anchor.fingerprint.clone()]);
+            !workloads_lacking(pods.iter(), &anchor).is_empty()
+        }
+        Phase::PropagatingTrustRoots | Phase::WaitingForIdentityRotation => {
+            !workloads_lacking(pods.iter(), bundle).is_empty()
+        }
+        _ => false,
+    }
+}
+
 fn workloads_lacking<'p>(
     pods: impl Iterator<Item = &'p MeshedPod>,
     bundle: &BTreeSet<String>,

@@ -1643,6 +1643,35 @@ fn paused_observes_and_writes_nothing() {
     assert!(blocking(&d).contains("paused"));
 }
 
+/// Paused to look into a rotation, someone runs `cmctl renew` on the issuer before every proxy
+/// holds the new anchor: the pause does not hide it. The condition, its urgent message and its
+/// Warning event come as they would unpaused; nothing else is written.
+#[test]
+fn paused_still_reports_an_issuer_renewed_out_of_order() {
+    let w = World {
+        signer: 1,
+        ..propagating()
+    };
+    let policies = Policies {
+        paused: true,
+        ..automatic()
+    };
+    let d = run(&policies, Phase::PropagatingTrustRoots, &w.observed());
+    assert_eq!(d.status.phase, Phase::PropagatingTrustRoots);
+    assert_eq!(out_of_order(&d), Some(ConditionStatus::True));
+    assert!(blocking(&d).starts_with("URGENT"), "{}", blocking(&d));
+    assert!(blocking(&d).contains("paused"), "{}", blocking(&d));
+    assert!(writes(&d).is_empty(), "{:?}", d.effects);
+    assert!(d.effects.iter().any(|e| matches!(e, Effect::Event { reason, warning: true, .. } if reason == "OutOfOrderIssuerRotation")));
+    // In order, paused: no condition raised.
+    let d = run(
+        &policies,
+        Phase::PropagatingTrustRoots,
+        &propagating().observed(),
+    );
+    assert_eq!(out_of_order(&d), Some(ConditionStatus::False));
+}
+
 /// Synced on anchor 1, then someone rewrites the bundle to the retired anchor 0 (a `helm
 /// upgrade` of Linkerd renders it from its values). The operator restores the anchor in use and
 /// drops the stranger; pods that never held it need no restart.
