@@ -251,28 +251,40 @@ pub fn decide(
     if renewed {
         must_trust.push(&previous);
     }
-    if must_trust
+    //
+    // A bundle someone else wrote over the operator's is taken back even when it lacks nothing:
+    // the writer may have rolled the control plane onto what it wrote (a `helm upgrade`), or
+    // been followed by another write before the operator looked, and the restore's restart is
+    // the only way to know what the control plane runs with. Outside a renewal the bundle is
+    // the anchors in use and nothing else, so what was added to it (a retired anchor, say)
+    // goes too.
+    let missing: Vec<&str> = must_trust
         .iter()
-        .any(|c| !bundle_set.contains(&c.fingerprint))
-    {
+        .filter(|c| !bundle_set.contains(&c.fingerprint))
+        .map(|c| short(&c.fingerprint))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let meta = &observed.bundle_meta;
+    if !missing.is_empty() || !meta.overwritten_by.is_empty() {
         let (grown, why) = if renewed {
             let grown = bundle_of(bundle.iter().chain(must_trust.iter().copied()));
-            let why = if bundle_set.contains(&anchor.fingerprint) {
-                let missing: BTreeSet<&str> = must_trust
-                    .iter()
-                    .filter(|c| !bundle_set.contains(&c.fingerprint))
-                    .map(|c| short(&c.fingerprint))
-                    .collect();
-                format!(
-                    "the trust bundle lacked anchor(s) still in use during the rotation ({}): growing it back to {} anchors",
-                    missing.into_iter().collect::<Vec<_>>().join(", "),
-                    grown.len()
-                )
-            } else {
+            let why = if !bundle_set.contains(&anchor.fingerprint) {
                 format!(
                     "trust anchor renewed ({} -> {}): expanding the trust bundle to {} anchors",
                     short(&previous.fingerprint),
                     short(&anchor.fingerprint),
+                    grown.len()
+                )
+            } else if !missing.is_empty() {
+                format!(
+                    "the trust bundle lacked anchor(s) still in use during the rotation ({}): growing it back to {} anchors",
+                    missing.join(", "),
+                    grown.len()
+                )
+            } else {
+                format!(
+                    "the trust bundle was written over during the rotation: taking it back with its {} anchors",
                     grown.len()
                 )
             };
@@ -286,7 +298,12 @@ pub fn decide(
                 .filter(|f| !in_use.contains(f))
                 .collect();
             let why = format!(
-                "the trust bundle lacked an anchor in use: restoring it to the anchor(s) in use ({}){}",
+                "{}: restoring it to the anchor(s) in use ({}){}",
+                if missing.is_empty() {
+                    "the trust bundle was written over"
+                } else {
+                    "the trust bundle lacked an anchor in use"
+                },
                 in_use.into_iter().collect::<Vec<_>>().join(", "),
                 if dropped.is_empty() {
                     String::new()
@@ -299,7 +316,6 @@ pub fn decide(
         // The bundle may come back to a fingerprint used before (someone else overwrote it and
         // it is restored, or grown back): the write records the version it replaced, which
         // sets its restarts apart from those onto the bundle before (see `BundleMeta`).
-        let meta = &observed.bundle_meta;
         d.effects.push(Effect::WriteBundle {
             pem: grown.to_pem(),
             fingerprint: grown.fingerprint(),

@@ -1643,6 +1643,41 @@ fn paused_observes_and_writes_nothing() {
     assert!(blocking(&d).contains("paused"));
 }
 
+/// Synced on anchor 1, someone writes the retired anchor 0 back into the bundle beside it (the
+/// current anchor is still there): every proxy started since would trust the retired anchor
+/// while the status said Synced. The bundle is restored to the anchor in use, the overwrite
+/// recorded, and the control plane restarted onto it; the removal then takes the pods that
+/// started on the foreign bundle. A bundle Linkerd was installed with (never the operator's)
+/// is not an overwrite: extra anchors in it are left alone, and listed in sourceFingerprints.
+#[test]
+fn a_bundle_written_over_with_an_extra_anchor_is_restored_to_the_anchor_in_use() {
+    let mut o = overwritten_by("helm", 10, 0);
+    o.bundle = Ok(Some(vec![a(0), a(1)]));
+    let d = run(&automatic(), Phase::Synced, &o);
+    assert_eq!(written_bundle(&d), Some(set(&[1])));
+    assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
+    assert_eq!(d.status.bundle_overwrites.len(), 1);
+    assert!(
+        d.effects.iter().any(|e| matches!(e, Effect::Event { message, .. }
+            if message.contains("the trust bundle was written over: restoring it to the anchor(s) in use")
+                && message.contains(&format!("dropping {}", short(&fp(0))))
+                && message.contains("by helm"))),
+        "{:?}",
+        d.effects
+    );
+    // The same bundle, as installed: nothing is written.
+    o.bundle_meta = BundleMeta::default();
+    let d = run(&automatic(), Phase::Synced, &o);
+    assert!(writes(&d).is_empty(), "{:?}", d.effects);
+    assert_eq!(d.status.phase, Phase::Synced);
+    assert!(
+        d.status
+            .source_fingerprints
+            .iter()
+            .any(|s| s.fingerprint == fp(0))
+    );
+}
+
 /// Paused to look into a rotation, someone runs `cmctl renew` on the issuer before every proxy
 /// holds the new anchor: the pause does not hide it. The condition, its urgent message and its
 /// Warning event come as they would unpaused; nothing else is written.
