@@ -125,6 +125,9 @@ pub async fn run(
                 let leader_gauge = reconcile_metrics.clone();
                 let on_change = move |leading: bool| {
                     leader_gauge.leader.set(i64::from(leading));
+                    if !leading {
+                        leader_gauge.forget_rotation();
+                    }
                 };
                 let e = Elector::new(client.clone(), lease);
                 tasks.spawn(

@@ -1933,6 +1933,14 @@ async fn a_leader_cut_off_from_the_api_server_steps_down_before_the_other_takes_
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(leading(&a) && !leading(&b));
     assert_eq!(lease_holder(&client).await.0.as_deref(), Some("replica-a"));
+    // Only the leader speaks for the rotation.
+    let phase_series = |op: &Operator| {
+        op.admin_get("/metrics")
+            .unwrap()
+            .1
+            .contains("trust_rotation_phase{")
+    };
+    assert!(phase_series(&a) && !phase_series(&b));
 
     relay.cut(true);
     let cut = Instant::now();
@@ -1975,6 +1983,16 @@ async fn a_leader_cut_off_from_the_api_server_steps_down_before_the_other_takes_
         "{log}"
     );
     assert_eq!(lease_holder(&client).await.0.as_deref(), Some("replica-b"));
+    assert!(
+        !phase_series(&a),
+        "replica-a still reports the rotation after it stopped leading"
+    );
+    common::eventually(
+        "replica-b reports the rotation",
+        Duration::from_secs(10),
+        || async { phase_series(&b).then_some(()) },
+    )
+    .await;
 
     relay.cut(false);
     let healed = Instant::now();

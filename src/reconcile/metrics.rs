@@ -255,6 +255,27 @@ impl ReconcileMetrics {
             self.probes.get_or_create(&ProbeLabels { result }).inc();
         }
     }
+
+    /// What a replica that stopped leading says of the rotation: nothing. Its phase and
+    /// fingerprint series go and its gauges fall to 0, as on a replica that never led, so that
+    /// dashboards summing or taking the max over replicas see the leader's alone. Counters keep
+    /// their counts.
+    pub fn forget_rotation(&self) {
+        self.phase.clear();
+        self.active_issuer.clear();
+        self.previous_anchor.clear();
+        self.not_after.clear();
+        for gauge in [
+            &self.trust_bundle_converged,
+            &self.trust_bundle_target,
+            &self.certificates_converged,
+            &self.certificates_target,
+            &self.refresh_interval_seconds,
+            &self.bundle_contested,
+        ] {
+            gauge.set(0);
+        }
+    }
 }
 
 fn counts(c: Option<&crate::crd::ConvergenceStatus>) -> (i64, i64) {
