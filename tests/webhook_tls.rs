@@ -223,6 +223,23 @@ async fn assert_answered_413(
     assert!(response.starts_with("HTTP/1.1 413"), "{response}");
 }
 
+/// TLS 1.2 and 1.3 are both served (the API server of an older cluster may offer only 1.2).
+/// Nothing older can be: rustls implements neither 1.0 nor 1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_tls_1_2_and_1_3() {
+    let (certs, server) = serve_fresh_certs().await;
+    for (version, want) in [
+        (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
+        (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
+    ] {
+        let config = common::tls_client::client_config_for(&[&certs.ca()], &[version]);
+        let mut conn = Connection::open(server.addr, config).await.unwrap();
+        assert_eq!(conn.protocol_version, Some(want));
+        round_trip(&mut conn, &format!("{want:?}")).await;
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_body_is_refused_with_413() {
     let (certs, server) = serve_fresh_certs().await;

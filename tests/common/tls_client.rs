@@ -14,6 +14,14 @@ use tokio_rustls::TlsConnector;
 
 /// A TLS client config (ring provider) trusting the PEM CA certificates given.
 pub fn client_config(ca_pems: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    client_config_for(ca_pems, rustls::DEFAULT_VERSIONS)
+}
+
+/// As [`client_config`], offering only the TLS `versions` given.
+pub fn client_config_for(
+    ca_pems: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for pem in ca_pems {
         for cert in CertificateDer::pem_slice_iter(pem) {
@@ -23,7 +31,7 @@ pub fn client_config(ca_pems: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
+    .with_protocol_versions(versions)
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
@@ -36,6 +44,8 @@ pub struct Connection {
     sender: SendRequest<Full<Bytes>>,
     /// The leaf certificate the server presented in this connection's handshake.
     pub peer_certificate: CertificateDer<'static>,
+    /// The TLS version the handshake settled on.
+    pub protocol_version: Option<rustls::ProtocolVersion>,
     _driver: tokio::task::JoinHandle<()>,
 }
 
@@ -57,6 +67,7 @@ impl Connection {
             .expect("server presented a certificate")
             .clone()
             .into_owned();
+        let protocol_version = tls.get_ref().1.protocol_version();
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(std::io::Error::other)?;
@@ -66,6 +77,7 @@ impl Connection {
         Ok(Self {
             sender,
             peer_certificate,
+            protocol_version,
             _driver: driver,
         })
     }
