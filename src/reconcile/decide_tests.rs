@@ -1609,6 +1609,25 @@ fn unusable_material_parks_writing_nothing_and_says_what() {
     assert!(blocking(&d).contains("has expired"), "{}", blocking(&d));
 }
 
+/// The anchor being rotated away from has already expired (the renewal came late): that is
+/// no reason to park, the rotation is what takes it out. The issuer still chains to it, so it
+/// stays in the expanded bundle until the reduction.
+#[test]
+fn an_expired_previous_anchor_does_not_park_the_rotation() {
+    let mut o = World::expanded().observed();
+    o.previous.as_mut().unwrap().as_mut().unwrap().not_after = NOW - 1;
+    let mut bundle = o.bundle.clone().unwrap().unwrap();
+    bundle.iter_mut().for_each(|c| {
+        if c.fingerprint == fp(0) {
+            c.not_after = NOW - 1;
+        }
+    });
+    o.bundle = Ok(Some(bundle));
+    let d = run(&automatic(), Phase::Synced, &o);
+    assert!(!blocking(&d).contains("parked"), "{}", blocking(&d));
+    assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
+}
+
 #[test]
 fn issuer_chaining_to_no_known_anchor_parks() {
     // Renewed onto a1, then the anchor renewed again to a2 before any reconcile: a1 is gone.
