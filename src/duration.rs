@@ -55,7 +55,9 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
         let mut scale = unit_nanos;
         for d in frac.bytes() {
             scale /= 10;
-            nanos += u128::from(d - b'0') * scale;
+            nanos = nanos
+                .checked_add(u128::from(d - b'0') * scale)
+                .ok_or_else(|| fail("it is too long"))?;
         }
         total_nanos = total_nanos
             .checked_add(nanos)
@@ -108,6 +110,20 @@ mod tests {
             parse("5d").unwrap_err().to_string(),
             "\"5d\" is not a duration like 300s, 5m or 1h30m: the unit is not one of ns, us, ms, s, m, h"
         );
+    }
+
+    /// The largest numbers the CRD's pattern lets through are refused as too long, never
+    /// wrapped (in a release build the sum would wrap to 1 ns and pods would be told `1s`).
+    #[test]
+    fn numbers_too_large_are_refused_not_wrapped() {
+        for input in [
+            "340282366920938463463374607431.768211457s",
+            "340282366920938463463374607432s",
+            "99999999999999999999999999999999999999999h",
+            "18446744073709551616s",
+        ] {
+            assert!(parse(input).is_err(), "{input:?} should be refused");
+        }
     }
 
     #[test]

@@ -381,6 +381,47 @@ fn unparseable_injected_anchors_take_our_earlier_fingerprint_away() {
     assert_idempotent(&again, &accelerating_view());
 }
 
+/// Injected anchors given through `valueFrom` (a ConfigMap the webhook does not read): no
+/// fingerprint is known true of them. The earlier stamp goes, as for anchors that do not
+/// parse, and the log says why; an entry with neither `value` nor `valueFrom` is the empty text,
+/// which is no bundle either.
+#[test]
+fn anchors_from_value_from_or_empty_take_our_earlier_fingerprint_away() {
+    for (entry, note) in [
+        (
+            json!({"name": "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS",
+                "valueFrom": {"configMapKeyRef": {"name": "other", "key": "ca-bundle.crt"}}}),
+            "set through valueFrom",
+        ),
+        (
+            json!({"name": "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS"}),
+            "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS",
+        ),
+    ] {
+        let mut body = fixture("pod-injected");
+        let object = &mut body["request"]["object"];
+        for e in object["spec"]["containers"][0]["env"]
+            .as_array_mut()
+            .unwrap()
+        {
+            if e["name"] == "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS" {
+                *e = entry.clone();
+            }
+        }
+        object["metadata"]["annotations"][TRUST_BUNDLE_ANNOTATION] = json!(DESIRED);
+        let r = run(&body, Some(&accelerating_view()));
+        assert!(
+            r.note.as_deref().is_some_and(|n| n.contains(note)),
+            "{entry}: {:?}",
+            r.note
+        );
+        let (pod, again) = apply(&body, &r);
+        assert_eq!(annotation(&pod, TRUST_BUNDLE_ANNOTATION), None, "{entry}");
+        assert_eq!(proxy_env(&pod, "containers", MAX_REFRESH_ENV), Some("300s"));
+        assert_idempotent(&again, &accelerating_view());
+    }
+}
+
 /// The webhook's second call for a pod (reinvoked after the injector): anchors that are the
 /// trust-roots ConfigMap's text get the view's fingerprint without being parsed; other anchors
 /// are parsed as before.

@@ -182,10 +182,19 @@ pub fn mutate_pod(pod: &PodIn, namespace_inject: Option<&str>, view: &RotationVi
 
     // The bundle the pod will run with: its own injected anchors are the truth; before
     // injection, the bundle the injector is about to bake in.
-    let injected_anchors = proxy.and_then(|(_, _, c)| env_value(c, TRUST_ANCHORS_ENV));
+    let injected_anchors = proxy.map_or(EnvValue::Absent, |(_, _, c)| {
+        env_value(c, TRUST_ANCHORS_ENV)
+    });
     let fingerprint = match injected_anchors {
-        None => view.desired_bundle_fingerprint().map(str::to_owned),
-        Some(pem) => match view.fingerprint_of_desired_text(pem) {
+        EnvValue::Absent => view.desired_bundle_fingerprint().map(str::to_owned),
+        // From a ConfigMap or a Secret the webhook does not read: no fingerprint is known.
+        EnvValue::FromSource => {
+            invalid_trust_anchors = Some(format!(
+                "{TRUST_ANCHORS_ENV} is set through valueFrom, which the webhook does not read"
+            ));
+            None
+        }
+        EnvValue::Literal(pem) => match view.fingerprint_of_desired_text(pem) {
             Some(known) => Some(known.to_owned()),
             None => match Bundle::from_pem(TRUST_ANCHORS_ENV, pem) {
                 Ok(b) => Some(b.fingerprint()),
@@ -213,8 +222,9 @@ pub fn mutate_pod(pod: &PodIn, namespace_inject: Option<&str>, view: &RotationVi
 
     let mut patch = JsonPatch::new();
     annotation_ops(&mut patch, metadata.is_some(), annotations, &wanted);
-    // Injected anchors that do not parse: no fingerprint is true of them, so an earlier one (the
-    // first admission's, before injection) must not stay behind claiming a bundle.
+    // Injected anchors that do not parse, or that come from elsewhere: no fingerprint is known
+    // true of them, so an earlier one (the first admission's, before injection) must not stay
+    // behind claiming a bundle.
     if invalid_trust_anchors.is_some()
         && annotations.is_some_and(|a| a.contains_key(TRUST_BUNDLE_ANNOTATION))
     {
@@ -287,15 +297,26 @@ fn find_proxy<'p, 'a>(pod: &'p PodIn<'a>) -> Option<(&'static str, usize, &'p Co
     find(init).map(|i| ("initContainers", i, &init[i]))
 }
 
-fn env_value<'p>(container: &'p ContainerIn, name: &str) -> Option<&'p str> {
-    container
+/// What a container's env says of one variable.
+enum EnvValue<'p> {
+    Absent,
+    /// Given in the pod spec (an entry with neither `value` nor `valueFrom` is the empty text).
+    Literal(&'p str),
+    /// From a ConfigMap, a Secret or a field, through `valueFrom`.
+    FromSource,
+}
+
+fn env_value<'p>(container: &'p ContainerIn, name: &str) -> EnvValue<'p> {
+    // The kubelet lets the last definition of a name win.
+    let last = container
         .env
-        .as_ref()?
-        .iter()
-        // The kubelet lets the last definition of a name win.
-        .rfind(|e| e.name.as_str() == name)?
-        .value
-        .as_deref()
+        .as_ref()
+        .and_then(|env| env.iter().rfind(|e| e.name.as_str() == name));
+    match last {
+        None => EnvValue::Absent,
+        Some(e) if e.value_from => EnvValue::FromSource,
+        Some(e) => EnvValue::Literal(e.value.as_deref().unwrap_or_default()),
+    }
 }
 
 /// Merges `{"name": name, "value": value}` by name into a JSON list of EnvVar objects, keeping
