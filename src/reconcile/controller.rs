@@ -342,8 +342,17 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
         api: Api::namespaced(client.clone(), EVENTS_NAMESPACE),
         instance: std::env::var("POD_NAME").unwrap_or_else(|_| MANAGER.to_owned()),
     };
+    let mut own_writes = OwnWrites::default();
     loop {
-        let interval = match reconcile_once(&client, &config, &stores, &recorder, &metrics).await {
+        let pass = reconcile_once(
+            &client,
+            &config,
+            &stores,
+            &recorder,
+            &metrics,
+            &mut own_writes,
+        );
+        let interval = match pass.await {
             Ok(Requeue::Soon) => config.active_interval,
             Ok(Requeue::Idle) => config.idle_interval,
             Err(e) => {
@@ -394,7 +403,11 @@ async fn reconcile_once(
     stores: &Stores,
     recorder: &EventWriter,
     metrics: &ReconcileMetrics,
+    own_writes: &mut OwnWrites,
 ) -> Result<Requeue, ReconcileError> {
+    if own_writes.awaited(config, stores) {
+        return Ok(Requeue::Soon);
+    }
     let Some(rotation) = stores.rotation.get(&ObjectRef::new(&config.rotation_name)) else {
         return Ok(Requeue::Idle);
     };
@@ -421,7 +434,13 @@ async fn reconcile_once(
         .iter()
         .partition(|e| matches!(e, Effect::Event { .. }));
     for effect in writes {
-        if let Err(error) = execute(client, config, recorder, &reference, effect).await {
+        let target = OwnWrite::target(effect);
+        let before = target.and_then(|t| t.version(config, stores));
+        let written = execute(client, config, recorder, &reference, effect).await;
+        if let (Some(target), Ok(after)) = (target, &written) {
+            own_writes.wrote(target, before, after.clone());
+        }
+        if let Err(error) = written {
             // The step did not happen: the status stays where it was (the next look decides
             // again from what landed) and says why it is stuck.
             let held = failed_step_status(&status, &decision.status, &error);
@@ -1040,8 +1059,10 @@ async fn execute(
     recorder: &EventWriter,
     reference: &ObjectReference,
     effect: &Effect,
-) -> Result<(), ReconcileError> {
+) -> Result<Option<String>, ReconcileError> {
     let apply = PatchParams::apply(MANAGER).force();
+    // The resourceVersion an object the reconciler also watches has after the write.
+    let mut written = None;
     match effect {
         Effect::WriteBundle {
             pem,
@@ -1056,7 +1077,7 @@ async fn execute(
             if let Some(after) = written_over {
                 metadata["annotations"] = json!({ WRITTEN_OVER_ANNOTATION: after });
             }
-            Api::<ConfigMap>::namespaced(client.clone(), ns)
+            let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
                 .patch(
                     name,
                     &apply,
@@ -1066,12 +1087,13 @@ async fn execute(
                 )
                 .await
                 .map_err(kube_err(format!("writing ConfigMap {ns}/{name}")))?;
+            written = cm.resource_version();
         }
         Effect::WritePreviousAnchor { pem, fingerprint } => {
             let (ns, name) = &config.names.previous_anchor_secret;
             tracing::info!(%fingerprint, "writing the previous anchor");
             // The certificate only: the operator never copies a private key.
-            Api::<Secret>::namespaced(client.clone(), ns)
+            let secret = Api::<Secret>::namespaced(client.clone(), ns)
                 .patch(
                     name,
                     &apply,
@@ -1082,6 +1104,7 @@ async fn execute(
                 )
                 .await
                 .map_err(kube_err(format!("writing Secret {ns}/{name}")))?;
+            written = secret.resource_version();
         }
         Effect::RestartControlPlane {
             deployments,
@@ -1127,8 +1150,97 @@ async fn execute(
             }
         }
     }
-    Ok(())
+    Ok(written)
 }
+
+/// An object the reconciler writes and also reads from a watch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OwnWrite {
+    Bundle,
+    PreviousAnchor,
+}
+
+impl OwnWrite {
+    fn target(effect: &Effect) -> Option<Self> {
+        match effect {
+            Effect::WriteBundle { .. } => Some(OwnWrite::Bundle),
+            Effect::WritePreviousAnchor { .. } => Some(OwnWrite::PreviousAnchor),
+            _ => None,
+        }
+    }
+
+    /// The object's resourceVersion as its watch shows it (`None`: not there).
+    fn version(self, config: &ReconcilerConfig, stores: &Stores) -> Option<String> {
+        match self {
+            OwnWrite::Bundle => {
+                let (ns, name) = &config.names.bundle_configmap;
+                stores
+                    .bundle
+                    .get(&ObjectRef::new(name).within(ns))?
+                    .resource_version()
+            }
+            OwnWrite::PreviousAnchor => {
+                let (ns, name) = &config.names.previous_anchor_secret;
+                stores.secrets[1]
+                    .get(&ObjectRef::new(name).within(ns))?
+                    .resource_version()
+            }
+        }
+    }
+
+    fn describe(self, config: &ReconcilerConfig) -> String {
+        let (kind, (ns, name)) = match self {
+            OwnWrite::Bundle => ("ConfigMap", &config.names.bundle_configmap),
+            OwnWrite::PreviousAnchor => ("Secret", &config.names.previous_anchor_secret),
+        };
+        format!("{kind} {ns}/{name}")
+    }
+}
+
+/// The reconciler's own writes that its watches have not shown yet. Each watch lags on its
+/// own: a look right after a pass that wrote the previous anchor and the reduced bundle could
+/// see the new bundle beside the old previous anchor, take the rotation for still under way,
+/// and write the old anchor back into the bundle. So no look is taken while a watch still shows
+/// an object as it was before the reconciler's write (the watch's next event wakes it).
+#[derive(Debug, Default)]
+struct OwnWrites {
+    /// What was written, the resourceVersion before and after, and since when it is awaited.
+    pending: Vec<(OwnWrite, Option<String>, std::time::Instant)>,
+    warned: bool,
+}
+
+impl OwnWrites {
+    fn wrote(&mut self, target: OwnWrite, before: Option<String>, after: Option<String>) {
+        // A write that changed nothing (the same content applied again) is nothing to await.
+        if after.is_some() && after != before {
+            self.pending.retain(|(t, _, _)| *t != target);
+            self.pending
+                .push((target, before, std::time::Instant::now()));
+        }
+    }
+
+    /// Whether a look must wait: some watch still shows an object as it was before the write.
+    /// (Any other version, the write's own or a later one, is caught up.)
+    fn awaited(&mut self, config: &ReconcilerConfig, stores: &Stores) -> bool {
+        self.pending
+            .retain(|(target, before, _)| target.version(config, stores) == *before);
+        let Some((target, _, since)) = self.pending.first() else {
+            self.warned = false;
+            return false;
+        };
+        if since.elapsed() > OWN_WRITE_PATIENCE && !self.warned {
+            self.warned = true;
+            tracing::warn!(
+                object = %target.describe(config),
+                "the watch has not shown the reconciler's own write for {OWN_WRITE_PATIENCE:?}; holding the rotation until it does"
+            );
+        }
+        true
+    }
+}
+
+/// How long a lagging watch is waited for before the log says so.
+const OWN_WRITE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Sets a restart annotation (`key`, `value`) on a workload's pod template (a merge patch of
 /// one key: the same value twice changes nothing, so no second rollout).
@@ -1589,9 +1701,16 @@ mod tests {
         };
         let metrics = ReconcileMetrics::register(&mut Default::default());
         for _ in 0..3 {
-            reconcile_once(&client, &config, &stores, &recorder, &metrics)
-                .await
-                .expect("a look");
+            reconcile_once(
+                &client,
+                &config,
+                &stores,
+                &recorder,
+                &metrics,
+                &mut OwnWrites::default(),
+            )
+            .await
+            .expect("a look");
         }
 
         let status = rotations.get("cluster").await.unwrap().status.unwrap();
@@ -1711,5 +1830,193 @@ mod tests {
         assert_eq!(read().await, ["kustomize-controller"]);
         update_as("kubectl-edit", "edited").await;
         assert_eq!(read().await, ["kubectl-edit"]);
+    }
+
+    /// The reconciler's own write of the bundle, then a look whose ConfigMap watch has not
+    /// shown it yet (the other watches have): that look must wait, not decide from the bundle
+    /// before the write. Real API server; the lag is a store that is not fed. Beside it, the
+    /// same look without the memory of the write does decide from the old bundle: it writes the
+    /// step and announces it a second time.
+    #[tokio::test]
+    async fn a_look_waits_for_the_watch_to_show_the_reconcilers_own_write() {
+        use crate::sim::pki::{Template, generate_key, to_pem};
+        let cp = ControlPlane::start().await.expect("a local control plane");
+        let client = cp.client();
+        crate::sim::install_crd(&client, &TrustAnchorRotation::crd())
+            .await
+            .expect("the CRD installed");
+        for ns in ["cert-manager", "linkerd"] {
+            Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+                .create(
+                    &PostParams::default(),
+                    &object(json!({"metadata": {"name": ns}})),
+                )
+                .await
+                .unwrap();
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let template = |name: &str| Template {
+            common_name: name.to_owned(),
+            dns_names: Vec::new(),
+            is_ca: true,
+            not_before: now - time::Duration::hours(1),
+            not_after: now + time::Duration::days(30),
+        };
+        let (old_key, new_key, issuer_key) = (
+            generate_key().unwrap(),
+            generate_key().unwrap(),
+            generate_key().unwrap(),
+        );
+        let old = template("old anchor").self_signed(&old_key).unwrap();
+        let new = template("new anchor").self_signed(&new_key).unwrap();
+        let issuer = template("identity.linkerd.cluster.local")
+            .signed_by(&issuer_key, &old, &old_key)
+            .unwrap();
+        let secret = |ns: &str, name: &str, key: &str, der: &[u8]| -> Secret {
+            object(json!({"metadata": {"name": name, "namespace": ns},
+                "stringData": {key: to_pem(der)}}))
+        };
+        for s in [
+            secret("cert-manager", "linkerd-trust-anchor", "tls.crt", &new),
+            secret("linkerd", "linkerd-previous-anchor", "ca.crt", &old),
+            secret("linkerd", "linkerd-identity-issuer", "tls.crt", &issuer),
+        ] {
+            Api::<Secret>::namespaced(client.clone(), &s.namespace().unwrap())
+                .create(&PostParams::default(), &s)
+                .await
+                .unwrap();
+        }
+        let configmaps = Api::<ConfigMap>::namespaced(client.clone(), "linkerd");
+        configmaps
+            .create(
+                &PostParams::default(),
+                &object(json!({"metadata": {"name": "linkerd-identity-trust-roots"},
+                    "data": {"ca-bundle.crt": to_pem(&old)}})),
+            )
+            .await
+            .unwrap();
+        let rotations = Api::<TrustAnchorRotation>::all(client.clone());
+        rotations
+            .create(
+                &PostParams::default(),
+                &object(json!({"apiVersion": "trust.linkerd.io/v1alpha1",
+                    "kind": "TrustAnchorRotation", "metadata": {"name": "cluster"},
+                    "spec": {"workloadCertificateRefreshInterval": "5m"}})),
+            )
+            .await
+            .unwrap();
+
+        let secrets = |ns: &str, name: &str| {
+            let api = Api::<Secret>::namespaced(client.clone(), ns);
+            let name = name.to_owned();
+            async move { frozen(vec![api.get(&name).await.unwrap()]) }
+        };
+        let looks = || async {
+            Stores {
+                rotation: frozen(vec![rotations.get("cluster").await.unwrap()]),
+                secrets: vec![
+                    secrets("cert-manager", "linkerd-trust-anchor").await,
+                    secrets("linkerd", "linkerd-previous-anchor").await,
+                    secrets("linkerd", "linkerd-identity-issuer").await,
+                ],
+                bundle: frozen(vec![
+                    configmaps
+                        .get("linkerd-identity-trust-roots")
+                        .await
+                        .unwrap(),
+                ]),
+                pods: frozen(vec![]),
+                deployments: frozen(vec![]),
+                statefulsets: frozen(vec![]),
+                daemonsets: frozen(vec![]),
+            }
+        };
+        let config = ReconcilerConfig::default();
+        let recorder = EventWriter {
+            api: Api::namespaced(client.clone(), EVENTS_NAMESPACE),
+            instance: "test".to_owned(),
+        };
+        let metrics = ReconcileMetrics::register(&mut Default::default());
+        let events = || async {
+            Api::<Event>::namespaced(client.clone(), EVENTS_NAMESPACE)
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some("RefreshingControlPlane"))
+                .count()
+        };
+
+        // The anchor was renewed: the first look writes the expanded bundle and says so.
+        let before = looks().await;
+        let mut own_writes = OwnWrites::default();
+        reconcile_once(
+            &client,
+            &config,
+            &before,
+            &recorder,
+            &metrics,
+            &mut own_writes,
+        )
+        .await
+        .expect("a look");
+        let status = rotations.get("cluster").await.unwrap().status.unwrap();
+        assert_eq!(status.phase, crate::crd::Phase::RefreshingControlPlane);
+        assert_eq!(events().await, 1);
+
+        // Every watch but the ConfigMap's has caught up.
+        let lagging = Stores {
+            bundle: before.bundle.clone(),
+            ..looks().await
+        };
+        let written = configmaps
+            .get("linkerd-identity-trust-roots")
+            .await
+            .unwrap();
+        let requeue = reconcile_once(
+            &client,
+            &config,
+            &lagging,
+            &recorder,
+            &metrics,
+            &mut own_writes,
+        )
+        .await
+        .expect("a look");
+        assert_eq!(requeue, Requeue::Soon);
+        assert_eq!(events().await, 1, "nothing announced twice");
+        let after = configmaps
+            .get("linkerd-identity-trust-roots")
+            .await
+            .unwrap();
+        assert_eq!(after.resource_version(), written.resource_version());
+        let current = looks().await;
+        assert!(!own_writes.awaited(&config, &current), "caught up");
+        // Caught up, a look has nothing to announce (no control plane to restart here).
+        reconcile_once(
+            &client,
+            &config,
+            &current,
+            &recorder,
+            &metrics,
+            &mut own_writes,
+        )
+        .await
+        .expect("a look");
+        assert_eq!(events().await, 1);
+
+        // Without the memory of its write, the same look decides from the old bundle.
+        reconcile_once(
+            &client,
+            &config,
+            &lagging,
+            &recorder,
+            &metrics,
+            &mut OwnWrites::default(),
+        )
+        .await
+        .expect("a look");
+        assert_eq!(events().await, 2, "the step announced again");
     }
 }
