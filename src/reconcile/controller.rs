@@ -444,6 +444,7 @@ async fn reconcile_once(
             // The step did not happen: the status stays where it was (the next look decides
             // again from what landed) and says why it is stuck.
             let held = failed_step_status(&status, &decision.status, &error);
+            metrics.record(&status, &held, &observed);
             if held != status
                 && write_status(client, &config.rotation_name, &held, read_at).await?
                     == StatusWrite::Written
@@ -491,13 +492,21 @@ fn failed_step_status(
         .filter(|m| m.starts_with(OUT_OF_ORDER_URGENT))
         .map(|_| format!("{OUT_OF_ORDER_URGENT}; "))
         .unwrap_or_default();
-    TrustAnchorRotationStatus {
+    let mut held = TrustAnchorRotationStatus {
         blocking_message: Some(format!(
             "{urgent}could not carry out the next step, retrying: {}",
             error.brief()
         )),
         ..previous.clone()
+    };
+    // Within the same phase the pod counts are what this look saw, whatever became of its
+    // step (one workload that cannot be restarted must not freeze `kubectl get tar`); a step
+    // into another phase counts against that phase's bundle, so they stay as they were.
+    if decided.phase == previous.phase {
+        held.trust_bundle = decided.trust_bundle.clone();
+        held.workload_certificates = decided.workload_certificates.clone();
     }
+    held
 }
 
 /// Who wrote the bundle's `key` over the operator's last write of the ConfigMap (see
@@ -1830,6 +1839,45 @@ mod tests {
         assert_eq!(read().await, ["kustomize-controller"]);
         update_as("kubectl-edit", "edited").await;
         assert_eq!(read().await, ["kubectl-edit"]);
+    }
+
+    /// A step that failed holds the phase and says why; the pods counted by the look that
+    /// tried it still show, within the phase (a workload that cannot be restarted must not
+    /// freeze the counts), but not across a transition that did not happen.
+    #[test]
+    fn a_failed_step_holds_the_phase_and_keeps_the_counts_of_its_phase() {
+        use crate::crd::{ConvergenceStatus, Phase};
+        let previous = TrustAnchorRotationStatus {
+            phase: Phase::PropagatingTrustRoots,
+            trust_bundle: Some(ConvergenceStatus::new(1, 4)),
+            ..Default::default()
+        };
+        let error = ReconcileError::Kube {
+            what: "restarting Deployment app/web".to_owned(),
+            source: kube::Error::Api(Box::new(
+                kube::core::Status::failure("denied by policy", "Forbidden").with_code(403),
+            )),
+        };
+        let decided = TrustAnchorRotationStatus {
+            trust_bundle: Some(ConvergenceStatus::new(3, 4)),
+            blocking_message: Some("restarting 1 workload".to_owned()),
+            ..previous.clone()
+        };
+        let held = failed_step_status(&previous, &decided, &error);
+        assert_eq!(held.phase, Phase::PropagatingTrustRoots);
+        assert_eq!(held.trust_bundle, Some(ConvergenceStatus::new(3, 4)));
+        let message = held.blocking_message.unwrap();
+        assert!(
+            message.starts_with("could not carry out the next step, retrying: restarting Deployment app/web: denied by policy (403)"),
+            "{message}"
+        );
+        let moving_on = TrustAnchorRotationStatus {
+            phase: Phase::WaitingForIdentityRotation,
+            ..decided
+        };
+        let held = failed_step_status(&previous, &moving_on, &error);
+        assert_eq!(held.phase, Phase::PropagatingTrustRoots);
+        assert_eq!(held.trust_bundle, Some(ConvergenceStatus::new(1, 4)));
     }
 
     /// The reconciler's own write of the bundle, then a look whose ConfigMap watch has not
