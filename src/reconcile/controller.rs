@@ -445,9 +445,12 @@ async fn reconcile_once(
             // again from what landed) and says why it is stuck.
             let held = failed_step_status(&status, &decision.status, &error);
             metrics.record(&status, &held, &observed);
+            // Said once per failure: a look that only counted pods anew writes no event.
+            let news = held.blocking_message != status.blocking_message;
             if held != status
                 && write_status(client, &config.rotation_name, &held, read_at).await?
                     == StatusWrite::Written
+                && news
             {
                 recorder
                     .publish(
