@@ -212,7 +212,30 @@ impl Watches {
 
     /// Starts a reflector for `api` (described as `what` in logs); failed attempts are counted
     /// and retried with backoff.
+    /// A store of what `api` and `config` select, without `managedFields` (on a large cluster
+    /// they are much of the memory a cache of every Deployment and meshed Pod takes).
     fn reflect<K>(&mut self, what: String, api: Api<K>, config: watcher::Config) -> Store<K>
+    where
+        K: Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.reflect_keeping(what, api, config, false)
+    }
+
+    /// As [`Watches::reflect`]; `managed_fields`: keep them (who wrote the bundle is read
+    /// from them).
+    fn reflect_keeping<K>(
+        &mut self,
+        what: String,
+        api: Api<K>,
+        config: watcher::Config,
+        managed_fields: bool,
+    ) -> Store<K>
     where
         K: Resource<DynamicType = ()>
             + Clone
@@ -225,7 +248,12 @@ impl Watches {
         let (reader, writer) = reflector::store();
         // Deletions too: a deleted bundle ConfigMap or previous-anchor Secret is put back at
         // the next look, not after the idle interval.
-        let stream = reflector::reflector(writer, watcher::watcher(api, config))
+        let objects = watcher::watcher(api, config).modify(move |o: &mut K| {
+            if !managed_fields {
+                o.managed_fields_mut().clear();
+            }
+        });
+        let stream = reflector::reflector(writer, objects)
             .default_backoff()
             .touched_objects();
         self.errors.watching(&K::kind(&()));
@@ -294,10 +322,11 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
             named(&config.rotation_name),
         ),
         secrets,
-        bundle: watches.reflect(
+        bundle: watches.reflect_keeping(
             format!("ConfigMap {bundle_ns}/{bundle_name}"),
             Api::namespaced(client.clone(), bundle_ns),
             named(bundle_name),
+            true,
         ),
         pods: watches.reflect(
             format!("Pods labelled {CONTROL_PLANE_NS_LABEL}"),
@@ -1642,14 +1671,19 @@ mod tests {
         let mut watches = Watches::new(WatchErrors::default());
         let wake = watches.wake.clone();
         let configmaps = Api::<ConfigMap>::namespaced(client.clone(), "default");
-        let store = watches.reflect(
+        let store = watches.reflect_keeping(
             "ConfigMap bundle".to_owned(),
             configmaps.clone(),
             named("bundle"),
+            true,
         );
+        // The same object through a store that drops managedFields.
+        let lean = watches.reflect("ConfigMap".to_owned(), configmaps.clone(), named("bundle"));
         store.wait_until_ready().await.expect("synced");
+        lean.wait_until_ready().await.expect("synced");
         let bundle: ConfigMap = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bundle"}}))
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bundle"},
+            "data": {"ca-bundle.crt": "x"}}))
         .unwrap();
         configmaps
             .create(&PostParams::default(), &bundle)
@@ -1666,6 +1700,11 @@ mod tests {
         woken("creation").await;
         // Nothing else pending: the next wake-up is the deletion's.
         let _ = tokio::time::timeout(Duration::from_millis(300), wake.notified()).await;
+        let key = ObjectRef::new("bundle").within("default");
+        let kept = store.get(&key).expect("in the store");
+        assert!(!kept.managed_fields().is_empty(), "kept where asked for");
+        let dropped = lean.get(&key).expect("in the lean store");
+        assert!(dropped.managed_fields().is_empty(), "dropped elsewhere");
         configmaps
             .delete("bundle", &Default::default())
             .await
