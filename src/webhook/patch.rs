@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::admission::{ContainerIn, JSON_ESCAPE, PodIn, Str, write_escaped, write_json_str};
@@ -320,60 +321,74 @@ fn env_value<'p>(container: &'p ContainerIn, name: &str) -> EnvValue<'p> {
 }
 
 /// Merges `{"name": name, "value": value}` by name into a JSON list of EnvVar objects, keeping
-/// every other entry as it was. Returns the new annotation text (unchanged text if the entry is
-/// already there), or why the existing text is unusable.
+/// every other entry as it was, byte for byte. Returns the new annotation text (unchanged text
+/// if the entry is already there), or why the existing text is unusable: not JSON, not a list,
+/// or a list the injector could not read as EnvVars (an entry that is not an object, or whose
+/// `name` is not a string). `null` is the empty list, as Go reads it.
 pub fn merge_additional_env(
     existing: Option<&str>,
     name: &str,
     value: &str,
 ) -> Result<String, String> {
-    let mut list: Vec<Value> = match existing {
-        // The common case, written directly: building and printing a `Value` for it was a
-        // third of the patch's cost.
-        None => {
-            let mut out = Vec::with_capacity(name.len() + value.len() + 32);
-            out.push(b'[');
-            write_env_var(&mut out, name, value);
-            out.push(b']');
-            // Built from `&str`s, escaped as serde_json escapes: UTF-8 throughout.
-            return String::from_utf8(out)
-                .map_err(|e| format!("cannot write {PROXY_ADDITIONAL_ENV_ANNOTATION}: {e}"));
-        }
-        Some(text) => match serde_json::from_str::<Value>(text) {
-            Ok(Value::Array(list)) => list,
-            Ok(other) => {
-                return Err(format!(
-                    "{PROXY_ADDITIONAL_ENV_ANNOTATION} is JSON but not a list (found {})",
-                    json_kind(&other)
-                ));
-            }
-            Err(e) => {
-                return Err(format!(
-                    "{PROXY_ADDITIONAL_ENV_ANNOTATION} is not valid JSON: {e}"
-                ));
-            }
-        },
+    let mut entry = Vec::with_capacity(name.len() + value.len() + 32);
+    write_env_var(&mut entry, name, value);
+    let entry = String::from_utf8(entry)
+        .map_err(|e| format!("cannot write {PROXY_ADDITIONAL_ENV_ANNOTATION}: {e}"))?;
+    // The common case, written directly: building and printing a `Value` for it was a third
+    // of the patch's cost.
+    let Some(text) = existing else {
+        return Ok(format!("[{entry}]"));
     };
-    let entry = json!({"name": name, "value": value});
+    let unusable = |why: String| format!("{PROXY_ADDITIONAL_ENV_ANNOTATION} {why}");
+    let list: Option<Vec<&RawValue>> =
+        serde_json::from_str(text).map_err(|e| match serde_json::from_str::<Value>(text) {
+            Ok(other) => unusable(format!(
+                "is JSON but not a list (found {})",
+                json_kind(&other)
+            )),
+            Err(_) => unusable(format!("is not valid JSON: {e}")),
+        })?;
+    let list = list.unwrap_or_default();
     // Every entry of that name is set (a duplicate left alone could be the one that wins).
     let mut found = false;
     let mut changed = false;
-    for e in list
-        .iter_mut()
-        .filter(|e| e.get("name").and_then(Value::as_str) == Some(name))
-    {
-        found = true;
-        if *e != entry {
-            *e = entry.clone();
-            changed = true;
+    let mut entries: Vec<&str> = Vec::with_capacity(list.len() + 1);
+    for (i, raw) in list.iter().enumerate() {
+        let item = raw.get();
+        let named: Option<Named> = item
+            .starts_with('{')
+            .then(|| serde_json::from_str(item).ok())
+            .flatten();
+        let Some(named) = named else {
+            return Err(unusable(format!(
+                "is a list, but entry {i} is not an EnvVar object: {}",
+                item.chars().take(40).collect::<String>()
+            )));
+        };
+        if named.name.as_deref() == Some(name) {
+            found = true;
+            // Ours already, whatever its spacing: kept as it is.
+            let same = serde_json::from_str::<Value>(item).ok()
+                == Some(json!({"name": name, "value": value}));
+            changed |= !same;
+            entries.push(if same { item } else { &entry });
+        } else {
+            entries.push(item);
         }
     }
     if !found {
-        list.push(entry);
+        entries.push(&entry);
     } else if !changed {
-        return Ok(existing.unwrap_or_default().to_owned());
+        return Ok(text.to_owned());
     }
-    Ok(Value::Array(list).to_string())
+    Ok(format!("[{}]", entries.join(",")))
+}
+
+/// An EnvVar's name, all the merge needs to know of an entry (other fields are skipped).
+#[derive(serde::Deserialize)]
+struct Named<'a> {
+    #[serde(borrow)]
+    name: Option<std::borrow::Cow<'a, str>>,
 }
 
 fn json_kind(v: &Value) -> &'static str {
@@ -607,6 +622,41 @@ mod tests {
     use super::*;
 
     use json_patch::jsonptr::PointerBuf;
+
+    /// The user's entries come back byte for byte: numbers serde_json would round or refuse,
+    /// odd spacing, key order. `null` is the empty list, as Go reads it. A list the injector
+    /// could not read as EnvVars is unusable, as text that is not JSON is.
+    #[test]
+    fn additional_env_keeps_other_entries_byte_for_byte() {
+        let merge = |text: &str| merge_additional_env(Some(text), "MAX", "300s");
+        let ours = r#"{"name":"MAX","value":"300s"}"#;
+        for kept in [
+            r#"{"name":"A","value":"1","x":0.10000000000000000001}"#,
+            r#"{"name":"B","x":1e400}"#,
+            r#"{ "value" : "2", "name" : "C" }"#,
+            r#"{"name":null}"#,
+        ] {
+            assert_eq!(merge(&format!("[{kept}]")), Ok(format!("[{kept},{ours}]")));
+        }
+        // Ours replaced in place, others untouched; already ours in any spacing: unchanged.
+        assert_eq!(
+            merge(r#"[{"name":"A","x":1e400},{"name":"MAX","value":"60s"}]"#),
+            Ok(format!(r#"[{{"name":"A","x":1e400}},{ours}]"#))
+        );
+        let spaced = r#"[ {"value": "300s", "name": "MAX"} ]"#;
+        assert_eq!(merge(spaced), Ok(spaced.to_owned()));
+        assert_eq!(merge("null"), Ok(format!("[{ours}]")));
+        for unusable in [
+            r#"[1,{"name":"A"}]"#,
+            r#"[["MAX"]]"#,
+            r#"[{"name":5}]"#,
+            "{}",
+            "[",
+            "\"x\"",
+        ] {
+            assert!(merge(unusable).is_err(), "{unusable}");
+        }
+    }
 
     #[test]
     fn pointer_escapes_as_from_tokens_then_serde_json_do() {
