@@ -359,11 +359,9 @@ fn injected_pod_gets_fingerprint_of_its_own_anchors_and_env_on_the_proxy() {
     assert_idempotent(&again, &accelerating_view());
 }
 
-/// Injected anchors that do not parse: the fingerprint stamped at the first call (from the
-/// desired bundle, before injection) is removed rather than left claiming a bundle the proxy
-/// does not hold; the env var is still set, and the second run changes nothing.
-#[test]
-fn unparseable_injected_anchors_take_our_earlier_fingerprint_away() {
+/// The injected pod, its anchors' env entry replaced by `entry`, already stamped with the
+/// desired bundle's fingerprint (as the first call, before injection, stamps it).
+fn injected_with_anchors(entry: Value) -> Value {
     let mut body = fixture("pod-injected");
     let object = &mut body["request"]["object"];
     for e in object["spec"]["containers"][0]["env"]
@@ -371,10 +369,20 @@ fn unparseable_injected_anchors_take_our_earlier_fingerprint_away() {
         .unwrap()
     {
         if e["name"] == "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS" {
-            e["value"] = json!("not a certificate");
+            *e = entry.clone();
         }
     }
     object["metadata"]["annotations"][TRUST_BUNDLE_ANNOTATION] = json!(DESIRED);
+    body
+}
+
+/// Injected anchors that do not parse: the fingerprint stamped at the first call (from the
+/// desired bundle, before injection) is removed rather than left claiming a bundle the proxy
+/// does not hold; the env var is still set, and the second run changes nothing.
+#[test]
+fn unparseable_injected_anchors_take_our_earlier_fingerprint_away() {
+    let body = injected_with_anchors(json!({"name": "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS",
+        "value": "not a certificate"}));
     let (pod, again) = apply(&body, &run(&body, Some(&accelerating_view())));
     assert_eq!(annotation(&pod, TRUST_BUNDLE_ANNOTATION), None);
     assert_eq!(proxy_env(&pod, "containers", MAX_REFRESH_ENV), Some("300s"));
@@ -398,17 +406,7 @@ fn anchors_from_value_from_or_empty_take_our_earlier_fingerprint_away() {
             "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS",
         ),
     ] {
-        let mut body = fixture("pod-injected");
-        let object = &mut body["request"]["object"];
-        for e in object["spec"]["containers"][0]["env"]
-            .as_array_mut()
-            .unwrap()
-        {
-            if e["name"] == "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS" {
-                *e = entry.clone();
-            }
-        }
-        object["metadata"]["annotations"][TRUST_BUNDLE_ANNOTATION] = json!(DESIRED);
+        let body = injected_with_anchors(entry.clone());
         let r = run(&body, Some(&accelerating_view()));
         assert!(
             r.note.as_deref().is_some_and(|n| n.contains(note)),

@@ -212,24 +212,10 @@ impl Watches {
 
     /// Starts a reflector for `api` (described as `what` in logs); failed attempts are counted
     /// and retried with backoff.
-    /// A store of what `api` and `config` select, without `managedFields` (on a large cluster
-    /// they are much of the memory a cache of every Deployment and meshed Pod takes).
-    fn reflect<K>(&mut self, what: String, api: Api<K>, config: watcher::Config) -> Store<K>
-    where
-        K: Resource<DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug
-            + Send
-            + Sync
-            + 'static,
-    {
-        self.reflect_keeping(what, api, config, false)
-    }
-
-    /// As [`Watches::reflect`]; `managed_fields`: keep them (who wrote the bundle is read
-    /// from them).
-    fn reflect_keeping<K>(
+    /// A store of what `api` and `config` select. `managed_fields`: keep them (who wrote the
+    /// bundle is read from them); elsewhere they are dropped (on a large cluster they are much
+    /// of the memory a cache of every Deployment and meshed Pod takes).
+    fn reflect<K>(
         &mut self,
         what: String,
         api: Api<K>,
@@ -311,6 +297,7 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
             format!("Secret {ns}/{name}"),
             Api::<Secret>::namespaced(client.clone(), ns),
             named(name),
+            false,
         )
     })
     .to_vec();
@@ -320,9 +307,10 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
             format!("TrustAnchorRotation {}", config.rotation_name),
             Api::all(client.clone()),
             named(&config.rotation_name),
+            false,
         ),
         secrets,
-        bundle: watches.reflect_keeping(
+        bundle: watches.reflect(
             format!("ConfigMap {bundle_ns}/{bundle_name}"),
             Api::namespaced(client.clone(), bundle_ns),
             named(bundle_name),
@@ -332,21 +320,25 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
             format!("Pods labelled {CONTROL_PLANE_NS_LABEL}"),
             Api::all(client.clone()),
             watcher::Config::default().labels(CONTROL_PLANE_NS_LABEL),
+            false,
         ),
         deployments: watches.reflect(
             "Deployments".to_owned(),
             Api::all(client.clone()),
             watcher::Config::default(),
+            false,
         ),
         statefulsets: watches.reflect(
             "StatefulSets".to_owned(),
             Api::all(client.clone()),
             watcher::Config::default(),
+            false,
         ),
         daemonsets: watches.reflect(
             "DaemonSets".to_owned(),
             Api::all(client.clone()),
             watcher::Config::default(),
+            false,
         ),
     };
     // A store is ready once its watch has listed; its wait fails only if the watch's task
@@ -1466,6 +1458,31 @@ mod tests {
         reader
     }
 
+    /// Stores of a cluster without meshed workloads: the rotation, the three certificate
+    /// Secrets' stores (anchor, previous anchor, issuer) and the bundle's, none fed.
+    fn unmeshed(
+        rotation: TrustAnchorRotation,
+        secrets: Vec<Vec<Secret>>,
+        bundle: Vec<ConfigMap>,
+    ) -> Stores {
+        Stores {
+            rotation: frozen(vec![rotation]),
+            secrets: secrets.into_iter().map(frozen).collect(),
+            bundle: frozen(bundle),
+            pods: frozen(vec![]),
+            deployments: frozen(vec![]),
+            statefulsets: frozen(vec![]),
+            daemonsets: frozen(vec![]),
+        }
+    }
+
+    fn test_recorder(client: &Client) -> EventWriter {
+        EventWriter {
+            api: Api::namespaced(client.clone(), EVENTS_NAMESPACE),
+            instance: "test".to_owned(),
+        }
+    }
+
     fn object<K: serde::de::DeserializeOwned>(value: serde_json::Value) -> K {
         serde_json::from_value(value).unwrap()
     }
@@ -1671,14 +1688,19 @@ mod tests {
         let mut watches = Watches::new(WatchErrors::default());
         let wake = watches.wake.clone();
         let configmaps = Api::<ConfigMap>::namespaced(client.clone(), "default");
-        let store = watches.reflect_keeping(
+        let store = watches.reflect(
             "ConfigMap bundle".to_owned(),
             configmaps.clone(),
             named("bundle"),
             true,
         );
         // The same object through a store that drops managedFields.
-        let lean = watches.reflect("ConfigMap".to_owned(), configmaps.clone(), named("bundle"));
+        let lean = watches.reflect(
+            "ConfigMap".to_owned(),
+            configmaps.clone(),
+            named("bundle"),
+            false,
+        );
         store.wait_until_ready().await.expect("synced");
         lean.wait_until_ready().await.expect("synced");
         let bundle: ConfigMap = serde_json::from_value(json!({
@@ -1736,20 +1758,9 @@ mod tests {
             .unwrap();
 
         // No certificate Secrets: every look parks the rotation and, the first time, says so.
-        let stores = Stores {
-            rotation: frozen(vec![created]),
-            secrets: vec![frozen(vec![]), frozen(vec![]), frozen(vec![])],
-            bundle: frozen(vec![]),
-            pods: frozen(vec![]),
-            deployments: frozen(vec![]),
-            statefulsets: frozen(vec![]),
-            daemonsets: frozen(vec![]),
-        };
+        let stores = unmeshed(created, vec![vec![], vec![], vec![]], vec![]);
         let config = ReconcilerConfig::default();
-        let recorder = EventWriter {
-            api: Api::namespaced(client.clone(), EVENTS_NAMESPACE),
-            instance: "test".to_owned(),
-        };
+        let recorder = test_recorder(&client);
         let metrics = ReconcileMetrics::register(&mut Default::default());
         for _ in 0..3 {
             reconcile_once(
@@ -1828,10 +1839,7 @@ mod tests {
                 .unwrap();
             }
         };
-        let recorder = EventWriter {
-            api: Api::namespaced(client.clone(), EVENTS_NAMESPACE),
-            instance: "test".to_owned(),
-        };
+        let recorder = test_recorder(&client);
         let reference = ObjectReference::default();
         // The operator's write, as the reconciler carries it out.
         let write = |written_over: Option<String>| {
@@ -1999,33 +2007,26 @@ mod tests {
         let secrets = |ns: &str, name: &str| {
             let api = Api::<Secret>::namespaced(client.clone(), ns);
             let name = name.to_owned();
-            async move { frozen(vec![api.get(&name).await.unwrap()]) }
+            async move { vec![api.get(&name).await.unwrap()] }
         };
         let looks = || async {
-            Stores {
-                rotation: frozen(vec![rotations.get("cluster").await.unwrap()]),
-                secrets: vec![
+            unmeshed(
+                rotations.get("cluster").await.unwrap(),
+                vec![
                     secrets("cert-manager", "linkerd-trust-anchor").await,
                     secrets("linkerd", "linkerd-previous-anchor").await,
                     secrets("linkerd", "linkerd-identity-issuer").await,
                 ],
-                bundle: frozen(vec![
+                vec![
                     configmaps
                         .get("linkerd-identity-trust-roots")
                         .await
                         .unwrap(),
-                ]),
-                pods: frozen(vec![]),
-                deployments: frozen(vec![]),
-                statefulsets: frozen(vec![]),
-                daemonsets: frozen(vec![]),
-            }
+                ],
+            )
         };
         let config = ReconcilerConfig::default();
-        let recorder = EventWriter {
-            api: Api::namespaced(client.clone(), EVENTS_NAMESPACE),
-            instance: "test".to_owned(),
-        };
+        let recorder = test_recorder(&client);
         let metrics = ReconcileMetrics::register(&mut Default::default());
         let events = || async {
             Api::<Event>::namespaced(client.clone(), EVENTS_NAMESPACE)
