@@ -330,15 +330,23 @@ pub fn merge_additional_env(
     name: &str,
     value: &str,
 ) -> Result<String, String> {
-    let mut entry = Vec::with_capacity(name.len() + value.len() + 32);
-    write_env_var(&mut entry, name, value);
-    let entry = String::from_utf8(entry)
-        .map_err(|e| format!("cannot write {PROXY_ADDITIONAL_ENV_ANNOTATION}: {e}"))?;
+    // Built from `&str`s, escaped as serde_json escapes: UTF-8 throughout.
+    let written = |out: Vec<u8>| {
+        String::from_utf8(out)
+            .map_err(|e| format!("cannot write {PROXY_ADDITIONAL_ENV_ANNOTATION}: {e}"))
+    };
     // The common case, written directly: building and printing a `Value` for it was a third
     // of the patch's cost.
     let Some(text) = existing else {
-        return Ok(format!("[{entry}]"));
+        let mut out = Vec::with_capacity(name.len() + value.len() + 32);
+        out.push(b'[');
+        write_env_var(&mut out, name, value);
+        out.push(b']');
+        return written(out);
     };
+    let mut entry = Vec::with_capacity(name.len() + value.len() + 30);
+    write_env_var(&mut entry, name, value);
+    let entry = written(entry)?;
     let unusable = |why: String| format!("{PROXY_ADDITIONAL_ENV_ANNOTATION} {why}");
     let list: Option<Vec<&RawValue>> =
         serde_json::from_str(text).map_err(|e| match serde_json::from_str::<Value>(text) {
