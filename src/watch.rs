@@ -48,21 +48,28 @@ impl WatchErrors {
     }
 }
 
-/// What went wrong, in the API server's own words when it answered (its message and code),
-/// without the client's debug dump of the whole Status.
-fn brief(error: &watcher::Error) -> String {
-    let api = |doing: &str, e: &kube::Error| match e {
-        kube::Error::Api(status) => format!("{doing}: {} ({})", status.message, status.code),
-        other => format!("{doing}: {other}"),
-    };
+/// `doing: ` and what went wrong, in the API server's own words when it answered (its
+/// message and code), without the client's debug dump of the whole Status.
+pub(crate) fn in_api_words(doing: &str, error: &kube::Error) -> String {
     match error {
-        watcher::Error::InitialListFailed(e) => api("listing failed", e),
-        watcher::Error::WatchStartFailed(e) => api("starting the watch failed", e),
-        watcher::Error::WatchFailed(e) => api("the watch failed", e),
-        watcher::Error::WatchError(status) => format!(
-            "the API server ended the watch: {} ({})",
-            status.message, status.code
-        ),
+        kube::Error::Api(status) => format!("{doing}: {}", status_words(status)),
+        other => format!("{doing}: {other}"),
+    }
+}
+
+fn status_words(status: &kube::core::Status) -> String {
+    format!("{} ({})", status.message, status.code)
+}
+
+/// What went wrong with a watch, as [`in_api_words`] says it.
+fn brief(error: &watcher::Error) -> String {
+    match error {
+        watcher::Error::InitialListFailed(e) => in_api_words("listing failed", e),
+        watcher::Error::WatchStartFailed(e) => in_api_words("starting the watch failed", e),
+        watcher::Error::WatchFailed(e) => in_api_words("the watch failed", e),
+        watcher::Error::WatchError(status) => {
+            format!("the API server ended the watch: {}", status_words(status))
+        }
         other => other.to_string(),
     }
 }

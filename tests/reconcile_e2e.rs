@@ -1847,6 +1847,14 @@ fn replica_args(id: &str, lease_duration: &str) -> Vec<String> {
     ]
 }
 
+/// Whether a replica's metrics speak for the rotation (only the leader's do).
+fn reports_rotation(op: &Operator) -> bool {
+    op.admin_get("/metrics")
+        .unwrap()
+        .1
+        .contains("trust_rotation_phase{")
+}
+
 /// The leader Lease's holder and transitions.
 async fn lease_holder(client: &kube::Client) -> (Option<String>, Option<i32>) {
     let lease = Api::<Lease>::namespaced(client.clone(), "linkerd")
@@ -1881,16 +1889,10 @@ async fn one_leader_reconciles_and_the_other_takes_over() {
     assert_eq!(holder().await.as_deref(), Some("replica-a"));
     assert_eq!(a.metric("trust_rotation_leader"), Some(1.0));
     assert_eq!(b.metric("trust_rotation_leader"), Some(0.0));
-    let phase_series = |op: &Operator| {
-        op.admin_get("/metrics")
-            .unwrap()
-            .1
-            .contains("trust_rotation_phase{")
-    };
-    assert!(phase_series(&a), "the leader reconciles");
+    assert!(reports_rotation(&a), "the leader reconciles");
     // A few renewals later, b has still not reconciled once.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(!phase_series(&b), "the follower never reconciled");
+    assert!(!reports_rotation(&b), "the follower never reconciled");
     assert_eq!(holder().await.as_deref(), Some("replica-a"));
     // Both serve the webhook.
     assert_eq!(a.admin_get("/ready").map(|r| r.0), Some(200));
@@ -1901,7 +1903,7 @@ async fn one_leader_reconciles_and_the_other_takes_over() {
     loop {
         if holder().await.as_deref() == Some("replica-b")
             && b.metric("trust_rotation_leader") == Some(1.0)
-            && phase_series(&b)
+            && reports_rotation(&b)
         {
             break;
         }
@@ -1948,13 +1950,7 @@ async fn a_leader_cut_off_from_the_api_server_steps_down_before_the_other_takes_
     assert!(leading(&a) && !leading(&b));
     assert_eq!(lease_holder(&client).await.0.as_deref(), Some("replica-a"));
     // Only the leader speaks for the rotation.
-    let phase_series = |op: &Operator| {
-        op.admin_get("/metrics")
-            .unwrap()
-            .1
-            .contains("trust_rotation_phase{")
-    };
-    assert!(phase_series(&a) && !phase_series(&b));
+    assert!(reports_rotation(&a) && !reports_rotation(&b));
 
     relay.cut(true);
     let cut = Instant::now();
@@ -1998,13 +1994,13 @@ async fn a_leader_cut_off_from_the_api_server_steps_down_before_the_other_takes_
     );
     assert_eq!(lease_holder(&client).await.0.as_deref(), Some("replica-b"));
     assert!(
-        !phase_series(&a),
+        !reports_rotation(&a),
         "replica-a still reports the rotation after it stopped leading"
     );
     common::eventually(
         "replica-b reports the rotation",
         Duration::from_secs(10),
-        || async { phase_series(&b).then_some(()) },
+        || async { reports_rotation(&b).then_some(()) },
     )
     .await;
 

@@ -161,11 +161,7 @@ impl ReconcileError {
     /// client's wrapping.
     pub fn brief(&self) -> String {
         match self {
-            ReconcileError::Kube {
-                what,
-                source: kube::Error::Api(status),
-            } => format!("{what}: {} ({})", status.message, status.code),
-            ReconcileError::Kube { what, source } => format!("{what}: {source}"),
+            ReconcileError::Kube { what, source } => crate::watch::in_api_words(what, source),
             ReconcileError::Several(all) => all
                 .iter()
                 .map(ReconcileError::brief)
@@ -210,11 +206,10 @@ impl Watches {
         }
     }
 
-    /// Starts a reflector for `api` (described as `what` in logs); failed attempts are counted
-    /// and retried with backoff.
-    /// A store of what `api` and `config` select. `managed_fields`: keep them (who wrote the
-    /// bundle is read from them); elsewhere they are dropped (on a large cluster they are much
-    /// of the memory a cache of every Deployment and meshed Pod takes).
+    /// A store of what `api` and `config` select, fed by a reflector (described as `what` in
+    /// logs) whose failed attempts are counted and retried with backoff. `managed_fields`: keep
+    /// them (who wrote the bundle is read from them); elsewhere they are dropped (on a large
+    /// cluster they are much of the memory a cache of every Deployment and meshed Pod takes).
     fn reflect<K>(
         &mut self,
         what: String,
@@ -1202,30 +1197,30 @@ impl OwnWrite {
         }
     }
 
+    /// Its kind and (namespace, name).
+    fn object(self, config: &ReconcilerConfig) -> (&'static str, &(String, String)) {
+        match self {
+            OwnWrite::Bundle => ("ConfigMap", &config.names.bundle_configmap),
+            OwnWrite::PreviousAnchor => ("Secret", &config.names.previous_anchor_secret),
+        }
+    }
+
     /// The object's resourceVersion as its watch shows it (`None`: not there).
     fn version(self, config: &ReconcilerConfig, stores: &Stores) -> Option<String> {
+        let (_, (ns, name)) = self.object(config);
         match self {
-            OwnWrite::Bundle => {
-                let (ns, name) = &config.names.bundle_configmap;
-                stores
-                    .bundle
-                    .get(&ObjectRef::new(name).within(ns))?
-                    .resource_version()
-            }
-            OwnWrite::PreviousAnchor => {
-                let (ns, name) = &config.names.previous_anchor_secret;
-                stores.secrets[1]
-                    .get(&ObjectRef::new(name).within(ns))?
-                    .resource_version()
-            }
+            OwnWrite::Bundle => stores
+                .bundle
+                .get(&ObjectRef::new(name).within(ns))
+                .and_then(|o| o.resource_version()),
+            OwnWrite::PreviousAnchor => stores.secrets[1]
+                .get(&ObjectRef::new(name).within(ns))
+                .and_then(|o| o.resource_version()),
         }
     }
 
     fn describe(self, config: &ReconcilerConfig) -> String {
-        let (kind, (ns, name)) = match self {
-            OwnWrite::Bundle => ("ConfigMap", &config.names.bundle_configmap),
-            OwnWrite::PreviousAnchor => ("Secret", &config.names.previous_anchor_secret),
-        };
+        let (kind, (ns, name)) = self.object(config);
         format!("{kind} {ns}/{name}")
     }
 }
@@ -1237,7 +1232,7 @@ impl OwnWrite {
 /// an object as it was before the reconciler's write (the watch's next event wakes it).
 #[derive(Debug, Default)]
 struct OwnWrites {
-    /// What was written, the resourceVersion before and after, and since when it is awaited.
+    /// What was written, its resourceVersion before the write, and since when it is awaited.
     pending: Vec<(OwnWrite, Option<String>, std::time::Instant)>,
     warned: bool,
 }

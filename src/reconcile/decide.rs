@@ -247,10 +247,6 @@ pub fn decide(
     // before, and every proxy not yet restarted, chain to it until the bundle is reduced. A
     // bundle written without it (a GitOps commit of the new anchor alone) is grown back, never
     // rolled onto the control plane.
-    let mut must_trust: Vec<&Cert> = vec![&anchor, &signer_cert];
-    if renewed {
-        must_trust.push(&previous);
-    }
     //
     // A bundle someone else wrote over the operator's is taken back even when it lacks nothing:
     // the writer may have rolled the control plane onto what it wrote (a `helm upgrade`), or
@@ -258,12 +254,14 @@ pub fn decide(
     // the only way to know what the control plane runs with. Outside a renewal the bundle is
     // the anchors in use and nothing else, so what was added to it (a retired anchor, say)
     // goes too.
-    let missing: Vec<&str> = must_trust
+    let mut must_trust: Vec<&Cert> = vec![&anchor, &signer_cert];
+    if renewed {
+        must_trust.push(&previous);
+    }
+    let missing: BTreeSet<&str> = must_trust
         .iter()
         .filter(|c| !bundle_set.contains(&c.fingerprint))
         .map(|c| short(&c.fingerprint))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
         .collect();
     let meta = &observed.bundle_meta;
     if !missing.is_empty() || !meta.overwritten_by.is_empty() {
@@ -279,7 +277,7 @@ pub fn decide(
             } else if !missing.is_empty() {
                 format!(
                     "the trust bundle lacked anchor(s) still in use during the rotation ({}): growing it back to {} anchors",
-                    missing.join(", "),
+                    missing.into_iter().collect::<Vec<_>>().join(", "),
                     grown.len()
                 )
             } else {
@@ -703,8 +701,6 @@ fn proxy_refresh(deployment: &ControlPlaneDeployment, accelerated: Option<&str>)
     }
 }
 
-/// Workload pods (not the control plane's) among `pods` whose proxy does not hold every anchor
-/// of `bundle`.
 /// Out of order: the issuer already chains to a renewed anchor that not every proxy trusts.
 /// While the bundle propagates (and while the issuer is awaited), that is what the pods say: a
 /// renewal the operator asked for just before it was stopped, its status unwritten, finds every
@@ -735,6 +731,8 @@ fn renewed_out_of_order(
     }
 }
 
+/// Workload pods (not the control plane's) among `pods` whose proxy does not hold every anchor
+/// of `bundle`.
 fn workloads_lacking<'p>(
     pods: impl Iterator<Item = &'p MeshedPod>,
     bundle: &BTreeSet<String>,
