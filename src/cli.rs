@@ -130,6 +130,11 @@ pub struct RunArgs {
     /// How long a leader that stopped renewing keeps the Lease; a replica takes over after it.
     #[arg(long, default_value = "15s", value_parser = parse_period)]
     pub lease_duration: Duration,
+    /// How long any request to the API server but a watch may take, its answer read whole,
+    /// before it counts as failed and is tried again on a new connection. The API server gives
+    /// up on such a request itself after 60s; this catches a connection that went quiet.
+    #[arg(long, default_value = "60s", value_parser = parse_period)]
+    pub api_request_timeout: Duration,
     /// This replica's identity in the Lease (the pod name in a cluster; default host-pid). A
     /// restarted container keeps its pod name, so it takes its Lease back at once.
     #[arg(long, env = "POD_NAME")]
@@ -254,7 +259,9 @@ pub async fn operator(cli: OperatorCli, out: &mut impl std::io::Write) -> Result
     match cli.command {
         OperatorCommand::Run(args) => {
             init_logging(args.log_format);
-            let client = kube::Client::try_default().await.map_err(CliError::Kube)?;
+            let client = crate::apiclient::client(Some(args.api_request_timeout))
+                .await
+                .map_err(CliError::Kube)?;
             let config = crate::run::RunConfig {
                 webhook_addr: args.webhook_addr,
                 admin_addr: args.admin_addr,

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod apiclient;
 pub mod bundle;
 pub mod cli;
 pub mod crd;

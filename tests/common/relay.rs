@@ -12,9 +12,16 @@ use tokio::task::JoinSet;
 /// as they do behind a partition, and new connections are accepted and hang too. What it reads
 /// meanwhile is held and delivered, late, once the cut is healed, as a network that was only
 /// slow would deliver it. Dropping the relay closes every connection.
+///
+/// A stall ([`Relay::stall`]) is narrower and never heals: the connections open at that moment
+/// go quiet for good, as behind a load balancer or a NAT entry that forgot them, while new ones
+/// pass.
 pub struct Relay {
     pub addr: SocketAddr,
     cut: watch::Sender<bool>,
+    /// Connections numbered below this forward nothing more.
+    stalled_below: watch::Sender<u64>,
+    opened: std::sync::Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -25,6 +32,9 @@ impl Relay {
             .expect("binding the relay");
         let addr = listener.local_addr().expect("the relay's address");
         let (cut, cut_rx) = watch::channel(false);
+        let (stalled_below, stall_rx) = watch::channel(0);
+        let opened = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = opened.clone();
         let task = tokio::spawn(async move {
             // Owned here: aborting this task drops the set, which aborts every connection's pumps.
             let mut pumps = JoinSet::new();
@@ -32,14 +42,26 @@ impl Relay {
                 let Ok(server) = TcpStream::connect(upstream).await else {
                     continue;
                 };
+                let id = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
-                pumps.spawn(pump(client_read, server_write, cut_rx.clone()));
-                pumps.spawn(pump(server_read, client_write, cut_rx.clone()));
+                let gate = Gate {
+                    id,
+                    cut: cut_rx.clone(),
+                    stalled_below: stall_rx.clone(),
+                };
+                pumps.spawn(pump(client_read, server_write, gate.clone()));
+                pumps.spawn(pump(server_read, client_write, gate));
                 while pumps.try_join_next().is_some() {}
             }
         });
-        Self { addr, cut, task }
+        Self {
+            addr,
+            cut,
+            stalled_below,
+            opened,
+            task,
+        }
     }
 
     /// `https://<addr>`, for a kubeconfig's `server`.
@@ -49,6 +71,36 @@ impl Relay {
 
     pub fn cut(&self, cut: bool) {
         self.cut.send_replace(cut);
+    }
+
+    /// Every connection open now forwards nothing more, in either direction, and is never
+    /// closed; connections opened later pass.
+    pub fn stall(&self) {
+        let opened = self.opened.load(std::sync::atomic::Ordering::SeqCst);
+        self.stalled_below.send_replace(opened);
+    }
+
+    /// How many connections the relay has accepted.
+    pub fn connections(&self) -> u64 {
+        self.opened.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// What a connection's pumps wait on before forwarding.
+#[derive(Clone)]
+struct Gate {
+    id: u64,
+    cut: watch::Receiver<bool>,
+    stalled_below: watch::Receiver<u64>,
+}
+
+impl Gate {
+    /// Returns when the bytes read may go on; `false` when the relay is gone.
+    async fn open(&mut self) -> bool {
+        if self.id < *self.stalled_below.borrow() {
+            std::future::pending::<()>().await;
+        }
+        self.cut.wait_for(|cut| !cut).await.is_ok()
     }
 }
 
@@ -61,7 +113,7 @@ impl Drop for Relay {
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    mut cut: watch::Receiver<bool>,
+    mut gate: Gate,
 ) {
     let mut buf = vec![0; 64 * 1024];
     loop {
@@ -69,7 +121,7 @@ async fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if cut.wait_for(|cut| !cut).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+        if !gate.open().await || to.write_all(&buf[..n]).await.is_err() {
             break;
         }
     }
