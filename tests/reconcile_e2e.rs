@@ -861,6 +861,74 @@ async fn automatic_rotation_from_synced_to_synced_with_zero_failed_handshakes() 
             "{name}: {running:?}"
         );
     }
+
+    assert_no_private_key_written(&client).await;
+}
+
+/// DESIGN.md: the operator never writes a private key. Reads back every Secret and ConfigMap
+/// the operator wrote to (its field manager in their managedFields) and the rotation's status.
+/// The same scan over cert-manager's anchor Secret must find its key, so a scan that could not
+/// see one fails here rather than passing.
+async fn assert_no_private_key_written(client: &kube::Client) {
+    use trust_rotation_operator::reconcile::controller::MANAGER;
+    let has_key = |text: &[u8]| String::from_utf8_lossy(text).contains("PRIVATE KEY");
+    let ours = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        (meta.managed_fields.iter().flatten()).any(|f| f.manager.as_deref() == Some(MANAGER))
+    };
+    let (mut written, mut with_key) = (BTreeSet::new(), BTreeSet::new());
+    for secret in Api::<Secret>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+    {
+        let name = format!(
+            "Secret {}/{}",
+            secret.namespace().unwrap(),
+            secret.name_any()
+        );
+        let values = secret.data.iter().flatten().map(|(_, v)| v.0.as_slice());
+        if values.clone().any(has_key) {
+            with_key.insert(name.clone());
+        }
+        if ours(&secret.metadata) {
+            written.insert(name);
+        }
+    }
+    for cm in Api::<ConfigMap>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+    {
+        let name = format!("ConfigMap {}/{}", cm.namespace().unwrap(), cm.name_any());
+        let text = (cm.data.iter().flatten()).map(|(_, v)| v.as_bytes());
+        let binary = (cm.binary_data.iter().flatten()).map(|(_, v)| v.0.as_slice());
+        if text.chain(binary).any(has_key) {
+            with_key.insert(name.clone());
+        }
+        if ours(&cm.metadata) {
+            written.insert(name);
+        }
+    }
+    assert!(
+        with_key.contains("Secret cert-manager/linkerd-trust-anchor"),
+        "the scan finds the anchor's own key: {with_key:?}"
+    );
+    for expected in [
+        "Secret linkerd/linkerd-previous-anchor",
+        "ConfigMap linkerd/linkerd-identity-trust-roots",
+    ] {
+        assert!(written.contains(expected), "{expected}: {written:?}");
+    }
+    let leaked: Vec<_> = written.intersection(&with_key).collect();
+    assert!(
+        leaked.is_empty(),
+        "the operator wrote a private key into {leaked:?}"
+    );
+    let status = serde_json::to_vec(&rotation(client).await).unwrap();
+    assert!(
+        !has_key(&status),
+        "the rotation's status holds a private key"
+    );
 }
 
 /// Both policies Manual (BEL's way): the operator never restarts a workload or renews the

@@ -126,6 +126,32 @@ mod tests {
         parse_first("test", "tls.crt", &pki::to_pem(der)).unwrap()
     }
 
+    /// What the reconciler copies (into the previous-anchor Secret, into the bundle) is built
+    /// from a [`Cert`]'s `pem`: a key that sits next to the certificate in the same text never
+    /// travels with it.
+    #[test]
+    fn a_key_beside_the_certificate_is_never_carried() {
+        let key = pki::generate_key().unwrap();
+        let der = ca("anchor", pki::now()).self_signed(&key).unwrap();
+        let key_pem = key.serialize_pem();
+        assert!(key_pem.contains("PRIVATE KEY"));
+        for text in [
+            format!("{key_pem}{}", pki::to_pem(&der)),
+            format!("{}{key_pem}", pki::to_pem(&der)),
+        ] {
+            let certs = parse_all("Secret x/y", "tls.crt", &text).unwrap();
+            assert_eq!(certs.len(), 1);
+            assert_eq!(certs[0].pem, pki::to_pem(&der));
+            assert!(!certs[0].pem.contains("PRIVATE KEY"));
+        }
+        // A key alone is no certificate.
+        let error = parse_all("Secret x/y", "tls.crt", &key_pem).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "Secret x/y: tls.crt: holds no certificate"
+        );
+    }
+
     #[test]
     fn an_issuer_renewed_with_its_old_key_converges_a_leaf_only_with_its_own_certificate() {
         let t0 = pki::now();
