@@ -62,7 +62,7 @@ fn status_words(status: &kube::core::Status) -> String {
 }
 
 /// What went wrong with a watch, as [`in_api_words`] says it.
-fn brief(error: &watcher::Error) -> String {
+pub(crate) fn brief(error: &watcher::Error) -> String {
     match error {
         watcher::Error::InitialListFailed(e) => in_api_words("listing failed", e),
         watcher::Error::WatchStartFailed(e) => in_api_words("starting the watch failed", e),

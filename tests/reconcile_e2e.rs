@@ -2358,6 +2358,16 @@ async fn an_operator_without_its_permissions_names_the_refused_watches_and_start
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     eprintln!("watch errors before the RBAC: {counts:?}");
+    // Each of the reconciler's nine watches is failing (the counts above are by kind: three of
+    // them watch a Secret).
+    common::eventually(
+        "all nine reconciler watches failing",
+        Duration::from_secs(10),
+        || async {
+            (op.metric("trust_rotation_reconciler_watches_failing") == Some(9.0)).then_some(())
+        },
+    )
+    .await;
     assert_ne!(
         op.admin_get("/ready").map(|(code, _)| code),
         Some(200),
@@ -2394,6 +2404,10 @@ async fn an_operator_without_its_permissions_names_the_refused_watches_and_start
     eprintln!(
         "ready and synced {:.1}s after the RBAC was applied",
         granted.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        op.metric("trust_rotation_reconciler_watches_failing"),
+        Some(0.0)
     );
     op.process.check_alive().expect("the operator kept running");
 }

@@ -16,8 +16,9 @@ use k8s_openapi::api::core::v1::{
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
+use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -188,28 +189,81 @@ struct Stores {
 }
 
 /// The reconciler's watches: reflectors that wake it on every change, each task named after
-/// what it watches (to say which one stopped).
+/// what it watches (to say which one stopped), and which of them are failing.
 struct Watches {
     wake: Arc<Notify>,
     errors: WatchErrors,
+    failing: Failing,
     tasks: tokio::task::JoinSet<()>,
     names: std::collections::HashMap<tokio::task::Id, String>,
 }
 
+/// The watches whose last attempt failed and that have not listed since, with what went wrong.
+/// A watch that failed may have missed changes, and kube's watcher says nothing when a retried
+/// watch starts again; so a failed watch lists everything again, and is counted healthy only
+/// once that list is in. Their number is published in `gauge`.
+#[derive(Clone)]
+struct Failing {
+    watches: Arc<std::sync::Mutex<BTreeMap<String, String>>>,
+    gauge: Gauge,
+}
+
+impl Failing {
+    fn set(&self, what: &str, failure: Option<String>) {
+        let mut failing = self.watches.lock().expect("failing watches");
+        match failure {
+            Some(error) => failing.insert(what.to_owned(), error),
+            None => failing.remove(what),
+        };
+        self.gauge.set(failing.len() as i64);
+    }
+
+    /// `watch of X (error); ...`, or `None` when every watch is healthy.
+    fn describe(&self) -> Option<String> {
+        let failing = self.watches.lock().expect("failing watches");
+        (!failing.is_empty()).then(|| {
+            (failing.iter())
+                .map(|(what, error)| format!("the watch of {what} ({error})"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+}
+
+/// Between attempts of a failed watch: 1 s, doubling up to 30 s; back to 1 s once it lists.
+struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(30);
+
+    fn next(&mut self) -> Duration {
+        let wait = self.0;
+        self.0 = (self.0 * 2).min(Self::MAX);
+        wait
+    }
+}
+
 impl Watches {
-    fn new(errors: WatchErrors) -> Self {
+    /// `failing` counts the watches failing now.
+    fn new(errors: WatchErrors, failing: Gauge) -> Self {
         Self {
             wake: Arc::new(Notify::new()),
             errors,
+            failing: Failing {
+                watches: Default::default(),
+                gauge: failing,
+            },
             tasks: tokio::task::JoinSet::new(),
             names: std::collections::HashMap::new(),
         }
     }
 
-    /// A store of what `api` and `config` select, fed by a reflector (described as `what` in
-    /// logs) whose failed attempts are counted and retried with backoff. `managed_fields`: keep
-    /// them (who wrote the bundle is read from them); elsewhere they are dropped (on a large
-    /// cluster they are much of the memory a cache of every Deployment and meshed Pod takes).
+    /// A store of what `api` and `config` select, fed by a watch (described as `what` in logs)
+    /// whose failed attempts are counted, marked failing and retried with backoff, each retry
+    /// listing everything again. `managed_fields`: keep them (who wrote the bundle is read from
+    /// them); elsewhere they are dropped (on a large cluster they are much of the memory a
+    /// cache of every Deployment and meshed Pod takes).
     fn reflect<K>(
         &mut self,
         what: String,
@@ -226,28 +280,51 @@ impl Watches {
             + Sync
             + 'static,
     {
-        let (reader, writer) = reflector::store();
-        // Deletions too: a deleted bundle ConfigMap or previous-anchor Secret is put back at
-        // the next look, not after the idle interval.
-        let objects = watcher::watcher(api, config).modify(move |o: &mut K| {
-            if !managed_fields {
-                o.managed_fields_mut().clear();
-            }
-        });
-        let stream = reflector::reflector(writer, objects)
-            .default_backoff()
-            .touched_objects();
+        let (reader, mut writer) = reflector::store();
         self.errors.watching(&K::kind(&()));
-        let (wake, errors, task_what) = (self.wake.clone(), self.errors.clone(), what.clone());
+        let (wake, errors, failing) =
+            (self.wake.clone(), self.errors.clone(), self.failing.clone());
+        let task_what = what.clone();
         let id = self
             .tasks
             .spawn(async move {
-                let mut stream = std::pin::pin!(stream);
-                while let Some(event) = stream.next().await {
-                    if let Err(e) = event {
-                        errors.report(&K::kind(&()), &task_what, &e);
+                let mut backoff = Backoff(Backoff::FIRST);
+                loop {
+                    let mut events = std::pin::pin!(watcher::watcher(api.clone(), config.clone()));
+                    while let Some(event) = events.next().await {
+                        let mut event = match event {
+                            Ok(event) => event,
+                            Err(e) => {
+                                errors.report(&K::kind(&()), &task_what, &e);
+                                failing.set(&task_what, Some(crate::watch::brief(&e)));
+                                break;
+                            }
+                        };
+                        if let watcher::Event::Apply(o)
+                        | watcher::Event::Delete(o)
+                        | watcher::Event::InitApply(o) = &mut event
+                            && !managed_fields
+                        {
+                            o.managed_fields_mut().clear();
+                        }
+                        writer.apply_watcher_event(&event);
+                        match event {
+                            // The store now holds the whole list: whatever a failure may have
+                            // missed is in.
+                            watcher::Event::InitDone => {
+                                failing.set(&task_what, None);
+                                backoff = Backoff(Backoff::FIRST);
+                            }
+                            // Wake once the list is in, not for each object of it.
+                            watcher::Event::Init | watcher::Event::InitApply(_) => continue,
+                            // Deletions too: a deleted bundle ConfigMap or previous-anchor
+                            // Secret is put back at the next look, not after the idle interval.
+                            watcher::Event::Apply(_) | watcher::Event::Delete(_) => {}
+                        }
+                        wake.notify_one();
                     }
                     wake.notify_one();
+                    tokio::time::sleep(backoff.next()).await;
                 }
             })
             .id();
@@ -279,7 +356,10 @@ fn named(name: &str) -> watcher::Config {
 /// its watches stops, so that whoever runs it sees the reconciler end instead of deciding from
 /// a cache that no longer changes.
 pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<ReconcileMetrics>) {
-    let mut watches = Watches::new(metrics.watch_errors.clone());
+    let mut watches = Watches::new(
+        metrics.watch_errors.clone(),
+        metrics.watches_failing.clone(),
+    );
     let wake = watches.wake.clone();
     let n = &config.names;
     let secrets = [
@@ -359,7 +439,30 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
         instance: std::env::var("POD_NAME").unwrap_or_else(|_| MANAGER.to_owned()),
     };
     let mut own_writes = OwnWrites::default();
+    let mut holding: Option<String> = None;
     loop {
+        // A failed watch may have missed changes: nothing is decided from its cache until it has
+        // listed again (the pods that hold the bundle, above all, must be the pods there are).
+        if let Some(failing) = watches.failing.describe() {
+            if holding.as_ref() != Some(&failing) {
+                tracing::warn!(
+                    %failing,
+                    "the reconciler holds: a failed watch may have missed changes; nothing is decided until it has listed again"
+                );
+            }
+            holding = Some(failing);
+            tokio::select! {
+                _ = wake.notified() => {}
+                stopped = watches.stopped() => {
+                    tracing::error!("{stopped}; the reconciler stops rather than act on a cache that no longer changes");
+                    return;
+                }
+            }
+            continue;
+        }
+        if holding.take().is_some() {
+            tracing::info!("every watch has listed again; the reconciler resumes");
+        }
         let pass = reconcile_once(
             &client,
             &config,
@@ -1660,7 +1763,7 @@ mod tests {
     /// stops instead of deciding from a store that no longer changes.
     #[tokio::test]
     async fn a_watch_task_that_ends_is_named() {
-        let mut watches = Watches::new(WatchErrors::default());
+        let mut watches = Watches::new(WatchErrors::default(), Gauge::default());
         let ended = watches.tasks.spawn(async {}).id();
         watches.names.insert(ended, "StatefulSets".to_owned());
         assert_eq!(watches.stopped().await, "the watch of StatefulSets ended");
@@ -1680,7 +1783,7 @@ mod tests {
         use k8s_openapi::api::core::v1::ConfigMap;
         let cp = ControlPlane::start().await.expect("a local control plane");
         let client = cp.client();
-        let mut watches = Watches::new(WatchErrors::default());
+        let mut watches = Watches::new(WatchErrors::default(), Gauge::default());
         let wake = watches.wake.clone();
         let configmaps = Api::<ConfigMap>::namespaced(client.clone(), "default");
         let store = watches.reflect(
@@ -1691,7 +1794,7 @@ mod tests {
         );
         // The same object through a store that drops managedFields (its own watches: the
         // wake-ups checked below are the first store's alone).
-        let mut lean_watches = Watches::new(WatchErrors::default());
+        let mut lean_watches = Watches::new(WatchErrors::default(), Gauge::default());
         let lean = lean_watches.reflect(
             "ConfigMap".to_owned(),
             configmaps.clone(),
@@ -1742,6 +1845,126 @@ mod tests {
         assert!(store.is_empty(), "the store follows the deletion");
         watches.tasks.abort_all();
         lean_watches.tasks.abort_all();
+    }
+
+    /// A watch that fails (here: its permission taken away, met when the API server ends the
+    /// watch and the watcher starts a new one) is failing, and the reconciler would hold, until
+    /// it has listed again: kube's watcher says nothing when a retried watch starts, so a
+    /// failed watch lists everything anew, and what it missed meanwhile is in the store then.
+    #[tokio::test]
+    async fn a_failed_watch_is_failing_until_it_has_listed_again() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+        let cp = ControlPlane::start_with_options(crate::testbed::Options {
+            plain_users: vec!["watcher".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .expect("a local control plane");
+        let admin = cp.client();
+        let watcher_client =
+            crate::testbed::client_from_kubeconfig(&cp.kubeconfig_for("watcher").unwrap())
+                .await
+                .unwrap();
+        let role: Role = serde_json::from_value(json!({
+            "metadata": {"name": "read-configmaps"},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"]}]
+        }))
+        .unwrap();
+        let binding: RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": "read-configmaps"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-configmaps"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "watcher"}]
+        }))
+        .unwrap();
+        let bindings = Api::<RoleBinding>::namespaced(admin.clone(), "default");
+        (Api::<Role>::namespaced(admin.clone(), "default"))
+            .create(&PostParams::default(), &role)
+            .await
+            .unwrap();
+        bindings
+            .create(&PostParams::default(), &binding)
+            .await
+            .unwrap();
+        let configmaps = Api::<ConfigMap>::namespaced(admin.clone(), "default");
+        for name in ["kept", "missed"] {
+            let cm: ConfigMap = serde_json::from_value(
+                json!({"metadata": {"name": name, "labels": {"watched": "yes"}}}),
+            )
+            .unwrap();
+            configmaps
+                .create(&PostParams::default(), &cm)
+                .await
+                .unwrap();
+        }
+
+        let gauge = Gauge::default();
+        let mut watches = Watches::new(WatchErrors::default(), gauge.clone());
+        // The API server ends each watch after a second, and the watcher starts the next one:
+        // a lost permission is met within a second.
+        let store = watches.reflect(
+            "ConfigMaps".to_owned(),
+            Api::<ConfigMap>::namespaced(watcher_client, "default"),
+            watcher::Config::default().labels("watched=yes").timeout(1),
+            false,
+        );
+        store.wait_until_ready().await.expect("synced");
+        let names = || {
+            let mut names: Vec<String> = store.state().iter().map(|c| c.name_any()).collect();
+            names.sort();
+            names
+        };
+        let wait_for = |what: &'static str, check: Box<dyn Fn() -> bool + Send>| async move {
+            let since = std::time::Instant::now();
+            while !check() {
+                assert!(since.elapsed() < Duration::from_secs(20), "{what}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        assert_eq!(names(), ["kept", "missed"]);
+        assert_eq!(watches.failing.describe(), None);
+
+        bindings
+            .delete("read-configmaps", &Default::default())
+            .await
+            .unwrap();
+        let failing = watches.failing.clone();
+        wait_for(
+            "the refused watch is failing",
+            Box::new(move || failing.describe().is_some()),
+        )
+        .await;
+        let failing = watches.failing.describe().unwrap();
+        assert!(
+            failing.starts_with("the watch of ConfigMaps (")
+                && failing.contains("User \"watcher\" cannot")
+                && failing.ends_with("(403))"),
+            "{failing}"
+        );
+        assert_eq!(gauge.get(), 1);
+        // A change it cannot see: the store still shows the object, which is why nothing may
+        // be decided from it now.
+        configmaps
+            .delete("missed", &Default::default())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(names(), ["kept", "missed"]);
+        assert!(watches.failing.describe().is_some());
+
+        bindings
+            .create(&PostParams::default(), &binding)
+            .await
+            .unwrap();
+        let failing = watches.failing.clone();
+        wait_for(
+            "the watch lists again",
+            Box::new(move || failing.describe().is_none()),
+        )
+        .await;
+        assert_eq!(gauge.get(), 0);
+        assert_eq!(names(), ["kept"], "the list brought in what was missed");
+        watches.tasks.abort_all();
     }
 
     /// The reconciler decides from its watch cache, which can lag its own last status write.

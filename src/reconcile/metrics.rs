@@ -74,6 +74,8 @@ pub struct ReconcileMetrics {
     pub leader: Gauge,
     /// Failed attempts of the reconciler's watches (each retried).
     pub watch_errors: WatchErrors,
+    /// The reconciler's watches whose last attempt failed: while any does, it decides nothing.
+    pub watches_failing: Gauge,
 }
 
 impl ReconcileMetrics {
@@ -94,6 +96,7 @@ impl ReconcileMetrics {
             probes: Family::default(),
             errors: Counter::default(),
             leader: Gauge::default(),
+            watches_failing: Gauge::default(),
             watch_errors: WatchErrors::register(
                 registry,
                 "trust_rotation_reconciler_watch_errors",
@@ -175,6 +178,11 @@ impl ReconcileMetrics {
             "trust_rotation_leader",
             "1 while this replica holds the leader Lease and runs the reconciler",
             m.leader.clone(),
+        );
+        r.register(
+            "trust_rotation_reconciler_watches_failing",
+            "The reconciler's watches whose last attempt failed and that have not listed since; while any does, the reconciler holds",
+            m.watches_failing.clone(),
         );
         m
     }
@@ -272,6 +280,7 @@ impl ReconcileMetrics {
             &self.certificates_target,
             &self.refresh_interval_seconds,
             &self.bundle_contested,
+            &self.watches_failing,
         ] {
             gauge.set(0);
         }
