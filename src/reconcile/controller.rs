@@ -1914,11 +1914,19 @@ mod tests {
             names.sort();
             names
         };
-        let wait_for = |what: &'static str, check: Box<dyn Fn() -> bool + Send>| async move {
-            let since = std::time::Instant::now();
-            while !check() {
-                assert!(since.elapsed() < Duration::from_secs(20), "{what}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+        // Waits until the watch is failing (`true`) or not.
+        let until_failing = |failing: bool| {
+            let watches = watches.failing.clone();
+            async move {
+                let since = std::time::Instant::now();
+                while watches.describe().is_some() != failing {
+                    assert!(
+                        since.elapsed() < Duration::from_secs(20),
+                        "the watch is still {}failing",
+                        if failing { "not " } else { "" }
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
         };
         assert_eq!(names(), ["kept", "missed"]);
@@ -1928,12 +1936,7 @@ mod tests {
             .delete("read-configmaps", &Default::default())
             .await
             .unwrap();
-        let failing = watches.failing.clone();
-        wait_for(
-            "the refused watch is failing",
-            Box::new(move || failing.describe().is_some()),
-        )
-        .await;
+        until_failing(true).await;
         let failing = watches.failing.describe().unwrap();
         assert!(
             failing.starts_with("the watch of ConfigMaps (")
@@ -1956,12 +1959,7 @@ mod tests {
             .create(&PostParams::default(), &binding)
             .await
             .unwrap();
-        let failing = watches.failing.clone();
-        wait_for(
-            "the watch lists again",
-            Box::new(move || failing.describe().is_none()),
-        )
-        .await;
+        until_failing(false).await;
         assert_eq!(gauge.get(), 0);
         assert_eq!(names(), ["kept"], "the list brought in what was missed");
         watches.tasks.abort_all();
