@@ -20,21 +20,17 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 use tower::{BoxError, Layer, Service};
 
-/// The API server ends a request that is not a watch after 60 s (its `--request-timeout`
-/// default): a client that waits longer waits for an answer that is not coming.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// A client from the environment (in-cluster config, else `$KUBECONFIG` or
 /// `~/.kube/config`), as `kube::Client::try_default` finds it, with `request_timeout` on every
-/// request that is not a watch (`None`: no deadline).
-pub async fn client(request_timeout: Option<Duration>) -> Result<kube::Client, kube::Error> {
+/// request that is not a watch.
+pub async fn client(request_timeout: Duration) -> Result<kube::Client, kube::Error> {
     let config = kube::Config::infer()
         .await
         .map_err(kube::Error::InferConfig)?;
-    from_config(config, request_timeout)
+    from_config(config, Some(request_timeout))
 }
 
-/// [`client`], from a given configuration.
+/// [`client`], from a given configuration (`None`: kube's client as it comes, no deadline).
 pub fn from_config(
     config: kube::Config,
     request_timeout: Option<Duration>,

@@ -259,7 +259,7 @@ pub async fn operator(cli: OperatorCli, out: &mut impl std::io::Write) -> Result
     match cli.command {
         OperatorCommand::Run(args) => {
             init_logging(args.log_format);
-            let client = crate::apiclient::client(Some(args.api_request_timeout))
+            let client = crate::apiclient::client(args.api_request_timeout)
                 .await
                 .map_err(CliError::Kube)?;
             let config = crate::run::RunConfig {

@@ -11,29 +11,18 @@ use common::start_control_plane;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use serde_json::json;
 use trust_rotation_operator::apiclient;
-
-/// How the tests' clients reach the API server: through `server`.
-async fn config_via(
-    cp: &trust_rotation_operator::testbed::ControlPlane,
-    server: &str,
-) -> kube::Config {
-    let text = std::fs::read_to_string(cp.kubeconfig()).unwrap();
-    let kubeconfig = Kubeconfig::from_yaml(&text.replace(cp.server(), server)).unwrap();
-    kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap()
-}
+use trust_rotation_operator::testbed::config_from_kubeconfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_left_unanswered_fails_at_its_deadline_and_a_quiet_watch_does_not() {
     let cp = start_control_plane().await;
-    let upstream = cp.server().trim_start_matches("https://").parse().unwrap();
-    let relay = Relay::start(upstream).await;
-    let config = config_via(&cp, &relay.url()).await;
+    let relay = Relay::to(&cp).await;
+    let config = config_from_kubeconfig(&relay.kubeconfig(&cp, "relayed"))
+        .await
+        .unwrap();
     let deadline = Duration::from_secs(1);
     let bounded = apiclient::from_config(config.clone(), Some(deadline)).unwrap();
     // The negative control: the same request, on kube's client as it comes.

@@ -2000,11 +2000,8 @@ async fn a_leader_cut_off_from_the_api_server_steps_down_before_the_other_takes_
     use common::relay::Relay;
     let cp = election_control_plane().await;
     let client = cp.client();
-    let upstream = cp.server().trim_start_matches("https://").parse().unwrap();
-    let relay = Relay::start(upstream).await;
-    let kubeconfig_a = cp.dir().join("replica-a.kubeconfig");
-    let text = std::fs::read_to_string(cp.kubeconfig()).unwrap();
-    std::fs::write(&kubeconfig_a, text.replace(cp.server(), &relay.url())).unwrap();
+    let relay = Relay::to(&cp).await;
+    let kubeconfig_a = relay.kubeconfig(&cp, "replica-a");
     // Lease 6s: the leader gives up after 4s without a renewal, and renews about every 0.9s.
     let (lease, renew_deadline) = ("6s", Duration::from_secs(4));
     let a = start_operator(&kubeconfig_a, &replica_args("replica-a", lease)).await;

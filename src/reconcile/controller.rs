@@ -233,8 +233,13 @@ impl Failing {
 /// Between attempts of a failed watch: 1 s, doubling up to 30 s; back to 1 s once it lists.
 struct Backoff(Duration);
 
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_secs(1))
+    }
+}
+
 impl Backoff {
-    const FIRST: Duration = Duration::from_secs(1);
     const MAX: Duration = Duration::from_secs(30);
 
     fn next(&mut self) -> Duration {
@@ -288,7 +293,7 @@ impl Watches {
         let id = self
             .tasks
             .spawn(async move {
-                let mut backoff = Backoff(Backoff::FIRST);
+                let mut backoff = Backoff::default();
                 loop {
                     let mut events = std::pin::pin!(watcher::watcher(api.clone(), config.clone()));
                     while let Some(event) = events.next().await {
@@ -313,7 +318,7 @@ impl Watches {
                             // missed is in.
                             watcher::Event::InitDone => {
                                 failing.set(&task_what, None);
-                                backoff = Backoff(Backoff::FIRST);
+                                backoff = Backoff::default();
                             }
                             // Wake once the list is in, not for each object of it.
                             watcher::Event::Init | watcher::Event::InitApply(_) => continue,
@@ -443,41 +448,38 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
     loop {
         // A failed watch may have missed changes: nothing is decided from its cache until it has
         // listed again (the pods that hold the bundle, above all, must be the pods there are).
-        if let Some(failing) = watches.failing.describe() {
-            if holding.as_ref() != Some(&failing) {
-                tracing::warn!(
-                    %failing,
-                    "the reconciler holds: a failed watch may have missed changes; nothing is decided until it has listed again"
-                );
+        let failing = watches.failing.describe();
+        match (&failing, &holding) {
+            (Some(now), before) if before.as_ref() != Some(now) => tracing::warn!(
+                failing = %now,
+                "the reconciler holds: a failed watch may have missed changes; nothing is decided until it has listed again"
+            ),
+            (None, Some(_)) => {
+                tracing::info!("every watch has listed again; the reconciler resumes")
             }
-            holding = Some(failing);
-            tokio::select! {
-                _ = wake.notified() => {}
-                stopped = watches.stopped() => {
-                    tracing::error!("{stopped}; the reconciler stops rather than act on a cache that no longer changes");
-                    return;
+            _ => {}
+        }
+        holding = failing;
+        let interval = if holding.is_some() {
+            // The watch's list, once in, wakes us.
+            config.active_interval
+        } else {
+            let pass = reconcile_once(
+                &client,
+                &config,
+                &stores,
+                &recorder,
+                &metrics,
+                &mut own_writes,
+            );
+            match pass.await {
+                Ok(Requeue::Soon) => config.active_interval,
+                Ok(Requeue::Idle) => config.idle_interval,
+                Err(e) => {
+                    metrics.errors.inc();
+                    tracing::warn!(error = %e, "reconcile failed; retrying");
+                    config.active_interval
                 }
-            }
-            continue;
-        }
-        if holding.take().is_some() {
-            tracing::info!("every watch has listed again; the reconciler resumes");
-        }
-        let pass = reconcile_once(
-            &client,
-            &config,
-            &stores,
-            &recorder,
-            &metrics,
-            &mut own_writes,
-        );
-        let interval = match pass.await {
-            Ok(Requeue::Soon) => config.active_interval,
-            Ok(Requeue::Idle) => config.idle_interval,
-            Err(e) => {
-                metrics.errors.inc();
-                tracing::warn!(error = %e, "reconcile failed; retrying");
-                config.active_interval
             }
         };
         // Watch events wake us early; debounce a burst of them a little.
@@ -1965,17 +1967,24 @@ mod tests {
         watches.tasks.abort_all();
     }
 
+    /// A local control plane with the TrustAnchorRotation CRD served, and its admin client. The
+    /// control plane stops when dropped: keep it for the whole test.
+    async fn control_plane_with_crd() -> (ControlPlane, Client) {
+        let cp = ControlPlane::start().await.expect("a local control plane");
+        let client = cp.client();
+        crate::sim::install_crd(&client, &TrustAnchorRotation::crd())
+            .await
+            .expect("the CRD installed");
+        (cp, client)
+    }
+
     /// The reconciler decides from its watch cache, which can lag its own last status write.
     /// A look from a cache that still shows the object before that write must neither write
     /// the step again nor announce it twice. Real API server; the lag is a cache that is not
     /// fed, so the second look certainly comes from before the first write.
     #[tokio::test]
     async fn a_look_from_a_cache_older_than_the_last_status_write_writes_and_announces_nothing() {
-        let cp = ControlPlane::start().await.expect("a local control plane");
-        let client = cp.client();
-        crate::sim::install_crd(&client, &TrustAnchorRotation::crd())
-            .await
-            .expect("the CRD installed");
+        let (_cp, client) = control_plane_with_crd().await;
         let rotations = Api::<TrustAnchorRotation>::all(client.clone());
         let rotation: TrustAnchorRotation = serde_json::from_value(json!({
             "apiVersion": "trust.linkerd.io/v1alpha1", "kind": "TrustAnchorRotation",
@@ -2167,11 +2176,7 @@ mod tests {
     #[tokio::test]
     async fn a_look_waits_for_the_watch_to_show_the_reconcilers_own_write() {
         use crate::sim::pki::{Template, generate_key, to_pem};
-        let cp = ControlPlane::start().await.expect("a local control plane");
-        let client = cp.client();
-        crate::sim::install_crd(&client, &TrustAnchorRotation::crd())
-            .await
-            .expect("the CRD installed");
+        let (_cp, client) = control_plane_with_crd().await;
         for ns in ["cert-manager", "linkerd"] {
             Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
                 .create(

@@ -498,15 +498,23 @@ current-context: local
 
 /// A client from a kubeconfig file.
 pub async fn client_from_kubeconfig(path: &Path) -> Result<Client, TestbedError> {
-    let fail = |message: String| TestbedError::Client {
-        path: path.display().to_string(),
-        message,
-    };
-    let kubeconfig = Kubeconfig::read_from(path).map_err(|e| fail(e.to_string()))?;
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    let config = config_from_kubeconfig(path).await?;
+    Client::try_from(config).map_err(|e| client_error(path, e))
+}
+
+/// The client configuration a kubeconfig file describes.
+pub async fn config_from_kubeconfig(path: &Path) -> Result<Config, TestbedError> {
+    let kubeconfig = Kubeconfig::read_from(path).map_err(|e| client_error(path, e))?;
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
-        .map_err(|e| fail(e.to_string()))?;
-    Client::try_from(config).map_err(|e| fail(e.to_string()))
+        .map_err(|e| client_error(path, e))
+}
+
+fn client_error(path: &Path, error: impl std::fmt::Display) -> TestbedError {
+    TestbedError::Client {
+        path: path.display().to_string(),
+        message: error.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -64,9 +64,23 @@ impl Relay {
         }
     }
 
-    /// `https://<addr>`, for a kubeconfig's `server`.
-    pub fn url(&self) -> String {
-        format!("https://{}", self.addr)
+    /// Starts a relay to `cp`'s API server.
+    pub async fn to(cp: &trust_rotation_operator::testbed::ControlPlane) -> Self {
+        let upstream = cp.server().trim_start_matches("https://");
+        Self::start(upstream.parse().expect("the API server's address")).await
+    }
+
+    /// Writes `<name>.kubeconfig` beside `cp`'s admin kubeconfig: the same, through the relay.
+    pub fn kubeconfig(
+        &self,
+        cp: &trust_rotation_operator::testbed::ControlPlane,
+        name: &str,
+    ) -> std::path::PathBuf {
+        let path = cp.dir().join(format!("{name}.kubeconfig"));
+        let text = std::fs::read_to_string(cp.kubeconfig()).expect("the admin kubeconfig");
+        let relayed = text.replace(cp.server(), &format!("https://{}", self.addr));
+        std::fs::write(&path, relayed).expect("writing the relayed kubeconfig");
+        path
     }
 
     pub fn cut(&self, cut: bool) {
