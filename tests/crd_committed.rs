@@ -1,5 +1,7 @@
-//! The CRD shipped in the chart is exactly what `trust-rotation-operator crd` prints, and the
-//! committed RBAC exactly what `trust-rotation-operator rbac` prints.
+//! The CRD shipped in the chart is exactly what `trust-rotation-operator crd` prints, the
+//! committed RBAC exactly what `trust-rotation-operator rbac` prints, and the committed webhook
+//! configurations exactly what `trust-rotation-operator webhook-config` prints (as `make generate`
+//! calls it).
 
 use trust_rotation_operator::crd::crd_yaml;
 
@@ -11,6 +13,36 @@ fn committed_rbac_matches_generated() {
         include_str!("../rbac/rbac.yaml") == generated,
         "rbac/rbac.yaml is stale: run `make generate`"
     );
+}
+
+#[test]
+fn committed_webhook_configurations_match_generated() {
+    use trust_rotation_operator::webhook::config::{
+        DEFAULT_LOCAL_URL, DEFAULT_OPERATOR_NAMESPACE, DEFAULT_SERVICE_NAME, Endpoint, render,
+    };
+    let in_cluster = Endpoint::Service {
+        namespace: DEFAULT_OPERATOR_NAMESPACE.to_owned(),
+        name: DEFAULT_SERVICE_NAME.to_owned(),
+    };
+    let local = Endpoint::Url(DEFAULT_LOCAL_URL.to_owned());
+    for (committed, file, endpoint) in [
+        (
+            include_str!("../webhook-config/in-cluster.yaml"),
+            "webhook-config/in-cluster.yaml",
+            in_cluster,
+        ),
+        (
+            include_str!("../webhook-config/local.yaml"),
+            "webhook-config/local.yaml",
+            local,
+        ),
+    ] {
+        let generated = render(&endpoint, None, DEFAULT_OPERATOR_NAMESPACE);
+        assert!(
+            committed == generated,
+            "{file} is stale: run `make generate`"
+        );
+    }
 }
 
 const COMMITTED: &str =
