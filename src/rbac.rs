@@ -1,8 +1,9 @@
-//! The permissions the operator needs, as RBAC objects: what `trust-rotation-operator rbac`
-//! prints and `rbac/rbac.yaml` commits. Every rule names the code that needs it; the
+//! The permissions the operator needs, as RBAC objects (and the ServiceAccount they are for):
+//! what `trust-rotation-operator rbac` prints and `rbac/rbac.yaml` commits. Every rule names the code that needs it; the
 //! real-control-plane tests run the operator under exactly these objects, so a permission the
 //! code needs and this file lacks fails a test.
 
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
@@ -95,6 +96,8 @@ impl RbacConfig {
 /// The objects, in the order they can be applied.
 #[derive(Clone, Debug, Default)]
 pub struct Rbac {
+    /// The subject itself when it is a ServiceAccount, so that one `kubectl apply` is enough.
+    pub service_accounts: Vec<ServiceAccount>,
     pub cluster_roles: Vec<ClusterRole>,
     pub cluster_role_bindings: Vec<ClusterRoleBinding>,
     pub roles: Vec<Role>,
@@ -277,7 +280,16 @@ pub fn rbac(config: &RbacConfig) -> Rbac {
             rules: Some(rules),
         })
         .collect();
+    let subject = &config.subject;
+    let service_accounts = match (subject.kind.as_str(), subject.namespace.as_deref()) {
+        ("ServiceAccount", Some(namespace)) => vec![ServiceAccount {
+            metadata: meta(&subject.name, Some(namespace)),
+            ..Default::default()
+        }],
+        _ => Vec::new(),
+    };
     Rbac {
+        service_accounts,
         cluster_roles,
         cluster_role_bindings,
         roles,
@@ -306,6 +318,9 @@ pub fn yaml(rbac: &Rbac) -> Result<String, serde_yaml::Error> {
         serde_yaml::to_string(&value)
     }
     let mut docs = Vec::new();
+    for o in &rbac.service_accounts {
+        docs.push(doc(o)?);
+    }
     for o in &rbac.cluster_roles {
         docs.push(doc(o)?);
     }
@@ -360,10 +375,14 @@ mod tests {
         let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
             .collect();
-        assert_eq!(docs.len(), 2 + 2 + 4 + 4);
-        assert_eq!(docs[0]["kind"], "ClusterRole");
-        assert_eq!(docs[0]["apiVersion"], "rbac.authorization.k8s.io/v1");
-        let back: ClusterRole = serde_yaml::from_value(docs[0].clone()).unwrap();
+        assert_eq!(docs.len(), 1 + 2 + 2 + 4 + 4);
+        assert_eq!(docs[0]["kind"], "ServiceAccount");
+        assert_eq!(docs[0]["apiVersion"], "v1");
+        assert_eq!(docs[0]["metadata"]["namespace"], "linkerd");
+        assert_eq!(docs[0]["metadata"]["name"], NAME);
+        assert_eq!(docs[1]["kind"], "ClusterRole");
+        assert_eq!(docs[1]["apiVersion"], "rbac.authorization.k8s.io/v1");
+        let back: ClusterRole = serde_yaml::from_value(docs[1].clone()).unwrap();
         assert_eq!(back, r.cluster_roles[0]);
     }
 }
