@@ -169,18 +169,26 @@ pub struct RbacArgs {
     /// Namespace of the trust anchor's Secret.
     #[arg(long, default_value = "cert-manager")]
     pub trust_anchor_namespace: String,
-    /// The names given to `run`, when they are not its defaults: the permissions on these
-    /// objects name them.
+    // The names below are the ones given to `run`, when they are not its defaults: the
+    // permissions on these objects name them (`resourceNames`).
+    /// The TrustAnchorRotation `run` reconciles (as `run --rotation-name`).
     #[arg(long, default_value = crate::crd::CLUSTER_ROTATION_NAME)]
     pub rotation_name: String,
+    /// The trust-bundle ConfigMap in the Linkerd namespace (as `run --trust-roots-configmap`).
     #[arg(long, default_value = "linkerd-identity-trust-roots")]
     pub trust_roots_configmap: String,
+    /// The Secret keeping the previous anchor during a rotation, in the Linkerd namespace (as
+    /// `run --previous-anchor-secret`).
     #[arg(long, default_value = "linkerd-previous-anchor")]
     pub previous_anchor_secret: String,
+    /// The identity issuer's Certificate and Secret in the Linkerd namespace (as
+    /// `run --identity-issuer`).
     #[arg(long, default_value = "linkerd-identity-issuer")]
     pub identity_issuer: String,
+    /// The trust anchor's Secret in the trust anchor's namespace (as `run --trust-anchor-secret`).
     #[arg(long, default_value = "linkerd-trust-anchor")]
     pub trust_anchor_secret: String,
+    /// The leader-election Lease in the operator's namespace (as `run --lease-name`).
     #[arg(long, default_value = "trust-rotation-operator")]
     pub lease_name: String,
 }
@@ -439,7 +447,7 @@ async fn shutdown_signal() {
 
 /// Builds trust bundles for a Linkerd trust rotation (the `linkerd trust` extension).
 #[derive(Debug, Parser)]
-#[command(name = "linkerd-trust", version, about)]
+#[command(name = "linkerd-trust", version)]
 pub struct LinkerdTrustCli {
     #[command(subcommand)]
     pub command: LinkerdTrustCommand,

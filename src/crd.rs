@@ -9,7 +9,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// The one instance the operator reconciles; the chart creates it.
+/// The one instance the operator reconciles (created by the user; see the README).
 pub const CLUSTER_ROTATION_NAME: &str = "cluster";
 
 /// Default accelerated refresh interval published to proxies during a rotation. Five minutes is
