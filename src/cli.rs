@@ -24,8 +24,8 @@ pub enum OperatorCommand {
     Crd,
     /// Print the MutatingWebhookConfiguration as YAML.
     WebhookConfig(WebhookConfigArgs),
-    /// Print the RBAC objects the operator needs (ClusterRoles, Roles and their bindings) as
-    /// YAML.
+    /// Print the operator's ServiceAccount and the RBAC objects it needs (ClusterRoles, Roles and
+    /// their bindings) as YAML.
     Rbac(RbacArgs),
     /// Make certificates.
     #[command(subcommand)]
