@@ -836,12 +836,22 @@ async fn observe(
     };
     let mut anchors_cache: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
     let now = k8s_openapi::jiff::Timestamp::now();
-    let (mut pods, mut draining) = (Vec::new(), Vec::new());
+    let (mut pods, mut starting, mut draining) = (Vec::new(), Vec::new(), Vec::new());
     for p in stores.pods.state().iter() {
-        if running(p) {
-            pods.push(meshed_pod(config, p, &mut anchors_cache, &wont_roll));
-        } else if draining_until(p).is_some_and(|deadline| deadline > now) {
-            draining.push(meshed_pod(config, p, &mut anchors_cache, &wont_roll));
+        let deleting = p.metadata.deletion_timestamp.as_ref().map(|t| t.0);
+        match (live(p), deleting) {
+            (true, None) => pods.push(meshed_pod(config, p, &mut anchors_cache, &wont_roll)),
+            (true, Some(deadline)) if deadline > now => {
+                draining.push(meshed_pod(config, p, &mut anchors_cache, &wont_roll))
+            }
+            // A pod deleted before its proxy started never will start it.
+            (false, None) if phase(p) == Some("Pending") => {
+                let pod = meshed_pod(config, p, &mut anchors_cache, &wont_roll);
+                if !pod.control_plane {
+                    starting.push(pod);
+                }
+            }
+            _ => {}
         }
     }
     Ok(Observed {
@@ -852,6 +862,7 @@ async fn observe(
         issuer,
         control_plane,
         pods,
+        starting,
         draining,
         restart_markers,
         bundle_meta,
@@ -1044,16 +1055,26 @@ fn markers_of<K: Restartable>(
 /// For a Running pod being deleted: when its grace period runs out (the API server sets
 /// `deletionTimestamp` to the deletion time plus the grace period). Until then its containers
 /// may still run.
-fn draining_until(p: &Pod) -> Option<k8s_openapi::jiff::Timestamp> {
-    let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-    running
-        .then(|| p.metadata.deletion_timestamp.as_ref().map(|t| t.0))
-        .flatten()
+fn phase(p: &Pod) -> Option<&str> {
+    p.status.as_ref()?.phase.as_deref()
 }
 
-fn running(p: &Pod) -> bool {
-    p.metadata.deletion_timestamp.is_none()
-        && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+/// Its proxy runs: the pod is Running, or Pending with its proxy, a native sidecar, started
+/// ahead of the init containers after it.
+fn live(p: &Pod) -> bool {
+    match phase(p) {
+        Some("Running") => true,
+        Some("Pending") => p
+            .status
+            .as_ref()
+            .and_then(|s| s.init_container_statuses.as_ref())
+            .is_some_and(|statuses| {
+                statuses
+                    .iter()
+                    .any(|c| c.name == PROXY_CONTAINER && c.started == Some(true))
+            }),
+        _ => false,
+    }
 }
 
 fn meshed_pod(
@@ -1679,6 +1700,58 @@ mod tests {
                 ("cache-1".to_owned(), Ok(workload("StatefulSet", "cache"))),
             ])
         );
+    }
+
+    /// Which pods count, and as what: a Running pod, or a Pending one whose native-sidecar proxy
+    /// has started, is running; a Pending pod whose proxy has not started is starting (its
+    /// anchors already count for the bundle); a deleted pod drains only if its proxy ran, and
+    /// only until its grace period is over.
+    #[tokio::test]
+    async fn pods_are_running_starting_or_draining_by_their_proxy() {
+        let pod = |name: &str, status: serde_json::Value, deleted_in: Option<i64>| -> Pod {
+            let mut p = running_pod("app", name, owned_by("ReplicaSet", "web-5d8f7c"));
+            p.status = serde_json::from_value(status).unwrap();
+            p.metadata.deletion_timestamp = deleted_in.map(|secs| {
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::now()
+                        + k8s_openapi::jiff::SignedDuration::from_secs(secs),
+                )
+            });
+            p
+        };
+        let pending = json!({"phase": "Pending"});
+        let sidecar_started = json!({"phase": "Pending", "initContainerStatuses": [
+            {"name": "linkerd-proxy", "image": "proxy", "imageID": "", "ready": false,
+             "restartCount": 0, "started": true}]});
+        let stores = Stores {
+            rotation: frozen(vec![]),
+            secrets: vec![frozen(vec![]), frozen(vec![]), frozen(vec![])],
+            bundle: frozen(vec![]),
+            pods: frozen(vec![
+                pod("running", json!({"phase": "Running"}), None),
+                pod("unscheduled", pending.clone(), None),
+                pod("sidecar-started", sidecar_started, None),
+                pod("deleted-before-start", pending, Some(30)),
+                pod("draining", json!({"phase": "Running"}), Some(30)),
+                pod("drained", json!({"phase": "Running"}), Some(-1)),
+                pod("succeeded", json!({"phase": "Succeeded"}), None),
+            ]),
+            deployments: frozen(vec![]),
+            statefulsets: frozen(vec![]),
+            daemonsets: frozen(vec![]),
+        };
+        let client =
+            Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
+        let observed = observe(&client, &ReconcilerConfig::default(), &stores, false)
+            .await
+            .unwrap();
+        let names = |pods: &[MeshedPod]| -> BTreeSet<String> {
+            pods.iter().map(|p| p.name.clone()).collect()
+        };
+        let set = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect();
+        assert_eq!(names(&observed.pods), set(&["running", "sidecar-started"]));
+        assert_eq!(names(&observed.starting), set(&["unscheduled"]));
+        assert_eq!(names(&observed.draining), set(&["draining"]));
     }
 
     /// With a `rollingUpdate.partition`, the replicas below it never update: the rollout is

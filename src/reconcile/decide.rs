@@ -138,7 +138,7 @@ pub fn decide(
                     previous,
                     issuer.signed_by.as_deref(),
                     &set,
-                    &observed.pods,
+                    observed,
                 ));
             }
         }
@@ -224,14 +224,14 @@ pub fn decide(
     d.next.source_fingerprints = sources(names, &bundle, &anchor, &previous);
     let renewed = anchor.fingerprint != previous.fingerprint;
 
-    let lacking_bundle = workloads_lacking(observed.pods.iter(), &bundle_set);
+    let lacking_bundle = workloads_lacking(observed.bundle_holders(), &bundle_set);
     d.out_of_order(renewed_out_of_order(
         status.phase,
         &anchor,
         &previous,
         signer.as_deref(),
         &bundle_set,
-        &observed.pods,
+        observed,
     ));
 
     // Expansion: every anchor that must be trusted is in the bundle, or the bundle grows and the
@@ -531,10 +531,11 @@ pub fn decide(
         Phase::WaitingForIdentityRotation => {
             d.next.workload_certificate_refresh_interval = Some(policies.refresh_interval.clone());
             let pending = d.count_bundle(observed, &bundle_set, false);
-            // A pod that started without the expanded bundle since it converged (one that was
-            // Pending with an older injection, say) would reject every leaf of the renewed
-            // issuer: it goes back to propagation before the issuer is renewed, unless that
-            // renewal is already under way and can no longer be held back.
+            // A pod seen without the expanded bundle since it converged (one that propagation
+            // could not have counted: created from a manifest injected earlier, say) would
+            // reject every leaf of the renewed issuer: it goes back to propagation before the
+            // issuer is renewed, unless that renewal is already under way and can no longer be
+            // held back.
             let renewed = issuer.signed_by.as_deref() == Some(anchor.fingerprint.as_str());
             if !pending.is_empty() && !renewed && !issuer.issuing {
                 d.transition(
@@ -711,7 +712,7 @@ fn renewed_out_of_order(
     previous: &Cert,
     signer: Option<&str>,
     bundle: &BTreeSet<String>,
-    pods: &[MeshedPod],
+    observed: &Observed,
 ) -> bool {
     if anchor.fingerprint == previous.fingerprint || signer != Some(anchor.fingerprint.as_str()) {
         return false;
@@ -722,10 +723,10 @@ fn renewed_out_of_order(
         // resource deleted and created again mid-rotation), not a renewal out of order.
         Phase::Synced | Phase::RefreshingControlPlane => {
             let anchor = BTreeSet::from([anchor.fingerprint.clone()]);
-            !workloads_lacking(pods.iter(), &anchor).is_empty()
+            !workloads_lacking(observed.bundle_holders(), &anchor).is_empty()
         }
         Phase::PropagatingTrustRoots | Phase::WaitingForIdentityRotation => {
-            !workloads_lacking(pods.iter(), bundle).is_empty()
+            !workloads_lacking(observed.bundle_holders(), bundle).is_empty()
         }
         _ => false,
     }
@@ -1004,8 +1005,10 @@ impl<'a> Step<'a> {
         bundle: &BTreeSet<String>,
         exact: bool,
     ) -> Vec<String> {
-        let workloads: Vec<&MeshedPod> =
-            observed.pods.iter().filter(|p| !p.control_plane).collect();
+        let workloads: Vec<&MeshedPod> = observed
+            .bundle_holders()
+            .filter(|p| !p.control_plane)
+            .collect();
         let pending: Vec<String> = if exact {
             workloads
                 .iter()
@@ -1054,8 +1057,7 @@ impl<'a> Step<'a> {
         what: &str,
     ) {
         let pending_pods: Vec<&MeshedPod> = observed
-            .pods
-            .iter()
+            .bundle_holders()
             .filter(|p| pending.contains(&p.key()))
             .collect();
         let mut workloads = BTreeSet::new();
@@ -1089,9 +1091,22 @@ impl<'a> Step<'a> {
             }
         }
         let mut message = format!("{} of {} meshed pods {what}", pending.len(), {
-            observed.pods.iter().filter(|p| !p.control_plane).count()
+            observed
+                .bundle_holders()
+                .filter(|p| !p.control_plane)
+                .count()
         });
         message.push_str(&examples(pending));
+        let not_started = observed
+            .starting
+            .iter()
+            .filter(|p| pending.contains(&p.key()))
+            .count();
+        if not_started > 0 {
+            message.push_str(&format!(
+                "; {not_started} of them Pending: their proxy would start without it"
+            ));
+        }
         match policies.restart {
             RestartPolicy::Automatic => {
                 let not_ready: BTreeSet<&Workload> = observed

@@ -201,6 +201,7 @@ impl World {
             issuer: Ok(issuer(self.signer)),
             control_plane: cp(self.cp_for.clone(), true),
             pods,
+            starting: Vec::new(),
             draining: Vec::new(),
             restart_markers: BTreeMap::new(),
             bundle_meta: BundleMeta::default(),
@@ -1149,6 +1150,102 @@ fn converged_bundle_waits_for_the_issuer_or_renews_it() {
     assert!(writes(&d).is_empty());
 }
 
+/// A pod injected before the control plane restarted and Pending since (unscheduled, pulling
+/// its image) has the old anchor alone in its spec. Once the issuer is renewed it could never
+/// start well, so it holds the bundle's convergence like a running pod: counted, named, and its
+/// workload restarted onto the expanded bundle; the automatic renewal waits for it.
+#[test]
+fn a_pod_not_started_yet_counts_for_the_bundle_and_holds_an_automatic_issuer_renewal() {
+    let converged = World {
+        holds: vec![0, 1],
+        ..propagating()
+    };
+    let mut o = converged.observed();
+    o.starting.push(pod("late", "batch-0", &[0]));
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
+    assert_eq!(d.status.phase, Phase::PropagatingTrustRoots);
+    assert!(!d.effects.contains(&Effect::RenewIssuer), "{:?}", d.effects);
+    assert_eq!(
+        d.status.trust_bundle.as_ref().unwrap().progress.as_deref(),
+        Some("4/5")
+    );
+    let m = blocking(&d);
+    assert!(
+        m.starts_with(
+            "1 of 5 meshed pods do not hold the expanded trust bundle yet (e.g. late/batch-0)"
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains("1 of them Pending: their proxy would start without it"),
+        "{m}"
+    );
+    let restarted = d.effects.iter().find_map(|e| match e {
+        Effect::RestartWorkloads { workloads, .. } => Some(workloads.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        restarted,
+        Some(vec![Workload {
+            kind: "Deployment".to_owned(),
+            namespace: "late".to_owned(),
+            name: "batch".to_owned(),
+        }])
+    );
+    // Manual: named with the command to run, nothing done.
+    let d = run(&manual(), Phase::PropagatingTrustRoots, &o);
+    assert!(writes(&d).is_empty(), "{:?}", d.effects);
+    assert!(
+        blocking(&d).contains("kubectl rollout restart deployment/batch -n late"),
+        "{}",
+        blocking(&d)
+    );
+    // Waiting for the renewal when it is seen: back to propagation, the renewal not asked for.
+    let d = run(&automatic(), Phase::WaitingForIdentityRotation, &o);
+    assert_eq!(d.status.phase, Phase::PropagatingTrustRoots);
+    assert!(!d.effects.contains(&Effect::RenewIssuer));
+
+    // Pending with the expanded bundle in its spec: nothing to wait for.
+    let mut o = converged.observed();
+    o.starting.push(pod("late", "batch-0", &[0, 1]));
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
+    assert_eq!(d.status.phase, Phase::WaitingForIdentityRotation);
+    assert_eq!(writes(&d), [&Effect::RenewIssuer]);
+    assert_eq!(
+        d.status.trust_bundle.as_ref().unwrap().progress.as_deref(),
+        Some("5/5")
+    );
+}
+
+/// After the renewal, a pod not started yet without the expanded bundle is restarted like a
+/// running one that lacks it; a pod not started yet is never waited for as a leaf (it has none
+/// to present, and will start with the new issuer's).
+#[test]
+fn after_the_renewal_a_pod_not_started_yet_is_restarted_if_it_lacks_the_bundle_never_probed() {
+    let mut o = issuer_renewed().observed();
+    every_leaf(&mut o, Leaf::FromIssuer);
+    o.starting.push(pod("late", "batch-0", &[0, 1]));
+    let d = run(&automatic(), Phase::RenewingWorkloadCerts, &o);
+    assert_eq!(
+        d.status.phase,
+        Phase::RefreshingControlPlane,
+        "{}",
+        blocking(&d)
+    );
+
+    let mut o = issuer_renewed().observed();
+    every_leaf(&mut o, Leaf::FromIssuer);
+    o.starting.push(pod("late", "batch-0", &[0]));
+    let d = run(&automatic(), Phase::RenewingWorkloadCerts, &o);
+    assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts);
+    assert!(
+        d.effects.iter().any(|e| matches!(e,
+            Effect::RestartWorkloads { workloads, .. } if workloads.iter().any(|w| w.name == "batch"))),
+        "{:?}",
+        d.effects
+    );
+}
+
 #[test]
 fn a_restart_still_rolling_holds_the_phase_even_when_every_running_pod_converged() {
     // The replaced pod of a StatefulSet is in no count while it is recreated.
@@ -1991,6 +2088,7 @@ mod properties {
                 issuer: Ok(issuer),
                 control_plane: cp(self.cp_for.clone(), true),
                 pods,
+                starting: Vec::new(),
                 draining: Vec::new(),
                 restart_markers: BTreeMap::new(),
                 bundle_meta: BundleMeta {

@@ -335,6 +335,7 @@ mod tests {
             }),
             control_plane: vec![],
             pods: vec![],
+            starting: vec![],
             draining: vec![],
             restart_markers: Default::default(),
             bundle_meta: Default::default(),

@@ -202,8 +202,15 @@ pub struct Observed {
     pub bundle: Result<Option<Vec<Cert>>, Problem>,
     pub issuer: Result<Issuer, Problem>,
     pub control_plane: Vec<ControlPlaneDeployment>,
-    /// Running meshed pods (not terminating), control plane included.
+    /// Running meshed pods (not terminating), control plane included; a Pending pod whose proxy
+    /// (a native sidecar) has already started counts as running.
     pub pods: Vec<MeshedPod>,
+    /// Meshed workload pods not started yet (Pending: unscheduled, pulling images, running
+    /// init containers), not terminating. Their proxy has not run, but the anchors it will
+    /// trust are already in their spec: one injected with the old anchor alone would, once it
+    /// starts, reject every leaf of a renewed issuer. They count for the trust bundle (and are
+    /// restarted onto it), not for leaves.
+    pub starting: Vec<MeshedPod>,
     /// Meshed pods being deleted whose grace period has not run out: their proxies may still
     /// make and answer connections while they drain.
     pub draining: Vec<MeshedPod>,
@@ -212,6 +219,14 @@ pub struct Observed {
     pub restart_markers: BTreeMap<Workload, RestartMarkers>,
     /// The bundle ConfigMap's version, and the restore it was last written for.
     pub bundle_meta: BundleMeta,
+}
+
+impl Observed {
+    /// Every meshed pod whose proxy runs, or will run, with the anchors in its spec: the
+    /// running ones and those [`starting`](Self::starting).
+    pub fn bundle_holders(&self) -> impl Iterator<Item = &MeshedPod> {
+        self.pods.iter().chain(&self.starting)
+    }
 }
 
 /// The bundle ConfigMap beyond its anchors.
