@@ -443,7 +443,7 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
         api: Api::namespaced(client.clone(), EVENTS_NAMESPACE),
         instance: std::env::var("POD_NAME").unwrap_or_else(|_| MANAGER.to_owned()),
     };
-    let mut own_writes = OwnWrites::default();
+    let mut memory = Memory::default();
     let mut holding: Option<String> = None;
     loop {
         // A failed watch may have missed changes: nothing is decided from its cache until it has
@@ -464,14 +464,7 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
             // The watch's list, once in, wakes us.
             config.active_interval
         } else {
-            let pass = reconcile_once(
-                &client,
-                &config,
-                &stores,
-                &recorder,
-                &metrics,
-                &mut own_writes,
-            );
+            let pass = reconcile_once(&client, &config, &stores, &recorder, &metrics, &mut memory);
             match pass.await {
                 Ok(Requeue::Soon) => config.active_interval,
                 Ok(Requeue::Idle) => config.idle_interval,
@@ -524,8 +517,12 @@ async fn reconcile_once(
     stores: &Stores,
     recorder: &EventWriter,
     metrics: &ReconcileMetrics,
-    own_writes: &mut OwnWrites,
+    memory: &mut Memory,
 ) -> Result<Requeue, ReconcileError> {
+    let Memory {
+        own_writes,
+        refused_restarts,
+    } = memory;
     if own_writes.awaited(config, stores) {
         return Ok(Requeue::Soon);
     }
@@ -536,6 +533,7 @@ async fn reconcile_once(
     tracing::Span::current().record("phase", status.phase.as_str());
     let policies = policies(&rotation.spec);
     let mut observed = observe(client, config, stores, accelerating(status.phase)).await?;
+    observed.refused_restarts = refused_restarts.clone();
     if status.phase == crate::crd::Phase::RenewingWorkloadCerts {
         probe_leaves(config, &mut observed).await;
     }
@@ -557,7 +555,15 @@ async fn reconcile_once(
     for effect in writes {
         let target = OwnWrite::target(effect);
         let before = target.and_then(|t| t.version(config, stores));
-        let written = execute(client, config, recorder, &reference, effect).await;
+        let written = execute(
+            client,
+            config,
+            recorder,
+            &reference,
+            effect,
+            refused_restarts,
+        )
+        .await;
         if let (Some(target), Ok(after)) = (target, &written) {
             own_writes.wrote(target, before, after.clone());
         }
@@ -597,7 +603,15 @@ async fn reconcile_once(
         }
     }
     for effect in events {
-        execute(client, config, recorder, &reference, effect).await?;
+        execute(
+            client,
+            config,
+            recorder,
+            &reference,
+            effect,
+            refused_restarts,
+        )
+        .await?;
     }
     metrics.record(&status, &decision.status, &observed);
     Ok(decision.requeue)
@@ -865,6 +879,7 @@ async fn observe(
         starting,
         draining,
         restart_markers,
+        refused_restarts: BTreeSet::new(),
         bundle_meta,
     })
 }
@@ -1213,6 +1228,7 @@ async fn execute(
     recorder: &EventWriter,
     reference: &ObjectReference,
     effect: &Effect,
+    refused_restarts: &mut BTreeSet<Workload>,
 ) -> Result<Option<String>, ReconcileError> {
     let apply = PatchParams::apply(MANAGER).force();
     // The resourceVersion an object the reconciler also watches has after the write.
@@ -1279,8 +1295,14 @@ async fn execute(
             // Each one is tried: one workload that cannot be restarted holds up no other.
             let mut failed = Vec::new();
             for w in workloads {
-                if let Err(e) = restart(client, w, marker).await {
-                    failed.push(e);
+                match restart(client, w, marker).await {
+                    Ok(()) => {
+                        refused_restarts.remove(w);
+                    }
+                    Err(e) => {
+                        refused_restarts.insert(w.clone());
+                        failed.push(e);
+                    }
                 }
             }
             match failed.len() {
@@ -1349,6 +1371,17 @@ impl OwnWrite {
         let (kind, (ns, name)) = self.object(config);
         format!("{kind} {ns}/{name}")
     }
+}
+
+/// What the reconciler remembers from one look to the next (this replica only: a new leader
+/// starts afresh, which costs at most one more try of each).
+#[derive(Debug, Default)]
+struct Memory {
+    own_writes: OwnWrites,
+    /// Workloads whose last restart the API server refused (RBAC, a policy webhook): tried
+    /// again on every look, but taking no restart slot from the others (see
+    /// [`Observed::refused_restarts`]).
+    refused_restarts: BTreeSet<Workload>,
 }
 
 /// The reconciler's own writes that its watches have not shown yet. Each watch lags on its
@@ -2080,7 +2113,7 @@ mod tests {
                 &stores,
                 &recorder,
                 &metrics,
-                &mut OwnWrites::default(),
+                &mut Memory::default(),
             )
             .await
             .expect("a look");
@@ -2161,9 +2194,16 @@ mod tests {
                     fingerprint: "f".repeat(64),
                     written_over,
                 };
-                execute(client, config, recorder, reference, &effect)
-                    .await
-                    .unwrap();
+                execute(
+                    client,
+                    config,
+                    recorder,
+                    reference,
+                    &effect,
+                    &mut BTreeSet::new(),
+                )
+                .await
+                .unwrap();
             }
         };
         let nobody = Vec::<String>::new();
@@ -2348,17 +2388,10 @@ mod tests {
 
         // The anchor was renewed: the first look writes the expanded bundle and says so.
         let before = looks().await;
-        let mut own_writes = OwnWrites::default();
-        reconcile_once(
-            &client,
-            &config,
-            &before,
-            &recorder,
-            &metrics,
-            &mut own_writes,
-        )
-        .await
-        .expect("a look");
+        let mut memory = Memory::default();
+        reconcile_once(&client, &config, &before, &recorder, &metrics, &mut memory)
+            .await
+            .expect("a look");
         let status = rotations.get("cluster").await.unwrap().status.unwrap();
         assert_eq!(status.phase, crate::crd::Phase::RefreshingControlPlane);
         assert_eq!(events().await, 1);
@@ -2372,16 +2405,9 @@ mod tests {
             .get("linkerd-identity-trust-roots")
             .await
             .unwrap();
-        let requeue = reconcile_once(
-            &client,
-            &config,
-            &lagging,
-            &recorder,
-            &metrics,
-            &mut own_writes,
-        )
-        .await
-        .expect("a look");
+        let requeue = reconcile_once(&client, &config, &lagging, &recorder, &metrics, &mut memory)
+            .await
+            .expect("a look");
         assert_eq!(requeue, Requeue::Soon);
         assert_eq!(events().await, 1, "nothing announced twice");
         let after = configmaps
@@ -2390,18 +2416,11 @@ mod tests {
             .unwrap();
         assert_eq!(after.resource_version(), written.resource_version());
         let current = looks().await;
-        assert!(!own_writes.awaited(&config, &current), "caught up");
+        assert!(!memory.own_writes.awaited(&config, &current), "caught up");
         // Caught up, a look has nothing to announce (no control plane to restart here).
-        reconcile_once(
-            &client,
-            &config,
-            &current,
-            &recorder,
-            &metrics,
-            &mut own_writes,
-        )
-        .await
-        .expect("a look");
+        reconcile_once(&client, &config, &current, &recorder, &metrics, &mut memory)
+            .await
+            .expect("a look");
         assert_eq!(events().await, 1);
 
         // Without the memory of its write, the same look decides from the old bundle.
@@ -2411,7 +2430,7 @@ mod tests {
             &lagging,
             &recorder,
             &metrics,
-            &mut OwnWrites::default(),
+            &mut Memory::default(),
         )
         .await
         .expect("a look");

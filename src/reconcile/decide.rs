@@ -1140,7 +1140,17 @@ impl<'a> Step<'a> {
                 // take down a ready pod first. It is named, so a stall has a cause to read.
                 let (held, ready): (Vec<&Workload>, Vec<&Workload>) =
                     candidates.iter().partition(|w| not_ready.contains(*w));
-                let next: Vec<Workload> = ready.iter().take(room).map(|w| (*w).clone()).collect();
+                // A refused restart started no rollout: it is tried again, but in no slot of
+                // the others' (and no more of them at once than the pace allows).
+                let (refused, fresh): (Vec<&Workload>, Vec<&Workload>) = ready
+                    .iter()
+                    .partition(|w| observed.refused_restarts.contains(**w));
+                let next: Vec<Workload> = fresh
+                    .iter()
+                    .take(room)
+                    .chain(refused.iter().take(policies.max_concurrent_workloads))
+                    .map(|w| (*w).clone())
+                    .collect();
                 message.push_str(&format!(
                     "; restarting {} workload(s) at a time ({busy} in progress, {} waiting)",
                     policies.max_concurrent_workloads,

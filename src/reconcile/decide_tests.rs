@@ -204,6 +204,7 @@ impl World {
             starting: Vec::new(),
             draining: Vec::new(),
             restart_markers: BTreeMap::new(),
+            refused_restarts: BTreeSet::new(),
             bundle_meta: BundleMeta::default(),
         }
     }
@@ -1122,6 +1123,41 @@ fn automatic_propagation_restarts_paced_and_skips_unready_and_busy_workloads() {
         "{}",
         blocking(&d)
     );
+}
+
+/// Restarts the API server refused (RBAC bound in some namespaces only, a policy webhook)
+/// started no rollout: they are tried again on every look, but the workloads after them in the
+/// list still get the slots. (They once took every slot, for good, when there were as many of
+/// them as `maxConcurrentWorkloads`.)
+#[test]
+fn refused_restarts_take_no_slot_from_the_others() {
+    let mut o = propagating().observed();
+    let w = |i: usize| Workload {
+        kind: "Deployment".to_owned(),
+        namespace: "app".to_owned(),
+        name: format!("w{i}"),
+    };
+    for (i, p) in o.pods.iter_mut().filter(|p| !p.control_plane).enumerate() {
+        p.owner = Ok(w(i));
+    }
+    let restarted = |d: &Decision| {
+        d.effects.iter().find_map(|e| match e {
+            Effect::RestartWorkloads { workloads, .. } => Some(workloads.clone()),
+            _ => None,
+        })
+    };
+    // Two at a time: the first two in the list.
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
+    assert_eq!(restarted(&d), Some(vec![w(0), w(1)]));
+    // Those two refused: tried again, and the next two get the slots.
+    o.refused_restarts = BTreeSet::from([w(0), w(1)]);
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
+    assert_eq!(restarted(&d), Some(vec![w(2), w(3), w(0), w(1)]));
+    // The slots taken by rollouts in progress: only the refused ones are tried again.
+    rolling(&mut o, w(2), RestartFor::Bundle(bundle_fp(&[0, 1])));
+    rolling(&mut o, w(3), RestartFor::Bundle(bundle_fp(&[0, 1])));
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
+    assert_eq!(restarted(&d), Some(vec![w(0), w(1)]));
 }
 
 #[test]
@@ -2091,6 +2127,7 @@ mod properties {
                 starting: Vec::new(),
                 draining: Vec::new(),
                 restart_markers: BTreeMap::new(),
+                refused_restarts: BTreeSet::new(),
                 bundle_meta: BundleMeta {
                     version: Some(self.bundle_version.to_string()),
                     written_over: self.written_over.map(|v| v.to_string()),

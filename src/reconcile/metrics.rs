@@ -338,6 +338,7 @@ mod tests {
             starting: vec![],
             draining: vec![],
             restart_markers: Default::default(),
+            refused_restarts: Default::default(),
             bundle_meta: Default::default(),
         }
     }
