@@ -1658,6 +1658,16 @@ mod tests {
         json!({"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "u", "controller": true})
     }
 
+    /// What a look outside the accelerating phases observes in `stores`: nothing is asked of
+    /// the API server then, so the client points nowhere.
+    async fn observe_offline(stores: &Stores) -> Observed {
+        let client =
+            Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
+        observe(&client, &ReconcilerConfig::default(), stores, false)
+            .await
+            .unwrap()
+    }
+
     /// Pods a template change would not roll (a paused Deployment's, an OnDelete StatefulSet's,
     /// those below a StatefulSet's partition) are named as such instead of being restarted and
     /// waited for forever; the rest of a partitioned StatefulSet is restarted as usual.
@@ -1695,12 +1705,7 @@ mod tests {
             ]),
             daemonsets: frozen(vec![]),
         };
-        // Nothing is asked of the API server outside the accelerating phases.
-        let client =
-            Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
-        let observed = observe(&client, &ReconcilerConfig::default(), &stores, false)
-            .await
-            .unwrap();
+        let observed = observe_offline(&stores).await;
         let owners: BTreeMap<String, Result<Workload, Unfixable>> = observed
             .pods
             .iter()
@@ -1773,11 +1778,7 @@ mod tests {
             statefulsets: frozen(vec![]),
             daemonsets: frozen(vec![]),
         };
-        let client =
-            Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
-        let observed = observe(&client, &ReconcilerConfig::default(), &stores, false)
-            .await
-            .unwrap();
+        let observed = observe_offline(&stores).await;
         let names = |pods: &[MeshedPod]| -> BTreeSet<String> {
             pods.iter().map(|p| p.name.clone()).collect()
         };
