@@ -27,19 +27,19 @@ pub async fn client(request_timeout: Duration) -> Result<kube::Client, kube::Err
     let config = kube::Config::infer()
         .await
         .map_err(kube::Error::InferConfig)?;
-    from_config(config, Some(request_timeout))
+    from_config(config, request_timeout)
 }
 
-/// [`client`], from a given configuration (`None`: kube's client as it comes, no deadline).
+/// [`client`], from a given configuration.
 pub fn from_config(
     config: kube::Config,
-    request_timeout: Option<Duration>,
+    request_timeout: Duration,
 ) -> Result<kube::Client, kube::Error> {
-    let builder = kube::client::ClientBuilder::try_from(config)?;
-    Ok(match request_timeout {
-        Some(timeout) => builder.with_layer(&DeadlineLayer { timeout }).build(),
-        None => builder.build(),
-    })
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&DeadlineLayer {
+            timeout: request_timeout,
+        })
+        .build())
 }
 
 /// Whether a request is a watch (`watch=true` or `watch=1` in its query): a long poll that may

@@ -37,14 +37,17 @@ impl WatchErrors {
         });
     }
 
-    /// Logs and counts one failed attempt of the watch of `what` (a `kind` resource).
-    pub fn report(&self, kind: &str, what: &str, error: &watcher::Error) {
-        tracing::warn!(watch = what, error = %brief(error), "watch failed; retrying with backoff");
+    /// Logs and counts one failed attempt of the watch of `what` (a `kind` resource); returns
+    /// the error as logged ([`brief`]).
+    pub fn report(&self, kind: &str, what: &str, error: &watcher::Error) -> String {
+        let brief = brief(error);
+        tracing::warn!(watch = what, error = %brief, "watch failed; retrying with backoff");
         self.family
             .get_or_create(&ResourceLabels {
                 resource: kind.to_owned(),
             })
             .inc();
+        brief
     }
 }
 

@@ -24,9 +24,9 @@ async fn a_request_left_unanswered_fails_at_its_deadline_and_a_quiet_watch_does_
         .await
         .unwrap();
     let deadline = Duration::from_secs(1);
-    let bounded = apiclient::from_config(config.clone(), Some(deadline)).unwrap();
+    let bounded = apiclient::from_config(config.clone(), deadline).unwrap();
     // The negative control: the same request, on kube's client as it comes.
-    let unbounded = apiclient::from_config(config, None).unwrap();
+    let unbounded = kube::Client::try_from(config).unwrap();
     let (bounded_ns, unbounded_ns) = (
         Api::<Namespace>::all(bounded.clone()),
         Api::<Namespace>::all(unbounded),

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
@@ -295,23 +295,22 @@ impl Watches {
             .spawn(async move {
                 let mut backoff = Backoff::default();
                 loop {
-                    let mut events = std::pin::pin!(watcher::watcher(api.clone(), config.clone()));
+                    let mut events = std::pin::pin!(
+                        watcher::watcher(api.clone(), config.clone()).modify(move |o: &mut K| {
+                            if !managed_fields {
+                                o.managed_fields_mut().clear();
+                            }
+                        })
+                    );
                     while let Some(event) = events.next().await {
-                        let mut event = match event {
+                        let event = match event {
                             Ok(event) => event,
                             Err(e) => {
-                                errors.report(&K::kind(&()), &task_what, &e);
-                                failing.set(&task_what, Some(crate::watch::brief(&e)));
+                                let brief = errors.report(&K::kind(&()), &task_what, &e);
+                                failing.set(&task_what, Some(brief));
                                 break;
                             }
                         };
-                        if let watcher::Event::Apply(o)
-                        | watcher::Event::Delete(o)
-                        | watcher::Event::InitApply(o) = &mut event
-                            && !managed_fields
-                        {
-                            o.managed_fields_mut().clear();
-                        }
                         writer.apply_watcher_event(&event);
                         match event {
                             // The store now holds the whole list: whatever a failure may have
@@ -532,8 +531,14 @@ async fn reconcile_once(
     let status = rotation.status.clone().unwrap_or_default();
     tracing::Span::current().record("phase", status.phase.as_str());
     let policies = policies(&rotation.spec);
-    let mut observed = observe(client, config, stores, accelerating(status.phase)).await?;
-    observed.refused_restarts = refused_restarts.clone();
+    let mut observed = observe(
+        client,
+        config,
+        stores,
+        refused_restarts,
+        accelerating(status.phase),
+    )
+    .await?;
     if status.phase == crate::crd::Phase::RenewingWorkloadCerts {
         probe_leaves(config, &mut observed).await;
     }
@@ -683,6 +688,7 @@ async fn observe(
     client: &Client,
     config: &ReconcilerConfig,
     stores: &Stores,
+    refused_restarts: &BTreeSet<Workload>,
     read_issuing: bool,
 ) -> Result<Observed, ReconcileError> {
     let n = &config.names;
@@ -855,6 +861,8 @@ async fn observe(
         let deleting = p.metadata.deletion_timestamp.as_ref().map(|t| t.0);
         match (live(p), deleting) {
             (true, None) => pods.push(meshed_pod(config, p, &mut anchors_cache, &wont_roll)),
+            // Deleted: its containers may still run until its grace period runs out (the API
+            // server sets `deletionTimestamp` to the deletion time plus the grace period).
             (true, Some(deadline)) if deadline > now => {
                 draining.push(meshed_pod(config, p, &mut anchors_cache, &wont_roll))
             }
@@ -879,7 +887,7 @@ async fn observe(
         starting,
         draining,
         restart_markers,
-        refused_restarts: BTreeSet::new(),
+        refused_restarts: refused_restarts.clone(),
         bundle_meta,
     })
 }
@@ -1067,9 +1075,6 @@ fn markers_of<K: Restartable>(
     })
 }
 
-/// For a Running pod being deleted: when its grace period runs out (the API server sets
-/// `deletionTimestamp` to the deletion time plus the grace period). Until then its containers
-/// may still run.
 fn phase(p: &Pod) -> Option<&str> {
     p.status.as_ref()?.phase.as_deref()
 }
@@ -1378,9 +1383,9 @@ impl OwnWrite {
 #[derive(Debug, Default)]
 struct Memory {
     own_writes: OwnWrites,
-    /// Workloads whose last restart the API server refused (RBAC, a policy webhook): tried
-    /// again on every look, but taking no restart slot from the others (see
-    /// [`Observed::refused_restarts`]).
+    /// Workloads whose last restart by this replica failed (refused by RBAC or a policy
+    /// webhook, or unanswered), kept until one succeeds: tried again on every look, but taking
+    /// no restart slot from the others (see [`Observed::refused_restarts`]).
     refused_restarts: BTreeSet<Workload>,
 }
 
@@ -1663,9 +1668,15 @@ mod tests {
     async fn observe_offline(stores: &Stores) -> Observed {
         let client =
             Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
-        observe(&client, &ReconcilerConfig::default(), stores, false)
-            .await
-            .unwrap()
+        observe(
+            &client,
+            &ReconcilerConfig::default(),
+            stores,
+            &BTreeSet::new(),
+            false,
+        )
+        .await
+        .unwrap()
     }
 
     /// Pods a template change would not roll (a paused Deployment's, an OnDelete StatefulSet's,

@@ -128,7 +128,7 @@ pub fn decide(
     if policies.paused {
         if let Some(b) = &bundle {
             let set = fingerprints(b);
-            d.count_bundle(observed, &set, false);
+            let lacking = d.count_bundle(observed, &set, false);
             // Reported even now: pausing to look into a rotation is when someone may run
             // `cmctl renew` too early.
             if let Some(previous) = &previous {
@@ -137,7 +137,7 @@ pub fn decide(
                     &anchor,
                     previous,
                     issuer.signed_by.as_deref(),
-                    &set,
+                    &lacking,
                     observed,
                 ));
             }
@@ -230,7 +230,7 @@ pub fn decide(
         &anchor,
         &previous,
         signer.as_deref(),
-        &bundle_set,
+        &lacking_bundle,
         observed,
     ));
 
@@ -705,13 +705,14 @@ fn proxy_refresh(deployment: &ControlPlaneDeployment, accelerated: Option<&str>)
 /// Out of order: the issuer already chains to a renewed anchor that not every proxy trusts.
 /// While the bundle propagates (and while the issuer is awaited), that is what the pods say: a
 /// renewal the operator asked for just before it was stopped, its status unwritten, finds every
-/// pod holding the bundle and is in order.
+/// pod holding the bundle and is in order. `lacking_bundle`: the workload pods without every
+/// anchor of the bundle, as the look counted them.
 fn renewed_out_of_order(
     phase: Phase,
     anchor: &Cert,
     previous: &Cert,
     signer: Option<&str>,
-    bundle: &BTreeSet<String>,
+    lacking_bundle: &[String],
     observed: &Observed,
 ) -> bool {
     if anchor.fingerprint == previous.fingerprint || signer != Some(anchor.fingerprint.as_str()) {
@@ -726,7 +727,7 @@ fn renewed_out_of_order(
             !workloads_lacking(observed.bundle_holders(), &anchor).is_empty()
         }
         Phase::PropagatingTrustRoots | Phase::WaitingForIdentityRotation => {
-            !workloads_lacking(observed.bundle_holders(), bundle).is_empty()
+            !lacking_bundle.is_empty()
         }
         _ => false,
     }

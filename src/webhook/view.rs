@@ -172,7 +172,9 @@ fn track_init<K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + '
     stream.default_backoff().map(move |event| match event {
         Ok(watcher::Event::InitDone) => flag.store(true, Ordering::Release),
         Ok(_) => {}
-        Err(e) => errors.report(&K::kind(&()), &what, &e),
+        Err(e) => {
+            errors.report(&K::kind(&()), &what, &e);
+        }
     })
 }
 
