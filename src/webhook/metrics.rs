@@ -40,7 +40,8 @@ pub struct WebhookMetrics {
     latency: Histogram,
     /// Pod CREATEs allowed unpatched because the rotation view had not synced yet.
     pub unsynced_admissions: Counter,
-    /// Pods whose `config.linkerd.io/proxy-additional-env` was not a JSON list.
+    /// Pods whose `config.linkerd.io/proxy-additional-env` was not JSON, not a list, or not a
+    /// list of EnvVars (left untouched).
     pub invalid_additional_env: Counter,
     /// notAfter of the serving certificate, Unix seconds.
     pub serving_certificate_not_after: Gauge,
@@ -90,7 +91,7 @@ impl WebhookMetrics {
         );
         registry.register(
             "trust_rotation_webhook_invalid_additional_env",
-            "Pods whose config.linkerd.io/proxy-additional-env annotation was not a JSON list",
+            "Pods whose config.linkerd.io/proxy-additional-env annotation was not JSON, not a list, or not a list of EnvVars (left untouched)",
             m.invalid_additional_env.clone(),
         );
         registry.register(

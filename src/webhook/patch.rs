@@ -152,10 +152,11 @@ pub enum PodMutation {
     /// Meshed; the operations to apply (empty when the pod already has everything).
     Meshed {
         patch: JsonPatch,
-        /// Set when the pod's existing additional-env annotation was not a JSON list: it is left
-        /// untouched, and the server logs and counts this.
+        /// Set when the pod's existing additional-env annotation was not JSON, not a list, or not
+        /// a list of EnvVars: it is left untouched, and the server logs and counts this.
         invalid_additional_env: Option<String>,
-        /// Set when the injected anchors could not be parsed: no fingerprint is stamped.
+        /// Set when the injected anchors could not be parsed, or are set through `valueFrom`
+        /// (which the webhook does not read): no fingerprint is stamped.
         invalid_trust_anchors: Option<String>,
     },
 }
@@ -375,9 +376,11 @@ pub fn merge_additional_env(
         };
         if named.name.as_deref() == Some(name) {
             found = true;
-            // Ours already, whatever its spacing: kept as it is.
-            let same = serde_json::from_str::<Value>(item).ok()
-                == Some(json!({"name": name, "value": value}));
+            // Ours already, whatever its spacing: kept as it is. (On the reinvocation after the
+            // injector it is byte for byte what this function wrote: no parse needed then.)
+            let same = item == entry
+                || serde_json::from_str::<Value>(item).ok()
+                    == Some(json!({"name": name, "value": value}));
             changed |= !same;
             entries.push(if same { item } else { &entry });
         } else {

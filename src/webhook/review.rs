@@ -46,7 +46,8 @@ pub struct Reviewed {
     /// Why the request was invalid, why a pod was skipped, or a problem with its annotations,
     /// for the log.
     pub note: Option<String>,
-    /// The pod's additional-env annotation was not a JSON list (left untouched).
+    /// The pod's additional-env annotation was not JSON, not a list, or not a list of EnvVars
+    /// (left untouched).
     pub invalid_additional_env: bool,
     /// A Pod CREATE allowed unpatched only because the rotation view had not synced.
     pub unsynced: bool,
