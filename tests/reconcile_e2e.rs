@@ -60,6 +60,12 @@ fn proxy_env(pod: &Pod, name: &str) -> Option<String> {
         .clone()
 }
 
+/// Whether the bundle `pem` holds the anchor `fingerprint`.
+fn holds_anchor(pem: &str, fingerprint: &str) -> bool {
+    trust_rotation_operator::bundle::Bundle::from_pem("bundle", pem)
+        .is_ok_and(|b| b.fingerprints().any(|f| f == fingerprint))
+}
+
 async fn workload_pods(client: &kube::Client, namespaces: &[String]) -> Vec<Pod> {
     let mut out = Vec::new();
     for ns in namespaces {
@@ -1116,10 +1122,7 @@ async fn a_workload_started_before_the_interval_was_published_is_restarted_for_i
         "paused too late: {status:#?}"
     );
     // Once the injector's copy of the bundle holds the new anchor, a new workload starts.
-    let holds_new = |pem: &str| {
-        trust_rotation_operator::bundle::Bundle::from_pem("bundle", pem)
-            .is_ok_and(|b| b.fingerprints().any(|f| f == new_anchor.fingerprint))
-    };
+    let holds_new = |pem: &str| holds_anchor(pem, &new_anchor.fingerprint);
     let waited = Instant::now();
     while !rig.mesh.injector_bundle().is_some_and(|b| holds_new(&b)) {
         assert!(
@@ -1381,8 +1384,12 @@ async fn a_late_pod_without_the_expanded_bundle_fails_handshakes_once_the_issuer
     loop {
         let status = follow.status(&rig).await;
         let message = status.blocking_message.as_deref().unwrap_or_default();
-        let draining = workload_pods(&rig.client, &["mesh-0".to_owned()])
+        // (`workload_pods` leaves out the pods being deleted.)
+        let draining = Api::<Pod>::namespaced(rig.client.clone(), "mesh-0")
+            .list(&ListParams::default())
             .await
+            .unwrap()
+            .items
             .iter()
             .any(|p| p.metadata.deletion_timestamp.is_some());
         if status.phase == Phase::PropagatingTrustRoots
@@ -1451,8 +1458,7 @@ async fn a_pending_pod_without_the_expanded_bundle_holds_back_an_automatic_issue
     let new_fingerprint = new_anchor.fingerprint.clone();
     let lifter = lift_holds_where(&rig.client, LATE, move |pod| {
         proxy_env(pod, "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS")
-            .and_then(|pem| trust_rotation_operator::bundle::Bundle::from_pem("env", &pem).ok())
-            .is_some_and(|b| b.fingerprints().any(|f| f == new_fingerprint))
+            .is_some_and(|pem| holds_anchor(&pem, &new_fingerprint))
     });
     let pods = Api::<Pod>::namespaced(rig.client.clone(), LATE);
     let mut named = None;
@@ -1632,14 +1638,12 @@ async fn a_restart_the_operator_may_not_do_is_named_in_status() {
                 .is_some_and(|a| a.contains_key("trust.linkerd.io/restarted-for-bundle"))
         }
     };
-    let since = Instant::now();
-    while !restarted("mesh-1").await {
-        assert!(
-            since.elapsed() < Duration::from_secs(30),
-            "mesh-1/app-0 was never restarted: the refused restart kept the only slot"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::eventually(
+        "mesh-1/app-0 restarted (the refused restart must not keep the only slot)",
+        Duration::from_secs(30),
+        || async { restarted("mesh-1").await.then_some(()) },
+    )
+    .await;
     assert!(!restarted("mesh-0").await);
     // Still held a few retries later, and said once; meanwhile the restarted workload's new
     // pods, holding the bundle, are counted.
