@@ -1498,6 +1498,127 @@ async fn a_pending_pod_without_the_expanded_bundle_holds_back_an_automatic_issue
     rig.assert_mesh_on(&new_anchor, 6).await;
 }
 
+/// The issuer Certificate's `Issuing` condition (status, reason) and its
+/// `failedIssuanceAttempts`, as cert-manager (here its stand-in) records them.
+async fn issuer_issuance(client: &kube::Client) -> (Option<(String, String)>, Option<u64>) {
+    use trust_rotation_operator::sim::certmanager::Certificate;
+    let cert = Api::<Certificate>::namespaced(client.clone(), "linkerd")
+        .get("linkerd-identity-issuer")
+        .await
+        .unwrap();
+    let status = cert.status.unwrap_or_default();
+    let issuing = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Issuing")
+        .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()));
+    (issuing, status.failed_issuance_attempts.map(u64::from))
+}
+
+/// cert-manager refuses the automatic issuer renewal (its approver denies every request for
+/// the issuer Certificate, as approver-policy does one no policy allows). The operator asks
+/// once; then it names cert-manager's reason in the status and waits out its own backoff,
+/// instead of setting `Issuing=True` again on every look: cert-manager's count of failures
+/// stays at one while the operator looks a dozen times. (Before, it asked on every look, and
+/// the count grew with each.) Once the cause is gone, the `cmctl renew` the status offers
+/// finishes the rotation, with zero failed handshakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_automatic_issuer_renewal_says_why_and_is_not_asked_again_at_once() {
+    use trust_rotation_operator::sim::certmanager::{Certificate, DENY_ANNOTATION};
+    let rig = Rig::start((1, 2, 1), automatic_spec(5), &[]).await;
+    let certificates = Api::<Certificate>::namespaced(rig.client.clone(), "linkerd");
+    let deny = |reason: Option<&str>| {
+        let certificates = certificates.clone();
+        let patch = json!({"metadata": {"annotations": {DENY_ANNOTATION: reason}}});
+        async move {
+            certificates
+                .patch(
+                    "linkerd-identity-issuer",
+                    &PatchParams::default(),
+                    &Patch::Merge(patch),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    deny(Some("no policy approved this request")).await;
+    let mut follow = Follow::new(&rig);
+    let new_anchor = rig.runbook().renew_anchor().await.unwrap();
+    let refused = loop {
+        let status = follow.status(&rig).await;
+        let message = status.blocking_message.unwrap_or_default();
+        if message
+            .contains("cert-manager failed to re-issue Certificate linkerd/linkerd-identity-issuer")
+        {
+            assert_eq!(status.phase, Phase::WaitingForIdentityRotation);
+            break message;
+        }
+        let (issuing, attempts) = issuer_issuance(&rig.client).await;
+        assert!(
+            attempts <= Some(1),
+            "asked again at once: {issuing:?}, {attempts:?} failures; {message}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eprintln!("[{:5.1}s] refused: {refused}", follow.secs());
+    for part in [
+        "(attempt 1): Denied: The certificate request has failed to complete and will be retried: no policy approved this request",
+        "the operator asks again at ",
+        "run: cmctl renew -n linkerd linkerd-identity-issuer",
+    ] {
+        assert!(refused.contains(part), "{part:?} in {refused}");
+    }
+    // Eight seconds: sixteen looks at the operator's 500 ms interval. Each request asked for
+    // would fail again and count.
+    let held = Instant::now();
+    while held.elapsed() < Duration::from_secs(8) {
+        let status = follow.status(&rig).await;
+        assert_eq!(status.phase, Phase::WaitingForIdentityRotation);
+        assert_eq!(status.blocking_message.as_deref(), Some(refused.as_str()));
+        let (issuing, attempts) = issuer_issuance(&rig.client).await;
+        assert_eq!(attempts, Some(1), "asked again: {issuing:?}");
+        assert_eq!(issuing.map(|(status, _)| status).as_deref(), Some("False"));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let warned: Vec<_> =
+        Api::<k8s_openapi::api::events::v1::Event>::namespaced(rig.client.clone(), "kube-system")
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("IssuerRenewalFailed"))
+            .collect();
+    assert_eq!(warned.len(), 1, "{warned:#?}");
+    assert_eq!(warned[0].type_.as_deref(), Some("Warning"));
+    assert!(warned[0].series.is_none(), "warned once: {warned:#?}");
+
+    // The cause gone, the person runs what the status offers; the rotation finishes.
+    deny(None).await;
+    let mut user = User::default();
+    let done = follow
+        .with_user_until_done(&rig, &mut user, &new_anchor)
+        .await;
+    assert_eq!(
+        user.actions,
+        ["WaitingForIdentityRotation: cmctl renew -n linkerd linkerd-identity-issuer"]
+    );
+    assert_eq!(done.blocking_message, None);
+    assert_eq!(
+        issuer_issuance(&rig.client).await.1,
+        None,
+        "a success clears the failures"
+    );
+    let t = rig.traffic();
+    eprintln!(
+        "rotation with the issuer renewal refused, then renewed by hand: {:.1}s; traffic: {t}",
+        follow.secs()
+    );
+    assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
+    follow.assert_traffic_throughout(&rig);
+    rig.assert_mesh_on(&new_anchor, 5).await;
+}
+
 /// An identity issuer renewed with its old key (`rotationPolicy: Never`, cert-manager's default
 /// before 1.18) while the anchor gets a new one: a leaf from the old issuer still verifies under
 /// the new issuer's key, but its chain (leaf, old issuer) does not verify under the new anchor.

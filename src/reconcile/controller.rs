@@ -783,12 +783,16 @@ async fn observe(
             .collect();
             let child = certs::der(&cert.pem).unwrap_or_default();
             let signed_by = certs::signer_of(&child, &candidates).map(|a| a.fingerprint.clone());
-            let issuing =
-                read_issuing && issuer_issuing(client, &n.issuer_certificate, cert.not_after).await;
+            let (issuing, failure) = if read_issuing {
+                issuer_issuance(client, &n.issuer_certificate, cert.not_after).await
+            } else {
+                (false, None)
+            };
             Ok(Issuer {
                 cert,
                 signed_by,
                 issuing,
+                failure,
             })
         }
         Err(p) => Err(p),
@@ -897,38 +901,66 @@ fn certificate_api(client: &Client, namespace: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), namespace, &ApiResource::from_gvk(&gvk))
 }
 
-/// Whether the issuer's renewal is under way: `Issuing=True`, or an issuance the Certificate
-/// records (`status.notAfter`) that the watched Secret, `cached_not_after`, does not show yet.
-/// cert-manager writes the Secret, then clears `Issuing`: a look between the two, from a
-/// Secret cache that lags, would otherwise read "not renewed, not issuing" and renew twice.
-/// One GET per look, in the accelerating phases only (no watch on cert-manager's
-/// Certificates, whose CRD may be missing).
-async fn issuer_issuing(
+/// The issuer Certificate's issuance, read with one GET per look in the accelerating phases
+/// only (no watch on cert-manager's Certificates, whose CRD may be missing): see
+/// [`issuance_of`].
+async fn issuer_issuance(
     client: &Client,
     (ns, name): &(String, String),
     cached_not_after: i64,
-) -> bool {
-    let cert = match certificate_api(client, ns).get_opt(name).await {
-        Ok(Some(cert)) => cert,
-        Ok(None) => return false,
+) -> (bool, Option<IssuanceFailure>) {
+    match certificate_api(client, ns).get_opt(name).await {
+        Ok(Some(cert)) => issuance_of(&cert.data["status"], cached_not_after),
+        Ok(None) => (false, None),
         Err(e) => {
-            // Read as "not issuing": the worst that follows is the automatic policy setting
-            // `Issuing=True` again, which is idempotent (and fails the same way if the API does).
+            // Read as "not issuing, no failure": the worst that follows is the automatic
+            // policy setting `Issuing=True` again, which is idempotent (and fails the same way
+            // if the API does).
             tracing::warn!(certificate = %format!("{ns}/{name}"), error = %e, "reading the issuer Certificate");
-            return false;
+            (false, None)
         }
+    }
+}
+
+/// From a Certificate's `status`: whether the issuer's renewal is under way, and cert-manager's
+/// record of its last failed issuance, if one stands.
+///
+/// Under way: `Issuing=True`, or an issuance the Certificate records (`notAfter`) that the
+/// watched Secret, `cached_not_after`, does not show yet. cert-manager writes the Secret, then
+/// clears `Issuing`: a look between the two, from a Secret cache that lags, would otherwise
+/// read "not renewed, not issuing" and renew twice.
+///
+/// Failed: `lastFailureTime`, which cert-manager sets on each failure and clears on success,
+/// with `failedIssuanceAttempts` and the reason and message of an `Issuing=False` condition.
+fn issuance_of(
+    status: &serde_json::Value,
+    cached_not_after: i64,
+) -> (bool, Option<IssuanceFailure>) {
+    let time = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+            .map(|t| t.as_second())
     };
-    let issuing = cert.data["status"]["conditions"]
+    let conditions = status["conditions"]
         .as_array()
-        .is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["type"] == "Issuing" && c["status"] == "True")
-        });
-    let issued_since = cert.data["status"]["notAfter"]
-        .as_str()
-        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
-        .is_some_and(|t| t.as_second() > cached_not_after);
-    issuing || issued_since
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let issuing_condition = conditions.iter().find(|c| c["type"] == "Issuing");
+    let issuing = issuing_condition.is_some_and(|c| c["status"] == "True");
+    let issued_since = time(&status["notAfter"]).is_some_and(|t| t > cached_not_after);
+    let text = |c: &serde_json::Value, field: &str| c[field].as_str().map(str::to_owned);
+    let failure = time(&status["lastFailureTime"]).map(|at| {
+        let failed_condition = issuing_condition.filter(|c| c["status"] == "False");
+        IssuanceFailure {
+            at,
+            attempts: status["failedIssuanceAttempts"]
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok()),
+            reason: failed_condition.and_then(|c| text(c, "reason")),
+            message: failed_condition.and_then(|c| text(c, "message")),
+        }
+    });
+    (issuing || issued_since, failure)
 }
 
 /// A StatefulSet's `rollingUpdate.partition`, 0 without one: replicas with a lower ordinal
@@ -1867,16 +1899,60 @@ mod tests {
         // The notAfter of the certificate last issued: 2026-11-26T00:00:00Z.
         let issued: i64 = 1_795_651_200;
         set_status(json!({"notAfter": "2026-11-26T00:00:00Z", "conditions": []})).await;
+        let issuing = |cached| {
+            let client = client.clone();
+            let name = name.clone();
+            async move { issuer_issuance(&client, &name, cached).await.0 }
+        };
+        assert!(!issuing(issued).await, "the Secret shows the last issuance");
         assert!(
-            !issuer_issuing(&client, &name, issued).await,
-            "the Secret shows the last issuance"
-        );
-        assert!(
-            issuer_issuing(&client, &name, issued - 3600).await,
+            issuing(issued - 3600).await,
             "the Secret shows an older certificate than the Certificate issued"
         );
         set_status(json!({"conditions": [{"type": "Issuing", "status": "True"}]})).await;
-        assert!(issuer_issuing(&client, &name, issued).await, "Issuing=True");
+        assert!(issuing(issued).await, "Issuing=True");
+        // A failure as cert-manager records it, read back through the API server.
+        set_status(json!({"lastFailureTime": "2026-11-24T10:00:00Z", "failedIssuanceAttempts": 2,
+            "conditions": [{"type": "Issuing", "status": "False", "reason": "Denied",
+                "message": "The certificate request has failed to complete and will be retried: no policy"}]}))
+        .await;
+        assert_eq!(
+            issuer_issuance(&client, &name, issued).await,
+            (
+                false,
+                Some(IssuanceFailure {
+                    at: 1_795_514_400,
+                    attempts: Some(2),
+                    reason: Some("Denied".to_owned()),
+                    message: Some(
+                        "The certificate request has failed to complete and will be retried: no policy"
+                            .to_owned()
+                    ),
+                })
+            )
+        );
+    }
+
+    /// cert-manager re-triggered after a failure: `Issuing=True` again, the failure still on
+    /// record (time and count, no reason: the condition now says Issuing); cert-manager before
+    /// 1.13 records no count.
+    #[test]
+    fn a_failure_is_read_from_whatever_status_cert_manager_left() {
+        let status = json!({"lastFailureTime": "2026-11-24T10:00:00Z",
+            "conditions": [{"type": "Issuing", "status": "True", "reason": "ManuallyTriggered"}]});
+        let (issuing, failure) = issuance_of(&status, 0);
+        assert!(issuing);
+        assert_eq!(
+            failure,
+            Some(IssuanceFailure {
+                at: 1_795_514_400,
+                attempts: None,
+                reason: None,
+                message: None
+            })
+        );
+        assert_eq!(issuance_of(&json!({}), 0), (false, None));
+        assert_eq!(issuance_of(&serde_json::Value::Null, 0), (false, None));
     }
 
     /// A watch task that ends (none should) is named, with how it ended: the reconciler then

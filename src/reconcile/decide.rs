@@ -779,6 +779,13 @@ fn sources(
     out
 }
 
+/// Unix seconds as RFC 3339 (`2026-11-24T09:30:00Z`), for messages.
+fn timestamp(unix: i64) -> String {
+    k8s_openapi::jiff::Timestamp::from_second(unix)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| format!("{unix} (unix seconds)"))
+}
+
 fn examples(keys: &[String]) -> String {
     if keys.is_empty() {
         return String::new();
@@ -1266,26 +1273,90 @@ impl<'a> Step<'a> {
             return self.finish(Requeue::Soon);
         }
         let (ns, name) = &self.names.issuer_certificate;
-        let message = match policies.issuer_renewal {
-            RenewalPolicy::Automatic => {
-                if !issuer.issuing {
+        // cert-manager's word on its last attempt, while it stands: a warning the first time
+        // it is seen, and in the message until an issuance succeeds.
+        let failed = issuer.failure.as_ref().map(|f| {
+            let attempt = f
+                .attempts
+                .map(|n| format!(" (attempt {n})"))
+                .unwrap_or_default();
+            let why = match (&f.reason, &f.message) {
+                (Some(reason), Some(message)) => format!("{reason}: {message}"),
+                (Some(text), None) | (None, Some(text)) => text.clone(),
+                (None, None) => "no reason recorded on the Certificate".to_owned(),
+            };
+            format!(
+                "cert-manager failed to re-issue Certificate {ns}/{name} at {}{attempt}: {why}",
+                timestamp(f.at)
+            )
+        });
+        if let Some(failed) = &failed {
+            let seen = self
+                .prev
+                .blocking_message
+                .as_deref()
+                .is_some_and(|m| m.contains(failed.as_str()));
+            if !seen {
+                self.event(true, "IssuerRenewalFailed", failed);
+            }
+        }
+        let cmctl = format!("cmctl renew -n {ns} {name}");
+        let mut message = if issuer.issuing {
+            // Under either policy: asked for (by the operator, a person or cert-manager's own
+            // retry), not done yet.
+            let mut waiting = format!(
+                "renewing the identity issuer: waiting for cert-manager to re-issue Certificate {ns}/{name} (Issuing=True) from the new anchor"
+            );
+            if let Some(failed) = &failed {
+                waiting.push_str(&format!("; its previous attempt: {failed}"));
+            }
+            waiting
+        } else {
+            match (policies.issuer_renewal, &issuer.failure) {
+                (RenewalPolicy::Automatic, Some(f)) if self.now < f.retry_at() => format!(
+                    "{}; the operator asks again at {}; to ask sooner, fix what cert-manager names and run: {cmctl}",
+                    failed.unwrap_or_default(),
+                    timestamp(f.retry_at())
+                ),
+                (RenewalPolicy::Automatic, _) => {
                     self.effects.push(Effect::RenewIssuer);
+                    let again = failed
+                        .as_ref()
+                        .map(|_| " again, its last attempt having failed")
+                        .unwrap_or_default();
                     self.event(
                         false,
                         "RenewingIssuer",
                         &format!(
-                            "set Issuing=True on Certificate {ns}/{name} (as cmctl renew does)"
+                            "set Issuing=True on Certificate {ns}/{name}{again} (as cmctl renew does)"
                         ),
                     );
+                    format!(
+                        "renewing the identity issuer: waiting for cert-manager to re-issue Certificate {ns}/{name} from the new anchor"
+                    )
                 }
-                format!(
-                    "renewing the identity issuer: waiting for cert-manager to re-issue Certificate {ns}/{name} from the new anchor"
-                )
+                (RenewalPolicy::Manual, _) => {
+                    let mut ask = format!(
+                        "the trust bundle has converged on every meshed pod; renew the identity issuer now: {cmctl}"
+                    );
+                    if let Some(failed) = &failed {
+                        ask.push_str(&format!("; {failed}"));
+                    }
+                    ask
+                }
             }
-            RenewalPolicy::Manual => format!(
-                "the trust bundle has converged on every meshed pod; renew the identity issuer now: cmctl renew -n {ns} {name}"
-            ),
         };
+        // Pods that started without the expanded bundle while the renewal was already under way
+        // (it could no longer be held back for them) reject the renewed issuer's leaves: they
+        // are restarted once it is in place, and named until then.
+        let lacking = workloads_lacking(observed.bundle_holders(), bundle);
+        if issuer.issuing && !lacking.is_empty() {
+            message.push_str(&format!(
+                "; {} meshed pod(s) started without the expanded trust bundle and will reject the renewed issuer's leaves until their workloads are restarted, which follows the renewal{}",
+                lacking.len(),
+                examples(&lacking)
+            ));
+        }
         self.next.blocking_message = Some(message);
         self.finish(Requeue::Soon)
     }

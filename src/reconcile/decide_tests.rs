@@ -56,6 +56,7 @@ fn issuer(signed_by: usize) -> Issuer {
         },
         signed_by: Some(fp(signed_by)),
         issuing: false,
+        failure: None,
     }
 }
 
@@ -1184,6 +1185,140 @@ fn converged_bundle_waits_for_the_issuer_or_renews_it() {
     o.issuer.as_mut().unwrap().issuing = true;
     let d = run(&automatic(), Phase::WaitingForIdentityRotation, &o);
     assert!(writes(&d).is_empty());
+}
+
+/// cert-manager's record of a failed issuance `at`, its `attempts`-th, denied by policy.
+fn failure(at: i64, attempts: u32) -> IssuanceFailure {
+    IssuanceFailure {
+        at,
+        attempts: Some(attempts),
+        reason: Some("Denied".to_owned()),
+        message: Some(
+            "The certificate request has failed to complete and will be retried: no policy approved this request"
+                .to_owned(),
+        ),
+    }
+}
+
+fn warnings<'d>(d: &'d Decision, reason_is: &str) -> Vec<&'d str> {
+    d.effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Event {
+                warning: true,
+                reason,
+                message,
+            } if reason == reason_is => Some(message.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The automatic renewal failed (cert-manager recorded `lastFailureTime` and `Issuing=False`):
+/// asking again on every look would bypass cert-manager's backoff and repeat a request that
+/// fails the same way. The operator says what cert-manager said, warns once, and asks again
+/// only after its own backoff (5 minutes after the first failure, doubling, at most an hour).
+#[test]
+fn a_failed_automatic_issuer_renewal_is_asked_again_only_after_a_backoff() {
+    let converged = World {
+        holds: vec![0, 1],
+        ..propagating()
+    };
+    let mut o = converged.observed();
+    o.issuer.as_mut().unwrap().failure = Some(failure(NOW - 60, 1));
+    let d = run(&automatic(), Phase::WaitingForIdentityRotation, &o);
+    assert_eq!(d.status.phase, Phase::WaitingForIdentityRotation);
+    assert!(writes(&d).is_empty(), "{:?}", d.effects);
+    let message = blocking(&d);
+    for part in [
+        "cert-manager failed to re-issue Certificate linkerd/linkerd-identity-issuer at 2027-01-15T07:59:00Z (attempt 1)",
+        "Denied: The certificate request has failed to complete and will be retried: no policy approved this request",
+        "the operator asks again at 2027-01-15T08:04:00Z",
+        "run: cmctl renew -n linkerd linkerd-identity-issuer",
+    ] {
+        assert!(message.contains(part), "{part:?} in {message}");
+    }
+    // Warned once: the next look, with this status, does not warn again.
+    assert_eq!(warnings(&d, "IssuerRenewalFailed").len(), 1);
+    let again = decide(&automatic(), &Names::default(), &d.status, &o);
+    assert!(warnings(&again, "IssuerRenewalFailed").is_empty());
+    assert_eq!(again.status, d.status);
+
+    // Its backoff out, the renewal is asked for again.
+    o.now = NOW - 60 + 300;
+    let d = run(&automatic(), Phase::WaitingForIdentityRotation, &o);
+    assert_eq!(writes(&d), [&Effect::RenewIssuer]);
+    // The third failure waits 20 minutes; the eighth, an hour.
+    for (attempts, wait) in [(3, 1200), (8, 3600)] {
+        o.issuer.as_mut().unwrap().failure = Some(failure(NOW, attempts));
+        o.now = NOW + wait - 1;
+        let d = run(&automatic(), Phase::WaitingForIdentityRotation, &o);
+        assert!(writes(&d).is_empty(), "attempt {attempts}");
+        o.now = NOW + wait;
+        let d = run(&automatic(), Phase::WaitingForIdentityRotation, &o);
+        assert_eq!(writes(&d), [&Effect::RenewIssuer], "attempt {attempts}");
+    }
+
+    // Asked again (by the operator, a person, or cert-manager's own retry): waiting for it,
+    // with the previous failure kept in view.
+    o.now = NOW;
+    o.issuer.as_mut().unwrap().issuing = true;
+    let d = run(&automatic(), Phase::WaitingForIdentityRotation, &o);
+    assert!(writes(&d).is_empty());
+    assert!(
+        blocking(&d).starts_with("renewing the identity issuer: waiting for cert-manager")
+            && blocking(&d).contains("its previous attempt: cert-manager failed"),
+        "{}",
+        blocking(&d)
+    );
+}
+
+/// Under the Manual policy the person who ran `cmctl renew` is told that it failed and why,
+/// beside the command to run again.
+#[test]
+fn a_failed_manual_issuer_renewal_is_named_beside_the_command() {
+    let converged = World {
+        holds: vec![0, 1],
+        ..propagating()
+    };
+    let mut o = converged.observed();
+    o.issuer.as_mut().unwrap().failure = Some(failure(NOW - 60, 2));
+    let d = run(&manual(), Phase::WaitingForIdentityRotation, &o);
+    assert!(writes(&d).is_empty());
+    assert!(
+        blocking(&d).contains("renew the identity issuer now: cmctl renew -n linkerd linkerd-identity-issuer; cert-manager failed to re-issue")
+            && blocking(&d).contains("(attempt 2): Denied: "),
+        "{}",
+        blocking(&d)
+    );
+    assert_eq!(warnings(&d, "IssuerRenewalFailed").len(), 1);
+}
+
+/// A renewal under way (under either policy) is not "renew now", and pods that started without
+/// the expanded bundle meanwhile are not "converged": they are named as what they are.
+#[test]
+fn a_renewal_under_way_is_not_asked_for_again_and_names_pods_without_the_bundle() {
+    let converged = World {
+        holds: vec![0, 1],
+        ..propagating()
+    };
+    let mut o = converged.observed();
+    o.issuer.as_mut().unwrap().issuing = true;
+    o.pods[2].anchors = Some(set(&[0]));
+    for policies in [manual(), automatic()] {
+        let d = run(&policies, Phase::WaitingForIdentityRotation, &o);
+        assert_eq!(d.status.phase, Phase::WaitingForIdentityRotation);
+        assert!(writes(&d).is_empty(), "{:?}", d.effects);
+        let message = blocking(&d);
+        assert!(!message.contains("converged"), "{message}");
+        assert!(!message.contains("cmctl renew"), "{message}");
+        assert!(
+            message.contains("(Issuing=True)")
+                && message.contains("1 meshed pod(s) started without the expanded trust bundle")
+                && message.contains("app-0/web-2"),
+            "{message}"
+        );
+    }
 }
 
 /// A pod injected before the control plane restarted and Pending since (unscheduled, pulling
@@ -2406,6 +2541,7 @@ fn issuing_is_read_only_where_the_reconciler_fetches_it() {
                 let idle = run(&policies, phase, &observed);
                 if let Ok(issuer) = &mut observed.issuer {
                     issuer.issuing = true;
+                    issuer.failure = Some(failure(NOW - 60, 1));
                 }
                 assert_eq!(
                     run(&policies, phase, &observed),

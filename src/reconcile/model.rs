@@ -41,6 +41,40 @@ pub struct Issuer {
     /// [`accelerating`] phases, which can renew the issuer or move to waiting for it, read it:
     /// the reconciler fetches it there alone, and it is `false` elsewhere.
     pub issuing: bool,
+    /// cert-manager's record of its last failed issuance of the issuer Certificate, while it
+    /// stands (the next success clears it). Read where `issuing` is, and `None` elsewhere.
+    pub failure: Option<IssuanceFailure>,
+}
+
+/// A failed issuance, as cert-manager records it on the Certificate: `status.lastFailureTime`,
+/// `status.failedIssuanceAttempts`, and the `Issuing=False` condition carrying the request's
+/// reason (`Failed`, `Denied`...) and message. cert-manager itself tries again only after an
+/// hour (doubling per further failure), unless `Issuing=True` is set again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuanceFailure {
+    /// Unix seconds.
+    pub at: i64,
+    /// Failures since the last success; `None` before cert-manager 1.13, which does not count.
+    pub attempts: Option<u32>,
+    /// The `Issuing=False` condition's reason and message, if the condition is there.
+    pub reason: Option<String>,
+    pub message: Option<String>,
+}
+
+/// After a failed issuance of the issuer, the automatic renewal asks again only this long
+/// after the failure, doubling with each further failure up to [`ISSUER_RETRY_MAX`]: asking on
+/// every look would bypass cert-manager's backoff and repeat a request that fails the same way
+/// (one denied by policy, one whose CA is broken) every few seconds.
+pub const ISSUER_RETRY_FIRST: Duration = Duration::from_secs(5 * 60);
+pub const ISSUER_RETRY_MAX: Duration = Duration::from_secs(60 * 60);
+
+impl IssuanceFailure {
+    /// When the automatic renewal asks again (unix seconds).
+    pub fn retry_at(&self) -> i64 {
+        let doublings = self.attempts.unwrap_or(1).saturating_sub(1).min(8);
+        let wait = (ISSUER_RETRY_FIRST.as_secs() << doublings).min(ISSUER_RETRY_MAX.as_secs());
+        self.at.saturating_add(wait as i64)
+    }
 }
 
 /// A workload that owns pods and can be restarted by a pod-template annotation.

@@ -37,6 +37,20 @@ const DEFAULT_RENEW_FRACTION: f64 = 1.0 / 3.0;
 /// How soon a Certificate whose issuer is not ready yet is looked at again.
 const RETRY_NOT_READY: Duration = Duration::from_millis(500);
 
+/// The stand-in's approver: while a Certificate carries this annotation, every request for it
+/// is denied with the annotation's value as the reason (what approver-policy does to a request
+/// no policy allows). cert-manager then records the failure on the Certificate: `Issuing=False`
+/// with the request's reason and message, `lastFailureTime`, `failedIssuanceAttempts`.
+pub const DENY_ANNOTATION: &str = "cert-manager-sim.trust.linkerd.io/deny-requests";
+
+/// cert-manager's wait after a failed issuance before it tries again by itself: an hour,
+/// doubling with each further failure, at most 32 hours. Setting `Issuing=True` (`cmctl
+/// renew`) does not wait.
+pub fn failure_backoff(attempts: u32) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(5);
+    Duration::from_secs(3600 << doublings)
+}
+
 /// The kind the stand-in controls.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(
@@ -97,6 +111,12 @@ pub struct CertificateStatus {
     pub renewal_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<i64>,
+    /// When the last issuance failed (RFC 3339); cleared by the next success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<String>,
+    /// Failed issuances since the last success (cert-manager 1.13+).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_issuance_attempts: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -321,6 +341,20 @@ pub fn decide(
                 .any(|c| c.type_ == "Issuing" && c.status == "True")
         })
         .unwrap_or(false);
+    // After a failure cert-manager waits out its backoff before it tries again by itself.
+    if !issuing {
+        let failed_at = status
+            .and_then(|s| s.last_failure_time.as_deref())
+            .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
+        if let Some(failed_at) = failed_at {
+            let attempts = status.and_then(|s| s.failed_issuance_attempts).unwrap_or(1);
+            let retry = failed_at + failure_backoff(attempts);
+            if now < retry {
+                let requeue = (retry - now).try_into().unwrap_or(Duration::ZERO);
+                return Decision::UpToDate { requeue };
+            }
+        }
+    }
     let Some(existing) = secret else {
         return Decision::Issue {
             reason: IssueReason::DoesNotExist,
@@ -459,6 +493,9 @@ async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Ctx>) -> Result<Action, Cert
         }
         Decision::Issue { reason, reuse_key } => (reason, reuse_key),
     };
+    if let Some(denial) = cert.annotations().get(DENY_ANNOTATION) {
+        return fail_issuance(&ctx.client, &cert, "Denied", denial).await;
+    }
 
     let pki_err = |source| CertManagerError::Pki {
         namespace: namespace.clone(),
@@ -555,14 +592,15 @@ async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Ctx>) -> Result<Action, Cert
         not_after: Some(rfc3339(not_after)),
         renewal_time: Some(rfc3339(renewal_time)),
         revision: Some(revision),
+        ..CertificateStatus::default()
     };
+    // A success clears the record of failures before it (explicit nulls: a merge patch).
+    let mut patch = json!({ "status": status });
+    patch["status"]["lastFailureTime"] = serde_json::Value::Null;
+    patch["status"]["failedIssuanceAttempts"] = serde_json::Value::Null;
     let certs: Api<Certificate> = Api::namespaced(ctx.client.clone(), &namespace);
     certs
-        .patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
         .await
         .map_err(kube_err(format!(
             "writing status of Certificate {namespace}/{name}"
@@ -575,6 +613,42 @@ async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Ctx>) -> Result<Action, Cert
     );
     let wait: Duration = (renewal_time - pki::now()).try_into().unwrap_or_default();
     Ok(Action::requeue(wait.max(Duration::from_millis(100))))
+}
+
+/// What cert-manager does when a request for `cert` fails (`reason` `Denied` or `Failed`):
+/// `Issuing=False` with the request's reason and message, the failure's time and count, and a
+/// warning; nothing is issued. It tries again by itself after [`failure_backoff`], or at once
+/// when `Issuing=True` is set again.
+async fn fail_issuance(
+    client: &Client,
+    cert: &Certificate,
+    reason: &str,
+    message: &str,
+) -> Result<Action, CertManagerError> {
+    let (namespace, name) = (cert.namespace().unwrap_or_default(), cert.name_any());
+    let status = cert.status.clone().unwrap_or_default();
+    let attempts = status.failed_issuance_attempts.unwrap_or(0) + 1;
+    let mut conditions = status.conditions;
+    conditions.retain(|c| c.type_ != "Issuing");
+    conditions.push(CmCondition {
+        type_: "Issuing".to_owned(),
+        status: "False".to_owned(),
+        reason: Some(reason.to_owned()),
+        message: Some(format!(
+            "The certificate request has failed to complete and will be retried: {message}"
+        )),
+        last_transition_time: Some(rfc3339(pki::now())),
+    });
+    let patch = json!({"status": {"conditions": conditions,
+        "lastFailureTime": rfc3339(pki::now()), "failedIssuanceAttempts": attempts}});
+    Api::<Certificate>::namespaced(client.clone(), &namespace)
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map_err(kube_err(format!(
+            "writing status of Certificate {namespace}/{name}"
+        )))?;
+    tracing::warn!(certificate = %format!("{namespace}/{name}"), reason, message, attempts, "cert-manager stand-in: issuance failed");
+    Ok(Action::requeue(failure_backoff(attempts)))
 }
 
 fn issuer_kind(r: &IssuerRef) -> &str {
@@ -798,6 +872,49 @@ mod tests {
                 reuse_key: false
             }
         );
+    }
+
+    /// After a failure cert-manager waits out its backoff (an hour, doubling per further
+    /// failure) before it tries again by itself; `Issuing=True` does not wait.
+    #[test]
+    fn a_failure_holds_issuance_for_the_backoff_unless_issuing_is_set() {
+        let now = pki::now();
+        let s = secret(now - Duration::from_secs(1));
+        let failed = |ago: u64, attempts: u32| CertificateStatus {
+            last_failure_time: Some(rfc3339(now - Duration::from_secs(ago))),
+            failed_issuance_attempts: Some(attempts),
+            ..Default::default()
+        };
+        let d = |status: &CertificateStatus| {
+            decide(
+                &spec(None),
+                Some(status),
+                Some(&s),
+                Duration::from_secs(60),
+                now,
+            )
+        };
+        assert!(
+            matches!(d(&failed(600, 1)), Decision::UpToDate { requeue } if requeue.as_secs() == 3000)
+        );
+        assert!(matches!(
+            d(&failed(3600, 1)),
+            Decision::Issue {
+                reason: IssueReason::Renewing,
+                ..
+            }
+        ));
+        assert!(matches!(d(&failed(3600, 2)), Decision::UpToDate { .. }));
+        assert_eq!(failure_backoff(9), Duration::from_secs(32 * 3600));
+        let mut manual = failed(600, 1);
+        manual.conditions = issuing().conditions;
+        assert!(matches!(
+            d(&manual),
+            Decision::Issue {
+                reason: IssueReason::ManuallyTriggered,
+                ..
+            }
+        ));
     }
 
     #[test]
