@@ -97,7 +97,7 @@ pub fn signer_of<'a>(issuer: &[u8], candidates: &[&'a Cert]) -> Option<&'a Cert>
 /// trusted by peers that still hold the old issuer's anchor.
 pub fn leaf_from(chain: &[Vec<u8>], issuer: &[u8]) -> Leaf {
     match chain {
-        [] => Leaf::Unreachable,
+        [] => Leaf::Unreachable("the proxy presented no certificate".to_owned()),
         [leaf, presented, ..] if presented.as_slice() == issuer && signed_by_der(leaf, issuer) => {
             Leaf::FromIssuer
         }
@@ -186,7 +186,7 @@ mod tests {
             leaf_from(std::slice::from_ref(&leaf), &new_issuer),
             Leaf::FromOtherIssuer
         );
-        assert_eq!(leaf_from(&[], &new_issuer), Leaf::Unreachable);
+        assert!(matches!(leaf_from(&[], &new_issuer), Leaf::Unreachable(_)));
         // A leaf of another key presented with the right certificate is not from the issuer.
         let stranger = leaf_template
             .signed_by(&leaf_key, &anchor, &anchor_key)

@@ -56,7 +56,7 @@ const CONTROL_PLANE_COMPONENT_LABEL: &str = "linkerd.io/control-plane-component"
 const PROXY_CONTAINER: &str = "linkerd-proxy";
 const TRUST_ANCHORS_ENV: &str = "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS";
 /// The proxy admin port, where a TLS handshake returns the live leaf chain.
-const ADMIN_PORT: u16 = 4191;
+const ADMIN_PORT: u16 = super::decide::PROXY_ADMIN_PORT;
 
 /// events.k8s.io limits `note` to 1 kB.
 const EVENT_NOTE_MAX_BYTES: usize = 1024;
@@ -1235,7 +1235,7 @@ async fn probe_leaves(config: &ReconcilerConfig, observed: &mut Observed) {
             let (client_config, issuer_der) = (client_config.clone(), issuer_der.clone());
             async move {
                 let Some(addr) = addr else {
-                    return (i, Leaf::Unreachable);
+                    return (i, Leaf::Unreachable("no pod IP yet".to_owned()));
                 };
                 let leaf = match crate::probe::probe_chain(
                     client_config,
@@ -1246,7 +1246,7 @@ async fn probe_leaves(config: &ReconcilerConfig, observed: &mut Observed) {
                 .await
                 {
                     Ok(chain) => certs::leaf_from(&chain, &issuer_der),
-                    Err(_) => Leaf::Unreachable,
+                    Err(e) => Leaf::Unreachable(e.to_string()),
                 };
                 (i, leaf)
             }
@@ -1693,6 +1693,102 @@ mod tests {
 
     fn owned_by(kind: &str, name: &str) -> serde_json::Value {
         json!({"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "u", "controller": true})
+    }
+
+    /// A proxy the probe cannot reach is unreachable, with what the probe met: no pod IP, a
+    /// refused connection, no TLS answer within the timeout (what a NetworkPolicy that drops
+    /// the operator's packets looks like). Real sockets on loopback.
+    #[tokio::test]
+    async fn an_unreachable_proxy_is_named_with_what_the_probe_met() {
+        use crate::sim::pki;
+        let key = pki::generate_key().unwrap();
+        let now = pki::now();
+        let issuer_der = pki::Template {
+            common_name: "identity.linkerd.cluster.local".to_owned(),
+            dns_names: vec![],
+            is_ca: true,
+            not_before: now,
+            not_after: now + Duration::from_secs(3600),
+        }
+        .self_signed(&key)
+        .unwrap();
+        let issuer = Cert {
+            fingerprint: crate::bundle::sha256_hex(&issuer_der),
+            pem: pki::to_pem(&issuer_der),
+            not_after: 0,
+        };
+        // A port nothing listens on, and one that accepts but never answers.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        let _accepting = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = silent.accept().await {
+                held.push(stream);
+            }
+        });
+        let pod = |name: &str, addr: Option<std::net::SocketAddr>| MeshedPod {
+            namespace: "app".to_owned(),
+            name: name.to_owned(),
+            control_plane: false,
+            ready: true,
+            anchors: None,
+            restarted_for: None,
+            max_refresh: None,
+            owner: Err(Unfixable::BarePod),
+            leaf: None,
+            addr,
+            identity: "default.app.serviceaccount.identity.linkerd.cluster.local".to_owned(),
+        };
+        let mut observed = Observed {
+            now: 0,
+            anchor: Err(Problem {
+                object: "-".to_owned(),
+                message: "-".to_owned(),
+            }),
+            previous: Ok(None),
+            bundle: Ok(None),
+            issuer: Ok(Issuer {
+                cert: issuer,
+                signed_by: None,
+                issuing: false,
+                failure: None,
+            }),
+            control_plane: vec![],
+            pods: vec![
+                pod("unscheduled", None),
+                pod("refused", Some(closed)),
+                pod("silent", Some(silent_addr)),
+            ],
+            starting: vec![],
+            draining: vec![],
+            restart_markers: BTreeMap::new(),
+            refused_restarts: BTreeSet::new(),
+            bundle_meta: BundleMeta::default(),
+        };
+        let config = ReconcilerConfig {
+            probe_timeout: Duration::from_millis(300),
+            ..ReconcilerConfig::default()
+        };
+        probe_leaves(&config, &mut observed).await;
+        let why: Vec<String> = observed
+            .pods
+            .iter()
+            .map(|p| match &p.leaf {
+                Some(Leaf::Unreachable(why)) => why.clone(),
+                other => panic!("{}: {other:?}", p.name),
+            })
+            .collect();
+        assert_eq!(why[0], "no pod IP yet");
+        assert!(
+            why[1].starts_with(&format!("{closed}: connecting: ")),
+            "{}",
+            why[1]
+        );
+        assert_eq!(why[2], format!("{silent_addr}: no answer within 300ms"));
     }
 
     /// What a look outside the accelerating phases observes in `stores`: nothing is asked of

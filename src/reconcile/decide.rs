@@ -28,6 +28,9 @@ pub const OUT_OF_ORDER_URGENT: &str = "URGENT: the identity issuer was renewed b
 /// The proxy's refresh cap, named in messages.
 const MAX_REFRESH_ENV: &str = crate::webhook::patch::MAX_REFRESH_ENV;
 
+/// The proxy's admin port, where the leaf probe asks for its chain (named in messages).
+pub const PROXY_ADMIN_PORT: u16 = 4191;
+
 /// How many example pod names a blocking message carries.
 const EXAMPLES: usize = 3;
 
@@ -570,14 +573,34 @@ pub fn decide(
                 (targets - pending.len()) as u32,
                 targets as u32,
             ));
+            // A proxy that does not answer the probe is not converged (its leaf is unknown),
+            // and no restart is asked for it: a refresh it cannot be seen to make would not be
+            // seen after a restart either. What the probe met is said, so the cause (a
+            // NetworkPolicy that keeps the operator off the admin port, say) can be read.
+            let unreachable: Vec<String> = observed
+                .pods
+                .iter()
+                .filter_map(|p| match &p.leaf {
+                    Some(Leaf::Unreachable(why)) => Some(format!("{}: {why}", p.key())),
+                    _ => None,
+                })
+                .collect();
             let waiting = (!pending.is_empty() || targets == 0).then(|| {
-                format!(
+                let mut waiting = format!(
                     "waiting for {} of {targets} proxies to present a leaf certificate from issuer {} (refresh interval {}){}",
                     pending.len(),
                     short(&issuer.cert.fingerprint),
                     policies.refresh_interval,
                     examples(&pending)
-                )
+                );
+                if !unreachable.is_empty() {
+                    waiting.push_str(&format!(
+                        "; {} of them did not answer the leaf probe on the proxy admin port {PROXY_ADMIN_PORT}, so their leaf cannot be checked (the operator must be able to reach it): {}",
+                        unreachable.len(),
+                        first_few(&unreachable)
+                    ));
+                }
+                waiting
             });
             // A proxy that does not refresh within the interval (it started before the interval
             // was published, or while the webhook was unreachable) would hold the rotation for

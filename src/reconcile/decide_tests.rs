@@ -1559,11 +1559,20 @@ fn unreachable_or_unprobed_pods_are_not_converged() {
     let w = issuer_renewed();
     let mut o = w.observed();
     every_leaf(&mut o, Leaf::FromIssuer);
-    o.pods[2].leaf = Some(Leaf::Unreachable);
+    o.pods[2].leaf = Some(Leaf::Unreachable(
+        "10.0.0.3:4191: no answer within 2s".to_owned(),
+    ));
     o.pods[3].leaf = None;
     let d = run(&manual(), Phase::RenewingWorkloadCerts, &o);
     assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts);
     assert!(writes(&d).is_empty());
+    // The unreachable one is told apart from those still waiting for their refresh, with the
+    // probe's own words: a NetworkPolicy in the way has a cause to read.
+    assert!(
+        blocking(&d).contains("; 1 of them did not answer the leaf probe on the proxy admin port 4191, so their leaf cannot be checked (the operator must be able to reach it): app-0/web-2: 10.0.0.3:4191: no answer within 2s"),
+        "{}",
+        blocking(&d)
+    );
 }
 
 /// Pods that started before the rotation published its interval (during the expanding

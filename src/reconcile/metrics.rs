@@ -257,7 +257,7 @@ impl ReconcileMetrics {
             let result = match pod.leaf {
                 Some(Leaf::FromIssuer) => ProbeValue::issuer,
                 Some(Leaf::FromOtherIssuer) => ProbeValue::other_issuer,
-                Some(Leaf::Unreachable) => ProbeValue::unreachable,
+                Some(Leaf::Unreachable(_)) => ProbeValue::unreachable,
                 None => continue,
             };
             self.probes.get_or_create(&ProbeLabels { result }).inc();
