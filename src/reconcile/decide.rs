@@ -177,8 +177,25 @@ pub fn decide(
 
     // Bootstrap: the previous anchor is the one the issuer chains to (the anchor in use), or
     // the current one; the bundle is every anchor that must be trusted.
+    //
+    // A Secret deleted mid-rotation is rebuilt as the status records it, from the anchor's
+    // copy in the bundle: after the issuer's renewal the anchor in use is the new one, and a
+    // previous anchor rebuilt from it would make the rotation forget it is under way (a
+    // bundle then written over would be restored without the old anchor, which leaves not yet
+    // refreshed still chain to).
     let Some(previous) = previous else {
-        let p = signer_cert.clone();
+        let recorded = status.previous_anchor_fingerprint.as_deref().and_then(|f| {
+            [&anchor, &signer_cert]
+                .into_iter()
+                .chain(bundle.iter().flatten())
+                .find(|c| c.fingerprint == f)
+        });
+        let (p, how) = match recorded {
+            Some(p) if p.fingerprint != signer_cert.fingerprint => {
+                (p.clone(), ", the previous anchor its status records")
+            }
+            _ => (signer_cert.clone(), ""),
+        };
         d.effects.push(Effect::WritePreviousAnchor {
             pem: p.pem.clone(),
             fingerprint: p.fingerprint.clone(),
@@ -187,7 +204,7 @@ pub fn decide(
             false,
             "BootstrappedPreviousAnchor",
             &format!(
-                "wrote the previous-anchor Secret {}/{} with anchor {}",
+                "wrote the previous-anchor Secret {}/{} with anchor {}{how}",
                 names.previous_anchor_secret.0,
                 names.previous_anchor_secret.1,
                 short(&p.fingerprint)

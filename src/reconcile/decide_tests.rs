@@ -317,6 +317,43 @@ fn bootstrap_writes_the_previous_anchor_from_the_anchor_in_use() {
     );
 }
 
+/// The previous-anchor Secret deleted after the issuer's renewal: the anchor in use is the new
+/// one, so rebuilding from it would make the rotation forget it is under way. It is rebuilt
+/// as the status records it, from the old anchor's copy in the bundle; the next look goes on
+/// with the rotation (and a bundle written over meanwhile would be grown back with the old
+/// anchor, never restored without it).
+#[test]
+fn a_previous_anchor_deleted_mid_rotation_is_rebuilt_as_the_status_records_it() {
+    let mut o = issuer_renewed().observed();
+    o.previous = Ok(None);
+    let mut status = in_phase(Phase::RenewingWorkloadCerts);
+    status.previous_anchor_fingerprint = Some(fp(0));
+    let d = decide(&automatic(), &Names::default(), &status, &o);
+    assert_eq!(
+        writes(&d),
+        [&Effect::WritePreviousAnchor {
+            pem: a(0).pem,
+            fingerprint: fp(0)
+        }]
+    );
+    assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts);
+    assert!(
+        d.effects
+            .iter()
+            .any(|e| matches!(e, Effect::Event { message, .. }
+        if message.ends_with(", the previous anchor its status records")))
+    );
+
+    // A record of no anchor at hand (nor of one), and the anchor in use it is.
+    for recorded in [Some("f".repeat(64)), None] {
+        status.previous_anchor_fingerprint = recorded;
+        let d = decide(&automatic(), &Names::default(), &status, &o);
+        assert!(
+            matches!(writes(&d)[..], [Effect::WritePreviousAnchor { fingerprint, .. }] if *fingerprint == fp(1))
+        );
+    }
+}
+
 #[test]
 fn bootstrap_writes_a_missing_bundle_with_every_anchor_in_use() {
     let w = World {
