@@ -23,7 +23,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use super::certs;
-use super::decide::{Names, OUT_OF_ORDER_URGENT, decide};
+use super::decide::{Names, OUT_OF_ORDER_CONDITION, OUT_OF_ORDER_URGENT, decide};
 use super::metrics::ReconcileMetrics;
 use super::model::*;
 use crate::crd::{
@@ -593,6 +593,23 @@ async fn reconcile_once(
                     )
                     .await
                     .unwrap_or_else(|e| tracing::warn!(error = %e, "publishing an event"));
+                // The held status raised what the look observed (`failed_step_status`): so
+                // does its event, which the next look, seeing the condition raised, would not.
+                for effect in &events {
+                    if let Effect::Event { reason, .. } = effect
+                        && reason == OUT_OF_ORDER_CONDITION
+                    {
+                        let _ = execute(
+                            client,
+                            config,
+                            recorder,
+                            &reference,
+                            effect,
+                            refused_restarts,
+                        )
+                        .await;
+                    }
+                }
             }
             return Err(error);
         }
@@ -648,6 +665,18 @@ fn failed_step_status(
     if decided.phase == previous.phase {
         held.trust_bundle = decided.trust_bundle.clone();
         held.workload_certificates = decided.workload_certificates.clone();
+    }
+    // An issuer renewed out of order is an observation, true whether or not the step's writes
+    // land: raised now, with the urgent prefix, not once the step goes through. (The bundle's
+    // contest is not: it counts restores, and this one did not happen.)
+    if let Some(out_of_order) = decided
+        .conditions
+        .iter()
+        .find(|c| c.type_ == OUT_OF_ORDER_CONDITION)
+    {
+        held.conditions
+            .retain(|c| c.type_ != OUT_OF_ORDER_CONDITION);
+        held.conditions.push(out_of_order.clone());
     }
     held
 }
@@ -2431,7 +2460,8 @@ mod tests {
     /// freeze the counts), but not across a transition that did not happen.
     #[test]
     fn a_failed_step_holds_the_phase_and_keeps_the_counts_of_its_phase() {
-        use crate::crd::{ConvergenceStatus, Phase};
+        use crate::crd::{ConditionStatus, ConvergenceStatus, Phase};
+        use crate::reconcile::decide::CONTESTED_CONDITION;
         let previous = TrustAnchorRotationStatus {
             phase: Phase::PropagatingTrustRoots,
             trust_bundle: Some(ConvergenceStatus::new(1, 4)),
@@ -2463,6 +2493,53 @@ mod tests {
         let held = failed_step_status(&previous, &moving_on, &error);
         assert_eq!(held.phase, Phase::PropagatingTrustRoots);
         assert_eq!(held.trust_bundle, Some(ConvergenceStatus::new(1, 4)));
+
+        // An issuer renewed out of order, first seen by a look whose step fails: the condition
+        // is raised with the urgent prefix, not held back with the step; the bundle's contest
+        // (its restores, this one not done) stays as it was.
+        let condition = |type_: &str, status| crate::crd::Condition {
+            type_: type_.to_owned(),
+            status,
+            reason: "r".to_owned(),
+            message: "m".to_owned(),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ),
+        };
+        let previous = TrustAnchorRotationStatus {
+            conditions: vec![
+                condition(OUT_OF_ORDER_CONDITION, ConditionStatus::False),
+                condition(CONTESTED_CONDITION, ConditionStatus::False),
+            ],
+            ..previous
+        };
+        let raised = TrustAnchorRotationStatus {
+            conditions: vec![
+                condition(OUT_OF_ORDER_CONDITION, ConditionStatus::True),
+                condition(CONTESTED_CONDITION, ConditionStatus::True),
+            ],
+            blocking_message: Some(format!("{OUT_OF_ORDER_URGENT}; restarting 1 workload")),
+            ..previous.clone()
+        };
+        let held = failed_step_status(&previous, &raised, &error);
+        let status_of = |type_: &str| {
+            held.conditions
+                .iter()
+                .find(|c| c.type_ == type_)
+                .map(|c| c.status)
+        };
+        assert_eq!(
+            status_of(OUT_OF_ORDER_CONDITION),
+            Some(ConditionStatus::True)
+        );
+        assert_eq!(status_of(CONTESTED_CONDITION), Some(ConditionStatus::False));
+        assert!(
+            held.blocking_message
+                .as_deref()
+                .unwrap()
+                .starts_with(&format!("{OUT_OF_ORDER_URGENT}; could not carry out")),
+            "{held:?}"
+        );
     }
 
     /// The reconciler's own write of the bundle, then a look whose ConfigMap watch has not
