@@ -1059,6 +1059,10 @@ pub trait Restartable: Resource<DynamicType = ()> + Clone {
     const KIND: &'static str;
     fn template(&self) -> Option<&PodTemplateSpec>;
     fn rollout_complete(&self) -> bool;
+    /// Why the rollout will not finish by itself, where the workload says so.
+    fn rollout_stalled(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Restartable for Deployment {
@@ -1075,6 +1079,19 @@ impl Restartable for Deployment {
             && st.updated_replicas.unwrap_or(0) == want
             && st.replicas.unwrap_or(0) == want
             && st.available_replicas.unwrap_or(0) == want
+    }
+    /// `Progressing=False`: the Deployment controller gave up waiting for the rollout after
+    /// `progressDeadlineSeconds` (reason `ProgressDeadlineExceeded`).
+    fn rollout_stalled(&self) -> Option<String> {
+        let conditions = self.status.as_ref()?.conditions.as_deref()?;
+        let c = conditions
+            .iter()
+            .find(|c| c.type_ == "Progressing" && c.status == "False")?;
+        Some(match (&c.reason, &c.message) {
+            (Some(reason), Some(message)) => format!("{reason}: {message}"),
+            (Some(text), None) | (None, Some(text)) => text.clone(),
+            (None, None) => "Progressing=False".to_owned(),
+        })
     }
 }
 
@@ -1130,6 +1147,7 @@ fn markers_of<K: Restartable>(
                     bundle,
                     issuer,
                     rollout_complete: w.rollout_complete(),
+                    stalled: w.rollout_stalled(),
                 },
             )
         })
@@ -1954,6 +1972,43 @@ mod tests {
         assert_eq!(names(&observed.pods), set(&["running", "sidecar-started"]));
         assert_eq!(names(&observed.starting), set(&["unscheduled"]));
         assert_eq!(names(&observed.draining), set(&["draining"]));
+    }
+
+    /// A Deployment whose new pods never become available (here no kubelet runs them) is
+    /// marked by the real Deployment controller `Progressing=False`, reason
+    /// `ProgressDeadlineExceeded`, once its `progressDeadlineSeconds` pass: that is read as a
+    /// rollout that will not finish by itself, with the controller's words.
+    #[tokio::test]
+    async fn a_rollout_past_its_progress_deadline_is_stalled() {
+        let cp = ControlPlane::start().await.expect("a local control plane");
+        let api = Api::<Deployment>::namespaced(cp.client(), "default");
+        let deployment: Deployment = object(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"replicas": 1, "progressDeadlineSeconds": 1,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "web", "image": "web"}]}}}}));
+        api.create(&PostParams::default(), &deployment)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let stalled = loop {
+            let d = api.get("web").await.unwrap();
+            assert!(!d.rollout_complete());
+            if let Some(why) = d.rollout_stalled() {
+                break why;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "never stalled: {:?}",
+                d.status
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(
+            stalled.starts_with("ProgressDeadlineExceeded: ") && stalled.contains("web"),
+            "{stalled}"
+        );
     }
 
     /// With a `rollingUpdate.partition`, the replicas below it never update: the rollout is

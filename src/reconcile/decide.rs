@@ -1080,7 +1080,12 @@ impl<'a> Step<'a> {
     fn rollouts_finished(&mut self, observed: &Observed, marker: &str) -> bool {
         let names: Vec<String> = observed
             .rolling_onto(marker_fingerprint(marker))
-            .map(|w| w.to_string())
+            .map(|w| match observed.restart_markers[w].stalled.as_deref() {
+                Some(why) => {
+                    format!("{w} (will not finish by itself, look at its new pods: {why})")
+                }
+                None => w.to_string(),
+            })
             .collect();
         if names.is_empty() {
             return true;
@@ -1204,6 +1209,32 @@ impl<'a> Step<'a> {
                     policies.max_concurrent_workloads,
                     candidates.len() - next.len()
                 ));
+                // Rollouts that take the slots are named, so a slow one has a name to look up;
+                // one its workload says will not finish is named with why.
+                let (stalled, rolling): (Vec<&Workload>, Vec<&Workload>) =
+                    in_progress.iter().partition(|w| {
+                        observed
+                            .restart_markers
+                            .get(*w)
+                            .is_some_and(|m| m.stalled.is_some())
+                    });
+                if !rolling.is_empty() {
+                    let list: Vec<String> = rolling.iter().map(|w| w.to_string()).collect();
+                    message.push_str(&format!("; rolling out: {}", first_few(&list)));
+                }
+                if !stalled.is_empty() {
+                    let list: Vec<String> = stalled
+                        .iter()
+                        .map(|w| {
+                            let why = observed.restart_markers[*w].stalled.as_deref();
+                            format!("{w} ({})", why.unwrap_or_default())
+                        })
+                        .collect();
+                    message.push_str(&format!(
+                        "; rollouts that will not finish by themselves, look at their new pods: {}",
+                        first_few(&list)
+                    ));
+                }
                 if !held.is_empty() {
                     let list: Vec<String> = held.iter().map(|w| w.to_string()).collect();
                     message.push_str(&format!(

@@ -833,6 +833,7 @@ fn a_restored_bundle_restarts_what_started_on_the_foreign_one() {
                 bundle: Some(before.clone()),
                 issuer: None,
                 rollout_complete: true,
+                stalled: None,
             },
         );
     }
@@ -1163,6 +1164,30 @@ fn automatic_propagation_restarts_paced_and_skips_unready_and_busy_workloads() {
     );
 }
 
+/// Rollouts in progress take the restart slots: they are named, and one its Deployment says
+/// will not finish by itself (`ProgressDeadlineExceeded`: new pods that never become
+/// available) is named with why, so a stalled propagation has a cause to read.
+#[test]
+fn rollouts_in_progress_are_named_and_a_stalled_one_says_why() {
+    let mut o = propagating().observed();
+    for ns in ["app-0", "app-1"] {
+        rolling(&mut o, web(ns), RestartFor::Bundle(bundle_fp(&[0, 1])));
+    }
+    o.restart_markers.get_mut(&web("app-1")).unwrap().stalled = Some(
+        r#"ProgressDeadlineExceeded: ReplicaSet "web-5d8f7c" has timed out progressing."#
+            .to_owned(),
+    );
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
+    assert!(writes(&d).is_empty(), "{:?}", d.effects);
+    assert!(
+        blocking(&d).ends_with(
+            r#"(2 in progress, 0 waiting); rolling out: deployment/app-0/web; rollouts that will not finish by themselves, look at their new pods: deployment/app-1/web (ProgressDeadlineExceeded: ReplicaSet "web-5d8f7c" has timed out progressing.)"#
+        ),
+        "{}",
+        blocking(&d)
+    );
+}
+
 /// Restarts the API server refused (RBAC bound in some namespaces only, a policy webhook)
 /// started no rollout: they are tried again on every look, but the workloads after them in the
 /// list still get the slots. (They once took every slot, for good, when there were as many of
@@ -1479,6 +1504,17 @@ fn a_restart_still_rolling_holds_the_phase_even_when_every_running_pod_converged
         "{}",
         blocking(&d)
     );
+    // One that will not finish by itself says why.
+    let mut stalled = o.clone();
+    for m in stalled.restart_markers.values_mut() {
+        m.stalled = Some("ProgressDeadlineExceeded: timed out".to_owned());
+    }
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &stalled);
+    assert!(
+        blocking(&d).contains("(e.g. statefulset/app-0/db (will not finish by itself, look at its new pods: ProgressDeadlineExceeded: timed out))"),
+        "{}",
+        blocking(&d)
+    );
     let d = run(&automatic(), Phase::RemovingOldTrustRoots, &{
         let mut o = World::reduced().observed();
         rolling(&mut o, web("app-1"), RestartFor::Bundle(bundle_fp(&[1])));
@@ -1732,6 +1768,7 @@ fn leaf_restarts_cover_pods_without_the_bundle_and_are_asked_for_once() {
             bundle: None,
             issuer: Some(issuer_fp.clone()),
             rollout_complete: true,
+            stalled: None,
         },
     );
     let d = run(&automatic(), Phase::RenewingWorkloadCerts, &o);

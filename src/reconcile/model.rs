@@ -343,6 +343,11 @@ pub struct RestartMarkers {
     pub issuer: Option<String>,
     /// `kubectl rollout status` would say complete.
     pub rollout_complete: bool,
+    /// The rollout will not finish by itself: a Deployment's `Progressing=False` condition
+    /// (reason `ProgressDeadlineExceeded`), with its message. Its new pods do not become
+    /// available (an image that cannot be pulled, a crash, a quota), which no further restart
+    /// changes.
+    pub stalled: Option<String>,
 }
 
 impl RestartMarkers {
