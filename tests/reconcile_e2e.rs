@@ -2001,6 +2001,105 @@ async fn sigkill_in_every_phase_resumes_without_an_extra_rollout() {
     rig.assert_mesh_on(&new_anchor, 5).await;
 }
 
+/// The operator installed without the right to list Pods (its ClusterRole edited down, say):
+/// its reconciler cannot sync its watch of Pods. The status says which watch fails and why,
+/// where `kubectl describe tar` shows it, instead of staying silent; once the permission is
+/// back the reconciler syncs, and its first decision replaces the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_the_operator_may_not_list_is_named_in_status() {
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    use trust_rotation_operator::reconcile::controller::HOLDING;
+    let cp = start_control_plane_with(trust_rotation_operator::testbed::Options {
+        plain_users: vec![OPERATOR_USER.to_owned()],
+        ..Default::default()
+    })
+    .await;
+    let client = cp.client();
+    install_crd(&client).await;
+    for ns in ["linkerd", "cert-manager"] {
+        Api::<Namespace>::all(client.clone())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    Api::<TrustAnchorRotation>::all(client.clone())
+        .patch(
+            "cluster",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(json!({"apiVersion": "trust.linkerd.io/v1alpha1",
+                "kind": "TrustAnchorRotation", "metadata": {"name": "cluster"}, "spec": {}})),
+        )
+        .await
+        .unwrap();
+    apply_rbac(&client, None).await;
+    let roles = Api::<ClusterRole>::all(client.clone());
+    let name = trust_rotation_operator::rbac::NAME;
+    let granted = roles.get(name).await.unwrap();
+    let mut without_pods = granted.clone();
+    for rule in without_pods.rules.iter_mut().flatten() {
+        if let Some(resources) = rule.resources.as_mut() {
+            resources.retain(|r| r != "pods");
+        }
+    }
+    roles
+        .replace(name, &PostParams::default(), &without_pods)
+        .await
+        .unwrap();
+
+    let args = replica_args("op-0", "15s");
+    let _op = start_operator(&cp.kubeconfig_for(OPERATOR_USER).unwrap(), &args).await;
+    let message = |status: Option<TrustAnchorRotationStatus>| {
+        status.and_then(|s| s.blocking_message).unwrap_or_default()
+    };
+    let started = Instant::now();
+    let holding = loop {
+        let said = message(rotation(&client).await.status);
+        if said.contains(HOLDING) {
+            break said;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the status never said the reconciler holds: {said:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("holding: {holding}");
+    assert!(
+        holding.starts_with("the reconciler holds: the watch of Pods labelled linkerd.io/control-plane-ns (listing failed: ")
+            && holding.contains(r#"User "operator" cannot list resource "pods""#)
+            && holding.ends_with("nothing is decided until it has listed again"),
+        "{holding}"
+    );
+
+    // The permission back: the reconciler syncs and decides (the rotation parks: there is no
+    // anchor), and that decision is what the status says.
+    let mut restored = granted;
+    restored.metadata.resource_version = None;
+    roles
+        .replace(name, &PostParams::default(), &restored)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let said = message(rotation(&client).await.status);
+        if !said.contains(HOLDING) {
+            assert!(
+                said.starts_with("parked: Secret cert-manager/linkerd-trust-anchor"),
+                "{said}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the reconciler never resumed: {said:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A control plane with the CRD, the `linkerd` namespace and the `cluster` rotation (which parks:
 /// there is no anchor), for the leader-election tests.
 async fn election_control_plane() -> ControlPlane {

@@ -422,16 +422,34 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
     };
     // A store is ready once its watch has listed; its wait fails only if the watch's task
     // ended, which `stopped` then names.
-    let synced = stores.rotation.wait_until_ready().await.is_ok()
-        && stores.bundle.wait_until_ready().await.is_ok()
-        && stores.pods.wait_until_ready().await.is_ok()
-        && stores.deployments.wait_until_ready().await.is_ok()
-        && stores.statefulsets.wait_until_ready().await.is_ok()
-        && stores.daemonsets.wait_until_ready().await.is_ok()
-        && futures::future::join_all(stores.secrets.iter().map(Store::wait_until_ready))
-            .await
-            .iter()
-            .all(Result::is_ok);
+    let synced = async {
+        stores.rotation.wait_until_ready().await.is_ok()
+            && stores.bundle.wait_until_ready().await.is_ok()
+            && stores.pods.wait_until_ready().await.is_ok()
+            && stores.deployments.wait_until_ready().await.is_ok()
+            && stores.statefulsets.wait_until_ready().await.is_ok()
+            && stores.daemonsets.wait_until_ready().await.is_ok()
+            && futures::future::join_all(stores.secrets.iter().map(Store::wait_until_ready))
+                .await
+                .iter()
+                .all(Result::is_ok)
+    };
+    tokio::pin!(synced);
+    // A watch that cannot list (a permission missing from the install, say) keeps the
+    // reconciler from starting: the status says which, rather than nothing at all.
+    let mut holding: Option<String> = None;
+    let synced = loop {
+        tokio::select! {
+            synced = &mut synced => break synced,
+            _ = tokio::time::sleep(config.active_interval) => {
+                let failing = watches.failing.describe();
+                if failing.is_some() && failing != holding {
+                    say_holding(&client, &config, failing.as_deref().unwrap_or_default()).await;
+                }
+                holding = failing;
+            }
+        }
+    };
     if !synced {
         let stopped = watches.stopped().await;
         tracing::error!("{stopped} before the reconciler synced; the reconciler stops");
@@ -443,16 +461,18 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
         instance: std::env::var("POD_NAME").unwrap_or_else(|_| MANAGER.to_owned()),
     };
     let mut memory = Memory::default();
-    let mut holding: Option<String> = None;
     loop {
         // A failed watch may have missed changes: nothing is decided from its cache until it has
         // listed again (the pods that hold the bundle, above all, must be the pods there are).
         let failing = watches.failing.describe();
         match (&failing, &holding) {
-            (Some(now), before) if before.as_ref() != Some(now) => tracing::warn!(
-                failing = %now,
-                "the reconciler holds: a failed watch may have missed changes; nothing is decided until it has listed again"
-            ),
+            (Some(now), before) if before.as_ref() != Some(now) => {
+                tracing::warn!(
+                    failing = %now,
+                    "the reconciler holds: a failed watch may have missed changes; nothing is decided until it has listed again"
+                );
+                say_holding(&client, &config, now).await;
+            }
             (None, Some(_)) => {
                 tracing::info!("every watch has listed again; the reconciler resumes")
             }
@@ -483,6 +503,50 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Leads the blockingMessage while the reconciler holds on a failed watch (after the urgent
+/// prefix, if the status carried one).
+pub const HOLDING: &str = "the reconciler holds: ";
+
+/// Says in the rotation's status that the reconciler holds on `failing` watches: the status it
+/// last wrote stays, phase and counts, with a blockingMessage naming the watches and their
+/// errors. Read with a GET (the rotation's own watch may be the one failing); a write that
+/// fails is logged, never a reason to stop. The next decision replaces the message.
+async fn say_holding(client: &Client, config: &ReconcilerConfig, failing: &str) {
+    let name = &config.rotation_name;
+    let rotation = match Api::<TrustAnchorRotation>::all(client.clone())
+        .get_opt(name)
+        .await
+    {
+        Ok(Some(rotation)) => rotation,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading TrustAnchorRotation {name} to say the reconciler holds");
+            return;
+        }
+    };
+    let mut status = rotation.status.clone().unwrap_or_default();
+    let urgent = status
+        .blocking_message
+        .as_deref()
+        .is_some_and(|m| m.starts_with(OUT_OF_ORDER_URGENT));
+    let message = format!(
+        "{}{HOLDING}{failing}; a failed watch may have missed changes, so nothing is decided until it has listed again",
+        if urgent {
+            format!("{OUT_OF_ORDER_URGENT}; ")
+        } else {
+            String::new()
+        }
+    );
+    if status.blocking_message.as_deref() == Some(message.as_str()) {
+        return;
+    }
+    status.blocking_message = Some(message);
+    let read_at = rotation.resource_version();
+    if let Err(e) = write_status(client, name, &status, read_at.as_deref()).await {
+        tracing::warn!(error = %e, "saying in the status that the reconciler holds");
     }
 }
 
@@ -528,7 +592,17 @@ async fn reconcile_once(
     let Some(rotation) = stores.rotation.get(&ObjectRef::new(&config.rotation_name)) else {
         return Ok(Requeue::Idle);
     };
-    let status = rotation.status.clone().unwrap_or_default();
+    let stored = rotation.status.clone().unwrap_or_default();
+    // The message of a hold now over is no input to the decision, which says anew what it
+    // waits for (or that it waits for nothing).
+    let mut status = stored.clone();
+    if status
+        .blocking_message
+        .as_deref()
+        .is_some_and(|m| m.contains(HOLDING))
+    {
+        status.blocking_message = None;
+    }
     tracing::Span::current().record("phase", status.phase.as_str());
     let policies = policies(&rotation.spec);
     let mut observed = observe(
@@ -578,8 +652,8 @@ async fn reconcile_once(
             let held = failed_step_status(&status, &decision.status, &error);
             metrics.record(&status, &held, &observed);
             // Said once per failure: a look that only counted pods anew writes no event.
-            let news = held.blocking_message != status.blocking_message;
-            if held != status
+            let news = held.blocking_message != stored.blocking_message;
+            if held != stored
                 && write_status(client, &config.rotation_name, &held, read_at).await?
                     == StatusWrite::Written
                 && news
@@ -614,7 +688,7 @@ async fn reconcile_once(
             return Err(error);
         }
     }
-    if decision.status != status {
+    if decision.status != stored {
         if write_status(client, &config.rotation_name, &decision.status, read_at).await?
             == StatusWrite::Stale
         {
