@@ -115,6 +115,14 @@ pub enum LeaseError {
     },
 }
 
+/// What one write of the Lease came to.
+enum Attempt {
+    /// Whether this replica holds the Lease after it.
+    Held(bool),
+    /// Refused with 409: the Lease changed since it was read.
+    Conflict,
+}
+
 #[derive(Clone)]
 pub struct Elector {
     api: Api<Lease>,
@@ -151,12 +159,36 @@ impl Elector {
         }
     }
 
-    /// One attempt: true when this replica holds the Lease afterwards. A lost race (409) is
-    /// simply "not leader".
+    /// One attempt: true when this replica holds the Lease afterwards.
+    ///
+    /// A write refused with 409 Conflict means the Lease changed between the read and the
+    /// write: another replica took it, or anyone else wrote it (an annotation, a label). So
+    /// the Lease is read again and the step decided once more: taken, it is "not leader";
+    /// still ours, it is renewed. (Stepping down on every conflict would stop a healthy leader
+    /// because someone labelled its Lease.)
     pub async fn try_lead(&self) -> Result<bool, LeaseError> {
+        match self.attempt(self.read().await?).await? {
+            Attempt::Conflict => match self.attempt(self.read().await?).await? {
+                Attempt::Held(held) => Ok(held),
+                Attempt::Conflict => Ok(false),
+            },
+            Attempt::Held(held) => Ok(held),
+        }
+    }
+
+    async fn read(&self) -> Result<Option<Lease>, LeaseError> {
+        self.api
+            .get_opt(&self.config.name)
+            .await
+            .map_err(self.err())
+    }
+
+    /// The step on the Lease as read (`None`: there is none yet), written with the
+    /// resourceVersion it was read at.
+    async fn attempt(&self, lease: Option<Lease>) -> Result<Attempt, LeaseError> {
         let now = Timestamp::now();
         let c = &self.config;
-        let Some(lease) = self.api.get_opt(&c.name).await.map_err(self.err())? else {
+        let Some(lease) = lease else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(c.name.clone()),
@@ -166,8 +198,8 @@ impl Elector {
                 spec: Some(self.spec(now, now, 0)),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                Ok(_) => Ok(Attempt::Held(true)),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::Conflict),
                 Err(e) => Err(self.err()(e)),
             };
         };
@@ -179,7 +211,7 @@ impl Elector {
             .unchanged_for(&state, std::time::Instant::now());
         let spec = lease.spec.clone().unwrap_or_default();
         let new_spec = match next_step(&state, &c.identity, unchanged_for) {
-            Step::Wait => return Ok(false),
+            Step::Wait => return Ok(Attempt::Held(false)),
             Step::Renew => self.spec(
                 spec.acquire_time.map_or(now, |t| t.0),
                 now,
@@ -195,8 +227,8 @@ impl Elector {
             .replace(&c.name, &PostParams::default(), &updated)
             .await
         {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Ok(_) => Ok(Attempt::Held(true)),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::Conflict),
             Err(e) => Err(self.err()(e)),
         }
     }
@@ -462,6 +494,57 @@ mod tests {
     /// A reconciler that returns while leading ends the election too (and the Lease is handed
     /// back when the process releases it), on the real API server: restarting it would hide a
     /// stopped part from the process that must report it.
+    /// A renewal refused with 409 Conflict because someone labelled the Lease between the
+    /// read and the write is a Lease still ours: read again, renewed. One refused because
+    /// another replica took it is not. Real API server; the stale read is handed in.
+    #[tokio::test]
+    async fn a_conflict_on_renewal_is_lost_only_if_the_lease_was_taken() {
+        let cp = crate::testbed::ControlPlane::start()
+            .await
+            .expect("a local control plane");
+        let client = cp.client();
+        let api = Api::<Lease>::namespaced(client.clone(), "default");
+        let config = LeaseConfig::new("default", "election", "a");
+        let a = Elector::new(client.clone(), config.clone());
+        assert!(a.try_lead().await.unwrap(), "a takes the free Lease");
+
+        let label = |value: &str| {
+            let api = api.clone();
+            let patch = serde_json::json!({"metadata": {"labels": {"touched": value}}});
+            async move {
+                api.patch(
+                    "election",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(patch),
+                )
+                .await
+                .unwrap();
+            }
+        };
+        let stale = a.read().await.unwrap();
+        label("1").await;
+        assert!(matches!(a.attempt(stale).await.unwrap(), Attempt::Conflict));
+        // What `try_lead` does with it: read again, still a's, renewed.
+        let before = api.get("election").await.unwrap();
+        let stale = a.read().await.unwrap();
+        label("2").await;
+        assert!(matches!(a.attempt(stale).await.unwrap(), Attempt::Conflict));
+        assert!(a.try_lead().await.unwrap(), "a renews after the conflict");
+        let after = api.get("election").await.unwrap().spec.unwrap();
+        assert_eq!(after.holder_identity.as_deref(), Some("a"));
+        assert!(after.renew_time > before.spec.unwrap().renew_time);
+
+        // Taken by b meanwhile (here written over, as an expired Lease is taken): lost.
+        let stale = a.read().await.unwrap();
+        let mut taken = api.get("election").await.unwrap();
+        taken.spec.as_mut().unwrap().holder_identity = Some("b".to_owned());
+        api.replace("election", &PostParams::default(), &taken)
+            .await
+            .unwrap();
+        assert!(matches!(a.attempt(stale).await.unwrap(), Attempt::Conflict));
+        assert!(!a.try_lead().await.unwrap(), "b holds it now");
+    }
+
     #[tokio::test]
     async fn a_lead_that_returns_ends_the_election() {
         let cp = crate::testbed::ControlPlane::start()
