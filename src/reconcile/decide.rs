@@ -433,6 +433,38 @@ pub fn decide(
                 );
                 return d.finish(Requeue::Soon);
             }
+            // Pods whose proxy does not trust the anchor in use (started from a manifest
+            // injected before the last rotation, say) reject every leaf of this mesh: it is not
+            // Synced for them. They are named, with a warning when first seen; restarting them
+            // is left to a person, as nothing is rotating. (Pods that lack only an anchor
+            // added to the bundle beside it, or whose anchors cannot be read, are counted, not
+            // named: the leaves in use chain to what they hold, or nothing is known.)
+            let in_use: BTreeSet<String> =
+                [anchor.fingerprint.clone(), signer_cert.fingerprint.clone()].into();
+            let lacking: Vec<String> = observed
+                .bundle_holders()
+                .filter(|p| !p.control_plane)
+                .filter(|p| p.anchors.as_ref().is_some_and(|a| !a.is_superset(&in_use)))
+                .map(|p| p.key())
+                .collect();
+            if !lacking.is_empty() {
+                const LACKING: &str = "do not trust the anchor in use";
+                let message = format!(
+                    "{} meshed pod(s) {LACKING} ({}): their proxies reject every leaf of the mesh until their workloads are restarted{}",
+                    lacking.len(),
+                    short(&anchor.fingerprint),
+                    examples(&lacking)
+                );
+                let seen = status
+                    .blocking_message
+                    .as_deref()
+                    .is_some_and(|m| m.contains(LACKING));
+                if !seen {
+                    d.event(true, "PodsLackTrustBundle", &message);
+                }
+                d.next.blocking_message = Some(message);
+                return d.finish(Requeue::Idle);
+            }
             d.next.blocking_message = None;
             d.finish(Requeue::Idle)
         }

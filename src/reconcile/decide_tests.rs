@@ -557,6 +557,32 @@ fn a_status_lost_mid_rotation_is_read_from_the_pods() {
     );
 }
 
+/// A pod that does not trust the anchor in use (started from a manifest injected before the
+/// last rotation) rejects every leaf of the mesh: Synced names it, with one warning, and
+/// writes nothing (nothing is rotating; the restart is a person's call).
+#[test]
+fn synced_names_pods_that_do_not_trust_the_anchor_in_use() {
+    let mut o = World::reduced().observed();
+    o.pods[1].anchors = Some(set(&[0]));
+    let d = run(&automatic(), Phase::Synced, &o);
+    assert_eq!((d.status.phase, d.requeue), (Phase::Synced, Requeue::Idle));
+    assert!(writes(&d).is_empty(), "{:?}", d.effects);
+    assert_eq!(
+        blocking(&d),
+        format!(
+            "1 meshed pod(s) do not trust the anchor in use ({}): their proxies reject every leaf of the mesh until their workloads are restarted (e.g. app-1/web-1)",
+            &fp(1)[..12]
+        )
+    );
+    assert_eq!(warnings(&d, "PodsLackTrustBundle").len(), 1);
+    let again = decide(&automatic(), &Names::default(), &d.status, &o);
+    assert!(warnings(&again, "PodsLackTrustBundle").is_empty());
+    // Restarted: the message goes.
+    o.pods[1].anchors = Some(set(&[1]));
+    let d = decide(&automatic(), &Names::default(), &again.status, &o);
+    assert_eq!(d.status.blocking_message, None);
+}
+
 fn contested(d: &Decision) -> Option<&Condition> {
     d.status
         .conditions
