@@ -244,6 +244,38 @@ async fn allow_restarts_in(client: &kube::Client, namespace: &str) {
         .unwrap();
 }
 
+/// Creates (or updates) the `cluster` rotation with this spec.
+async fn apply_rotation(client: &kube::Client, spec: serde_json::Value) {
+    Api::<TrustAnchorRotation>::all(client.clone())
+        .patch(
+            "cluster",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(json!({"apiVersion": "trust.linkerd.io/v1alpha1",
+                "kind": "TrustAnchorRotation", "metadata": {"name": "cluster"},
+                "spec": spec})),
+        )
+        .await
+        .unwrap();
+}
+
+/// A control plane that knows [`OPERATOR_USER`] (no RBAC for it yet), with the CRD and the
+/// `linkerd` and `cert-manager` namespaces.
+async fn control_plane_for_operator_user() -> (ControlPlane, kube::Client) {
+    let cp = start_control_plane_with(trust_rotation_operator::testbed::Options {
+        plain_users: vec![OPERATOR_USER.to_owned()],
+        ..Default::default()
+    })
+    .await;
+    let client = cp.client();
+    install_crd(&client).await;
+    for name in ["linkerd", "cert-manager"] {
+        trust_rotation_operator::sim::linkerd::namespace(&client, name, json!({}), json!({}))
+            .await
+            .unwrap();
+    }
+    (cp, client)
+}
+
 /// A control plane, a mesh with traffic running, the CRD with the `cluster` rotation, and the
 /// operator, bootstrapped to Synced.
 struct Rig {
@@ -288,16 +320,7 @@ impl Rig {
             .await
             .unwrap_or_else(|e| panic!("adding workloads: {e}"));
         install_crd(&client).await;
-        Api::<TrustAnchorRotation>::all(client.clone())
-            .patch(
-                "cluster",
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(json!({"apiVersion": "trust.linkerd.io/v1alpha1",
-                    "kind": "TrustAnchorRotation", "metadata": {"name": "cluster"},
-                    "spec": spec})),
-            )
-            .await
-            .unwrap();
+        apply_rotation(&client, spec).await;
         let op_args: Vec<String> = ["--reconcile-interval=500ms"]
             .iter()
             .chain(op_args)
@@ -1515,6 +1538,26 @@ async fn issuer_issuance(client: &kube::Client) -> (Option<(String, String)>, Op
     (issuing, status.failed_issuance_attempts.map(u64::from))
 }
 
+/// The operator's Events of `reason` on the `cluster` rotation (cluster-scoped: they are
+/// written in `kube-system`), asserted to be exactly one Warning.
+async fn warning_events(
+    client: &kube::Client,
+    reason: &str,
+) -> Vec<k8s_openapi::api::events::v1::Event> {
+    let events: Vec<_> =
+        Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), "kube-system")
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0].type_.as_deref(), Some("Warning"));
+    events
+}
+
 /// cert-manager refuses the automatic issuer renewal (its approver denies every request for
 /// the issuer Certificate, as approver-policy does one no policy allows). The operator asks
 /// once; then it names cert-manager's reason in the status and waits out its own backoff,
@@ -1580,17 +1623,7 @@ async fn a_refused_automatic_issuer_renewal_says_why_and_is_not_asked_again_at_o
         assert_eq!(issuing.map(|(status, _)| status).as_deref(), Some("False"));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let warned: Vec<_> =
-        Api::<k8s_openapi::api::events::v1::Event>::namespaced(rig.client.clone(), "kube-system")
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|e| e.reason.as_deref() == Some("IssuerRenewalFailed"))
-            .collect();
-    assert_eq!(warned.len(), 1, "{warned:#?}");
-    assert_eq!(warned[0].type_.as_deref(), Some("Warning"));
+    let warned = warning_events(&rig.client, "IssuerRenewalFailed").await;
     assert!(warned[0].series.is_none(), "warned once: {warned:#?}");
 
     // The cause gone, the person runs what the status offers; the rotation finishes.
@@ -1784,17 +1817,7 @@ async fn a_restart_the_operator_may_not_do_is_named_in_status() {
     let status = follow.status(&rig).await;
     assert_eq!(status.phase, Phase::PropagatingTrustRoots);
     assert_eq!(status.blocking_message.as_deref(), Some(message.as_str()));
-    let events: Vec<_> =
-        Api::<k8s_openapi::api::events::v1::Event>::namespaced(rig.client.clone(), "kube-system")
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|e| e.reason.as_deref() == Some("StepFailed"))
-            .collect();
-    assert_eq!(events.len(), 1, "{events:#?}");
-    assert_eq!(events[0].type_.as_deref(), Some("Warning"));
+    warning_events(&rig.client, "StepFailed").await;
 
     // Allowed: the rotation moves on and finishes.
     allow_restarts_in(&rig.client, "mesh-0").await;
@@ -2009,31 +2032,8 @@ async fn sigkill_in_every_phase_resumes_without_an_extra_rollout() {
 async fn a_watch_the_operator_may_not_list_is_named_in_status() {
     use k8s_openapi::api::rbac::v1::ClusterRole;
     use trust_rotation_operator::reconcile::controller::HOLDING;
-    let cp = start_control_plane_with(trust_rotation_operator::testbed::Options {
-        plain_users: vec![OPERATOR_USER.to_owned()],
-        ..Default::default()
-    })
-    .await;
-    let client = cp.client();
-    install_crd(&client).await;
-    for ns in ["linkerd", "cert-manager"] {
-        Api::<Namespace>::all(client.clone())
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-            )
-            .await
-            .unwrap();
-    }
-    Api::<TrustAnchorRotation>::all(client.clone())
-        .patch(
-            "cluster",
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(json!({"apiVersion": "trust.linkerd.io/v1alpha1",
-                "kind": "TrustAnchorRotation", "metadata": {"name": "cluster"}, "spec": {}})),
-        )
-        .await
-        .unwrap();
+    let (cp, client) = control_plane_for_operator_user().await;
+    apply_rotation(&client, json!({})).await;
     apply_rbac(&client, None).await;
     let roles = Api::<ClusterRole>::all(client.clone());
     let name = trust_rotation_operator::rbac::NAME;
@@ -2113,15 +2113,7 @@ async fn election_control_plane() -> ControlPlane {
         )
         .await
         .unwrap();
-    Api::<TrustAnchorRotation>::all(client.clone())
-        .patch(
-            "cluster",
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(json!({"apiVersion": "trust.linkerd.io/v1alpha1",
-                "kind": "TrustAnchorRotation", "metadata": {"name": "cluster"}, "spec": {}})),
-        )
-        .await
-        .unwrap();
+    apply_rotation(&client, json!({})).await;
     cp
 }
 
@@ -2521,18 +2513,7 @@ async fn a_bundle_rewritten_by_others_is_restored_and_who_keeps_writing_it_is_na
 /// them by resource, and starts on its own once they are granted: nothing to restart by hand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_without_its_permissions_names_the_refused_watches_and_starts_once_granted() {
-    let cp = start_control_plane_with(trust_rotation_operator::testbed::Options {
-        plain_users: vec![OPERATOR_USER.to_owned()],
-        ..Default::default()
-    })
-    .await;
-    let client = cp.client();
-    install_crd(&client).await;
-    for name in ["linkerd", "cert-manager"] {
-        trust_rotation_operator::sim::linkerd::namespace(&client, name, json!({}), json!({}))
-            .await
-            .unwrap();
-    }
+    let (cp, client) = control_plane_for_operator_user().await;
     // Without leader election, so that the reconciler's own watches start (with it, the
     // reconciler waits for the Lease, whose refusal the elector logs).
     let mut op = Operator::start_as(

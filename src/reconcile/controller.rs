@@ -23,7 +23,9 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use super::certs;
-use super::decide::{Names, OUT_OF_ORDER_CONDITION, OUT_OF_ORDER_URGENT, decide};
+use super::decide::{
+    Names, OUT_OF_ORDER_CONDITION, OUT_OF_ORDER_URGENT, decide, reason_and_message,
+};
 use super::metrics::ReconcileMetrics;
 use super::model::*;
 use crate::crd::{
@@ -669,20 +671,19 @@ async fn reconcile_once(
                     .unwrap_or_else(|e| tracing::warn!(error = %e, "publishing an event"));
                 // The held status raised what the look observed (`failed_step_status`): so
                 // does its event, which the next look, seeing the condition raised, would not.
-                for effect in &events {
-                    if let Effect::Event { reason, .. } = effect
-                        && reason == OUT_OF_ORDER_CONDITION
-                    {
-                        let _ = execute(
-                            client,
-                            config,
-                            recorder,
-                            &reference,
-                            effect,
-                            refused_restarts,
-                        )
-                        .await;
-                    }
+                let raised = events.iter().filter_map(|e| match e {
+                    Effect::Event {
+                        warning,
+                        reason,
+                        message,
+                    } if reason == OUT_OF_ORDER_CONDITION => Some((*warning, reason, message)),
+                    _ => None,
+                });
+                for (warning, reason, message) in raised {
+                    recorder
+                        .publish(&reference, warning, reason, message)
+                        .await
+                        .unwrap_or_else(|e| tracing::warn!(error = %e, "publishing an event"));
                 }
             }
             return Err(error);
@@ -1161,11 +1162,11 @@ impl Restartable for Deployment {
         let c = conditions
             .iter()
             .find(|c| c.type_ == "Progressing" && c.status == "False")?;
-        Some(match (&c.reason, &c.message) {
-            (Some(reason), Some(message)) => format!("{reason}: {message}"),
-            (Some(text), None) | (None, Some(text)) => text.clone(),
-            (None, None) => "Progressing=False".to_owned(),
-        })
+        Some(reason_and_message(
+            c.reason.as_deref(),
+            c.message.as_deref(),
+            "Progressing=False",
+        ))
     }
 }
 

@@ -851,6 +851,16 @@ fn sources(
     out
 }
 
+/// A Kubernetes condition's `reason: message`, either alone if the other is missing, or
+/// `neither` without both.
+pub fn reason_and_message(reason: Option<&str>, message: Option<&str>, neither: &str) -> String {
+    match (reason, message) {
+        (Some(reason), Some(message)) => format!("{reason}: {message}"),
+        (Some(text), None) | (None, Some(text)) => text.to_owned(),
+        (None, None) => neither.to_owned(),
+    }
+}
+
 /// Unix seconds as RFC 3339 (`2026-11-24T09:30:00Z`), for messages.
 fn timestamp(unix: i64) -> String {
     k8s_openapi::jiff::Timestamp::from_second(unix)
@@ -1383,11 +1393,11 @@ impl<'a> Step<'a> {
                 .attempts
                 .map(|n| format!(" (attempt {n})"))
                 .unwrap_or_default();
-            let why = match (&f.reason, &f.message) {
-                (Some(reason), Some(message)) => format!("{reason}: {message}"),
-                (Some(text), None) | (None, Some(text)) => text.clone(),
-                (None, None) => "no reason recorded on the Certificate".to_owned(),
-            };
+            let why = reason_and_message(
+                f.reason.as_deref(),
+                f.message.as_deref(),
+                "no reason recorded on the Certificate",
+            );
             format!(
                 "cert-manager failed to re-issue Certificate {ns}/{name} at {}{attempt}: {why}",
                 timestamp(f.at)

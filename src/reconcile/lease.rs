@@ -491,9 +491,6 @@ mod tests {
         election.abort();
     }
 
-    /// A reconciler that returns while leading ends the election too (and the Lease is handed
-    /// back when the process releases it), on the real API server: restarting it would hide a
-    /// stopped part from the process that must report it.
     /// A renewal refused with 409 Conflict because someone labelled the Lease between the
     /// read and the write is a Lease still ours: read again, renewed. One refused because
     /// another replica took it is not. Real API server; the stale read is handed in.
@@ -545,6 +542,9 @@ mod tests {
         assert!(!a.try_lead().await.unwrap(), "b holds it now");
     }
 
+    /// A reconciler that returns while leading ends the election too (and the Lease is handed
+    /// back when the process releases it), on the real API server: restarting it would hide a
+    /// stopped part from the process that must report it.
     #[tokio::test]
     async fn a_lead_that_returns_ends_the_election() {
         let cp = crate::testbed::ControlPlane::start()
