@@ -444,11 +444,7 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
         tokio::select! {
             synced = &mut synced => break synced,
             _ = tokio::time::sleep(config.active_interval) => {
-                let failing = watches.failing.describe();
-                if failing.is_some() && failing != holding {
-                    say_holding(&client, &config, failing.as_deref().unwrap_or_default()).await;
-                }
-                holding = failing;
+                track_holding(&client, &config, watches.failing.describe(), &mut holding).await;
             }
         }
     };
@@ -466,21 +462,7 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
     loop {
         // A failed watch may have missed changes: nothing is decided from its cache until it has
         // listed again (the pods that hold the bundle, above all, must be the pods there are).
-        let failing = watches.failing.describe();
-        match (&failing, &holding) {
-            (Some(now), before) if before.as_ref() != Some(now) => {
-                tracing::warn!(
-                    failing = %now,
-                    "the reconciler holds: a failed watch may have missed changes; nothing is decided until it has listed again"
-                );
-                say_holding(&client, &config, now).await;
-            }
-            (None, Some(_)) => {
-                tracing::info!("every watch has listed again; the reconciler resumes")
-            }
-            _ => {}
-        }
-        holding = failing;
+        track_holding(&client, &config, watches.failing.describe(), &mut holding).await;
         let interval = if holding.is_some() {
             // The watch's list, once in, wakes us.
             config.active_interval
@@ -508,6 +490,28 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
     }
 }
 
+/// Says (in the log, and in the status with [`say_holding`]) when the `failing` watches
+/// change from what the reconciler was `holding` on, which it then records.
+async fn track_holding(
+    client: &Client,
+    config: &ReconcilerConfig,
+    failing: Option<String>,
+    holding: &mut Option<String>,
+) {
+    match (&failing, &*holding) {
+        (Some(now), before) if before.as_ref() != Some(now) => {
+            tracing::warn!(
+                failing = %now,
+                "the reconciler holds: a failed watch may have missed changes; nothing is decided until it has listed again"
+            );
+            say_holding(client, config, now).await;
+        }
+        (None, Some(_)) => tracing::info!("every watch has listed again; the reconciler resumes"),
+        _ => {}
+    }
+    *holding = failing;
+}
+
 /// Leads the blockingMessage while the reconciler holds on a failed watch (after the urgent
 /// prefix, if the status carried one).
 pub const HOLDING: &str = "the reconciler holds: ";
@@ -530,17 +534,9 @@ async fn say_holding(client: &Client, config: &ReconcilerConfig, failing: &str) 
         }
     };
     let mut status = rotation.status.clone().unwrap_or_default();
-    let urgent = status
-        .blocking_message
-        .as_deref()
-        .is_some_and(|m| m.starts_with(OUT_OF_ORDER_URGENT));
     let message = format!(
         "{}{HOLDING}{failing}; a failed watch may have missed changes, so nothing is decided until it has listed again",
-        if urgent {
-            format!("{OUT_OF_ORDER_URGENT}; ")
-        } else {
-            String::new()
-        }
+        urgent_prefix(&status)
     );
     if status.blocking_message.as_deref() == Some(message.as_str()) {
         return;
@@ -660,15 +656,7 @@ async fn reconcile_once(
                     == StatusWrite::Written
                 && news
             {
-                recorder
-                    .publish(
-                        &reference,
-                        true,
-                        "StepFailed",
-                        held.blocking_message.as_deref().unwrap_or_default(),
-                    )
-                    .await
-                    .unwrap_or_else(|e| tracing::warn!(error = %e, "publishing an event"));
+                let failed = held.blocking_message.as_deref().unwrap_or_default();
                 // The held status raised what the look observed (`failed_step_status`): so
                 // does its event, which the next look, seeing the condition raised, would not.
                 let raised = events.iter().filter_map(|e| match e {
@@ -676,10 +664,14 @@ async fn reconcile_once(
                         warning,
                         reason,
                         message,
-                    } if reason == OUT_OF_ORDER_CONDITION => Some((*warning, reason, message)),
+                    } if reason == OUT_OF_ORDER_CONDITION => {
+                        Some((*warning, reason.as_str(), message.as_str()))
+                    }
                     _ => None,
                 });
-                for (warning, reason, message) in raised {
+                for (warning, reason, message) in
+                    std::iter::once((true, "StepFailed", failed)).chain(raised)
+                {
                     recorder
                         .publish(&reference, warning, reason, message)
                         .await
@@ -721,15 +713,10 @@ fn failed_step_status(
     decided: &TrustAnchorRotationStatus,
     error: &ReconcileError,
 ) -> TrustAnchorRotationStatus {
-    let urgent = decided
-        .blocking_message
-        .as_deref()
-        .filter(|m| m.starts_with(OUT_OF_ORDER_URGENT))
-        .map(|_| format!("{OUT_OF_ORDER_URGENT}; "))
-        .unwrap_or_default();
     let mut held = TrustAnchorRotationStatus {
         blocking_message: Some(format!(
-            "{urgent}could not carry out the next step, retrying: {}",
+            "{}could not carry out the next step, retrying: {}",
+            urgent_prefix(decided),
             error.brief()
         )),
         ..previous.clone()
@@ -754,6 +741,15 @@ fn failed_step_status(
         held.conditions.push(out_of_order.clone());
     }
     held
+}
+
+/// `URGENT: ...; ` when `status`'s blockingMessage leads with it, for a message that replaces
+/// the rest; else nothing.
+fn urgent_prefix(status: &TrustAnchorRotationStatus) -> String {
+    match status.blocking_message.as_deref() {
+        Some(m) if m.starts_with(OUT_OF_ORDER_URGENT) => format!("{OUT_OF_ORDER_URGENT}; "),
+        _ => String::new(),
+    }
 }
 
 /// Who wrote the bundle's `key` over the operator's last write of the ConfigMap (see

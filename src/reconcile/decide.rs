@@ -390,6 +390,7 @@ pub fn decide(
         issuer: &issuer,
         observed,
         bundle: &bundle_set,
+        lacking: &lacking_bundle,
     };
     match status.phase {
         Phase::Synced => {
@@ -894,6 +895,8 @@ struct IssuerRenewal<'a> {
     observed: &'a Observed,
     /// The bundle in place: pods draining without it hold the renewal back.
     bundle: &'a BTreeSet<String>,
+    /// The workload pods (running or starting) without every anchor of it.
+    lacking: &'a [String],
 }
 
 /// The decision being built.
@@ -1122,7 +1125,7 @@ impl<'a> Step<'a> {
     fn rollouts_finished(&mut self, observed: &Observed, marker: &str) -> bool {
         let names: Vec<String> = observed
             .rolling_onto(marker_fingerprint(marker))
-            .map(|w| match observed.restart_markers[w].stalled.as_deref() {
+            .map(|w| match observed.stalled(w) {
                 Some(why) => {
                     format!("{w} (will not finish by itself, look at its new pods: {why})")
                 }
@@ -1253,28 +1256,20 @@ impl<'a> Step<'a> {
                 ));
                 // Rollouts that take the slots are named, so a slow one has a name to look up;
                 // one its workload says will not finish is named with why.
-                let (stalled, rolling): (Vec<&Workload>, Vec<&Workload>) =
-                    in_progress.iter().partition(|w| {
-                        observed
-                            .restart_markers
-                            .get(*w)
-                            .is_some_and(|m| m.stalled.is_some())
-                    });
+                let (mut rolling, mut stalled) = (Vec::new(), Vec::new());
+                for w in &in_progress {
+                    match observed.stalled(w) {
+                        Some(why) => stalled.push(format!("{w} ({why})")),
+                        None => rolling.push(w.to_string()),
+                    }
+                }
                 if !rolling.is_empty() {
-                    let list: Vec<String> = rolling.iter().map(|w| w.to_string()).collect();
-                    message.push_str(&format!("; rolling out: {}", first_few(&list)));
+                    message.push_str(&format!("; rolling out: {}", first_few(&rolling)));
                 }
                 if !stalled.is_empty() {
-                    let list: Vec<String> = stalled
-                        .iter()
-                        .map(|w| {
-                            let why = observed.restart_markers[*w].stalled.as_deref();
-                            format!("{w} ({})", why.unwrap_or_default())
-                        })
-                        .collect();
                     message.push_str(&format!(
                         "; rollouts that will not finish by themselves, look at their new pods: {}",
-                        first_few(&list)
+                        first_few(&stalled)
                     ));
                 }
                 if !held.is_empty() {
@@ -1362,6 +1357,7 @@ impl<'a> Step<'a> {
             issuer,
             observed,
             bundle,
+            lacking,
         } = *renewal;
         if issuer.signed_by.as_deref() == Some(anchor.fingerprint.as_str()) {
             self.transition(
@@ -1462,12 +1458,11 @@ impl<'a> Step<'a> {
         // Pods that started without the expanded bundle while the renewal was already under way
         // (it could no longer be held back for them) reject the renewed issuer's leaves: they
         // are restarted once it is in place, and named until then.
-        let lacking = workloads_lacking(observed.bundle_holders(), bundle);
         if issuer.issuing && !lacking.is_empty() {
             message.push_str(&format!(
                 "; {} meshed pod(s) started without the expanded trust bundle and will reject the renewed issuer's leaves until their workloads are restarted, which follows the renewal{}",
                 lacking.len(),
-                examples(&lacking)
+                examples(lacking)
             ));
         }
         self.next.blocking_message = Some(message);

@@ -167,13 +167,12 @@ impl Elector {
     /// still ours, it is renewed. (Stepping down on every conflict would stop a healthy leader
     /// because someone labelled its Lease.)
     pub async fn try_lead(&self) -> Result<bool, LeaseError> {
-        match self.attempt(self.read().await?).await? {
-            Attempt::Conflict => match self.attempt(self.read().await?).await? {
-                Attempt::Held(held) => Ok(held),
-                Attempt::Conflict => Ok(false),
-            },
-            Attempt::Held(held) => Ok(held),
+        for _ in 0..2 {
+            if let Attempt::Held(held) = self.attempt(self.read().await?).await? {
+                return Ok(held);
+            }
         }
+        Ok(false)
     }
 
     async fn read(&self) -> Result<Option<Lease>, LeaseError> {

@@ -307,6 +307,11 @@ impl Observed {
         })
     }
 
+    /// Why `workload`'s rollout will not finish by itself, if its workload says so.
+    pub fn stalled(&self, workload: &Workload) -> Option<&str> {
+        self.restart_markers.get(workload)?.stalled.as_deref()
+    }
+
     /// Workloads restarted for `restart_for` whose rollout is not complete.
     pub fn rolling<'a>(
         &'a self,
