@@ -191,6 +191,30 @@ pub struct RbacArgs {
     /// The leader-election Lease in the operator's namespace (as `run --lease-name`).
     #[arg(long, default_value = "trust-rotation-operator")]
     pub lease_name: String,
+    /// Let the operator restart workloads in this namespace only (repeat for more): a
+    /// RoleBinding there instead of the cluster-wide binding. Without it, everywhere. The
+    /// control plane's restarts in the Linkerd namespace are allowed either way.
+    #[arg(long = "restart-namespace", value_name = "NAMESPACE", value_parser = namespace_name)]
+    pub restart_namespaces: Vec<String>,
+}
+
+/// A namespace name as Kubernetes accepts it (an RFC 1123 label), so that a typo is refused
+/// here rather than by the API server halfway through an apply.
+fn namespace_name(name: &str) -> Result<String, String> {
+    let valid = (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "{name:?} is not a namespace name (at most 63 characters: lowercase letters, digits \
+             and '-', starting and ending with a letter or digit)"
+        ))
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -332,6 +356,8 @@ pub async fn operator(cli: OperatorCli, out: &mut impl std::io::Write) -> Result
                     trust_anchor_secret: args.trust_anchor_secret,
                     lease: args.lease_name,
                 },
+                restart_namespaces: (!args.restart_namespaces.is_empty())
+                    .then_some(args.restart_namespaces),
                 ..crate::rbac::RbacConfig::service_account(&args.namespace, &args.service_account)
             };
             let yaml = crate::rbac::yaml(&crate::rbac::rbac(&config)).map_err(CliError::Yaml)?;

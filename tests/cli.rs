@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use serde::Deserialize;
 use trust_rotation_operator::bundle::Bundle;
 use trust_rotation_operator::cli::OperatorCli;
 
@@ -121,6 +122,46 @@ fn periods_of_zero_are_refused_where_zero_means_never_waiting() {
     }
     // Not waiting before closing the listener is a choice, not a mistake.
     assert!(run("--shutdown-delay", "0s").is_ok());
+}
+
+#[test]
+fn rbac_restart_namespaces_bind_the_restarter_there_and_typos_are_refused() {
+    let rbac = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_trust-rotation-operator"))
+            .arg("rbac")
+            .args(args)
+            .output()
+            .expect("running trust-rotation-operator rbac");
+        (
+            out.status.code().expect("exited"),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (code, yaml, _) = rbac(&["--restart-namespace", "shop", "--restart-namespace", "pay"]);
+    assert_eq!(code, 0);
+    let restarter: Vec<(String, Option<String>)> = serde_yaml::Deserializer::from_str(&yaml)
+        .map(|doc| serde_yaml::Value::deserialize(doc).unwrap())
+        .filter(|o| o["roleRef"]["name"] == "trust-rotation-operator-restarter")
+        .map(|o| {
+            let ns = o["metadata"]["namespace"].as_str().map(str::to_owned);
+            (o["kind"].as_str().unwrap().to_owned(), ns)
+        })
+        .collect();
+    assert_eq!(
+        restarter,
+        [
+            ("RoleBinding".to_owned(), Some("shop".to_owned())),
+            ("RoleBinding".to_owned(), Some("pay".to_owned()))
+        ]
+    );
+
+    let (code, yaml, stderr) = rbac(&["--restart-namespace", "Shop"]);
+    assert_eq!((code, yaml.as_str()), (2, ""));
+    assert!(
+        stderr.contains("\"Shop\" is not a namespace name"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -172,8 +172,9 @@ enum Credentials {
 
 const OPERATOR_USER: &str = "operator";
 
-/// `trust-rotation-operator rbac`'s objects, for [`OPERATOR_USER`].
-fn operator_rbac() -> trust_rotation_operator::rbac::Rbac {
+/// `trust-rotation-operator rbac`'s objects, for [`OPERATOR_USER`]: workload restarts allowed
+/// everywhere, or only in `restart_in` (`rbac --restart-namespace`).
+fn operator_rbac(restart_in: Option<&[String]>) -> trust_rotation_operator::rbac::Rbac {
     use trust_rotation_operator::rbac::{RbacConfig, rbac};
     let user = k8s_openapi::api::rbac::v1::Subject {
         kind: "User".to_owned(),
@@ -181,13 +182,15 @@ fn operator_rbac() -> trust_rotation_operator::rbac::Rbac {
         api_group: Some("rbac.authorization.k8s.io".to_owned()),
         namespace: None,
     };
-    rbac(&RbacConfig::new(user, "linkerd"))
+    rbac(&RbacConfig {
+        restart_namespaces: restart_in.map(<[String]>::to_vec),
+        ..RbacConfig::new(user, "linkerd")
+    })
 }
 
 async fn apply_rbac(client: &kube::Client, restart_in: Option<&[String]>) {
-    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-    use trust_rotation_operator::rbac::RESTARTER;
-    let rbac = operator_rbac();
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role};
+    let rbac = operator_rbac(restart_in);
     let post = PostParams::default();
     for o in &rbac.cluster_roles {
         Api::<ClusterRole>::all(client.clone())
@@ -196,9 +199,6 @@ async fn apply_rbac(client: &kube::Client, restart_in: Option<&[String]>) {
             .unwrap();
     }
     for o in &rbac.cluster_role_bindings {
-        if restart_in.is_some() && o.metadata.name.as_deref() == Some(RESTARTER) {
-            continue;
-        }
         Api::<ClusterRoleBinding>::all(client.clone())
             .create(&post, o)
             .await
@@ -211,37 +211,35 @@ async fn apply_rbac(client: &kube::Client, restart_in: Option<&[String]>) {
             .await
             .unwrap();
     }
+    apply_role_bindings(client, &rbac).await;
+}
+
+async fn apply_role_bindings(client: &kube::Client, rbac: &trust_rotation_operator::rbac::Rbac) {
+    use k8s_openapi::api::rbac::v1::RoleBinding;
     for o in &rbac.role_bindings {
         let ns = o.metadata.namespace.as_deref().unwrap();
         Api::<RoleBinding>::namespaced(client.clone(), ns)
-            .create(&post, o)
+            .create(&PostParams::default(), o)
             .await
             .unwrap();
     }
-    for ns in restart_in.unwrap_or_default() {
-        allow_restarts_in(client, ns).await;
-    }
 }
 
-/// Binds the restarter ClusterRole to [`OPERATOR_USER`] in `namespace`.
+/// Binds the restarter ClusterRole to [`OPERATOR_USER`] in `namespace`, as
+/// `rbac --restart-namespace` does.
 async fn allow_restarts_in(client: &kube::Client, namespace: &str) {
-    use k8s_openapi::api::rbac::v1::RoleBinding;
     use trust_rotation_operator::rbac::RESTARTER;
-    let mut binding = operator_rbac()
-        .cluster_role_bindings
-        .into_iter()
-        .find(|b| b.metadata.name.as_deref() == Some(RESTARTER))
-        .unwrap();
-    binding.metadata.namespace = Some(namespace.to_owned());
-    let binding = RoleBinding {
-        metadata: binding.metadata,
-        role_ref: binding.role_ref,
-        subjects: binding.subjects,
-    };
-    Api::<RoleBinding>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
+    let mut rbac = operator_rbac(Some(&[namespace.to_owned()]));
+    rbac.role_bindings
+        .retain(|b| b.metadata.namespace.as_deref() == Some(namespace));
+    assert!(
+        rbac.role_bindings
+            .iter()
+            .all(|b| b.role_ref.name == RESTARTER),
+        "{:?}",
+        rbac.role_bindings
+    );
+    apply_role_bindings(client, &rbac).await;
 }
 
 /// Creates (or updates) the `cluster` rotation with this spec.
