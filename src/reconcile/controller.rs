@@ -471,6 +471,8 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
             match pass.await {
                 Ok(Requeue::Soon) => config.active_interval,
                 Ok(Requeue::Idle) => config.idle_interval,
+                // Not `clamp`: it panics when `--reconcile-interval` is set above the idle interval.
+                Ok(Requeue::Within(d)) => d.max(config.active_interval).min(config.idle_interval),
                 Err(e) => {
                     metrics.errors.inc();
                     tracing::warn!(error = %e, "reconcile failed; retrying");

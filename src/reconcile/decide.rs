@@ -941,9 +941,10 @@ impl<'a> Step<'a> {
         overwrites.drain(..excess);
     }
 
-    /// What to say while the bundle is contested: its last two restores were less than
-    /// [`CONTEST_WINDOW`] apart, and the last is less than that ago.
-    fn contest(&self) -> Option<String> {
+    /// What to say while the bundle is contested, and in how many seconds that ends if it is
+    /// not overwritten again: its last two restores were less than [`CONTEST_WINDOW`] apart,
+    /// and the last is less than that ago.
+    fn contest(&self) -> Option<(String, i64)> {
         let window = CONTEST_WINDOW.as_secs() as i64;
         let [.., earlier, last] = self.next.bundle_overwrites.as_slice() else {
             return None;
@@ -966,22 +967,25 @@ impl<'a> Step<'a> {
             .flat_map(|o| o.field_managers.iter().map(String::as_str))
             .collect();
         let (ns, name) = &self.names.bundle_configmap;
-        Some(format!(
+        let message = format!(
             "ConfigMap {ns}/{name}: the trust bundle was overwritten {} times in the last {}m (field manager(s): {}); each restore restarts Linkerd's control plane. Stop the other writer from writing the bundle, or give it the operator's",
             recent.len(),
             window / 60,
             managers.into_iter().collect::<Vec<_>>().join(", ")
-        ))
+        );
+        Some((message, last_at + window - self.now))
     }
 
     /// Keeps the `TrustBundleContested` condition: raised (with a warning event) while the
     /// bundle is contested, lowered once it has not been overwritten for the window; absent if
-    /// it never was contested.
-    fn contested_condition(&mut self) {
+    /// it never was contested. While it is raised: in how many seconds it is due to be lowered.
+    fn contested_condition(&mut self) -> Option<i64> {
         let was = self.prev_condition(CONTESTED_CONDITION);
         let was_true = was.is_some_and(|c| c.status == ConditionStatus::True);
-        let (status, reason, message) = match self.contest() {
-            Some(what) => (ConditionStatus::True, "OverwrittenRepeatedly", what),
+        let contest = self.contest();
+        let ends_in = contest.as_ref().map(|(_, ends_in)| *ends_in);
+        let (status, reason, message) = match contest {
+            Some((what, _)) => (ConditionStatus::True, "OverwrittenRepeatedly", what),
             None if was.is_some() => (
                 ConditionStatus::False,
                 "BundleStayedPut",
@@ -990,12 +994,13 @@ impl<'a> Step<'a> {
                     CONTEST_WINDOW.as_secs() / 60
                 ),
             ),
-            None => return,
+            None => return None,
         };
         if status == ConditionStatus::True && !was_true {
             self.event(true, "TrustBundleContested", &message);
         }
         self.set_condition(CONTESTED_CONDITION, status, reason, &message);
+        ends_in
     }
 
     /// Condition `type_` as the look began.
@@ -1469,8 +1474,11 @@ impl<'a> Step<'a> {
         self.finish(Requeue::Soon)
     }
 
-    fn finish(mut self, requeue: Requeue) -> Decision {
-        self.contested_condition();
+    fn finish(mut self, mut requeue: Requeue) -> Decision {
+        if let (Some(ends_in), Requeue::Idle) = (self.contested_condition(), requeue) {
+            // No watch event marks the end of a contest: look then, to lower the condition.
+            requeue = Requeue::Within(std::time::Duration::from_secs(ends_in.max(1) as u64));
+        }
         // Back in Synced the damage is over: every proxy holds the new anchor alone.
         if self.next.phase == Phase::Synced {
             let now = self.time();

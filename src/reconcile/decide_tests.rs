@@ -711,19 +711,23 @@ fn a_contested_bundle_is_named_and_still_restored_and_restarted_onto_at_once() {
     let window = CONTEST_WINDOW.as_secs() as i64;
     let mut synced = held.status.clone();
     synced.phase = Phase::Synced;
-    let quiet = decide(
-        &policies,
-        &names,
-        &synced,
-        &restored_over(20, 60 + window - 1),
-    );
-    assert_eq!(contested(&quiet).unwrap().status, ConditionStatus::True);
+    // Meanwhile it looks again when the window ends, not only after the idle interval: no
+    // watch event would mark that.
+    for (at, left) in [(100, window - 40), (60 + window - 1, 1)] {
+        let quiet = decide(&policies, &names, &synced, &restored_over(20, at));
+        assert_eq!(contested(&quiet).unwrap().status, ConditionStatus::True);
+        assert_eq!(
+            quiet.requeue,
+            Requeue::Within(std::time::Duration::from_secs(left as u64))
+        );
+    }
     let quiet = decide(&policies, &names, &synced, &restored_over(20, 60 + window));
     let lowered = contested(&quiet).unwrap();
     assert_eq!(
         (lowered.status, lowered.reason.as_str()),
         (ConditionStatus::False, "BundleStayedPut")
     );
+    assert_eq!(quiet.requeue, Requeue::Idle);
 }
 
 /// Overwrites further apart than the contest window are each restored and restarted onto, as

@@ -441,6 +441,9 @@ pub enum Requeue {
     Soon,
     /// Steady state, or parked: watches will wake us.
     Idle,
+    /// As `Idle`, but something the status says runs out by itself this soon (a contested
+    /// bundle's window): look again then, if nothing wakes us first.
+    Within(std::time::Duration),
 }
 
 /// The phase a rotation is in, with what it means for the bundle.
