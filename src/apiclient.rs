@@ -102,13 +102,15 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let deadline = (!is_watch(request.uri())).then(|| {
+        // A timeout too long for the clock to add is no deadline at all.
+        let at = Instant::now().checked_add(self.timeout);
+        let deadline = at.filter(|_| !is_watch(request.uri())).map(|at| {
             let exceeded = DeadlineExceeded {
                 method: request.method().clone(),
                 path: request.uri().path().to_owned(),
                 timeout: self.timeout,
             };
-            (Instant::now() + self.timeout, exceeded)
+            (at, exceeded)
         });
         let response = self.inner.call(request);
         Box::pin(async move {

@@ -142,7 +142,7 @@ pub struct RunArgs {
     /// After SIGTERM: report not ready and keep serving this long before closing the webhook
     /// listener, so the API server stops calling this replica first (endpoint removal takes a
     /// few seconds). Keep it under the pod's terminationGracePeriodSeconds.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_delay)]
     pub shutdown_delay: Duration,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
@@ -253,11 +253,32 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::duration::parse(s).map_err(|e| e.to_string())
 }
 
+/// The longest any of `run`'s durations may be: longer is a typo (`15h` for `15s`), and
+/// unbounded values overflow the clocks and Lease fields they are added to.
+const LONGEST: Duration = Duration::from_secs(3600);
+/// The shortest period: shorter would spin (checking the certificate files every nanosecond).
+const SHORTEST_PERIOD: Duration = Duration::from_millis(100);
+
 /// A duration something is done every so often: zero would mean never waiting.
 fn parse_period(s: &str) -> Result<Duration, String> {
-    match parse_duration(s)? {
+    match parse_delay(s)? {
         Duration::ZERO => Err(format!("{s:?} is zero; it must be longer, like 2s")),
+        period if period < SHORTEST_PERIOD => Err(format!(
+            "{s:?} is too short: at least {}ms",
+            SHORTEST_PERIOD.as_millis()
+        )),
         period => Ok(period),
+    }
+}
+
+/// A duration to wait, zero included, at most [`LONGEST`].
+fn parse_delay(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d > LONGEST => Err(format!(
+            "{s:?} is too long: at most {}h",
+            LONGEST.as_secs() / 3600
+        )),
+        d => Ok(d),
     }
 }
 

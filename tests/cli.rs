@@ -103,7 +103,7 @@ fn linkerd_trust_bundle_names_the_file_and_its_problem_once_and_writes_nothing()
 }
 
 #[test]
-fn periods_of_zero_are_refused_where_zero_means_never_waiting() {
+fn durations_are_refused_where_zero_never_waits_and_out_of_bounds() {
     let run = |flag: &str, value: &str| {
         OperatorCli::try_parse_from(["trust-rotation-operator", "run", flag, value])
             .map(|_| ())
@@ -122,6 +122,38 @@ fn periods_of_zero_are_refused_where_zero_means_never_waiting() {
     }
     // Not waiting before closing the listener is a choice, not a mistake.
     assert!(run("--shutdown-delay", "0s").is_ok());
+
+    // Bounded both ways: a period short enough to spin, or a duration long enough to overflow
+    // a clock or the Lease's leaseDurationSeconds (which once wrapped 4294967297s into 1s and let
+    // a second replica lead), is refused with the bound.
+    for flag in [
+        "--cert-reload-interval",
+        "--reconcile-interval",
+        "--lease-duration",
+        "--api-request-timeout",
+    ] {
+        let error = run(flag, "1ns").unwrap_err();
+        assert!(
+            error.contains("\"1ns\" is too short: at least 100ms"),
+            "{flag}: {error}"
+        );
+    }
+    for flag in [
+        "--cert-reload-interval",
+        "--reconcile-interval",
+        "--lease-duration",
+        "--api-request-timeout",
+        "--shutdown-delay",
+    ] {
+        for long in ["61m", "4294967297s", "2562047788015216h"] {
+            let error = run(flag, long).unwrap_err();
+            assert!(
+                error.contains(&format!("{long:?} is too long: at most 1h")),
+                "{flag}: {error}"
+            );
+        }
+        assert!(run(flag, "1h").is_ok(), "{flag}");
+    }
 }
 
 #[test]

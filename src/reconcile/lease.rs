@@ -98,7 +98,7 @@ impl LeaseConfig {
     /// others to wait.
     pub fn with_duration(mut self, duration: Duration) -> Self {
         self.duration = crate::duration::round_up_to_seconds(duration).max(Duration::from_secs(1));
-        self.renew_deadline = self.duration * 2 / 3;
+        self.renew_deadline = self.duration / 3 * 2;
         self.retry = (self.duration / 7).max(Duration::from_millis(100));
         self
     }
@@ -235,7 +235,10 @@ impl Elector {
     fn spec(&self, acquired: Timestamp, renewed: Timestamp, transitions: i32) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(self.config.identity.clone()),
-            lease_duration_seconds: Some(self.config.duration.as_secs() as i32),
+            // Saturating: `as` would wrap a duration over i32::MAX seconds into a short one.
+            lease_duration_seconds: Some(
+                i32::try_from(self.config.duration.as_secs()).unwrap_or(i32::MAX),
+            ),
             acquire_time: Some(MicroTime(acquired)),
             renew_time: Some(MicroTime(renewed)),
             lease_transitions: Some(transitions),
