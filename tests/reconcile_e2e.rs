@@ -1836,7 +1836,8 @@ async fn a_restart_the_operator_may_not_do_is_named_in_status() {
 
 /// An anchor Secret that does not parse parks the rotation: a blockingMessage naming the
 /// Secret and the problem, and not one write (bundle, previous anchor, control plane). Once
-/// the Secret is fixed the rotation un-parks.
+/// the Secret is fixed the rotation un-parks. So do a zero refresh interval and a bundle
+/// ConfigMap that holds a private key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unparseable_anchor_or_zero_interval_parks_and_writes_nothing() {
     let rig = Rig::start((1, 1, 2), json!({}), &[]).await;
@@ -1951,6 +1952,78 @@ async fn unparseable_anchor_or_zero_interval_parks_and_writes_nothing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(versions().await, before);
+
+    // A bundle ConfigMap that carries a private key (the anchor's, pasted in by mistake) parks
+    // it too, as the webhook refuses that bundle: before, the key was skipped and the status
+    // said Synced while pods went unstamped.
+    let bundle = configmaps
+        .get("linkerd-identity-trust-roots")
+        .await
+        .unwrap();
+    let key = String::from_utf8(original.data.as_ref().unwrap()["tls.key"].0.clone()).unwrap();
+    let mut leaked = bundle.clone();
+    leaked
+        .data
+        .as_mut()
+        .unwrap()
+        .get_mut("ca-bundle.crt")
+        .unwrap()
+        .push_str(&key);
+    configmaps
+        .replace(
+            "linkerd-identity-trust-roots",
+            &PostParams::default(),
+            &leaked,
+        )
+        .await
+        .unwrap();
+    let leaked_versions = versions().await;
+    let started = Instant::now();
+    let message = loop {
+        let status = follow.status(&rig).await;
+        if let Some(message) = status.blocking_message {
+            assert_eq!(status.phase, Phase::Synced);
+            break message;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "a bundle holding a private key did not park the rotation: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("blockingMessage: {message}");
+    assert!(
+        message.contains(
+            "ConfigMap linkerd/linkerd-identity-trust-roots: ca-bundle.crt: PEM block 1 is a PRIVATE KEY"
+        ),
+        "{message}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        versions().await,
+        leaked_versions,
+        "nothing written while parked"
+    );
+    let mut fixed = configmaps
+        .get("linkerd-identity-trust-roots")
+        .await
+        .unwrap();
+    fixed.data = bundle.data.clone();
+    configmaps
+        .replace(
+            "linkerd-identity-trust-roots",
+            &PostParams::default(),
+            &fixed,
+        )
+        .await
+        .unwrap();
+    loop {
+        let status = follow.status(&rig).await;
+        if status.blocking_message.is_none() && status.phase == Phase::Synced {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let t = rig.traffic();
     assert_eq!(t.failed(), 0, "{t}");

@@ -33,6 +33,18 @@ pub fn parse_all(object: &str, key: &str, pem_text: &str) -> Result<Vec<Cert>, P
     Ok(out)
 }
 
+/// The trust bundle's certificates, held to what a bundle may be, as the webhook and
+/// `linkerd-trust bundle` hold it ([`crate::bundle::Bundle`]): certificates only, each block
+/// whole. A Secret's `tls.crt` may sit beside its key; a bundle that carries a private key has
+/// published it, and a cut-off block has lost an anchor.
+pub fn parse_bundle(object: &str, key: &str, pem_text: &str) -> Result<Vec<Cert>, Problem> {
+    crate::bundle::Bundle::from_pem(key, pem_text).map_err(|e| Problem {
+        object: object.to_owned(),
+        message: e.to_string(),
+    })?;
+    parse_all(object, key, pem_text)
+}
+
 /// The first certificate of `pem_text` (the leaf of a chain, or the one anchor).
 pub fn parse_first(object: &str, key: &str, pem_text: &str) -> Result<Cert, Problem> {
     Ok(parse_all(object, key, pem_text)?.remove(0))
@@ -149,6 +161,39 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "Secret x/y: tls.crt: holds no certificate"
+        );
+    }
+
+    /// A bundle is certificates only: a key in it, or a block cut off, is a problem naming the
+    /// ConfigMap and the key (the rotation parks on it), not skipped.
+    #[test]
+    fn a_bundle_with_a_key_or_a_cut_off_block_is_a_problem() {
+        let key = pki::generate_key().unwrap();
+        let der = ca("anchor", pki::now()).self_signed(&key).unwrap();
+        let (cert_pem, key_pem) = (pki::to_pem(&der), key.serialize_pem());
+        let object = "ConfigMap linkerd/linkerd-identity-trust-roots";
+        let problem = |text: &str| {
+            parse_bundle(object, "ca-bundle.crt", text)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            problem(&format!("{cert_pem}{key_pem}")).starts_with(&format!(
+                "{object}: ca-bundle.crt: PEM block 1 is a PRIVATE KEY"
+            )),
+            "{}",
+            problem(&format!("{cert_pem}{key_pem}"))
+        );
+        let cut = &cert_pem[..cert_pem.len() / 2];
+        assert_eq!(
+            problem(&format!("{cert_pem}{cut}")),
+            format!(
+                "{object}: ca-bundle.crt: not valid PEM: 1 of 2 BEGIN lines start no complete block (cut off, or no END line)"
+            )
+        );
+        assert_eq!(
+            parse_bundle(object, "ca-bundle.crt", &cert_pem).unwrap(),
+            parse_all(object, "ca-bundle.crt", &cert_pem).unwrap()
         );
     }
 

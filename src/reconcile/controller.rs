@@ -852,7 +852,7 @@ async fn observe(
         .and_then(|cm| cm.data.clone())
         .and_then(|d| d.get(&config.bundle_key).cloned())
     {
-        Some(text) => certs::parse_all(&bundle_object, &config.bundle_key, &text).map(Some),
+        Some(text) => certs::parse_bundle(&bundle_object, &config.bundle_key, &text).map(Some),
         None => Ok(None),
     };
     let issuer_object = format!(
