@@ -27,6 +27,8 @@ pub async fn client(request_timeout: Duration) -> Result<kube::Client, kube::Err
     let config = kube::Config::infer()
         .await
         .map_err(kube::Error::InferConfig)?;
+    // Every later error about a request says what went wrong, not where: say it once here.
+    tracing::info!(api_server = %config.cluster_url, "Kubernetes API server");
     from_config(config, request_timeout)
 }
 

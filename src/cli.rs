@@ -282,10 +282,15 @@ fn parse_delay(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// Installs the tracing subscriber: `RUST_LOG` filters (default `info`).
+/// What is logged when `RUST_LOG` is not set: `info`, without kube's own line per failed
+/// request ("failed with error client error (Connect)"), which the operator's own warning for
+/// the same failure says with its cause and what was being done.
+pub const DEFAULT_LOG_FILTER: &str = "info,kube_client::client::builder=off";
+
+/// Installs the tracing subscriber: `RUST_LOG` filters (default [`DEFAULT_LOG_FILTER`]).
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     // Colour only for a person at a terminal: in a pod, stderr is a file or a pipe, and escape
     // codes would litter `kubectl logs` and every log store (and cost each line their writing).
     let builder = tracing_subscriber::fmt()

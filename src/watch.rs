@@ -51,13 +51,35 @@ impl WatchErrors {
     }
 }
 
-/// `doing: ` and what went wrong, in the API server's own words when it answered (its
-/// message and code), without the client's debug dump of the whole Status.
+/// `doing: ` and what went wrong, as [`api_words`] says it.
 pub(crate) fn in_api_words(doing: &str, error: &kube::Error) -> String {
+    format!("{doing}: {}", api_words(error))
+}
+
+/// What went wrong with a request: in the API server's own words when it answered (its
+/// message and code), without the client's debug dump of the whole Status; else the error with
+/// every cause under it, down to the one that says why (`Connection refused`, a certificate
+/// the kubeconfig's CA did not sign), which kube's own text leaves out.
+pub(crate) fn api_words(error: &kube::Error) -> String {
     match error {
-        kube::Error::Api(status) => format!("{doing}: {}", status_words(status)),
-        other => format!("{doing}: {other}"),
+        kube::Error::Api(status) => status_words(status),
+        other => with_causes(other),
     }
+}
+
+/// `error: cause: cause...`, each cause once (an error that already quotes its cause is not
+/// made to repeat it).
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let said = e.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = e.source();
+    }
+    text
 }
 
 fn status_words(status: &kube::core::Status) -> String {
@@ -80,6 +102,28 @@ pub(crate) fn brief(error: &watcher::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An API server that cannot be reached is named with why: kube's own text stops at
+    /// "client error (Connect)".
+    #[tokio::test]
+    async fn an_unreachable_api_server_says_why() {
+        // A port nothing listens on: bound, then closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let error = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client)
+            .list(&Default::default())
+            .await
+            .unwrap_err();
+        let words = in_api_words("listing namespaces", &error);
+        assert!(words.starts_with("listing namespaces: "), "{words}");
+        assert!(words.contains("Connection refused"), "{words}");
+        assert!(!error.to_string().contains("Connection refused"), "{error}");
+    }
 
     #[test]
     fn a_refusal_reads_as_the_api_servers_message() {

@@ -148,7 +148,7 @@ impl Default for ReconcilerConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
-    #[error("{what}: {source}")]
+    #[error("{}", crate::watch::in_api_words(.what, .source))]
     Kube {
         what: String,
         #[source]
@@ -531,6 +531,7 @@ async fn say_holding(client: &Client, config: &ReconcilerConfig, failing: &str) 
         Ok(Some(rotation)) => rotation,
         Ok(None) => return,
         Err(e) => {
+            let e = crate::watch::api_words(&e);
             tracing::warn!(error = %e, "reading TrustAnchorRotation {name} to say the reconciler holds");
             return;
         }
@@ -677,7 +678,10 @@ async fn reconcile_once(
                     recorder
                         .publish(&reference, warning, reason, message)
                         .await
-                        .unwrap_or_else(|e| tracing::warn!(error = %e, "publishing an event"));
+                        .unwrap_or_else(|e| {
+                            let e = crate::watch::api_words(&e);
+                            tracing::warn!(error = %e, "publishing an event")
+                        });
                 }
             }
             return Err(error);
@@ -1018,6 +1022,7 @@ async fn issuer_issuance(
             // Read as "not issuing, no failure": the worst that follows is the automatic
             // policy setting `Issuing=True` again, which is idempotent (and fails the same way
             // if the API does).
+            let e = crate::watch::api_words(&e);
             tracing::warn!(certificate = %format!("{ns}/{name}"), error = %e, "reading the issuer Certificate");
             (false, None)
         }
@@ -1479,6 +1484,7 @@ async fn execute(
         } => {
             // An event that cannot be written is logged, never a reason to stop.
             if let Err(e) = recorder.publish(reference, *warning, reason, message).await {
+                let e = crate::watch::api_words(&e);
                 tracing::warn!(error = %e, %reason, "publishing an event");
             }
         }

@@ -106,7 +106,7 @@ impl LeaseConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
-    #[error("Lease {namespace}/{name}: {source}")]
+    #[error("Lease {namespace}/{name}: {}", crate::watch::api_words(.source))]
     Kube {
         namespace: String,
         name: String,
@@ -262,8 +262,14 @@ impl Elector {
     }
 
     async fn release_now(&self) {
-        let Ok(Some(mut lease)) = self.api.get_opt(&self.config.name).await else {
-            return;
+        let mut lease = match self.api.get_opt(&self.config.name).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => return,
+            Err(e) => {
+                let e = crate::watch::api_words(&e);
+                tracing::warn!(error = %e, "releasing the leader Lease: reading it failed; it will expire");
+                return;
+            }
         };
         let Some(spec) = lease.spec.as_mut() else {
             return;
@@ -279,6 +285,7 @@ impl Elector {
             .replace(&self.config.name, &PostParams::default(), &lease)
             .await
         {
+            let e = crate::watch::api_words(&e);
             tracing::warn!(error = %e, "releasing the leader Lease");
         }
     }
