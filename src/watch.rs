@@ -1,8 +1,11 @@
 //! What the webhook's view and the reconciler share about their watches: a failed watch is
-//! retried with backoff (the kube-rs watcher does that), logged naming what was watched, and
+//! retried after a growing wait ([`with_backoff`], or the reconciler's own loop), logged naming what was watched, and
 //! counted by resource, so that a watch that keeps failing (permissions missing, a CRD not
 //! installed, an API server out of reach) is visible before anything else goes wrong.
 
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
 use kube::runtime::watcher;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -49,6 +52,54 @@ impl WatchErrors {
             .inc();
         brief
     }
+}
+
+/// Between attempts of a failed watch: 1 s, doubling up to 30 s; back to 1 s once it lists.
+pub(crate) struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_secs(1))
+    }
+}
+
+impl Backoff {
+    const MAX: Duration = Duration::from_secs(30);
+
+    pub(crate) fn next(&mut self) -> Duration {
+        let wait = self.0;
+        self.0 = (self.0 * 2).min(Self::MAX);
+        wait
+    }
+}
+
+/// A watcher's events, each failed attempt followed by a [`Backoff`] wait before the watcher is
+/// asked again (which lists again), the wait reset only once a list is whole (`InitDone`).
+/// kube's own `default_backoff` resets on any event, and a relist begins with one (`Init`), so
+/// against an API server that fails every list it retried about once a second forever.
+pub(crate) fn with_backoff<K, S>(
+    events: S,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: Send + 'static,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
+    let state = (Box::pin(events), Backoff::default(), None::<Duration>);
+    futures::stream::unfold(state, |(mut events, mut backoff, wait)| async move {
+        if let Some(wait) = wait {
+            tokio::time::sleep(wait).await;
+        }
+        let event = events.next().await?;
+        let wait = match &event {
+            Err(_) => Some(backoff.next()),
+            Ok(watcher::Event::InitDone) => {
+                backoff = Backoff::default();
+                None
+            }
+            Ok(_) => None,
+        };
+        Some((event, (events, backoff, wait)))
+    })
 }
 
 /// `doing: ` and what went wrong, as [`api_words`] says it.
@@ -102,6 +153,41 @@ pub(crate) fn brief(error: &watcher::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Failed attempts wait 1 s, 2 s, 4 s...; the `Init` that begins every relist does not
+    /// reset that (kube's `default_backoff` did, so it retried every second forever); a whole
+    /// list (`InitDone`) does.
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_that_keeps_failing_waits_longer_each_time_until_it_lists() {
+        use watcher::Event;
+        let failed = || {
+            let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+                "status": "Failure", "code": 500, "message": "etcd is away"
+            }))
+            .unwrap();
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(
+                status.into(),
+            )))
+        };
+        let events: Vec<Result<Event<()>, watcher::Error>> = vec![
+            failed(),
+            failed(),
+            failed(),
+            Ok(Event::Init),
+            failed(),
+            Ok(Event::Init),
+            Ok(Event::InitDone),
+            failed(),
+            Ok(Event::Init),
+        ];
+        let start = tokio::time::Instant::now();
+        let seen: Vec<u64> = with_backoff(futures::stream::iter(events))
+            .map(|_| start.elapsed().as_secs())
+            .collect()
+            .await;
+        // Each item comes after the wait its predecessor earned.
+        assert_eq!(seen, [0, 1, 3, 7, 7, 15, 15, 15, 16]);
+    }
 
     /// An API server that cannot be reached is named with why: kube's own text stops at
     /// "client error (Connect)".

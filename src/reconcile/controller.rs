@@ -232,25 +232,6 @@ impl Failing {
     }
 }
 
-/// Between attempts of a failed watch: 1 s, doubling up to 30 s; back to 1 s once it lists.
-struct Backoff(Duration);
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self(Duration::from_secs(1))
-    }
-}
-
-impl Backoff {
-    const MAX: Duration = Duration::from_secs(30);
-
-    fn next(&mut self) -> Duration {
-        let wait = self.0;
-        self.0 = (self.0 * 2).min(Self::MAX);
-        wait
-    }
-}
-
 impl Watches {
     /// `failing` counts the watches failing now.
     fn new(errors: WatchErrors, failing: Gauge) -> Self {
@@ -295,7 +276,7 @@ impl Watches {
         let id = self
             .tasks
             .spawn(async move {
-                let mut backoff = Backoff::default();
+                let mut backoff = crate::watch::Backoff::default();
                 loop {
                     let mut events = std::pin::pin!(
                         watcher::watcher(api.clone(), config.clone()).modify(move |o: &mut K| {
@@ -319,7 +300,7 @@ impl Watches {
                             // missed is in.
                             watcher::Event::InitDone => {
                                 failing.set(&task_what, None);
-                                backoff = Backoff::default();
+                                backoff = crate::watch::Backoff::default();
                             }
                             // Wake once the list is in, not for each object of it.
                             watcher::Event::Init | watcher::Event::InitApply(_) => continue,

@@ -9,7 +9,7 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 
 use super::patch::RotationView;
@@ -161,7 +161,7 @@ impl ViewHandle {
 }
 
 /// Passes events through, marking `flag` at the end of each initial list and reporting errors
-/// (the watcher retries with backoff).
+/// (the watcher retries after a backoff wait, [`crate::watch::with_backoff`]).
 fn track_init<K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + 'static>(
     stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     flag: Arc<AtomicBool>,
@@ -169,7 +169,7 @@ fn track_init<K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + '
     errors: WatchErrors,
 ) -> impl Stream<Item = ()> + Send {
     errors.watching(&K::kind(&()));
-    stream.default_backoff().map(move |event| match event {
+    crate::watch::with_backoff(stream).map(move |event| match event {
         Ok(watcher::Event::InitDone) => flag.store(true, Ordering::Release),
         Ok(_) => {}
         Err(e) => {
