@@ -43,7 +43,12 @@ impl WatchErrors {
     /// Logs and counts one failed attempt of the watch of `what` (a `kind` resource); returns
     /// the error as logged ([`brief`]).
     pub fn report(&self, kind: &str, what: &str, error: &watcher::Error) -> String {
-        let brief = brief(error);
+        let mut brief = brief(error);
+        if kind == "TrustAnchorRotation" && not_found(error) {
+            brief.push_str(
+                "; is the CRD installed? (`trust-rotation-operator crd | kubectl apply -f -`)",
+            );
+        }
         tracing::warn!(watch = what, error = %brief, "watch failed; retrying with backoff");
         self.family
             .get_or_create(&ResourceLabels {
@@ -135,6 +140,18 @@ pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
 
 fn status_words(status: &kube::core::Status) -> String {
     format!("{} ({})", status.message, status.code)
+}
+
+/// Whether the API server answered a list or watch with 404: for a custom resource, its CRD is
+/// not installed.
+fn not_found(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code == 404,
+        watcher::Error::WatchError(status) => status.code == 404,
+        _ => false,
+    }
 }
 
 /// What went wrong with a watch, as [`in_api_words`] says it.

@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::{
-    MANAGER, Operator, install_crd, register_webhook, start_control_plane, start_control_plane_with,
+    MANAGER, Operator, eventually, install_crd, register_webhook, start_control_plane,
+    start_control_plane_with,
 };
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -2677,4 +2678,37 @@ async fn an_operator_without_its_permissions_names_the_refused_watches_and_start
         Some(0.0)
     );
     op.process.check_alive().expect("the operator kept running");
+}
+
+/// An operator started before its CRD is installed, or before the rotation exists, says so
+/// in its log, with what to do: it is otherwise synced, ready and silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_crd_or_rotation_is_named_in_the_log() {
+    let cp = start_control_plane().await;
+    let op = Operator::start(&cp, &["--leader-elect=false", "--reconcile-interval=500ms"]);
+    let log = || std::fs::read_to_string(op.process.log_path()).unwrap_or_default();
+    let logged = |text: &'static str| {
+        let log = &log;
+        async move { log().contains(text).then_some(()) }
+    };
+    let minute = Duration::from_secs(60);
+    eventually("the missing CRD named", minute, || {
+        logged("is the CRD installed? (`trust-rotation-operator crd | kubectl apply -f -`)")
+    })
+    .await;
+    install_crd(&cp.client()).await;
+    // The watch tries again within its backoff (at most 30 s).
+    eventually("the missing rotation named", minute, || {
+        logged("TrustAnchorRotation cluster not found: nothing is rotated until it exists")
+    })
+    .await;
+    apply_rotation(&cp.client(), json!({})).await;
+    eventually("the rotation found", minute, || {
+        logged("TrustAnchorRotation cluster found")
+    })
+    .await;
+    let said = log()
+        .matches("TrustAnchorRotation cluster not found")
+        .count();
+    assert_eq!(said, 1, "said once:\n{}", log());
 }

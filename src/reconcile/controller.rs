@@ -567,13 +567,25 @@ async fn reconcile_once(
     let Memory {
         own_writes,
         refused_restarts,
+        said_missing,
     } = memory;
     if own_writes.awaited(config, stores) {
         return Ok(Requeue::Soon);
     }
     let Some(rotation) = stores.rotation.get(&ObjectRef::new(&config.rotation_name)) else {
+        // Said once: a rotation never created (or a `--rotation-name` mistyped) is otherwise
+        // a reconciler that is synced, ready and silent.
+        if !std::mem::replace(said_missing, true) {
+            tracing::warn!(
+                "TrustAnchorRotation {} not found: nothing is rotated until it exists (see the README's TrustAnchorRotation resource)",
+                config.rotation_name
+            );
+        }
         return Ok(Requeue::Idle);
     };
+    if std::mem::replace(said_missing, false) {
+        tracing::info!("TrustAnchorRotation {} found", config.rotation_name);
+    }
     let stored = rotation.status.clone().unwrap_or_default();
     // The message of a hold now over is no input to the decision, which says anew what it
     // waits for (or that it waits for nothing).
@@ -1526,6 +1538,8 @@ struct Memory {
     /// webhook, or unanswered), kept until one succeeds: tried again on every look, but taking
     /// no restart slot from the others (see [`Observed::refused_restarts`]).
     refused_restarts: BTreeSet<Workload>,
+    /// The rotation was missing at the last look, and the log has said so.
+    said_missing: bool,
 }
 
 /// The reconciler's own writes that its watches have not shown yet. Each watch lags on its

@@ -150,7 +150,8 @@ impl ViewHandle {
             );
             let view = compute_view(tar.as_deref(), cm.as_deref(), &config);
             if self.current().as_deref() != Some(&view) {
-                tracing::info!(phase = %view.phase(), bundle = ?view.desired_bundle_fingerprint(), interval = ?view.refresh_interval(), "rotation view updated");
+                let rotation = if tar.is_some() { "found" } else { "not found" };
+                tracing::info!(rotation, phase = %view.phase(), bundle = ?view.desired_bundle_fingerprint(), interval = ?view.refresh_interval(), "rotation view updated");
                 self.set(view);
             }
             if let Some(f) = on_synced.take() {
