@@ -15,7 +15,7 @@ use crate::admin::{self, Health};
 use crate::reconcile::controller;
 use crate::reconcile::lease::Elector;
 use crate::reconcile::metrics::ReconcileMetrics;
-use crate::webhook::metrics::WebhookMetrics;
+use crate::webhook::metrics::{HandshakeFailures, WebhookMetrics};
 use crate::webhook::server::{AppState, router, serve_tls};
 use crate::webhook::tls::{ReloadingResolver, TlsError, server_config};
 use crate::webhook::view::{ViewConfig, ViewHandle};
@@ -63,6 +63,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let mut registry = Registry::default();
     let metrics = WebhookMetrics::register(&mut registry);
+    let handshake_failures = HandshakeFailures::register(&mut registry);
     let reconcile_metrics = ReconcileMetrics::register(&mut registry);
     let health = Arc::new(Health::default());
 
@@ -160,24 +161,30 @@ pub async fn run(
     let mut failure = None;
     let parts = &mut tasks;
     let failed = &mut failure;
-    serve_tls(webhook_listener, tls, app, async move {
-        tokio::select! {
-            () = shutdown => {}
-            error = parts.next_stopped() => {
-                tracing::error!(error = %error, "shutting down");
-                *failed = Some(error);
+    serve_tls(
+        webhook_listener,
+        tls,
+        app,
+        Some(handshake_failures),
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                error = parts.next_stopped() => {
+                    tracing::error!(error = %error, "shutting down");
+                    *failed = Some(error);
+                }
             }
-        }
-        // Not ready first: the Service drops this endpoint (and the API server stops calling
-        // it) while the listener still answers whoever has not heard yet. Connections the API
-        // server keeps alive outlive the endpoint, so each answer now asks it to close its
-        // connection: few are left idle for the drain to close under a request.
-        shutdown_health.shutting_down.store(true, Ordering::Release);
-        stopping.stop();
-        tracing::info!(delay = ?delay, "shutting down: not ready, still serving");
-        tokio::time::sleep(delay).await;
-        tracing::info!("shutting down: closing the listener, draining requests in flight");
-    })
+            // Not ready first: the Service drops this endpoint (and the API server stops calling
+            // it) while the listener still answers whoever has not heard yet. Connections the API
+            // server keeps alive outlive the endpoint, so each answer now asks it to close its
+            // connection: few are left idle for the drain to close under a request.
+            shutdown_health.shutting_down.store(true, Ordering::Release);
+            stopping.stop();
+            tracing::info!(delay = ?delay, "shutting down: not ready, still serving");
+            tokio::time::sleep(delay).await;
+            tracing::info!("shutting down: closing the listener, draining requests in flight");
+        },
+    )
     .await;
     let _ = admin_stop_tx.send(());
     tasks.stop_all().await;

@@ -568,3 +568,55 @@ async fn ordering_with_the_linkerd_injector_works_both_ways() {
         describe(&cp, MESHED_NS, "injector-first")
     );
 }
+
+/// Registered with a caBundle of another CA, the webhook is refused by the API server's own
+/// TLS client: pods are still created (failurePolicy: Ignore), unstamped, and the operator
+/// counts the refusals and says so in its log, instead of staying silent while the mesh goes
+/// unstamped.
+#[tokio::test]
+async fn a_wrong_ca_bundle_is_counted_and_logged() {
+    let cp = start_control_plane().await;
+    seed_cluster(&cp).await;
+    let mut op = Operator::start(&cp, &["--reconciler=false"]);
+    op.wait_ready(Duration::from_secs(60)).await;
+    let other_ca = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(Operator::binary())
+        .args(["certs", "dev", "--out"])
+        .arg(other_ca.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = std::process::Command::new(Operator::binary())
+        .args(["webhook-config", "--url", &op.webhook_url(), "--ca-file"])
+        .arg(other_ca.path().join("ca.crt"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    common::kubectl_apply(&cp, &out.stdout);
+
+    let pods: Api<Pod> = Api::namespaced(cp.client(), MESHED_NS);
+    let refusals =
+        "trust_rotation_webhook_tls_handshake_failures_total{reason=\"peer_rejected_certificate\"}";
+    let mut n = 0;
+    eventually(
+        "the API server's refusals counted",
+        Duration::from_secs(30),
+        || {
+            n += 1;
+            let (pods, name) = (pods.clone(), format!("refused-{n}"));
+            let counted = op.metric(refusals).unwrap_or(0.0);
+            async move {
+                let pod = pods.create(&PostParams::default(), &app_pod(&name)).await;
+                let pod = pod.unwrap_or_else(|e| panic!("creating {name}: {e}"));
+                assert_eq!(annotation(&pod, TRUST_BUNDLE_ANNOTATION), None);
+                (counted > 0.0).then_some(())
+            }
+        },
+    )
+    .await;
+    let log = op.process.log_tail();
+    assert!(
+        log.contains("a client refused the webhook's serving certificate"),
+        "{log}"
+    );
+}

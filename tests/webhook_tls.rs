@@ -372,3 +372,38 @@ async fn load_bench_handlers_answer_the_typical_pod() {
         assert_eq!(patch, webhook_patch, "{handler:?}");
     }
 }
+
+/// A client that refuses the serving certificate (a caBundle of another CA: the API server
+/// then admits pods without the webhook) is counted by reason, apart from clients that only
+/// open and close a connection; one that trusts it is not counted at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_refusing_the_certificate_is_counted_apart() {
+    let (certs, server) = serve_fresh_certs().await;
+    let count = |reason: &str| {
+        server
+            .metric(&format!(
+                "trust_rotation_webhook_tls_handshake_failures_total{{reason=\"{reason}\"}}"
+            ))
+            .unwrap()
+    };
+    // Trusted: no failure.
+    let mut conn = Connection::open(server.addr, client_config(&[&certs.ca()]))
+        .await
+        .unwrap();
+    round_trip(&mut conn, "trusted").await;
+    // Another CA (of the same name), twice: the client aborts the handshake with an alert
+    // (decrypt_error: the signature does not verify).
+    let other = Certs::new();
+    for _ in 0..2 {
+        let refused = Connection::open(server.addr, client_config(&[&other.ca()])).await;
+        assert!(refused.is_err());
+    }
+    // A connection opened and closed without a word.
+    drop(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    eventually("the failures counted", Duration::from_secs(5), || async {
+        (count("peer_rejected_certificate") == 2.0 && count("other") == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(count("timed_out"), 0.0);
+    server.stop().await;
+}

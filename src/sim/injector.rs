@@ -310,6 +310,7 @@ impl Injector {
             listener,
             Arc::new(tls),
             app,
+            None,
             std::future::pending(),
         ));
         let follow = tokio::spawn(follow_bundle(

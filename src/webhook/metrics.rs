@@ -1,7 +1,7 @@
 //! The webhook's Prometheus metrics, registered in the one Registry that `run` builds.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -126,5 +126,122 @@ impl WebhookMetrics {
             Outcome::Invalid => 3,
         };
         self.admissions[index].inc();
+    }
+}
+
+/// Why a client's TLS handshake with the webhook failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The client refused the serving certificate (its alert says so): a `caBundle` that is
+    /// not the certificate's CA, a name the certificate lacks, an expired certificate. The API
+    /// server then admits pods without the webhook (`failurePolicy: Ignore`), so this is the
+    /// one a person must hear about.
+    PeerRejectedCertificate,
+    /// No handshake within the server's time limit.
+    TimedOut,
+    /// Anything else: a client that closed the connection, spoke no TLS, or offered nothing in
+    /// common (port scanners, health checks that open and close a socket).
+    Other,
+}
+
+impl HandshakeFailure {
+    const ALL: [HandshakeFailure; 3] = [
+        HandshakeFailure::PeerRejectedCertificate,
+        HandshakeFailure::TimedOut,
+        HandshakeFailure::Other,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            HandshakeFailure::PeerRejectedCertificate => "peer_rejected_certificate",
+            HandshakeFailure::TimedOut => "timed_out",
+            HandshakeFailure::Other => "other",
+        }
+    }
+
+    /// What a failed `accept` came to: a certificate alert from the client, or something else.
+    pub fn of(error: &std::io::Error) -> Self {
+        use rustls::AlertDescription as Alert;
+        // Go's client (the API server) sends bad_certificate for a certificate it cannot
+        // verify; rustls sends unknown_ca, or decrypt_error when a CA of the same name did not
+        // sign it (the signature does not verify).
+        let alert = error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>());
+        match alert {
+            Some(rustls::Error::AlertReceived(
+                Alert::BadCertificate
+                | Alert::UnsupportedCertificate
+                | Alert::CertificateRevoked
+                | Alert::CertificateExpired
+                | Alert::CertificateUnknown
+                | Alert::UnknownCA
+                | Alert::DecryptError,
+            )) => HandshakeFailure::PeerRejectedCertificate,
+            _ => HandshakeFailure::Other,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// The webhook's failed TLS handshakes, counted by [`HandshakeFailure`]; a client that refuses
+/// the serving certificate is also logged, at most once a minute.
+#[derive(Default)]
+pub struct HandshakeFailures {
+    counters: [Counter; 3],
+    /// When the last warning was logged, and the refusals since.
+    warned: Mutex<(Option<Instant>, u64)>,
+}
+
+impl HandshakeFailures {
+    /// How often a refused certificate is logged at most.
+    const WARN_EVERY: Duration = Duration::from_secs(60);
+
+    pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let family = Family::<ReasonLabels, Counter>::default();
+        let counters = HandshakeFailure::ALL.map(|failure| {
+            family
+                .get_or_create(&ReasonLabels {
+                    reason: failure.label(),
+                })
+                .clone()
+        });
+        registry.register(
+            "trust_rotation_webhook_tls_handshake_failures",
+            "TLS handshakes with the webhook that failed, by reason (peer_rejected_certificate: the client refused the serving certificate, and the API server admits pods without the webhook meanwhile)",
+            family,
+        );
+        Arc::new(Self {
+            counters,
+            ..Default::default()
+        })
+    }
+
+    pub fn record(&self, failure: HandshakeFailure, peer: std::net::SocketAddr, error: &str) {
+        self.counters[failure as usize].inc();
+        if failure != HandshakeFailure::PeerRejectedCertificate {
+            tracing::debug!(%peer, error, reason = failure.label(), "TLS handshake failed");
+            return;
+        }
+        let mut warned = self.warned.lock().expect("handshake warning state");
+        warned.1 += 1;
+        let now = Instant::now();
+        if warned
+            .0
+            .is_some_and(|at| now.duration_since(at) < Self::WARN_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            %peer,
+            error,
+            refusals = warned.1,
+            "a client refused the webhook's serving certificate; the API server admits pods without this webhook meanwhile (failurePolicy: Ignore): check the MutatingWebhookConfiguration's caBundle and the names and dates of the certificate"
+        );
+        *warned = (Some(now), 0);
     }
 }

@@ -21,7 +21,7 @@ use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::metrics::WebhookMetrics;
+use super::metrics::{HandshakeFailure, HandshakeFailures, WebhookMetrics};
 use super::review::{Outcome, review};
 use super::view::ViewHandle;
 
@@ -169,10 +169,13 @@ fn closing_if(close: bool, mut response: Response) -> Response {
 
 /// Serves `app` over TLS on `listener` until `shutdown` completes, then stops accepting, lets
 /// requests in flight finish (up to a drain timeout) and returns.
+///
+/// Failed handshakes are counted in `handshake_failures` when given.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     app: Router,
+    handshake_failures: Option<Arc<HandshakeFailures>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -202,22 +205,24 @@ pub async fn serve_tls(
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, app, builder, watcher) = (
+        let (acceptor, app, builder, watcher, failures) = (
             acceptor.clone(),
             app.clone(),
             builder.clone(),
             graceful.watcher(),
+            handshake_failures.clone(),
         );
         tokio::spawn(async move {
+            let failed = |failure, error: String| match &failures {
+                Some(failures) => failures.record(failure, peer, &error),
+                None => tracing::debug!(%peer, error, "TLS handshake failed"),
+            };
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
+                Ok(Err(e)) => return failed(HandshakeFailure::of(&e), e.to_string()),
                 Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
+                    let error = format!("no handshake within {HANDSHAKE_TIMEOUT:?}");
+                    return failed(HandshakeFailure::TimedOut, error);
                 }
             };
             let service = TowerToHyperService::new(app);

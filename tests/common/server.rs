@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use trust_rotation_operator::crd::Phase;
-use trust_rotation_operator::webhook::metrics::WebhookMetrics;
+use trust_rotation_operator::webhook::metrics::{HandshakeFailures, WebhookMetrics};
 use trust_rotation_operator::webhook::patch::RotationView;
 use trust_rotation_operator::webhook::server::{AppState, router, serve_tls};
 use trust_rotation_operator::webhook::tls::{ReloadingResolver, server_config};
@@ -182,7 +182,9 @@ impl InProcessWebhook {
     pub async fn start(cert: &Path, key: &Path, view: ViewHandle, reload_every: Duration) -> Self {
         let mut registry = Registry::default();
         let app = webhook_router_in(view, &mut registry);
-        let mut server = Self::start_app(cert, key, app, reload_every).await;
+        let handshake_failures = HandshakeFailures::register(&mut registry);
+        let mut server =
+            Self::start_serving(cert, key, app, Some(handshake_failures), reload_every).await;
         server.registry = Some(registry);
         server
     }
@@ -203,12 +205,22 @@ impl InProcessWebhook {
         app: axum::Router,
         reload_every: Duration,
     ) -> Self {
+        Self::start_serving(cert, key, app, None, reload_every).await
+    }
+
+    async fn start_serving(
+        cert: &Path,
+        key: &Path,
+        app: axum::Router,
+        handshake_failures: Option<Arc<HandshakeFailures>>,
+        reload_every: Duration,
+    ) -> Self {
         let resolver = ReloadingResolver::new(cert, key).expect("serving certificate");
         let tls = server_config(resolver.clone()).expect("TLS config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_tls(listener, tls, app, async {
+        let server = tokio::spawn(serve_tls(listener, tls, app, handshake_failures, async {
             let _ = rx.await;
         }));
         let watcher = tokio::spawn(resolver.clone().watch(reload_every, |_| {}));
