@@ -75,40 +75,109 @@ pub fn write(dir: &Path, dns_names: Vec<String>) -> Result<DevCerts, DevCertsErr
         move |source| DevCertsError::Write { path, source }
     };
     std::fs::create_dir_all(dir).map_err(write_err(dir))?;
-    for (path, pem, mode) in [
+    // All four or none: a CA from this run with a serving pair from the last would not verify.
+    // So every file is written beside its place first (a failure removes what was written and
+    // leaves the old set as it was), and only then is each renamed into place.
+    let files = [
         (&out.ca_cert, ca_cert.pem(), 0o644),
         (&out.ca_key, ca.key().serialize_pem(), 0o600),
         (&out.cert, cert.pem(), 0o644),
         (&out.key, key.serialize_pem(), 0o600),
-    ] {
-        replace_file(path, pem.as_bytes(), mode).map_err(write_err(path))?;
+    ];
+    for (path, _, _) in &files {
+        if path.symlink_metadata().is_ok_and(|m| !m.is_file()) {
+            let source = std::io::Error::other("not a regular file");
+            return Err(write_err(path)(source));
+        }
+    }
+    let mut written: Vec<(PathBuf, &PathBuf)> = Vec::new();
+    for (path, pem, mode) in &files {
+        let temp = temp_path(path);
+        if let Err(source) = write_new(&temp, pem.as_bytes(), *mode) {
+            for (temp, _) in &written {
+                let _ = std::fs::remove_file(temp);
+            }
+            return Err(write_err(&temp)(source));
+        }
+        written.push((temp, path));
+    }
+    for (temp, path) in &written {
+        std::fs::rename(temp, path).map_err(write_err(path))?;
     }
     Ok(out)
 }
 
-/// Writes `path` whole or not at all (a running server re-reading it never sees half a file),
-/// readable by its owner only when `mode` says so.
-fn replace_file(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+/// Where `path` is written before it is renamed into place.
+fn temp_path(path: &Path) -> PathBuf {
     let mut temp = path.as_os_str().to_owned();
     temp.push(".tmp");
-    let temp = PathBuf::from(temp);
-    let _ = std::fs::remove_file(&temp);
+    PathBuf::from(temp)
+}
+
+/// Writes `contents` to a new file at `temp` (one left by an earlier run is replaced),
+/// readable by its owner only when `mode` says so, and flushed to disk: renamed into place, it
+/// is never seen half written by a running server re-reading it.
+fn write_new(temp: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(temp);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
-        .open(&temp)?;
+        .open(temp)?;
     file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&temp, path)
+    file.sync_all()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// A set that cannot be written whole is not written at all: the old four files stay as
+    /// they were (a new CA beside the old serving pair would not verify), no temporary file is
+    /// left, and the error names the file it could not write.
+    #[test]
+    fn a_set_that_cannot_be_written_whole_leaves_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["ca.crt", "ca.key", "tls.crt", "tls.key"];
+        write(dir.path(), vec!["localhost".to_owned()]).unwrap();
+        let read_all = || names.map(|n| std::fs::read(dir.path().join(n)).unwrap());
+        let before = read_all();
+
+        // The last file's temporary path is taken (by a directory).
+        std::fs::create_dir(dir.path().join("tls.key.tmp")).unwrap();
+        let error = write(dir.path(), vec!["localhost".to_owned()]).unwrap_err();
+        assert!(
+            error.to_string().starts_with(&format!(
+                "writing {}",
+                dir.path().join("tls.key.tmp").display()
+            )),
+            "{error}"
+        );
+        assert_eq!(read_all(), before);
+        std::fs::remove_dir(dir.path().join("tls.key.tmp")).unwrap();
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert_eq!(left, Vec::<String>::new());
+
+        // A target that is a directory: refused before anything is written.
+        std::fs::remove_file(dir.path().join("tls.crt")).unwrap();
+        std::fs::create_dir(dir.path().join("tls.crt")).unwrap();
+        let error = write(dir.path(), vec!["localhost".to_owned()]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "writing {}: not a regular file",
+                dir.path().join("tls.crt").display()
+            )
+        );
+        assert_eq!(std::fs::read(dir.path().join("ca.crt")).unwrap(), before[0]);
+    }
 
     #[test]
     fn private_keys_are_readable_by_their_owner_only_even_when_rewritten() {
