@@ -52,10 +52,10 @@ pub struct DemoArgs {
     #[arg(long, value_enum, default_value_t = DemoOutput::Text)]
     pub output: DemoOutput,
     /// `spec.workloadCertificateRefreshInterval` of the rotation (simulated leaves live 20s).
-    #[arg(long, default_value = crate::demo::DEFAULT_REFRESH_INTERVAL)]
+    #[arg(long, default_value = crate::demo::DEFAULT_REFRESH_INTERVAL, value_parser = refresh_interval)]
     pub refresh_interval: String,
     /// `spec.dataPlaneRestart.maxConcurrentWorkloads` (default: the operator's).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_workloads: Option<u32>,
 }
 
@@ -258,6 +258,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 const LONGEST: Duration = Duration::from_secs(3600);
 /// The shortest period: shorter would spin (checking the certificate files every nanosecond).
 const SHORTEST_PERIOD: Duration = Duration::from_millis(100);
+
+/// The demo's refresh interval, checked before a control plane is started for it (the CRD
+/// would refuse a malformed one only minutes later, and a zero one parks the rotation).
+fn refresh_interval(s: &str) -> Result<String, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err(format!("{s:?} is zero: the rotation would park on it")),
+        _ => Ok(s.to_owned()),
+    }
+}
 
 /// A duration something is done every so often: zero would mean never waiting.
 fn parse_period(s: &str) -> Result<Duration, String> {

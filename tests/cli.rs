@@ -196,6 +196,23 @@ fn rbac_restart_namespaces_bind_the_restarter_there_and_typos_are_refused() {
     );
 }
 
+/// The demo's own flags are checked before it starts a control plane (minutes on a first
+/// run), not by the CRD when the rotation is applied.
+#[test]
+fn demo_flags_are_checked_before_anything_starts() {
+    let demo = |flag: &str, value: &str| {
+        OperatorCli::try_parse_from(["trust-rotation-operator", "demo", flag, value])
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    assert!(demo("--refresh-interval", "5x").is_err());
+    let zero = demo("--refresh-interval", "0s").unwrap_err();
+    assert!(zero.contains("\"0s\" is zero"), "{zero}");
+    assert!(demo("--refresh-interval", "3s").is_ok());
+    assert!(demo("--max-concurrent-workloads", "0").is_err());
+    assert!(demo("--max-concurrent-workloads", "1").is_ok());
+}
+
 #[test]
 fn webhook_config_embeds_only_certificates_as_the_ca_bundle() {
     let dir = tempfile::tempdir().unwrap();
