@@ -92,7 +92,7 @@ pub struct RunArgs {
     #[arg(long, default_value = crate::crd::CLUSTER_ROTATION_NAME)]
     pub rotation_name: String,
     /// Linkerd's control-plane namespace.
-    #[arg(long, default_value = "linkerd")]
+    #[arg(long, default_value = "linkerd", value_parser = label("namespace"))]
     pub linkerd_namespace: String,
     /// The trust-bundle ConfigMap in the Linkerd namespace.
     #[arg(long, default_value = "linkerd-identity-trust-roots")]
@@ -101,7 +101,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub reconciler: bool,
     /// Namespace of cert-manager's trust-anchor Certificate and Secret.
-    #[arg(long, default_value = "cert-manager")]
+    #[arg(long, default_value = "cert-manager", value_parser = label("namespace"))]
     pub trust_anchor_namespace: String,
     /// The trust anchor's Secret (cert-manager writes it).
     #[arg(long, default_value = "linkerd-trust-anchor")]
@@ -161,13 +161,13 @@ pub struct RbacArgs {
     #[arg(long, default_value = crate::rbac::NAME)]
     pub service_account: String,
     /// The operator's namespace.
-    #[arg(long, default_value = crate::webhook::config::DEFAULT_OPERATOR_NAMESPACE)]
+    #[arg(long, default_value = crate::webhook::config::DEFAULT_OPERATOR_NAMESPACE, value_parser = label("namespace"))]
     pub namespace: String,
     /// Linkerd's control-plane namespace.
-    #[arg(long, default_value = "linkerd")]
+    #[arg(long, default_value = "linkerd", value_parser = label("namespace"))]
     pub linkerd_namespace: String,
     /// Namespace of the trust anchor's Secret.
-    #[arg(long, default_value = "cert-manager")]
+    #[arg(long, default_value = "cert-manager", value_parser = label("namespace"))]
     pub trust_anchor_namespace: String,
     // The names below are the ones given to `run`, when they are not its defaults: the
     // permissions on these objects name them (`resourceNames`).
@@ -194,39 +194,64 @@ pub struct RbacArgs {
     /// Let the operator restart workloads in this namespace only (repeat for more): a
     /// RoleBinding there instead of the cluster-wide binding. Without it, everywhere. The
     /// control plane's restarts in the Linkerd namespace are allowed either way.
-    #[arg(long = "restart-namespace", value_name = "NAMESPACE", value_parser = namespace_name)]
+    #[arg(long = "restart-namespace", value_name = "NAMESPACE", value_parser = label("namespace"))]
     pub restart_namespaces: Vec<String>,
 }
 
-/// A namespace name as Kubernetes accepts it (an RFC 1123 label), so that a typo is refused
-/// here rather than by the API server halfway through an apply.
-fn namespace_name(name: &str) -> Result<String, String> {
-    let valid = (1..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if valid {
-        Ok(name.to_owned())
-    } else {
-        Err(format!(
-            "{name:?} is not a namespace name (at most 63 characters: lowercase letters, digits \
-             and '-', starting and ending with a letter or digit)"
-        ))
+/// A name Kubernetes accepts for a namespace or a Service (an RFC 1123 label), so that a typo
+/// is refused here, not by the API server halfway through an apply, nor written into a
+/// certificate's names or a YAML file. `what` names it in the message.
+fn label(what: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone + Send + Sync {
+    move |name: &str| {
+        let valid = (1..=63).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if valid {
+            Ok(name.to_owned())
+        } else {
+            Err(format!(
+                "{name:?} is not a {what} name (at most 63 characters: lowercase letters, digits \
+                 and '-', starting and ending with a letter or digit)"
+            ))
+        }
     }
+}
+
+/// The webhook's URL as the API server accepts it in `clientConfig.url`: https, a host, no
+/// query or fragment, nothing YAML would read otherwise.
+fn webhook_url(url: &str) -> Result<String, String> {
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{url:?} is not a URL: it holds a space or control character"
+        ));
+    }
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if uri.scheme_str() != Some("https") || uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{url:?} must be https://host[:port]/path"));
+    }
+    if uri.query().is_some() || url.contains('#') {
+        return Err(format!(
+            "{url:?} must have no query or fragment (the API server refuses them)"
+        ));
+    }
+    Ok(url.to_owned())
 }
 
 #[derive(Debug, clap::Args)]
 pub struct WebhookConfigArgs {
     /// Reach the webhook at this URL (local development) instead of through a Service.
-    #[arg(long, conflicts_with_all = ["service_name"])]
+    #[arg(long, conflicts_with_all = ["service_name"], value_parser = webhook_url)]
     pub url: Option<String>,
     /// Service in front of the webhook (cluster variant).
-    #[arg(long, default_value = crate::webhook::config::DEFAULT_SERVICE_NAME)]
+    #[arg(long, default_value = crate::webhook::config::DEFAULT_SERVICE_NAME, value_parser = label("Service"))]
     pub service_name: String,
     /// Namespace the operator (and its Service) runs in; excluded from the webhook.
-    #[arg(long, default_value = crate::webhook::config::DEFAULT_OPERATOR_NAMESPACE)]
+    #[arg(long, default_value = crate::webhook::config::DEFAULT_OPERATOR_NAMESPACE, value_parser = label("namespace"))]
     pub namespace: String,
     /// PEM CA that signed the serving certificate, embedded as caBundle.
     #[arg(long)]
@@ -241,10 +266,10 @@ pub enum CertsCommand {
         #[arg(long, default_value = "certs-dev")]
         out: PathBuf,
         /// Namespace of the webhook Service (for its DNS names).
-        #[arg(long, default_value = crate::webhook::config::DEFAULT_OPERATOR_NAMESPACE)]
+        #[arg(long, default_value = crate::webhook::config::DEFAULT_OPERATOR_NAMESPACE, value_parser = label("namespace"))]
         namespace: String,
         /// The webhook Service's name (for its DNS names), as given to `webhook-config`.
-        #[arg(long, default_value = crate::webhook::config::DEFAULT_SERVICE_NAME)]
+        #[arg(long, default_value = crate::webhook::config::DEFAULT_SERVICE_NAME, value_parser = label("Service"))]
         service_name: String,
     },
 }

@@ -196,6 +196,86 @@ fn rbac_restart_namespaces_bind_the_restarter_there_and_typos_are_refused() {
     );
 }
 
+/// Names and the URL that go into YAML or certificates are checked first: a value YAML would
+/// read otherwise (`#` starts a comment, `: ` a key), or that no namespace or Service could
+/// have, is refused with the flag's value, never written.
+#[test]
+fn names_and_urls_bound_for_yaml_or_certificates_are_checked() {
+    let parse = |args: &[&str]| {
+        OperatorCli::try_parse_from(
+            std::iter::once("trust-rotation-operator").chain(args.iter().copied()),
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    };
+    for (args, says) in [
+        (
+            &["webhook-config", "--url", "https://a/#: b"][..],
+            "is not a URL",
+        ),
+        (
+            &["webhook-config", "--url", "https://a/x\nservice: {}"][..],
+            "is not a URL",
+        ),
+        (
+            &["webhook-config", "--url", "not-a-url"][..],
+            "must be https://",
+        ),
+        (
+            &["webhook-config", "--url", "https://a/x#frag"][..],
+            "no query or fragment",
+        ),
+        (
+            &["webhook-config", "--url", "https://a/x?q=1"][..],
+            "no query or fragment",
+        ),
+        (
+            &["webhook-config", "--url", "http://127.0.0.1:9443/mutate"][..],
+            "must be https://",
+        ),
+        (
+            &["webhook-config", "--namespace", ""][..],
+            "\"\" is not a namespace name",
+        ),
+        (
+            &["webhook-config", "--service-name", "Web Hook"][..],
+            "is not a Service name",
+        ),
+        (
+            &["certs", "dev", "--namespace", "bad ns"][..],
+            "is not a namespace name",
+        ),
+        (
+            &["certs", "dev", "--service-name", ""][..],
+            "is not a Service name",
+        ),
+        (
+            &["rbac", "--linkerd-namespace", "x-"][..],
+            "is not a namespace name",
+        ),
+        (
+            &["run", "--trust-anchor-namespace", "Cert-Manager"][..],
+            "is not a namespace name",
+        ),
+    ] {
+        let error = parse(args).unwrap_err();
+        assert!(error.contains(says), "{args:?}: {error}");
+    }
+    for args in [
+        &["webhook-config", "--url", "https://127.0.0.1:9443/mutate"][..],
+        &[
+            "webhook-config",
+            "--namespace",
+            "tro",
+            "--service-name",
+            "hook-1",
+        ][..],
+        &["certs", "dev", "--namespace", "linkerd"][..],
+    ] {
+        assert!(parse(args).is_ok(), "{args:?}");
+    }
+}
+
 /// The demo's own flags are checked before it starts a control plane (minutes on a first
 /// run), not by the CRD when the rotation is applied.
 #[test]
