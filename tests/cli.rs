@@ -26,11 +26,22 @@ fn ca(cn: &str) -> String {
 
 /// `linkerd-trust` with `args`: (exit code, stdout, stderr).
 fn linkerd_trust(args: &[&Path]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_linkerd-trust"))
-        .arg("bundle")
+    let bundle = std::iter::once(Path::new("bundle"));
+    run(
+        env!("CARGO_BIN_EXE_linkerd-trust"),
+        bundle.chain(args.iter().copied()),
+    )
+}
+
+/// `binary` with `args`, run to its end: (exit code, stdout, stderr).
+fn run(
+    binary: &str,
+    args: impl IntoIterator<Item = impl AsRef<std::ffi::OsStr>>,
+) -> (i32, String, String) {
+    let out = Command::new(binary)
         .args(args)
         .output()
-        .expect("running linkerd-trust");
+        .unwrap_or_else(|e| panic!("running {binary}: {e}"));
     (
         out.status.code().expect("exited"),
         String::from_utf8(out.stdout).unwrap(),
@@ -159,16 +170,8 @@ fn durations_are_refused_where_zero_never_waits_and_out_of_bounds() {
 #[test]
 fn rbac_restart_namespaces_bind_the_restarter_there_and_typos_are_refused() {
     let rbac = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_trust-rotation-operator"))
-            .arg("rbac")
-            .args(args)
-            .output()
-            .expect("running trust-rotation-operator rbac");
-        (
-            out.status.code().expect("exited"),
-            String::from_utf8(out.stdout).unwrap(),
-            String::from_utf8(out.stderr).unwrap(),
-        )
+        let rbac = std::iter::once("rbac").chain(args.iter().copied());
+        run(env!("CARGO_BIN_EXE_trust-rotation-operator"), rbac)
     };
     let (code, yaml, _) = rbac(&["--restart-namespace", "shop", "--restart-namespace", "pay"]);
     assert_eq!(code, 0);
