@@ -125,7 +125,7 @@ pub(crate) fn api_words(error: &kube::Error) -> String {
 
 /// `error: cause: cause...`, each cause once (an error that already quotes its cause is not
 /// made to repeat it).
-pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(e) = cause {

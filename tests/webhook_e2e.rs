@@ -579,20 +579,9 @@ async fn a_wrong_ca_bundle_is_counted_and_logged() {
     seed_cluster(&cp).await;
     let mut op = Operator::start(&cp, &["--reconciler=false"]);
     op.wait_ready(Duration::from_secs(60)).await;
-    let other_ca = tempfile::tempdir().unwrap();
-    let status = std::process::Command::new(Operator::binary())
-        .args(["certs", "dev", "--out"])
-        .arg(other_ca.path())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = std::process::Command::new(Operator::binary())
-        .args(["webhook-config", "--url", &op.webhook_url(), "--ca-file"])
-        .arg(other_ca.path().join("ca.crt"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    common::kubectl_apply(&cp, &out.stdout);
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = trust_rotation_operator::devcerts::write(other_dir.path(), vec![]).unwrap();
+    common::register_webhook_trusting(&cp, &op, &other.ca_cert);
 
     let pods: Api<Pod> = Api::namespaced(cp.client(), MESHED_NS);
     let refusals =

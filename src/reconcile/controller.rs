@@ -146,6 +146,8 @@ impl Default for ReconcilerConfig {
     }
 }
 
+/// Said as a blockingMessage says it: what failed and the API server's own words, without the
+/// client's wrapping.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error("{}", crate::watch::in_api_words(.what, .source))]
@@ -157,21 +159,6 @@ pub enum ReconcileError {
     /// Several writes of one step failed (each workload's restart is tried).
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Several(Vec<ReconcileError>),
-}
-
-impl ReconcileError {
-    /// For a blockingMessage: what failed and the API server's own words, without the
-    /// client's wrapping.
-    pub fn brief(&self) -> String {
-        match self {
-            ReconcileError::Kube { what, source } => crate::watch::in_api_words(what, source),
-            ReconcileError::Several(all) => all
-                .iter()
-                .map(ReconcileError::brief)
-                .collect::<Vec<_>>()
-                .join("; "),
-        }
-    }
 }
 
 fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
@@ -276,6 +263,10 @@ impl Watches {
         let id = self
             .tasks
             .spawn(async move {
+                // Not `watch::with_backoff` over one watcher: after a failed watch, kube's
+                // watcher may resume from its last resourceVersion without listing again, and
+                // a watch marked failing is cleared only by a whole new list (`InitDone`). So
+                // each failure starts a new watcher, which lists.
                 let mut backoff = crate::watch::Backoff::default();
                 loop {
                     let mut events = std::pin::pin!(
@@ -512,8 +503,7 @@ async fn say_holding(client: &Client, config: &ReconcilerConfig, failing: &str) 
         Ok(Some(rotation)) => rotation,
         Ok(None) => return,
         Err(e) => {
-            let e = crate::watch::api_words(&e);
-            tracing::warn!(error = %e, "reading TrustAnchorRotation {name} to say the reconciler holds");
+            tracing::warn!(error = %crate::watch::api_words(&e), "reading TrustAnchorRotation {name} to say the reconciler holds");
             return;
         }
     };
@@ -672,8 +662,7 @@ async fn reconcile_once(
                         .publish(&reference, warning, reason, message)
                         .await
                         .unwrap_or_else(|e| {
-                            let e = crate::watch::api_words(&e);
-                            tracing::warn!(error = %e, "publishing an event")
+                            tracing::warn!(error = %crate::watch::api_words(&e), "publishing an event")
                         });
                 }
             }
@@ -714,9 +703,8 @@ fn failed_step_status(
 ) -> TrustAnchorRotationStatus {
     let mut held = TrustAnchorRotationStatus {
         blocking_message: Some(format!(
-            "{}could not carry out the next step, retrying: {}",
+            "{}could not carry out the next step, retrying: {error}",
             urgent_prefix(decided),
-            error.brief()
         )),
         ..previous.clone()
     };
@@ -1015,8 +1003,7 @@ async fn issuer_issuance(
             // Read as "not issuing, no failure": the worst that follows is the automatic
             // policy setting `Issuing=True` again, which is idempotent (and fails the same way
             // if the API does).
-            let e = crate::watch::api_words(&e);
-            tracing::warn!(certificate = %format!("{ns}/{name}"), error = %e, "reading the issuer Certificate");
+            tracing::warn!(certificate = %format!("{ns}/{name}"), error = %crate::watch::api_words(&e), "reading the issuer Certificate");
             (false, None)
         }
     }
@@ -1477,8 +1464,7 @@ async fn execute(
         } => {
             // An event that cannot be written is logged, never a reason to stop.
             if let Err(e) = recorder.publish(reference, *warning, reason, message).await {
-                let e = crate::watch::api_words(&e);
-                tracing::warn!(error = %e, %reason, "publishing an event");
+                tracing::warn!(error = %crate::watch::api_words(&e), %reason, "publishing an event");
             }
         }
     }

@@ -456,13 +456,7 @@ pub fn decide(
                     short(&anchor.fingerprint),
                     examples(&lacking)
                 );
-                let seen = status
-                    .blocking_message
-                    .as_deref()
-                    .is_some_and(|m| m.contains(LACKING));
-                if !seen {
-                    d.event(true, "PodsLackTrustBundle", &message);
-                }
+                d.warn_once(LACKING, "PodsLackTrustBundle", &message);
                 d.next.blocking_message = Some(message);
                 return d.finish(Requeue::Idle);
             }
@@ -1030,6 +1024,15 @@ impl<'a> Step<'a> {
         Time(k8s_openapi::jiff::Timestamp::from_second(self.now).unwrap_or_default())
     }
 
+    /// A Warning event, unless the blockingMessage as the look began already said `said`
+    /// (an urgent prefix may lead it): one event when a problem appears, not one per look.
+    fn warn_once(&mut self, said: &str, reason: &str, message: &str) {
+        let already = (self.prev.blocking_message.as_deref()).is_some_and(|m| m.contains(said));
+        if !already {
+            self.event(true, reason, message);
+        }
+    }
+
     fn event(&mut self, warning: bool, reason: &str, message: &str) {
         self.effects.push(Effect::Event {
             warning,
@@ -1059,15 +1062,7 @@ impl<'a> Step<'a> {
 
     fn park(mut self, problem: &str) -> Decision {
         let message = format!("parked: {problem}; nothing is written until this is fixed");
-        // (`ends_with`: an urgent prefix may lead it.)
-        let already = self
-            .prev
-            .blocking_message
-            .as_deref()
-            .is_some_and(|m| m.ends_with(message.as_str()));
-        if !already {
-            self.event(true, "RotationParked", &message);
-        }
+        self.warn_once(&message, "RotationParked", &message);
         self.next.blocking_message = Some(message);
         // Parking writes nothing but status.
         self.effects.retain(|e| matches!(e, Effect::Event { .. }));
@@ -1336,18 +1331,11 @@ impl<'a> Step<'a> {
                 unfixable.len(),
                 first_few(&unfixable)
             ));
-            let previous_mentions = self
-                .prev
-                .blocking_message
-                .as_deref()
-                .is_some_and(|m| m.contains("a restart cannot fix"));
-            if !previous_mentions {
-                self.event(
-                    true,
-                    "UnfixableWorkloads",
-                    &format!("a restart cannot fix: {}", unfixable.join(", ")),
-                );
-            }
+            self.warn_once(
+                "a restart cannot fix",
+                "UnfixableWorkloads",
+                &format!("a restart cannot fix: {}", unfixable.join(", ")),
+            );
         }
         self.next.blocking_message = Some(message);
     }
@@ -1405,14 +1393,7 @@ impl<'a> Step<'a> {
             )
         });
         if let Some(failed) = &failed {
-            let seen = self
-                .prev
-                .blocking_message
-                .as_deref()
-                .is_some_and(|m| m.contains(failed.as_str()));
-            if !seen {
-                self.event(true, "IssuerRenewalFailed", failed);
-            }
+            self.warn_once(failed, "IssuerRenewalFailed", failed);
         }
         let cmctl = format!("cmctl renew -n {ns} {name}");
         let mut message = if issuer.issuing {

@@ -266,8 +266,7 @@ impl Elector {
             Ok(Some(lease)) => lease,
             Ok(None) => return,
             Err(e) => {
-                let e = crate::watch::api_words(&e);
-                tracing::warn!(error = %e, "releasing the leader Lease: reading it failed; it will expire");
+                tracing::warn!(error = %crate::watch::api_words(&e), "releasing the leader Lease: reading it failed; it will expire");
                 return;
             }
         };
@@ -285,8 +284,7 @@ impl Elector {
             .replace(&self.config.name, &PostParams::default(), &lease)
             .await
         {
-            let e = crate::watch::api_words(&e);
-            tracing::warn!(error = %e, "releasing the leader Lease");
+            tracing::warn!(error = %crate::watch::api_words(&e), "releasing the leader Lease");
         }
     }
 

@@ -184,9 +184,14 @@ pub fn init_tracing() {
 
 /// Registers the operator's webhook with the API server by URL, as `webhook-config` prints it.
 pub fn register_webhook(cp: &ControlPlane, op: &Operator) {
+    register_webhook_trusting(cp, op, &op.dir.path().join("ca.crt"));
+}
+
+/// As [`register_webhook`], with `ca_file` as the configuration's caBundle.
+pub fn register_webhook_trusting(cp: &ControlPlane, op: &Operator, ca_file: &std::path::Path) {
     let out = std::process::Command::new(Operator::binary())
         .args(["webhook-config", "--url", &op.webhook_url(), "--ca-file"])
-        .arg(op.dir.path().join("ca.crt"))
+        .arg(ca_file)
         .output()
         .expect("webhook-config");
     assert!(out.status.success(), "webhook-config: {out:?}");
