@@ -79,9 +79,10 @@ impl Backoff {
 }
 
 /// A watcher's events, each failed attempt followed by a [`Backoff`] wait before the watcher is
-/// asked again (which lists again), the wait reset only once a list is whole (`InitDone`).
-/// kube's own `default_backoff` resets on any event, and a relist begins with one (`Init`), so
-/// against an API server that fails every list it retried about once a second forever.
+/// asked again, the wait reset only by progress: a whole list (`InitDone`), or a change seen
+/// by a watch the watcher resumed without listing again. kube's own `default_backoff` resets on
+/// any event, and a relist begins with one (`Init`), so against an API server that fails every
+/// list it retried about once a second forever.
 pub(crate) fn with_backoff<K, S>(
     events: S,
 ) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
@@ -97,11 +98,11 @@ where
         let event = events.next().await?;
         let wait = match &event {
             Err(_) => Some(backoff.next()),
-            Ok(watcher::Event::InitDone) => {
+            Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
                 backoff = Backoff::default();
                 None
             }
-            Ok(_) => None,
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => None,
         };
         Some((event, (events, backoff, wait)))
     })
@@ -204,6 +205,33 @@ mod tests {
             .await;
         // Each item comes after the wait its predecessor earned.
         assert_eq!(seen, [0, 1, 3, 7, 7, 15, 15, 15, 16]);
+    }
+
+    /// A watch the watcher resumed after a failure, without listing again, resets the wait
+    /// with the first change it delivers: the next failure waits 1 s again, not twice as long.
+    #[tokio::test(start_paused = true)]
+    async fn a_resumed_watch_that_delivers_a_change_resets_the_wait() {
+        use watcher::Event;
+        let failed = || {
+            let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+                "status": "Failure", "code": 500, "message": "etcd is away"
+            }))
+            .unwrap();
+            Err(watcher::Error::WatchFailed(kube::Error::Api(status.into())))
+        };
+        let events: Vec<Result<Event<()>, watcher::Error>> = vec![
+            failed(),
+            failed(),
+            Ok(Event::Apply(())),
+            failed(),
+            Ok(Event::Delete(())),
+        ];
+        let start = tokio::time::Instant::now();
+        let seen: Vec<u64> = with_backoff(futures::stream::iter(events))
+            .map(|_| start.elapsed().as_secs())
+            .collect()
+            .await;
+        assert_eq!(seen, [0, 1, 3, 3, 4]);
     }
 
     /// An API server that cannot be reached is named with why: kube's own text stops at
