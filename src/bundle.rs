@@ -35,21 +35,105 @@ pub enum BundleError {
     },
     #[error("{source_name}: holds no CERTIFICATE block")]
     Empty { source_name: String },
-    #[error("{source_name}: PEM block {index} is a {tag}, not a CERTIFICATE")]
+    /// `number` counts the source's PEM blocks from 1, out of `blocks`.
+    #[error("{source_name}: PEM block {number} of {blocks} is a {tag}, not a CERTIFICATE")]
     NotACertificate {
         source_name: String,
-        index: usize,
+        number: usize,
+        blocks: usize,
         tag: String,
     },
-    #[error("{source_name}: certificate {index} is not valid X.509: {message}")]
+    #[error(
+        "{source_name}: the certificate in PEM block {number} of {blocks} is not valid X.509: {message}"
+    )]
     NotX509 {
         source_name: String,
-        index: usize,
+        number: usize,
+        blocks: usize,
         message: String,
     },
 }
 
+/// What would make an anchor a poor one, though it can still be bundled: `linkerd-trust bundle`
+/// warns of these and prints the bundle all the same (a rotation bundles the old anchor beside
+/// the new, and the old one may be close to its end).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Concern {
+    /// `notAfter` (RFC 3339) has passed: verifiers that check a root's validity period, Linkerd's
+    /// Go control plane among them, refuse chains that end at it.
+    Expired { at: String },
+    /// `notBefore` (RFC 3339) is still to come.
+    NotYetValid { from: String },
+    /// No `basicConstraints CA:TRUE`: not meant to sign certificates.
+    NotACa,
+}
+
+/// A [`Concern`] about one certificate of a bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnchorWarning {
+    /// The subject, as `CN=root.linkerd.cluster.local` (old and new anchors often share it).
+    pub subject: String,
+    /// SHA-256 of the DER, as [`Bundle::fingerprints`].
+    pub fingerprint: String,
+    pub concern: Concern,
+}
+
+impl std::fmt::Display for AnchorWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let short = &self.fingerprint[..self.fingerprint.len().min(12)];
+        write!(f, "anchor {} (sha256 {short}...) ", self.subject)?;
+        match &self.concern {
+            Concern::Expired { at } => write!(f, "expired at {at}"),
+            Concern::NotYetValid { from } => write!(f, "is not valid before {from}"),
+            Concern::NotACa => write!(f, "is not a CA certificate (no basicConstraints CA:TRUE)"),
+        }
+    }
+}
+
+/// `unix` seconds as RFC 3339 (UTC), or the number itself if out of range.
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{unix} (Unix time)"))
+}
+
 impl Bundle {
+    /// The concerns about each certificate at `now` (Unix seconds), in canonical order.
+    pub fn concerns(&self, now: i64) -> Vec<AnchorWarning> {
+        let mut out = Vec::new();
+        for (fingerprint, der) in &self.certs {
+            // Every certificate was parsed when it was added.
+            let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+                continue;
+            };
+            let validity = cert.validity();
+            let mut concerns = Vec::new();
+            if validity.not_after.timestamp() < now {
+                concerns.push(Concern::Expired {
+                    at: rfc3339(validity.not_after.timestamp()),
+                });
+            }
+            if validity.not_before.timestamp() > now {
+                concerns.push(Concern::NotYetValid {
+                    from: rfc3339(validity.not_before.timestamp()),
+                });
+            }
+            if !cert.is_ca() {
+                concerns.push(Concern::NotACa);
+            }
+            out.extend(concerns.into_iter().map(|concern| AnchorWarning {
+                subject: cert.subject().to_string(),
+                fingerprint: fingerprint.clone(),
+                concern,
+            }));
+        }
+        out
+    }
+
     /// Parses PEM text; `source_name` names the object in errors (for example
     /// `ConfigMap linkerd/linkerd-identity-trust-roots key ca-bundle.crt`).
     pub fn from_pem(source_name: &str, pem_text: &str) -> Result<Self, BundleError> {
@@ -89,18 +173,21 @@ impl Bundle {
                 source_name: source_name.to_owned(),
             });
         }
-        for (index, block) in blocks.into_iter().enumerate() {
+        let count = blocks.len();
+        for (number, block) in (1..).zip(blocks) {
             if block.tag() != "CERTIFICATE" {
                 return Err(BundleError::NotACertificate {
                     source_name: source_name.to_owned(),
-                    index,
+                    number,
+                    blocks: count,
                     tag: block.tag().to_owned(),
                 });
             }
             let der = block.into_contents();
             let not_x509 = |message: String| BundleError::NotX509 {
                 source_name: source_name.to_owned(),
-                index,
+                number,
+                blocks: count,
                 message,
             };
             let (rest, _) =
@@ -214,10 +301,11 @@ mod tests {
             "Secret cert-manager/linkerd-trust-anchor: holds no CERTIFICATE block"
         );
         let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
-        let e = Bundle::from_pem("k", &key).unwrap_err();
-        assert!(
-            matches!(e, BundleError::NotACertificate { index: 0, .. }),
-            "{e}"
+        // Blocks are counted from 1, as a reader counts them.
+        let e = Bundle::from_pem("k", &format!("{}{key}", cert("a"))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "k: PEM block 2 of 2 is a PRIVATE KEY, not a CERTIFICATE"
         );
         let bogus = pem::encode(&pem::Pem::new("CERTIFICATE", vec![1, 2, 3]));
         let e = Bundle::from_pem("b", &bogus).unwrap_err();
@@ -245,7 +333,77 @@ mod tests {
         let e = Bundle::from_pem("padded.pem", &padded).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "padded.pem: certificate 0 is not valid X.509: 2 bytes follow the certificate"
+            "padded.pem: the certificate in PEM block 1 of 1 is not valid X.509: 2 bytes follow the certificate"
+        );
+    }
+
+    #[test]
+    fn concerns_name_expired_not_yet_valid_and_non_ca_anchors() {
+        let template = |cn: &str, not_before: i64, not_after: i64, is_ca: bool| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+            params.not_before = time::OffsetDateTime::from_unix_timestamp(not_before).unwrap();
+            params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+            if is_ca {
+                params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            }
+            params.self_signed(&key).unwrap().pem()
+        };
+        let now = 1_800_000_000; // 2027-01-15T08:00:00Z
+        let good = template("good", now - 10, now + 10, true);
+        let expired = template("old", now - 20, now - 1, true);
+        let future = template("new", now + 60, now + 120, true);
+        let leaf = template("leaf", now - 10, now + 10, false);
+        let bundle = Bundle::from_pem("b", &format!("{good}{expired}{future}{leaf}")).unwrap();
+        let mut said: Vec<_> = bundle.concerns(now).iter().map(|w| w.to_string()).collect();
+        said.sort();
+        let fp = |pem_text: &str| {
+            Bundle::from_pem("x", pem_text)
+                .unwrap()
+                .fingerprints()
+                .next()
+                .unwrap()[..12]
+                .to_owned()
+        };
+        assert_eq!(
+            said,
+            [
+                format!(
+                    "anchor CN=leaf (sha256 {}...) is not a CA certificate (no basicConstraints CA:TRUE)",
+                    fp(&leaf)
+                ),
+                format!(
+                    "anchor CN=new (sha256 {}...) is not valid before 2027-01-15T08:01:00Z",
+                    fp(&future)
+                ),
+                format!(
+                    "anchor CN=old (sha256 {}...) expired at 2027-01-15T07:59:59Z",
+                    fp(&expired)
+                ),
+            ]
+        );
+        // The boundaries are valid: an anchor is good through its notAfter second.
+        assert!(
+            Bundle::from_pem("g", &good)
+                .unwrap()
+                .concerns(now + 10)
+                .is_empty()
+        );
+        assert!(
+            Bundle::from_pem("g", &good)
+                .unwrap()
+                .concerns(now - 10)
+                .is_empty()
+        );
+        assert_eq!(
+            Bundle::from_pem("g", &good)
+                .unwrap()
+                .concerns(now + 11)
+                .len(),
+            1
         );
     }
 

@@ -542,7 +542,8 @@ pub struct LinkerdTrustCli {
 #[derive(Debug, Subcommand)]
 pub enum LinkerdTrustCommand {
     /// Print the canonical trust bundle (de-duplicated, ordered by SHA-256 of the DER) built
-    /// from PEM files, and its fingerprint on stderr.
+    /// from PEM files, and its fingerprint on stderr, after a warning for each anchor that has
+    /// expired, is not yet valid or is not a CA (bundled all the same).
     Bundle {
         /// PEM files holding one or more certificates each.
         #[arg(required = true)]
@@ -558,18 +559,36 @@ pub fn linkerd_trust(
 ) -> Result<(), CliError> {
     match cli.command {
         LinkerdTrustCommand::Bundle { files } => {
-            let mut pems = Vec::new();
+            let mut bundle = crate::bundle::Bundle::default();
+            let mut warnings = Vec::new();
             for f in &files {
-                pems.push((f.display().to_string(), read_text(f)?));
+                let name = f.display().to_string();
+                let part = crate::bundle::Bundle::from_pem(&name, &read_text(f)?)?;
+                for warning in part.concerns(now_unix()) {
+                    if !bundle.contains(&warning.fingerprint) {
+                        warnings.push(format!("warning: {name}: {warning}"));
+                    }
+                }
+                for der in part.ders() {
+                    bundle.insert_der(der.to_vec());
+                }
             }
-            let bundle = crate::bundle::Bundle::from_sources(&pems)?;
             out.write_all(bundle.to_pem().as_bytes())
                 .map_err(CliError::Output)?;
+            for warning in warnings {
+                writeln!(err, "{warning}").map_err(CliError::Output)?;
+            }
             writeln!(err, "trust-root-sha256: {}", bundle.fingerprint())
                 .map_err(CliError::Output)?;
         }
     }
     Ok(())
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// A PEM file's text; a binary file (DER, say) is named as such.

@@ -10,16 +10,22 @@ use serde::Deserialize;
 use trust_rotation_operator::bundle::Bundle;
 use trust_rotation_operator::cli::OperatorCli;
 
-/// A self-signed CA certificate as PEM, from the simulated cert-manager's PKI.
+/// A self-signed CA certificate as PEM, from the simulated cert-manager's PKI, valid from now
+/// for an hour.
 fn ca(cn: &str) -> String {
+    certificate(cn, true, 0, 3600)
+}
+
+/// A self-signed certificate as PEM, valid from `from` to `to` seconds after now.
+fn certificate(cn: &str, is_ca: bool, from: i64, to: i64) -> String {
     use trust_rotation_operator::sim::pki;
     let now = pki::now();
     let template = pki::Template {
         common_name: cn.to_owned(),
         dns_names: vec![],
-        is_ca: true,
-        not_before: now,
-        not_after: now + std::time::Duration::from_secs(3600),
+        is_ca,
+        not_before: now + time::Duration::seconds(from),
+        not_after: now + time::Duration::seconds(to),
     };
     pki::to_pem(&template.self_signed(&pki::generate_key().unwrap()).unwrap())
 }
@@ -64,6 +70,82 @@ fn linkerd_trust_bundle_prints_the_canonical_bundle_and_its_fingerprint() {
         stderr,
         format!("trust-root-sha256: {}\n", expected.fingerprint())
     );
+}
+
+/// An expired anchor or a certificate that is no CA goes in the bundle (a rotation bundles the
+/// old anchor, which may be at its end), with a warning naming the file and the anchor: once
+/// per anchor, however many files hold it.
+#[test]
+fn linkerd_trust_bundle_warns_of_expired_and_non_ca_anchors_and_bundles_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (good, expired, leaf) = (
+        ca("good"),
+        certificate("old", true, -7200, -3600),
+        certificate("leaf", false, 0, 3600),
+    );
+    let (first, second) = (dir.path().join("old.pem"), dir.path().join("more.pem"));
+    std::fs::write(&first, format!("{good}{expired}")).unwrap();
+    std::fs::write(&second, format!("{expired}{leaf}")).unwrap();
+    let (code, stdout, stderr) = linkerd_trust(&[&first, &second]);
+    assert_eq!(code, 0, "{stderr}");
+    let expected = Bundle::from_pem("x", &format!("{good}{expired}{leaf}")).unwrap();
+    assert_eq!(stdout, expected.to_pem());
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "warning: {}: anchor CN=old (sha256 ",
+            first.display()
+        )) && lines[0].contains("...) expired at 20"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "warning: {}: anchor CN=leaf (sha256 ",
+            second.display()
+        )) && lines[1].ends_with("...) is not a CA certificate (no basicConstraints CA:TRUE)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        lines[2],
+        format!("trust-root-sha256: {}", expected.fingerprint())
+    );
+}
+
+/// A stderr that cannot be written (a full disk) ends the command with an error code, not a
+/// panic (`eprintln!` panics there, with code 101).
+#[test]
+fn linkerd_trust_with_an_unwritable_stderr_exits_1_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let anchors = dir.path().join("anchors.pem");
+    std::fs::write(&anchors, ca("a")).unwrap();
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    for args in [vec![anchors.clone()], vec![dir.path().join("missing.pem")]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_linkerd-trust"))
+            .arg("bundle")
+            .args(&args)
+            .stderr(full())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_trust-rotation-operator"))
+        .args([
+            "webhook-config",
+            "--url",
+            "https://127.0.0.1:9443/mutate",
+            "--ca-file",
+        ])
+        .arg(dir.path().join("missing.crt"))
+        .stderr(full())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
 }
 
 #[test]
@@ -318,7 +400,7 @@ fn webhook_config_embeds_only_certificates_as_the_ca_bundle() {
     assert_eq!(
         String::from_utf8(key.stderr).unwrap(),
         format!(
-            "Error: {}: PEM block 0 is a PRIVATE KEY, not a CERTIFICATE\n",
+            "Error: {}: PEM block 1 of 1 is a PRIVATE KEY, not a CERTIFICATE\n",
             certs.ca_key.display()
         )
     );

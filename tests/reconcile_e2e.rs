@@ -1995,7 +1995,7 @@ async fn unparseable_anchor_or_zero_interval_parks_and_writes_nothing() {
     eprintln!("blockingMessage: {message}");
     assert!(
         message.contains(
-            "ConfigMap linkerd/linkerd-identity-trust-roots: ca-bundle.crt: PEM block 1 is a PRIVATE KEY"
+            "ConfigMap linkerd/linkerd-identity-trust-roots: ca-bundle.crt: PEM block 2 of 2 is a PRIVATE KEY"
         ),
         "{message}"
     );

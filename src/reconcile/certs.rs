@@ -12,12 +12,16 @@ pub fn parse_all(object: &str, key: &str, pem_text: &str) -> Result<Vec<Cert>, P
     };
     let blocks = pem::parse_many(pem_text).map_err(|e| problem(format!("not valid PEM: {e}")))?;
     let mut out = Vec::new();
-    for (index, block) in blocks.iter().enumerate() {
+    for (number, block) in (1..).zip(&blocks) {
         if block.tag() != "CERTIFICATE" {
             continue;
         }
-        let (_, cert) = x509_parser::parse_x509_certificate(block.contents())
-            .map_err(|e| problem(format!("certificate {index} is not valid X.509: {e}")))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(block.contents()).map_err(|e| {
+            problem(format!(
+                "the certificate in PEM block {number} of {} is not valid X.509: {e}",
+                blocks.len()
+            ))
+        })?;
         out.push(Cert {
             fingerprint: sha256_hex(block.contents()),
             pem: pem::encode_config(
@@ -179,7 +183,7 @@ mod tests {
         };
         assert!(
             problem(&format!("{cert_pem}{key_pem}")).starts_with(&format!(
-                "{object}: ca-bundle.crt: PEM block 1 is a PRIVATE KEY"
+                "{object}: ca-bundle.crt: PEM block 2 of 2 is a PRIVATE KEY"
             )),
             "{}",
             problem(&format!("{cert_pem}{key_pem}"))
