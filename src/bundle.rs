@@ -19,6 +19,28 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex
 }
 
+/// The bundle's text under `key` in a ConfigMap's `data`, where Linkerd's chart, trust-manager
+/// and the operator all keep it. The key under `binaryData` instead (where a write to `data`
+/// would be refused, as a key may not be in both) is an error that says so.
+pub fn configmap_text<'a>(
+    configmap: &'a k8s_openapi::api::core::v1::ConfigMap,
+    key: &str,
+) -> Result<Option<&'a str>, String> {
+    if let Some(text) = configmap.data.as_ref().and_then(|d| d.get(key)) {
+        return Ok(Some(text));
+    }
+    if configmap
+        .binary_data
+        .as_ref()
+        .is_some_and(|d| d.contains_key(key))
+    {
+        return Err(format!(
+            "{key} is under binaryData, not data, where the bundle is read and written: move it to data"
+        ));
+    }
+    Ok(None)
+}
+
 /// A set of trust anchors in canonical order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Bundle {
@@ -404,6 +426,33 @@ mod tests {
                 .concerns(now + 11)
                 .len(),
             1
+        );
+    }
+
+    #[test]
+    fn a_bundle_under_binary_data_is_an_error_not_an_absent_bundle() {
+        use k8s_openapi::ByteString;
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let pem_text = cert("a");
+        let mut cm = ConfigMap::default();
+        assert_eq!(configmap_text(&cm, "ca-bundle.crt"), Ok(None));
+        cm.binary_data = Some(
+            [(
+                "ca-bundle.crt".to_owned(),
+                ByteString(pem_text.clone().into_bytes()),
+            )]
+            .into(),
+        );
+        assert_eq!(
+            configmap_text(&cm, "ca-bundle.crt"),
+            Err("ca-bundle.crt is under binaryData, not data, where the bundle is read and written: move it to data".to_owned())
+        );
+        // Another key under binaryData is no concern of the bundle's.
+        assert_eq!(configmap_text(&cm, "other.crt"), Ok(None));
+        cm.data = Some([("ca-bundle.crt".to_owned(), pem_text.clone())].into());
+        assert_eq!(
+            configmap_text(&cm, "ca-bundle.crt"),
+            Ok(Some(pem_text.as_str()))
         );
     }
 

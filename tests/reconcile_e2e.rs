@@ -2005,11 +2005,60 @@ async fn unparseable_anchor_or_zero_interval_parks_and_writes_nothing() {
         leaked_versions,
         "nothing written while parked"
     );
+
+    // The bundle moved under binaryData parks it too, saying where it is: before, it was taken
+    // for no bundle at all, and a write to data would be refused while the key is there.
+    let mut binary = configmaps
+        .get("linkerd-identity-trust-roots")
+        .await
+        .unwrap();
+    let text = bundle.data.as_ref().unwrap()["ca-bundle.crt"].clone();
+    binary.data = None;
+    binary.binary_data = Some(
+        [(
+            "ca-bundle.crt".to_owned(),
+            k8s_openapi::ByteString(text.into_bytes()),
+        )]
+        .into(),
+    );
+    configmaps
+        .replace(
+            "linkerd-identity-trust-roots",
+            &PostParams::default(),
+            &binary,
+        )
+        .await
+        .unwrap();
+    let binary_versions = versions().await;
+    let expected = "ConfigMap linkerd/linkerd-identity-trust-roots: ca-bundle.crt is under binaryData, not data";
+    let started = Instant::now();
+    loop {
+        let status = follow.status(&rig).await;
+        let message = status.blocking_message.clone().unwrap_or_default();
+        if message.contains(expected) {
+            assert_eq!(status.phase, Phase::Synced);
+            eprintln!("blockingMessage: {message}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "a bundle under binaryData did not park the rotation: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        versions().await,
+        binary_versions,
+        "nothing written while parked"
+    );
+
     let mut fixed = configmaps
         .get("linkerd-identity-trust-roots")
         .await
         .unwrap();
     fixed.data = bundle.data.clone();
+    fixed.binary_data = None;
     configmaps
         .replace(
             "linkerd-identity-trust-roots",

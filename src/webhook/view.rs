@@ -187,13 +187,20 @@ pub fn compute_view(
     config: &ViewConfig,
 ) -> RotationView {
     let status = tar.and_then(|t| t.status.as_ref());
-    let desired_text = trust_roots.and_then(|cm| cm.data.as_ref()?.get(&config.trust_roots_key));
+    let object = format!(
+        "ConfigMap {}/{}",
+        config.linkerd_namespace, config.trust_roots_configmap
+    );
+    let desired_text = trust_roots.and_then(|cm| {
+        crate::bundle::configmap_text(cm, &config.trust_roots_key)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %format!("{object}: {e}"), "trust bundle unusable; pods get no bundle annotation until it is fixed");
+                None
+            })
+    });
     let desired_bundle_fingerprint = desired_text
         .and_then(|pem| {
-            let source = format!(
-                "ConfigMap {}/{} key {}",
-                config.linkerd_namespace, config.trust_roots_configmap, config.trust_roots_key
-            );
+            let source = format!("{object} key {}", config.trust_roots_key);
             match Bundle::from_pem(&source, pem) {
                 Ok(b) => Some(b.fingerprint()),
                 Err(e) => {
