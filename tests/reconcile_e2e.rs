@@ -2052,6 +2052,18 @@ async fn unparseable_anchor_or_zero_interval_parks_and_writes_nothing() {
         binary_versions,
         "nothing written while parked"
     );
+    // The operator's log says it too, once, as a warning with the event's reason (beside the
+    // webhook's own warning that it stamps no bundle fingerprint from that ConfigMap).
+    let log = std::fs::read_to_string(rig.op.process.log_path()).unwrap();
+    let said = |marker: &str| -> Vec<&str> {
+        log.lines()
+            .filter(|l| l.contains(expected) && l.contains(marker))
+            .collect()
+    };
+    let parked = said("reason=RotationParked");
+    assert_eq!(parked.len(), 1, "{log}");
+    assert!(parked[0].contains(" WARN "), "{}", parked[0]);
+    assert!(!said("trust bundle unusable").is_empty(), "{log}");
 
     let mut fixed = configmaps
         .get("linkerd-identity-trust-roots")

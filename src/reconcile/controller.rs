@@ -63,7 +63,9 @@ const ADMIN_PORT: u16 = super::decide::PROXY_ADMIN_PORT;
 /// events.k8s.io limits `note` to 1 kB.
 const EVENT_NOTE_MAX_BYTES: usize = 1024;
 
-/// Writes one events.k8s.io/v1 Event per call about the rotation.
+/// Writes one events.k8s.io/v1 Event per call about the rotation, and says it in the log too
+/// (Warning events at `warn`), so the log alone tells the rotation's story: phase transitions,
+/// a parked rotation, a failed step.
 struct EventWriter {
     api: Api<k8s_openapi::api::events::v1::Event>,
     instance: String,
@@ -77,6 +79,11 @@ impl EventWriter {
         reason: &str,
         note: &str,
     ) -> Result<(), kube::Error> {
+        if warning {
+            tracing::warn!(%reason, "{note}");
+        } else {
+            tracing::info!(%reason, "{note}");
+        }
         let now = k8s_openapi::jiff::Timestamp::now();
         let mut end = note.len().min(EVENT_NOTE_MAX_BYTES);
         while !note.is_char_boundary(end) {
@@ -669,15 +676,11 @@ async fn reconcile_once(
             return Err(error);
         }
     }
-    if decision.status != stored {
-        if write_status(client, &config.rotation_name, &decision.status, read_at).await?
+    if decision.status != stored
+        && write_status(client, &config.rotation_name, &decision.status, read_at).await?
             == StatusWrite::Stale
-        {
-            return Ok(Requeue::Soon);
-        }
-        if decision.status.phase != status.phase {
-            tracing::info!(from = %status.phase, to = %decision.status.phase, "phase transition");
-        }
+    {
+        return Ok(Requeue::Soon);
     }
     for effect in events {
         execute(
