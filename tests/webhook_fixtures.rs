@@ -453,11 +453,12 @@ fn injected_anchors_that_are_the_configmap_text_take_the_known_fingerprint() {
     };
     // From the ConfigMap, as the webhook's watches build it: surrounding whitespace differs
     // from the pod's text and does not matter.
-    let view = compute_view(
+    let (view, problem) = compute_view(
         Some(&tar),
         Some(&config_map(&format!("\n{anchors}\n\n"))),
         &ViewConfig::default(),
     );
+    assert_eq!(problem, None);
     assert_eq!(view.desired_bundle_fingerprint(), Some(ANCHOR_SHA));
     let from_view = run(&body, Some(&view));
     let parsed = run(&body, Some(&accelerating_view()));
@@ -472,6 +473,39 @@ fn injected_anchors_that_are_the_configmap_text_take_the_known_fingerprint() {
     let other = accelerating_view().with_desired_bundle_text("-----BEGIN CERTIFICATE-----");
     let (pod, _) = apply(&body, &run(&body, Some(&other)));
     assert_eq!(annotation(&pod, TRUST_BUNDLE_ANNOTATION), Some(ANCHOR_SHA));
+
+    // An unusable bundle gives no fingerprint and says why, naming the ConfigMap: text that is
+    // no bundle, or the bundle under binaryData.
+    let (view, problem) = compute_view(
+        Some(&tar),
+        Some(&config_map("junk")),
+        &ViewConfig::default(),
+    );
+    assert_eq!(view.desired_bundle_fingerprint(), None);
+    assert_eq!(
+        problem.as_deref(),
+        Some(
+            "ConfigMap linkerd/linkerd-identity-trust-roots key ca-bundle.crt: holds no CERTIFICATE block"
+        )
+    );
+    let binary = ConfigMap {
+        binary_data: Some(
+            [(
+                "ca-bundle.crt".to_owned(),
+                k8s_openapi::ByteString(anchors.clone().into_bytes()),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    let (view, problem) = compute_view(Some(&tar), Some(&binary), &ViewConfig::default());
+    assert_eq!(view.desired_bundle_fingerprint(), None);
+    assert!(
+        problem.as_deref().is_some_and(|p| p.starts_with(
+            "ConfigMap linkerd/linkerd-identity-trust-roots: ca-bundle.crt is under binaryData"
+        )),
+        "{problem:?}"
+    );
 }
 
 #[test]

@@ -140,6 +140,8 @@ impl ViewHandle {
         let mut events =
             futures::stream::select_all([tar_events.boxed(), cm_events.boxed(), ns_events.boxed()]);
         let mut on_synced = Some(on_synced);
+        // What was last said of the bundle, to say it again only when it changes.
+        let mut bundle_problem = None;
         while events.next().await.is_some() {
             if !synced.iter().all(|s| s.load(Ordering::Acquire)) {
                 continue;
@@ -148,7 +150,16 @@ impl ViewHandle {
             let cm = cm_store.get(
                 &ObjectRef::new(&config.trust_roots_configmap).within(&config.linkerd_namespace),
             );
-            let view = compute_view(tar.as_deref(), cm.as_deref(), &config);
+            let (view, problem) = compute_view(tar.as_deref(), cm.as_deref(), &config);
+            if problem != bundle_problem {
+                match &problem {
+                    Some(e) => {
+                        tracing::warn!(error = %e, "trust bundle unusable; pods get no bundle annotation until it is fixed")
+                    }
+                    None => tracing::info!("trust bundle usable again"),
+                }
+                bundle_problem = problem;
+            }
             if self.current().as_deref() != Some(&view) {
                 let rotation = if tar.is_some() { "found" } else { "not found" };
                 tracing::info!(rotation, phase = %view.phase(), bundle = ?view.desired_bundle_fingerprint(), interval = ?view.refresh_interval(), "rotation view updated");
@@ -180,33 +191,35 @@ fn track_init<K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + '
 }
 
 /// The view from the watched objects: the phase and interval from the rotation's status, the
-/// fingerprint of the ConfigMap's bundle if it parses.
+/// fingerprint of the ConfigMap's bundle if it is usable; and if it is not, why (the caller
+/// logs that when it changes, not on every watch event).
 pub fn compute_view(
     tar: Option<&TrustAnchorRotation>,
     trust_roots: Option<&ConfigMap>,
     config: &ViewConfig,
-) -> RotationView {
+) -> (RotationView, Option<String>) {
     let status = tar.and_then(|t| t.status.as_ref());
     let object = format!(
         "ConfigMap {}/{}",
         config.linkerd_namespace, config.trust_roots_configmap
     );
-    let desired_text = trust_roots.and_then(|cm| {
-        crate::bundle::configmap_text(cm, &config.trust_roots_key)
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %format!("{object}: {e}"), "trust bundle unusable; pods get no bundle annotation until it is fixed");
+    let mut problem = None;
+    let desired_text =
+        match trust_roots.map(|cm| crate::bundle::configmap_text(cm, &config.trust_roots_key)) {
+            Some(Ok(text)) => text,
+            Some(Err(e)) => {
+                problem = Some(format!("{object}: {e}"));
                 None
-            })
-    });
-    let desired_bundle_fingerprint = desired_text
-        .and_then(|pem| {
-            let source = format!("{object} key {}", config.trust_roots_key);
-            match Bundle::from_pem(&source, pem) {
-                Ok(b) => Some(b.fingerprint()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "trust bundle unusable; pods get no bundle annotation until it is fixed");
-                    None
-                }
+            }
+            None => None,
+        };
+    let source = format!("{object} key {}", config.trust_roots_key);
+    let desired_bundle_fingerprint =
+        desired_text.and_then(|pem| match Bundle::from_pem(&source, pem) {
+            Ok(b) => Some(b.fingerprint()),
+            Err(e) => {
+                problem = Some(e.to_string());
+                None
             }
         });
     let view = RotationView::new(
@@ -214,8 +227,9 @@ pub fn compute_view(
         desired_bundle_fingerprint,
         status.and_then(|s| s.workload_certificate_refresh_interval.clone()),
     );
-    match desired_text {
+    let view = match desired_text {
         Some(pem) => view.with_desired_bundle_text(pem),
         None => view,
-    }
+    };
+    (view, problem)
 }
