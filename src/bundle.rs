@@ -35,7 +35,7 @@ pub fn configmap_text<'a>(
         .is_some_and(|d| d.contains_key(key))
     {
         return Err(format!(
-            "{key} is under binaryData, not data, where the bundle is read and written: move it to data"
+            "{key} is under binaryData; the bundle is read and written under data: move it there"
         ));
     }
     Ok(None)
@@ -81,7 +81,7 @@ pub enum BundleError {
 /// the new, and the old one may be close to its end).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Concern {
-    /// `notAfter` (RFC 3339) has passed: verifiers that check a root's validity period, Linkerd's
+    /// `notAfter` (RFC 3339; valid through that second) has passed: verifiers that check a root's validity period, Linkerd's
     /// Go control plane among them, refuse chains that end at it.
     Expired { at: String },
     /// `notBefore` (RFC 3339) is still to come.
@@ -103,9 +103,14 @@ pub struct AnchorWarning {
 impl std::fmt::Display for AnchorWarning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let short = &self.fingerprint[..self.fingerprint.len().min(12)];
-        write!(f, "anchor {} (sha256 {short}...) ", self.subject)?;
+        let subject = if self.subject.is_empty() {
+            "with no subject"
+        } else {
+            &self.subject
+        };
+        write!(f, "anchor {subject} (sha256 {short}...) ")?;
         match &self.concern {
-            Concern::Expired { at } => write!(f, "expired at {at}"),
+            Concern::Expired { at } => write!(f, "has expired (not valid after {at})"),
             Concern::NotYetValid { from } => write!(f, "is not valid before {from}"),
             Concern::NotACa => write!(f, "is not a CA certificate (no basicConstraints CA:TRUE)"),
         }
@@ -124,8 +129,9 @@ fn rfc3339(unix: i64) -> String {
 }
 
 impl Bundle {
-    /// The concerns about each certificate at `now` (Unix seconds), in canonical order.
-    pub fn concerns(&self, now: i64) -> Vec<AnchorWarning> {
+    /// The concerns about each certificate at `now` (Unix seconds), in canonical order. An
+    /// anchor is valid from its `notBefore` second through its `notAfter` second (RFC 5280).
+    pub fn warnings(&self, now: i64) -> Vec<AnchorWarning> {
         let mut out = Vec::new();
         for (fingerprint, der) in &self.certs {
             // Every certificate was parsed when it was added.
@@ -380,7 +386,7 @@ mod tests {
         let future = template("new", now + 60, now + 120, true);
         let leaf = template("leaf", now - 10, now + 10, false);
         let bundle = Bundle::from_pem("b", &format!("{good}{expired}{future}{leaf}")).unwrap();
-        let mut said: Vec<_> = bundle.concerns(now).iter().map(|w| w.to_string()).collect();
+        let mut said: Vec<_> = bundle.warnings(now).iter().map(|w| w.to_string()).collect();
         said.sort();
         let fp = |pem_text: &str| {
             Bundle::from_pem("x", pem_text)
@@ -402,30 +408,29 @@ mod tests {
                     fp(&future)
                 ),
                 format!(
-                    "anchor CN=old (sha256 {}...) expired at 2027-01-15T07:59:59Z",
+                    "anchor CN=old (sha256 {}...) has expired (not valid after 2027-01-15T07:59:59Z)",
                     fp(&expired)
                 ),
             ]
         );
-        // The boundaries are valid: an anchor is good through its notAfter second.
-        assert!(
-            Bundle::from_pem("g", &good)
-                .unwrap()
-                .concerns(now + 10)
-                .is_empty()
-        );
-        assert!(
-            Bundle::from_pem("g", &good)
-                .unwrap()
-                .concerns(now - 10)
-                .is_empty()
+        // An anchor is valid from its notBefore second through its notAfter second.
+        let good = Bundle::from_pem("g", &good).unwrap();
+        assert!(good.warnings(now + 10).is_empty());
+        assert!(good.warnings(now - 10).is_empty());
+        let concerns = |at: i64| -> Vec<Concern> {
+            good.warnings(at).into_iter().map(|w| w.concern).collect()
+        };
+        assert_eq!(
+            concerns(now + 11),
+            [Concern::Expired {
+                at: "2027-01-15T08:00:10Z".to_owned()
+            }]
         );
         assert_eq!(
-            Bundle::from_pem("g", &good)
-                .unwrap()
-                .concerns(now + 11)
-                .len(),
-            1
+            concerns(now - 11),
+            [Concern::NotYetValid {
+                from: "2027-01-15T07:59:50Z".to_owned()
+            }]
         );
     }
 
@@ -445,10 +450,14 @@ mod tests {
         );
         assert_eq!(
             configmap_text(&cm, "ca-bundle.crt"),
-            Err("ca-bundle.crt is under binaryData, not data, where the bundle is read and written: move it to data".to_owned())
+            Err(
+                "ca-bundle.crt is under binaryData; the bundle is read and written under data: move it there"
+                    .to_owned()
+            )
         );
         // Another key under binaryData is no concern of the bundle's.
         assert_eq!(configmap_text(&cm, "other.crt"), Ok(None));
+        // The key in both is refused by the API server; were it not, data would win.
         cm.data = Some([("ca-bundle.crt".to_owned(), pem_text.clone())].into());
         assert_eq!(
             configmap_text(&cm, "ca-bundle.crt"),

@@ -564,7 +564,7 @@ pub fn linkerd_trust(
             for f in &files {
                 let name = f.display().to_string();
                 let part = crate::bundle::Bundle::from_pem(&name, &read_text(f)?)?;
-                for warning in part.concerns(now_unix()) {
+                for warning in part.warnings(now_unix()) {
                     if !bundle.contains(&warning.fingerprint) {
                         warnings.push(format!("warning: {name}: {warning}"));
                     }

@@ -108,7 +108,7 @@ async fn crd_installs_example_round_trips_and_kubectl_shows_columns() {
         eprintln!("refused {bad:?}: {}", status.message);
     }
     // Zero is well-formed; the reconciler, not the API server, refuses it (it parks the rotation:
-    // `reconcile_e2e::unparseable_anchor_or_zero_interval_parks_and_writes_nothing`).
+    // `reconcile_e2e::unusable_material_or_zero_interval_parks_and_writes_nothing`).
     let zero: TrustAnchorRotation = serde_json::from_value(json!({
         "apiVersion": "trust.linkerd.io/v1alpha1",
         "kind": "TrustAnchorRotation",

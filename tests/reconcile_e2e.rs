@@ -1840,7 +1840,7 @@ async fn a_restart_the_operator_may_not_do_is_named_in_status() {
 /// the Secret is fixed the rotation un-parks. So do a zero refresh interval and a bundle
 /// ConfigMap that holds a private key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unparseable_anchor_or_zero_interval_parks_and_writes_nothing() {
+async fn unusable_material_or_zero_interval_parks_and_writes_nothing() {
     let rig = Rig::start((1, 1, 2), json!({}), &[]).await;
     let mut follow = Follow::new(&rig);
     let client = rig.client.clone();
@@ -2030,7 +2030,7 @@ async fn unparseable_anchor_or_zero_interval_parks_and_writes_nothing() {
         .await
         .unwrap();
     let binary_versions = versions().await;
-    let expected = "ConfigMap linkerd/linkerd-identity-trust-roots: ca-bundle.crt is under binaryData, not data";
+    let expected = "ConfigMap linkerd/linkerd-identity-trust-roots: ca-bundle.crt is under binaryData; the bundle is read and written under data";
     let started = Instant::now();
     loop {
         let status = follow.status(&rig).await;

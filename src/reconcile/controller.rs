@@ -836,15 +836,15 @@ async fn observe(
             overwritten_by: overwritten_by(cm, &config.bundle_key),
         })
         .unwrap_or_default();
-    let bundle_text = bundle_configmap
+    let bundle = match bundle_configmap
         .as_deref()
         .map(|cm| crate::bundle::configmap_text(cm, &config.bundle_key))
-        .transpose()
-        .map(Option::flatten);
-    let bundle = match bundle_text {
-        Ok(Some(text)) => certs::parse_bundle(&bundle_object, &config.bundle_key, text).map(Some),
-        Ok(None) => Ok(None),
-        Err(message) => Err(Problem {
+    {
+        Some(Ok(Some(text))) => {
+            certs::parse_bundle(&bundle_object, &config.bundle_key, text).map(Some)
+        }
+        Some(Ok(None)) | None => Ok(None),
+        Some(Err(message)) => Err(Problem {
             object: bundle_object.clone(),
             message,
         }),

@@ -105,15 +105,17 @@ pub fn valid_at(cert: &CertInfo, now: OffsetDateTime) -> bool {
     cert.not_before <= now && now <= cert.not_after
 }
 
-/// Why a chain does not verify against a set of anchors.
+/// Why a chain does not verify against a set of anchors. `index` counts from 0 (the end
+/// certificate); messages count from 1, as a reader does.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
     #[error("the chain is empty")]
     Empty,
-    #[error("certificate {index} of the chain is not valid X.509")]
+    #[error("certificate {} of the chain is not valid X.509", .index + 1)]
     Unparseable { index: usize },
     #[error(
-        "certificate {index} of the chain ({subject}) is not valid now (valid {not_before} to {not_after})"
+        "certificate {} of the chain ({subject}) is not valid now (valid {not_before} to {not_after})",
+        .index + 1
     )]
     NotValidNow {
         index: usize,
@@ -121,7 +123,7 @@ pub enum ChainError {
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     },
-    #[error("certificate {index} of the chain ({subject}) signs others but is not a CA")]
+    #[error("certificate {} of the chain ({subject}) signs others but is not a CA", .index + 1)]
     NotACa { index: usize, subject: String },
     #[error("the chain ending in {subject} is not signed by any of the {anchors} trust anchor(s)")]
     UnknownIssuer { subject: String, anchors: usize },
