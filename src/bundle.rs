@@ -81,8 +81,9 @@ pub enum BundleError {
 /// the new, and the old one may be close to its end).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Concern {
-    /// `notAfter` (RFC 3339; valid through that second) has passed: verifiers that check a root's validity period, Linkerd's
-    /// Go control plane among them, refuse chains that end at it.
+    /// `notAfter` (RFC 3339; valid through that second) has passed: verifiers that check a
+    /// root's validity period, Linkerd's Go control plane among them, refuse chains that end
+    /// at it.
     Expired { at: String },
     /// `notBefore` (RFC 3339) is still to come.
     NotYetValid { from: String },
