@@ -2808,7 +2808,15 @@ mod tests {
             .expect("a look");
         assert_eq!(events().await, 1);
 
-        // Without the memory of its write, the same look decides from the old bundle.
+        // Without the memory of its write, the same look decides from the old bundle. Read
+        // afresh but for the bundle: the caught-up look wrote the status since `lagging` was
+        // read, and a status write decided from a stale read is dropped with its events (this
+        // look's status differs from the stored one once the transition time's second has
+        // moved on, so with the old read the test failed whenever a second boundary fell in).
+        let lagging = Stores {
+            bundle: before.bundle.clone(),
+            ..looks().await
+        };
         reconcile_once(
             &client,
             &config,
