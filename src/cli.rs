@@ -561,10 +561,11 @@ pub fn linkerd_trust(
         LinkerdTrustCommand::Bundle { files } => {
             let mut bundle = crate::bundle::Bundle::default();
             let mut warnings = Vec::new();
+            let now = now_unix();
             for f in &files {
                 let name = f.display().to_string();
                 let part = crate::bundle::Bundle::from_pem(&name, &read_text(f)?)?;
-                for warning in part.warnings(now_unix()) {
+                for warning in part.warnings(now) {
                     if !bundle.contains(&warning.fingerprint) {
                         warnings.push(format!("warning: {name}: {warning}"));
                     }

@@ -1,6 +1,6 @@
 //! What the webhook's view and the reconciler share about their watches: a failed watch is
-//! retried after a growing wait ([`with_backoff`], or the reconciler's own loop), logged naming what was watched, and
-//! counted by resource, so that a watch that keeps failing (permissions missing, a CRD not
+//! retried after a growing wait ([`with_backoff`], or the reconciler's own loop), logged
+//! naming what was watched, and counted by resource, so that a watch that keeps failing (permissions missing, a CRD not
 //! installed, an API server out of reach) is visible before anything else goes wrong.
 
 use std::time::Duration;
@@ -172,22 +172,36 @@ pub(crate) fn brief(error: &watcher::Error) -> String {
 mod tests {
     use super::*;
 
+    type Events = Vec<Result<watcher::Event<()>, watcher::Error>>;
+
+    /// The API server failing a request with 500, as a watch error `wrap` makes of it.
+    fn failure(
+        wrap: fn(kube::Error) -> watcher::Error,
+    ) -> Result<watcher::Event<()>, watcher::Error> {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 500, "message": "etcd is away"
+        }))
+        .unwrap();
+        Err(wrap(kube::Error::Api(status.into())))
+    }
+
+    /// The second (of paused time) at which each of `events` comes out of [`with_backoff`].
+    async fn seconds_seen(events: Events) -> Vec<u64> {
+        let start = tokio::time::Instant::now();
+        with_backoff(futures::stream::iter(events))
+            .map(|_| start.elapsed().as_secs())
+            .collect()
+            .await
+    }
+
     /// Failed attempts wait 1 s, 2 s, 4 s...; the `Init` that begins every relist does not
     /// reset that (kube's `default_backoff` did, so it retried every second forever); a whole
     /// list (`InitDone`) does.
     #[tokio::test(start_paused = true)]
     async fn a_watch_that_keeps_failing_waits_longer_each_time_until_it_lists() {
         use watcher::Event;
-        let failed = || {
-            let status: kube::core::Status = serde_json::from_value(serde_json::json!({
-                "status": "Failure", "code": 500, "message": "etcd is away"
-            }))
-            .unwrap();
-            Err(watcher::Error::InitialListFailed(kube::Error::Api(
-                status.into(),
-            )))
-        };
-        let events: Vec<Result<Event<()>, watcher::Error>> = vec![
+        let failed = || failure(watcher::Error::InitialListFailed);
+        let events: Events = vec![
             failed(),
             failed(),
             failed(),
@@ -198,13 +212,8 @@ mod tests {
             failed(),
             Ok(Event::Init),
         ];
-        let start = tokio::time::Instant::now();
-        let seen: Vec<u64> = with_backoff(futures::stream::iter(events))
-            .map(|_| start.elapsed().as_secs())
-            .collect()
-            .await;
         // Each item comes after the wait its predecessor earned.
-        assert_eq!(seen, [0, 1, 3, 7, 7, 15, 15, 15, 16]);
+        assert_eq!(seconds_seen(events).await, [0, 1, 3, 7, 7, 15, 15, 15, 16]);
     }
 
     /// A watch the watcher resumed after a failure, without listing again, resets the wait
@@ -212,26 +221,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_resumed_watch_that_delivers_a_change_resets_the_wait() {
         use watcher::Event;
-        let failed = || {
-            let status: kube::core::Status = serde_json::from_value(serde_json::json!({
-                "status": "Failure", "code": 500, "message": "etcd is away"
-            }))
-            .unwrap();
-            Err(watcher::Error::WatchFailed(kube::Error::Api(status.into())))
-        };
-        let events: Vec<Result<Event<()>, watcher::Error>> = vec![
+        let failed = || failure(watcher::Error::WatchFailed);
+        let events: Events = vec![
             failed(),
             failed(),
             Ok(Event::Apply(())),
             failed(),
             Ok(Event::Delete(())),
         ];
-        let start = tokio::time::Instant::now();
-        let seen: Vec<u64> = with_backoff(futures::stream::iter(events))
-            .map(|_| start.elapsed().as_secs())
-            .collect()
-            .await;
-        assert_eq!(seen, [0, 1, 3, 3, 4]);
+        assert_eq!(seconds_seen(events).await, [0, 1, 3, 3, 4]);
     }
 
     /// An API server that cannot be reached is named with why: kube's own text stops at
