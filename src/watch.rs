@@ -1,5 +1,5 @@
 //! What the webhook's view and the reconciler share about their watches: a failed watch is
-//! retried after a growing wait ([`with_backoff`], or the reconciler's own loop), logged
+//! retried after a growing wait (`with_backoff`, or the reconciler's own loop), logged
 //! naming what was watched, and counted by resource, so that a watch that keeps failing (permissions missing, a CRD not
 //! installed, an API server out of reach) is visible before anything else goes wrong.
 
@@ -41,7 +41,7 @@ impl WatchErrors {
     }
 
     /// Logs and counts one failed attempt of the watch of `what` (a `kind` resource); returns
-    /// the error as logged ([`brief`]).
+    /// the error as logged (`brief`).
     pub fn report(&self, kind: &str, what: &str, error: &watcher::Error) -> String {
         let mut brief = brief(error);
         if kind == "TrustAnchorRotation" && not_found(error) {

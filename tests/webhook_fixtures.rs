@@ -713,3 +713,79 @@ fn pod_without_metadata_gets_it_created() {
     assert_eq!(annotation(&pod, TRUST_BUNDLE_ANNOTATION), Some(ANCHOR_SHA));
     assert_idempotent(&again, &accelerating_view());
 }
+
+/// serde's derived structs also read a JSON array, field by field in declaration order: an
+/// AdmissionReview, a request or a pod written as arrays was once read as if it were the
+/// object. The API server never sends that; the webhook must call it invalid, not patch it.
+#[test]
+fn arrays_in_place_of_objects_are_invalid() {
+    let body = fixture("pod-inject-enabled");
+    let request = &body["request"];
+    let pod = &request["object"];
+    let as_array = |fields: &[&Value]| Value::Array(fields.iter().map(|v| (*v).clone()).collect());
+    let request_array = as_array(&[
+        &request["uid"],
+        &request["kind"],
+        &request["operation"],
+        &Value::Null,
+        &request["namespace"],
+        &request["name"],
+        pod,
+    ]);
+    let mut cases = vec![(
+        "the review",
+        as_array(&[&body["apiVersion"], &body["kind"], request]),
+    )];
+    let mut with = |what: &'static str, pointer: &str, value: Value| {
+        let mut b = body.clone();
+        *b.pointer_mut(pointer).unwrap() = value;
+        cases.push((what, b));
+    };
+    with("the request", "/request", request_array);
+    with(
+        "the request's kind",
+        "/request/kind",
+        as_array(&[&request["kind"]["group"], &request["kind"]["kind"]]),
+    );
+    with(
+        "the pod",
+        "/request/object",
+        as_array(&[&pod["metadata"], &pod["spec"]]),
+    );
+    with(
+        "the pod's metadata",
+        "/request/object/metadata",
+        as_array(&[&pod["metadata"]["annotations"], &pod["metadata"]["labels"]]),
+    );
+    let container = &pod["spec"]["containers"][0];
+    with(
+        "a container",
+        "/request/object/spec/containers/0",
+        as_array(&[&container["name"], &json!([]), &json!([])]),
+    );
+    for (what, body) in cases {
+        let r = run(&body, Some(&accelerating_view()));
+        assert_eq!(
+            r.outcome,
+            Outcome::Invalid,
+            "{what} as an array: {:?}",
+            r.note
+        );
+        let message = response(&r)["status"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            message.contains("invalid type: sequence, expected an object"),
+            "{what}: {message}"
+        );
+        // Once the request is read, the pod is what is named as wrong.
+        if what.starts_with("the pod") || what == "a container" {
+            assert!(
+                message.starts_with("request object is not a Pod"),
+                "{what}: {message}"
+            );
+            assert_eq!(r.namespace, "emojivoto", "{what}");
+        }
+    }
+}

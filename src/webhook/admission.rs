@@ -12,7 +12,7 @@ use std::fmt;
 use std::ops::Deref;
 
 use base64::Engine;
-use serde::de::{IgnoredAny, Visitor};
+use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::patch::JsonPatch;
@@ -73,27 +73,91 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
     }
 }
 
+/// One JSON object read as `T`, and nothing else: serde's derived structs also read an array,
+/// its items taken as the fields in the order they are declared, so that an AdmissionReview,
+/// a request or a pod sent as an array was once read (and patched) as if it were the object.
+/// Every struct here is read through this: by [`from_json`] at the top, and in the fields by
+/// [`object`], [`objects`], [`object_list`] and [`RequestObject`].
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+
+        d.deserialize_map(ObjectVisitor(std::marker::PhantomData))
+            .map(Object)
+    }
+}
+
+/// A field that is an object or null.
+fn object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    Ok(Option::<Object<T>>::deserialize(d)?.map(|o| o.0))
+}
+
+/// A field that is a list of objects, or null.
+fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Vec<T>>, D::Error> {
+    let list = Option::<Vec<Object<T>>>::deserialize(d)?;
+    Ok(list.map(|l| l.into_iter().map(|o| o.0).collect()))
+}
+
+/// A field that is a list of objects (not null).
+fn object_list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    let list = Vec::<Object<T>>::deserialize(d)?;
+    Ok(list.into_iter().map(|o| o.0).collect())
+}
+
+/// How a request's `object` is read: a [`PodIn`] only from an object (or null); skipped
+/// ([`IgnoredAny`]) whatever it is, so that a Pod request whose object is unusable is still
+/// routed, and answered naming the object as the problem.
+pub trait RequestObject<'de>: Sized {
+    fn read<D: Deserializer<'de>>(d: D) -> Result<Option<Self>, D::Error>;
+}
+
+impl<'de> RequestObject<'de> for IgnoredAny {
+    fn read<D: Deserializer<'de>>(d: D) -> Result<Option<Self>, D::Error> {
+        Option::deserialize(d)
+    }
+}
+
+impl<'de: 'a, 'a> RequestObject<'de> for PodIn<'a> {
+    fn read<D: Deserializer<'de>>(d: D) -> Result<Option<Self>, D::Error> {
+        object(d)
+    }
+}
+
 /// The envelope, generic over how the object is read: as a [`PodIn`] in the one pass that
 /// serves every Pod request, or skipped ([`IgnoredAny`]) to route and answer anything else.
 #[derive(Debug, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", bound(deserialize = "O: RequestObject<'de>"))]
 pub struct ReviewIn<'a, O> {
-    // No `default`s here: missing Options are None in an object anyway, and without them a
-    // JSON array is refused instead of read as an empty envelope.
     #[serde(borrow)]
     pub api_version: Option<Str<'a>>,
     #[serde(borrow)]
     pub kind: Option<Str<'a>>,
-    #[serde(borrow)]
+    #[serde(default, borrow, deserialize_with = "object")]
     pub request: Option<RequestIn<'a, O>>,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", bound(deserialize = "O: RequestObject<'de>"))]
 pub struct RequestIn<'a, O> {
     #[serde(default, borrow)]
     pub uid: Option<Str<'a>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "object")]
     pub kind: Option<GroupVersionKind<'a>>,
     #[serde(default, borrow)]
     pub operation: Option<Str<'a>>,
@@ -103,7 +167,7 @@ pub struct RequestIn<'a, O> {
     pub namespace: Option<Str<'a>>,
     #[serde(default, borrow)]
     pub name: Option<Str<'a>>,
-    #[serde(default = "none")]
+    #[serde(default = "none", deserialize_with = "RequestObject::read")]
     pub object: Option<O>,
 }
 
@@ -122,9 +186,9 @@ pub struct GroupVersionKind<'a> {
 /// What the rules read of a Pod.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 pub struct PodIn<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "object")]
     pub metadata: Option<ObjectMetaIn<'a>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "object")]
     pub spec: Option<PodSpecIn<'a>>,
 }
 
@@ -139,9 +203,9 @@ pub struct ObjectMetaIn<'a> {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpecIn<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "object_list")]
     pub containers: Vec<ContainerIn<'a>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "objects")]
     pub init_containers: Option<Vec<ContainerIn<'a>>>,
     #[serde(default)]
     pub host_network: Option<bool>,
@@ -154,9 +218,9 @@ pub struct PodSpecIn<'a> {
 pub struct ContainerIn<'a> {
     #[serde(default, borrow)]
     pub name: Str<'a>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "objects")]
     pub env: Option<Vec<EnvVarIn<'a>>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "objects")]
     pub volume_mounts: Option<Vec<VolumeMountIn<'a>>>,
 }
 
@@ -196,14 +260,16 @@ impl<'a> PodIn<'a> {
     }
 }
 
-/// `serde_json::from_slice`, without its per-string UTF-8 check: text checked once up front
-/// (a quick pass over ASCII) is read as a `str`, which serde_json trusts. Anything that is not
-/// UTF-8 is read as bytes, to fail exactly as before.
+/// One JSON object (never an array: see `Object`) read as `T`: `serde_json::from_slice`,
+/// without its per-string UTF-8 check: text checked once up front (a quick pass over ASCII) is
+/// read as a `str`, which serde_json trusts. Anything that is not UTF-8 is read as bytes, to
+/// fail exactly as before.
 pub fn from_json<'a, T: Deserialize<'a>>(json: &'a [u8]) -> Result<T, serde_json::Error> {
-    match std::str::from_utf8(json) {
-        Ok(text) => serde_json::from_str(text),
-        Err(_) => serde_json::from_slice(json),
-    }
+    let object = match std::str::from_utf8(json) {
+        Ok(text) => serde_json::from_str::<Object<T>>(text),
+        Err(_) => serde_json::from_slice::<Object<T>>(json),
+    };
+    object.map(|o| o.0)
 }
 
 /// The AdmissionReview v1 the webhook answers with.
@@ -403,8 +469,8 @@ mod tests {
 
     #[test]
     fn str_borrows_plain_text_and_reads_like_string() {
-        let body = br#"["plain", "esc\"aped"]"#;
-        let [plain, escaped]: [Str; 2] = from_json(body).unwrap();
+        let body = r#"["plain", "esc\"aped"]"#;
+        let [plain, escaped]: [Str; 2] = serde_json::from_str(body).unwrap();
         assert!(matches!(plain.0, Cow::Borrowed("plain")));
         assert_eq!(escaped.as_str(), "esc\"aped");
         // A wrong type is reported in the words `String` used.
