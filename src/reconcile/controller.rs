@@ -649,22 +649,7 @@ async fn reconcile_once(
                     == StatusWrite::Written
                 && news
             {
-                let failed = held.blocking_message.as_deref().unwrap_or_default();
-                // The held status raised what the look observed (`failed_step_status`): so
-                // does its event, which the next look, seeing the condition raised, would not.
-                let raised = events.iter().filter_map(|e| match e {
-                    Effect::Event {
-                        warning,
-                        reason,
-                        message,
-                    } if reason == OUT_OF_ORDER_CONDITION => {
-                        Some((*warning, reason.as_str(), message.as_str()))
-                    }
-                    _ => None,
-                });
-                for (warning, reason, message) in
-                    std::iter::once((true, "StepFailed", failed)).chain(raised)
-                {
+                for (warning, reason, message) in failed_step_events(&held, &events) {
                     recorder
                         .publish(&reference, warning, reason, message)
                         .await
@@ -731,6 +716,30 @@ fn failed_step_status(
         held.conditions.push(out_of_order.clone());
     }
     held
+}
+
+/// The events of a look whose step failed, once its held status ([`failed_step_status`]) has
+/// landed: `StepFailed`, saying what the status says; and the out-of-order issuer renewal the
+/// held status raised, which the next look, seeing the condition raised, would not announce.
+/// The step's other events say what it did, and it did not.
+fn failed_step_events<'a>(
+    held: &'a TrustAnchorRotationStatus,
+    events: &[&'a Effect],
+) -> Vec<(bool, &'a str, &'a str)> {
+    let failed = held.blocking_message.as_deref().unwrap_or_default();
+    let raised = events.iter().filter_map(|e| match e {
+        Effect::Event {
+            warning,
+            reason,
+            message,
+        } if reason == OUT_OF_ORDER_CONDITION => {
+            Some((*warning, reason.as_str(), message.as_str()))
+        }
+        _ => None,
+    });
+    std::iter::once((true, "StepFailed", failed))
+        .chain(raised)
+        .collect()
 }
 
 /// `URGENT: ...; ` when `status`'s blockingMessage leads with it, for a message that replaces
@@ -2663,6 +2672,44 @@ mod tests {
                 .unwrap()
                 .starts_with(&format!("{OUT_OF_ORDER_URGENT}; could not carry out")),
             "{held:?}"
+        );
+
+        // Its events: that the step failed, in the held status's words, and the renewal out of
+        // order; not the step's own (a phase change, a contest: neither happened).
+        let event = |warning, reason: &str, message: &str| Effect::Event {
+            warning,
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+        };
+        let decided_events = [
+            event(true, OUT_OF_ORDER_CONDITION, "the issuer was renewed early"),
+            event(
+                false,
+                "WaitingForIdentityRotation",
+                "PropagatingTrustRoots -> WaitingForIdentityRotation: every pod holds the bundle",
+            ),
+            event(true, "TrustBundleContested", "overwritten again"),
+        ];
+        let decided_events: Vec<&Effect> = decided_events.iter().collect();
+        assert_eq!(
+            failed_step_events(&held, &decided_events),
+            [
+                (
+                    true,
+                    "StepFailed",
+                    held.blocking_message.as_deref().unwrap()
+                ),
+                (true, OUT_OF_ORDER_CONDITION, "the issuer was renewed early"),
+            ]
+        );
+        // Without it, only the failure.
+        assert_eq!(
+            failed_step_events(&held, &decided_events[1..]),
+            [(
+                true,
+                "StepFailed",
+                held.blocking_message.as_deref().unwrap()
+            )]
         );
     }
 
