@@ -919,10 +919,12 @@ async fn observe(
             refresh_set_by_operator: template_annotation(d.template(), PROXY_REFRESH_ANNOTATION),
         })
         .collect();
-    let restart_markers: BTreeMap<Workload, RestartMarkers> = markers_of(&stores.deployments)
+    let mut restart_markers: BTreeMap<Workload, RestartMarkers> = markers_of(&stores.deployments)
         .chain(markers_of(&stores.statefulsets))
         .chain(markers_of(&stores.daemonsets))
         .collect();
+    let all_pods = stores.pods.state();
+    mark_pods_not_starting(&mut restart_markers, all_pods.iter().map(|p| &**p));
     let wont_roll = |w: &Workload, pod: &str| {
         let (name, ns) = (w.name.as_str(), w.namespace.as_str());
         match w.kind.as_str() {
@@ -966,7 +968,7 @@ async fn observe(
     let mut anchors_cache: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
     let now = k8s_openapi::jiff::Timestamp::now();
     let (mut pods, mut starting, mut draining) = (Vec::new(), Vec::new(), Vec::new());
-    for p in stores.pods.state().iter() {
+    for p in all_pods.iter() {
         let deleting = p.metadata.deletion_timestamp.as_ref().map(|t| t.0);
         match (live(p), deleting) {
             (true, None) => pods.push(meshed_pod(config, p, &mut anchors_cache, &wont_roll)),
@@ -1224,6 +1226,7 @@ fn markers_of<K: Restartable>(
                     issuer,
                     rollout_complete: w.rollout_complete(),
                     stalled: w.rollout_stalled(),
+                    not_starting: None,
                 },
             )
         })
@@ -1249,6 +1252,115 @@ fn live(p: &Pod) -> bool {
                     .any(|c| c.name == PROXY_CONTAINER && c.started == Some(true))
             }),
         _ => false,
+    }
+}
+
+/// The workload whose rollout replaces `p`: its controller, a Deployment through its
+/// ReplicaSet (named `<deployment>-<pod-template-hash>`).
+fn controller_of(p: &Pod) -> Result<Workload, Unfixable> {
+    let namespace = p.namespace().unwrap_or_default();
+    let Some(o) = p
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+    else {
+        return Err(Unfixable::BarePod);
+    };
+    match o.kind.as_str() {
+        "ReplicaSet" => {
+            let hash = p.labels().get("pod-template-hash");
+            match hash.and_then(|h| o.name.strip_suffix(&format!("-{h}"))) {
+                Some(d) => Ok(Workload {
+                    kind: "Deployment".to_owned(),
+                    namespace,
+                    name: d.to_owned(),
+                }),
+                None => Err(Unfixable::Owner(format!("ReplicaSet {}", o.name))),
+            }
+        }
+        "StatefulSet" | "DaemonSet" => Ok(Workload {
+            kind: o.kind.clone(),
+            namespace,
+            name: o.name.clone(),
+        }),
+        other => Err(Unfixable::Owner(format!("{other} {}", o.name))),
+    }
+}
+
+/// Why `p` is not starting, in the scheduler's or the kubelet's words: no node will take it
+/// (`PodScheduled=False`, reason `Unschedulable`), or a container (init containers first, as
+/// they run) waits in a back-off or on an error that does not clear by waiting: a crash loop,
+/// an image that cannot be pulled, a configuration that cannot be mounted. Waiting for an
+/// image or for the container to be created is starting, not stuck.
+pub fn not_starting(p: &Pod) -> Option<String> {
+    /// The kubelet's waiting reasons that a rollout does not get past by itself.
+    const STUCK: [&str; 7] = [
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    ];
+    let status = p.status.as_ref()?;
+    let unschedulable = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable")
+    });
+    if let Some(c) = unschedulable {
+        return Some(reason_and_message(
+            c.reason.as_deref(),
+            c.message.as_deref(),
+            "Unschedulable",
+        ));
+    }
+    let containers = status.init_container_statuses.iter().flatten();
+    containers
+        .chain(status.container_statuses.iter().flatten())
+        .find_map(|c| {
+            let waiting = c.state.as_ref()?.waiting.as_ref()?;
+            let reason = waiting.reason.as_deref()?;
+            STUCK.contains(&reason).then(|| {
+                let why = reason_and_message(Some(reason), waiting.message.as_deref(), reason);
+                format!("container {}: {why}", c.name)
+            })
+        })
+}
+
+/// Marks each rollout in progress with one of its new pods (those carrying the template's
+/// restart markers: the old ones are being replaced, whatever ails them) that is not starting
+/// ([`not_starting`]), so that a rollout Kubernetes reports no stall for still has a cause to
+/// read.
+fn mark_pods_not_starting<'a>(
+    markers: &mut BTreeMap<Workload, RestartMarkers>,
+    pods: impl IntoIterator<Item = &'a Pod>,
+) {
+    if markers.values().all(|m| m.rollout_complete) {
+        return;
+    }
+    for p in pods {
+        if p.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        // Most pods are starting or running: the cheap test first.
+        let Some(why) = not_starting(p) else {
+            continue;
+        };
+        let Ok(workload) = controller_of(p) else {
+            continue;
+        };
+        let Some(m) = markers.get_mut(&workload) else {
+            continue;
+        };
+        let annotation = |name| p.annotations().get(name);
+        let new = annotation(RESTART_ANNOTATION) == m.bundle.as_ref()
+            && annotation(LEAF_RESTART_ANNOTATION) == m.issuer.as_ref();
+        if new && !m.rollout_complete && m.not_starting.is_none() {
+            let name = format!("{}/{}", workload.namespace, p.name_any());
+            m.not_starting = Some(format!("pod {name} is not starting: {why}"));
+        }
     }
 }
 
@@ -1281,32 +1393,7 @@ fn meshed_pod(
     let owner = if created_by.is_some_and(|c| c.starts_with("linkerd/cli")) {
         Err(Unfixable::ManuallyInjected)
     } else {
-        match p
-            .owner_references()
-            .iter()
-            .find(|o| o.controller == Some(true))
-        {
-            None => Err(Unfixable::BarePod),
-            Some(o) => match o.kind.as_str() {
-                "ReplicaSet" => {
-                    let hash = p.labels().get("pod-template-hash");
-                    match hash.and_then(|h| o.name.strip_suffix(&format!("-{h}"))) {
-                        Some(d) => Ok(Workload {
-                            kind: "Deployment".to_owned(),
-                            namespace: namespace.clone(),
-                            name: d.to_owned(),
-                        }),
-                        None => Err(Unfixable::Owner(format!("ReplicaSet {}", o.name))),
-                    }
-                }
-                "StatefulSet" | "DaemonSet" => Ok(Workload {
-                    kind: o.kind.clone(),
-                    namespace: namespace.clone(),
-                    name: o.name.clone(),
-                }),
-                other => Err(Unfixable::Owner(format!("{other} {}", o.name))),
-            },
-        }
+        controller_of(p)
     };
     // A workload whose template change would roll nothing cannot be restarted by one.
     let owner = owner.and_then(|w| wont_roll(&w, &p.name_any()).map_or(Ok(w), Err));
@@ -1930,6 +2017,138 @@ mod tests {
         )
         .await
         .unwrap()
+    }
+
+    /// A pod no node takes, or whose container waits on something waiting does not fix, is not
+    /// starting, in the scheduler's or the kubelet's words; one still pulling its image or
+    /// being created, or running, is.
+    #[test]
+    fn a_pod_not_starting_is_told_from_one_starting() {
+        let pod = |status: serde_json::Value| -> Pod {
+            object(json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "db-2", "namespace": "app"}, "status": status}))
+        };
+        let waiting = |name: &str, reason: &str| {
+            json!({"name": name, "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": reason, "message": format!("{reason} message")}}})
+        };
+        let unschedulable = pod(
+            json!({"phase": "Pending", "conditions": [{"type": "PodScheduled",
+            "status": "False", "reason": "Unschedulable",
+            "message": "0/3 nodes are available: 3 Insufficient cpu."}]}),
+        );
+        assert_eq!(
+            not_starting(&unschedulable).as_deref(),
+            Some("Unschedulable: 0/3 nodes are available: 3 Insufficient cpu.")
+        );
+        // The init container runs first: its trouble is the one named.
+        let pulling = pod(json!({"phase": "Pending",
+            "initContainerStatuses": [waiting("linkerd-init", "ImagePullBackOff")],
+            "containerStatuses": [waiting("db", "PodInitializing")]}));
+        assert_eq!(
+            not_starting(&pulling).as_deref(),
+            Some("container linkerd-init: ImagePullBackOff: ImagePullBackOff message")
+        );
+        let crashing = pod(json!({"phase": "Running",
+            "containerStatuses": [waiting("linkerd-proxy", "ContainerCreating"),
+                waiting("db", "CrashLoopBackOff")]}));
+        assert_eq!(
+            not_starting(&crashing).as_deref(),
+            Some("container db: CrashLoopBackOff: CrashLoopBackOff message")
+        );
+        for starting in [
+            pod(json!({"phase": "Pending"})),
+            pod(
+                json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                "reason": "SchedulingGated"}]}),
+            ),
+            pod(json!({"phase": "Pending",
+                "containerStatuses": [waiting("db", "ContainerCreating")]})),
+            pod(
+                json!({"phase": "Running", "containerStatuses": [{"name": "db", "image": "i",
+                "imageID": "", "ready": true, "restartCount": 3,
+                "state": {"running": {}}}]}),
+            ),
+        ] {
+            assert_eq!(not_starting(&starting), None, "{:?}", starting.status);
+        }
+    }
+
+    /// A rollout in progress is marked with a new pod of it (carrying the template's markers)
+    /// that is not starting; not with an old pod (being replaced), nor once the rollout is
+    /// complete.
+    #[tokio::test]
+    async fn a_rollout_is_marked_with_a_new_pod_that_is_not_starting() {
+        let statefulset = |name: &str, ready: i32| -> StatefulSet {
+            object(json!({"apiVersion": "apps/v1",
+                "kind": "StatefulSet", "metadata": {"name": name, "namespace": "app", "generation": 2},
+                "spec": {"replicas": 2, "serviceName": name, "selector": {},
+                    "template": {"metadata": {"annotations": {RESTART_ANNOTATION: "new"}}}},
+                "status": {"observedGeneration": 2, "replicas": 2, "readyReplicas": ready,
+                    "updatedReplicas": 2, "currentRevision": "r2", "updateRevision": "r2"}}))
+        };
+        let pod = |set: &str, ordinal: u32, marker: &str, waiting: Option<&str>| -> Pod {
+            let mut p = running_pod(
+                "app",
+                &format!("{set}-{ordinal}"),
+                owned_by("StatefulSet", set),
+            );
+            p.metadata.annotations =
+                Some([(RESTART_ANNOTATION.to_owned(), marker.to_owned())].into());
+            if let Some(reason) = waiting {
+                p.status = Some(object(json!({"phase": "Running", "containerStatuses": [{
+                    "name": "db", "image": "i", "imageID": "", "ready": false, "restartCount": 4,
+                    "state": {"waiting": {"reason": reason, "message": "back-off 40s"}}}]})));
+            }
+            p
+        };
+        let stores = Stores {
+            rotation: frozen(vec![]),
+            secrets: vec![frozen(vec![]), frozen(vec![]), frozen(vec![])],
+            bundle: frozen(vec![]),
+            pods: frozen(vec![
+                // db: its old pod crashes, its new one is fine: nothing to say.
+                pod("db", 0, "old", Some("CrashLoopBackOff")),
+                pod("db", 1, "new", None),
+                // cache: its new pod crashes.
+                pod("cache", 0, "old", None),
+                pod("cache", 1, "new", Some("CrashLoopBackOff")),
+                // queue: done rolling; a crash now is not the rollout's.
+                pod("queue", 0, "new", Some("CrashLoopBackOff")),
+            ]),
+            deployments: frozen(vec![]),
+            statefulsets: frozen(vec![
+                statefulset("db", 1),
+                statefulset("cache", 1),
+                statefulset("queue", 2),
+            ]),
+            daemonsets: frozen(vec![]),
+        };
+        let observed = observe_offline(&stores).await;
+        let not_starting: BTreeMap<&str, Option<&str>> = observed
+            .restart_markers
+            .iter()
+            .map(|(w, m)| (w.name.as_str(), m.not_starting.as_deref()))
+            .collect();
+        assert_eq!(
+            not_starting,
+            BTreeMap::from([
+                ("db", None),
+                (
+                    "cache",
+                    Some(
+                        "pod app/cache-1 is not starting: container db: CrashLoopBackOff: back-off 40s"
+                    )
+                ),
+                ("queue", None),
+            ])
+        );
+        assert!(
+            observed
+                .restart_markers
+                .values()
+                .all(|m| m.stalled.is_none())
+        );
     }
 
     /// Pods a template change would not roll (a paused Deployment's, an OnDelete StatefulSet's,

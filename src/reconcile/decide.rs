@@ -1125,12 +1125,7 @@ impl<'a> Step<'a> {
     fn rollouts_finished(&mut self, observed: &Observed, marker: &str) -> bool {
         let names: Vec<String> = observed
             .rolling_onto(marker_fingerprint(marker))
-            .map(|w| match observed.stalled(w) {
-                Some(why) => {
-                    format!("{w} (will not finish by itself, look at its new pods: {why})")
-                }
-                None => w.to_string(),
-            })
+            .map(|w| observed.rollout_named(w))
             .collect();
         if names.is_empty() {
             return true;
@@ -1260,7 +1255,7 @@ impl<'a> Step<'a> {
                 for w in &in_progress {
                     match observed.stalled(w) {
                         Some(why) => stalled.push(format!("{w} ({why})")),
-                        None => rolling.push(w.to_string()),
+                        None => rolling.push(observed.rollout_named(w)),
                     }
                 }
                 if !rolling.is_empty() {

@@ -864,6 +864,7 @@ fn a_restored_bundle_restarts_what_started_on_the_foreign_one() {
                 issuer: None,
                 rollout_complete: true,
                 stalled: None,
+                not_starting: None,
             },
         );
     }
@@ -1212,6 +1213,41 @@ fn rollouts_in_progress_are_named_and_a_stalled_one_says_why() {
     assert!(
         blocking(&d).ends_with(
             r#"(2 in progress, 0 waiting); rolling out: deployment/app-0/web; rollouts that will not finish by themselves, look at their new pods: deployment/app-1/web (ProgressDeadlineExceeded: ReplicaSet "web-5d8f7c" has timed out progressing.)"#
+        ),
+        "{}",
+        blocking(&d)
+    );
+}
+
+/// A rollout whose new pod is not starting is named with that pod and why, whatever its kind
+/// (Kubernetes reports no stall for a StatefulSet or a DaemonSet); the workload's own word,
+/// where it gives one, comes first.
+#[test]
+fn a_rollout_with_a_new_pod_not_starting_names_it() {
+    let mut o = propagating().observed();
+    for ns in ["app-0", "app-1"] {
+        rolling(&mut o, web(ns), RestartFor::Bundle(bundle_fp(&[0, 1])));
+    }
+    let pod = "pod app-0/web-5d8f7c-x is not starting: container web: ImagePullBackOff: Back-off pulling image \"web:2\"";
+    o.restart_markers
+        .get_mut(&web("app-0"))
+        .unwrap()
+        .not_starting = Some(pod.to_owned());
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
+    assert!(
+        blocking(&d).ends_with(&format!(
+            "(2 in progress, 0 waiting); rolling out: deployment/app-0/web (new {pod}), deployment/app-1/web"
+        )),
+        "{}",
+        blocking(&d)
+    );
+    // Stalled by the Deployment's own account: that is what is said.
+    let m = o.restart_markers.get_mut(&web("app-0")).unwrap();
+    m.stalled = Some("ProgressDeadlineExceeded: timed out".to_owned());
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
+    assert!(
+        blocking(&d).ends_with(
+            "rolling out: deployment/app-1/web; rollouts that will not finish by themselves, look at their new pods: deployment/app-0/web (ProgressDeadlineExceeded: timed out)"
         ),
         "{}",
         blocking(&d)
@@ -1799,6 +1835,7 @@ fn leaf_restarts_cover_pods_without_the_bundle_and_are_asked_for_once() {
             issuer: Some(issuer_fp.clone()),
             rollout_complete: true,
             stalled: None,
+            not_starting: None,
         },
     );
     let d = run(&automatic(), Phase::RenewingWorkloadCerts, &o);

@@ -312,6 +312,22 @@ impl Observed {
         self.restart_markers.get(workload)?.stalled.as_deref()
     }
 
+    /// `workload` as a rollout's status names it: with why it will not finish by itself if
+    /// its workload says so, else with a new pod that is not starting, if there is one.
+    pub fn rollout_named(&self, workload: &Workload) -> String {
+        let markers = self.restart_markers.get(workload);
+        match (
+            markers.and_then(|m| m.stalled.as_deref()),
+            markers.and_then(|m| m.not_starting.as_deref()),
+        ) {
+            (Some(why), _) => {
+                format!("{workload} (will not finish by itself, look at its new pods: {why})")
+            }
+            (None, Some(pod)) => format!("{workload} (new {pod})"),
+            (None, None) => workload.to_string(),
+        }
+    }
+
     /// Workloads restarted for `restart_for` whose rollout is not complete.
     pub fn rolling<'a>(
         &'a self,
@@ -353,6 +369,11 @@ pub struct RestartMarkers {
     /// available (an image that cannot be pulled, a crash, a quota), which no further restart
     /// changes.
     pub stalled: Option<String>,
+    /// A new pod of the rollout (one that carries the template's restart markers) that is not
+    /// starting, and why, in the scheduler's or the kubelet's words: `pod app/web-x:
+    /// ImagePullBackOff: ...`. Kubernetes reports no stall for a StatefulSet or a DaemonSet,
+    /// nor for a Deployment until its progress deadline (ten minutes by default) has passed.
+    pub not_starting: Option<String>,
 }
 
 impl RestartMarkers {
