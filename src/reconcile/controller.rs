@@ -1292,7 +1292,7 @@ fn controller_of(p: &Pod) -> Result<Workload, Unfixable> {
 /// they run) waits in a back-off or on an error that does not clear by waiting: a crash loop,
 /// an image that cannot be pulled, a configuration that cannot be mounted. Waiting for an
 /// image or for the container to be created is starting, not stuck.
-pub fn not_starting(p: &Pod) -> Option<String> {
+fn not_starting(p: &Pod) -> Option<String> {
     /// The kubelet's waiting reasons that a rollout does not get past by itself.
     const STUCK: [&str; 7] = [
         "CrashLoopBackOff",

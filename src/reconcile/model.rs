@@ -370,8 +370,8 @@ pub struct RestartMarkers {
     /// changes.
     pub stalled: Option<String>,
     /// A new pod of the rollout (one that carries the template's restart markers) that is not
-    /// starting, and why, in the scheduler's or the kubelet's words: `pod app/web-x:
-    /// ImagePullBackOff: ...`. Kubernetes reports no stall for a StatefulSet or a DaemonSet,
+    /// starting, and why, in the scheduler's or the kubelet's words: `pod app/web-x is not
+    /// starting: container web: ImagePullBackOff: ...`. Kubernetes reports no stall for a StatefulSet or a DaemonSet,
     /// nor for a Deployment until its progress deadline (ten minutes by default) has passed.
     pub not_starting: Option<String>,
 }
