@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Provision the local control-plane binaries (etcd, kube-apiserver, kube-controller-manager,
-# kubectl) into a per-user cache, following ../shared/TESTBED.md.
+# kubectl) into a per-user cache, following the team's testbed recipe (TESTBED.md).
 #
 # - Honours KUBEBUILDER_ASSETS: if it names a folder with kube-apiserver and etcd, nothing is built.
 # - Otherwise builds Kubernetes v1.20.2 from Debian's `kubernetes` source package once, and copies
@@ -50,21 +50,33 @@ command -v go >/dev/null 2>&1 || need_pkgs+=(golang-go)
 command -v rsync >/dev/null 2>&1 || need_pkgs+=(rsync)
 [[ -f "$REFLECT2_SRC/unsafe_map.go" ]] || need_pkgs+=(golang-github-modern-go-reflect2-dev)
 
-# Source packages: one deb822 file, mirror and keyring read from the machine's own Debian list.
+# Source packages: one deb822 file, mirror and keyring read from the machine's own Debian list:
+# deb822 (`debian.sources`, as container images have it) or one-line (`sources.list`, as the
+# installer writes it; a keyring only if its `[signed-by=...]` option names one).
 src_list=/etc/apt/sources.list.d/trust-rotation-operator-src.sources
 new_src_list=
 if [[ ! -f "$src_list" ]]; then
-  base=/etc/apt/sources.list.d/debian.sources
-  uri=$(awk '/^URIs:/ {print $2; exit}' "$base")
-  keyring=$(awk '/^Signed-By:/ {print $2; exit}' "$base")
-  log "enabling Debian source packages ($src_list)"
-  as_root tee "$src_list" >/dev/null <<SRC
-Types: deb-src
-URIs: $uri
-Suites: bookworm
-Components: main
-Signed-By: $keyring
-SRC
+  uri= keyring=
+  if [[ -f /etc/apt/sources.list.d/debian.sources ]]; then
+    base=/etc/apt/sources.list.d/debian.sources
+    uri=$(awk '/^URIs:/ {print $2; exit}' "$base")
+    keyring=$(awk '/^Signed-By:/ {print $2; exit}' "$base")
+  elif [[ -f /etc/apt/sources.list ]]; then
+    base=/etc/apt/sources.list
+    line=$(grep -m1 -E '^[[:space:]]*deb[[:space:]]' "$base" || true)
+    options=$(sed -nE 's/^[^[]*\[([^]]*)\].*/\1/p' <<<"$line")
+    uri=$(sed -E 's/\[[^]]*\]//' <<<"$line" | awk '{print $2}')
+    keyring=$(tr ' ' '\n' <<<"$options" | sed -n 's/^signed-by=//p' | head -n1)
+  fi
+  if [[ -z "$uri" ]]; then
+    log "no Debian mirror found in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list"
+    exit 1
+  fi
+  log "enabling Debian source packages ($src_list, mirror $uri from $base)"
+  {
+    printf 'Types: deb-src\nURIs: %s\nSuites: bookworm\nComponents: main\n' "$uri"
+    if [[ -n "$keyring" ]]; then printf 'Signed-By: %s\n' "$keyring"; fi
+  } | as_root tee "$src_list" >/dev/null
   new_src_list=1
 fi
 if [[ ${#need_pkgs[@]} -gt 0 || -n "$new_src_list" ]]; then
