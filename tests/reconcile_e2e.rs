@@ -1058,6 +1058,83 @@ async fn issuer_renewed_out_of_order_is_flagged() {
     eprintln!("out-of-order rotation finished; traffic: {}", rig.traffic());
 }
 
+/// The operator installed after cert-manager (or a CronJob, or a person) renewed both the anchor
+/// and the issuer, the bundle still on the old anchor: Linkerd's identity controller skipped
+/// the new issuer (`IssuerUpdateSkipped`) and signs with its earlier one. The operator takes
+/// the bundle's anchor as the one in use, expands the bundle, restarts the control plane but
+/// the identity controller, propagates, and restarts the identity controller (which then
+/// takes up the new issuer) only once every proxy trusts the new anchor: zero failed
+/// handshakes. The negative control is `issuer_renewed_before_any_restart_breaks_mtls_with_
+/// unknown_issuer` in `sim_mesh.rs`: the same state, the identity controller restarted onto
+/// the expanded bundle at once, fails handshakes with an unknown issuer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installed_after_an_early_issuer_renewal_rotates_with_zero_failed_handshakes() {
+    let mut rig = Rig::start((1, 2, 1), automatic_spec(5), &[]).await;
+    // No operator, and nothing it recorded: its previous-anchor Secret and its rotation's status.
+    rig.op.process.signal("KILL").unwrap();
+    let _ = rig.op.process.wait_timeout(Duration::from_secs(10));
+    Api::<Secret>::namespaced(rig.client.clone(), "linkerd")
+        .delete("linkerd-previous-anchor", &Default::default())
+        .await
+        .unwrap();
+    let rotations = Api::<TrustAnchorRotation>::all(rig.client.clone());
+    rotations
+        .delete("cluster", &Default::default())
+        .await
+        .unwrap();
+    while rotations.get_opt("cluster").await.unwrap().is_some() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    apply_rotation(&rig.client, automatic_spec(5)).await;
+
+    let new_anchor = rig.runbook().renew_anchor().await.unwrap();
+    let new_issuer = rig.runbook().renew_issuer().await.unwrap();
+    rig.runbook()
+        .wait_event("IssuerUpdateSkipped")
+        .await
+        .unwrap();
+    assert_ne!(
+        rig.mesh.identity_issuers(),
+        vec![new_issuer.fingerprint.clone()]
+    );
+    assert_eq!(rig.traffic().failed(), 0, "{}", rig.traffic());
+
+    // Installed now.
+    rig.op = start_operator(&rig.op_kubeconfig, &rig.op_args).await;
+    register_webhook(&rig.cp, &rig.op);
+    let mut follow = Follow::new(&rig);
+    let mut user = User::default();
+    let mut identity_held_seen = false;
+    let done = loop {
+        let status = follow.status(&rig).await;
+        let message = status.blocking_message.clone().unwrap_or_default();
+        if message.contains("keeps its earlier issuer") {
+            identity_held_seen = true;
+            assert_ne!(
+                rig.mesh.identity_issuers(),
+                vec![new_issuer.fingerprint.clone()],
+                "held: {message}"
+            );
+        }
+        user.act(&rig, &status).await;
+        if is_done(&status, &new_anchor) {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let t = rig.traffic();
+    eprintln!(
+        "installed after an early renewal: {:?}; traffic: {t}",
+        follow.phases
+    );
+    assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
+    assert!(identity_held_seen, "the hold was never reported");
+    assert_eq!(done.blocking_message, None);
+    follow.assert_traffic_throughout(&rig);
+    // Two workload proxies and three of the control plane.
+    rig.assert_mesh_on(&new_anchor, 5).await;
+}
+
 /// A second anchor renewal while the first expansion is propagating: the rotation expands
 /// again without dropping an anchor in use, and ends Synced on the newest anchor with zero
 /// failed handshakes.

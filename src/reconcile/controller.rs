@@ -913,6 +913,7 @@ async fn observe(
         })
         .map(|d| ControlPlaneDeployment {
             name: d.name_any(),
+            identity_controller: is_identity_controller(d.labels()),
             restarted_for: template_annotation(d.template(), RESTART_ANNOTATION),
             rollout_complete: d.rollout_complete(),
             proxy: control_plane_proxy(d.template()),
@@ -1364,6 +1365,14 @@ fn mark_pods_not_starting<'a>(
     }
 }
 
+/// Labels of Linkerd's identity controller, its Deployment's and its pods'.
+fn is_identity_controller(labels: &BTreeMap<String, String>) -> bool {
+    labels
+        .get(CONTROL_PLANE_COMPONENT_LABEL)
+        .map(String::as_str)
+        == Some("identity")
+}
+
 fn meshed_pod(
     config: &ReconcilerConfig,
     p: &Pod,
@@ -1401,6 +1410,7 @@ fn meshed_pod(
         namespace,
         name: p.name_any(),
         control_plane: p.labels().contains_key(CONTROL_PLANE_COMPONENT_LABEL),
+        identity_controller: is_identity_controller(p.labels()),
         ready,
         anchors,
         restarted_for: p.annotations().get(RESTART_ANNOTATION).cloned(),
@@ -1946,6 +1956,7 @@ mod tests {
             namespace: "app".to_owned(),
             name: name.to_owned(),
             control_plane: false,
+            identity_controller: false,
             ready: true,
             anchors: None,
             restarted_for: None,

@@ -178,6 +178,15 @@ pub fn decide(
     // Bootstrap: the previous anchor is the one the issuer chains to (the anchor in use), or
     // the current one; the bundle is every anchor that must be trusted.
     //
+    // Unless the bundle lacks the issuer's anchor: then the issuer was renewed onto a renewed
+    // anchor before the operator was there (cert-manager renews the issuer on its own
+    // schedule, or a CronJob or person renewed both). Linkerd's identity controller, which
+    // loaded the bundle's anchors at start, skipped that issuer and still signs with its
+    // earlier one, which chains to an anchor of the bundle: that is the anchor in use, and
+    // the rotation onto the issuer's anchor is still to be done. (Which of the bundle's
+    // anchors it is matters not: the expansion keeps them all, and they leave only once every
+    // proxy presents a leaf of the new issuer.)
+    //
     // A Secret deleted mid-rotation is rebuilt as the status records it, from the anchor's
     // copy in the bundle: after the issuer's renewal the anchor in use is the new one, and a
     // previous anchor rebuilt from it would make the rotation forget it is under way (a
@@ -190,11 +199,27 @@ pub fn decide(
                 .chain(bundle.iter().flatten())
                 .find(|c| c.fingerprint == f)
         });
-        let (p, how) = match recorded {
-            Some(p) if p.fingerprint != signer_cert.fingerprint => {
-                (p.clone(), ", the previous anchor its status records")
+        let in_use = match bundle.as_deref() {
+            Some(b @ [first, ..])
+                if !b.iter().any(|c| c.fingerprint == signer_cert.fingerprint) =>
+            {
+                Some(first)
             }
-            _ => (signer_cert.clone(), ""),
+            _ => None,
+        };
+        let (p, how) = match (recorded, in_use) {
+            (Some(p), _) if p.fingerprint != signer_cert.fingerprint => (
+                p.clone(),
+                ", the previous anchor its status records".to_owned(),
+            ),
+            (_, Some(p)) => (
+                p.clone(),
+                format!(
+                    ", an anchor of the trust bundle: the identity issuer is signed by {}, which the bundle lacks, so Linkerd's identity controller still signs with an earlier issuer",
+                    short(&signer_cert.fingerprint)
+                ),
+            ),
+            _ => (signer_cert.clone(), String::new()),
         };
         d.effects.push(Effect::WritePreviousAnchor {
             pem: p.pem.clone(),
@@ -253,6 +278,37 @@ pub fn decide(
         &lacking_bundle,
         observed,
     ));
+
+    // The issuer already renewed onto the new anchor while some proxies do not trust it yet
+    // (renewed early by a person, a CronJob or cert-manager's own schedule, or before the
+    // operator was installed): Linkerd's identity controller, if it started before the bundle
+    // held the new anchor, skipped that issuer (`IssuerUpdateSkipped`) and still signs with
+    // its earlier one. Restarted onto the expanded bundle it would take the new issuer up at
+    // once, and every proxy without the new anchor would reject its leaves. So its restart is
+    // held until every proxy trusts the new anchor; the rest of the control plane restarts
+    // as usual. (Nothing keeps it from restarting by itself meanwhile: the out-of-order
+    // condition stays urgent.)
+    let hold_identity = renewed
+        && signer.as_deref() == Some(anchor.fingerprint.as_str())
+        && !workloads_lacking(
+            observed.bundle_holders(),
+            &BTreeSet::from([anchor.fingerprint.clone()]),
+        )
+        .is_empty();
+    let held = |c: &ControlPlaneDeployment| hold_identity && c.identity_controller;
+    let held_names: Vec<&str> = observed
+        .control_plane
+        .iter()
+        .filter(|c| held(c))
+        .map(|c| c.name.as_str())
+        .collect();
+    let hold_note = (!held_names.is_empty()).then(|| {
+        format!(
+            "; the identity controller ({}) keeps its earlier issuer, its restart held until every proxy trusts anchor {}",
+            held_names.join(", "),
+            short(&anchor.fingerprint)
+        )
+    });
 
     // Expansion: every anchor that must be trusted is in the bundle, or the bundle grows and the
     // control plane is restarted onto it. This is also how a second renewal mid-rotation
@@ -369,9 +425,10 @@ pub fn decide(
         .control_plane
         .iter()
         .filter(|c| {
-            c.restarted_for
-                .as_deref()
-                .is_some_and(|f| f != marker.as_str())
+            !held(c)
+                && c.restarted_for
+                    .as_deref()
+                    .is_some_and(|f| f != marker.as_str())
         })
         .map(|c| c.name.as_str())
         .collect();
@@ -473,8 +530,9 @@ pub fn decide(
                 );
                 return d.finish(Requeue::Soon);
             }
-            let stale =
-                |c: &ControlPlaneDeployment| c.restarted_for.as_deref() != Some(marker.as_str());
+            let stale = |c: &ControlPlaneDeployment| {
+                !held(c) && c.restarted_for.as_deref() != Some(marker.as_str())
+            };
             // Onto the expanded bundle, the control plane's proxies take the accelerated refresh
             // interval with them (the webhook leaves their pods alone); onto the reduced one,
             // they give it back.
@@ -499,9 +557,10 @@ pub fn decide(
                     })
                     .unwrap_or_default();
                 let message = format!(
-                    "restarting {} onto trust bundle {}{refresh}",
+                    "restarting {} onto trust bundle {}{refresh}{}",
                     names.join(", "),
-                    short(&bundle_fp)
+                    short(&bundle_fp),
+                    hold_note.as_deref().unwrap_or_default()
                 );
                 d.effects.push(Effect::RestartControlPlane {
                     deployments: restarts,
@@ -519,6 +578,7 @@ pub fn decide(
                 observed.pods.iter().filter(|p| p.control_plane).collect();
             let stale_pods: Vec<String> = cp_pods
                 .iter()
+                .filter(|p| !(hold_identity && p.identity_controller))
                 .filter(|p| p.restarted_for.as_deref() != Some(marker.as_str()) || !p.ready)
                 .map(|p| p.key())
                 .collect();
@@ -544,11 +604,12 @@ pub fn decide(
                 return d.finish(Requeue::Soon);
             }
             d.next.blocking_message = Some(format!(
-                "waiting for the control plane to run on trust bundle {}: rollouts pending: [{}]; pods not yet on it: {}{}",
+                "waiting for the control plane to run on trust bundle {}: rollouts pending: [{}]; pods not yet on it: {}{}{}",
                 short(&bundle_fp),
                 pending_rollouts.join(", "),
                 stale_pods.len(),
-                examples(&stale_pods)
+                examples(&stale_pods),
+                hold_note.as_deref().unwrap_or_default()
             ));
             d.finish(Requeue::Soon)
         }
@@ -556,6 +617,22 @@ pub fn decide(
             d.next.workload_certificate_refresh_interval = Some(policies.refresh_interval.clone());
             let pending = d.count_bundle(observed, &bundle_set, false);
             if pending.is_empty() {
+                // The identity controller held while proxies lacked the new anchor (or a
+                // control-plane Deployment created since the restart): onto the bundle now,
+                // before the issuer is awaited.
+                let unrestarted: Vec<&str> = observed
+                    .control_plane
+                    .iter()
+                    .filter(|c| c.restarted_for.as_deref() != Some(marker.as_str()))
+                    .map(|c| c.name.as_str())
+                    .collect();
+                if !unrestarted.is_empty() {
+                    let why = format!(
+                        "every meshed pod holds the expanded trust bundle: restarting the rest of the control plane ({}) onto it",
+                        unrestarted.join(", ")
+                    );
+                    return d.refresh_control_plane(&why, &bundle_fp);
+                }
                 if !d.rollouts_finished(observed, &marker) {
                     return d.finish(Requeue::Soon);
                 }
@@ -573,6 +650,9 @@ pub fn decide(
                 RestartFor::Bundle(marker.clone()),
                 "do not hold the expanded trust bundle yet",
             );
+            if let (Some(note), Some(message)) = (&hold_note, &mut d.next.blocking_message) {
+                message.push_str(note);
+            }
             d.finish(Requeue::Soon)
         }
         Phase::WaitingForIdentityRotation => {

@@ -73,6 +73,7 @@ fn pod(ns: &str, name: &str, holds: &[usize]) -> MeshedPod {
         namespace: ns.to_owned(),
         name: name.to_owned(),
         control_plane: false,
+        identity_controller: false,
         ready: true,
         anchors: Some(set(holds)),
         restarted_for: None,
@@ -115,6 +116,7 @@ fn rolling(o: &mut Observed, workload: Workload, restart_for: RestartFor) {
 fn cp_pod(name: &str, restarted_for: Option<String>) -> MeshedPod {
     MeshedPod {
         control_plane: true,
+        identity_controller: name.starts_with("linkerd-identity"),
         anchors: None,
         restarted_for,
         ..pod("linkerd", name, &[])
@@ -130,6 +132,7 @@ fn cp(restarted_for: Option<String>, complete: bool) -> Vec<ControlPlaneDeployme
     .iter()
     .map(|n| ControlPlaneDeployment {
         name: (*n).to_owned(),
+        identity_controller: *n == "linkerd-identity",
         restarted_for: restarted_for.clone(),
         rollout_complete: complete,
         proxy: Some(ControlPlaneProxy {
@@ -314,6 +317,109 @@ fn bootstrap_writes_the_previous_anchor_from_the_anchor_in_use() {
     let d = run(&manual(), Phase::Synced, &w.observed());
     assert!(
         matches!(writes(&d)[..], [Effect::WritePreviousAnchor { fingerprint, .. }] if *fingerprint == fp(0))
+    );
+}
+
+/// Installed after both the anchor and the issuer were renewed (cert-manager renews the issuer
+/// on its own schedule, or a CronJob renewed both), with the bundle still on the old anchor:
+/// Linkerd's identity controller skipped the new issuer and signs with its earlier one, whose
+/// anchor is the bundle's. That is the previous anchor, and the rotation onto the new one
+/// expands the bundle (never restores it to the new anchor alone, which every leaf in use
+/// would fail). The identity controller's restart is held until every proxy trusts the new
+/// anchor, since it would take the new issuer up at once; the rest of the control plane
+/// restarts. Then it restarts too, before the issuer is awaited.
+#[test]
+fn installed_after_an_early_issuer_renewal_the_identity_controller_is_held_until_proxies_trust_the_new_anchor()
+ {
+    let early = World {
+        anchor: 1,
+        previous: None,
+        bundle: Some(vec![0]),
+        signer: 1,
+        ..World::synced()
+    };
+    let d = run(&automatic(), Phase::Synced, &early.observed());
+    assert!(
+        matches!(writes(&d)[..], [Effect::WritePreviousAnchor { fingerprint, .. }] if *fingerprint == fp(0)),
+        "{:?}",
+        d.effects
+    );
+    assert!(
+        d.effects
+            .iter()
+            .any(|e| matches!(e, Effect::Event { message, .. }
+        if message.contains("which the bundle lacks")))
+    );
+
+    // The next look: a renewal, the bundle expanded with the anchor in use kept.
+    let mut o = World {
+        previous: Some(0),
+        ..early
+    }
+    .observed();
+    let d = run(&automatic(), Phase::Synced, &o);
+    assert_eq!(written_bundle(&d), Some(set(&[0, 1])), "{:?}", d.effects);
+    assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
+    assert_eq!(out_of_order(&d), Some(ConditionStatus::True));
+
+    // Onto the expanded bundle: all but the identity controller restart.
+    o.bundle = Ok(Some(vec![a(0), a(1)]));
+    let marker = bundle_fp(&[0, 1]);
+    let d = run(&automatic(), Phase::RefreshingControlPlane, &o);
+    let restarted: Vec<&str> = match &writes(&d)[..] {
+        [Effect::RestartControlPlane { deployments, .. }] => {
+            deployments.iter().map(|r| r.name.as_str()).collect()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(restarted, ["linkerd-destination", "linkerd-proxy-injector"]);
+    let held = "the identity controller (linkerd-identity) keeps its earlier issuer";
+    assert!(
+        d.effects
+            .iter()
+            .any(|e| matches!(e, Effect::Event { reason, message, .. }
+        if reason == "RestartingControlPlane" && message.contains(held)))
+    );
+
+    // Those done, propagation starts; the identity controller is not behind, only held.
+    for c in o
+        .control_plane
+        .iter_mut()
+        .filter(|c| !c.identity_controller)
+    {
+        c.restarted_for = Some(marker.clone());
+    }
+    let d = run(&automatic(), Phase::RefreshingControlPlane, &o);
+    assert_eq!(
+        d.status.phase,
+        Phase::PropagatingTrustRoots,
+        "{:?}",
+        d.status
+    );
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
+    assert_eq!(d.status.phase, Phase::PropagatingTrustRoots);
+    assert!(
+        writes(&d)
+            .iter()
+            .all(|e| matches!(e, Effect::RestartWorkloads { .. })),
+        "{:?}",
+        d.effects
+    );
+    let message = d.status.blocking_message.unwrap_or_default();
+    assert!(message.contains(held), "{message}");
+
+    // Every proxy trusts the new anchor: the identity controller is restarted onto the bundle.
+    for p in o.pods.iter_mut().filter(|p| !p.control_plane) {
+        p.anchors = Some(set(&[0, 1]));
+    }
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
+    assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
+    let d = run(&automatic(), Phase::RefreshingControlPlane, &o);
+    assert!(
+        matches!(&writes(&d)[..], [Effect::RestartControlPlane { deployments, .. }]
+            if deployments.iter().map(|r| r.name.as_str()).eq(["linkerd-identity"])),
+        "{:?}",
+        d.effects
     );
 }
 

@@ -134,6 +134,9 @@ pub struct MeshedPod {
     pub namespace: String,
     pub name: String,
     pub control_plane: bool,
+    /// A pod of Linkerd's identity controller (component label `identity`), the one that
+    /// signs leaves with the issuer it loaded.
+    pub identity_controller: bool,
     pub ready: bool,
     /// Fingerprints of the anchors its proxy holds (from its env, the truth); `None` when they
     /// cannot be read from the spec (control-plane pods read them from the ConfigMap).
@@ -164,6 +167,8 @@ impl MeshedPod {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ControlPlaneDeployment {
     pub name: String,
+    /// Linkerd's identity controller (component label `identity`).
+    pub identity_controller: bool,
     /// The bundle fingerprint in its pod template's restart annotation.
     pub restarted_for: Option<String>,
     /// `kubectl rollout status` would say complete.
