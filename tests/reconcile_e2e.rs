@@ -1912,6 +1912,110 @@ async fn a_restart_the_operator_may_not_do_is_named_in_status() {
     rig.assert_mesh_on(&new_anchor, 5).await;
 }
 
+/// A control-plane restart the API server refuses (here the operator's Role in `linkerd` lets it
+/// patch every control-plane Deployment but the identity controller's) holds the phase with a
+/// message naming it, and holds up no other: the rest of the control plane is restarted. Once
+/// allowed, the rotation finishes with zero failed handshakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_control_plane_restart_holds_up_no_other() {
+    use k8s_openapi::api::rbac::v1::Role;
+    let rig = Rig::start_with(
+        Setup {
+            credentials: Credentials::Rbac {
+                restart_in: Some(vec!["mesh-0".to_owned()]),
+            },
+            ..Setup::default()
+        },
+        (1, 1, 1),
+        automatic_spec(5),
+        &[],
+    )
+    .await;
+    let roles = Api::<Role>::namespaced(rig.client.clone(), "linkerd");
+    let role_name = "trust-rotation-operator-linkerd";
+    let granted = roles.get(role_name).await.unwrap();
+    let mut narrowed = granted.clone();
+    let deployments = narrowed
+        .rules
+        .iter_mut()
+        .flatten()
+        .find(|r| r.resources.as_deref() == Some(&["deployments".to_owned()][..]))
+        .expect("the Role's rule for control-plane restarts");
+    deployments.resource_names = Some(vec![
+        "linkerd-destination".to_owned(),
+        "linkerd-proxy-injector".to_owned(),
+    ]);
+    roles
+        .replace(role_name, &PostParams::default(), &narrowed)
+        .await
+        .unwrap();
+
+    let mut follow = Follow::new(&rig);
+    let new_anchor = rig.runbook().renew_anchor().await.unwrap();
+    let held = loop {
+        let status = follow.status(&rig).await;
+        if status
+            .blocking_message
+            .as_deref()
+            .is_some_and(|m| m.contains("could not carry out the next step"))
+        {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let message = held.blocking_message.clone().unwrap();
+    eprintln!("blockingMessage: {message}");
+    assert_eq!(held.phase, Phase::RefreshingControlPlane);
+    assert!(
+        message.contains("restarting Deployment linkerd/linkerd-identity")
+            && message.contains("(403)"),
+        "{message}"
+    );
+    let restarted = |name: &'static str| {
+        let client = rig.client.clone();
+        async move {
+            Api::<Deployment>::namespaced(client, "linkerd")
+                .get(name)
+                .await
+                .unwrap()
+                .spec
+                .and_then(|s| s.template.metadata)
+                .and_then(|m| m.annotations)
+                .is_some_and(|a| a.contains_key("trust.linkerd.io/restarted-for-bundle"))
+        }
+    };
+    for name in ["linkerd-destination", "linkerd-proxy-injector"] {
+        common::eventually(
+            &format!("linkerd/{name} restarted beside the refused restart"),
+            Duration::from_secs(30),
+            || async { restarted(name).await.then_some(()) },
+        )
+        .await;
+    }
+    assert!(!restarted("linkerd-identity").await);
+
+    // Allowed again: the rotation finishes.
+    let mut allowed = roles.get(role_name).await.unwrap();
+    allowed.rules = granted.rules;
+    roles
+        .replace(role_name, &PostParams::default(), &allowed)
+        .await
+        .unwrap();
+    let mut user = User::default();
+    let done = follow
+        .with_user_until_done(&rig, &mut user, &new_anchor)
+        .await;
+    assert_eq!(done.blocking_message, None);
+    let t = rig.traffic();
+    eprintln!(
+        "rotation with a control-plane restart refused, then allowed: {:.1}s; traffic: {t}",
+        follow.secs()
+    );
+    assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
+    follow.assert_traffic_throughout(&rig);
+    rig.assert_mesh_on(&new_anchor, 4).await;
+}
+
 /// An anchor Secret that does not parse parks the rotation: a blockingMessage naming the
 /// Secret and the problem, and not one write (bundle, previous anchor, control plane). Once
 /// the Secret is fixed the rotation un-parks. So do a zero refresh interval and a bundle

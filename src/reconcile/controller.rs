@@ -903,7 +903,7 @@ async fn observe(
         Err(p) => Err(p),
     };
 
-    let control_plane: Vec<ControlPlaneDeployment> = stores
+    let mut control_plane: Vec<ControlPlaneDeployment> = stores
         .deployments
         .state()
         .iter()
@@ -920,6 +920,9 @@ async fn observe(
             refresh_set_by_operator: template_annotation(d.template(), PROXY_REFRESH_ANNOTATION),
         })
         .collect();
+    // In the order of their names, not the cache's: messages and restarts come the same way on
+    // every look.
+    control_plane.sort_by(|a, b| a.name.cmp(&b.name));
     let mut restart_markers: BTreeMap<Workload, RestartMarkers> = markers_of(&stores.deployments)
         .chain(markers_of(&stores.statefulsets))
         .chain(markers_of(&stores.daemonsets))
@@ -1365,6 +1368,15 @@ fn mark_pods_not_starting<'a>(
     }
 }
 
+/// The failures of the writes of one effect, as one error (`Ok` when none failed).
+fn several(mut failed: Vec<ReconcileError>) -> Result<(), ReconcileError> {
+    match failed.len() {
+        0 => Ok(()),
+        1 => Err(failed.remove(0)),
+        _ => Err(ReconcileError::Several(failed)),
+    }
+}
+
 /// Labels of Linkerd's identity controller, its Deployment's and its pods'.
 fn is_identity_controller(labels: &BTreeMap<String, String>) -> bool {
     labels
@@ -1537,9 +1549,16 @@ async fn execute(
             deployments,
             marker,
         } => {
+            // Each one is tried, as workloads are: one refused restart holds up no other.
+            let mut failed = Vec::new();
             for d in deployments {
-                restart_control_plane(client, &config.linkerd_namespace, d, marker).await?;
+                if let Err(e) =
+                    restart_control_plane(client, &config.linkerd_namespace, d, marker).await
+                {
+                    failed.push(e);
+                }
             }
+            several(failed)?;
         }
         Effect::RestartWorkloads {
             workloads,
@@ -1562,11 +1581,7 @@ async fn execute(
                     }
                 }
             }
-            match failed.len() {
-                0 => {}
-                1 => return Err(failed.remove(0)),
-                _ => return Err(ReconcileError::Several(failed)),
-            }
+            several(failed)?;
         }
         Effect::RenewIssuer => {
             let (ns, name) = &config.names.issuer_certificate;
