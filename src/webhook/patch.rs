@@ -364,16 +364,20 @@ pub fn merge_additional_env(
     let mut entries: Vec<&str> = Vec::with_capacity(list.len() + 1);
     for (i, raw) in list.iter().enumerate() {
         let item = raw.get();
-        let named: Option<Named> = item
-            .starts_with('{')
-            .then(|| serde_json::from_str(item).ok())
-            .flatten();
-        let Some(named) = named else {
-            return Err(unusable(format!(
-                "is a list, but entry {i} is not an EnvVar object: {}",
+        let not_env_var = |why: &str| {
+            unusable(format!(
+                "is a list, but entry {i} is not an EnvVar ({why}): {}",
                 item.chars().take(40).collect::<String>()
-            )));
+            ))
         };
+        if !item.starts_with('{') {
+            return Err(not_env_var("not an object"));
+        }
+        let named: EnvVarIn =
+            serde_json::from_str(item).map_err(|e| not_env_var(&e.to_string()))?;
+        if named.value_from.is_some_and(|v| !v.get().starts_with('{')) {
+            return Err(not_env_var("valueFrom is not an object"));
+        }
         if named.name.as_deref() == Some(name) {
             found = true;
             // Ours already, whatever its spacing: kept as it is. (On the reinvocation after the
@@ -395,11 +399,18 @@ pub fn merge_additional_env(
     Ok(format!("[{}]", entries.join(",")))
 }
 
-/// An EnvVar's name, all the merge needs to know of an entry (other fields are skipped).
+/// An EnvVar as the injector (Go, into Kubernetes' type) reads one: `name` and `value` strings
+/// and `valueFrom` an object, each possibly null or absent; other fields are skipped. A value of
+/// another type fails the injector's whole list. The merge needs only the name.
 #[derive(serde::Deserialize)]
-struct Named<'a> {
+struct EnvVarIn<'a> {
     #[serde(borrow)]
     name: Option<std::borrow::Cow<'a, str>>,
+    /// Read only to check that it is a string.
+    #[serde(borrow, default, rename = "value")]
+    _value: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, rename = "valueFrom")]
+    value_from: Option<&'a RawValue>,
 }
 
 fn json_kind(v: &Value) -> &'static str {
@@ -646,6 +657,9 @@ mod tests {
             r#"{"name":"B","x":1e400}"#,
             r#"{ "value" : "2", "name" : "C" }"#,
             r#"{"name":null}"#,
+            r#"{"name":"D","value":null,"valueFrom":null}"#,
+            r#"{"name":"E","valueFrom":{"fieldRef":{"fieldPath":"spec.nodeName"}}}"#,
+            r#"{"name":"F","value":"a\"b"}"#,
         ] {
             assert_eq!(merge(&format!("[{kept}]")), Ok(format!("[{kept},{ours}]")));
         }
@@ -661,6 +675,11 @@ mod tests {
             r#"[1,{"name":"A"}]"#,
             r#"[["MAX"]]"#,
             r#"[{"name":5}]"#,
+            // Go reads none of these into an EnvVar, and then none of the list.
+            r#"[{"name":"FOO","value":5}]"#,
+            r#"[{"name":"FOO","value":{"x":1}}]"#,
+            r#"[{"name":"FOO","valueFrom":"x"}]"#,
+            r#"[{"name":"FOO","valueFrom":[]}]"#,
             "{}",
             "[",
             "\"x\"",
