@@ -635,6 +635,38 @@ fn missing_request_and_garbage_are_invalid_not_errors() {
     }
 }
 
+/// A request field of the wrong type makes the body no AdmissionReview, but its uid, when it
+/// is a string, is still echoed.
+#[test]
+fn a_field_of_the_wrong_type_is_invalid_with_uid_echoed() {
+    for (body, uid) in [
+        (
+            r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u1","operation":5}}"#,
+            "u1",
+        ),
+        (
+            r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"kind":"Pod","uid":"u2"}}"#,
+            "u2",
+        ),
+        (
+            r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":7,"operation":5}}"#,
+            "",
+        ),
+    ] {
+        let r = review(body.as_bytes(), Some(&accelerating_view()), &namespaces);
+        assert_eq!(r.outcome, Outcome::Invalid, "{body}");
+        let resp = response(&r);
+        assert_eq!(resp["uid"], uid, "{body}");
+        assert!(
+            resp["status"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("body is not an AdmissionReview"),
+            "{resp}"
+        );
+    }
+}
+
 #[test]
 fn unsynced_view_patches_nothing() {
     let r = run(&fixture("pod-inject-enabled"), None);

@@ -171,6 +171,20 @@ pub struct RequestIn<'a, O> {
     pub object: Option<O>,
 }
 
+/// All that is read of a body whose AdmissionReview fields have the wrong types (a number for
+/// the operation, say): the request's uid, which the invalid answer still echoes.
+#[derive(Debug, Deserialize, PartialEq)]
+pub struct UidIn<'a> {
+    #[serde(default, borrow, deserialize_with = "object")]
+    pub request: Option<RequestUidIn<'a>>,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+pub struct RequestUidIn<'a> {
+    #[serde(default, borrow)]
+    pub uid: Option<Str<'a>>,
+}
+
 fn none<O>() -> Option<O> {
     None
 }

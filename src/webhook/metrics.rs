@@ -91,7 +91,7 @@ impl WebhookMetrics {
         );
         registry.register(
             "trust_rotation_webhook_invalid_additional_env",
-            "Pods whose config.linkerd.io/proxy-additional-env annotation was not JSON, not a list, or not a list of EnvVars (left untouched)",
+            "Pod CREATE reviews whose config.linkerd.io/proxy-additional-env annotation was not JSON, not a list, or not a list of EnvVars (left untouched); a pod the injector changes is reviewed twice",
             m.invalid_additional_env.clone(),
         );
         registry.register(

@@ -3,7 +3,7 @@
 
 use serde::de::IgnoredAny;
 
-use super::admission::{PodIn, RequestIn, ReviewIn, ReviewOut, from_json};
+use super::admission::{PodIn, RequestIn, ReviewIn, ReviewOut, UidIn, from_json};
 use super::patch::{PodMutation, RotationView, SkipReason, mutate_pod};
 use super::scan;
 
@@ -70,7 +70,12 @@ pub fn review(
         Ok(envelope) => (envelope, None),
         Err(pod_error) => match from_json::<ReviewIn<IgnoredAny>>(body) {
             Ok(envelope) => (without_object(envelope), Some(pod_error)),
-            Err(e) => return invalid(None, format!("body is not an AdmissionReview: {e}")),
+            Err(e) => {
+                let uid = from_json::<UidIn>(body)
+                    .ok()
+                    .and_then(|r| Some(r.request?.uid?.to_string()));
+                return invalid(uid, format!("body is not an AdmissionReview: {e}"));
+            }
         },
     };
     let uid = envelope
