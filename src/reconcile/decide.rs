@@ -268,6 +268,11 @@ pub fn decide(
     };
     d.next.source_fingerprints = sources(names, &bundle, &anchor, &previous);
     let renewed = anchor.fingerprint != previous.fingerprint;
+    if renewed && status.phase == Phase::Synced {
+        // A rotation starts: the last one's certificate count would read as this one's, done
+        // before its issuer exists. Counted afresh once leaves are awaited.
+        d.next.workload_certificates = None;
+    }
 
     let lacking_bundle = workloads_lacking(observed.bundle_holders(), &bundle_set);
     d.out_of_order(renewed_out_of_order(

@@ -8,7 +8,8 @@ use std::time::Duration;
 use super::decide::*;
 use super::model::*;
 use crate::crd::{
-    Condition, ConditionStatus, Phase, RenewalPolicy, RestartPolicy, TrustAnchorRotationStatus,
+    Condition, ConditionStatus, ConvergenceStatus, Phase, RenewalPolicy, RestartPolicy,
+    TrustAnchorRotationStatus,
 };
 use crate::sim::pki;
 
@@ -479,10 +480,14 @@ fn renewed_anchor_expands_the_bundle_and_refreshes_the_control_plane() {
         anchor: 1,
         ..World::synced()
     };
-    let d = run(&manual(), Phase::Synced, &w.observed());
+    // The last rotation's certificate count goes: it would read as this one's.
+    let mut synced = in_phase(Phase::Synced);
+    synced.workload_certificates = Some(ConvergenceStatus::new(4, 4));
+    let d = decide(&manual(), &Names::default(), &synced, &w.observed());
     assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
     assert_eq!(written_bundle(&d), Some(set(&[0, 1])));
     assert_eq!(out_of_order(&d), Some(ConditionStatus::False));
+    assert_eq!(d.status.workload_certificates, None);
     assert!(d.status.last_phase_transition_time.is_some());
     assert!(
         d.effects.iter().any(
