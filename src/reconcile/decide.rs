@@ -6,7 +6,7 @@
 //! anchor once every leaf chains to it. Everything else it needs is in `status.phase` and what
 //! it observes, so a restarted operator picks up exactly where the last one stopped.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -714,6 +714,27 @@ pub fn decide(
                     _ => None,
                 })
                 .collect();
+            // Control-plane proxies that will not refresh within the interval either (one whose
+            // interval the user set longer, which the operator leaves alone, or a Deployment
+            // created since the control plane was restarted) are not restarted for the issuer:
+            // the command to hurry them is said instead of a wait that reads as the interval's.
+            let published = crate::duration::round_up_to_seconds(interval);
+            // (Keyed by namespace: the control plane's pods are all in Linkerd's.)
+            let slow_control_plane: BTreeMap<&str, BTreeSet<String>> = observed
+                .pods
+                .iter()
+                .filter(|p| p.control_plane && p.leaf != Some(Leaf::FromIssuer))
+                .filter(|p| p.max_refresh.is_none_or(|m| m > published))
+                .fold(BTreeMap::new(), |mut by_ns, p| {
+                    by_ns
+                        .entry(p.namespace.as_str())
+                        .or_default()
+                        .insert(match &p.owner {
+                            Ok(w) => format!("{}/{}", w.kind.to_lowercase(), w.name),
+                            Err(_) => format!("pod/{}", p.name),
+                        });
+                    by_ns
+                });
             let waiting = (!pending.is_empty() || targets == 0).then(|| {
                 let mut waiting = format!(
                     "waiting for {} of {targets} proxies to present a leaf certificate from issuer {} (refresh interval {}){}",
@@ -729,6 +750,15 @@ pub fn decide(
                         first_few(&unreachable)
                     ));
                 }
+                for (namespace, slow) in &slow_control_plane {
+                    let slow: Vec<&str> = slow.iter().map(String::as_str).collect();
+                    waiting.push_str(&format!(
+                        "; the control plane's proxies of {} will not refresh within {} (no {MAX_REFRESH_ENV} of at most it), which can take hours: kubectl rollout restart -n {namespace} {}",
+                        slow.join(", "),
+                        policies.refresh_interval,
+                        slow.join(" ")
+                    ));
+                }
                 waiting
             });
             // A proxy that does not refresh within the interval (it started before the interval
@@ -736,7 +766,6 @@ pub fn decide(
             // most of its leaf's lifetime, and one without the expanded bundle (started late
             // with an older injection) rejects the new leaves: their workloads are restarted,
             // and the new pods hold the bundle and a leaf from this issuer from the start.
-            let published = crate::duration::round_up_to_seconds(interval);
             let slow: BTreeSet<String> = observed
                 .pods
                 .iter()

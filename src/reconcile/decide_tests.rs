@@ -1656,6 +1656,40 @@ fn after_the_renewal_a_pod_not_started_yet_is_restarted_if_it_lacks_the_bundle_n
     );
 }
 
+/// A control-plane proxy that will not refresh within the interval (the user set it a longer
+/// one, or its Deployment was created after the restart) is not restarted for the issuer, but
+/// the wait says so and gives the command, instead of reading as the interval's.
+#[test]
+fn a_slow_control_plane_proxy_is_named_with_the_command_to_hurry_it() {
+    let mut o = issuer_renewed().observed();
+    every_leaf(&mut o, Leaf::FromOtherIssuer);
+    for p in o.pods.iter_mut().filter(|p| !p.control_plane) {
+        p.leaf = Some(Leaf::FromIssuer);
+    }
+    let d = run(&automatic(), Phase::RenewingWorkloadCerts, &o);
+    assert!(
+        !blocking(&d).contains("will not refresh"),
+        "{}",
+        blocking(&d)
+    );
+
+    for slow in [None, Some(Duration::from_secs(86400))] {
+        for p in o.pods.iter_mut().filter(|p| p.control_plane) {
+            p.max_refresh = slow;
+        }
+        let d = run(&automatic(), Phase::RenewingWorkloadCerts, &o);
+        assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts);
+        assert!(writes(&d).is_empty(), "{:?}", d.effects);
+        let message = blocking(&d);
+        assert!(
+            message.contains("waiting for 1 of 5 proxies")
+                && message.contains("the control plane's proxies of deployment/linkerd-identity will not refresh within 5m")
+                && message.contains("kubectl rollout restart -n linkerd deployment/linkerd-identity"),
+            "{message}"
+        );
+    }
+}
+
 #[test]
 fn a_restart_still_rolling_holds_the_phase_even_when_every_running_pod_converged() {
     // The replaced pod of a StatefulSet is in no count while it is recreated.
