@@ -2016,6 +2016,72 @@ async fn a_refused_control_plane_restart_holds_up_no_other() {
     rig.assert_mesh_on(&new_anchor, 4).await;
 }
 
+/// The bundle ConfigMap deleted, and put back by the operator: a ConfigMap it created itself.
+/// Another manager then writes the key, keeping the anchor in use and adding one: still an
+/// overwrite (the operator's write sets an annotation too, so the API server keeps its
+/// managedFields entry when the key is taken), restored to the anchor in use, and recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_the_operator_created_and_another_overwrote_is_restored() {
+    use trust_rotation_operator::bundle::Bundle;
+    let rig = Rig::start((1, 1, 1), automatic_spec(2), &[]).await;
+    let names = rig.mesh.names();
+    let configmaps: Api<ConfigMap> = Api::namespaced(rig.client.clone(), "linkerd");
+    let bundle_of = |cm: &ConfigMap| {
+        cm.data
+            .as_ref()
+            .and_then(|d| d.get("ca-bundle.crt"))
+            .and_then(|pem| Bundle::from_pem("cm", pem).ok())
+            .map(|b| b.fingerprint())
+    };
+    let in_use = Bundle::from_pem("anchor", &rig.first_anchor.pem)
+        .unwrap()
+        .fingerprint();
+    configmaps
+        .delete(&names.bundle_configmap, &Default::default())
+        .await
+        .unwrap();
+    common::eventually(
+        "the bundle ConfigMap put back by the operator",
+        Duration::from_secs(30),
+        || async {
+            let cm = configmaps.get_opt(&names.bundle_configmap).await.unwrap()?;
+            (bundle_of(&cm).as_deref() == Some(in_use.as_str())).then_some(())
+        },
+    )
+    .await;
+
+    let extra = std::fs::read_to_string(format!(
+        "{}/tests/fixtures/anchor.pem",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    trust_rotation_operator::sim::linkerd::write_bundle(
+        &rig.client,
+        names,
+        &format!("{}{extra}", rig.first_anchor.pem),
+    )
+    .await
+    .unwrap();
+    let status = common::eventually(
+        "the overwrite restored and recorded",
+        Duration::from_secs(30),
+        || async {
+            let status = rotation(&rig.client).await.status.unwrap_or_default();
+            let cm = configmaps.get(&names.bundle_configmap).await.unwrap();
+            (bundle_of(&cm).as_deref() == Some(in_use.as_str())
+                && !status.bundle_overwrites.is_empty())
+            .then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(
+        status.bundle_overwrites[0].field_managers,
+        [trust_rotation_operator::sim::MANAGER],
+        "{status:#?}"
+    );
+    assert_eq!(rig.traffic().failed(), 0, "{}", rig.traffic());
+}
+
 /// An anchor Secret that does not parse parks the rotation: a blockingMessage naming the
 /// Secret and the problem, and not one write (bundle, previous anchor, control plane). Once
 /// the Secret is fixed the rotation un-parks. So do a zero refresh interval and a bundle

@@ -45,6 +45,11 @@ pub const RESTART_ANNOTATION: &str = "trust.linkerd.io/restarted-for-bundle";
 /// On the bundle ConfigMap: the version of it the operator's last write replaced (see
 /// [`BundleMeta`]).
 pub const WRITTEN_OVER_ANNOTATION: &str = "trust.linkerd.io/written-over-version";
+/// On the bundle ConfigMap: the fingerprint of the bundle the operator wrote. Set by every
+/// write, so the operator always manages a field besides the bundle's key: when another
+/// manager takes the key, the API server keeps the operator's managedFields entry (it drops
+/// an entry left with no field), which is how the overwrite is told.
+pub const WRITTEN_BUNDLE_ANNOTATION: &str = "trust.linkerd.io/written-bundle-sha256";
 /// Pod-template annotation that restarts a workload so that its proxies get a leaf from the
 /// current issuer: its value is the issuer's fingerprint, so a workload is restarted at most
 /// once per issuer for that reason.
@@ -754,8 +759,8 @@ fn urgent_prefix(status: &TrustAnchorRotationStatus) -> String {
 /// Who wrote the bundle's `key` over the operator's last write of the ConfigMap (see
 /// [`BundleMeta::overwritten_by`]). The operator's write (server-side apply with force) owns
 /// the key; a later write of another value takes it away. So the key is overwritten when the
-/// operator still manages a field of the ConfigMap (its written-over annotation) but no
-/// longer the key, and other managers do. One that applied the same value shares the key with
+/// operator still manages a field of the ConfigMap (its annotations, which every write sets:
+/// [`WRITTEN_BUNDLE_ANNOTATION`]) but no longer the key, and other managers do. One that applied the same value shares the key with
 /// the operator, and is no overwrite.
 pub fn overwritten_by(cm: &ConfigMap, key: &str) -> Vec<String> {
     let entries = cm.metadata.managed_fields.as_deref().unwrap_or_default();
@@ -1512,10 +1517,11 @@ async fn execute(
             tracing::info!(%fingerprint, ?written_over, "writing the trust bundle");
             // Without `written_over` (the ConfigMap does not exist yet), server-side apply
             // drops the annotation an earlier write set.
-            let mut metadata = json!({ "name": name });
+            let mut annotations = json!({ WRITTEN_BUNDLE_ANNOTATION: fingerprint });
             if let Some(after) = written_over {
-                metadata["annotations"] = json!({ WRITTEN_OVER_ANNOTATION: after });
+                annotations[WRITTEN_OVER_ANNOTATION] = json!(after);
             }
+            let metadata = json!({ "name": name, "annotations": annotations });
             let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
                 .patch(
                     name,
