@@ -45,6 +45,10 @@ pub const RESTART_ANNOTATION: &str = "trust.linkerd.io/restarted-for-bundle";
 /// On the bundle ConfigMap: the version of it the operator's last write replaced (see
 /// [`BundleMeta`]).
 pub const WRITTEN_OVER_ANNOTATION: &str = "trust.linkerd.io/written-over-version";
+/// How long past its deletion deadline a pod still listed as running counts as draining.
+const DRAIN_SLACK: k8s_openapi::jiff::SignedDuration =
+    k8s_openapi::jiff::SignedDuration::from_secs(30);
+
 /// On the bundle ConfigMap: the fingerprint of the bundle the operator wrote. Set by every
 /// write, so the operator always manages a field besides the bundle's key: when another
 /// manager takes the key, the API server keeps the operator's managedFields entry (it drops
@@ -982,8 +986,11 @@ async fn observe(
         match (live(p), deleting) {
             (true, None) => pods.push(meshed_pod(config, p, &mut anchors_cache, &wont_roll)),
             // Deleted: its containers may still run until its grace period runs out (the API
-            // server sets `deletionTimestamp` to the deletion time plus the grace period).
-            (true, Some(deadline)) if deadline > now => {
+            // server sets `deletionTimestamp` to the deletion time plus the grace period, on
+            // its clock, which the operator's may run ahead of; and the kubelet takes a moment
+            // to stop them). Still listed well past that, it is on a node that no longer
+            // reports, and would hold the rotation for as long.
+            (true, Some(deadline)) if deadline + DRAIN_SLACK > now => {
                 draining.push(meshed_pod(config, p, &mut anchors_cache, &wont_roll))
             }
             // A pod deleted before its proxy started never will start it.
@@ -2258,7 +2265,7 @@ mod tests {
     /// Which pods count, and as what: a Running pod, or a Pending one whose native-sidecar proxy
     /// has started, is running; a Pending pod whose proxy has not started is starting (its
     /// anchors already count for the bundle); a deleted pod drains only if its proxy ran, and
-    /// only until its grace period is over.
+    /// only until its grace period is over (and a slack for clocks and the kubelet).
     #[tokio::test]
     async fn pods_are_running_starting_or_draining_by_their_proxy() {
         let pod = |name: &str, status: serde_json::Value, deleted_in: Option<i64>| -> Pod {
@@ -2286,7 +2293,10 @@ mod tests {
                 pod("sidecar-started", sidecar_started, None),
                 pod("deleted-before-start", pending, Some(30)),
                 pod("draining", json!({"phase": "Running"}), Some(30)),
-                pod("drained", json!({"phase": "Running"}), Some(-1)),
+                // Past its deadline by less than the slack: the clocks may differ, and the
+                // kubelet may still be stopping it.
+                pod("stopping", json!({"phase": "Running"}), Some(-5)),
+                pod("drained", json!({"phase": "Running"}), Some(-60)),
                 pod("succeeded", json!({"phase": "Succeeded"}), None),
             ]),
             deployments: frozen(vec![]),
@@ -2300,7 +2310,7 @@ mod tests {
         let set = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect();
         assert_eq!(names(&observed.pods), set(&["running", "sidecar-started"]));
         assert_eq!(names(&observed.starting), set(&["unscheduled"]));
-        assert_eq!(names(&observed.draining), set(&["draining"]));
+        assert_eq!(names(&observed.draining), set(&["draining", "stopping"]));
     }
 
     /// A Deployment whose new pods never become available (here no kubelet runs them) is
