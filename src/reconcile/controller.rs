@@ -494,7 +494,10 @@ async fn track_holding(
                 failing = %now,
                 "the reconciler holds: a failed watch may have missed changes; nothing is decided until it has listed again"
             );
-            say_holding(client, config, now).await;
+            let why = format!(
+                "{now}; a failed watch may have missed changes, so nothing is decided until it has listed again"
+            );
+            say_holding(client, config, &why).await;
         }
         (None, Some(_)) => tracing::info!("every watch has listed again; the reconciler resumes"),
         _ => {}
@@ -506,11 +509,11 @@ async fn track_holding(
 /// prefix, if the status carried one).
 pub const HOLDING: &str = "the reconciler holds: ";
 
-/// Says in the rotation's status that the reconciler holds on `failing` watches: the status it
-/// last wrote stays, phase and counts, with a blockingMessage naming the watches and their
-/// errors. Read with a GET (the rotation's own watch may be the one failing); a write that
-/// fails is logged, never a reason to stop. The next decision replaces the message.
-async fn say_holding(client: &Client, config: &ReconcilerConfig, failing: &str) {
+/// Says in the rotation's status that the reconciler holds, and `why` (failed watches and
+/// their errors, say): the status it last wrote stays, phase and counts, with that
+/// blockingMessage. Read with a GET (the rotation's own watch may be the one failing); a write
+/// that fails is logged, never a reason to stop. The next decision replaces the message.
+async fn say_holding(client: &Client, config: &ReconcilerConfig, why: &str) {
     let name = &config.rotation_name;
     let rotation = match Api::<TrustAnchorRotation>::all(client.clone())
         .get_opt(name)
@@ -524,10 +527,7 @@ async fn say_holding(client: &Client, config: &ReconcilerConfig, failing: &str) 
         }
     };
     let mut status = rotation.status.clone().unwrap_or_default();
-    let message = format!(
-        "{}{HOLDING}{failing}; a failed watch may have missed changes, so nothing is decided until it has listed again",
-        urgent_prefix(&status)
-    );
+    let message = format!("{}{HOLDING}{why}", urgent_prefix(&status));
     if status.blocking_message.as_deref() == Some(message.as_str()) {
         return;
     }
@@ -575,8 +575,16 @@ async fn reconcile_once(
         refused_restarts,
         said_missing,
     } = memory;
-    if own_writes.awaited(config, stores) {
-        return Ok(Requeue::Soon);
+    match own_writes.awaited(config, stores) {
+        Awaited::No => {}
+        Awaited::Yes => return Ok(Requeue::Soon),
+        Awaited::Overdue(object) => {
+            let why = format!(
+                "its watch of {object} has not shown its own write of it for {OWN_WRITE_PATIENCE:?}; nothing is decided until it does (a watch that stopped delivering events: restarting the operator starts it anew)"
+            );
+            say_holding(client, config, &why).await;
+            return Ok(Requeue::Soon);
+        }
     }
     let Some(rotation) = stores.rotation.get(&ObjectRef::new(&config.rotation_name)) else {
         // Said once: a rotation never created (or a `--rotation-name` mistyped) is otherwise
@@ -1695,22 +1703,33 @@ impl OwnWrites {
 
     /// Whether a look must wait: some watch still shows an object as it was before the write.
     /// (Any other version, the write's own or a later one, is caught up.)
-    fn awaited(&mut self, config: &ReconcilerConfig, stores: &Stores) -> bool {
+    fn awaited(&mut self, config: &ReconcilerConfig, stores: &Stores) -> Awaited {
         self.pending
             .retain(|(target, before, _)| target.version(config, stores) == *before);
         let Some((target, _, since)) = self.pending.first() else {
             self.warned = false;
-            return false;
+            return Awaited::No;
         };
         if since.elapsed() > OWN_WRITE_PATIENCE && !self.warned {
             self.warned = true;
+            let object = target.describe(config);
             tracing::warn!(
-                object = %target.describe(config),
+                %object,
                 "the watch has not shown the reconciler's own write for {OWN_WRITE_PATIENCE:?}; holding the rotation until it does"
             );
+            return Awaited::Overdue(object);
         }
-        true
+        Awaited::Yes
     }
+}
+
+/// Whether a look waits for a watch to show the reconciler's own write.
+#[derive(Debug, PartialEq)]
+enum Awaited {
+    No,
+    Yes,
+    /// Yes, and for longer than [`OWN_WRITE_PATIENCE`] as of now (said once): the object.
+    Overdue(String),
 }
 
 /// How long a lagging watch is waited for before the log says so.
@@ -2978,7 +2997,7 @@ mod tests {
     /// shown it yet (the other watches have): that look must wait, not decide from the bundle
     /// before the write. Real API server; the lag is a store that is not fed. Beside it, the
     /// same look without the memory of the write does decide from the old bundle: it writes the
-    /// step and announces it a second time.
+    /// step and announces it a second time. A lag past the patience is said in the status.
     #[tokio::test]
     async fn a_look_waits_for_the_watch_to_show_the_reconcilers_own_write() {
         use crate::sim::pki::{Template, generate_key, to_pem};
@@ -3108,8 +3127,33 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(after.resource_version(), written.resource_version());
+        // Lagging for longer than the patience: the status says why nothing moves, once.
+        memory.own_writes.pending[0].2 = std::time::Instant::now()
+            .checked_sub(OWN_WRITE_PATIENCE + Duration::from_secs(1))
+            .unwrap();
+        reconcile_once(&client, &config, &lagging, &recorder, &metrics, &mut memory)
+            .await
+            .expect("a look");
+        let held = rotations.get("cluster").await.unwrap().status.unwrap();
+        assert_eq!(held.phase, crate::crd::Phase::RefreshingControlPlane);
+        let message = held.blocking_message.unwrap_or_default();
+        assert!(
+            message.starts_with(&format!(
+                "{HOLDING}its watch of ConfigMap linkerd/linkerd-identity-trust-roots has not shown its own write of it for 30s"
+            )),
+            "{message}"
+        );
+        assert_eq!(
+            memory.own_writes.awaited(&config, &lagging),
+            Awaited::Yes,
+            "said once"
+        );
         let current = looks().await;
-        assert!(!memory.own_writes.awaited(&config, &current), "caught up");
+        assert_eq!(
+            memory.own_writes.awaited(&config, &current),
+            Awaited::No,
+            "caught up"
+        );
         // Caught up, a look has nothing to announce (no control plane to restart here).
         reconcile_once(&client, &config, &current, &recorder, &metrics, &mut memory)
             .await
