@@ -940,6 +940,26 @@ async fn observe(
     // In the order of their names, not the cache's: messages and restarts come the same way on
     // every look.
     control_plane.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut anchors_cache: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
+    let mut baked_templates = BTreeMap::new();
+    baked_anchors_of(
+        &stores.deployments,
+        config,
+        &mut anchors_cache,
+        &mut baked_templates,
+    );
+    baked_anchors_of(
+        &stores.statefulsets,
+        config,
+        &mut anchors_cache,
+        &mut baked_templates,
+    );
+    baked_anchors_of(
+        &stores.daemonsets,
+        config,
+        &mut anchors_cache,
+        &mut baked_templates,
+    );
     let mut restart_markers: BTreeMap<Workload, RestartMarkers> = markers_of(&stores.deployments)
         .chain(markers_of(&stores.statefulsets))
         .chain(markers_of(&stores.daemonsets))
@@ -986,7 +1006,6 @@ async fn observe(
             _ => None,
         }
     };
-    let mut anchors_cache: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
     let now = k8s_openapi::jiff::Timestamp::now();
     let (mut pods, mut starting, mut draining) = (Vec::new(), Vec::new(), Vec::new());
     for p in all_pods.iter() {
@@ -1022,6 +1041,7 @@ async fn observe(
         starting,
         draining,
         restart_markers,
+        baked_templates,
         refused_restarts: refused_restarts.clone(),
         bundle_meta,
     })
@@ -1257,6 +1277,51 @@ fn markers_of<K: Restartable>(
     })
 }
 
+/// Adds to `into` the workloads of `store` whose pod template carries the proxy with literal
+/// trust anchors (`linkerd inject`), with the anchors' fingerprints; the control plane's own
+/// Deployments, which read the bundle from its ConfigMap and are restarted onto it, are left
+/// out.
+fn baked_anchors_of<K: Restartable>(
+    store: &Store<K>,
+    config: &ReconcilerConfig,
+    cache: &mut BTreeMap<String, Option<BTreeSet<String>>>,
+    into: &mut BTreeMap<Workload, Option<BTreeSet<String>>>,
+) {
+    for w in store.state() {
+        let control_plane = w.namespace().as_deref() == Some(config.linkerd_namespace.as_str())
+            && w.labels().get(CONTROL_PLANE_NS_LABEL) == Some(&config.linkerd_namespace);
+        let text = w
+            .template()
+            .and_then(|t| t.spec.as_ref())
+            .and_then(proxy_container)
+            .and_then(|(_, proxy)| env_value(proxy, TRUST_ANCHORS_ENV));
+        if let (false, Some(text)) = (control_plane, text) {
+            let workload = Workload {
+                kind: K::KIND.to_owned(),
+                namespace: w.namespace().unwrap_or_default(),
+                name: w.name_any(),
+            };
+            into.insert(workload, anchors_in(cache, text));
+        }
+    }
+}
+
+/// The fingerprints of the anchors in a proxy's literal trust-anchors env (`None` when they do
+/// not parse), parsed once per distinct text.
+fn anchors_in(
+    cache: &mut BTreeMap<String, Option<BTreeSet<String>>>,
+    text: String,
+) -> Option<BTreeSet<String>> {
+    cache
+        .entry(text)
+        .or_insert_with_key(|text| {
+            crate::bundle::Bundle::from_pem("proxy env", text)
+                .ok()
+                .map(|b| b.fingerprints().map(str::to_owned).collect())
+        })
+        .clone()
+}
+
 fn phase(p: &Pod) -> Option<&str> {
     p.status.as_ref()?.phase.as_deref()
 }
@@ -1414,16 +1479,7 @@ fn meshed_pod(
     let spec = p.spec.as_ref();
     let proxy = spec.and_then(proxy_container).map(|(_, c)| c);
     let anchors_text = proxy.and_then(|c| env_value(c, TRUST_ANCHORS_ENV));
-    let anchors = anchors_text.and_then(|text| {
-        cache
-            .entry(text.clone())
-            .or_insert_with(|| {
-                crate::bundle::Bundle::from_pem("proxy env", &text)
-                    .ok()
-                    .map(|b| b.fingerprints().map(str::to_owned).collect())
-            })
-            .clone()
-    });
+    let anchors = anchors_text.and_then(|text| anchors_in(cache, text));
     let ready = p
         .status
         .as_ref()
@@ -2038,6 +2094,7 @@ mod tests {
             restart_markers: BTreeMap::new(),
             refused_restarts: BTreeSet::new(),
             bundle_meta: BundleMeta::default(),
+            baked_templates: BTreeMap::new(),
         };
         let config = ReconcilerConfig {
             probe_timeout: Duration::from_millis(300),
@@ -2130,6 +2187,72 @@ mod tests {
         ] {
             assert_eq!(not_starting(&starting), None, "{:?}", starting.status);
         }
+    }
+
+    /// Workload templates that carry the proxy with literal anchors (`linkerd inject`) are read
+    /// with those anchors, a workload scaled to zero too; not one whose proxy reads them from
+    /// the ConfigMap, nor the control plane's own.
+    #[tokio::test]
+    async fn templates_injected_by_linkerd_inject_are_read_with_their_anchors() {
+        let pem = std::fs::read_to_string(format!(
+            "{}/tests/fixtures/anchor.pem",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let fingerprint = crate::bundle::Bundle::from_pem("anchor", &pem)
+            .unwrap()
+            .fingerprints()
+            .map(str::to_owned)
+            .collect::<BTreeSet<_>>();
+        let deployment = |ns: &str, name: &str, replicas: i32, env: serde_json::Value| {
+            let mut labels = json!({});
+            if ns == "linkerd" {
+                labels = json!({CONTROL_PLANE_NS_LABEL: "linkerd"});
+            }
+            object::<Deployment>(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "namespace": ns, "labels": labels},
+                "spec": {"replicas": replicas, "selector": {},
+                    "template": {"spec": {"containers": [
+                        {"name": "app", "image": "app"},
+                        {"name": PROXY_CONTAINER, "image": "proxy", "env": env}]}}}}))
+        };
+        let literal = json!([{"name": TRUST_ANCHORS_ENV, "value": pem}]);
+        let stores = Stores {
+            rotation: frozen(vec![]),
+            secrets: vec![frozen(vec![]), frozen(vec![]), frozen(vec![])],
+            bundle: frozen(vec![]),
+            pods: frozen(vec![]),
+            deployments: frozen(vec![
+                // Scaled to zero: its next pods start with what the template says.
+                deployment("app", "injected", 0, literal.clone()),
+                deployment(
+                    "app",
+                    "garbled",
+                    1,
+                    json!([{"name": TRUST_ANCHORS_ENV, "value": "x"}]),
+                ),
+                deployment(
+                    "app",
+                    "from-configmap",
+                    1,
+                    json!([{"name": TRUST_ANCHORS_ENV, "valueFrom": {"configMapKeyRef":
+                        {"name": "linkerd-identity-trust-roots", "key": "ca-bundle.crt"}}}]),
+                ),
+                deployment("linkerd", "linkerd-destination", 1, literal),
+            ]),
+            statefulsets: frozen(vec![]),
+            daemonsets: frozen(vec![]),
+        };
+        let observed = observe_offline(&stores).await;
+        let baked: BTreeMap<&str, Option<BTreeSet<String>>> = observed
+            .baked_templates
+            .iter()
+            .map(|(w, a)| (w.name.as_str(), a.clone()))
+            .collect();
+        assert_eq!(
+            baked,
+            BTreeMap::from([("injected", Some(fingerprint)), ("garbled", None)])
+        );
     }
 
     /// A rollout in progress is marked with a new pod of it (carrying the template's markers)

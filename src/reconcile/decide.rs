@@ -315,6 +315,22 @@ pub fn decide(
         )
     });
 
+    // Workloads injected by `linkerd inject` carry their anchors in their template: no restart
+    // renews them, and a workload scaled to zero has no pod to be counted by. While the new
+    // anchor propagates and the issuer is awaited, those without it are named (their pods
+    // would reject the renewed issuer's leaves); in Synced, those without the anchor in use.
+    if renewed {
+        let lacking = templates_lacking(observed, &BTreeSet::from([anchor.fingerprint.clone()]));
+        d.baked_note = (!lacking.is_empty()).then(|| {
+            format!(
+                "{} workload template(s) carry proxy trust anchors injected by `linkerd inject` without anchor {}{}: the pods they start will reject the renewed issuer's leaves, and no restart changes that; inject them again (linkerd inject) now that the bundle holds both anchors",
+                lacking.len(),
+                short(&anchor.fingerprint),
+                examples(&lacking)
+            )
+        });
+    }
+
     // Expansion: every anchor that must be trusted is in the bundle, or the bundle grows and the
     // control plane is restarted onto it. This is also how a second renewal mid-rotation
     // restarts the expansion: nothing already in B is dropped.
@@ -510,6 +526,8 @@ pub fn decide(
                 .filter(|p| p.anchors.as_ref().is_some_and(|a| !a.is_superset(&in_use)))
                 .map(|p| p.key())
                 .collect();
+            let templates = templates_lacking(observed, &in_use);
+            let mut said = Vec::new();
             if !lacking.is_empty() {
                 const LACKING: &str = "do not trust the anchor in use";
                 let message = format!(
@@ -519,7 +537,21 @@ pub fn decide(
                     examples(&lacking)
                 );
                 d.warn_once(LACKING, "PodsLackTrustBundle", &message);
-                d.next.blocking_message = Some(message);
+                said.push(message);
+            }
+            if !templates.is_empty() {
+                const BAKED: &str = "carry proxy trust anchors injected by `linkerd inject` without the anchor in use";
+                let message = format!(
+                    "{} workload template(s) {BAKED} ({}){}: the pods they start reject every leaf of the mesh, and no restart changes that; inject them again (linkerd inject)",
+                    templates.len(),
+                    short(&anchor.fingerprint),
+                    examples(&templates)
+                );
+                d.warn_once(BAKED, "PodsLackTrustBundle", &message);
+                said.push(message);
+            }
+            if !said.is_empty() {
+                d.next.blocking_message = Some(said.join("; "));
                 return d.finish(Requeue::Idle);
             }
             d.next.blocking_message = None;
@@ -914,6 +946,17 @@ fn renewed_out_of_order(
     }
 }
 
+/// Workloads whose template's baked-in anchors (`linkerd inject`) lack one of `anchors`, or do
+/// not parse: the pods they start will not trust it, and no restart changes that.
+fn templates_lacking(observed: &Observed, anchors: &BTreeSet<String>) -> Vec<String> {
+    observed
+        .baked_templates
+        .iter()
+        .filter(|(_, baked)| baked.as_ref().is_none_or(|b| !b.is_superset(anchors)))
+        .map(|(w, _)| format!("{} {}/{}", w.kind, w.namespace, w.name))
+        .collect()
+}
+
 /// Workload pods (not the control plane's) among `pods` whose proxy does not hold every anchor
 /// of `bundle`.
 fn workloads_lacking<'p>(
@@ -1014,6 +1057,9 @@ struct Step<'a> {
     effects: Vec<Effect>,
     now: i64,
     names: &'a Names,
+    /// Said after the blockingMessage of a look that ends while the bundle propagates or the
+    /// issuer is awaited: workload templates whose baked-in anchors lack the new anchor.
+    baked_note: Option<String>,
 }
 
 impl<'a> Step<'a> {
@@ -1023,6 +1069,7 @@ impl<'a> Step<'a> {
             next: prev.clone(),
             effects: Vec::new(),
             now,
+            baked_note: None,
             names,
         }
     }
@@ -1565,6 +1612,14 @@ impl<'a> Step<'a> {
     }
 
     fn finish(mut self, mut requeue: Requeue) -> Decision {
+        if let (Some(note), Phase::PropagatingTrustRoots | Phase::WaitingForIdentityRotation) =
+            (self.baked_note.take(), self.next.phase)
+        {
+            self.next.blocking_message = Some(match self.next.blocking_message.take() {
+                Some(m) => format!("{m}; {note}"),
+                None => note,
+            });
+        }
         if let (Some(ends_in), Requeue::Idle) = (self.contested_condition(), requeue) {
             // No watch event marks the end of a contest: look then, to lower the condition.
             requeue = Requeue::Within(std::time::Duration::from_secs(ends_in.max(1) as u64));

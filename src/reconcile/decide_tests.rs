@@ -211,6 +211,7 @@ impl World {
             restart_markers: BTreeMap::new(),
             refused_restarts: BTreeSet::new(),
             bundle_meta: BundleMeta::default(),
+            baked_templates: BTreeMap::new(),
         }
     }
 }
@@ -1221,6 +1222,70 @@ fn propagating() -> World {
         cp_for: Some(bundle_fp(&[0, 1])),
         ..World::synced()
     }
+}
+
+/// A workload injected by `linkerd inject` carries its anchors in its template: no restart
+/// renews them, and scaled to zero it has no pod to count. While the new anchor propagates and
+/// the issuer is awaited, a template without it is named (the pods it starts would reject the
+/// renewed issuer's leaves); one injected again from the expanded bundle is not. In Synced, a
+/// template without the anchor in use is named, with one warning.
+#[test]
+fn templates_injected_without_the_anchor_are_named() {
+    let batch = Workload {
+        kind: "Deployment".to_owned(),
+        namespace: "jobs".to_owned(),
+        name: "batch".to_owned(),
+    };
+    let named = "1 workload template(s) carry proxy trust anchors injected by `linkerd inject`";
+    for (phase, mut o) in [
+        (Phase::PropagatingTrustRoots, propagating().observed()),
+        (Phase::WaitingForIdentityRotation, {
+            let mut w = propagating();
+            w.holds = vec![0, 1];
+            w.observed()
+        }),
+    ] {
+        o.baked_templates.insert(batch.clone(), Some(set(&[0])));
+        let d = run(&manual(), phase, &o);
+        assert_eq!(d.status.phase, phase);
+        assert!(
+            blocking(&d).contains(named) && blocking(&d).contains("Deployment jobs/batch"),
+            "{phase}: {}",
+            blocking(&d)
+        );
+        o.baked_templates.insert(batch.clone(), Some(set(&[0, 1])));
+        let d = run(&manual(), phase, &o);
+        assert!(!blocking(&d).contains(named), "{phase}: {}", blocking(&d));
+    }
+
+    let mut o = World::reduced().observed();
+    o.baked_templates.insert(batch.clone(), Some(set(&[0])));
+    let d = run(&manual(), Phase::Synced, &o);
+    assert_eq!(d.status.phase, Phase::Synced);
+    assert!(
+        blocking(&d).contains(named) && blocking(&d).contains("without the anchor in use"),
+        "{}",
+        blocking(&d)
+    );
+    assert!(d.effects.iter().any(
+        |e| matches!(e, Effect::Event { warning: true, reason, .. } if reason == "PodsLackTrustBundle")
+    ));
+    // Said once.
+    let again = decide(&manual(), &Names::default(), &d.status, &o);
+    assert!(
+        !again
+            .effects
+            .iter()
+            .any(|e| matches!(e, Effect::Event { .. }))
+    );
+    // Unparseable anchors are named too; anchors in use are not.
+    o.baked_templates.insert(batch.clone(), None);
+    assert!(blocking(&run(&manual(), Phase::Synced, &o)).contains(named));
+    o.baked_templates.insert(batch, Some(set(&[1])));
+    assert_eq!(
+        run(&manual(), Phase::Synced, &o).status.blocking_message,
+        None
+    );
 }
 
 /// The bundle converged and the issuer renewed onto the new anchor.
@@ -2567,6 +2632,7 @@ mod properties {
                         Vec::new()
                     },
                 },
+                baked_templates: BTreeMap::new(),
             }
         }
 

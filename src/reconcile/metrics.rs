@@ -340,6 +340,7 @@ mod tests {
             restart_markers: Default::default(),
             refused_restarts: Default::default(),
             bundle_meta: Default::default(),
+            baked_templates: Default::default(),
         }
     }
 

@@ -263,6 +263,11 @@ pub struct Observed {
     pub refused_restarts: BTreeSet<Workload>,
     /// The bundle ConfigMap's version, and the restore it was last written for.
     pub bundle_meta: BundleMeta,
+    /// Workloads whose pod template carries its proxy with the trust anchors as a literal
+    /// (injected by `linkerd inject`, so no restart renews them), with the fingerprints of
+    /// those anchors (`None` when they do not parse). Read from the template, so a workload
+    /// scaled to zero, whose next pods would start with them, is there too.
+    pub baked_templates: BTreeMap<Workload, Option<BTreeSet<String>>>,
 }
 
 impl Observed {
