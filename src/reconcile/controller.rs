@@ -772,8 +772,8 @@ fn urgent_prefix(status: &TrustAnchorRotationStatus) -> String {
 /// [`BundleMeta::overwritten_by`]). The operator's write (server-side apply with force) owns
 /// the key; a later write of another value takes it away. So the key is overwritten when the
 /// operator still manages a field of the ConfigMap (its annotations, which every write sets:
-/// [`WRITTEN_BUNDLE_ANNOTATION`]) but no longer the key, and other managers do. One that applied the same value shares the key with
-/// the operator, and is no overwrite.
+/// [`WRITTEN_BUNDLE_ANNOTATION`]) but no longer the key, and other managers do. One that
+/// applied the same value shares the key with the operator, and is no overwrite.
 pub fn overwritten_by(cm: &ConfigMap, key: &str) -> Vec<String> {
     let entries = cm.metadata.managed_fields.as_deref().unwrap_or_default();
     let field = format!("f:{key}");
@@ -942,24 +942,10 @@ async fn observe(
     control_plane.sort_by(|a, b| a.name.cmp(&b.name));
     let mut anchors_cache: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
     let mut baked_templates = BTreeMap::new();
-    baked_anchors_of(
-        &stores.deployments,
-        config,
-        &mut anchors_cache,
-        &mut baked_templates,
-    );
-    baked_anchors_of(
-        &stores.statefulsets,
-        config,
-        &mut anchors_cache,
-        &mut baked_templates,
-    );
-    baked_anchors_of(
-        &stores.daemonsets,
-        config,
-        &mut anchors_cache,
-        &mut baked_templates,
-    );
+    let (cache, baked) = (&mut anchors_cache, &mut baked_templates);
+    baked_anchors_of(&stores.deployments, config, cache, baked);
+    baked_anchors_of(&stores.statefulsets, config, cache, baked);
+    baked_anchors_of(&stores.daemonsets, config, cache, baked);
     let mut restart_markers: BTreeMap<Workload, RestartMarkers> = markers_of(&stores.deployments)
         .chain(markers_of(&stores.statefulsets))
         .chain(markers_of(&stores.daemonsets))
