@@ -497,6 +497,35 @@ impl Follow {
         }
     }
 
+    /// Follows the status until its blockingMessage says a step could not be carried out.
+    async fn until_a_step_fails(&mut self, rig: &Rig) -> TrustAnchorRotationStatus {
+        loop {
+            let status = self.status(rig).await;
+            if status
+                .blocking_message
+                .as_deref()
+                .is_some_and(|m| m.contains("could not carry out the next step"))
+            {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Lets a user finish the rotation onto `anchor`, then checks it ended clean: nothing
+    /// blocking, zero failed handshakes, traffic throughout, and all `proxies` on `anchor`.
+    async fn finish_clean(&mut self, rig: &Rig, anchor: &Cert, proxies: usize, what: &str) {
+        let done = self
+            .with_user_until_done(rig, &mut User::default(), anchor)
+            .await;
+        assert_eq!(done.blocking_message, None);
+        let t = rig.traffic();
+        eprintln!("{what}: {:.1}s; traffic: {t}", self.secs());
+        assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
+        self.assert_traffic_throughout(rig);
+        rig.assert_mesh_on(anchor, proxies).await;
+    }
+
     /// The traffic generator counted handshakes throughout: never a long stand-still.
     fn assert_traffic_throughout(&mut self, rig: &Rig) {
         self.note_traffic(&rig.traffic());
@@ -546,6 +575,18 @@ fn automatic_spec(max_concurrent: u32) -> serde_json::Value {
 fn is_done(status: &TrustAnchorRotationStatus, anchor: &Cert) -> bool {
     status.phase == Phase::Synced
         && status.previous_anchor_fingerprint.as_deref() == Some(anchor.fingerprint.as_str())
+}
+
+/// Whether Deployment `ns/name`'s pod template carries the operator's bundle restart marker.
+async fn restarted_for_bundle(client: &kube::Client, ns: &str, name: &str) -> bool {
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.annotations)
+        .is_some_and(|a| a.contains_key("trust.linkerd.io/restarted-for-bundle"))
 }
 
 /// A platform engineer following the status: runs exactly the commands a blockingMessage
@@ -1834,17 +1875,7 @@ async fn a_restart_the_operator_may_not_do_is_named_in_status() {
     .await;
     let mut follow = Follow::new(&rig);
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
-    let held = loop {
-        let status = follow.status(&rig).await;
-        if status
-            .blocking_message
-            .as_deref()
-            .is_some_and(|m| m.contains("could not carry out the next step"))
-        {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let held = follow.until_a_step_fails(&rig).await;
     let message = held.blocking_message.clone().unwrap();
     eprintln!("blockingMessage: {message}");
     assert_eq!(held.phase, Phase::PropagatingTrustRoots);
@@ -1855,26 +1886,17 @@ async fn a_restart_the_operator_may_not_do_is_named_in_status() {
     assert!(message.contains("forbidden"), "{message}");
     // The restart it may do is done, though the refused one comes first and one slot is all
     // there is.
-    let restarted = |ns: &'static str| {
-        let client = rig.client.clone();
-        async move {
-            Api::<Deployment>::namespaced(client, ns)
-                .get("app-0")
-                .await
-                .unwrap()
-                .spec
-                .and_then(|s| s.template.metadata)
-                .and_then(|m| m.annotations)
-                .is_some_and(|a| a.contains_key("trust.linkerd.io/restarted-for-bundle"))
-        }
-    };
     common::eventually(
         "mesh-1/app-0 restarted (the refused restart must not keep the only slot)",
         Duration::from_secs(30),
-        || async { restarted("mesh-1").await.then_some(()) },
+        || async {
+            restarted_for_bundle(&rig.client, "mesh-1", "app-0")
+                .await
+                .then_some(())
+        },
     )
     .await;
-    assert!(!restarted("mesh-0").await);
+    assert!(!restarted_for_bundle(&rig.client, "mesh-0", "app-0").await);
     // Still held a few retries later, and said once; meanwhile the restarted workload's new
     // pods, holding the bundle, are counted.
     let converged =
@@ -1897,19 +1919,14 @@ async fn a_restart_the_operator_may_not_do_is_named_in_status() {
 
     // Allowed: the rotation moves on and finishes.
     allow_restarts_in(&rig.client, "mesh-0").await;
-    let mut user = User::default();
-    let done = follow
-        .with_user_until_done(&rig, &mut user, &new_anchor)
+    follow
+        .finish_clean(
+            &rig,
+            &new_anchor,
+            5,
+            "rotation with a restart refused, then allowed",
+        )
         .await;
-    assert_eq!(done.blocking_message, None);
-    let t = rig.traffic();
-    eprintln!(
-        "rotation with a restart refused, then allowed: {:.1}s; traffic: {t}",
-        follow.secs()
-    );
-    assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
-    follow.assert_traffic_throughout(&rig);
-    rig.assert_mesh_on(&new_anchor, 5).await;
 }
 
 /// A control-plane restart the API server refuses (here the operator's Role in `linkerd` lets it
@@ -1952,17 +1969,7 @@ async fn a_refused_control_plane_restart_holds_up_no_other() {
 
     let mut follow = Follow::new(&rig);
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
-    let held = loop {
-        let status = follow.status(&rig).await;
-        if status
-            .blocking_message
-            .as_deref()
-            .is_some_and(|m| m.contains("could not carry out the next step"))
-        {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let held = follow.until_a_step_fails(&rig).await;
     let message = held.blocking_message.clone().unwrap();
     eprintln!("blockingMessage: {message}");
     assert_eq!(held.phase, Phase::RefreshingControlPlane);
@@ -1971,19 +1978,7 @@ async fn a_refused_control_plane_restart_holds_up_no_other() {
             && message.contains("(403)"),
         "{message}"
     );
-    let restarted = |name: &'static str| {
-        let client = rig.client.clone();
-        async move {
-            Api::<Deployment>::namespaced(client, "linkerd")
-                .get(name)
-                .await
-                .unwrap()
-                .spec
-                .and_then(|s| s.template.metadata)
-                .and_then(|m| m.annotations)
-                .is_some_and(|a| a.contains_key("trust.linkerd.io/restarted-for-bundle"))
-        }
-    };
+    let restarted = |name| restarted_for_bundle(&rig.client, "linkerd", name);
     for name in ["linkerd-destination", "linkerd-proxy-injector"] {
         common::eventually(
             &format!("linkerd/{name} restarted beside the refused restart"),
@@ -2001,19 +1996,8 @@ async fn a_refused_control_plane_restart_holds_up_no_other() {
         .replace(role_name, &PostParams::default(), &allowed)
         .await
         .unwrap();
-    let mut user = User::default();
-    let done = follow
-        .with_user_until_done(&rig, &mut user, &new_anchor)
-        .await;
-    assert_eq!(done.blocking_message, None);
-    let t = rig.traffic();
-    eprintln!(
-        "rotation with a control-plane restart refused, then allowed: {:.1}s; traffic: {t}",
-        follow.secs()
-    );
-    assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
-    follow.assert_traffic_throughout(&rig);
-    rig.assert_mesh_on(&new_anchor, 4).await;
+    let what = "rotation with a control-plane restart refused, then allowed";
+    follow.finish_clean(&rig, &new_anchor, 4, what).await;
 }
 
 /// The bundle ConfigMap deleted, and put back by the operator: a ConfigMap it created itself.
