@@ -378,8 +378,17 @@ impl Rig {
     /// SIGKILL, then the same command again (a container restart keeps its pod name, so the
     /// identity in the Lease is the same).
     async fn kill_and_restart_operator(&mut self) {
+        self.kill_operator();
+        self.start_operator_again().await;
+    }
+
+    fn kill_operator(&mut self) {
         self.op.process.signal("KILL").unwrap();
         let _ = self.op.process.wait_timeout(Duration::from_secs(10));
+    }
+
+    /// The same command again, after [`Self::kill_operator`].
+    async fn start_operator_again(&mut self) {
         self.op = start_operator(&self.op_kubeconfig, &self.op_args).await;
         // The webhook registration names the old port and CA: point it at the new process.
         register_webhook(&self.cp, &self.op);
@@ -1112,8 +1121,7 @@ async fn issuer_renewed_out_of_order_is_flagged() {
 async fn installed_after_an_early_issuer_renewal_rotates_with_zero_failed_handshakes() {
     let mut rig = Rig::start((1, 2, 1), automatic_spec(5), &[]).await;
     // No operator, and nothing it recorded: its previous-anchor Secret and its rotation's status.
-    rig.op.process.signal("KILL").unwrap();
-    let _ = rig.op.process.wait_timeout(Duration::from_secs(10));
+    rig.kill_operator();
     Api::<Secret>::namespaced(rig.client.clone(), "linkerd")
         .delete("linkerd-previous-anchor", &Default::default())
         .await
@@ -1141,8 +1149,7 @@ async fn installed_after_an_early_issuer_renewal_rotates_with_zero_failed_handsh
     assert_eq!(rig.traffic().failed(), 0, "{}", rig.traffic());
 
     // Installed now.
-    rig.op = start_operator(&rig.op_kubeconfig, &rig.op_args).await;
-    register_webhook(&rig.cp, &rig.op);
+    rig.start_operator_again().await;
     let mut follow = Follow::new(&rig);
     let mut user = User::default();
     let mut identity_held_seen = false;
@@ -2010,11 +2017,11 @@ async fn a_bundle_the_operator_created_and_another_overwrote_is_restored() {
     let rig = Rig::start((1, 1, 1), automatic_spec(2), &[]).await;
     let names = rig.mesh.names();
     let configmaps: Api<ConfigMap> = Api::namespaced(rig.client.clone(), "linkerd");
-    let bundle_of = |cm: &ConfigMap| {
-        cm.data
-            .as_ref()
-            .and_then(|d| d.get("ca-bundle.crt"))
-            .and_then(|pem| Bundle::from_pem("cm", pem).ok())
+    let bundle = || async {
+        trust_rotation_operator::sim::linkerd::read_bundle(&rig.client, names)
+            .await
+            .unwrap()
+            .and_then(|pem| Bundle::from_pem("cm", &pem).ok())
             .map(|b| b.fingerprint())
     };
     let in_use = Bundle::from_pem("anchor", &rig.first_anchor.pem)
@@ -2027,10 +2034,7 @@ async fn a_bundle_the_operator_created_and_another_overwrote_is_restored() {
     common::eventually(
         "the bundle ConfigMap put back by the operator",
         Duration::from_secs(30),
-        || async {
-            let cm = configmaps.get_opt(&names.bundle_configmap).await.unwrap()?;
-            (bundle_of(&cm).as_deref() == Some(in_use.as_str())).then_some(())
-        },
+        || async { (bundle().await.as_deref() == Some(in_use.as_str())).then_some(()) },
     )
     .await;
 
@@ -2051,8 +2055,7 @@ async fn a_bundle_the_operator_created_and_another_overwrote_is_restored() {
         Duration::from_secs(30),
         || async {
             let status = rotation(&rig.client).await.status.unwrap_or_default();
-            let cm = configmaps.get(&names.bundle_configmap).await.unwrap();
-            (bundle_of(&cm).as_deref() == Some(in_use.as_str())
+            (bundle().await.as_deref() == Some(in_use.as_str())
                 && !status.bundle_overwrites.is_empty())
             .then_some(status)
         },

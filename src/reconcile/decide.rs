@@ -135,13 +135,14 @@ pub fn decide(
             // Reported even now: pausing to look into a rotation is when someone may run
             // `cmctl renew` too early.
             if let Some(previous) = &previous {
+                let new_anchor = BTreeSet::from([anchor.fingerprint.clone()]);
                 d.out_of_order(renewed_out_of_order(
                     status.phase,
                     &anchor,
                     previous,
                     issuer.signed_by.as_deref(),
                     &lacking,
-                    observed,
+                    &workloads_lacking(observed.bundle_holders(), &new_anchor),
                 ));
             }
         }
@@ -275,13 +276,15 @@ pub fn decide(
     }
 
     let lacking_bundle = workloads_lacking(observed.bundle_holders(), &bundle_set);
+    let new_anchor = BTreeSet::from([anchor.fingerprint.clone()]);
+    let lacking_anchor = workloads_lacking(observed.bundle_holders(), &new_anchor);
     d.out_of_order(renewed_out_of_order(
         status.phase,
         &anchor,
         &previous,
         signer.as_deref(),
         &lacking_bundle,
-        observed,
+        &lacking_anchor,
     ));
 
     // The issuer already renewed onto the new anchor while some proxies do not trust it yet
@@ -295,11 +298,7 @@ pub fn decide(
     // condition stays urgent.)
     let hold_identity = renewed
         && signer.as_deref() == Some(anchor.fingerprint.as_str())
-        && !workloads_lacking(
-            observed.bundle_holders(),
-            &BTreeSet::from([anchor.fingerprint.clone()]),
-        )
-        .is_empty();
+        && !lacking_anchor.is_empty();
     let held = |c: &ControlPlaneDeployment| hold_identity && c.identity_controller;
     let held_names: Vec<&str> = observed
         .control_plane
@@ -320,7 +319,7 @@ pub fn decide(
     // anchor propagates and the issuer is awaited, those without it are named (their pods
     // would reject the renewed issuer's leaves); in Synced, those without the anchor in use.
     if renewed {
-        let lacking = templates_lacking(observed, &BTreeSet::from([anchor.fingerprint.clone()]));
+        let lacking = templates_lacking(observed, &new_anchor);
         d.baked_note = (!lacking.is_empty()).then(|| {
             format!(
                 "{} workload template(s) carry proxy trust anchors injected by `linkerd inject` without anchor {}{}: the pods they start will reject the renewed issuer's leaves, and no restart changes that; inject them again (linkerd inject) now that the bundle holds both anchors",
@@ -918,15 +917,16 @@ fn proxy_refresh(deployment: &ControlPlaneDeployment, accelerated: Option<&str>)
 /// Out of order: the issuer already chains to a renewed anchor that not every proxy trusts.
 /// While the bundle propagates (and while the issuer is awaited), that is what the pods say: a
 /// renewal the operator asked for just before it was stopped, its status unwritten, finds every
-/// pod holding the bundle and is in order. `lacking_bundle`: the workload pods without every
-/// anchor of the bundle, as the look counted them.
+/// pod holding the bundle and is in order. `lacking_bundle`, `lacking_anchor`: the workload
+/// pods without every anchor of the bundle, and those without the anchor, as the look counted
+/// them.
 fn renewed_out_of_order(
     phase: Phase,
     anchor: &Cert,
     previous: &Cert,
     signer: Option<&str>,
     lacking_bundle: &[String],
-    observed: &Observed,
+    lacking_anchor: &[String],
 ) -> bool {
     if anchor.fingerprint == previous.fingerprint || signer != Some(anchor.fingerprint.as_str()) {
         return false;
@@ -935,10 +935,7 @@ fn renewed_out_of_order(
         // In Synced the bundle may not hold the new anchor yet: what counts is the anchor. A
         // status that says Synced over pods that all trust it is one that was lost (the
         // resource deleted and created again mid-rotation), not a renewal out of order.
-        Phase::Synced | Phase::RefreshingControlPlane => {
-            let anchor = BTreeSet::from([anchor.fingerprint.clone()]);
-            !workloads_lacking(observed.bundle_holders(), &anchor).is_empty()
-        }
+        Phase::Synced | Phase::RefreshingControlPlane => !lacking_anchor.is_empty(),
         Phase::PropagatingTrustRoots | Phase::WaitingForIdentityRotation => {
             !lacking_bundle.is_empty()
         }
