@@ -119,7 +119,7 @@ impl ControlPlane {
         let binaries = tokio::task::spawn_blocking(provision)
             .await
             .map_err(|e| TestbedError::Provision(e.to_string()))??;
-        // Ports are picked free and then handed to the components, so a parallel test can take
+        // Ports are picked free and then handed to the components, so another listener can take
         // one in between: a start that lost that race is simply tried again.
         let mut attempt = 1;
         loop {
@@ -460,9 +460,40 @@ fn count_audited(log: &str, user: &str) -> u64 {
     ids.len() as u64
 }
 
-/// A free TCP port on 127.0.0.1 (bound, read, released). Another process could take it in the
-/// gap; the component would then fail to bind and the start fails with its log.
+/// The lowest port [`free_port`] hands out.
+const FIXED_PORTS_FROM: u16 = 20000;
+
+/// A free TCP port on 127.0.0.1 for a component to listen on (probed by binding it, then
+/// released).
+///
+/// Ports come from below the kernel's ephemeral range, which the kernel never picks for an
+/// outgoing connection or a bind to port 0. A port picked by binding port 0 could be taken in the
+/// gap by any of the hundreds of connections a parallel test opens (CI once lost an operator's
+/// admin port that way); these can only be taken by another listener. No port is handed out
+/// twice in one process, and each process starts at its own place in the range, so parallel
+/// tests do not race each other for one either. Where the ephemeral range leaves no room below
+/// it, the kernel picks, as before.
 pub fn free_port() -> Result<u16, TestbedError> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let below = ephemeral_ports_from().unwrap_or(32768);
+    let span = u32::from(below.saturating_sub(FIXED_PORTS_FROM));
+    if span >= 1000 {
+        static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+        let start = *START.get_or_init(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |t| t.subsec_nanos())
+                ^ std::process::id().wrapping_mul(2_654_435_761)
+        });
+        for _ in 0..span {
+            let offset = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+            let port = FIXED_PORTS_FROM + offset as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     let listener =
         TcpListener::bind("127.0.0.1:0").map_err(io_err("binding a free loopback port"))?;
     let port = listener
@@ -470,6 +501,16 @@ pub fn free_port() -> Result<u16, TestbedError> {
         .map_err(io_err("reading a bound port"))?
         .port();
     Ok(port)
+}
+
+/// The first port of the kernel's ephemeral range, if this system says.
+fn ephemeral_ports_from() -> Option<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn kubeconfig_yaml(server: &str, ca_cert: &Path) -> String {
@@ -539,5 +580,32 @@ not json
         let p = audit_policy(&["op".to_owned()]);
         assert!(p.contains("users: [\"op\"]"), "{p}");
         assert!(p.trim_end().ends_with("- level: None"), "{p}");
+    }
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::{FIXED_PORTS_FROM, ephemeral_ports_from, free_port};
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..200).map(|_| free_port().unwrap()).collect();
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            ports.len(),
+            "a port handed out twice: {ports:?}"
+        );
+        if let Some(below) = ephemeral_ports_from().filter(|b| *b >= FIXED_PORTS_FROM + 1000) {
+            assert!(
+                ports.iter().all(|p| (FIXED_PORTS_FROM..below).contains(p)),
+                "{ports:?} not in {FIXED_PORTS_FROM}..{below}"
+            );
+        }
+        let listeners: Vec<_> = ports[..20]
+            .iter()
+            .map(|p| std::net::TcpListener::bind(("127.0.0.1", *p)))
+            .collect();
+        assert!(listeners.iter().all(Result::is_ok), "{listeners:?}");
     }
 }
