@@ -684,6 +684,8 @@ async fn reconcile_once(
     {
         return Ok(Requeue::Soon);
     }
+    // The metrics follow the status as written, without waiting on the Events' writes.
+    metrics.record(&status, &decision.status, &observed);
     for effect in events {
         execute(
             client,
@@ -695,7 +697,6 @@ async fn reconcile_once(
         )
         .await?;
     }
-    metrics.record(&status, &decision.status, &observed);
     Ok(decision.requeue)
 }
 
@@ -2650,6 +2651,10 @@ mod tests {
             "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bundle"},
             "data": {"ca-bundle.crt": "x"}}))
         .unwrap();
+        // The list's wake-up is pending (a permit: nobody waited): taken first, so that the
+        // next one is the creation's. This test's runtime has one thread, and the watch task
+        // wakes right after it has filled the store, without yielding in between.
+        let _ = tokio::time::timeout(Duration::from_millis(100), wake.notified()).await;
         configmaps
             .create(&PostParams::default(), &bundle)
             .await
@@ -2657,14 +2662,12 @@ mod tests {
         let woken = |what: &'static str| {
             let wake = wake.clone();
             async move {
-                tokio::time::timeout(Duration::from_secs(5), wake.notified())
+                tokio::time::timeout(Duration::from_secs(30), wake.notified())
                     .await
                     .unwrap_or_else(|_| panic!("not woken by the {what}"));
             }
         };
         woken("creation").await;
-        // Nothing else pending: the next wake-up is the deletion's.
-        let _ = tokio::time::timeout(Duration::from_millis(300), wake.notified()).await;
         let key = ObjectRef::new("bundle").within("default");
         let kept = store.get(&key).expect("in the store");
         assert!(!kept.managed_fields().is_empty(), "kept where asked for");
