@@ -87,6 +87,9 @@ pub enum KubeletError {
     },
     #[error("pod {pod}: {message}")]
     Start { pod: String, message: String },
+    /// The pod's address was taken by another process between its pick and the proxy's bind.
+    #[error("pod {pod}: {message}")]
+    AddressTaken { pod: String, message: String },
     #[error("{action}: {source}")]
     Kube {
         action: String,
@@ -303,12 +306,17 @@ impl Kubelet {
             uid: uid.clone(),
         };
         tokio::time::sleep(self.config.start_delay).await;
-        let ip = self.allocate_ip();
+        let mut ip = self.allocate_ip();
         let started_at = super::certmanager::rfc3339(super::pki::now());
         let mut restarts = 0;
         let proxy = loop {
             match self.start_containers(&pod, &pod_ref, ip).await {
                 Ok(proxy) => break proxy,
+                // Not the pod's fault: it gets another address, at once.
+                Err(e @ KubeletError::AddressTaken { .. }) => {
+                    tracing::warn!(pod = %pod_ref, error = %e, "kubelet stand-in: address taken; picking another");
+                    ip = self.allocate_ip();
+                }
                 Err(e) => {
                     restarts += 1;
                     tracing::warn!(pod = %pod_ref, error = %e, restarts, "kubelet stand-in: container start failed; backing off");
@@ -398,9 +406,16 @@ impl Kubelet {
             })?;
         let proxy = Proxy::start(pod_ref.clone(), ip, env, self.identity.clone())
             .await
-            .map_err(|e| KubeletError::Start {
-                pod: pod_ref.to_string(),
-                message: e.to_string(),
+            .map_err(|e| {
+                let (pod, message) = (pod_ref.to_string(), e.to_string());
+                match e {
+                    super::proxy::ProxyError::Bind { source, .. }
+                        if source.kind() == std::io::ErrorKind::AddrInUse =>
+                    {
+                        KubeletError::AddressTaken { pod, message }
+                    }
+                    _ => KubeletError::Start { pod, message },
+                }
             })?;
         Ok(Some(proxy))
     }

@@ -46,8 +46,9 @@ pub const REFRESH_FRACTION: f64 = 0.7;
 /// short fixed delay keeps scaled-down tests responsive.
 const CERTIFY_RETRY: Duration = Duration::from_millis(250);
 
-/// A connection that never completes its handshake is dropped after this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection that never completes its handshake is dropped after this (longer than the
+/// traffic generator's own timeout, which then counts the stuck handshake).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// When the next refresh is due: 70 % of the remaining lifetime, clamped.
 pub fn refresh_delay(
