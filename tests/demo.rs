@@ -18,39 +18,45 @@ struct Demo {
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
     lines: mpsc::Receiver<String>,
+    /// The threads reading stdout and stderr; each ends when its pipe does.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Demo {
     fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_trust-rotation-operator"))
-            .arg("demo")
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting trust-rotation-operator demo");
+        // Killed with this test's thread, should the test process itself be killed.
+        let mut child = trust_rotation_operator::testbed::dying_with_this_thread(
+            env!("CARGO_BIN_EXE_trust-rotation-operator").as_ref(),
+        )
+        .arg("demo")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting trust-rotation-operator demo");
         let (tx, lines) = mpsc::channel();
         let collect = |pipe: Box<dyn std::io::Read + Send>, tx: mpsc::Sender<String>| {
             let store = Arc::new(Mutex::new(Vec::new()));
             let s = store.clone();
-            std::thread::spawn(move || {
+            let reader = std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                     eprintln!("demo> {line}");
                     s.lock().unwrap().push(line.clone());
                     let _ = tx.send(line);
                 }
             });
-            store
+            (store, reader)
         };
-        let stdout = collect(Box::new(child.stdout.take().unwrap()), tx.clone());
-        let stderr = collect(Box::new(child.stderr.take().unwrap()), tx);
+        let (stdout, out_reader) = collect(Box::new(child.stdout.take().unwrap()), tx.clone());
+        let (stderr, err_reader) = collect(Box::new(child.stderr.take().unwrap()), tx);
         Self {
             child,
             stdout,
             stderr,
             lines,
+            readers: vec![out_reader, err_reader],
         }
     }
 
@@ -71,8 +77,16 @@ impl Demo {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the readers drain the pipes.
-                std::thread::sleep(Duration::from_millis(200));
+                // The readers drain the pipes, which end once nothing the demo started holds
+                // them either.
+                let drained = Instant::now();
+                while !self.readers.iter().all(|r| r.is_finished()) {
+                    assert!(
+                        drained.elapsed() < Duration::from_secs(30),
+                        "the demo's output pipes still open 30s after it exited"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 return status;
             }
             if Instant::now() > deadline {

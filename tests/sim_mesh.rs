@@ -39,6 +39,20 @@ async fn traffic_until(mesh: &Mesh, n: u64, timeout: Duration) {
     }
 }
 
+/// Waits until the pods the restarts replaced have stopped: `count` proxies left. A rollout
+/// counts as done while they still serve (a grace period), with what they held before.
+async fn replaced_pods_stopped(mesh: &Mesh, count: usize) {
+    let started = Instant::now();
+    while mesh.proxies().len() != count {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{} proxies, not {count}, a minute after the restarts",
+            mesh.proxies().len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesh_comes_up_injected_running_with_leaves_from_the_issuer_and_clean_traffic() {
     let cp = start_control_plane().await;
@@ -204,7 +218,12 @@ async fn manual_runbook_in_order_rotates_a_100_pod_mesh_with_zero_failed_handsha
     rb.restart_control_plane().await.unwrap();
     step(t0, &mesh, "3. control plane restarted");
     rb.restart_workloads(&ns).await.unwrap();
-    step(t0, &mesh, "4. every workload restarted");
+    replaced_pods_stopped(&mesh, pods).await;
+    step(
+        t0,
+        &mesh,
+        "4. every workload restarted, the replaced pods stopped",
+    );
     let new_issuer = rb.renew_issuer().await.unwrap();
     rb.wait_event("IssuerUpdated").await.unwrap();
     assert!(rb.events("IssuerUpdateSkipped").await.unwrap().is_empty());
@@ -225,6 +244,7 @@ async fn manual_runbook_in_order_rotates_a_100_pod_mesh_with_zero_failed_handsha
     step(t0, &mesh, "7. bundle reduced to the new anchor");
     rb.restart_control_plane().await.unwrap();
     rb.restart_workloads(&ns).await.unwrap();
+    replaced_pods_stopped(&mesh, pods).await;
     step(t0, &mesh, "8. control plane and workloads restarted");
     let rotation = t0.elapsed();
     traffic_until(

@@ -19,6 +19,18 @@ const LOG_TAIL_BYTES: u64 = 4096;
 /// itself killed before its destructors could run.
 const SETPRIV: &str = "/usr/bin/setpriv";
 
+/// A command for `binary` that the kernel kills (SIGKILL) when the thread that starts it exits,
+/// through `setpriv --pdeathsig` where util-linux has it (else a plain command).
+pub fn dying_with_this_thread(binary: &Path) -> Command {
+    if Path::new(SETPRIV).exists() {
+        let mut c = Command::new(SETPRIV);
+        c.args(["--pdeathsig", "KILL", "--"]).arg(binary);
+        c
+    } else {
+        Command::new(binary)
+    }
+}
+
 /// A child process whose output goes to `<dir>/<name>.log`. Dropping it kills it (SIGKILL) and
 /// reaps it.
 pub struct Managed {
@@ -50,13 +62,7 @@ impl Managed {
         let err = out
             .try_clone()
             .map_err(io_err(format!("opening {}", log.display())))?;
-        let mut cmd = if Path::new(SETPRIV).exists() {
-            let mut c = Command::new(SETPRIV);
-            c.args(["--pdeathsig", "KILL", "--"]).arg(binary);
-            c
-        } else {
-            Command::new(binary)
-        };
+        let mut cmd = dying_with_this_thread(binary);
         cmd.args(args)
             .envs(env.iter().copied())
             .current_dir(dir)
