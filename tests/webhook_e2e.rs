@@ -197,7 +197,8 @@ async fn webhook_stamps_pods_and_never_blocks_them() {
     seed_cluster(&cp).await;
     let mut op = Operator::start(&cp, &["--reconciler=false", "--shutdown-delay=10s"]);
     op.wait_ready(Duration::from_secs(60)).await;
-    register_webhook(&cp, &op);
+    // With the shipped timeout: a hung webhook must cost pod creation no more than that.
+    common::register_shipped_webhook(&cp, &op);
 
     let client = cp.client();
     let meshed: Api<Pod> = Api::namespaced(client.clone(), MESHED_NS);

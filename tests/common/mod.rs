@@ -213,29 +213,43 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// Registers the operator's webhook with the API server by URL, as `webhook-config` prints it.
+/// Registers the operator's webhook with the API server by URL, as `webhook-config` prints it
+/// but for a 10 s timeout: the shipped 3 s (failurePolicy Ignore) would admit a pod unstamped
+/// if a loaded test machine kept the API server's call waiting that long, and most tests check
+/// what the webhook does, not how long the API server waits for it.
 pub fn register_webhook(cp: &ControlPlane, op: &Operator) {
     register_webhook_trusting(cp, op, &op.dir.path().join("ca.crt"));
 }
 
 /// As [`register_webhook`], with `ca_file` as the configuration's caBundle.
 pub fn register_webhook_trusting(cp: &ControlPlane, op: &Operator, ca_file: &std::path::Path) {
-    let out = std::process::Command::new(Operator::binary())
-        .args(["webhook-config", "--url", &op.webhook_url(), "--ca-file"])
-        .arg(ca_file)
-        .output()
-        .expect("webhook-config");
-    assert!(out.status.success(), "webhook-config: {out:?}");
-    // The shipped 3 s timeout (failurePolicy Ignore) would admit a pod unstamped if a loaded
-    // test machine kept the API server's call waiting that long; the tests check what the
-    // webhook does, so they give it 10 s. (A stopped webhook refuses at once either way.)
-    let yaml = String::from_utf8(out.stdout).unwrap();
+    let yaml = webhook_config(op, ca_file);
     let shipped = format!(
         "timeoutSeconds: {}",
         trust_rotation_operator::webhook::config::TIMEOUT_SECONDS
     );
     assert!(yaml.contains(&shipped), "{yaml}");
     kubectl_apply(cp, yaml.replace(&shipped, "timeoutSeconds: 10").as_bytes());
+}
+
+/// Registers the operator's webhook exactly as `webhook-config` prints it, shipped timeout and
+/// all: for the tests of how pod creation fares when the webhook does not answer.
+pub fn register_shipped_webhook(cp: &ControlPlane, op: &Operator) {
+    kubectl_apply(
+        cp,
+        webhook_config(op, &op.dir.path().join("ca.crt")).as_bytes(),
+    );
+}
+
+/// `trust-rotation-operator webhook-config` for this operator's URL, trusting `ca_file`.
+fn webhook_config(op: &Operator, ca_file: &std::path::Path) -> String {
+    let out = std::process::Command::new(Operator::binary())
+        .args(["webhook-config", "--url", &op.webhook_url(), "--ca-file"])
+        .arg(ca_file)
+        .output()
+        .expect("webhook-config");
+    assert!(out.status.success(), "webhook-config: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
 }
 
 pub fn kubectl_apply(cp: &ControlPlane, yaml: &[u8]) {
