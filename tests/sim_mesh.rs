@@ -42,15 +42,12 @@ async fn traffic_until(mesh: &Mesh, n: u64, timeout: Duration) {
 /// Waits until the pods the restarts replaced have stopped: `count` proxies left. A rollout
 /// counts as done while they still serve (a grace period), with what they held before.
 async fn replaced_pods_stopped(mesh: &Mesh, count: usize) {
-    let started = Instant::now();
-    while mesh.proxies().len() != count {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{} proxies, not {count}, a minute after the restarts",
-            mesh.proxies().len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::eventually(
+        &format!("{count} proxies (the replaced pods stopped)"),
+        Duration::from_secs(60),
+        || async { (mesh.proxies().len() == count).then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
