@@ -100,12 +100,14 @@ fn token() -> impl Strategy<Value = Token> {
 fn pod() -> impl Strategy<Value = Value> {
     (
         annotations(),
-        any::<bool>(),
+        // A control-plane pod (left alone) one time in five.
+        proptest::bool::weighted(0.2),
         1usize..3,
+        // Half the pods before the injector has added its proxy, half after.
         prop_oneof![
-            Just(ProxyAt::None),
-            (0usize..3).prop_map(ProxyAt::Containers),
-            Just(ProxyAt::Init)
+            2 => Just(ProxyAt::None),
+            1 => (0usize..3).prop_map(ProxyAt::Containers),
+            1 => Just(ProxyAt::Init)
         ],
         env_list(),
         token(),
@@ -150,16 +152,25 @@ fn pod() -> impl Strategy<Value = Value> {
 
 fn view() -> impl Strategy<Value = RotationView> {
     (
-        proptest::sample::select(Phase::ALL.to_vec()),
+        // Every phase, and the phases that accelerate as often again: they are the ones with
+        // the most to check.
+        prop_oneof![
+            proptest::sample::select(Phase::ALL.to_vec()),
+            Just(Phase::PropagatingTrustRoots),
+            Just(Phase::RenewingWorkloadCerts),
+        ],
         proptest::option::of(Just("ab".repeat(32))),
-        proptest::option::of(prop_oneof![
-            Just("5m".to_owned()),
-            Just("300s".to_owned()),
-            Just("1h30m".to_owned()),
-            Just("0s".to_owned()),
-            Just("1.5s".to_owned()),
-            Just("junk".to_owned()),
-        ]),
+        proptest::option::weighted(
+            0.8,
+            prop_oneof![
+                Just("5m".to_owned()),
+                Just("300s".to_owned()),
+                Just("1h30m".to_owned()),
+                Just("0s".to_owned()),
+                Just("1.5s".to_owned()),
+                Just("junk".to_owned()),
+            ],
+        ),
     )
         .prop_map(|(phase, fp, interval)| RotationView::new(phase, fp, interval))
 }
@@ -167,68 +178,178 @@ fn view() -> impl Strategy<Value = RotationView> {
 /// The namespace's `linkerd.io/inject`, if it has one.
 fn namespace() -> impl Strategy<Value = Option<String>> {
     proptest::option::of(
-        prop_oneof![Just("enabled"), Just("disabled"), Just("ingress")].prop_map(str::to_owned),
+        prop_oneof![
+            2 => Just("enabled"),
+            1 => Just("disabled"),
+            1 => Just("ingress")
+        ]
+        .prop_map(str::to_owned),
     )
 }
 
+/// What one generated case exercised.
+#[derive(Debug, PartialEq)]
+enum Case {
+    Skipped,
+    Meshed { proxy: bool, accelerated: bool },
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
 
     #[test]
     fn patch_applies_keeps_user_data_and_is_idempotent(pod_json in pod(), view in view(), ns in namespace()) {
-        let _: Pod = serde_json::from_value(pod_json.clone()).expect("generated pods are Pods");
-        // PodIn borrows its strings, so it is decoded from bytes, as the server does.
-        let pod_bytes = serde_json::to_vec(&pod_json).unwrap();
-        let pod = PodIn::from_json(&pod_bytes).unwrap();
-        let PodMutation::Meshed { patch, .. } = mutate_pod(&pod, ns.as_deref(), &view) else {
-            return Ok(());
-        };
-        let mut patched = pod_json.clone();
-        json_patch::patch(&mut patched, &patch.operations()).map_err(|e| {
-            TestCaseError::fail(format!("patch {patch:?} does not apply: {e}"))
-        })?;
-        let _: Pod = serde_json::from_value(patched.clone())
-            .map_err(|e| TestCaseError::fail(format!("result is not a Pod: {e}")))?;
-        let patched_bytes = serde_json::to_vec(&patched).unwrap();
-        let patched_pod = PodIn::from_json(&patched_bytes).unwrap();
+        check(pod_json, view, ns)?;
+    }
+}
 
-        // Every annotation the user had is still there, untouched, except the two we own.
-        if let Some(before) = pod_json["metadata"]["annotations"].as_object() {
-            for (k, v) in before {
-                if k != TRUST_BUNDLE_ANNOTATION && k != PROXY_ADDITIONAL_ENV_ANNOTATION {
-                    prop_assert_eq!(&patched["metadata"]["annotations"][k], v, "annotation {}", k);
-                }
+const CASES: u32 = 2000;
+
+/// The cases of the property above (as many, from a fixed seed) exercise each kind of pod: a
+/// property that held because every pod was skipped would prove nothing.
+#[test]
+fn generated_cases_cover_every_kind_of_pod() {
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = (pod(), view(), namespace());
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    for _ in 0..CASES {
+        let tree = strategy.new_tree(&mut runner).unwrap();
+        let (pod_json, view, ns) = proptest::strategy::ValueTree::current(&tree);
+        let case = check(pod_json, view, ns).unwrap();
+        *counts.entry(format!("{case:?}")).or_default() += 1;
+    }
+    eprintln!("{CASES} cases: {counts:#?}");
+    for case in [
+        Case::Skipped,
+        Case::Meshed {
+            proxy: false,
+            accelerated: false,
+        },
+        Case::Meshed {
+            proxy: false,
+            accelerated: true,
+        },
+        Case::Meshed {
+            proxy: true,
+            accelerated: false,
+        },
+        Case::Meshed {
+            proxy: true,
+            accelerated: true,
+        },
+    ] {
+        let n = counts
+            .get(&format!("{case:?}"))
+            .copied()
+            .unwrap_or_default();
+        assert!(n >= CASES / 20, "{case:?}: {n} of {CASES}");
+    }
+}
+
+/// The property, on one case.
+fn check(pod_json: Value, view: RotationView, ns: Option<String>) -> Result<Case, TestCaseError> {
+    let _: Pod = serde_json::from_value(pod_json.clone()).expect("generated pods are Pods");
+    // PodIn borrows its strings, so it is decoded from bytes, as the server does.
+    let pod_bytes = serde_json::to_vec(&pod_json).unwrap();
+    let pod = PodIn::from_json(&pod_bytes).unwrap();
+    let PodMutation::Meshed { patch, .. } = mutate_pod(&pod, ns.as_deref(), &view) else {
+        return Ok(Case::Skipped);
+    };
+    let mut patched = pod_json.clone();
+    json_patch::patch(&mut patched, &patch.operations())
+        .map_err(|e| TestCaseError::fail(format!("patch {patch:?} does not apply: {e}")))?;
+    let _: Pod = serde_json::from_value(patched.clone())
+        .map_err(|e| TestCaseError::fail(format!("result is not a Pod: {e}")))?;
+    let patched_bytes = serde_json::to_vec(&patched).unwrap();
+    let patched_pod = PodIn::from_json(&patched_bytes).unwrap();
+
+    // Every annotation the user had is still there, untouched, except the two we own.
+    if let Some(before) = pod_json["metadata"]["annotations"].as_object() {
+        for (k, v) in before {
+            if k != TRUST_BUNDLE_ANNOTATION && k != PROXY_ADDITIONAL_ENV_ANNOTATION {
+                prop_assert_eq!(
+                    &patched["metadata"]["annotations"][k],
+                    v,
+                    "annotation {}",
+                    k
+                );
             }
         }
-        // Containers are neither added nor removed nor reordered.
-        let names = |p: &Value, list: &str| -> Vec<Value> {
-            p["spec"][list].as_array().map(|l| l.iter().map(|c| c["name"].clone()).collect()).unwrap_or_default()
-        };
-        prop_assert_eq!(names(&pod_json, "containers"), names(&patched, "containers"));
-        prop_assert_eq!(names(&pod_json, "initContainers"), names(&patched, "initContainers"));
+    }
+    // Containers are neither added nor removed nor reordered.
+    let names = |p: &Value, list: &str| -> Vec<Value> {
+        p["spec"][list]
+            .as_array()
+            .map(|l| l.iter().map(|c| c["name"].clone()).collect())
+            .unwrap_or_default()
+    };
+    prop_assert_eq!(
+        names(&pod_json, "containers"),
+        names(&patched, "containers")
+    );
+    prop_assert_eq!(
+        names(&pod_json, "initContainers"),
+        names(&patched, "initContainers")
+    );
 
+    let mut proxy_present = false;
+    let accelerated = view.accelerated_max_refresh();
+    if let Some(interval) = &accelerated {
         // While accelerating, the proxy runs with the interval: the last definition of the
         // name (the one the kubelet uses) has it.
-        if let Some(interval) = view.accelerated_max_refresh() {
-            for list in ["containers", "initContainers"] {
-                let Some(proxy) = patched["spec"][list]
-                    .as_array()
-                    .and_then(|l| l.iter().find(|c| c["name"] == "linkerd-proxy"))
-                else {
-                    continue;
-                };
-                let effective = proxy["env"]
+        for list in ["containers", "initContainers"] {
+            let Some(proxy) = patched["spec"][list]
+                .as_array()
+                .and_then(|l| l.iter().find(|c| c["name"] == "linkerd-proxy"))
+            else {
+                continue;
+            };
+            proxy_present = true;
+            let effective = proxy["env"]
+                .as_array()
+                .and_then(|env| env.iter().rev().find(|e| e["name"] == MAX_REFRESH_ENV))
+                .map(|e| e["value"].clone());
+            prop_assert_eq!(
+                effective,
+                Some(json!(interval)),
+                "{} env: {}",
+                list,
+                proxy["env"]
+            );
+        }
+        // And so will the proxy the injector adds: the additional-env list has it, unless the
+        // user's annotation is not a list, which is left as it was.
+        let before = pod_json["metadata"]["annotations"][PROXY_ADDITIONAL_ENV_ANNOTATION].as_str();
+        let after = patched["metadata"]["annotations"][PROXY_ADDITIONAL_ENV_ANNOTATION].as_str();
+        match before.map(serde_json::from_str::<Value>) {
+            Some(Ok(Value::Array(_))) | None => {
+                let list: Value = serde_json::from_str(after.unwrap_or_default())
+                    .map_err(|e| TestCaseError::fail(format!("additional env {after:?}: {e}")))?;
+                let effective = list
                     .as_array()
                     .and_then(|env| env.iter().rev().find(|e| e["name"] == MAX_REFRESH_ENV))
                     .map(|e| e["value"].clone());
-                prop_assert_eq!(effective, Some(json!(interval)), "{} env: {}", list, proxy["env"]);
+                prop_assert_eq!(effective, Some(json!(interval)), "additional env: {}", list);
             }
+            Some(_) => prop_assert_eq!(after, before, "an unusable annotation is left as it was"),
         }
-
-        // Re-running on our own output changes nothing.
-        match mutate_pod(&patched_pod, ns.as_deref(), &view) {
-            PodMutation::Meshed { patch, .. } => prop_assert!(patch.is_empty(), "second patch: {:?}", patch),
-            PodMutation::Skipped(r) => prop_assert!(false, "meshed pod became skipped: {:?}", r),
-        }
+    } else {
+        proxy_present = ["containers", "initContainers"].iter().any(|list| {
+            patched["spec"][list]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|c| c["name"] == "linkerd-proxy"))
+        });
     }
+
+    // Re-running on our own output changes nothing.
+    match mutate_pod(&patched_pod, ns.as_deref(), &view) {
+        PodMutation::Meshed { patch, .. } => {
+            prop_assert!(patch.is_empty(), "second patch: {:?}", patch)
+        }
+        PodMutation::Skipped(r) => prop_assert!(false, "meshed pod became skipped: {:?}", r),
+    }
+    Ok(Case::Meshed {
+        proxy: proxy_present,
+        accelerated: accelerated.is_some(),
+    })
 }
