@@ -1123,6 +1123,20 @@ async fn issuer_renewed_out_of_order_is_flagged() {
     assert_eq!(ooo.status, ConditionStatus::False, "{done:#?}");
     assert_eq!(done.blocking_message, None);
     follow.assert_traffic_throughout(&rig);
+    // The Warning that `assert_no_event` looks for in the tests of issuers renewed in order.
+    let warned = common::eventually(
+        "an OutOfOrderIssuerRotation Event",
+        Duration::from_secs(10),
+        || async {
+            let events = events_of(&rig.client, "OutOfOrderIssuerRotation").await;
+            (!events.is_empty()).then_some(events)
+        },
+    )
+    .await;
+    assert!(
+        warned.iter().all(|e| e.type_.as_deref() == Some("Warning")),
+        "{warned:#?}"
+    );
     eprintln!("out-of-order rotation finished; traffic: {}", rig.traffic());
 }
 
@@ -1244,8 +1258,8 @@ async fn second_anchor_renewal_mid_rotation_still_ends_synced() {
 /// had not yet published its interval, so its proxies keep Linkerd's natural refresh (70 % of
 /// the leaf's lifetime, here 42 minutes of an hour). The operator restarts it for a leaf from
 /// the renewed issuer, once, and the rotation finishes in seconds with zero failed handshakes.
-/// Without that restart it waits for the natural refresh (the negative control: the rotation
-/// stays in RenewingWorkloadCerts until the test's deadline).
+/// Without that restart the rotation would wait for the natural refresh, in
+/// RenewingWorkloadCerts, and this test fails at its deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workload_started_before_the_interval_was_published_is_restarted_for_its_leaf() {
     const LATE: &str = "mesh-late";
@@ -1401,6 +1415,7 @@ async fn the_automatic_issuer_renewal_waits_for_replaced_pods_to_stop() {
     );
     assert!(held.is_some(), "the renewal waited for the replaced pods");
     assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
+    follow.assert_traffic_throughout(&rig);
     rig.assert_mesh_on(&new_anchor, 5).await;
 }
 
@@ -1412,29 +1427,62 @@ async fn renewing_the_issuer_while_replaced_pods_drain_fails_handshakes() {
     let rig = slow_stopping_rig("Manual").await;
     let mut follow = Follow::new(&rig);
     rig.runbook().renew_anchor().await.unwrap();
-    let mut renewed = false;
+    // Once renewed: the traffic then, and the pods then stopping.
+    let mut renewed: Option<(TrafficSnapshot, Vec<(String, String)>)> = None;
     loop {
         let status = follow.status(&rig).await;
-        if status.phase == Phase::WaitingForIdentityRotation && !renewed {
+        if status.phase == Phase::WaitingForIdentityRotation && renewed.is_none() {
             let message = status.blocking_message.as_deref().unwrap_or_default();
             assert!(
                 message.contains("terminating pod(s) without it to stop"),
                 "the pods replaced by propagation are still stopping: {message}"
             );
+            let draining: Vec<(String, String)> = Api::<Pod>::all(rig.client.clone())
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_some())
+                .map(|p| (p.namespace().unwrap_or_default(), p.name_any()))
+                .collect();
+            assert!(!draining.is_empty(), "{message}");
+            let before = rig.traffic();
+            assert_eq!(
+                before.failed(),
+                0,
+                "no failures before the renewal: {before}"
+            );
             rig.runbook().renew_issuer().await.unwrap();
-            renewed = true;
-        }
-        let t = rig.traffic();
-        if t.failed_with(&FailureReason::UnknownIssuer) >= 5 {
             eprintln!(
-                "[{:5.1}s] replaced pods reject the renewed issuer's leaves: {t}",
+                "[{:5.1}s] issuer renewed while {draining:?} stop",
                 follow.secs()
             );
-            break;
+            renewed = Some((before, draining));
+        }
+        if let Some((before, draining)) = &renewed {
+            let t = rig.traffic();
+            if t.since(before).failed_with(&FailureReason::UnknownIssuer) >= 5 {
+                eprintln!(
+                    "[{:5.1}s] replaced pods reject the renewed issuer's leaves: {t}",
+                    follow.secs()
+                );
+                // Every failure has a pod that was stopping at the renewal on one side.
+                for f in &t.recent {
+                    assert!(
+                        [&f.client, &f.server]
+                            .iter()
+                            .any(|p| draining.contains(&(p.namespace.clone(), p.name.clone()))),
+                        "a failure without a stopping pod: {f:?}"
+                    );
+                }
+                break;
+            }
         }
         assert!(
             follow.secs() < 120.0,
-            "no unknown-issuer failures: {t}; {status:#?}"
+            "no unknown-issuer failures: {}; {status:#?}",
+            rig.traffic()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -1661,6 +1709,7 @@ async fn a_pending_pod_without_the_expanded_bundle_holds_back_an_automatic_issue
     );
     assert_eq!(done.blocking_message, None);
     assert!(!follow.out_of_order, "the issuer was renewed out of order");
+    assert_no_event(&rig.client, "OutOfOrderIssuerRotation").await;
     assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
     follow.assert_traffic_throughout(&rig);
     rig.assert_mesh_on(&new_anchor, 6).await;
@@ -1684,23 +1733,37 @@ async fn issuer_issuance(client: &kube::Client) -> (Option<(String, String)>, Op
 }
 
 /// The operator's Events of `reason` on the `cluster` rotation (cluster-scoped: they are
-/// written in `kube-system`), asserted to be exactly one Warning.
+/// written in `kube-system`).
+async fn events_of(
+    client: &kube::Client,
+    reason: &str,
+) -> Vec<k8s_openapi::api::events::v1::Event> {
+    Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), "kube-system")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect()
+}
+
+/// [`events_of`], asserted to be exactly one Warning.
 async fn warning_events(
     client: &kube::Client,
     reason: &str,
 ) -> Vec<k8s_openapi::api::events::v1::Event> {
-    let events: Vec<_> =
-        Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), "kube-system")
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|e| e.reason.as_deref() == Some(reason))
-            .collect();
+    let events = events_of(client, reason).await;
     assert_eq!(events.len(), 1, "{events:#?}");
     assert_eq!(events[0].type_.as_deref(), Some("Warning"));
     events
+}
+
+/// No Event of `reason` on the `cluster` rotation: a condition raised and cleared between two
+/// status reads still leaves its Warning (`issuer_renewed_out_of_order_is_flagged` finds it).
+async fn assert_no_event(client: &kube::Client, reason: &str) {
+    let events = events_of(client, reason).await;
+    assert!(events.is_empty(), "{events:#?}");
 }
 
 /// cert-manager refuses the automatic issuer renewal (its approver denies every request for
@@ -1861,11 +1924,14 @@ async fn anchor_renewed_with_its_old_key_raises_no_false_alarm() {
         follow.secs()
     );
     assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
+    follow.assert_traffic_throughout(&rig);
     follow.assert_went_through_every_phase(false);
     assert!(
         !follow.out_of_order,
         "OutOfOrderIssuerRotation was raised for an issuer renewed in order"
     );
+    // Between two status reads too.
+    assert_no_event(&rig.client, "OutOfOrderIssuerRotation").await;
     assert!(
         done.conditions
             .iter()
@@ -2048,6 +2114,7 @@ async fn a_bundle_the_operator_created_and_another_overwrote_is_restored() {
     let in_use = Bundle::from_pem("anchor", &rig.first_anchor.pem)
         .unwrap()
         .fingerprint();
+    let before = rig.traffic();
     configmaps
         .delete(&names.bundle_configmap, &Default::default())
         .await
@@ -2087,7 +2154,9 @@ async fn a_bundle_the_operator_created_and_another_overwrote_is_restored() {
         [trust_rotation_operator::sim::MANAGER],
         "{status:#?}"
     );
-    assert_eq!(rig.traffic().failed(), 0, "{}", rig.traffic());
+    let t = rig.traffic().since(&before);
+    assert_eq!(t.failed(), 0, "{t}");
+    assert!(t.successes > 0, "the mesh kept talking: {t}");
 }
 
 /// An anchor Secret that does not parse parks the rotation: a blockingMessage naming the

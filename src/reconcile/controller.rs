@@ -2840,10 +2840,12 @@ mod tests {
             .unwrap();
 
         // No certificate Secrets: every look parks the rotation and, the first time, says so.
+        let created_version = created.resource_version();
         let stores = unmeshed(created, vec![vec![], vec![], vec![]], vec![]);
         let config = ReconcilerConfig::default();
         let recorder = test_recorder(&client);
         let metrics = ReconcileMetrics::register(&mut Default::default());
+        let mut versions = Vec::new();
         for _ in 0..3 {
             reconcile_once(
                 &client,
@@ -2855,7 +2857,11 @@ mod tests {
             )
             .await
             .expect("a look");
+            versions.push(rotations.get("cluster").await.unwrap().resource_version());
         }
+        // The first look wrote the parked status; the two from the stale cache wrote nothing.
+        assert_ne!(versions[0], created_version, "the first look wrote");
+        assert_eq!(versions[1..], [versions[0].clone(), versions[0].clone()]);
 
         let status = rotations.get("cluster").await.unwrap().status.unwrap();
         let blocking = status.blocking_message.unwrap_or_default();
