@@ -296,7 +296,12 @@ async fn webhook_stamps_pods_and_never_blocks_them() {
     let (pod, took) = create_timed(&meshed, &app_pod("while-hung")).await;
     op.process.signal("CONT").unwrap();
     assert_eq!(annotation(&pod, TRUST_BUNDLE_ANNOTATION), None);
-    assert!(took < Duration::from_secs(10), "took {took:?}");
+    // The API server did wait for the hung webhook (the shipped 3 s timeout), and not much
+    // longer.
+    assert!(
+        took >= Duration::from_millis(2500) && took < Duration::from_secs(10),
+        "took {took:?}"
+    );
     eprintln!("pod created while the webhook hung: {took:?}");
 
     // A client's kept-alive connection, as the API server keeps them: open before stopping.
@@ -362,7 +367,8 @@ async fn webhook_stamps_pods_and_never_blocks_them() {
     assert!(status.success(), "exit: {status}");
     let (pod, took) = create_timed(&meshed, &app_pod("while-stopped")).await;
     assert_eq!(annotation(&pod, TRUST_BUNDLE_ANNOTATION), None);
-    assert!(took < Duration::from_secs(10), "took {took:?}");
+    // Refused at once: the API server does not wait out the timeout.
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
     eprintln!("pod created while the webhook was stopped: {took:?}");
 }
 
