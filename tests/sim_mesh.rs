@@ -14,7 +14,7 @@ use trust_rotation_operator::probe;
 use trust_rotation_operator::sim::linkerd;
 use trust_rotation_operator::sim::runbook::Runbook;
 use trust_rotation_operator::sim::traffic::{FailureReason, TrafficConfig};
-use trust_rotation_operator::sim::{Mesh, SimConfig, pki};
+use trust_rotation_operator::sim::{KeyRotation, Mesh, SimConfig, pki};
 
 fn namespaces(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("mesh-{i}")).collect()
@@ -206,6 +206,7 @@ async fn manual_runbook_in_order_rotates_a_100_pod_mesh_with_zero_failed_handsha
     let ns = namespaces(4);
     let rb = Runbook::new(&mesh);
     let t0 = Instant::now();
+    let start = mesh.traffic().unwrap();
 
     let old_anchor = rb.anchor().await.unwrap();
     let new_anchor = rb.renew_anchor().await.unwrap();
@@ -257,7 +258,11 @@ async fn manual_runbook_in_order_rotates_a_100_pod_mesh_with_zero_failed_handsha
         rotation.as_secs_f64()
     );
     assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
-    assert!(t.successes > 1000, "enough traffic to mean something: {t}");
+    let during = t.since(&start);
+    assert!(
+        during.successes > 1000,
+        "enough traffic during the rotation to mean something: {during}"
+    );
     let reduced = trust_rotation_operator::bundle::Bundle::from_pem("new", &new_anchor.pem)
         .unwrap()
         .fingerprint();
@@ -349,9 +354,25 @@ async fn issuer_renewed_before_any_restart_breaks_mtls_with_unknown_issuer() {
 /// new anchor and reject the old issuer's leaves still in use: unknown issuer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_anchor_removed_before_leaves_refreshed_breaks_mtls_with_unknown_issuer() {
+    old_anchor_removed_before_leaves_refreshed(KeyRotation::Always).await;
+}
+
+/// Negative control (c): the same with an issuer renewed with its old key (`rotationPolicy:
+/// Never`, cert-manager's default before 1.18). A leaf of the old issuer still verifies under
+/// the renewed issuer's key, but the chain its proxy presents (leaf, old issuer) does not verify
+/// under the new anchor alone: the same failures. So a rotation that took "signed by the
+/// issuer's key" for "from the new issuer" would break mTLS, and the e2e test of that case
+/// (`issuer_renewed_with_its_old_key_still_zero_failed_handshakes`) can tell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_issuers_old_key_too_old_anchor_removed_early_breaks_mtls() {
+    old_anchor_removed_before_leaves_refreshed(KeyRotation::Never).await;
+}
+
+async fn old_anchor_removed_before_leaves_refreshed(issuer_key: KeyRotation) {
     let config = SimConfig {
         // Leaves outlive the steps below, so none is refreshed before the bundle is reduced.
         leaf_lifetime: Duration::from_secs(300),
+        issuer_key,
         ..SimConfig::default()
     };
     let (_cp, mesh, _) = mesh_with_traffic(config, 2, 2, 2).await;
@@ -359,11 +380,18 @@ async fn old_anchor_removed_before_leaves_refreshed_breaks_mtls_with_unknown_iss
     let rb = Runbook::new(&mesh);
     let t0 = Instant::now();
     let old_anchor = rb.anchor().await.unwrap();
+    let old_issuer = rb.issuer().await.unwrap();
     let new_anchor = rb.renew_anchor().await.unwrap();
     rb.write_bundle(&[&old_anchor, &new_anchor]).await.unwrap();
     rb.restart_control_plane().await.unwrap();
     rb.restart_workloads(&ns).await.unwrap();
-    rb.renew_issuer().await.unwrap();
+    let new_issuer = rb.renew_issuer().await.unwrap();
+    assert_ne!(new_issuer.fingerprint, old_issuer.fingerprint);
+    assert_eq!(
+        new_issuer.public_key_fingerprint == old_issuer.public_key_fingerprint,
+        issuer_key == KeyRotation::Never,
+        "the issuer's key: {issuer_key:?}"
+    );
     rb.wait_event("IssuerUpdated").await.unwrap();
     step(t0, &mesh, "runbook in order up to the issuer renewal");
     assert_eq!(mesh.traffic().unwrap().failed(), 0, "so far so good");
