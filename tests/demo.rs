@@ -304,9 +304,11 @@ fn manual_demo_prints_the_commands_keeps_the_cluster_and_stops_on_ctrl_c() {
     assert_eq!(phase, Phase::Synced);
     let procs = processes(&demo.stderr());
     for (name, pid) in &procs {
+        // What `assert_all_gone` looks for once the demo has stopped them.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         assert!(
-            std::path::Path::new(&format!("/proc/{pid}")).exists(),
-            "{name} runs while kept"
+            String::from_utf8_lossy(&cmdline).contains(name.as_str()),
+            "{name} (pid {pid}) runs while kept"
         );
     }
 
