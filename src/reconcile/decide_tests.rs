@@ -2686,6 +2686,20 @@ mod properties {
             bundle_of(self.bundle.iter().map(|f| &anchors()[index_of(f)])).fingerprint()
         }
 
+        /// The issuer renewed onto the current anchor, which `what` (the operator's renewal, or
+        /// its asking a user for one) may do only once every proxy trusts that anchor.
+        fn renew_issuer(&mut self, what: &str) -> Result<(), TestCaseError> {
+            prop_assert!(
+                self.pods
+                    .iter()
+                    .all(|(held, _, _)| held.contains(&fp(self.anchor))),
+                "{} only once every proxy trusts the new anchor",
+                what
+            );
+            self.issuer = (self.issuer.0 + 1, self.anchor);
+            Ok(())
+        }
+
         /// Applies the decision's effects as the I/O layer would, checking the invariants.
         fn reconcile(&mut self, policies: &Policies) -> Result<(), TestCaseError> {
             let before_phase = self.status.phase;
@@ -2762,13 +2776,7 @@ mod properties {
                         }
                     }
                     Effect::RenewIssuer => {
-                        prop_assert!(
-                            self.pods
-                                .iter()
-                                .all(|(held, _, _)| held.contains(&fp(self.anchor))),
-                            "the issuer is renewed only once every proxy trusts the new anchor"
-                        );
-                        self.issuer = (self.issuer.0 + 1, self.anchor);
+                        self.renew_issuer("the issuer is renewed")?;
                         self.tally.renewed_by_operator += 1;
                     }
                     Effect::Event { .. } => {}
@@ -2929,13 +2937,7 @@ mod properties {
                             m.contains("renew the identity issuer now: cmctl renew")
                         });
                     if asked {
-                        prop_assert!(
-                            c.pods
-                                .iter()
-                                .all(|(held, _, _)| held.contains(&fp(c.anchor))),
-                            "the status asks for the issuer's renewal only once every proxy trusts the new anchor"
-                        );
-                        c.issuer = (c.issuer.0 + 1, c.anchor);
+                        c.renew_issuer("the status asks for the issuer's renewal")?;
                         c.tally.renewed_when_asked += 1;
                     }
                 }
