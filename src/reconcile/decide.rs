@@ -128,6 +128,8 @@ pub fn decide(
     d.next.active_issuer_fingerprint = Some(issuer.cert.fingerprint.clone());
     d.next.previous_anchor_fingerprint = previous.as_ref().map(|p| p.fingerprint.clone());
 
+    // The renewed anchor alone: who lacks it matters in every phase.
+    let new_anchor = BTreeSet::from([anchor.fingerprint.clone()]);
     if policies.paused {
         if let Some(b) = &bundle {
             let set = fingerprints(b);
@@ -135,7 +137,6 @@ pub fn decide(
             // Reported even now: pausing to look into a rotation is when someone may run
             // `cmctl renew` too early.
             if let Some(previous) = &previous {
-                let new_anchor = BTreeSet::from([anchor.fingerprint.clone()]);
                 d.out_of_order(renewed_out_of_order(
                     status.phase,
                     &anchor,
@@ -276,7 +277,6 @@ pub fn decide(
     }
 
     let lacking_bundle = workloads_lacking(observed.bundle_holders(), &bundle_set);
-    let new_anchor = BTreeSet::from([anchor.fingerprint.clone()]);
     let lacking_anchor = workloads_lacking(observed.bundle_holders(), &new_anchor);
     d.out_of_order(renewed_out_of_order(
         status.phase,

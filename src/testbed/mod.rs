@@ -476,9 +476,8 @@ const FIXED_PORTS_FROM: u16 = 20000;
 pub fn free_port() -> Result<u16, TestbedError> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let below = ephemeral_ports_from().unwrap_or(32768);
-    let span = u32::from(below.saturating_sub(FIXED_PORTS_FROM));
-    if span >= 1000 {
+    if let Some(range) = fixed_ports() {
+        let span = u32::from(range.end - range.start);
         static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
         let start = *START.get_or_init(|| {
             std::time::SystemTime::now()
@@ -488,7 +487,7 @@ pub fn free_port() -> Result<u16, TestbedError> {
         });
         for _ in 0..span {
             let offset = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % span;
-            let port = FIXED_PORTS_FROM + offset as u16;
+            let port = range.start + offset as u16;
             if TcpListener::bind(("127.0.0.1", port)).is_ok() {
                 return Ok(port);
             }
@@ -501,6 +500,13 @@ pub fn free_port() -> Result<u16, TestbedError> {
         .map_err(io_err("reading a bound port"))?
         .port();
     Ok(port)
+}
+
+/// The ports [`free_port`] hands out: from [`FIXED_PORTS_FROM`] up to the kernel's ephemeral
+/// range, or none where that leaves fewer than 1000.
+fn fixed_ports() -> Option<std::ops::Range<u16>> {
+    let below = ephemeral_ports_from().unwrap_or(32768);
+    (below >= FIXED_PORTS_FROM.saturating_add(1000)).then_some(FIXED_PORTS_FROM..below)
 }
 
 /// The first port of the kernel's ephemeral range, if this system says.
@@ -585,7 +591,7 @@ not json
 
 #[cfg(test)]
 mod port_tests {
-    use super::{FIXED_PORTS_FROM, ephemeral_ports_from, free_port};
+    use super::{fixed_ports, free_port};
 
     #[test]
     fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
@@ -596,17 +602,12 @@ mod port_tests {
             ports.len(),
             "a port handed out twice: {ports:?}"
         );
-        // As free_port reads the range.
-        let below = ephemeral_ports_from().unwrap_or(32768);
-        if below >= FIXED_PORTS_FROM + 1000 {
-            assert!(
-                ports.iter().all(|p| (FIXED_PORTS_FROM..below).contains(p)),
-                "{ports:?} not in {FIXED_PORTS_FROM}..{below}"
-            );
-        } else {
-            eprintln!(
-                "the ephemeral range starts at {below}: no room below it, the kernel picks ports"
-            );
+        match fixed_ports() {
+            Some(range) => assert!(
+                ports.iter().all(|p| range.contains(p)),
+                "{ports:?} not in {range:?}"
+            ),
+            None => eprintln!("no room below the ephemeral range: the kernel picks ports"),
         }
         let listeners: Vec<_> = ports[..20]
             .iter()
