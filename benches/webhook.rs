@@ -10,7 +10,8 @@
 //! 3. With BENCH_LADDER=1, the load run also measures, in the same rounds, handlers that each do
 //!    one more part of the webhook's work (`LoadHandler::LADDER`: a fixed patched answer; JSON
 //!    validation only; the fast-path read; the whole pure review), and prints each one's ratio
-//!    and its server CPU per request over the no-op's: where the gap to the no-op goes.
+//!    and its server CPU per request over the no-op's, split into user space and the kernel:
+//!    where the gap to the no-op goes.
 //!
 //! Figures are medians over rounds; the machines are shared and noisy, so read the ratio first.
 //! Environment: BENCH_SECONDS (per round, default 3), BENCH_ROUNDS (default 5),
@@ -96,12 +97,37 @@ fn thread_cpu() -> Duration {
     Duration::from_nanos(ns)
 }
 
+/// This thread's user and kernel time, in clock ticks (`/proc/thread-self/stat`, fields 14
+/// and 15): coarse (10 ms), but enough over a round of seconds to split [`thread_cpu`] into the
+/// server's own work and the kernel's (TCP on loopback, waking the clients).
+fn thread_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    // The name (field 2) is in parentheses and may hold spaces: count from after it.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let field = |n: usize| {
+        after_name
+            .split_whitespace()
+            .nth(n - 3)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field(14), field(15))
+}
+
+/// The server thread's CPU time over a round.
+#[derive(Clone, Copy, Default)]
+struct CpuUse {
+    total: Duration,
+    /// The part spent in the kernel, from the tick counts.
+    kernel_share: f64,
+}
+
 /// A server on its own thread with a single-threaded runtime: one core's worth of server.
 struct ServerThread {
     addr: SocketAddr,
     /// Handler durations (the route, after the request is read), drained per round.
     handler_times: Arc<Mutex<Vec<Duration>>>,
-    cpu: Arc<Mutex<Duration>>,
+    cpu: Arc<Mutex<CpuUse>>,
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -110,7 +136,7 @@ impl ServerThread {
     fn start(tls_dir: &std::path::Path, handler: LoadHandler) -> Self {
         let (cert, key) = (tls_dir.join("tls.crt"), tls_dir.join("tls.key"));
         let handler_times = Arc::new(Mutex::new(Vec::new()));
-        let cpu = Arc::new(Mutex::new(Duration::ZERO));
+        let cpu = Arc::new(Mutex::new(CpuUse::default()));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
         let (times, cpu_out) = (handler_times.clone(), cpu.clone());
@@ -142,7 +168,7 @@ impl ServerThread {
                     )
                     .await;
                     addr_tx.send(server.addr).unwrap();
-                    let cpu_start = thread_cpu();
+                    let (cpu_start, ticks_start) = (thread_cpu(), thread_ticks());
                     // Park this runtime's thread in the runtime until told to stop.
                     loop {
                         if stop_rx.try_recv().is_ok() {
@@ -150,7 +176,12 @@ impl ServerThread {
                         }
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
-                    *cpu_out.lock().unwrap() = thread_cpu() - cpu_start;
+                    let (user, kernel) = thread_ticks();
+                    let (user, kernel) = (user - ticks_start.0, kernel - ticks_start.1);
+                    *cpu_out.lock().unwrap() = CpuUse {
+                        total: thread_cpu() - cpu_start,
+                        kernel_share: kernel as f64 / (user + kernel).max(1) as f64,
+                    };
                     server.stop().await;
                 });
             })
@@ -165,7 +196,7 @@ impl ServerThread {
     }
 
     /// Stops the server; returns the CPU time its thread used while serving.
-    fn stop(mut self) -> Duration {
+    fn stop(mut self) -> CpuUse {
         let _ = self.stop.take().unwrap().send(());
         self.thread.take().unwrap().join().unwrap();
         *self.cpu.lock().unwrap()
@@ -175,6 +206,8 @@ impl ServerThread {
 struct Round {
     per_sec: f64,
     per_cpu_sec: f64,
+    /// Of the server thread's CPU time, the part spent in the kernel.
+    kernel_share: f64,
     latencies: Vec<Duration>,
     handler: Vec<Duration>,
 }
@@ -246,7 +279,8 @@ fn load_round(
     Round {
         per_sec: count as f64 / seconds,
         // Includes the warm-up's requests in the CPU window; counted the same way for both.
-        per_cpu_sec: handler.len() as f64 / cpu.as_secs_f64().max(1e-9),
+        per_cpu_sec: handler.len() as f64 / cpu.total.as_secs_f64().max(1e-9),
+        kernel_share: cpu.kernel_share,
         latencies,
         handler,
     }
@@ -326,10 +360,11 @@ fn main() {
             let handler = handlers[i];
             let r = load_round(tls_dir.path(), handler, &body, connections, seconds);
             println!(
-                "round {round} {:8} {:>8.0}/s  {:>8.0}/cpu-s  p50 {:.3} ms  p99 {:.3} ms  handler p99 {:.4} ms",
+                "round {round} {:8} {:>8.0}/s  {:>8.0}/cpu-s ({:>2.0}% kernel)  p50 {:.3} ms  p99 {:.3} ms  handler p99 {:.4} ms",
                 handler.name(),
                 r.per_sec,
                 r.per_cpu_sec,
+                r.kernel_share * 100.0,
                 pct_ms(&r.latencies, 0.5),
                 pct_ms(&r.latencies, 0.99),
                 pct_ms(&r.handler, 0.99),
@@ -344,18 +379,25 @@ fn main() {
     let hook_cpu_rate = med(hook, &|r| r.per_cpu_sec);
     let noop_cpu_rate = med(noop, &|r| r.per_cpu_sec);
     if ladder {
+        // Server CPU per request in microseconds, in user space and in the kernel.
+        let user_us = |rs: &[Round]| med(rs, &|r| 1e6 / r.per_cpu_sec * (1.0 - r.kernel_share));
+        let kernel_us = |rs: &[Round]| med(rs, &|r| 1e6 / r.per_cpu_sec * r.kernel_share);
         println!(
-            "ladder (medians; extra = server CPU per request over the no-op's {:.1} us):",
-            1e6 / noop_cpu_rate
+            "ladder (medians; extra = server CPU per request over the no-op's {:.1} us, of which {:.1} us in user space and {:.1} us in the kernel):",
+            1e6 / noop_cpu_rate,
+            user_us(noop),
+            kernel_us(noop)
         );
         for (handler, rs) in handlers.iter().zip(&results).skip(1) {
             let (rate, cpu_rate) = (med(rs, &|r| r.per_sec), med(rs, &|r| r.per_cpu_sec));
             println!(
-                "  {:8} ratio {:.3}  per cpu-second {:.3}  extra {:>5.1} us",
+                "  {:8} ratio {:.3}  per cpu-second {:.3}  extra {:>5.1} us (user {:>4.1}, kernel {:>4.1})",
                 handler.name(),
                 rate / noop_rate,
                 cpu_rate / noop_cpu_rate,
-                1e6 / cpu_rate - 1e6 / noop_cpu_rate
+                1e6 / cpu_rate - 1e6 / noop_cpu_rate,
+                user_us(rs) - user_us(noop),
+                kernel_us(rs) - kernel_us(noop)
             );
         }
     }
