@@ -107,7 +107,7 @@ pub struct Options {
 }
 
 impl ControlPlane {
-    /// Provisions the binaries if needed and starts etcd, kube-apiserver and (when available)
+    /// Provisions the binaries if needed and starts etcd, kube-apiserver and
     /// kube-controller-manager. Returns once the API server is ready and the controller-manager
     /// has created the `default` ServiceAccount.
     pub async fn start() -> Result<Self, TestbedError> {
@@ -240,35 +240,34 @@ impl ControlPlane {
         };
         cp.wait_apiserver_ready().await?;
 
-        if let Some(kcm) = cp.binaries.kube_controller_manager.clone() {
-            let mut args = vec![
-                format!("--kubeconfig={}", cp.kubeconfig.display()),
-                format!(
-                    "--service-account-private-key-file={}",
-                    pki.sa_key.display()
-                ),
-                format!("--root-ca-file={}", pki.ca_cert.display()),
-                // No kubelet, so no node CIDRs and no node health to manage.
-                "--controllers=*,-nodeipam,-nodelifecycle".to_owned(),
-                "--leader-elect=false".to_owned(),
-                "--bind-address=127.0.0.1".to_owned(),
-                "--secure-port=0".to_owned(),
-                // Pods come and go in tests; collect finished ReplicaSets' pods promptly.
-                "--concurrent-deployment-syncs=10".to_owned(),
-                "--concurrent-replicaset-syncs=10".to_owned(),
-            ];
-            if cp.binaries.has_insecure_port_flag() {
-                args.push("--port=0".to_owned());
-            }
-            let root = cp.dir.path().to_path_buf();
-            cp.processes.push(Managed::spawn(
-                "kube-controller-manager",
-                &kcm,
-                &args,
-                &root,
-            )?);
-            cp.wait_controller_manager_ready().await?;
+        let kcm = cp.binaries.kube_controller_manager.clone();
+        let mut args = vec![
+            format!("--kubeconfig={}", cp.kubeconfig.display()),
+            format!(
+                "--service-account-private-key-file={}",
+                pki.sa_key.display()
+            ),
+            format!("--root-ca-file={}", pki.ca_cert.display()),
+            // No kubelet, so no node CIDRs and no node health to manage.
+            "--controllers=*,-nodeipam,-nodelifecycle".to_owned(),
+            "--leader-elect=false".to_owned(),
+            "--bind-address=127.0.0.1".to_owned(),
+            "--secure-port=0".to_owned(),
+            // Pods come and go in tests; collect finished ReplicaSets' pods promptly.
+            "--concurrent-deployment-syncs=10".to_owned(),
+            "--concurrent-replicaset-syncs=10".to_owned(),
+        ];
+        if cp.binaries.has_insecure_port_flag() {
+            args.push("--port=0".to_owned());
         }
+        let root = cp.dir.path().to_path_buf();
+        cp.processes.push(Managed::spawn(
+            "kube-controller-manager",
+            &kcm,
+            &args,
+            &root,
+        )?);
+        cp.wait_controller_manager_ready().await?;
         Ok(cp)
     }
 
@@ -312,11 +311,6 @@ impl ControlPlane {
     /// The folder holding the certificates, logs and etcd data.
     pub fn dir(&self) -> &Path {
         self.dir.path()
-    }
-
-    /// Whether a kube-controller-manager is running (it is optional under `KUBEBUILDER_ASSETS`).
-    pub fn has_controller_manager(&self) -> bool {
-        self.binaries.kube_controller_manager.is_some()
     }
 
     /// PIDs of the running processes, in start order.

@@ -16,35 +16,46 @@ const PROVISION_SCRIPT: &str = include_str!("../../scripts/provision-k8s.sh");
 pub struct Binaries {
     pub etcd: PathBuf,
     pub kube_apiserver: PathBuf,
-    pub kube_controller_manager: Option<PathBuf>,
+    pub kube_controller_manager: PathBuf,
     pub kubectl: Option<PathBuf>,
     /// Minor version of kube-apiserver (20 for v1.20.2), read from `--version`.
     pub minor_version: u32,
 }
 
 impl Binaries {
-    /// Reads the binaries from a folder (the `KUBEBUILDER_ASSETS` layout).
+    /// Reads the binaries from a folder (the `KUBEBUILDER_ASSETS` layout). kubectl may be
+    /// missing (it is then looked up on `PATH`); the three others are required, the
+    /// controller-manager too, though envtest's folders lack it: it creates every namespace's
+    /// `default` ServiceAccount, without which no pod is admitted, and runs the Deployments the
+    /// tests and the demo rotate.
     pub fn from_dir(dir: &Path) -> Result<Self, TestbedError> {
         let required = |name: &str| {
             let p = dir.join(name);
             if p.is_file() {
                 Ok(p)
             } else {
+                let why = match name {
+                    "kube-controller-manager" => {
+                        " (needed for the default ServiceAccounts and for Deployments)"
+                    }
+                    _ => "",
+                };
                 Err(TestbedError::Provision(format!(
-                    "{} has no {name}",
+                    "{} has no {name}{why}",
                     dir.display()
                 )))
             }
         };
         let optional = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
         let kube_apiserver = required("kube-apiserver")?;
-        let minor_version = minor_version(&kube_apiserver)?;
+        let etcd = required("etcd")?;
+        let kube_controller_manager = required("kube-controller-manager")?;
         Ok(Self {
-            etcd: required("etcd")?,
-            kube_controller_manager: optional("kube-controller-manager"),
+            minor_version: minor_version(&kube_apiserver)?,
+            etcd,
+            kube_controller_manager,
             kubectl: optional("kubectl").or_else(|| which("kubectl")),
             kube_apiserver,
-            minor_version,
         })
     }
 
@@ -138,7 +149,22 @@ fn which(name: &str) -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_minor_version;
+    use super::{Binaries, parse_minor_version};
+
+    /// An envtest folder (kube-apiserver, etcd, kubectl) lacks the controller-manager. The
+    /// files are never run: every binary is looked for before any is.
+    #[test]
+    fn a_folder_without_the_controller_manager_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["kube-apiserver", "etcd", "kubectl"] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        let err = Binaries::from_dir(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.ends_with("has no kube-controller-manager (needed for the default ServiceAccounts and for Deployments)"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn reads_minor_version() {
