@@ -103,7 +103,7 @@ log "replacing vendored reflect2 1.0.1 with Debian's 1.0.2 (Go 1.18+ map iterati
 vendored=vendor/github.com/modern-go/reflect2
 rm -f "$vendored"/*.go "$vendored"/*.s
 cp "$REFLECT2_SRC"/*.go "$REFLECT2_SRC"/*.s "$vendored"/
-log "building kube-apiserver, kube-controller-manager, kubectl (about 5 minutes on 2 cores, once)"
+log "building kube-apiserver, kube-controller-manager, kubectl (5 to 10 minutes on 2 cores, once)"
 # Go prints little while it compiles: a heartbeat shows the build is alive.
 build_started=$SECONDS
 ( while sleep 30; do log "still building ($((SECONDS - build_started))s so far)"; done ) &
