@@ -15,6 +15,7 @@ use crate::admin::{self, Health};
 use crate::reconcile::controller;
 use crate::reconcile::lease::Elector;
 use crate::reconcile::metrics::ReconcileMetrics;
+use crate::webhook::deadline::ConnectionTimeouts;
 use crate::webhook::metrics::{HandshakeFailures, WebhookMetrics};
 use crate::webhook::server::{AppState, router, serve_tls};
 use crate::webhook::tls::{ReloadingResolver, TlsError, server_config};
@@ -165,6 +166,7 @@ pub async fn run(
         webhook_listener,
         tls,
         app,
+        ConnectionTimeouts::default(),
         Some(handshake_failures),
         async move {
             tokio::select! {

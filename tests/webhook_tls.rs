@@ -16,6 +16,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trust_rotation_operator::crd::Phase;
+use trust_rotation_operator::webhook::deadline::ConnectionTimeouts;
 use trust_rotation_operator::webhook::patch::RotationView;
 use trust_rotation_operator::webhook::view::ViewHandle;
 
@@ -405,5 +406,121 @@ async fn a_client_refusing_the_certificate_is_counted_apart() {
     })
     .await;
     assert_eq!(count("timed_out"), 0.0);
+    server.stop().await;
+}
+
+/// Short connection timeouts, for the tests below.
+const SHORT: ConnectionTimeouts = ConnectionTimeouts {
+    idle: Duration::from_millis(1500),
+    request: Duration::from_millis(400),
+};
+
+async fn serve_timed(timeouts: ConnectionTimeouts) -> (Certs, InProcessWebhook) {
+    let certs = Certs::new();
+    let (cert, key) = (certs.file("tls.crt"), certs.file("tls.key"));
+    let server = InProcessWebhook::start_timed(&cert, &key, view(), RELOAD, timeouts).await;
+    (certs, server)
+}
+
+/// Reads until the server ends the connection (or `within` passes): how long that took, and
+/// what was read.
+async fn read_until_closed(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    within: Duration,
+) -> (Option<Duration>, String) {
+    let started = std::time::Instant::now();
+    let mut received = Vec::new();
+    let ended = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&received).into_owned();
+    (ended.ok().map(|()| started.elapsed()), text)
+}
+
+/// A kept-alive connection may wait longer than the request timeout between requests (hyper's
+/// own header-read timeout would close it here), and is closed once it has waited the idle one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_kept_for_the_idle_timeout_and_then_closed() {
+    let (certs, server) = serve_timed(SHORT).await;
+    let mut conn = Connection::open(server.addr, client_config(&[&certs.ca()]))
+        .await
+        .unwrap();
+    round_trip(&mut conn, "first").await;
+    tokio::time::sleep(SHORT.request * 2).await;
+    round_trip(&mut conn, "after-twice-the-request-timeout").await;
+    let answered = std::time::Instant::now();
+    while !conn.is_closed() {
+        assert!(
+            answered.elapsed() < Duration::from_secs(5),
+            "an idle connection still open after 5s (idle timeout {:?})",
+            SHORT.idle
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let idle = answered.elapsed();
+    eprintln!("closed after {idle:?} idle");
+    assert!(
+        idle >= SHORT.idle - Duration::from_millis(100),
+        "closed early: {idle:?}"
+    );
+    server.stop().await;
+}
+
+/// A request that stops half-way, in its head or its body, is cut off once the request timeout
+/// has passed since its first byte, well before the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_stalls_is_cut_off_after_the_request_timeout() {
+    let timeouts = ConnectionTimeouts {
+        idle: Duration::from_secs(30),
+        ..SHORT
+    };
+    let (certs, server) = serve_timed(timeouts).await;
+    let body = review_body("stalled");
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let partial_head = &head.as_bytes()[..head.len() / 2];
+    let partial_body = [head.as_bytes(), &body[..body.len() / 2]].concat();
+    for (what, sent) in [("head", partial_head), ("body", &partial_body[..])] {
+        let mut tls = raw_tls(server.addr, &certs).await;
+        tls.write_all(sent).await.unwrap();
+        let (ended, received) = read_until_closed(&mut tls, Duration::from_secs(10)).await;
+        let ended = ended.unwrap_or_else(|| panic!("a stalled {what} was still open after 10s"));
+        eprintln!("stalled {what}: closed after {ended:?}, having sent {received:?}");
+        assert!(
+            ended >= timeouts.request - Duration::from_millis(50) && ended < Duration::from_secs(5),
+            "stalled {what}: closed after {ended:?}"
+        );
+        // Nothing that reads as an answer to the review.
+        assert!(!received.contains("AdmissionReview"), "{received}");
+    }
+    // The server still answers whole requests on new connections.
+    let mut conn = Connection::open(server.addr, client_config(&[&certs.ca()]))
+        .await
+        .unwrap();
+    round_trip(&mut conn, "after-the-stalls").await;
+    server.stop().await;
+}
+
+/// Negative control for the test above: with the default timeouts (a request has 30 s), the
+/// same stalled head keeps its connection open, so the test above sees the short timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_within_the_default_timeout_keeps_its_connection() {
+    let (certs, server) = serve_fresh_certs().await;
+    let mut tls = raw_tls(server.addr, &certs).await;
+    tls.write_all(b"POST /mutate HTTP/1.1\r\nhost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    let (ended, received) = read_until_closed(&mut tls, SHORT.request * 5).await;
+    assert_eq!(ended, None, "closed, having sent {received:?}");
+    drop(tls);
     server.stop().await;
 }

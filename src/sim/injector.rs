@@ -310,6 +310,7 @@ impl Injector {
             listener,
             Arc::new(tls),
             app,
+            Default::default(),
             None,
             std::future::pending(),
         ));

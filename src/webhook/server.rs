@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, Version, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http_body_util::LengthLimitError;
@@ -20,7 +20,9 @@ use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tower::util::MapResponse;
 
+use super::deadline::{Answers, ConnectionTimeouts, Deadlines};
 use super::metrics::{HandshakeFailure, HandshakeFailures, WebhookMetrics};
 use super::review::{Outcome, review};
 use super::view::ViewHandle;
@@ -112,8 +114,7 @@ fn too_large(what: &str) -> Response {
 
 async fn mutate(State(state): State<AppState>, request: Request) -> Response {
     let state = &*state.shared;
-    // HTTP/2 has no `Connection` header; its graceful shutdown sends GOAWAY instead.
-    let close = request.version() <= Version::HTTP_11 && state.stopping.load(Ordering::Acquire);
+    let close = state.stopping.load(Ordering::Acquire);
     let body = match read_body(request).await {
         Ok(body) => body,
         Err(refused) => {
@@ -170,26 +171,29 @@ fn closing_if(close: bool, mut response: Response) -> Response {
 /// Serves `app` over TLS on `listener` until `shutdown` completes, then stops accepting, lets
 /// requests in flight finish (up to a drain timeout) and returns.
 ///
-/// Failed handshakes are counted in `handshake_failures` when given.
+/// An HTTP/1 connection is closed once it has waited `timeouts.idle` for a request, or a
+/// request has not arrived whole within `timeouts.request` of its first byte (see
+/// [`ConnectionTimeouts`]). Failed handshakes are counted in `handshake_failures` when given.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     app: Router,
+    timeouts: ConnectionTimeouts,
     handshake_failures: Option<Arc<HandshakeFailures>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
-    // No timer, so no HTTP/1.1 header-read or idle timeout once a connection is up (only the
-    // handshake is timed). The API server calls admission webhooks over HTTP/1.1 (HTTP/2 only
-    // for a loopback URL) and keeps connections alive. hyper's header-read timeout also runs
-    // while a kept-alive connection waits for its next request, so it would close the API
-    // server's idle connections; a close racing its next POST fails the call (Go retries a POST
-    // only if nothing of it was written) and the pod is admitted unstamped. The API server
-    // bounds its own calls by the webhook's timeoutSeconds. For the same reason, a stopping
-    // process asks each client to close after its answer (`AppState::stop`) before it
+    // HTTP/1 only: the API server's webhook client offers nothing else (it sets ALPN to
+    // `http/1.1`, kubernetes#75791), and every connection is then timed the same way. No timer
+    // for hyper, so none of its own timeouts: its header-read timeout also runs while a
+    // kept-alive connection waits for its next request (see `deadline`), and the connection's
+    // deadlines stand in for it. The API server keeps its connections alive; a close racing its
+    // next POST fails the call (Go retries a POST only if nothing of it was written) and the pod
+    // is admitted unstamped. So the idle timeout is longer than the API server's, and a
+    // stopping process asks each client to close after its answer (`AppState::stop`) before it
     // drains.
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -225,9 +229,16 @@ pub async fn serve_tls(
                     return failed(HandshakeFailure::TimedOut, error);
                 }
             };
+            let answers = Answers::default();
+            let counted = answers.clone();
+            let app = MapResponse::new(app, move |response: Response| {
+                counted.answered();
+                response
+            });
+            let io = Deadlines::new(tls, timeouts, answers);
             let service = TowerToHyperService::new(app);
             let conn = builder
-                .serve_connection(TokioIo::new(tls), service)
+                .serve_connection(TokioIo::new(io), service)
                 .into_owned();
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -177,13 +177,13 @@ impl ResolvesServerCert for ReloadingResolver {
 }
 
 /// A TLS 1.2/1.3 server config (ring provider) that asks `resolver` for its certificate and
-/// offers HTTP/2 and HTTP/1.1.
+/// offers HTTP/1.1, the only protocol the server speaks (see [`super::server::serve_tls`]).
 pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_no_client_auth()
             .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use trust_rotation_operator::crd::Phase;
+use trust_rotation_operator::webhook::deadline::ConnectionTimeouts;
 use trust_rotation_operator::webhook::metrics::{HandshakeFailures, WebhookMetrics};
 use trust_rotation_operator::webhook::patch::RotationView;
 use trust_rotation_operator::webhook::server::{AppState, router, serve_tls};
@@ -180,11 +181,29 @@ impl InProcessWebhook {
     /// Serves `/mutate` on a free loopback port, re-reading the certificate files every
     /// `reload_every`.
     pub async fn start(cert: &Path, key: &Path, view: ViewHandle, reload_every: Duration) -> Self {
+        Self::start_timed(cert, key, view, reload_every, ConnectionTimeouts::default()).await
+    }
+
+    /// As [`InProcessWebhook::start`], with the connections' `timeouts`.
+    pub async fn start_timed(
+        cert: &Path,
+        key: &Path,
+        view: ViewHandle,
+        reload_every: Duration,
+        timeouts: ConnectionTimeouts,
+    ) -> Self {
         let mut registry = Registry::default();
         let app = webhook_router_in(view, &mut registry);
         let handshake_failures = HandshakeFailures::register(&mut registry);
-        let mut server =
-            Self::start_serving(cert, key, app, Some(handshake_failures), reload_every).await;
+        let mut server = Self::start_serving(
+            cert,
+            key,
+            app,
+            timeouts,
+            Some(handshake_failures),
+            reload_every,
+        )
+        .await;
         server.registry = Some(registry);
         server
     }
@@ -205,13 +224,22 @@ impl InProcessWebhook {
         app: axum::Router,
         reload_every: Duration,
     ) -> Self {
-        Self::start_serving(cert, key, app, None, reload_every).await
+        Self::start_serving(
+            cert,
+            key,
+            app,
+            ConnectionTimeouts::default(),
+            None,
+            reload_every,
+        )
+        .await
     }
 
     async fn start_serving(
         cert: &Path,
         key: &Path,
         app: axum::Router,
+        timeouts: ConnectionTimeouts,
         handshake_failures: Option<Arc<HandshakeFailures>>,
         reload_every: Duration,
     ) -> Self {
@@ -220,9 +248,16 @@ impl InProcessWebhook {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_tls(listener, tls, app, handshake_failures, async {
-            let _ = rx.await;
-        }));
+        let server = tokio::spawn(serve_tls(
+            listener,
+            tls,
+            app,
+            timeouts,
+            handshake_failures,
+            async {
+                let _ = rx.await;
+            },
+        ));
         let watcher = tokio::spawn(resolver.clone().watch(reload_every, |_| {}));
         Self {
             addr,
