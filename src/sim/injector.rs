@@ -310,7 +310,7 @@ impl Injector {
             listener,
             Arc::new(tls),
             app,
-            Default::default(),
+            crate::webhook::deadline::ConnectionTimeouts::default(),
             None,
             std::future::pending(),
         ));

@@ -171,9 +171,9 @@ fn closing_if(close: bool, mut response: Response) -> Response {
 /// Serves `app` over TLS on `listener` until `shutdown` completes, then stops accepting, lets
 /// requests in flight finish (up to a drain timeout) and returns.
 ///
-/// An HTTP/1 connection is closed once it has waited `timeouts.idle` for a request, or a
-/// request has not arrived whole within `timeouts.request` of its first byte (see
-/// [`ConnectionTimeouts`]). Failed handshakes are counted in `handshake_failures` when given.
+/// A connection is closed once it has waited `timeouts.idle` for a request or for the client
+/// to take an answer, or a request has not arrived whole within `timeouts.request` of its first
+/// byte (see [`ConnectionTimeouts`]). Failed handshakes are counted in `handshake_failures` when given.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
