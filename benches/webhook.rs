@@ -11,7 +11,8 @@
 //!    one more part of the webhook's work (`LoadHandler::LADDER`: a fixed patched answer; JSON
 //!    validation only; the fast-path read; the whole pure review), and prints each one's ratio
 //!    and its server CPU per request over the no-op's, split into user space and the kernel:
-//!    where the gap to the no-op goes.
+//!    where the gap to the no-op goes; and the webhook's ratio to the `validate` rung, a handler
+//!    that only checks its body is JSON.
 //!
 //! Figures are medians over rounds; the machines are shared and noisy, so read the ratio first.
 //! Environment: BENCH_SECONDS (per round, default 3), BENCH_ROUNDS (default 5),
@@ -398,6 +399,20 @@ fn main() {
                 1e6 / cpu_rate - 1e6 / noop_cpu_rate,
                 user_us(rs) - user_us(noop),
                 kernel_us(rs) - kernel_us(noop)
+            );
+        }
+        // The same comparison against a handler that does the least any handler reading its
+        // input must: check that the body is JSON.
+        let validate = handlers
+            .iter()
+            .position(|h| *h == LoadHandler::Validate)
+            .map(|i| &results[i]);
+        if let Some(validate) = validate {
+            let rate = med(validate, &|r| r.per_sec);
+            println!(
+                "webhook against validate: ratio {:.3} (per cpu-second {:.3})",
+                med(hook, &|r| r.per_sec) / rate,
+                med(hook, &|r| r.per_cpu_sec) / med(validate, &|r| r.per_cpu_sec)
             );
         }
     }
