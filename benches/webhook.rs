@@ -178,7 +178,10 @@ impl ServerThread {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     let (user, kernel) = thread_ticks();
-                    let (user, kernel) = (user - ticks_start.0, kernel - ticks_start.1);
+                    let (user, kernel) = (
+                        user.saturating_sub(ticks_start.0),
+                        kernel.saturating_sub(ticks_start.1),
+                    );
                     *cpu_out.lock().unwrap() = CpuUse {
                         total: thread_cpu() - cpu_start,
                         kernel_share: kernel as f64 / (user + kernel).max(1) as f64,
