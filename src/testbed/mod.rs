@@ -240,7 +240,6 @@ impl ControlPlane {
         };
         cp.wait_apiserver_ready().await?;
 
-        let kcm = cp.binaries.kube_controller_manager.clone();
         let mut args = vec![
             format!("--kubeconfig={}", cp.kubeconfig.display()),
             format!(
@@ -260,12 +259,11 @@ impl ControlPlane {
         if cp.binaries.has_insecure_port_flag() {
             args.push("--port=0".to_owned());
         }
-        let root = cp.dir.path().to_path_buf();
         cp.processes.push(Managed::spawn(
             "kube-controller-manager",
-            &kcm,
+            &cp.binaries.kube_controller_manager,
             &args,
-            &root,
+            cp.dir.path(),
         )?);
         cp.wait_controller_manager_ready().await?;
         Ok(cp)

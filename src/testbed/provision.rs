@@ -29,17 +29,12 @@ impl Binaries {
     /// `default` ServiceAccount, without which no pod is admitted, and runs the Deployments the
     /// tests and the demo rotate.
     pub fn from_dir(dir: &Path) -> Result<Self, TestbedError> {
-        let required = |name: &str| {
+        // `why`: what the binary is needed for, when the folder lacking it is a surprise.
+        let required = |name: &str, why: &str| {
             let p = dir.join(name);
             if p.is_file() {
                 Ok(p)
             } else {
-                let why = match name {
-                    "kube-controller-manager" => {
-                        " (needed for the default ServiceAccounts and for Deployments)"
-                    }
-                    _ => "",
-                };
                 Err(TestbedError::Provision(format!(
                     "{} has no {name}{why}",
                     dir.display()
@@ -47,9 +42,12 @@ impl Binaries {
             }
         };
         let optional = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
-        let kube_apiserver = required("kube-apiserver")?;
-        let etcd = required("etcd")?;
-        let kube_controller_manager = required("kube-controller-manager")?;
+        let kube_apiserver = required("kube-apiserver", "")?;
+        let etcd = required("etcd", "")?;
+        let kube_controller_manager = required(
+            "kube-controller-manager",
+            " (needed for the default ServiceAccounts and for Deployments)",
+        )?;
         Ok(Self {
             minor_version: minor_version(&kube_apiserver)?,
             etcd,

@@ -112,14 +112,18 @@ impl<T> Deadlines<T> {
         }
     }
 
-    fn start(&mut self, waiting: Waiting) {
-        self.waiting = waiting;
-        let within = match waiting {
+    /// How long the current wait may last.
+    fn within(&self) -> Duration {
+        match self.waiting {
             Waiting::NextRequest => self.timeouts.idle,
             Waiting::RestOfRequest => self.timeouts.request,
-        };
+        }
+    }
+
+    fn start(&mut self, waiting: Waiting) {
+        self.waiting = waiting;
         // Never before the alarm: that was set at most `step` ahead, and `within` is not less.
-        self.due = Instant::now() + within;
+        self.due = Instant::now() + self.within();
     }
 
     /// A request answered since the last look starts the idle clock.
@@ -146,10 +150,7 @@ impl<T> Deadlines<T> {
     }
 
     fn timed_out(&self, what: &str) -> io::Error {
-        let within = match self.waiting {
-            Waiting::NextRequest => self.timeouts.idle,
-            Waiting::RestOfRequest => self.timeouts.request,
-        };
+        let within = self.within();
         io::Error::new(io::ErrorKind::TimedOut, format!("{what} within {within:?}"))
     }
 
