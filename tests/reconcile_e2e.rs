@@ -949,6 +949,33 @@ async fn automatic_rotation_from_synced_to_synced_with_zero_failed_handshakes() 
             rig.op.process.log_tail()
         );
     }
+    // And `kubectl describe tar cluster` lists them under the resource, as the README says.
+    let described = rig
+        .cp
+        .kubectl()
+        .expect("kubectl is provisioned with the control plane")
+        .args(["describe", "tar", "cluster"])
+        .output()
+        .expect("running kubectl");
+    let described_text = String::from_utf8_lossy(&described.stdout);
+    assert!(described.status.success(), "{described:?}");
+    let (_, listed) = described_text
+        .split_once("\nEvents:")
+        .unwrap_or_else(|| panic!("no Events section:\n{described_text}"));
+    let listed_reasons: BTreeSet<&str> = listed
+        .lines()
+        .filter_map(|line| {
+            let mut columns = line.split_whitespace();
+            // Type, Reason, Age, From, Message.
+            matches!(columns.next(), Some("Normal" | "Warning")).then(|| columns.next())?
+        })
+        .collect();
+    for phase in phases {
+        assert!(
+            listed_reasons.contains(phase.as_str()),
+            "{phase} not listed by kubectl describe tar cluster:\n{described_text}"
+        );
+    }
 
     // Every proxy ends on the new anchor alone, with a leaf from the new issuer.
     rig.assert_mesh_on(&new_anchor, 12).await;
