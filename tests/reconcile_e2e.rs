@@ -2984,11 +2984,18 @@ async fn a_bundle_rewritten_by_others_is_restored_and_who_keeps_writing_it_is_na
                     vec!["argocd-application-controller".to_owned()]
                 ]
             );
+            let restored_in = restored_at.unwrap_or_default();
             eprintln!(
                 "contested bundle restored in {:.1}s and the control plane restarted onto it, Synced after {:.1}s: {message}; traffic: {}",
-                restored_at.unwrap_or_default().as_secs_f64(),
+                restored_in.as_secs_f64(),
                 overwritten.elapsed().as_secs_f64(),
                 rig.traffic()
+            );
+            // The overwrite's watch event wakes the reconciler: a restore is a look away, not
+            // a resync (0.3 s here; the bound leaves room for a loaded machine).
+            assert!(
+                restored_in < Duration::from_secs(5),
+                "restored only after {restored_in:?}"
             );
             break;
         }
