@@ -241,3 +241,70 @@ impl Parts {
         while self.set.join_next().await.is_some() {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A part that stops is named, with how: returned, or panicked with its message (either
+    /// payload type `panic!` makes). The error says the process stops to be restarted.
+    #[tokio::test]
+    async fn a_part_that_stops_is_named_with_how() {
+        struct Dropped(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Release);
+            }
+        }
+        let view_dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let guard = Dropped(view_dropped.clone());
+        let mut parts = Parts::default();
+        parts.spawn("rotation view", async move {
+            let _guard = guard;
+            std::future::pending::<()>().await
+        });
+        parts.spawn("reconciler", async {});
+        let stopped = parts.next_stopped().await;
+        assert!(
+            matches!(&stopped, RunError::PartStopped { what: "reconciler", how } if how == "it returned"),
+            "{stopped:?}"
+        );
+        assert_eq!(
+            stopped.to_string(),
+            "the reconciler stopped unexpectedly (it returned); the operator stops so that it is restarted"
+        );
+
+        parts.spawn("admin server", async { panic!("a bug") });
+        let stopped = parts.next_stopped().await.to_string();
+        assert!(
+            stopped.contains("the admin server stopped unexpectedly (it panicked: a bug)"),
+            "{stopped}"
+        );
+        let n = 7;
+        parts.spawn(
+            "serving certificate reloader",
+            async move { panic!("bug {n}") },
+        );
+        let stopped = parts.next_stopped().await.to_string();
+        assert!(stopped.contains("(it panicked: bug 7)"), "{stopped}");
+
+        // The part still running is not reported, and is stopped by stop_all.
+        let quiet = tokio::time::timeout(Duration::from_millis(50), parts.next_stopped()).await;
+        assert!(quiet.is_err(), "a running part was reported stopped");
+        assert!(!view_dropped.load(Ordering::Acquire));
+        parts.stop_all().await;
+        assert!(
+            view_dropped.load(Ordering::Acquire),
+            "stop_all left a part running"
+        );
+    }
+
+    /// With no part at all there is nothing to report: waiting on it never ends (it must not
+    /// read as a stop and shut the operator down).
+    #[tokio::test]
+    async fn no_parts_never_stop() {
+        let mut parts = Parts::default();
+        let waited = tokio::time::timeout(Duration::from_millis(50), parts.next_stopped()).await;
+        assert!(waited.is_err());
+    }
+}
