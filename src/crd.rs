@@ -36,7 +36,11 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$";
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","description":"Current rotation phase"}"#,
     printcolumn = r#"{"name":"Bundle","type":"string","jsonPath":".status.trustBundle.progress","description":"Meshed pods holding the desired trust bundle (converged/target)"}"#,
     printcolumn = r#"{"name":"Certs","type":"string","jsonPath":".status.workloadCertificates.progress","description":"Meshed pods whose leaf is signed by the active issuer (converged/target)"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    // `-o wide` only: how long the phase has lasted (a rotation stuck for hours shows), and
+    // what it waits for.
+    printcolumn = r#"{"name":"Since","type":"date","priority":1,"jsonPath":".status.lastPhaseTransitionTime","description":"Time since the last phase transition"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.blockingMessage","description":"What the rotation waits for (status.blockingMessage)"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TrustAnchorRotationSpec {

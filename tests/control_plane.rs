@@ -1,7 +1,7 @@
 //! The foundation on the real control plane: the CRD installs and validates, the example
 //! TrustAnchorRotation round-trips (spec, then status through the subresource), `kubectl get tar`
-//! prints our columns, the real controller-manager rolls Deployments, and no process outlives
-//! its control plane.
+//! prints our columns (and `-o wide` two more), the real controller-manager rolls Deployments,
+//! and no process outlives its control plane.
 
 mod common;
 
@@ -150,6 +150,39 @@ async fn crd_installs_example_round_trips_and_kubectl_shows_columns() {
     assert_eq!(
         row[3],
         format!("{}/{}", certs.converged_pods, certs.target_pods)
+    );
+
+    // `-o wide` adds how long the phase has lasted and what the rotation waits for.
+    let out = cp
+        .kubectl()
+        .unwrap()
+        .args(["get", "tar", "cluster", "-o", "wide"])
+        .output()
+        .expect("running kubectl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "kubectl get tar -o wide: {out:?}");
+    eprintln!("kubectl get tar cluster -o wide:\n{stdout}");
+    let mut lines = stdout.lines();
+    let header: Vec<_> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME", "PHASE", "BUNDLE", "CERTS", "AGE", "SINCE", "MESSAGE"
+        ]
+    );
+    let row = lines.next().unwrap();
+    let columns: Vec<_> = row.split_whitespace().collect();
+    assert_eq!(columns[1], want_status.phase.as_str());
+    // The example's transition was days before it was created here: SINCE counts days (or
+    // years, as kubectl shortens ages), AGE seconds.
+    assert!(
+        columns[5].starts_with(|c: char| c.is_ascii_digit()) && columns[5].contains(['d', 'y']),
+        "{row}"
+    );
+    assert!(
+        row.trim_end()
+            .ends_with(want_status.blocking_message.as_deref().unwrap()),
+        "{row}"
     );
     cp.stop();
 }

@@ -342,7 +342,7 @@ fn keep_instructions(world: &World, ui: &mut Ui) -> Result<(), DemoError> {
         format!("kubeconfig: {kc}"),
         "try:".to_owned(),
         format!("  export KUBECONFIG={kc}"),
-        format!("  {kubectl} get tar"),
+        format!("  {kubectl} get tar -o wide"),
         format!("  {kubectl} describe tar cluster"),
         format!("  {kubectl} get pods -n mesh-0"),
         format!(
