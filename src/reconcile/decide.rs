@@ -1057,6 +1057,8 @@ struct Step<'a> {
     /// Said after the blockingMessage of a look that ends while the bundle propagates or the
     /// issuer is awaited: workload templates whose baked-in anchors lack the new anchor.
     baked_note: Option<String>,
+    /// This look saw the issuer renewed out of order (see [`Step::out_of_order`]).
+    out_of_order_seen: bool,
 }
 
 impl<'a> Step<'a> {
@@ -1067,6 +1069,7 @@ impl<'a> Step<'a> {
             effects: Vec::new(),
             now,
             baked_note: None,
+            out_of_order_seen: false,
             names,
         }
     }
@@ -1230,8 +1233,8 @@ impl<'a> Step<'a> {
     fn out_of_order(&mut self, detected: bool) {
         let was = self.prev_condition(OUT_OF_ORDER_CONDITION);
         let was_true = was.is_some_and(|c| c.status == ConditionStatus::True);
-        // Once raised it stays until the rotation is back in Synced: the damage (leaves some
-        // proxies cannot verify) lasts until every proxy holds the expanded bundle.
+        // Once raised it stays for the rest of the rotation, to record that it ran out of order;
+        // `finish` lowers it on the look that reaches Synced.
         let now_true = detected || (was_true && self.prev.phase != Phase::Synced);
         let (status, reason, message) = if now_true {
             (
@@ -1245,6 +1248,7 @@ impl<'a> Step<'a> {
         if detected && !was_true {
             self.event(true, "OutOfOrderIssuerRotation", message);
         }
+        self.out_of_order_seen |= detected;
         self.set_condition(OUT_OF_ORDER_CONDITION, status, reason, message);
     }
 
@@ -1621,8 +1625,9 @@ impl<'a> Step<'a> {
             // No watch event marks the end of a contest: look then, to lower the condition.
             requeue = Requeue::Within(std::time::Duration::from_secs(ends_in.max(1) as u64));
         }
-        // Back in Synced the damage is over: every proxy holds the new anchor alone.
-        if self.next.phase == Phase::Synced {
+        // Back in Synced the damage is over: every proxy holds the new anchor alone. Not so for
+        // a look that saw it in Synced (paused there, the phase held): it stays raised.
+        if self.next.phase == Phase::Synced && !self.out_of_order_seen {
             let now = self.time();
             if let Some(c) =
                 self.next.conditions.iter_mut().find(|c| {

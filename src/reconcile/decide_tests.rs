@@ -2357,6 +2357,38 @@ fn paused_still_reports_an_issuer_renewed_out_of_order() {
     assert_eq!(out_of_order(&d), Some(ConditionStatus::False));
 }
 
+/// The same in Synced: paused before the operator saw cert-manager's anchor renewal, someone
+/// then renews the issuer onto the new anchor, which no proxy trusts yet. The condition stays
+/// raised from one look to the next (holding the phase at Synced must not read as a rotation
+/// that ended), and its Warning event comes once, not on every look.
+#[test]
+fn paused_in_synced_still_reports_an_issuer_renewed_out_of_order_and_keeps_it_raised() {
+    let early = World {
+        anchor: 1,
+        signer: 1,
+        ..World::synced()
+    };
+    let policies = Policies {
+        paused: true,
+        ..automatic()
+    };
+    let d = run(&policies, Phase::Synced, &early.observed());
+    assert_eq!(d.status.phase, Phase::Synced);
+    assert_eq!(out_of_order(&d), Some(ConditionStatus::True));
+    assert!(blocking(&d).starts_with("URGENT"), "{}", blocking(&d));
+    assert!(blocking(&d).contains("paused"), "{}", blocking(&d));
+    assert!(writes(&d).is_empty(), "{:?}", d.effects);
+    let warned = |d: &Decision| {
+        d.effects.iter().any(|e| matches!(e, Effect::Event { reason, warning: true, .. } if reason == "OutOfOrderIssuerRotation"))
+    };
+    assert!(warned(&d), "{:?}", d.effects);
+
+    // The next look, from the status written: nothing changes, so nothing is written or said.
+    let again = decide(&policies, &Names::default(), &d.status, &early.observed());
+    assert_eq!(again.status, d.status);
+    assert!(!warned(&again), "{:?}", again.effects);
+}
+
 /// Synced on anchor 1, then someone rewrites the bundle to the retired anchor 0 (a `helm
 /// upgrade` of Linkerd renders it from its values). The operator restores the anchor in use and
 /// drops the stranger; pods that never held it need no restart.
