@@ -1,6 +1,6 @@
 //! The reconciler's I/O: reflectors gather [`Observed`] (named-object watches for the three
-//! certificate Secrets and the bundle ConfigMap; meshed pods and Deployments by label; the
-//! `cluster` resource), the pure [`decide`] picks the step, and this module executes its
+//! certificate Secrets and the bundle ConfigMap; meshed pods, the control plane's included, by
+//! label; every Deployment, StatefulSet and DaemonSet; the `cluster` resource), the pure [`decide`] picks the step, and this module executes its
 //! [`Effect`]s idempotently, then writes status by server-side apply onto the resourceVersion
 //! it decided from, and publishes the step's events once that has landed.
 
@@ -1573,11 +1573,11 @@ async fn execute(
         } => {
             let (ns, name) = &config.names.bundle_configmap;
             tracing::info!(%fingerprint, ?written_over, "writing the trust bundle");
-            // Without `written_over` (the ConfigMap does not exist yet), server-side apply
-            // drops the annotation an earlier write set.
+            // `written_over` is `None` when the cache shows no ConfigMap: the annotation is then
+            // left out, and server-side apply removes any copy that a stale cache missed.
             let mut annotations = json!({ WRITTEN_BUNDLE_ANNOTATION: fingerprint });
-            if let Some(after) = written_over {
-                annotations[WRITTEN_OVER_ANNOTATION] = json!(after);
+            if let Some(replaced) = written_over {
+                annotations[WRITTEN_OVER_ANNOTATION] = json!(replaced);
             }
             let metadata = json!({ "name": name, "annotations": annotations });
             let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
@@ -1629,7 +1629,7 @@ async fn execute(
             restart_for,
         } => {
             let marker = match restart_for {
-                RestartFor::Bundle(fingerprint) => (RESTART_ANNOTATION, fingerprint.as_str()),
+                RestartFor::Bundle(marker) => (RESTART_ANNOTATION, marker.as_str()),
                 RestartFor::Issuer(fingerprint) => (LEAF_RESTART_ANNOTATION, fingerprint.as_str()),
             };
             // Each one is tried: one workload that cannot be restarted holds up no other.

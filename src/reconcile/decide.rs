@@ -2,7 +2,8 @@
 //! (next status, effects, when to look again). DESIGN.md section 2, "Phases" and "Invariants".
 //!
 //! The ConfigMap is the state of the bundle: the decision never remembers a desired bundle of
-//! its own, it reads B and only ever grows it (an anchor is added) or reduces it to the current
+//! its own, it reads B and only ever grows it (an anchor is added), restores it to the anchors
+//! in use when someone else wrote over it outside a rotation, or reduces it to the current
 //! anchor once every leaf chains to it. Everything else it needs is in `status.phase` and what
 //! it observes, so a restarted operator picks up exactly where the last one stopped.
 
@@ -265,7 +266,7 @@ pub fn decide(
     // What a restart onto this bundle is marked with: its fingerprint and the version of the
     // ConfigMap the operator's write of it replaced (see `BundleMeta`).
     let marker = match &observed.bundle_meta.written_over {
-        Some(after) => format!("{bundle_fp}.{after}"),
+        Some(replaced) => format!("{bundle_fp}.{replaced}"),
         None => bundle_fp.clone(),
     };
     d.next.source_fingerprints = sources(names, &bundle, &anchor, &previous);
@@ -699,8 +700,9 @@ pub fn decide(
             // reject every leaf of the renewed issuer: it goes back to propagation before the
             // issuer is renewed, unless that renewal is already under way and can no longer be
             // held back.
-            let renewed = issuer.signed_by.as_deref() == Some(anchor.fingerprint.as_str());
-            if !pending.is_empty() && !renewed && !issuer.issuing {
+            let issuer_on_new_anchor =
+                issuer.signed_by.as_deref() == Some(anchor.fingerprint.as_str());
+            if !pending.is_empty() && !issuer_on_new_anchor && !issuer.issuing {
                 d.transition(
                     Phase::PropagatingTrustRoots,
                     &format!(

@@ -390,7 +390,7 @@ impl RestartMarkers {
     /// Whether the template already carries `restart_for` (asking again would change nothing).
     pub fn has(&self, restart_for: &RestartFor) -> bool {
         match restart_for {
-            RestartFor::Bundle(fp) => self.bundle.as_deref() == Some(fp.as_str()),
+            RestartFor::Bundle(marker) => self.bundle.as_deref() == Some(marker.as_str()),
             RestartFor::Issuer(fp) => self.issuer.as_deref() == Some(fp.as_str()),
         }
     }
@@ -458,7 +458,8 @@ pub enum Effect {
 /// nothing and a workload is restarted at most once for each.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RestartFor {
-    /// Onto the bundle with this fingerprint: its pods come back holding it.
+    /// Onto a bundle, by its restart marker (`<fingerprint>[.<replaced version>]`, see
+    /// `BundleMeta`): its pods come back holding it.
     Bundle(String),
     /// For a leaf from the issuer with this fingerprint: its pods come back with one, instead
     /// of waiting for a refresh that is hours away.
