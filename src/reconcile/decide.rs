@@ -1059,8 +1059,6 @@ struct Step<'a> {
     /// Said after the blockingMessage of a look that ends while the bundle propagates or the
     /// issuer is awaited: workload templates whose baked-in anchors lack the new anchor.
     baked_note: Option<String>,
-    /// This look saw the issuer renewed out of order (see [`Step::out_of_order`]).
-    out_of_order_seen: bool,
 }
 
 impl<'a> Step<'a> {
@@ -1071,7 +1069,6 @@ impl<'a> Step<'a> {
             effects: Vec::new(),
             now,
             baked_note: None,
-            out_of_order_seen: false,
             names,
         }
     }
@@ -1236,7 +1233,7 @@ impl<'a> Step<'a> {
         let was = self.prev_condition(OUT_OF_ORDER_CONDITION);
         let was_true = was.is_some_and(|c| c.status == ConditionStatus::True);
         // Once raised it stays for the rest of the rotation, to record that it ran out of order;
-        // `finish` lowers it on the look that reaches Synced.
+        // `finish` lowers it on the look that enters Synced.
         let now_true = detected || (was_true && self.prev.phase != Phase::Synced);
         let (status, reason, message) = if now_true {
             (
@@ -1250,7 +1247,6 @@ impl<'a> Step<'a> {
         if detected && !was_true {
             self.event(true, "OutOfOrderIssuerRotation", message);
         }
-        self.out_of_order_seen |= detected;
         self.set_condition(OUT_OF_ORDER_CONDITION, status, reason, message);
     }
 
@@ -1627,9 +1623,10 @@ impl<'a> Step<'a> {
             // No watch event marks the end of a contest: look then, to lower the condition.
             requeue = Requeue::Within(std::time::Duration::from_secs(ends_in.max(1) as u64));
         }
-        // Back in Synced the damage is over: every proxy holds the new anchor alone. Not so for
-        // a look that saw it in Synced (paused there, the phase held): it stays raised.
-        if self.next.phase == Phase::Synced && !self.out_of_order_seen {
+        // Back in Synced the damage is over: every proxy holds the new anchor alone. Only on
+        // entering it: a look that stays in Synced (paused there, or parked) has not seen a
+        // rotation end, and one that evaluates the condition there lowers it itself.
+        if self.next.phase == Phase::Synced && self.prev.phase != Phase::Synced {
             let now = self.time();
             if let Some(c) =
                 self.next.conditions.iter_mut().find(|c| {

@@ -2387,6 +2387,20 @@ fn paused_in_synced_still_reports_an_issuer_renewed_out_of_order_and_keeps_it_ra
     let again = decide(&policies, &Names::default(), &d.status, &early.observed());
     assert_eq!(again.status, d.status);
     assert!(!warned(&again), "{:?}", again.effects);
+
+    // Parked meanwhile (the anchor Secret unreadable), it still stays raised; fixed, it is not
+    // announced again.
+    let mut unreadable = early.observed();
+    unreadable.anchor = Err(Problem {
+        object: "Secret cert-manager/linkerd-trust-anchor".to_owned(),
+        message: "tls.crt is not PEM".to_owned(),
+    });
+    let parked = decide(&policies, &Names::default(), &d.status, &unreadable);
+    assert!(blocking(&parked).contains("parked"), "{}", blocking(&parked));
+    assert_eq!(out_of_order(&parked), Some(ConditionStatus::True));
+    let fixed = decide(&policies, &Names::default(), &parked.status, &early.observed());
+    assert_eq!(out_of_order(&fixed), Some(ConditionStatus::True));
+    assert!(!warned(&fixed), "{:?}", fixed.effects);
 }
 
 /// Synced on anchor 1, then someone rewrites the bundle to the retired anchor 0 (a `helm
