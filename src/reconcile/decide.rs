@@ -1531,24 +1531,36 @@ impl<'a> Step<'a> {
         }
         let (ns, name) = &self.names.issuer_certificate;
         // cert-manager's word on its last attempt, while it stands: a warning the first time
-        // it is seen, and in the message until an issuance succeeds.
-        let failed = issuer.failure.as_ref().map(|f| {
-            let attempt = f
-                .attempts
-                .map(|n| format!(" (attempt {n})"))
-                .unwrap_or_default();
-            let why = reason_and_message(
-                f.reason.as_deref(),
-                f.message.as_deref(),
-                "no reason recorded on the Certificate",
-            );
-            format!(
-                "cert-manager failed to re-issue Certificate {ns}/{name} at {}{attempt}: {why}",
-                timestamp(f.at)
-            )
-        });
-        if let Some(failed) = &failed {
-            self.warn_once(failed, "IssuerRenewalFailed", failed);
+        // it is seen, and in the message until an issuance succeeds. The failure is known by
+        // its time and attempt: once a new attempt is under way (`Issuing=True` again), the
+        // condition that gave its reason is gone, and the same failure is not announced again.
+        let (failed_at, failed) = issuer
+            .failure
+            .as_ref()
+            .map(|f| {
+                let attempt = f
+                    .attempts
+                    .map(|n| format!(" (attempt {n})"))
+                    .unwrap_or_default();
+                let at = format!(
+                    "cert-manager failed to re-issue Certificate {ns}/{name} at {}{attempt}",
+                    timestamp(f.at)
+                );
+                let said = if issuer.issuing && f.reason.is_none() && f.message.is_none() {
+                    at.clone()
+                } else {
+                    let why = reason_and_message(
+                        f.reason.as_deref(),
+                        f.message.as_deref(),
+                        "no reason recorded on the Certificate",
+                    );
+                    format!("{at}: {why}")
+                };
+                (Some(at), Some(said))
+            })
+            .unwrap_or_default();
+        if let (Some(at), Some(failed)) = (&failed_at, &failed) {
+            self.warn_once(at, "IssuerRenewalFailed", failed);
         }
         let cmctl = format!("cmctl renew -n {ns} {name}");
         let mut message = if issuer.issuing {
@@ -1581,9 +1593,13 @@ impl<'a> Step<'a> {
                             "set Issuing=True on Certificate {ns}/{name}{again} (as cmctl renew does)"
                         ),
                     );
-                    format!(
+                    let mut waiting = format!(
                         "renewing the identity issuer: waiting for cert-manager to re-issue Certificate {ns}/{name} from the new anchor"
-                    )
+                    );
+                    if let Some(failed) = &failed {
+                        waiting.push_str(&format!("; its previous attempt: {failed}"));
+                    }
+                    waiting
                 }
                 (RenewalPolicy::Manual, _) => {
                     let mut ask = format!(

@@ -1580,6 +1580,81 @@ fn a_failed_automatic_issuer_renewal_is_asked_again_only_after_a_backoff() {
     );
 }
 
+/// One failure, one warning, through the looks that follow it, each from the status the one
+/// before wrote: the renewal asked again after the backoff, then under way (`Issuing=True`,
+/// where cert-manager's reason is no longer on the Certificate: the failure is still named by
+/// its time and attempt, not as "no reason recorded"). A new failure is warned of once more.
+/// Under the Manual policy the same holds once the person has run `cmctl renew`.
+#[test]
+fn a_failed_issuer_renewal_is_warned_of_once_through_the_retry() {
+    let converged = World {
+        holds: vec![0, 1],
+        ..propagating()
+    };
+    for policies in [automatic(), manual()] {
+        let mut o = converged.observed();
+        o.issuer.as_mut().unwrap().failure = Some(failure(NOW - 60, 1));
+        let mut status = in_phase(Phase::WaitingForIdentityRotation);
+        let look = |o: &Observed, status: &mut TrustAnchorRotationStatus| {
+            let d = decide(&policies, &Names::default(), status, o);
+            *status = d.status.clone();
+            d
+        };
+        let d = look(&o, &mut status);
+        assert_eq!(
+            warnings(&d, "IssuerRenewalFailed").len(),
+            1,
+            "{:?}",
+            d.effects
+        );
+
+        // Past the backoff: the automatic policy asks again, keeping the failure in view.
+        o.now = NOW - 60 + 300;
+        let d = look(&o, &mut status);
+        assert!(
+            warnings(&d, "IssuerRenewalFailed").is_empty(),
+            "{:?}",
+            d.effects
+        );
+        if policies.issuer_renewal == RenewalPolicy::Automatic {
+            assert_eq!(writes(&d), [&Effect::RenewIssuer]);
+            assert!(
+                blocking(&d).contains("its previous attempt: cert-manager failed"),
+                "{}",
+                blocking(&d)
+            );
+        }
+
+        // Under way: `Issuing=True` again, the failed condition's reason gone.
+        let issuer = o.issuer.as_mut().unwrap();
+        issuer.issuing = true;
+        let f = issuer.failure.as_mut().unwrap();
+        (f.reason, f.message) = (None, None);
+        let d = look(&o, &mut status);
+        assert!(
+            warnings(&d, "IssuerRenewalFailed").is_empty(),
+            "{:?}",
+            d.effects
+        );
+        let message = blocking(&d);
+        assert!(
+            message.contains("its previous attempt: cert-manager failed to re-issue Certificate linkerd/linkerd-identity-issuer at 2027-01-15T07:59:00Z (attempt 1)")
+                && !message.contains("no reason recorded"),
+            "{message}"
+        );
+
+        // That attempt fails too: a new failure, a new warning.
+        let issuer = o.issuer.as_mut().unwrap();
+        issuer.issuing = false;
+        issuer.failure = Some(failure(NOW + 300, 2));
+        o.now = NOW + 301;
+        let d = look(&o, &mut status);
+        let warned = warnings(&d, "IssuerRenewalFailed");
+        assert_eq!(warned.len(), 1, "{:?}", d.effects);
+        assert!(warned[0].contains("(attempt 2): Denied: "), "{warned:?}");
+    }
+}
+
 /// Under the Manual policy the person who ran `cmctl renew` is told that it failed and why,
 /// beside the command to run again.
 #[test]
@@ -2396,9 +2471,18 @@ fn paused_in_synced_still_reports_an_issuer_renewed_out_of_order_and_keeps_it_ra
         message: "tls.crt is not PEM".to_owned(),
     });
     let parked = decide(&policies, &Names::default(), &d.status, &unreadable);
-    assert!(blocking(&parked).contains("parked"), "{}", blocking(&parked));
+    assert!(
+        blocking(&parked).contains("parked"),
+        "{}",
+        blocking(&parked)
+    );
     assert_eq!(out_of_order(&parked), Some(ConditionStatus::True));
-    let fixed = decide(&policies, &Names::default(), &parked.status, &early.observed());
+    let fixed = decide(
+        &policies,
+        &Names::default(),
+        &parked.status,
+        &early.observed(),
+    );
     assert_eq!(out_of_order(&fixed), Some(ConditionStatus::True));
     assert!(!warned(&fixed), "{:?}", fixed.effects);
 }
