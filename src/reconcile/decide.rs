@@ -134,7 +134,15 @@ pub fn decide(
     if policies.paused {
         if let Some(b) = &bundle {
             let set = fingerprints(b);
-            let lacking = d.count_bundle(observed, &set, false);
+            // Counted as the phase counts it: pods must hold exactly the reduced bundle.
+            let reducing = match status.phase {
+                Phase::RemovingOldTrustRoots => true,
+                Phase::RefreshingControlPlane => previous
+                    .as_ref()
+                    .is_some_and(|p| p.fingerprint == anchor.fingerprint),
+                _ => false,
+            };
+            let lacking = d.count_bundle(observed, &set, reducing);
             // Reported even now: pausing to look into a rotation is when someone may run
             // `cmctl renew` too early.
             if let Some(previous) = &previous {

@@ -2368,6 +2368,42 @@ fn paused_observes_and_writes_nothing() {
     assert!(blocking(&d).contains("paused"));
 }
 
+/// Paused, the status still counts the pods as its phase does: while the bundle is reduced,
+/// a pod that still trusts the old anchor beside the new one is not converged (it was counted
+/// as holding a superset of the bundle, so a paused removal read as done).
+#[test]
+fn paused_counts_the_bundle_as_its_phase_does() {
+    let reducing = World {
+        holds: vec![0, 1],
+        ..World::reduced()
+    };
+    let expanding = World {
+        holds: vec![0, 1],
+        ..propagating()
+    };
+    let paused = Policies {
+        paused: true,
+        ..manual()
+    };
+    for (w, phase, converged) in [
+        (&reducing, Phase::RemovingOldTrustRoots, "0/4"),
+        (&reducing, Phase::RefreshingControlPlane, "0/4"),
+        (&expanding, Phase::RefreshingControlPlane, "4/4"),
+        (&expanding, Phase::PropagatingTrustRoots, "4/4"),
+    ] {
+        let observing = run(&paused, phase, &w.observed());
+        let acting = run(&manual(), phase, &w.observed());
+        let progress = |d: &Decision| {
+            d.status
+                .trust_bundle
+                .as_ref()
+                .and_then(|b| b.progress.clone())
+        };
+        assert_eq!(progress(&observing).as_deref(), Some(converged), "{phase}");
+        assert_eq!(progress(&observing), progress(&acting), "{phase}");
+    }
+}
+
 /// Synced on anchor 1, someone writes the retired anchor 0 back into the bundle beside it (the
 /// current anchor is still there): every proxy started since would trust the retired anchor
 /// while the status said Synced. The bundle is restored to the anchor in use, the overwrite
