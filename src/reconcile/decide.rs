@@ -726,6 +726,21 @@ pub fn decide(
         Phase::RenewingWorkloadCerts => {
             d.next.workload_certificate_refresh_interval = Some(policies.refresh_interval.clone());
             if signer.as_deref() != Some(anchor.fingerprint.as_str()) {
+                // Back before the renewal (the issuer Secret restored from a backup, say): the
+                // renewal is asked for again only as WaitingForIdentityRotation would ask, once
+                // every meshed pod holds the expanded bundle.
+                let pending = d.count_bundle(observed, &bundle_set, false);
+                if !pending.is_empty() && !issuer.issuing {
+                    d.transition(
+                        Phase::PropagatingTrustRoots,
+                        &format!(
+                            "the identity issuer no longer chains to the current anchor, and {} meshed pod(s) lack the expanded trust bundle{}",
+                            pending.len(),
+                            examples(&pending)
+                        ),
+                    );
+                    return d.finish(Requeue::Soon);
+                }
                 d.transition(
                     Phase::WaitingForIdentityRotation,
                     "the identity issuer no longer chains to the current anchor",

@@ -2368,6 +2368,47 @@ fn paused_observes_and_writes_nothing() {
     assert!(blocking(&d).contains("paused"));
 }
 
+/// The issuer goes back to one the old anchor signed while leaves are awaited (its Secret
+/// restored from a backup, say), and a pod without the expanded bundle has started meanwhile:
+/// the renewal is not asked for again until that pod holds the bundle, as WaitingForIdentity-
+/// Rotation would hold it; the rotation goes back to propagating. With every pod holding the
+/// bundle, the renewal is asked for at once.
+#[test]
+fn an_issuer_gone_back_while_leaves_are_awaited_is_renewed_again_only_onto_a_converged_bundle() {
+    let reverted = World {
+        holds: vec![0, 1],
+        ..propagating()
+    };
+    let mut o = reverted.observed();
+    o.pods[2].anchors = Some(set(&[0]));
+    let d = run(&automatic(), Phase::RenewingWorkloadCerts, &o);
+    assert_eq!(
+        d.status.phase,
+        Phase::PropagatingTrustRoots,
+        "{:?}",
+        d.status
+    );
+    assert!(
+        !writes(&d).contains(&&Effect::RenewIssuer),
+        "{:?}",
+        d.effects
+    );
+    assert!(
+        d.effects.iter().any(|e| matches!(e, Effect::Event { message, .. }
+            if message.contains("no longer chains to the current anchor") && message.contains("app-0/web-2"))),
+        "{:?}",
+        d.effects
+    );
+
+    let d = run(
+        &automatic(),
+        Phase::RenewingWorkloadCerts,
+        &reverted.observed(),
+    );
+    assert_eq!(d.status.phase, Phase::WaitingForIdentityRotation);
+    assert_eq!(writes(&d), [&Effect::RenewIssuer]);
+}
+
 /// Paused, the status still counts the pods as its phase does: while the bundle is reduced,
 /// a pod that still trusts the old anchor beside the new one is not converged (it was counted
 /// as holding a superset of the bundle, so a paused removal read as done).
