@@ -575,6 +575,7 @@ async fn reconcile_once(
         refused_restarts,
         said_missing,
     } = memory;
+    own_writes.confirm(client, config, stores).await;
     match own_writes.awaited(config, stores) {
         Awaited::No => {}
         Awaited::Yes => return Ok(Requeue::Soon),
@@ -1689,6 +1690,25 @@ impl OwnWrite {
         }
     }
 
+    /// The object's resourceVersion as the API server has it now (`None`: not there).
+    async fn server_version(
+        self,
+        client: &Client,
+        config: &ReconcilerConfig,
+    ) -> Result<Option<String>, kube::Error> {
+        let (_, (ns, name)) = self.object(config);
+        Ok(match self {
+            OwnWrite::Bundle => Api::<ConfigMap>::namespaced(client.clone(), ns)
+                .get_opt(name)
+                .await?
+                .and_then(|o| o.resource_version()),
+            OwnWrite::PreviousAnchor => Api::<Secret>::namespaced(client.clone(), ns)
+                .get_opt(name)
+                .await?
+                .and_then(|o| o.resource_version()),
+        })
+    }
+
     /// The object's resourceVersion as its watch shows it (`None`: not there).
     fn version(self, config: &ReconcilerConfig, stores: &Stores) -> Option<String> {
         let (_, (ns, name)) = self.object(config);
@@ -1744,6 +1764,24 @@ impl OwnWrites {
         }
     }
 
+    /// Lets go of the writes awaited for longer than [`OWN_WRITE_CONFIRM`] whose object the
+    /// API server shows as its watch does: that watch is not behind, the object has only moved
+    /// on since the write (deleted again after the reconciler created it, whose watch then
+    /// shows "not there" as it did before the write, forever). A look decides from what is
+    /// there. A server that cannot be asked changes nothing.
+    async fn confirm(&mut self, client: &Client, config: &ReconcilerConfig, stores: &Stores) {
+        let mut caught_up = Vec::new();
+        for (target, _, since) in &self.pending {
+            if since.elapsed() > OWN_WRITE_CONFIRM
+                && let Ok(version) = target.server_version(client, config).await
+                && version == target.version(config, stores)
+            {
+                caught_up.push(*target);
+            }
+        }
+        self.pending.retain(|(t, _, _)| !caught_up.contains(t));
+    }
+
     /// Whether a look must wait: some watch still shows an object as it was before the write.
     /// (Any other version, the write's own or a later one, is caught up.)
     fn awaited(&mut self, config: &ReconcilerConfig, stores: &Stores) -> Awaited {
@@ -1777,6 +1815,9 @@ enum Awaited {
 
 /// How long a lagging watch is waited for before the log says so.
 const OWN_WRITE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long a write is awaited before the API server is asked whether the watch is behind.
+const OWN_WRITE_CONFIRM: Duration = Duration::from_secs(5);
 
 /// Sets a restart annotation (`key`, `value`) on a workload's pod template (a merge patch of
 /// one key: the same value twice changes nothing, so no second rollout).
@@ -3109,6 +3150,71 @@ mod tests {
                 held.blocking_message.as_deref().unwrap()
             )]
         );
+    }
+
+    /// A write awaited for a while is checked against the API server: the reconciler created
+    /// the bundle ConfigMap and someone deleted it before the watch showed it; the watch then
+    /// shows "not there" as it did before the write, and without asking the server the
+    /// rotation would wait forever. The control: a ConfigMap the server has and the watch does
+    /// not show yet is still awaited.
+    #[tokio::test]
+    async fn an_awaited_write_is_let_go_once_the_api_server_shows_what_the_watch_shows() {
+        let cp = ControlPlane::start().await.expect("a local control plane");
+        let client = cp.client();
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .create(
+                &PostParams::default(),
+                &object(json!({"metadata": {"name": "linkerd"}})),
+            )
+            .await
+            .unwrap();
+        let config = ReconcilerConfig::default();
+        let watched = Stores {
+            rotation: frozen(vec![]),
+            secrets: vec![frozen(vec![]), frozen(vec![]), frozen(vec![])],
+            bundle: frozen(vec![]),
+            pods: frozen(vec![]),
+            deployments: frozen(vec![]),
+            statefulsets: frozen(vec![]),
+            daemonsets: frozen(vec![]),
+        };
+        let a_while_ago = || {
+            std::time::Instant::now()
+                .checked_sub(OWN_WRITE_CONFIRM + Duration::from_secs(1))
+                .unwrap()
+        };
+
+        let mut writes = OwnWrites::default();
+        writes.wrote(OwnWrite::Bundle, None, Some("1".to_owned()));
+        // Just written: awaited, the server not asked yet.
+        writes.confirm(&client, &config, &watched).await;
+        assert_eq!(writes.awaited(&config, &watched), Awaited::Yes);
+        // A while later the server has no such ConfigMap either: let go.
+        writes.pending[0].2 = a_while_ago();
+        writes.confirm(&client, &config, &watched).await;
+        assert_eq!(writes.awaited(&config, &watched), Awaited::No);
+
+        let created = Api::<ConfigMap>::namespaced(client.clone(), "linkerd")
+            .create(
+                &PostParams::default(),
+                &object(json!({"metadata": {"name": "linkerd-identity-trust-roots"},
+                    "data": {"ca-bundle.crt": ""}})),
+            )
+            .await
+            .unwrap();
+        writes.wrote(OwnWrite::Bundle, None, created.resource_version());
+        writes.pending[0].2 = a_while_ago();
+        writes.confirm(&client, &config, &watched).await;
+        assert_eq!(
+            writes.awaited(&config, &watched),
+            Awaited::Yes,
+            "the watch is behind the server"
+        );
+        let caught_up = Stores {
+            bundle: frozen(vec![created]),
+            ..watched
+        };
+        assert_eq!(writes.awaited(&config, &caught_up), Awaited::No);
     }
 
     /// The reconciler's own write of the bundle, then a look whose ConfigMap watch has not
