@@ -977,6 +977,29 @@ async fn automatic_rotation_from_synced_to_synced_with_zero_failed_handshakes() 
         );
     }
 
+    // Within a phase, no step is announced twice (a look that decides a restart again while
+    // its watch of the workload lags repeats a no-op patch, not the Event).
+    let mut all =
+        Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), "kube-system")
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items;
+    all.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+    assert!(all.len() > phases.len(), "{} events", all.len());
+    let mut in_phase = BTreeSet::new();
+    for e in &all {
+        let reason = e.reason.clone().unwrap_or_default();
+        if phases.iter().any(|p| p.as_str() == reason) {
+            in_phase.clear();
+        }
+        let said = (reason, e.note.clone().unwrap_or_default());
+        assert!(
+            in_phase.insert(said.clone()),
+            "announced twice in one phase: {said:?}"
+        );
+    }
+
     // Every proxy ends on the new anchor alone, with a leaf from the new issuer.
     rig.assert_mesh_on(&new_anchor, 12).await;
 

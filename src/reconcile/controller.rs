@@ -574,6 +574,7 @@ async fn reconcile_once(
         own_writes,
         refused_restarts,
         said_missing,
+        published,
     } = memory;
     own_writes.confirm(client, config, stores).await;
     match own_writes.awaited(config, stores) {
@@ -663,8 +664,10 @@ async fn reconcile_once(
             // Said once per failure: a look that only counted pods anew writes no event.
             let news = held.blocking_message != stored.blocking_message;
             if held != stored
-                && write_status(client, &config.rotation_name, &held, read_at).await?
-                    == StatusWrite::Written
+                && matches!(
+                    write_status(client, &config.rotation_name, &held, read_at).await?,
+                    StatusWrite::Written(_)
+                )
                 && news
             {
                 for (warning, reason, message) in failed_step_events(&held, &events) {
@@ -679,14 +682,18 @@ async fn reconcile_once(
             return Err(error);
         }
     }
-    if decision.status != stored
-        && write_status(client, &config.rotation_name, &decision.status, read_at).await?
-            == StatusWrite::Stale
-    {
-        return Ok(Requeue::Soon);
+    // The rotation's version once this look's status is in: the one it was read at when the
+    // status is unchanged.
+    let mut written_at = read_at.map(str::to_owned);
+    if decision.status != stored {
+        match write_status(client, &config.rotation_name, &decision.status, read_at).await? {
+            StatusWrite::Stale => return Ok(Requeue::Soon),
+            StatusWrite::Written(version) => written_at = version,
+        }
     }
     // The metrics follow the status as written, without waiting on the Events' writes.
     metrics.record(&status, &decision.status, &observed);
+    let events = published.fresh(written_at, events);
     for effect in events {
         execute(
             client,
@@ -1740,6 +1747,34 @@ struct Memory {
     refused_restarts: BTreeSet<Workload>,
     /// The rotation was missing at the last look, and the log has said so.
     said_missing: bool,
+    published: Published,
+}
+
+/// The step Events the last look published, and the rotation's version once its status was in.
+/// A look whose status changes nothing (read at that same version) and that decides the same
+/// step again (a workload restarted, whose watch has not shown the restart yet: the repeated
+/// patch is a no-op) does not announce it again.
+#[derive(Debug, Default)]
+struct Published {
+    last: Option<(Option<String>, Vec<Effect>)>,
+}
+
+impl Published {
+    /// The `events` to publish after a look that left the rotation at `version`, recording
+    /// them.
+    fn fresh<'e>(&mut self, version: Option<String>, events: Vec<&'e Effect>) -> Vec<&'e Effect> {
+        let owned: Vec<Effect> = events.iter().map(|e| (*e).clone()).collect();
+        let repeated = version.is_some()
+            && self
+                .last
+                .as_ref()
+                .is_some_and(|(v, last)| *v == version && *last == owned);
+        if events.is_empty() {
+            return events;
+        }
+        self.last = Some((version, owned));
+        if repeated { Vec::new() } else { events }
+    }
 }
 
 /// The reconciler's own writes that its watches have not shown yet. Each watch lags on its
@@ -1938,7 +1973,8 @@ async fn renew_certificate(
 /// Whether a status write landed.
 #[derive(Debug, PartialEq, Eq)]
 enum StatusWrite {
-    Written,
+    /// With the rotation's resourceVersion after the write.
+    Written(Option<String>),
     /// The object changed after the version the status was decided from (`read_at`): nothing
     /// was written.
     Stale,
@@ -1965,7 +2001,7 @@ async fn write_status(
         )
         .await;
     match written {
-        Ok(_) => Ok(StatusWrite::Written),
+        Ok(rotation) => Ok(StatusWrite::Written(rotation.resource_version())),
         Err(kube::Error::Api(e)) if e.code == 409 => {
             tracing::info!(
                 read_at = read_at.unwrap_or_default(),
@@ -3150,6 +3186,41 @@ mod tests {
                 held.blocking_message.as_deref().unwrap()
             )]
         );
+    }
+
+    /// A look that leaves the rotation as the last one left it (no status write) and decides
+    /// the same step announces it once: its watch of the restarted workload lags, and the
+    /// repeated restart is a no-op. Another step, or the same one after the rotation changed,
+    /// is announced.
+    #[test]
+    fn a_step_decided_again_over_an_unchanged_status_is_announced_once() {
+        let restarting = |what: &str| Effect::Event {
+            warning: false,
+            reason: "RestartingWorkloads".to_owned(),
+            message: format!("restarting {what}"),
+        };
+        let (a, b) = (
+            restarting("deployment/mesh-0/a"),
+            restarting("deployment/mesh-0/b"),
+        );
+        let v = |n: &str| Some(n.to_owned());
+        let mut published = Published::default();
+        assert_eq!(published.fresh(v("2"), vec![&a]), [&a]);
+        assert!(published.fresh(v("2"), vec![&a]).is_empty(), "repeated");
+        assert!(published.fresh(v("2"), vec![]).is_empty());
+        assert!(
+            published.fresh(v("2"), vec![&a]).is_empty(),
+            "still repeated"
+        );
+        assert_eq!(published.fresh(v("2"), vec![&b]), [&b], "another step");
+        assert_eq!(
+            published.fresh(v("3"), vec![&b]),
+            [&b],
+            "the rotation changed"
+        );
+        // Without a version to tell looks apart, nothing is held back.
+        assert_eq!(published.fresh(None, vec![&b]), [&b]);
+        assert_eq!(published.fresh(None, vec![&b]), [&b]);
     }
 
     /// A write awaited for a while is checked against the API server: the reconciler created
