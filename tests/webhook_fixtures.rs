@@ -506,6 +506,22 @@ fn injected_anchors_that_are_the_configmap_text_take_the_known_fingerprint() {
         )),
         "{problem:?}"
     );
+    // No ConfigMap, or none with the key: said too (a deletion is not "usable again").
+    let (view, problem) = compute_view(Some(&tar), None, &ViewConfig::default());
+    assert_eq!(view.desired_bundle_fingerprint(), None);
+    assert_eq!(
+        problem.as_deref(),
+        Some("ConfigMap linkerd/linkerd-identity-trust-roots not found")
+    );
+    let (_, problem) = compute_view(
+        Some(&tar),
+        Some(&ConfigMap::default()),
+        &ViewConfig::default(),
+    );
+    assert_eq!(
+        problem.as_deref(),
+        Some("ConfigMap linkerd/linkerd-identity-trust-roots has no key ca-bundle.crt")
+    );
 }
 
 #[test]

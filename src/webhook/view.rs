@@ -191,8 +191,8 @@ fn track_init<K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + '
 }
 
 /// The view from the watched objects: the phase and interval from the rotation's status, the
-/// fingerprint of the ConfigMap's bundle if it is usable; and if it is not, why (the caller
-/// logs that when it changes, not on every watch event).
+/// fingerprint of the ConfigMap's bundle if it is usable; and if it is not (missing too), why
+/// (the caller logs that when it changes, not on every watch event).
 pub fn compute_view(
     tar: Option<&TrustAnchorRotation>,
     trust_roots: Option<&ConfigMap>,
@@ -206,12 +206,19 @@ pub fn compute_view(
     let mut problem = None;
     let desired_text =
         match trust_roots.map(|cm| crate::bundle::configmap_text(cm, &config.trust_roots_key)) {
+            Some(Ok(None)) => {
+                problem = Some(format!("{object} has no key {}", config.trust_roots_key));
+                None
+            }
             Some(Ok(text)) => text,
             Some(Err(e)) => {
                 problem = Some(format!("{object}: {e}"));
                 None
             }
-            None => None,
+            None => {
+                problem = Some(format!("{object} not found"));
+                None
+            }
         };
     let source = format!("{object} key {}", config.trust_roots_key);
     let desired_bundle_fingerprint =
