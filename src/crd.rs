@@ -159,6 +159,11 @@ pub struct TrustAnchorRotationStatus {
     /// the operator had written it, oldest first (at most five are kept).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bundle_overwrites: Vec<BundleOverwrite>,
+    /// Fingerprint of the trust bundle the operator last wrote. A ConfigMap replaced by
+    /// another writer (`kubectl replace`, `helm upgrade --force`) loses the operator's
+    /// annotations and its managedFields entry with the write: this is what remembers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_bundle_fingerprint: Option<String>,
 }
 
 /// A write of the trust bundle by someone else, which the operator undid.

@@ -2148,6 +2148,7 @@ async fn a_refused_control_plane_restart_holds_up_no_other() {
 /// Another manager then writes the key, keeping the anchor in use and adding one: still an
 /// overwrite (the operator's write sets an annotation too, so the API server keeps its
 /// managedFields entry when the key is taken), restored to the anchor in use, and recorded.
+/// Then it is replaced outright, annotations and all: restored and recorded too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_the_operator_created_and_another_overwrote_is_restored() {
     use trust_rotation_operator::bundle::Bundle;
@@ -2202,6 +2203,48 @@ async fn a_bundle_the_operator_created_and_another_overwrote_is_restored() {
     assert_eq!(
         status.bundle_overwrites[0].field_managers,
         [trust_rotation_operator::sim::MANAGER],
+        "{status:#?}"
+    );
+
+    // Then replaced outright (a PUT without the operator's annotations, as `kubectl replace`
+    // or `helm upgrade --force` writes), with the anchor in use and the extra one: the
+    // operator's managedFields entry goes with it, and its status is what remembers the
+    // bundle it wrote. Restored and recorded all the same, naming the replacer.
+    let mut replacing = configmaps.get(&names.bundle_configmap).await.unwrap();
+    replacing.metadata.annotations = None;
+    replacing.metadata.managed_fields = None;
+    replacing.data = Some(
+        [(
+            "ca-bundle.crt".to_owned(),
+            format!("{}{extra}", rig.first_anchor.pem),
+        )]
+        .into(),
+    );
+    configmaps
+        .replace(
+            &names.bundle_configmap,
+            &PostParams {
+                field_manager: Some("kubectl-replace".to_owned()),
+                ..Default::default()
+            },
+            &replacing,
+        )
+        .await
+        .unwrap();
+    let status = common::eventually(
+        "the replacement restored and recorded",
+        Duration::from_secs(30),
+        || async {
+            let status = rotation(&rig.client).await.status.unwrap_or_default();
+            (bundle().await.as_deref() == Some(in_use.as_str())
+                && status.bundle_overwrites.len() == 2)
+                .then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(
+        status.bundle_overwrites[1].field_managers,
+        ["kubectl-replace"],
         "{status:#?}"
     );
     let t = rig.traffic().since(&before);

@@ -785,26 +785,36 @@ fn urgent_prefix(status: &TrustAnchorRotationStatus) -> String {
 /// applied the same value shares the key with the operator, and is no overwrite.
 pub fn overwritten_by(cm: &ConfigMap, key: &str) -> Vec<String> {
     let entries = cm.metadata.managed_fields.as_deref().unwrap_or_default();
-    let field = format!("f:{key}");
-    let holds_key = |e: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry| {
-        e.fields_v1
-            .as_ref()
-            .and_then(|f| f.0.get("f:data"))
-            .is_some_and(|data| data.get(&field).is_some())
-    };
     let ours: Vec<_> = entries
         .iter()
         .filter(|e| e.manager.as_deref() == Some(MANAGER))
         .collect();
-    if ours.is_empty() || ours.iter().any(|e| holds_key(e)) {
+    if ours.is_empty() || ours.iter().any(|e| holds_key(e, key)) {
         return Vec::new();
     }
+    key_holders(cm, key)
+}
+
+/// The field managers that hold `key` of the ConfigMap's `data` (sorted).
+pub fn key_holders(cm: &ConfigMap, key: &str) -> Vec<String> {
+    let entries = cm.metadata.managed_fields.as_deref().unwrap_or_default();
     let managers: BTreeSet<String> = entries
         .iter()
-        .filter(|e| holds_key(e))
+        .filter(|e| holds_key(e, key))
         .filter_map(|e| e.manager.clone())
         .collect();
     managers.into_iter().collect()
+}
+
+fn holds_key(
+    entry: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry,
+    key: &str,
+) -> bool {
+    entry
+        .fields_v1
+        .as_ref()
+        .and_then(|f| f.0.get("f:data"))
+        .is_some_and(|data| data.get(format!("f:{key}")).is_some())
 }
 
 /// The world as the watches show it. `read_issuing`: also fetch the issuer Certificate's
@@ -869,6 +879,8 @@ async fn observe(
             version: cm.resource_version(),
             written_over: cm.annotations().get(WRITTEN_OVER_ANNOTATION).cloned(),
             overwritten_by: overwritten_by(cm, &config.bundle_key),
+            annotated: cm.annotations().contains_key(WRITTEN_BUNDLE_ANNOTATION),
+            key_holders: key_holders(cm, &config.bundle_key),
         })
         .unwrap_or_default();
     let bundle = match bundle_configmap
@@ -2960,7 +2972,7 @@ mod tests {
     /// real API server: nobody for the bundle Linkerd was installed with (the operator never
     /// wrote it), right after the operator's write, or for a writer that applied the operator's
     /// own bundle; the writer after it, whether it updated (`helm upgrade`, `kubectl edit`) or
-    /// applied server-side with force (Flux).
+    /// applied server-side with force (Flux); and what a replacement leaves.
     #[tokio::test]
     async fn the_writer_over_the_operators_bundle_is_named_from_managed_fields() {
         let cp = ControlPlane::start().await.expect("a local control plane");
@@ -3061,6 +3073,35 @@ mod tests {
         assert_eq!(read().await, ["kustomize-controller"]);
         update_as("kubectl-edit", "edited").await;
         assert_eq!(read().await, ["kubectl-edit"]);
+
+        // A replacement (a PUT without the operator's annotations: `kubectl replace`, `helm
+        // upgrade --force`) takes the operator's annotations and managedFields entry with it:
+        // nothing here says the operator wrote the bundle (its status remembers), and the key
+        // is held by the replacer.
+        write(version().await).await;
+        let mut replacing: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns},
+            "data": {key.as_str(): "replaced"}}))
+        .unwrap();
+        replacing.metadata.resource_version = version().await;
+        let replaced = api
+            .replace(
+                &name,
+                &PostParams {
+                    field_manager: Some("kubectl-replace".to_owned()),
+                    ..Default::default()
+                },
+                &replacing,
+            )
+            .await
+            .unwrap();
+        assert_eq!(overwritten_by(&replaced, &key), nobody);
+        assert!(
+            !replaced
+                .annotations()
+                .contains_key(WRITTEN_BUNDLE_ANNOTATION)
+        );
+        assert_eq!(key_holders(&replaced, &key), ["kubectl-replace"]);
     }
 
     /// A step that failed holds the phase and says why; the pods counted by the look that

@@ -250,12 +250,8 @@ pub fn decide(
     };
     let Some(bundle) = bundle else {
         let b = bundle_of([&anchor, &previous, &signer_cert]);
-        d.effects.push(Effect::WriteBundle {
-            pem: b.to_pem(),
-            fingerprint: b.fingerprint(),
-            // (None when the ConfigMap does not exist; it may exist without the key.)
-            written_over: observed.bundle_meta.version.clone(),
-        });
+        // (None when the ConfigMap does not exist; it may exist without the key.)
+        d.write_bundle(&b, observed.bundle_meta.version.clone());
         d.event(
             false,
             "BootstrappedTrustBundle",
@@ -368,7 +364,22 @@ pub fn decide(
         .filter(|c| !bundle_set.contains(&c.fingerprint))
         .map(|c| short(&c.fingerprint))
         .collect();
-    let meta = &observed.bundle_meta;
+    // Replaced (a PUT: `kubectl replace`, `helm upgrade --force`, Argo CD's `Replace=true`):
+    // the API server took the operator's annotations and its managedFields entry away with
+    // the write, so only the status remembers that the operator wrote a bundle, and which.
+    // Another bundle there now is an overwrite by whoever holds the key.
+    let mut meta = observed.bundle_meta.clone();
+    let replaced = meta.overwritten_by.is_empty()
+        && !meta.annotated
+        && (status.written_bundle_fingerprint.as_ref()).is_some_and(|fp| *fp != bundle_fp);
+    if replaced {
+        meta.overwritten_by = if meta.key_holders.is_empty() {
+            vec!["an unnamed writer".to_owned()]
+        } else {
+            meta.key_holders.clone()
+        };
+    }
+    let meta = &meta;
     if !missing.is_empty() || !meta.overwritten_by.is_empty() {
         let (grown, why) = if renewed {
             let grown = bundle_of(bundle.iter().chain(must_trust.iter().copied()));
@@ -419,11 +430,7 @@ pub fn decide(
         // The bundle may come back to a fingerprint used before (someone else overwrote it and
         // it is restored, or grown back): the write records the version it replaced, which
         // sets its restarts apart from those onto the bundle before (see `BundleMeta`).
-        d.effects.push(Effect::WriteBundle {
-            pem: grown.to_pem(),
-            fingerprint: grown.fingerprint(),
-            written_over: meta.version.clone(),
-        });
+        d.write_bundle(&grown, meta.version.clone());
         let why = if meta.overwritten_by.is_empty() {
             why
         } else {
@@ -879,11 +886,7 @@ pub fn decide(
                 });
             }
             let reduced = bundle_of([&anchor]);
-            d.effects.push(Effect::WriteBundle {
-                pem: reduced.to_pem(),
-                fingerprint: reduced.fingerprint(),
-                written_over: observed.bundle_meta.version.clone(),
-            });
+            d.write_bundle(&reduced, observed.bundle_meta.version.clone());
             d.transition(
                 Phase::RefreshingControlPlane,
                 &format!(
@@ -1094,6 +1097,17 @@ impl<'a> Step<'a> {
             baked_note: None,
             names,
         }
+    }
+
+    /// Writes `bundle` into the ConfigMap over its `version`, and remembers in status that
+    /// the operator wrote it.
+    fn write_bundle(&mut self, bundle: &Bundle, version: Option<String>) {
+        self.effects.push(Effect::WriteBundle {
+            pem: bundle.to_pem(),
+            fingerprint: bundle.fingerprint(),
+            written_over: version,
+        });
+        self.next.written_bundle_fingerprint = Some(bundle.fingerprint());
     }
 
     /// Records a restore of the bundle someone else wrote over (who, when, the version it

@@ -718,6 +718,9 @@ fn overwritten_by(by: &str, version: u32, at: i64) -> Observed {
         version: Some(version.to_string()),
         written_over: Some((version - 1).to_string()),
         overwritten_by: vec![by.to_owned()],
+        // A patch: the operator's annotations stay.
+        annotated: true,
+        key_holders: vec![by.to_owned()],
     };
     o
 }
@@ -1953,6 +1956,8 @@ fn a_bundle_written_without_the_old_anchor_mid_rotation_is_grown_back() {
             version: Some("12".to_owned()),
             written_over: Some("11".to_owned()),
             overwritten_by: vec!["argocd-application-controller".to_owned()],
+            annotated: true,
+            key_holders: vec!["argocd-application-controller".to_owned()],
         };
         let d = run(&automatic(), phase, &o);
         assert_eq!(written_bundle(&d), Some(set(&[0, 1])), "{phase}");
@@ -2480,6 +2485,69 @@ fn a_bundle_written_over_with_an_extra_anchor_is_restored_to_the_anchor_in_use()
     );
 }
 
+/// A ConfigMap replaced (a PUT: `kubectl replace`, `helm upgrade --force`) loses the operator's
+/// annotations and managedFields entry with the write. The status remembers the bundle the
+/// operator wrote: another one there now is an overwrite by whoever holds the key, restored and
+/// recorded, even when it only adds a retired anchor beside the one in use. Without that
+/// memory (a bundle Linkerd was installed with), or with the operator's bundle put back
+/// unchanged, nothing is written.
+#[test]
+fn a_bundle_replaced_without_the_operators_annotations_is_restored_and_recorded() {
+    let mut o = World {
+        bundle: Some(vec![0, 1]),
+        ..World::reduced()
+    }
+    .observed();
+    o.bundle_meta = BundleMeta {
+        version: Some("10".to_owned()),
+        key_holders: vec!["kubectl-replace".to_owned()],
+        ..BundleMeta::default()
+    };
+    let mut status = in_phase(Phase::Synced);
+    status.written_bundle_fingerprint = Some(bundle_fp(&[1]));
+    let d = decide(&automatic(), &Names::default(), &status, &o);
+    assert_eq!(written_bundle(&d), Some(set(&[1])), "{:?}", d.effects);
+    assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
+    let managers: Vec<_> = d
+        .status
+        .bundle_overwrites
+        .iter()
+        .map(|o| o.field_managers.clone())
+        .collect();
+    assert_eq!(managers, [["kubectl-replace"]]);
+    assert_eq!(d.status.written_bundle_fingerprint, Some(bundle_fp(&[1])));
+
+    // Never written by the operator: the bundle as installed is left as it is.
+    let d = run(&automatic(), Phase::Synced, &o);
+    assert!(writes(&d).is_empty(), "{:?}", d.effects);
+    assert_eq!(d.status.phase, Phase::Synced);
+    // The operator's own bundle put back unchanged by a replace: nothing to restore.
+    status.written_bundle_fingerprint = Some(bundle_fp(&[0, 1]));
+    let d = decide(&automatic(), &Names::default(), &status, &o);
+    assert!(writes(&d).is_empty(), "{:?}", d.effects);
+}
+
+/// Every write of the bundle is remembered in status, the bootstrap of a missing one too.
+#[test]
+fn the_bundle_the_operator_writes_is_remembered_in_status() {
+    let mut o = World::synced().observed();
+    o.bundle = Ok(None);
+    let d = run(&automatic(), Phase::Synced, &o);
+    assert_eq!(written_bundle(&d), Some(set(&[0])));
+    assert_eq!(d.status.written_bundle_fingerprint, Some(bundle_fp(&[0])));
+    // The expansion when the anchor is renewed.
+    let renewed = World {
+        anchor: 1,
+        ..World::synced()
+    };
+    let d = run(&automatic(), Phase::Synced, &renewed.observed());
+    assert_eq!(written_bundle(&d), Some(set(&[0, 1])));
+    assert_eq!(
+        d.status.written_bundle_fingerprint,
+        Some(bundle_fp(&[0, 1]))
+    );
+}
+
 /// Paused to look into a rotation, someone runs `cmctl renew` on the issuer before every proxy
 /// holds the new anchor: the pause does not hide it. The condition, its urgent message and its
 /// Warning event come as they would unpaused; nothing else is written.
@@ -2869,6 +2937,9 @@ mod properties {
                     } else {
                         Vec::new()
                     },
+                    // Written by patches (helm's too), which keep the operator's annotations.
+                    annotated: true,
+                    key_holders: Vec::new(),
                 },
                 baked_templates: BTreeMap::new(),
             }

@@ -300,6 +300,11 @@ pub struct BundleMeta {
     /// applied the same bundle), and when it never wrote the ConfigMap (the bundle Linkerd was
     /// installed with is not an overwrite).
     pub overwritten_by: Vec<String>,
+    /// The ConfigMap carries the operator's `trust.linkerd.io/written-bundle-sha256`
+    /// annotation, which every write of the operator's sets (a replacement takes it away).
+    pub annotated: bool,
+    /// The field managers that hold the bundle's key (sorted).
+    pub key_holders: Vec<String>,
 }
 
 impl Observed {
