@@ -48,6 +48,10 @@ pub const WRITTEN_OVER_ANNOTATION: &str = "trust.linkerd.io/written-over-version
 /// How long past its deletion deadline a pod still listed as running counts as draining.
 const DRAIN_SLACK: k8s_openapi::jiff::SignedDuration =
     k8s_openapi::jiff::SignedDuration::from_secs(30);
+/// How old a pod of a ReplicaSet must be for a missing Deployment to mean an orphaned
+/// ReplicaSet rather than a watch that has not shown the Deployment yet.
+const ORPHAN_AGE: k8s_openapi::jiff::SignedDuration =
+    k8s_openapi::jiff::SignedDuration::from_secs(30);
 
 /// On the bundle ConfigMap: the fingerprint of the bundle the operator wrote. Set by every
 /// write, so the operator always manages a field besides the bundle's key: when another
@@ -973,14 +977,31 @@ async fn observe(
         .collect();
     let all_pods = stores.pods.state();
     mark_pods_not_starting(&mut restart_markers, all_pods.iter().map(|p| &**p));
-    let wont_roll = |w: &Workload, pod: &str| {
+    let started = k8s_openapi::jiff::Timestamp::now();
+    let wont_roll = |w: &Workload, p: &Pod| {
         let (name, ns) = (w.name.as_str(), w.namespace.as_str());
+        let pod = p.name_any();
         match w.kind.as_str() {
-            "Deployment" => stores
-                .deployments
-                .get(&ObjectRef::new(name).within(ns))
-                .is_some_and(|d| d.spec.as_ref().and_then(|s| s.paused) == Some(true))
-                .then(|| Unfixable::Paused(w.clone())),
+            "Deployment" => match stores.deployments.get(&ObjectRef::new(name).within(ns)) {
+                Some(d) => (d.spec.as_ref().and_then(|s| s.paused) == Some(true))
+                    .then(|| Unfixable::Paused(w.clone())),
+                // Its ReplicaSet was orphaned (`kubectl delete deployment --cascade=orphan`):
+                // there is no Deployment to restart. Not for a pod just created, which may
+                // come before its Deployment's watch event.
+                None => p
+                    .creation_timestamp()
+                    .is_some_and(|t| started.duration_since(t.0) > ORPHAN_AGE)
+                    .then(|| {
+                        let replica_set = p
+                            .owner_references()
+                            .iter()
+                            .find(|o| o.controller == Some(true))
+                            .map_or(String::new(), |o| o.name.clone());
+                        Unfixable::Owner(format!(
+                            "ReplicaSet {replica_set}, whose Deployment {name} does not exist"
+                        ))
+                    }),
+            },
             "StatefulSet" => {
                 let set = stores.statefulsets.get(&ObjectRef::new(name).within(ns));
                 let on_delete = set
@@ -1481,7 +1502,7 @@ fn meshed_pod(
     config: &ReconcilerConfig,
     p: &Pod,
     cache: &mut BTreeMap<String, Option<BTreeSet<String>>>,
-    wont_roll: &dyn Fn(&Workload, &str) -> Option<Unfixable>,
+    wont_roll: &dyn Fn(&Workload, &Pod) -> Option<Unfixable>,
 ) -> MeshedPod {
     let spec = p.spec.as_ref();
     let proxy = spec.and_then(proxy_container).map(|(_, c)| c);
@@ -1500,7 +1521,7 @@ fn meshed_pod(
         controller_of(p)
     };
     // A workload whose template change would roll nothing cannot be restarted by one.
-    let owner = owner.and_then(|w| wont_roll(&w, &p.name_any()).map_or(Ok(w), Err));
+    let owner = owner.and_then(|w| wont_roll(&w, p).map_or(Ok(w), Err));
     MeshedPod {
         namespace,
         name: p.name_any(),
@@ -2092,6 +2113,15 @@ mod tests {
             "status": {"phase": "Running"}}))
     }
 
+    fn created_ago(mut pod: Pod, secs: i64) -> Pod {
+        pod.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now()
+                    - k8s_openapi::jiff::SignedDuration::from_secs(secs),
+            ));
+        pod
+    }
+
     fn owned_by(kind: &str, name: &str) -> serde_json::Value {
         json!({"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "u", "controller": true})
     }
@@ -2409,8 +2439,10 @@ mod tests {
     }
 
     /// Pods a template change would not roll (a paused Deployment's, an OnDelete StatefulSet's,
-    /// those below a StatefulSet's partition) are named as such instead of being restarted and
-    /// waited for forever; the rest of a partitioned StatefulSet is restarted as usual.
+    /// those below a StatefulSet's partition, an orphaned ReplicaSet's) are named as such
+    /// instead of being restarted and waited for forever; the rest of a partitioned StatefulSet
+    /// is restarted as usual, and so is a pod just created whose Deployment the watch has not
+    /// shown yet.
     #[tokio::test]
     async fn workloads_a_restart_would_not_roll_are_told_apart() {
         let deployment = |name: &str, paused: bool| -> Deployment {
@@ -2434,6 +2466,14 @@ mod tests {
                 running_pod("app", "db-0", owned_by("StatefulSet", "db")),
                 running_pod("app", "cache-0", owned_by("StatefulSet", "cache")),
                 running_pod("app", "cache-1", owned_by("StatefulSet", "cache")),
+                created_ago(
+                    running_pod("app", "old-5d8f7c-a", owned_by("ReplicaSet", "old-5d8f7c")),
+                    3600,
+                ),
+                created_ago(
+                    running_pod("app", "new-5d8f7c-a", owned_by("ReplicaSet", "new-5d8f7c")),
+                    1,
+                ),
             ]),
             deployments: frozen(vec![deployment("web", true), deployment("api", false)]),
             statefulsets: frozen(vec![
@@ -2476,6 +2516,13 @@ mod tests {
                     })
                 ),
                 ("cache-1".to_owned(), Ok(workload("StatefulSet", "cache"))),
+                (
+                    "old-5d8f7c-a".to_owned(),
+                    Err(Unfixable::Owner(
+                        "ReplicaSet old-5d8f7c, whose Deployment old does not exist".to_owned()
+                    ))
+                ),
+                ("new-5d8f7c-a".to_owned(), Ok(workload("Deployment", "new"))),
             ])
         );
     }
