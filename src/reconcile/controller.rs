@@ -1048,7 +1048,8 @@ async fn observe(
             (true, Some(deadline)) if deadline + DRAIN_SLACK > now => {
                 draining.push(meshed_pod(config, p, &mut anchors_cache, &wont_roll))
             }
-            // A pod deleted before its proxy started never will start it.
+            // Not started yet, and not deleted (a pod deleted before its proxy started never
+            // will start it): its anchors count for the bundle all the same.
             (false, None) if phase(p) == Some("Pending") => {
                 let pod = meshed_pod(config, p, &mut anchors_cache, &wont_roll);
                 if !pod.control_plane {
