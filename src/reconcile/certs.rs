@@ -16,12 +16,22 @@ pub fn parse_all(object: &str, key: &str, pem_text: &str) -> Result<Vec<Cert>, P
         if block.tag() != "CERTIFICATE" {
             continue;
         }
-        let (_, cert) = x509_parser::parse_x509_certificate(block.contents()).map_err(|e| {
+        let not_x509 = |e: String| {
             problem(format!(
                 "the certificate in PEM block {number} of {} is not valid X.509: {e}",
                 blocks.len()
             ))
-        })?;
+        };
+        let (rest, cert) = x509_parser::parse_x509_certificate(block.contents())
+            .map_err(|e| not_x509(e.to_string()))?;
+        // As a bundle holds it (`Bundle::from_pem`): bytes after the certificate would travel
+        // into every bundle built from it.
+        if !rest.is_empty() {
+            return Err(not_x509(format!(
+                "{} bytes follow the certificate",
+                rest.len()
+            )));
+        }
         out.push(Cert {
             fingerprint: sha256_hex(block.contents()),
             pem: pem::encode_config(
@@ -165,6 +175,27 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "Secret x/y: tls.crt: holds no certificate"
+        );
+    }
+
+    /// A certificate with bytes after its DER is refused, as a bundle refuses it: every bundle
+    /// the reconciler builds from what it read is one `Bundle` reads back whole.
+    #[test]
+    fn a_certificate_with_bytes_after_it_is_a_problem() {
+        let key = pki::generate_key().unwrap();
+        let der = ca("anchor", pki::now()).self_signed(&key).unwrap();
+        let mut padded = der.clone();
+        padded.extend_from_slice(&[0, 0]);
+        let error = parse_all("Secret x/y", "tls.crt", &pki::to_pem(&padded)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "Secret x/y: tls.crt: the certificate in PEM block 1 of 1 is not valid X.509: 2 bytes follow the certificate"
+        );
+        let whole = cert(&der);
+        let bundle = crate::reconcile::decide::bundle_of([&whole]);
+        assert_eq!(
+            bundle.fingerprints().collect::<Vec<_>>(),
+            [&whole.fingerprint]
         );
     }
 

@@ -66,9 +66,15 @@ pub struct Decision {
 
 /// The canonical bundle of these certificates.
 pub fn bundle_of<'a>(certs: impl IntoIterator<Item = &'a Cert>) -> Bundle {
-    let pem: String = certs.into_iter().map(|c| c.pem.as_str()).collect();
-    // Each `Cert` was parsed from PEM by the I/O layer; an empty set gives an empty bundle.
-    Bundle::from_pem("bundle", &pem).unwrap_or_default()
+    let mut bundle = Bundle::default();
+    // Each `Cert` was parsed and checked by the I/O layer, its `pem` written from the block it
+    // read: no second check here that could drop one (and write a bundle without it).
+    for cert in certs {
+        if let Ok(block) = pem::parse(&cert.pem) {
+            bundle.insert_der(block.into_contents());
+        }
+    }
+    bundle
 }
 
 /// `spec.workloadCertificateRefreshInterval`, or why it cannot be published to proxies.
