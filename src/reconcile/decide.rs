@@ -191,6 +191,7 @@ pub fn decide(
             short(&issuer.cert.fingerprint)
         ));
     };
+    d.issuer_anchor = Some(signer_cert.fingerprint.clone());
 
     // Bootstrap: the previous anchor is the one the issuer chains to (the anchor in use), or
     // the current one; the bundle is every anchor that must be trusted.
@@ -1091,6 +1092,9 @@ struct Step<'a> {
     /// Said after the blockingMessage of a look that ends while the bundle propagates or the
     /// issuer is awaited: workload templates whose baked-in anchors lack the new anchor.
     baked_note: Option<String>,
+    /// The anchor the identity issuer chains to, once known: a proxy that does not trust it
+    /// cannot verify the identity service, so it never gets a leaf and never becomes ready.
+    issuer_anchor: Option<String>,
 }
 
 impl<'a> Step<'a> {
@@ -1101,6 +1105,7 @@ impl<'a> Step<'a> {
             effects: Vec::new(),
             now,
             baked_note: None,
+            issuer_anchor: None,
             names,
         }
     }
@@ -1405,10 +1410,18 @@ impl<'a> Step<'a> {
         }
         match policies.restart {
             RestartPolicy::Automatic => {
+                // A workload with a pod that is not ready is not restarted (a rollout would take
+                // down another), unless that pod lacks the anchor the issuer chains to: it can
+                // never get a leaf, so never become ready, and the restart is its only cure.
+                let unready_for_trust = |p: &MeshedPod| {
+                    (self.issuer_anchor.as_ref())
+                        .zip(p.anchors.as_ref())
+                        .is_some_and(|(anchor, held)| !held.contains(anchor))
+                };
                 let not_ready: BTreeSet<&Workload> = observed
                     .pods
                     .iter()
-                    .filter(|p| !p.ready)
+                    .filter(|p| !p.ready && !unready_for_trust(p))
                     .filter_map(|p| p.owner.as_ref().ok())
                     .collect();
                 // Rollouts the operator started onto this bundle, or for this step, still

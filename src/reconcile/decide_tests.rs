@@ -1377,6 +1377,43 @@ fn automatic_propagation_restarts_paced_and_skips_unready_and_busy_workloads() {
     );
 }
 
+/// A pod that does not trust the anchor the issuer chains to (started on a foreign bundle that
+/// was written over the operator's and restored) can never verify the identity service, so it
+/// never gets a leaf and never becomes ready: its workload is restarted all the same, as the
+/// restart is what cures it. A pod not ready for another reason still holds its workload back.
+#[test]
+fn a_pod_unready_for_lack_of_the_issuers_anchor_does_not_hold_back_its_restart() {
+    let mut o = World {
+        holds: vec![0, 1],
+        ..World::reduced()
+    }
+    .observed();
+    for (i, p) in o.pods.iter_mut().filter(|p| !p.control_plane).enumerate() {
+        p.owner = Ok(Workload {
+            kind: "Deployment".to_owned(),
+            namespace: "app".to_owned(),
+            name: format!("w{i}"),
+        });
+    }
+    // w0 started on the foreign bundle {0}; w1 trusts the issuer's anchor but is not ready.
+    o.pods[0].anchors = Some(set(&[0]));
+    o.pods[0].ready = false;
+    o.pods[1].ready = false;
+    let d = run(&automatic(), Phase::RemovingOldTrustRoots, &o);
+    let restarted = d.effects.iter().find_map(|e| match e {
+        Effect::RestartWorkloads { workloads, .. } => {
+            Some(workloads.iter().map(|w| w.name.clone()).collect::<Vec<_>>())
+        }
+        _ => None,
+    });
+    assert_eq!(restarted, Some(vec!["w0".to_owned(), "w2".to_owned()]));
+    assert!(
+        blocking(&d).ends_with("; held back until their pods are ready: deployment/app/w1"),
+        "{}",
+        blocking(&d)
+    );
+}
+
 /// Rollouts in progress take the restart slots: they are named, and one its Deployment says
 /// will not finish by itself (`ProgressDeadlineExceeded`: new pods that never become
 /// available) is named with why, so a stalled propagation has a cause to read.
