@@ -334,7 +334,7 @@ pub fn decide(
         let lacking = templates_lacking(observed, &new_anchor);
         d.baked_note = (!lacking.is_empty()).then(|| {
             format!(
-                "{} workload template(s) carry proxy trust anchors injected by `linkerd inject` without anchor {}{}: the pods they start will reject the renewed issuer's leaves, and no restart changes that; inject them again (linkerd inject) now that the bundle holds both anchors",
+                "{} workload template(s) carry proxy trust anchors injected by `linkerd inject` without anchor {}{}: the pods they start will reject the renewed issuer's leaves, and no restart changes that; inject them again without --manual, so that the proxy injector gives their pods the bundle (`linkerd inject --manual` bakes the anchors of Linkerd's values in the linkerd-config ConfigMap, which a rotation does not change)",
                 lacking.len(),
                 short(&anchor.fingerprint),
                 examples(&lacking)
@@ -564,7 +564,7 @@ pub fn decide(
             if !templates.is_empty() {
                 const BAKED: &str = "carry proxy trust anchors injected by `linkerd inject` without the anchor in use";
                 let message = format!(
-                    "{} workload template(s) {BAKED} ({}){}: the pods they start reject every leaf of the mesh, and no restart changes that; inject them again (linkerd inject)",
+                    "{} workload template(s) {BAKED} ({}){}: the pods they start reject every leaf of the mesh, and no restart changes that; inject them again without --manual, so that the proxy injector gives their pods the bundle (`linkerd inject --manual` bakes the anchors of Linkerd's values in the linkerd-config ConfigMap, which a rotation does not change)",
                     templates.len(),
                     short(&anchor.fingerprint),
                     examples(&templates)
@@ -1374,7 +1374,7 @@ impl<'a> Step<'a> {
                     match why {
                         Unfixable::BarePod => "no owning workload: delete it".to_owned(),
                         Unfixable::ManuallyInjected =>
-                            "injected by linkerd inject: re-inject its workload".to_owned(),
+                            "injected by linkerd inject --manual: inject its workload again without --manual".to_owned(),
                         Unfixable::Owner(o) => format!("owned by {o}: restart it by hand"),
                         Unfixable::OnDelete(w) => format!(
                             "{w} has updateStrategy OnDelete: delete its pods to restart them"

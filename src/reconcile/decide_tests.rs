@@ -1255,7 +1255,9 @@ fn templates_injected_without_the_anchor_are_named() {
         let d = run(&manual(), phase, &o);
         assert_eq!(d.status.phase, phase);
         assert!(
-            blocking(&d).contains(named) && blocking(&d).contains("Deployment jobs/batch"),
+            blocking(&d).contains(named)
+                && blocking(&d).contains("Deployment jobs/batch")
+                && blocking(&d).contains("inject them again without --manual"),
             "{phase}: {}",
             blocking(&d)
         );
@@ -2779,7 +2781,12 @@ fn pods_a_restart_cannot_fix_are_named() {
         "{m}"
     );
     assert!(m.ends_with("delete its pods to restart them), ..."), "{m}");
-    assert!(m.contains("linkerd inject"), "{m}");
+    assert!(
+        m.contains(
+            "injected by linkerd inject --manual: inject its workload again without --manual"
+        ),
+        "{m}"
+    );
     assert!(
         m.contains("StatefulSet app-1/db has updateStrategy OnDelete: delete its pods"),
         "{m}"
