@@ -773,8 +773,10 @@ pub fn decide(
                 targets as u32,
             ));
             // A proxy that does not answer the probe is not converged (its leaf is unknown),
-            // and no restart is asked for it: a refresh it cannot be seen to make would not be
-            // seen after a restart either. What the probe met is said, so the cause (a
+            // and not being reached asks no restart: a refresh it cannot be seen to make would
+            // not be seen after a restart either. (One that will not refresh within the
+            // interval is restarted as every such proxy is, below: reached or not, it would
+            // keep its old leaf for hours.) What the probe met is said, so the cause (a
             // NetworkPolicy that keeps the operator off the admin port, say) can be read.
             let unreachable: Vec<String> = observed
                 .pods
