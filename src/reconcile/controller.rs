@@ -1,8 +1,9 @@
 //! The reconciler's I/O: reflectors gather [`Observed`] (named-object watches for the three
 //! certificate Secrets and the bundle ConfigMap; meshed pods, the control plane's included, by
-//! label; every Deployment, StatefulSet and DaemonSet; the `cluster` resource), the pure [`decide`] picks the step, and this module executes its
-//! [`Effect`]s idempotently, then writes status by server-side apply onto the resourceVersion
-//! it decided from, and publishes the step's events once that has landed.
+//! label; every Deployment, StatefulSet and DaemonSet; the `cluster` resource), the pure
+//! [`decide`] picks the step, and this module executes its [`Effect`]s idempotently, then
+//! writes status by server-side apply onto the resourceVersion it decided from, and publishes
+//! the step's events once that has landed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
