@@ -1000,6 +1000,28 @@ async fn automatic_rotation_from_synced_to_synced_with_zero_failed_handshakes() 
         );
     }
 
+    // Its writes carry its field manager: the restarted Deployments (workloads and control
+    // plane) say in their managedFields who restarted them.
+    let managed_by_operator = |d: &Deployment| {
+        d.managed_fields().iter().any(|e| {
+            e.manager.as_deref() == Some(trust_rotation_operator::reconcile::controller::MANAGER)
+        })
+    };
+    for (ns, name) in [
+        (rig.ns[0].as_str(), "app-0"),
+        ("linkerd", "linkerd-identity"),
+    ] {
+        let d = Api::<Deployment>::namespaced(client.clone(), ns)
+            .get(name)
+            .await
+            .unwrap();
+        assert!(
+            managed_by_operator(&d),
+            "{ns}/{name}: {:?}",
+            d.managed_fields()
+        );
+    }
+
     // Every proxy ends on the new anchor alone, with a leaf from the new issuer.
     rig.assert_mesh_on(&new_anchor, 12).await;
 

@@ -125,7 +125,11 @@ impl EventWriter {
             type_: Some(if warning { "Warning" } else { "Normal" }.to_owned()),
             ..Default::default()
         };
-        self.api.create(&PostParams::default(), &event).await?;
+        let params = PostParams {
+            field_manager: Some(MANAGER.to_owned()),
+            ..Default::default()
+        };
+        self.api.create(&params, &event).await?;
         Ok(())
     }
 }
@@ -1903,7 +1907,10 @@ async fn restart(
     } = workload;
     let patch = Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
         key: value}}}}}));
-    let params = PatchParams::default();
+    let params = PatchParams {
+        field_manager: Some(MANAGER.to_owned()),
+        ..Default::default()
+    };
     let what = format!("restarting {kind} {namespace}/{name}");
     tracing::info!(%kind, %namespace, %name, annotation = key, %value, "restarting");
     match kind.as_str() {
@@ -1938,7 +1945,14 @@ async fn restart_control_plane(
     let name = &restart.name;
     tracing::info!(%namespace, %name, refresh = ?restart.proxy_refresh, "restarting the control plane onto the trust bundle");
     Api::<Deployment>::namespaced(client.clone(), namespace)
-        .patch(name, &PatchParams::default(), &Patch::Strategic(patch))
+        .patch(
+            name,
+            &PatchParams {
+                field_manager: Some(MANAGER.to_owned()),
+                ..Default::default()
+            },
+            &Patch::Strategic(patch),
+        )
         .await
         .map(|_| ())
         .map_err(kube_err(format!(
@@ -1999,7 +2013,11 @@ async fn renew_certificate(
         "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().to_string()}),
     );
     cert.data["status"]["conditions"] = serde_json::Value::Array(conditions);
-    api.replace_status(name, &PostParams::default(), &cert)
+    let params = PostParams {
+        field_manager: Some(MANAGER.to_owned()),
+        ..Default::default()
+    };
+    api.replace_status(name, &params, &cert)
         .await
         .map_err(kube_err(what))?;
     Ok(())
