@@ -870,6 +870,16 @@ async fn observe(
         n.previous_anchor_secret.0, n.previous_anchor_secret.1
     );
     let previous = match secret_of(&stores.secrets[1], &n.previous_anchor_secret) {
+        // The operator writes this Secret as `Opaque`, the certificate alone, and a Secret's
+        // type cannot change: one of another type (a copy of the anchor's `kubernetes.io/tls`
+        // Secret, say) would refuse the write that ends every rotation.
+        Some(s) if s.type_.as_deref().is_some_and(|t| t != "Opaque") => Err(Problem {
+            object: previous_object.clone(),
+            message: format!(
+                "has type {}, and a Secret's type cannot change: the operator keeps the previous anchor in an Opaque Secret, the certificate alone; delete this one while the rotation is Synced and the operator writes it again",
+                s.type_.as_deref().unwrap_or_default()
+            ),
+        }),
         Some(s) => secret_cert(&s, &previous_object, &["ca.crt", "tls.crt"]).map(Some),
         None => Ok(None),
     };
@@ -2456,6 +2466,53 @@ mod tests {
                 .values()
                 .all(|m| m.stalled.is_none())
         );
+    }
+
+    /// A previous-anchor Secret of another type than `Opaque` (a copy of the anchor's TLS
+    /// Secret) is a problem naming it: the write that ends every rotation would be refused, as a
+    /// Secret's type cannot change. The same certificate in an `Opaque` Secret is read.
+    #[tokio::test]
+    async fn a_previous_anchor_secret_that_is_not_opaque_is_a_problem() {
+        use crate::sim::pki;
+        let key = pki::generate_key().unwrap();
+        let now = pki::now();
+        let der = pki::Template {
+            common_name: "root.linkerd.cluster.local".to_owned(),
+            dns_names: vec![],
+            is_ca: true,
+            not_before: now,
+            not_after: now + Duration::from_secs(3600),
+        }
+        .self_signed(&key)
+        .unwrap();
+        let secret = |type_: &str| -> Secret {
+            let mut s: Secret = object(json!({"metadata": {"name": "linkerd-previous-anchor",
+                "namespace": "linkerd"}, "type": type_}));
+            s.data = Some(BTreeMap::from([(
+                "tls.crt".to_owned(),
+                k8s_openapi::ByteString(pki::to_pem(&der).into_bytes()),
+            )]));
+            s
+        };
+        let stores = |s: Secret| Stores {
+            rotation: frozen(vec![]),
+            secrets: vec![frozen(vec![]), frozen(vec![s]), frozen(vec![])],
+            bundle: frozen(vec![]),
+            pods: frozen(vec![]),
+            deployments: frozen(vec![]),
+            statefulsets: frozen(vec![]),
+            daemonsets: frozen(vec![]),
+        };
+        let observed = observe_offline(&stores(secret("kubernetes.io/tls"))).await;
+        let problem = observed.previous.unwrap_err().to_string();
+        assert!(
+            problem.starts_with(
+                "Secret linkerd/linkerd-previous-anchor: has type kubernetes.io/tls, and a Secret's type cannot change"
+            ),
+            "{problem}"
+        );
+        let observed = observe_offline(&stores(secret("Opaque"))).await;
+        assert!(observed.previous.unwrap().is_some());
     }
 
     /// Pods a template change would not roll (a paused Deployment's, an OnDelete StatefulSet's,
