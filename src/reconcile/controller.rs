@@ -2152,6 +2152,22 @@ mod tests {
         pod
     }
 
+    /// A self-signed CA certificate (DER) valid from now for an hour.
+    fn ca_for_an_hour(common_name: &str) -> Vec<u8> {
+        use crate::sim::pki;
+        let key = pki::generate_key().unwrap();
+        let now = pki::now();
+        pki::Template {
+            common_name: common_name.to_owned(),
+            dns_names: vec![],
+            is_ca: true,
+            not_before: now,
+            not_after: now + Duration::from_secs(3600),
+        }
+        .self_signed(&key)
+        .unwrap()
+    }
+
     fn owned_by(kind: &str, name: &str) -> serde_json::Value {
         json!({"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "u", "controller": true})
     }
@@ -2162,17 +2178,7 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_proxy_is_named_with_what_the_probe_met() {
         use crate::sim::pki;
-        let key = pki::generate_key().unwrap();
-        let now = pki::now();
-        let issuer_der = pki::Template {
-            common_name: "identity.linkerd.cluster.local".to_owned(),
-            dns_names: vec![],
-            is_ca: true,
-            not_before: now,
-            not_after: now + Duration::from_secs(3600),
-        }
-        .self_signed(&key)
-        .unwrap();
+        let issuer_der = ca_for_an_hour("identity.linkerd.cluster.local");
         let issuer = Cert {
             fingerprint: crate::bundle::sha256_hex(&issuer_der),
             pem: pki::to_pem(&issuer_der),
@@ -2474,17 +2480,7 @@ mod tests {
     #[tokio::test]
     async fn a_previous_anchor_secret_that_is_not_opaque_is_a_problem() {
         use crate::sim::pki;
-        let key = pki::generate_key().unwrap();
-        let now = pki::now();
-        let der = pki::Template {
-            common_name: "root.linkerd.cluster.local".to_owned(),
-            dns_names: vec![],
-            is_ca: true,
-            not_before: now,
-            not_after: now + Duration::from_secs(3600),
-        }
-        .self_signed(&key)
-        .unwrap();
+        let der = ca_for_an_hour("root.linkerd.cluster.local");
         let secret = |type_: &str| -> Secret {
             let mut s: Secret = object(json!({"metadata": {"name": "linkerd-previous-anchor",
                 "namespace": "linkerd"}, "type": type_}));
