@@ -1,9 +1,9 @@
 //! Leader election with a `coordination.k8s.io/v1` Lease, as client-go's leaderelection does
 //! it: the holder renews `renewTime` every few seconds; another replica takes the Lease only
-//! once it has itself seen the Lease unchanged for `leaseDurationSeconds`, timed on its own
-//! monotonic clock (never by comparing the holder's `renewTime` with its own wall clock, so
-//! replicas whose clocks disagree neither steal a live Lease nor wait too long for a dead
-//! one). Every write carries the `resourceVersion` it read, so two replicas racing for an
+//! once it has itself seen the Lease unchanged (or gone, deleted while another replica held
+//! it) for `leaseDurationSeconds`, timed on its own monotonic clock (never by comparing the
+//! holder's `renewTime` with its own wall clock, so replicas whose clocks disagree neither
+//! steal a live Lease nor wait too long for a dead one). Every write carries the `resourceVersion` it read, so two replicas racing for an
 //! expired Lease cannot both win: the API server refuses the second write with 409 Conflict.
 //!
 //! [`next_step`] is the pure rule; [`Elector`] does the reads and writes. Every replica serves
@@ -48,15 +48,18 @@ pub fn next_step(lease: &LeaseState, me: &str, unchanged_for: Duration) -> Step 
     }
 }
 
-/// The Lease as this replica last saw it change, and when (its own monotonic clock).
+/// The Lease as this replica last saw it change, and when (its own monotonic clock); and since
+/// when it has been seen gone, if it is.
 #[derive(Debug, Default)]
 struct Observed {
     seen: Option<(LeaseState, std::time::Instant)>,
+    gone_since: Option<std::time::Instant>,
 }
 
 impl Observed {
     /// How long `state` has been seen unchanged, counting from now if it just changed.
     fn unchanged_for(&mut self, state: &LeaseState, now: std::time::Instant) -> Duration {
+        self.gone_since = None;
         match &self.seen {
             Some((last, since)) if last == state => now.saturating_duration_since(*since),
             _ => {
@@ -64,6 +67,26 @@ impl Observed {
                 Duration::ZERO
             }
         }
+    }
+
+    /// Whether a Lease now gone must still be waited for: the last one seen was another
+    /// replica's, which may lead until its next renewal finds the Lease gone, so it is waited
+    /// out as an expired one would be, a full duration from when it was first seen gone
+    /// (deleted by hand, or pruned by a GitOps tool). A Lease never seen, or last seen as this
+    /// replica's or free, is not waited for.
+    fn wait_for_gone(&mut self, me: &str, now: std::time::Instant) -> bool {
+        let Some((last, _)) = &self.seen else {
+            return false;
+        };
+        if last
+            .holder
+            .as_deref()
+            .is_none_or(|h| h.is_empty() || h == me)
+        {
+            return false;
+        }
+        let since = *self.gone_since.get_or_insert(now);
+        now.saturating_duration_since(since) < last.duration
     }
 }
 
@@ -188,6 +211,11 @@ impl Elector {
         let now = Timestamp::now();
         let c = &self.config;
         let Some(lease) = lease else {
+            let wait = (self.observed.lock().expect("observed lease lock"))
+                .wait_for_gone(&c.identity, std::time::Instant::now());
+            if wait {
+                return Ok(Attempt::Held(false));
+            }
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(c.name.clone()),
@@ -547,6 +575,44 @@ mod tests {
             .unwrap();
         assert!(matches!(a.attempt(stale).await.unwrap(), Attempt::Conflict));
         assert!(!a.try_lead().await.unwrap(), "b holds it now");
+    }
+
+    /// A Lease deleted while another replica holds it (by hand, or pruned by a GitOps tool) is
+    /// not taken at once: its holder may still lead until its next renewal finds it gone, so a
+    /// follower waits it out as an expired one. The holder puts it back at once. Gone and not
+    /// put back for a whole duration, it is taken. Real API server.
+    #[tokio::test]
+    async fn a_deleted_lease_is_waited_out_by_a_follower_and_put_back_by_its_holder() {
+        let cp = crate::testbed::ControlPlane::start()
+            .await
+            .expect("a local control plane");
+        let client = cp.client();
+        let api = Api::<Lease>::namespaced(client.clone(), "default");
+        let config = |id: &str| {
+            LeaseConfig::new("default", "election", id).with_duration(Duration::from_secs(2))
+        };
+        let a = Elector::new(client.clone(), config("a"));
+        let b = Elector::new(client.clone(), config("b"));
+        let delete = || async {
+            api.delete("election", &Default::default()).await.unwrap();
+        };
+        assert!(a.try_lead().await.unwrap(), "a takes the free Lease");
+        assert!(!b.try_lead().await.unwrap(), "b sees a's");
+
+        delete().await;
+        assert!(!b.try_lead().await.unwrap(), "b waits: a may still lead");
+        assert!(a.try_lead().await.unwrap(), "a puts its Lease back");
+        assert!(!b.try_lead().await.unwrap(), "a's again");
+
+        delete().await;
+        assert!(!b.try_lead().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(2200)).await;
+        assert!(
+            b.try_lead().await.unwrap(),
+            "gone for a whole duration: b takes it"
+        );
+        let spec = api.get("election").await.unwrap().spec.unwrap();
+        assert_eq!(spec.holder_identity.as_deref(), Some("b"));
     }
 
     /// A reconciler that returns while leading ends the election too (and the Lease is handed
