@@ -41,6 +41,19 @@ pub fn configmap_text<'a>(
     Ok(None)
 }
 
+/// `der` read as one X.509 certificate and nothing after it: bytes after the certificate
+/// would be kept in every bundle built from it and change its fingerprint, though no TLS
+/// library reads them.
+pub fn whole_certificate(
+    der: &[u8],
+) -> Result<x509_parser::certificate::X509Certificate<'_>, String> {
+    let (rest, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err(format!("{} bytes follow the certificate", rest.len()));
+    }
+    Ok(cert)
+}
+
 /// A set of trust anchors in canonical order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Bundle {
@@ -219,16 +232,7 @@ impl Bundle {
                 blocks: count,
                 message,
             };
-            let (rest, _) =
-                x509_parser::parse_x509_certificate(&der).map_err(|e| not_x509(e.to_string()))?;
-            // Bytes after the certificate would be kept in the bundle and change its
-            // fingerprint, though no TLS library reads them.
-            if !rest.is_empty() {
-                return Err(not_x509(format!(
-                    "{} bytes follow the certificate",
-                    rest.len()
-                )));
-            }
+            whole_certificate(&der).map_err(not_x509)?;
             self.insert_der(der);
         }
         Ok(())

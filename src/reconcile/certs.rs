@@ -22,16 +22,8 @@ pub fn parse_all(object: &str, key: &str, pem_text: &str) -> Result<Vec<Cert>, P
                 blocks.len()
             ))
         };
-        let (rest, cert) = x509_parser::parse_x509_certificate(block.contents())
-            .map_err(|e| not_x509(e.to_string()))?;
-        // As a bundle holds it (`Bundle::from_pem`): bytes after the certificate would travel
-        // into every bundle built from it.
-        if !rest.is_empty() {
-            return Err(not_x509(format!(
-                "{} bytes follow the certificate",
-                rest.len()
-            )));
-        }
+        // As a bundle holds it (`Bundle::from_pem`).
+        let cert = crate::bundle::whole_certificate(block.contents()).map_err(not_x509)?;
         out.push(Cert {
             fingerprint: sha256_hex(block.contents()),
             pem: pem::encode_config(
