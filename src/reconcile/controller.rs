@@ -38,6 +38,22 @@ use crate::watch::WatchErrors;
 
 /// Field manager of every write the reconciler makes.
 pub const MANAGER: &str = "trust-rotation-operator";
+
+/// A create or replace under [`MANAGER`].
+fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(MANAGER.to_owned()),
+        ..Default::default()
+    }
+}
+
+/// A (non-apply) patch under [`MANAGER`].
+fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(MANAGER.to_owned()),
+        ..Default::default()
+    }
+}
 /// Pod-template annotation that restarts a workload onto a bundle: its value is the bundle's
 /// restart marker (its fingerprint, and the ConfigMap version the operator's write of it
 /// replaced; see [`BundleMeta`]), so writing it again for the same bundle causes no second
@@ -125,11 +141,7 @@ impl EventWriter {
             type_: Some(if warning { "Warning" } else { "Normal" }.to_owned()),
             ..Default::default()
         };
-        let params = PostParams {
-            field_manager: Some(MANAGER.to_owned()),
-            ..Default::default()
-        };
-        self.api.create(&params, &event).await?;
+        self.api.create(&post_params(), &event).await?;
         Ok(())
     }
 }
@@ -992,7 +1004,7 @@ async fn observe(
         .collect();
     let all_pods = stores.pods.state();
     mark_pods_not_starting(&mut restart_markers, all_pods.iter().map(|p| &**p));
-    let started = k8s_openapi::jiff::Timestamp::now();
+    let now = k8s_openapi::jiff::Timestamp::now();
     let wont_roll = |w: &Workload, p: &Pod| {
         let (name, ns) = (w.name.as_str(), w.namespace.as_str());
         let pod = p.name_any();
@@ -1005,7 +1017,7 @@ async fn observe(
                 // come before its Deployment's watch event.
                 None => p
                     .creation_timestamp()
-                    .is_some_and(|t| started.duration_since(t.0) > ORPHAN_AGE)
+                    .is_some_and(|t| now.duration_since(t.0) > ORPHAN_AGE)
                     .then(|| {
                         let replica_set = p
                             .owner_references()
@@ -1049,7 +1061,6 @@ async fn observe(
             _ => None,
         }
     };
-    let now = k8s_openapi::jiff::Timestamp::now();
     let (mut pods, mut starting, mut draining) = (Vec::new(), Vec::new(), Vec::new());
     for p in all_pods.iter() {
         let deleting = p.metadata.deletion_timestamp.as_ref().map(|t| t.0);
@@ -1812,15 +1823,12 @@ impl Published {
     /// The `events` to publish after a look that left the rotation at `version`, recording
     /// them.
     fn fresh<'e>(&mut self, version: Option<String>, events: Vec<&'e Effect>) -> Vec<&'e Effect> {
-        let owned: Vec<Effect> = events.iter().map(|e| (*e).clone()).collect();
-        let repeated = version.is_some()
-            && self
-                .last
-                .as_ref()
-                .is_some_and(|(v, last)| *v == version && *last == owned);
         if events.is_empty() {
             return events;
         }
+        let owned: Vec<Effect> = events.iter().map(|e| (*e).clone()).collect();
+        let repeated = version.is_some()
+            && (self.last.as_ref()).is_some_and(|(v, last)| *v == version && *last == owned);
         self.last = Some((version, owned));
         if repeated { Vec::new() } else { events }
     }
@@ -1917,10 +1925,7 @@ async fn restart(
     } = workload;
     let patch = Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
         key: value}}}}}));
-    let params = PatchParams {
-        field_manager: Some(MANAGER.to_owned()),
-        ..Default::default()
-    };
+    let params = patch_params();
     let what = format!("restarting {kind} {namespace}/{name}");
     tracing::info!(%kind, %namespace, %name, annotation = key, %value, "restarting");
     match kind.as_str() {
@@ -1955,14 +1960,7 @@ async fn restart_control_plane(
     let name = &restart.name;
     tracing::info!(%namespace, %name, refresh = ?restart.proxy_refresh, "restarting the control plane onto the trust bundle");
     Api::<Deployment>::namespaced(client.clone(), namespace)
-        .patch(
-            name,
-            &PatchParams {
-                field_manager: Some(MANAGER.to_owned()),
-                ..Default::default()
-            },
-            &Patch::Strategic(patch),
-        )
+        .patch(name, &patch_params(), &Patch::Strategic(patch))
         .await
         .map(|_| ())
         .map_err(kube_err(format!(
@@ -2023,11 +2021,7 @@ async fn renew_certificate(
         "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().to_string()}),
     );
     cert.data["status"]["conditions"] = serde_json::Value::Array(conditions);
-    let params = PostParams {
-        field_manager: Some(MANAGER.to_owned()),
-        ..Default::default()
-    };
-    api.replace_status(name, &params, &cert)
+    api.replace_status(name, &post_params(), &cert)
         .await
         .map_err(kube_err(what))?;
     Ok(())
