@@ -716,23 +716,18 @@ pub fn decide(
         }
         Phase::WaitingForIdentityRotation => {
             d.next.workload_certificate_refresh_interval = Some(policies.refresh_interval.clone());
-            let pending = d.count_bundle(observed, &bundle_set, false);
-            // A pod seen without the expanded bundle since it converged (one that propagation
-            // could not have counted: created from a manifest injected earlier, say) would
-            // reject every leaf of the renewed issuer: it goes back to propagation before the
-            // issuer is renewed, unless that renewal is already under way and can no longer be
-            // held back.
+            // A pod seen without the expanded bundle since it converged is one that
+            // propagation could not have counted.
             let issuer_on_new_anchor =
                 issuer.signed_by.as_deref() == Some(anchor.fingerprint.as_str());
-            if !pending.is_empty() && !issuer_on_new_anchor && !issuer.issuing {
-                d.transition(
-                    Phase::PropagatingTrustRoots,
-                    &format!(
-                        "{} meshed pod(s) started without the expanded trust bundle{}",
-                        pending.len(),
-                        examples(&pending)
-                    ),
-                );
+            let can_hold = !issuer_on_new_anchor && !issuer.issuing;
+            if d.back_to_propagation(observed, &bundle_set, can_hold, |lacking| {
+                format!(
+                    "{} meshed pod(s) started without the expanded trust bundle{}",
+                    lacking.len(),
+                    examples(lacking)
+                )
+            }) {
                 return d.finish(Requeue::Soon);
             }
             d.waiting_for_issuer(&renewal)
@@ -741,18 +736,14 @@ pub fn decide(
             d.next.workload_certificate_refresh_interval = Some(policies.refresh_interval.clone());
             if signer.as_deref() != Some(anchor.fingerprint.as_str()) {
                 // Back before the renewal (the issuer Secret restored from a backup, say): the
-                // renewal is asked for again only as WaitingForIdentityRotation would ask, once
-                // every meshed pod holds the expanded bundle.
-                let pending = d.count_bundle(observed, &bundle_set, false);
-                if !pending.is_empty() && !issuer.issuing {
-                    d.transition(
-                        Phase::PropagatingTrustRoots,
-                        &format!(
-                            "the identity issuer no longer chains to the current anchor, and {} meshed pod(s) lack the expanded trust bundle{}",
-                            pending.len(),
-                            examples(&pending)
-                        ),
-                    );
+                // renewal is asked for again only as WaitingForIdentityRotation would ask it.
+                if d.back_to_propagation(observed, &bundle_set, !issuer.issuing, |lacking| {
+                    format!(
+                        "the identity issuer no longer chains to the current anchor, and {} meshed pod(s) lack the expanded trust bundle{}",
+                        lacking.len(),
+                        examples(lacking)
+                    )
+                }) {
                     return d.finish(Requeue::Soon);
                 }
                 d.transition(
@@ -1110,6 +1101,26 @@ impl<'a> Step<'a> {
             issuer_anchor: None,
             names,
         }
+    }
+
+    /// Counts the workload pods holding the expanded `bundle`. Before the issuer is renewed
+    /// onto the new anchor every one must: a pod without it (created from a manifest injected
+    /// earlier, say) would reject every leaf of the renewed issuer. So while the renewal can
+    /// still be held back (`can_hold`), such pods send the rotation back to propagating, `why`
+    /// saying so from their keys. Whether it went back.
+    fn back_to_propagation(
+        &mut self,
+        observed: &Observed,
+        bundle: &BTreeSet<String>,
+        can_hold: bool,
+        why: impl FnOnce(&[String]) -> String,
+    ) -> bool {
+        let lacking = self.count_bundle(observed, bundle, false);
+        if lacking.is_empty() || !can_hold {
+            return false;
+        }
+        self.transition(Phase::PropagatingTrustRoots, &why(&lacking));
+        true
     }
 
     /// Writes `bundle` into the ConfigMap over its `version`, and remembers in status that
