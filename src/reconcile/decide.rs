@@ -334,7 +334,7 @@ pub fn decide(
         let lacking = templates_lacking(observed, &new_anchor);
         d.baked_note = (!lacking.is_empty()).then(|| {
             format!(
-                "{} workload template(s) carry proxy trust anchors injected by `linkerd inject` without anchor {}{}: the pods they start will reject the renewed issuer's leaves, and no restart changes that; inject them again without --manual, so that the proxy injector gives their pods the bundle (`linkerd inject --manual` bakes the anchors of Linkerd's values in the linkerd-config ConfigMap, which a rotation does not change)",
+                "{} workload template(s) carry proxy trust anchors injected by `linkerd inject` without anchor {}{}: the pods they start will reject the renewed issuer's leaves, and no restart changes that; {REINJECT}",
                 lacking.len(),
                 short(&anchor.fingerprint),
                 examples(&lacking)
@@ -564,7 +564,7 @@ pub fn decide(
             if !templates.is_empty() {
                 const BAKED: &str = "carry proxy trust anchors injected by `linkerd inject` without the anchor in use";
                 let message = format!(
-                    "{} workload template(s) {BAKED} ({}){}: the pods they start reject every leaf of the mesh, and no restart changes that; inject them again without --manual, so that the proxy injector gives their pods the bundle (`linkerd inject --manual` bakes the anchors of Linkerd's values in the linkerd-config ConfigMap, which a rotation does not change)",
+                    "{} workload template(s) {BAKED} ({}){}: the pods they start reject every leaf of the mesh, and no restart changes that; {REINJECT}",
                     templates.len(),
                     short(&anchor.fingerprint),
                     examples(&templates)
@@ -1743,6 +1743,9 @@ impl<'a> Step<'a> {
         }
     }
 }
+
+/// What to do about workload templates with baked-in anchors (`linkerd inject --manual`).
+const REINJECT: &str = "inject them again without --manual, so that the proxy injector gives their pods the bundle (`linkerd inject --manual` bakes the anchors of Linkerd's values in the linkerd-config ConfigMap, which a rotation does not change)";
 
 /// The fingerprint of a PEM certificate's DER, for callers that hold only PEM.
 pub fn pem_fingerprint(pem_text: &str) -> Option<String> {
