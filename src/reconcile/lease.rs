@@ -138,11 +138,13 @@ pub enum LeaseError {
     },
 }
 
-/// What one write of the Lease came to.
-enum Attempt {
+/// What one write of the Lease came to, or a [`Elector::try_lead`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attempt {
     /// Whether this replica holds the Lease after it.
     Held(bool),
-    /// Refused with 409: the Lease changed since it was read.
+    /// Refused with 409: the Lease changed since it was read (for `try_lead`: on every try,
+    /// and this replica still held it at the last read). Neither won nor lost.
     Conflict,
 }
 
@@ -182,20 +184,25 @@ impl Elector {
         }
     }
 
-    /// One attempt: true when this replica holds the Lease afterwards.
+    /// One attempt: `Held(true)` when this replica holds the Lease afterwards, `Held(false)`
+    /// when another does (or it waits for one that may).
     ///
     /// A write refused with 409 Conflict means the Lease changed between the read and the
     /// write: another replica took it, or anyone else wrote it (an annotation, a label). So
     /// the Lease is read again and the step decided once more: taken, it is "not leader";
-    /// still ours, it is renewed. (Stepping down on every conflict would stop a healthy leader
-    /// because someone labelled its Lease.)
-    pub async fn try_lead(&self) -> Result<bool, LeaseError> {
+    /// still ours, it is renewed. Refused again, it is `Conflict`: not lost, since the last
+    /// read still showed it ours, and not renewed; a leader tries again on its next tick until
+    /// its renew deadline, as client-go's does. (Stepping down on a conflict would stop a
+    /// healthy leader because someone labelled its Lease.)
+    pub async fn try_lead(&self) -> Result<Attempt, LeaseError> {
+        let mut attempt = Attempt::Conflict;
         for _ in 0..2 {
-            if let Attempt::Held(held) = self.attempt(self.read().await?).await? {
-                return Ok(held);
+            attempt = self.attempt(self.read().await?).await?;
+            if attempt != Attempt::Conflict {
+                break;
             }
         }
-        Ok(false)
+        Ok(attempt)
     }
 
     async fn read(&self) -> Result<Option<Lease>, LeaseError> {
@@ -337,8 +344,8 @@ impl Elector {
             let mut last_renewed = loop {
                 let sent = tokio::time::Instant::now();
                 match tokio::time::timeout(c.renew_deadline, self.try_lead()).await {
-                    Ok(Ok(true)) => break sent,
-                    Ok(Ok(false)) => {}
+                    Ok(Ok(Attempt::Held(true))) => break sent,
+                    Ok(Ok(Attempt::Held(false) | Attempt::Conflict)) => {}
                     Ok(Err(e)) => tracing::warn!(error = %e, "leader election"),
                     Err(_) => {
                         tracing::warn!("leader election: the API server did not answer in time")
@@ -366,11 +373,15 @@ impl Elector {
                 let sent = tokio::time::Instant::now();
                 let left = c.renew_deadline.saturating_sub(sent - last_renewed);
                 match tokio::time::timeout(left, self.try_lead()).await {
-                    Ok(Ok(true)) => last_renewed = sent,
-                    Ok(Ok(false)) => {
+                    Ok(Ok(Attempt::Held(true))) => last_renewed = sent,
+                    Ok(Ok(Attempt::Held(false))) => {
                         tracing::warn!("the leader Lease was taken by another replica");
                         break false;
                     }
+                    // Still ours at the last read: tried again next tick, until the deadline.
+                    Ok(Ok(Attempt::Conflict)) => tracing::warn!(
+                        "renewing the leader Lease: it changed between each read and write; trying again"
+                    ),
                     Ok(Err(e)) => tracing::warn!(error = %e, "renewing the leader Lease"),
                     // Past the deadline: the first branch above steps down at once.
                     Err(_) => {}
@@ -538,7 +549,11 @@ mod tests {
         let api = Api::<Lease>::namespaced(client.clone(), "default");
         let config = LeaseConfig::new("default", "election", "a");
         let a = Elector::new(client.clone(), config.clone());
-        assert!(a.try_lead().await.unwrap(), "a takes the free Lease");
+        assert_eq!(
+            a.try_lead().await.unwrap(),
+            Attempt::Held(true),
+            "a takes the free Lease"
+        );
 
         let label = |value: &str| {
             let api = api.clone();
@@ -561,7 +576,11 @@ mod tests {
         let stale = a.read().await.unwrap();
         label("2").await;
         assert!(matches!(a.attempt(stale).await.unwrap(), Attempt::Conflict));
-        assert!(a.try_lead().await.unwrap(), "a renews after the conflict");
+        assert_eq!(
+            a.try_lead().await.unwrap(),
+            Attempt::Held(true),
+            "a renews after the conflict"
+        );
         let after = api.get("election").await.unwrap().spec.unwrap();
         assert_eq!(after.holder_identity.as_deref(), Some("a"));
         assert!(after.renew_time > before.spec.unwrap().renew_time);
@@ -574,7 +593,63 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(a.attempt(stale).await.unwrap(), Attempt::Conflict));
-        assert!(!a.try_lead().await.unwrap(), "b holds it now");
+        assert_eq!(
+            a.try_lead().await.unwrap(),
+            Attempt::Held(false),
+            "b holds it now"
+        );
+    }
+
+    /// Written over and over by someone else (a tool labelling it in a loop), a leader's
+    /// renewals can be refused on the read-again too. That is no reason to step down while the
+    /// Lease is still its own: `try_lead` says `Conflict` (the leader tries again next tick,
+    /// within its deadline), never "not held". Real API server, hammered from another thread.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lease_that_keeps_changing_is_contended_not_lost() {
+        let cp = crate::testbed::ControlPlane::start()
+            .await
+            .expect("a local control plane");
+        let client = cp.client();
+        let api = Api::<Lease>::namespaced(client.clone(), "default");
+        let a = Elector::new(client.clone(), LeaseConfig::new("default", "election", "a"));
+        assert_eq!(a.try_lead().await.unwrap(), Attempt::Held(true));
+
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hammer = tokio::spawn({
+            let (api, stop) = (api.clone(), stop.clone());
+            async move {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let patch = serde_json::json!({"metadata": {"labels": {"n": n.to_string()}}});
+                    let params = kube::api::PatchParams::default();
+                    api.patch("election", &params, &kube::api::Patch::Merge(patch))
+                        .await
+                        .unwrap();
+                }
+                n
+            }
+        });
+        let mut outcomes = Vec::new();
+        let started = std::time::Instant::now();
+        while !outcomes.contains(&Attempt::Conflict) && started.elapsed() < Duration::from_secs(20)
+        {
+            outcomes.push(a.try_lead().await.unwrap());
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let patches = hammer.await.unwrap();
+        assert!(
+            outcomes.contains(&Attempt::Conflict),
+            "no try was refused twice in {} tries against {patches} label writes",
+            outcomes.len()
+        );
+        assert!(
+            !outcomes.contains(&Attempt::Held(false)),
+            "a Lease still ours read as lost: {outcomes:?}"
+        );
+        let spec = api.get("election").await.unwrap().spec.unwrap();
+        assert_eq!(spec.holder_identity.as_deref(), Some("a"));
+        assert_eq!(a.try_lead().await.unwrap(), Attempt::Held(true));
     }
 
     /// A Lease deleted while another replica holds it (by hand, or pruned by a GitOps tool) is
@@ -596,19 +671,40 @@ mod tests {
         let delete = || async {
             api.delete("election", &Default::default()).await.unwrap();
         };
-        assert!(a.try_lead().await.unwrap(), "a takes the free Lease");
-        assert!(!b.try_lead().await.unwrap(), "b sees a's");
-
-        delete().await;
-        assert!(!b.try_lead().await.unwrap(), "b waits: a may still lead");
-        assert!(a.try_lead().await.unwrap(), "a puts its Lease back");
-        assert!(!b.try_lead().await.unwrap(), "a's again");
-
-        delete().await;
-        assert!(!b.try_lead().await.unwrap());
-        tokio::time::sleep(Duration::from_millis(2200)).await;
-        assert!(
+        assert_eq!(
+            a.try_lead().await.unwrap(),
+            Attempt::Held(true),
+            "a takes the free Lease"
+        );
+        assert_eq!(
             b.try_lead().await.unwrap(),
+            Attempt::Held(false),
+            "b sees a's"
+        );
+
+        delete().await;
+        assert_eq!(
+            b.try_lead().await.unwrap(),
+            Attempt::Held(false),
+            "b waits: a may still lead"
+        );
+        assert_eq!(
+            a.try_lead().await.unwrap(),
+            Attempt::Held(true),
+            "a puts its Lease back"
+        );
+        assert_eq!(
+            b.try_lead().await.unwrap(),
+            Attempt::Held(false),
+            "a's again"
+        );
+
+        delete().await;
+        assert_eq!(b.try_lead().await.unwrap(), Attempt::Held(false));
+        tokio::time::sleep(Duration::from_millis(2200)).await;
+        assert_eq!(
+            b.try_lead().await.unwrap(),
+            Attempt::Held(true),
             "gone for a whole duration: b takes it"
         );
         let spec = api.get("election").await.unwrap().spec.unwrap();
