@@ -287,10 +287,12 @@ impl Proxy {
 
     /// Stops serving and refreshing; the port is free once this returns.
     pub fn stop(&self) {
+        // Unready first: a connection the stopping closes is then "peer gone" to the traffic
+        // generator, never a failure of a ready proxy.
+        self.ready.send_replace(false);
         for task in self.tasks.lock().expect("not poisoned").drain(..) {
             task.abort();
         }
-        self.ready.send_replace(false);
     }
 
     /// The leaf held now, if any.

@@ -5,6 +5,12 @@
 //! *and* the server accepted the client's certificate (it then sends one byte). Failures are
 //! classified by reason and by which side refused. A peer that stopped between being picked and
 //! being dialled is counted apart (`unreachable`): that is a pod going away, not broken mTLS.
+//! A peer still ready that refuses or resets the connection is a failure: only a stopped one
+//! (`Proxy::stop` lowers its readiness before it closes anything) is "gone".
+//!
+//! The counters also keep the longest stretch without a successful handshake
+//! ([`TrafficSnapshot::longest_gap_since`]), timed at each success rather than sampled, so a
+//! stand-still is seen however briefly anyone looked.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -93,6 +99,56 @@ pub struct Failure {
     pub at: Instant,
 }
 
+/// Gaps between successes shorter than this are not kept: the generator makes about a hundred
+/// handshakes a second, and only a stand-still of seconds means anything.
+const KEPT_GAP: Duration = Duration::from_millis(200);
+
+/// When handshakes succeeded: the last success, and every longer gap before it.
+#[derive(Clone, Debug, Default)]
+pub struct SuccessClock {
+    /// When the generator started (the gap before the first success counts from it).
+    started: Option<Instant>,
+    last: Option<Instant>,
+    /// Gaps of at least [`KEPT_GAP`]: when each ended (the success that ended it) and how long.
+    gaps: Vec<(Instant, Duration)>,
+}
+
+impl SuccessClock {
+    fn started(at: Instant) -> Self {
+        Self {
+            started: Some(at),
+            ..Self::default()
+        }
+    }
+
+    fn success(&mut self, at: Instant) {
+        if let Some(from) = self.last.or(self.started) {
+            let gap = at.saturating_duration_since(from);
+            if gap >= KEPT_GAP {
+                self.gaps.push((at, gap));
+            }
+        }
+        self.last = Some(at);
+    }
+
+    /// The longest time within `since..now` without a success: an ended gap counts only its
+    /// part after `since`, and the one still open at `now` counts too. Exact from
+    /// [`KEPT_GAP`] up; below it, it may read shorter.
+    fn longest_gap(&self, since: Instant, now: Instant) -> Duration {
+        let open = self
+            .last
+            .or(self.started)
+            .map(|from| now.saturating_duration_since(from.max(since)));
+        self.gaps
+            .iter()
+            .filter(|(end, _)| *end > since)
+            .map(|(end, gap)| (*gap).min(end.saturating_duration_since(since)))
+            .chain(open)
+            .max()
+            .unwrap_or_default()
+    }
+}
+
 /// Counters, readable while the generator runs.
 #[derive(Default)]
 pub struct TrafficStats {
@@ -101,6 +157,7 @@ pub struct TrafficStats {
     unreachable: AtomicU64,
     failures: Mutex<BTreeMap<(FailureReason, RejectedBy), u64>>,
     recent: Mutex<Vec<Failure>>,
+    clock: Mutex<SuccessClock>,
 }
 
 /// A copy of the counters at one moment.
@@ -111,9 +168,19 @@ pub struct TrafficSnapshot {
     pub unreachable: u64,
     pub failures: BTreeMap<(FailureReason, RejectedBy), u64>,
     pub recent: Vec<Failure>,
+    /// When the copy was taken, and the successes' times up to then.
+    pub taken: Option<Instant>,
+    pub clock: SuccessClock,
 }
 
 impl TrafficSnapshot {
+    /// The longest stretch since `since`, up to when this copy was taken, without a single
+    /// successful handshake (whether none were tried, or all failed or found their peer gone).
+    pub fn longest_gap_since(&self, since: Instant) -> Duration {
+        self.clock
+            .longest_gap(since, self.taken.unwrap_or_else(Instant::now))
+    }
+
     pub fn failed(&self) -> u64 {
         self.failures.values().sum()
     }
@@ -142,6 +209,8 @@ impl TrafficSnapshot {
             unreachable: self.unreachable - earlier.unreachable,
             failures,
             recent: self.recent.clone(),
+            taken: self.taken,
+            clock: self.clock.clone(),
         }
     }
 }
@@ -171,6 +240,8 @@ impl TrafficStats {
             unreachable: self.unreachable.load(Ordering::Relaxed),
             failures: self.failures.lock().expect("not poisoned").clone(),
             recent: self.recent.lock().expect("not poisoned").clone(),
+            taken: Some(Instant::now()),
+            clock: self.clock.lock().expect("not poisoned").clone(),
         }
     }
 
@@ -179,6 +250,10 @@ impl TrafficStats {
         match outcome {
             Outcome::Ok => {
                 self.successes.fetch_add(1, Ordering::Relaxed);
+                self.clock
+                    .lock()
+                    .expect("not poisoned")
+                    .success(Instant::now());
             }
             Outcome::Unreachable => {
                 self.unreachable.fetch_add(1, Ordering::Relaxed);
@@ -276,8 +351,21 @@ pub async fn handshake(client: &Proxy, server: &Proxy) -> Outcome {
         }
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
-        Ok(o) => o,
+        Ok(o) => peer_gone_only_if_stopped(o, server.is_ready()),
         Err(_) => Outcome::Failed(FailureReason::Timeout, RejectedBy::Neither),
+    }
+}
+
+/// A refused, reset or broken connection is the peer gone only if it has stopped; from a peer
+/// still ready it is a failed handshake (a server that hung up on a certificate it refused,
+/// without an alert, must not pass for a pod going away).
+fn peer_gone_only_if_stopped(outcome: Outcome, server_ready: bool) -> Outcome {
+    match outcome {
+        Outcome::Unreachable if server_ready => Outcome::Failed(
+            FailureReason::Other("connection refused or reset by a ready peer".to_owned()),
+            RejectedBy::Neither,
+        ),
+        other => other,
     }
 }
 
@@ -329,7 +417,10 @@ pub struct TrafficGenerator {
 
 impl TrafficGenerator {
     pub fn start(peers: Arc<dyn Peers>, config: TrafficConfig) -> Self {
-        let stats = Arc::new(TrafficStats::default());
+        let stats = Arc::new(TrafficStats {
+            clock: Mutex::new(SuccessClock::started(Instant::now())),
+            ..TrafficStats::default()
+        });
         let tasks = (0..config.workers.max(1))
             .map(|worker| {
                 let (peers, stats, pause) = (peers.clone(), stats.clone(), config.pause);
@@ -438,6 +529,57 @@ mod tests {
             )),
             (FailureReason::Expired, RejectedBy::Server)
         );
+    }
+
+    #[test]
+    fn a_hang_up_is_the_peer_gone_only_if_it_stopped() {
+        assert_eq!(
+            peer_gone_only_if_stopped(Outcome::Unreachable, false),
+            Outcome::Unreachable
+        );
+        assert!(matches!(
+            peer_gone_only_if_stopped(Outcome::Unreachable, true),
+            Outcome::Failed(FailureReason::Other(_), RejectedBy::Neither)
+        ));
+        for outcome in [
+            Outcome::Ok,
+            Outcome::Failed(FailureReason::UnknownIssuer, RejectedBy::Server),
+        ] {
+            for ready in [false, true] {
+                assert_eq!(peer_gone_only_if_stopped(outcome.clone(), ready), outcome);
+            }
+        }
+    }
+
+    #[test]
+    fn the_longest_gap_is_timed_at_each_success_not_sampled() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut clock = SuccessClock::started(t0);
+        // Successes at 0.1 s, 0.15 s, then none until 3.15 s, then 3.2 s.
+        for ms in [100, 150, 3150, 3200] {
+            clock.success(at(ms));
+        }
+        let secs = |ms: u64| Duration::from_millis(ms);
+        // Anyone looking only at 0.15 s and 3.2 s sees progress both times; the gap is kept.
+        assert_eq!(clock.longest_gap(t0, at(3200)), secs(3000));
+        // Counted from a later start, only the part after it.
+        assert_eq!(clock.longest_gap(at(1150), at(3200)), secs(2000));
+        // Gaps under KEPT_GAP are not kept: read as shorter, never longer.
+        assert!(clock.longest_gap(at(3150), at(3200)) < KEPT_GAP);
+        // The gap still open counts, up to the time asked about.
+        assert_eq!(clock.longest_gap(at(3150), at(9200)), secs(6000));
+        // Before any success, from the start of the generator.
+        let idle = SuccessClock::started(t0);
+        assert_eq!(idle.longest_gap(t0, at(700)), secs(700));
+        // Short gaps are not kept, but the open one is still measured.
+        let mut busy = SuccessClock::started(t0);
+        for ms in (0..100).map(|i| i * 10) {
+            busy.success(at(ms));
+        }
+        assert!(busy.gaps.is_empty());
+        assert!(busy.longest_gap(t0, at(990)) < KEPT_GAP);
+        assert_eq!(busy.longest_gap(t0, at(1500)), secs(510));
     }
 
     #[test]
