@@ -128,6 +128,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "trust-rotation-operator")]
     pub lease_name: String,
     /// How long a leader that stopped renewing keeps the Lease; a replica takes over after it.
+    /// Rounded up to whole seconds, as the Lease holds it.
     #[arg(long, default_value = "15s", value_parser = parse_period)]
     pub lease_duration: Duration,
     /// How long any request to the API server but a watch may take, its answer read whole,

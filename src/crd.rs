@@ -34,7 +34,7 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$";
     status = "TrustAnchorRotationStatus",
     doc = "A trust-anchor rotation of the Linkerd mesh: desired behaviour in spec, observed progress in status. The operator reconciles the one named `cluster`.",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","description":"Current rotation phase"}"#,
-    printcolumn = r#"{"name":"Bundle","type":"string","jsonPath":".status.trustBundle.progress","description":"Meshed pods holding the desired trust bundle (converged/target)"}"#,
+    printcolumn = r#"{"name":"Bundle","type":"string","jsonPath":".status.trustBundle.progress","description":"Meshed workload pods (Pending included, control plane excluded) holding the desired trust bundle (converged/target)"}"#,
     printcolumn = r#"{"name":"Certs","type":"string","jsonPath":".status.workloadCertificates.progress","description":"Meshed pods whose leaf is signed by the active issuer (converged/target)"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     // `-o wide` only: how long the phase has lasted (a rotation stuck for hours shows), and
@@ -106,7 +106,7 @@ pub struct DataPlaneRestart {
     /// `Manual` (default) or `Automatic`.
     #[serde(default)]
     pub policy: RestartPolicy,
-    /// With `Automatic`: how many workloads may be restarting at once.
+    /// With `Automatic`: how many workloads may be restarting at once. Default 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_concurrent_workloads: Option<u32>,
@@ -140,10 +140,13 @@ pub struct TrustAnchorRotationStatus {
     /// When `phase` last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_phase_transition_time: Option<Time>,
-    /// The accelerated refresh interval currently published to proxies, if any.
+    /// The accelerated refresh interval of the rotation in progress, if any: set from
+    /// PropagatingTrustRoots until RemovingOldTrustRoots (the webhook gives it to new pods
+    /// through RenewingWorkloadCerts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_certificate_refresh_interval: Option<String>,
-    /// How many meshed pods hold the desired trust bundle.
+    /// How many meshed workload pods (Pending included, control plane excluded) hold the
+    /// desired trust bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust_bundle: Option<ConvergenceStatus>,
     /// How many meshed pods hold a leaf signed by the active issuer.

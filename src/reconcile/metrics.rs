@@ -111,12 +111,12 @@ impl ReconcileMetrics {
         );
         r.register(
             "trust_rotation_trust_bundle_converged_pods",
-            "Meshed pods whose proxy holds the desired trust bundle",
+            "Meshed workload pods (control plane excluded) whose proxy holds the desired trust bundle",
             m.trust_bundle_converged.clone(),
         );
         r.register(
             "trust_rotation_trust_bundle_target_pods",
-            "Running meshed pods counted for trust-bundle convergence",
+            "Meshed workload pods counted for trust-bundle convergence: running or starting (Pending), control plane excluded",
             m.trust_bundle_target.clone(),
         );
         r.register(
@@ -126,7 +126,7 @@ impl ReconcileMetrics {
         );
         r.register(
             "trust_rotation_workload_certificates_target_pods",
-            "Running meshed pods counted for workload-certificate convergence",
+            "Running meshed pods counted for workload-certificate convergence, control plane included",
             m.certificates_target.clone(),
         );
         r.register(
@@ -141,7 +141,7 @@ impl ReconcileMetrics {
         );
         r.register(
             "trust_rotation_workload_certificate_refresh_interval_seconds",
-            "The accelerated proxy refresh interval published to new pods; 0 when none",
+            "The rotation's accelerated proxy refresh interval, from PropagatingTrustRoots until RemovingOldTrustRoots (the webhook gives it to new pods through RenewingWorkloadCerts); 0 when none",
             m.refresh_interval_seconds.clone(),
         );
         r.register(
