@@ -439,7 +439,7 @@ struct Follow {
 }
 
 impl Follow {
-    fn new(rig: &Rig) -> Self {
+    fn new() -> Self {
         Self {
             t0: Instant::now(),
             phases: Vec::new(),
@@ -719,7 +719,7 @@ async fn automatic_rotation_from_synced_to_synced_with_zero_failed_handshakes() 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mut follow = Follow::new(&rig);
+    let mut follow = Follow::new();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
     eprintln!("anchor renewed: {}", &new_anchor.fingerprint[..12]);
 
@@ -1098,7 +1098,7 @@ async fn manual_rotation_the_user_acts_only_when_the_status_asks() {
         &[],
     )
     .await;
-    let mut follow = Follow::new(&rig);
+    let mut follow = Follow::new();
     let mut user = User::default();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
     let final_status = follow
@@ -1139,7 +1139,7 @@ async fn issuer_renewed_out_of_order_is_flagged() {
         &[],
     )
     .await;
-    let mut follow = Follow::new(&rig);
+    let mut follow = Follow::new();
     let mut user = User::default();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
     let mut renewed_early = false;
@@ -1239,7 +1239,7 @@ async fn installed_after_an_early_issuer_renewal_rotates_with_zero_failed_handsh
 
     // Installed now.
     rig.start_operator_again().await;
-    let mut follow = Follow::new(&rig);
+    let mut follow = Follow::new();
     let mut user = User::default();
     let mut identity_held_seen = false;
     let done = loop {
@@ -1278,7 +1278,7 @@ async fn installed_after_an_early_issuer_renewal_rotates_with_zero_failed_handsh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_anchor_renewal_mid_rotation_still_ends_synced() {
     let rig = Rig::start((2, 2, 1), automatic_spec(1), &[]).await;
-    let mut follow = Follow::new(&rig);
+    let mut follow = Follow::new();
     let second = rig.runbook().renew_anchor().await.unwrap();
     let mut third: Option<Cert> = None;
     loop {
@@ -1339,7 +1339,7 @@ async fn a_workload_started_before_the_interval_was_published_is_restarted_for_i
                 .unwrap();
         }
     };
-    let mut follow = Follow::new(&rig);
+    let mut follow = Follow::new();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
     // Hold the rotation in the expanding control-plane refresh.
     loop {
@@ -1451,7 +1451,7 @@ async fn slow_stopping_rig(issuer_policy: &str) -> Rig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_automatic_issuer_renewal_waits_for_replaced_pods_to_stop() {
     let rig = slow_stopping_rig("Automatic").await;
-    let mut follow = Follow::new(&rig);
+    let mut follow = Follow::new();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
     let mut held = None;
     loop {
@@ -1482,7 +1482,7 @@ async fn the_automatic_issuer_renewal_waits_for_replaced_pods_to_stop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewing_the_issuer_while_replaced_pods_drain_fails_handshakes() {
     let rig = slow_stopping_rig("Manual").await;
-    let mut follow = Follow::new(&rig);
+    let mut follow = Follow::new();
     rig.runbook().renew_anchor().await.unwrap();
     // Once renewed: the traffic then, and the pods then stopping.
     let mut renewed: Option<(TrafficSnapshot, Vec<(String, String)>)> = None;
@@ -1646,7 +1646,7 @@ async fn a_late_pod_without_the_expanded_bundle_fails_handshakes_once_the_issuer
     const LATE: &str = "mesh-late";
     let rig = Rig::start((1, 1, 2), spec("Manual", "Manual"), &[]).await;
     let stale = held_workload(&rig.client, LATE).await;
-    let mut follow = Follow::new(&rig);
+    let mut follow = Follow::new();
     let mut user = User {
         ignored_namespace: Some(LATE),
         ..User::default()
@@ -1726,7 +1726,7 @@ async fn a_pending_pod_without_the_expanded_bundle_holds_back_an_automatic_issue
     let rig = Rig::start((1, 1, 2), spec("Automatic", "Automatic"), &[]).await;
     let stale = held_workload(&rig.client, LATE).await;
     let old_issuer = rig.runbook().issuer().await.unwrap();
-    let mut follow = Follow::new(&rig);
+    let mut follow = Follow::new();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
     let new_fingerprint = new_anchor.fingerprint.clone();
     let lifter = lift_holds_where(&rig.client, LATE, move |pod| {
@@ -1850,7 +1850,7 @@ async fn a_refused_automatic_issuer_renewal_says_why_and_is_not_asked_again_at_o
         }
     };
     deny(Some("no policy approved this request")).await;
-    let mut follow = Follow::new(&rig);
+    let mut follow = Follow::new();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
     let refused = loop {
         let status = follow.status(&rig).await;
@@ -1929,7 +1929,7 @@ async fn issuer_renewed_with_its_old_key_still_zero_failed_handshakes() {
         ..SimConfig::default()
     };
     let rig = Rig::start_with(sim.into(), (1, 2, 2), automatic_spec(2), &[]).await;
-    let mut follow = Follow::new(&rig);
+    let mut follow = Follow::new();
     let old_issuer = rig.runbook().issuer().await.unwrap();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
     let mut user = User::default();
@@ -1964,7 +1964,7 @@ async fn anchor_renewed_with_its_old_key_raises_no_false_alarm() {
         ..SimConfig::default()
     };
     let rig = Rig::start_with(sim.into(), (1, 1, 2), spec("Automatic", "Automatic"), &[]).await;
-    let mut follow = Follow::new(&rig);
+    let mut follow = Follow::new();
     let old_issuer = rig.runbook().issuer().await.unwrap();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
     assert_eq!(
@@ -2024,7 +2024,7 @@ async fn a_restart_the_operator_may_not_do_is_named_in_status() {
         &[],
     )
     .await;
-    let mut follow = Follow::new(&rig);
+    let mut follow = Follow::new();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
     let held = follow.until_a_step_fails(&rig).await;
     let message = held.blocking_message.clone().unwrap();
@@ -2118,7 +2118,7 @@ async fn a_refused_control_plane_restart_holds_up_no_other() {
         .await
         .unwrap();
 
-    let mut follow = Follow::new(&rig);
+    let mut follow = Follow::new();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
     let held = follow.until_a_step_fails(&rig).await;
     let message = held.blocking_message.clone().unwrap();
@@ -2266,7 +2266,7 @@ async fn a_bundle_the_operator_created_and_another_overwrote_is_restored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unusable_material_or_zero_interval_parks_and_writes_nothing() {
     let rig = Rig::start((1, 1, 2), json!({}), &[]).await;
-    let mut follow = Follow::new(&rig);
+    let mut follow = Follow::new();
     let client = rig.client.clone();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "cert-manager");
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "linkerd");
@@ -2528,7 +2528,7 @@ async fn sigkill_in_every_phase_resumes_without_an_extra_rollout() {
     )
     .await;
     let generations = control_plane_generations(&rig.client).await;
-    let mut follow = Follow::new(&rig);
+    let mut follow = Follow::new();
     let mut user = User::default();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
     let mut killed_in: Vec<(Phase, usize)> = Vec::new();
