@@ -308,9 +308,8 @@ pub fn decide(
     // held until every proxy trusts the new anchor; the rest of the control plane restarts
     // as usual. (Nothing keeps it from restarting by itself meanwhile: the out-of-order
     // condition stays urgent.)
-    let hold_identity = renewed
-        && signer.as_deref() == Some(anchor.fingerprint.as_str())
-        && !lacking_anchor.is_empty();
+    let issuer_ahead = renewed && signer.as_deref() == Some(anchor.fingerprint.as_str());
+    let hold_identity = issuer_ahead && !lacking_anchor.is_empty();
     let held = |c: &ControlPlaneDeployment| hold_identity && c.identity_controller;
     let held_names: Vec<&str> = observed
         .control_plane
@@ -686,6 +685,30 @@ pub fn decide(
                     .map(|c| c.name.as_str())
                     .collect();
                 if !unrestarted.is_empty() {
+                    // A held identity controller takes the renewed issuer up as it restarts:
+                    // pods still draining without the new anchor (those the propagation just
+                    // replaced) would reject the new leaves for as long as they drain, as they
+                    // would an issuer renewed now. So it waits for them, as that renewal does.
+                    let draining: Vec<String> = observed
+                        .draining
+                        .iter()
+                        .filter(|p| {
+                            p.anchors
+                                .as_ref()
+                                .is_none_or(|a| !a.is_superset(&new_anchor))
+                        })
+                        .map(|p| p.key())
+                        .collect();
+                    if issuer_ahead && !draining.is_empty() {
+                        d.next.blocking_message = Some(format!(
+                            "every running meshed pod holds the expanded trust bundle; waiting for {} terminating pod(s) without anchor {} to stop before the identity controller ({}), which will take up the renewed issuer, restarts{}",
+                            draining.len(),
+                            short(&anchor.fingerprint),
+                            unrestarted.join(", "),
+                            examples(&draining)
+                        ));
+                        return d.finish(Requeue::Soon);
+                    }
                     let why = format!(
                         "every meshed pod holds the expanded trust bundle: restarting the rest of the control plane ({}) onto it",
                         unrestarted.join(", ")

@@ -413,10 +413,28 @@ fn installed_after_an_early_issuer_renewal_the_identity_controller_is_held_until
     let message = d.status.blocking_message.unwrap_or_default();
     assert!(message.contains(held), "{message}");
 
-    // Every proxy trusts the new anchor: the identity controller is restarted onto the bundle.
+    // Every running proxy trusts the new anchor, but the pods the restarts replaced still
+    // drain on the old bundle alone (a control-plane one too): the identity controller, which
+    // takes the new issuer up as it starts, waits for them, writing nothing.
     for p in o.pods.iter_mut().filter(|p| !p.control_plane) {
         p.anchors = Some(set(&[0, 1]));
     }
+    let mut old_destination = pod("linkerd", "linkerd-destination-old", &[0]);
+    old_destination.control_plane = true;
+    o.draining = vec![pod("app-0", "web-old", &[0]), old_destination];
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
+    assert_eq!(d.status.phase, Phase::PropagatingTrustRoots);
+    assert!(writes(&d).is_empty(), "{:?}", d.effects);
+    let message = d.status.blocking_message.unwrap_or_default();
+    assert!(
+        message.contains("waiting for 2 terminating pod(s) without anchor")
+            && message.contains("linkerd-identity"),
+        "{message}"
+    );
+    // Draining with the new anchor is no reason to wait.
+    o.draining = vec![pod("app-0", "web-old", &[0, 1])];
+
+    // Every proxy trusts the new anchor: the identity controller is restarted onto the bundle.
     let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
     assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
     let d = run(&automatic(), Phase::RefreshingControlPlane, &o);
