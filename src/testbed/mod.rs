@@ -20,7 +20,7 @@ use kube::{Api, Client, Config};
 
 pub use provision::{Binaries, provision};
 
-pub use process::{Managed, dying_with_this_thread};
+pub use process::{Managed, dying_with_this_thread, send_signal};
 
 /// How long kube-apiserver may take to report `/readyz` ok. Measured here: about 6 s on 2 idle
 /// cores; a loaded CI machine running two control planes at once needs several times that.

@@ -120,21 +120,13 @@ impl Managed {
 }
 
 impl Managed {
-    /// Sends a signal by name (`TERM`, `STOP`, `CONT`, ...) with util-linux's `kill`.
+    /// Sends a signal by name (`TERM`, `INT`, `HUP`, `KILL`, `STOP`, `CONT`), with the system
+    /// call itself: no `kill` program needed.
     pub fn signal(&self, signal: &str) -> Result<(), TestbedError> {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
-            .status()
-            .map_err(io_err(format!("signalling {}", self.name)))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(TestbedError::Io {
-                context: format!("kill -{signal} {} ({})", self.pid(), self.name),
-                source: std::io::Error::other(status.to_string()),
-            })
-        }
+        send_signal(self.pid(), signal).map_err(|source| TestbedError::Io {
+            context: format!("kill -{signal} {} ({})", self.pid(), self.name),
+            source,
+        })
     }
 
     /// SIGSTOP, then waits until every thread of the process is seen stopped (`T` in
@@ -190,4 +182,28 @@ impl Drop for Managed {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends the signal named `signal` (`TERM`, `INT`, `HUP`, `KILL`, `STOP`, `CONT`) to `pid`.
+pub fn send_signal(pid: u32, signal: &str) -> std::io::Result<()> {
+    use rustix::process::{Pid, Signal, kill_process};
+    let signal = match signal {
+        "TERM" => Signal::TERM,
+        "INT" => Signal::INT,
+        "HUP" => Signal::HUP,
+        "KILL" => Signal::KILL,
+        "STOP" => Signal::STOP,
+        "CONT" => Signal::CONT,
+        other => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("unknown signal {other:?}"),
+            ));
+        }
+    };
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a pid"))?;
+    kill_process(pid, signal).map_err(std::io::Error::from)
 }
