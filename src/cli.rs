@@ -57,6 +57,12 @@ pub struct DemoArgs {
     /// `spec.dataPlaneRestart.maxConcurrentWorkloads` (default: the operator's).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_workloads: Option<u32>,
+    /// A negative control for the demo's own test: renew the identity issuer right after the
+    /// anchor and restart the identity controller by hand onto the expanded bundle at once,
+    /// which breaks mTLS whatever the operator does; the demo must count the failed
+    /// handshakes and exit 1.
+    #[arg(long, hide = true)]
+    pub break_the_order: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -495,18 +501,34 @@ async fn demo(args: DemoArgs, out: &mut impl std::io::Write) -> Result<(), CliEr
         operator_binary: std::env::current_exe().map_err(CliError::Output)?,
         refresh_interval: args.refresh_interval,
         max_concurrent_workloads: args.max_concurrent_workloads,
+        break_the_order: args.break_the_order,
         ..Default::default()
     };
     let mut ui = crate::demo::Ui::new(human, tty);
     let mut json_out: Vec<u8> = Vec::new();
-    let result = crate::demo::run(config, &mut ui, &mut json_out, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await;
+    // Ctrl-C, SIGTERM (a CI's timeout, `make` stopped) and SIGHUP (the terminal closed) all
+    // stop what the demo started and remove its folders before it exits.
+    let result = crate::demo::run(config, &mut ui, &mut json_out, demo_stop_signal()).await;
     out.write_all(&json_out).map_err(CliError::Output)?;
     out.flush().map_err(CliError::Output)?;
     result?;
     Ok(())
+}
+
+/// Completes on Ctrl-C, SIGTERM or SIGHUP.
+async fn demo_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                _ = hup.recv() => {}
+            }
+            return;
+        }
+    }
+    shutdown_signal().await;
 }
 
 /// Completes on SIGTERM (what the kubelet sends) or Ctrl-C.

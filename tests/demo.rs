@@ -4,7 +4,7 @@
 //! Ctrl-C with `--keep`, and after Ctrl-C mid-rotation).
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -98,11 +98,8 @@ impl Demo {
     }
 
     fn interrupt(&self) {
-        let status = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        trust_rotation_operator::testbed::send_signal(self.child.id(), "INT")
+            .expect("sending SIGINT to the demo");
     }
 
     fn stdout(&self) -> Vec<String> {
@@ -116,9 +113,19 @@ impl Demo {
 
 impl Drop for Demo {
     fn drop(&mut self) {
-        // A failed assertion must not leave a demo (and its control plane) running.
+        // A failed assertion must not leave a demo (and its control plane) running. Ctrl-C
+        // first, so it stops what it started and removes its folders; killed only if that
+        // does not end it.
         if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
+            let _ = trust_rotation_operator::testbed::send_signal(self.child.id(), "INT");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while let Ok(None) = self.child.try_wait() {
+                if Instant::now() > deadline {
+                    let _ = self.child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
             let _ = self.child.wait();
         }
     }
@@ -183,6 +190,12 @@ fn check_summary(json: &Value, human: &[String], pods: u64) {
     let ok = json["handshakes"]["ok"].as_u64().unwrap();
     assert_eq!(failed, 0, "{json}");
     assert!(ok > 0, "traffic ran: {json}");
+    // The mesh in its final state, the handshakes under way at Synced included.
+    let after = &json["after_synced"];
+    assert!(after["seconds"].as_f64().unwrap() >= 3.0, "{json}");
+    assert!(after["ok"].as_u64().unwrap() > 0, "{json}");
+    assert_eq!(after["failed"].as_u64(), Some(0), "{json}");
+    assert!(json["peer_gone"].is_u64(), "{json}");
 
     let rows = table_rows(human);
     let (total, phases) = rows.split_last().unwrap();
@@ -263,6 +276,43 @@ fn automatic_demo_json_agrees_with_the_table_and_leaves_nothing_running() {
             .iter()
             .any(|l| l.contains("$ cmctl renew -n cert-manager linkerd-trust-anchor")),
         "the renewal is shown"
+    );
+    assert!(stderr.iter().any(|l| l == "stopped; nothing left running"));
+    assert_all_gone(&processes(&stderr));
+}
+
+/// The negative control of the demo's own verdict: with the order broken by hand (the issuer
+/// renewed with the anchor, the identity controller restarted onto the expanded bundle at
+/// once), handshakes fail whatever the operator does. The same counting the clean runs pass
+/// through must report them, in the table and the JSON, and end the demo with exit code 1.
+#[test]
+fn a_demo_whose_order_is_broken_by_hand_reports_failed_handshakes_and_exits_1() {
+    let mut demo = Demo::start(&["--pods", "4", "--output", "json", "--break-the-order"]);
+    let status = demo.wait(Duration::from_secs(480));
+    let (stdout, stderr) = (demo.stdout(), demo.stderr());
+    assert_eq!(status.code(), Some(1), "{}", stderr.join("\n"));
+    let json = json_object(&stdout);
+    let failed = json["handshakes"]["failed"].as_u64().unwrap()
+        + json["after_synced"]["failed"].as_u64().unwrap();
+    assert!(failed > 0, "{json}");
+    let rows = table_rows(&stderr);
+    assert_eq!(
+        rows.last().unwrap().4,
+        json["handshakes"]["failed"].as_u64().unwrap(),
+        "{rows:?}"
+    );
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("failed handshakes (want Synced and 0)")),
+        "{}",
+        stderr.join("\n")
+    );
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("failed: ") && l.contains("unknown issuer")),
+        "the failures are shown with their pods and reason"
     );
     assert!(stderr.iter().any(|l| l == "stopped; nothing left running"));
     assert_all_gone(&processes(&stderr));

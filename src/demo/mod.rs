@@ -22,10 +22,10 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, CustomResourceExt, ResourceExt};
 use serde_json::json;
 
-use self::model::{Counters, Layout, ManualAction, Progress, Summary, Timeline};
+use self::model::{AfterSynced, Counters, Layout, ManualAction, Progress, Summary, Timeline};
 use self::operator::OperatorProcess;
 use crate::crd::{Phase, TrustAnchorRotation};
-use crate::sim::traffic::TrafficConfig;
+use crate::sim::traffic::{TrafficConfig, TrafficSnapshot};
 use crate::sim::{Mesh, SimConfig};
 use crate::testbed::{ControlPlane, Options};
 
@@ -85,6 +85,10 @@ pub struct DemoConfig {
     pub max_concurrent_workloads: Option<u32>,
     /// In manual mode, how long the demo "reads" a printed command before running it.
     pub manual_delay: Duration,
+    /// A negative control ([`break_the_order`]): the issuer renewed with the anchor and the
+    /// identity controller restarted by hand onto the expanded bundle at once. mTLS then
+    /// breaks whatever the operator does, and the demo must count the failures and exit 1.
+    pub break_the_order: bool,
 }
 
 impl Default for DemoConfig {
@@ -98,6 +102,7 @@ impl Default for DemoConfig {
             refresh_interval: DEFAULT_REFRESH_INTERVAL.to_owned(),
             max_concurrent_workloads: None,
             manual_delay: Duration::from_secs(3),
+            break_the_order: false,
         }
     }
 }
@@ -470,10 +475,14 @@ async fn scenario(
     let counter = RestartCounter::start(&client).await?;
     let t0 = Instant::now();
     let base = traffic_counts(world);
+    let base_gone = traffic(world).unreachable;
     crate::sim::certmanager::renew(&client, &names.cert_manager_namespace, &names.anchor)
         .await
         .map_err(|e| DemoError::Sim(crate::sim::SimError::Invalid(e.to_string())))?;
-    let summary = follow(
+    if config.break_the_order {
+        break_the_order(&client, &names, ui).await?;
+    }
+    let mut summary = follow(
         config,
         &client,
         world,
@@ -485,6 +494,8 @@ async fn scenario(
         layout,
     )
     .await?;
+    summary.after_synced = Some(after_synced(world, &summary, base).await);
+    summary.peer_gone = Some(traffic(world).unreachable - base_gone);
     ui.freeze();
     ui.say("")?;
     for line in summary.table().lines() {
@@ -505,10 +516,20 @@ async fn scenario(
         writeln!(json_out, "{}", summary.to_json())?;
         json_out.flush()?;
     }
-    let failed = summary.total().handshakes_failed;
+    let failed = summary.failed();
     if summary.final_phase != Phase::Synced || failed > 0 {
         if let Some(t) = world.mesh.as_ref().and_then(|m| m.traffic()) {
             ui.say(&format!("traffic: {t}"))?;
+            for f in &t.recent {
+                ui.say(&format!(
+                    "  failed: {} -> {}: {} ({}), {:.1}s after the renewal",
+                    f.client,
+                    f.server,
+                    f.reason,
+                    f.rejected_by,
+                    f.at.saturating_duration_since(t0).as_secs_f64()
+                ))?;
+            }
         }
         return Err(DemoError::Unsafe {
             final_phase: summary.final_phase,
@@ -522,13 +543,83 @@ async fn scenario(
     })
 }
 
-fn traffic_counts(world: &World) -> (u64, u64) {
+fn traffic(world: &World) -> TrafficSnapshot {
     world
         .mesh
         .as_ref()
         .and_then(|m| m.traffic())
-        .map(|t| (t.successes, t.failed()))
         .unwrap_or_default()
+}
+
+fn traffic_counts(world: &World) -> (u64, u64) {
+    let t = traffic(world);
+    (t.successes, t.failed())
+}
+
+/// The negative control: what a person in a hurry does, and no operator can undo. The issuer
+/// is renewed right after the anchor, and once the operator has written the expanded bundle,
+/// the identity controller is restarted by hand onto it: it takes the new issuer up at once,
+/// and its leaves reach proxies that do not trust the new anchor yet.
+async fn break_the_order(
+    client: &Client,
+    names: &crate::sim::linkerd::Names,
+    ui: &mut Ui,
+) -> Result<(), DemoError> {
+    let renew = ManualAction::RenewCertificate {
+        namespace: names.linkerd_namespace.clone(),
+        name: names.identity_issuer.clone(),
+    };
+    ui.say(&format!(
+        "      $ {}   (negative control: the issuer before any restart)",
+        renew.command()
+    ))?;
+    perform(client, &renew).await?;
+    let tars: Api<TrustAnchorRotation> = Api::all(client.clone());
+    let started = Instant::now();
+    while rotation_status(&tars).await?.phase == Phase::Synced {
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err(DemoError::Operator(
+                "the operator did not start the rotation within 60s".to_owned(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let restart = ManualAction::RolloutRestart {
+        kind: "deployment".to_owned(),
+        name: "linkerd-identity".to_owned(),
+        namespace: names.linkerd_namespace.clone(),
+    };
+    ui.say(&format!(
+        "      $ {}   (negative control: onto the expanded bundle at once)",
+        restart.command()
+    ))?;
+    perform(client, &restart).await
+}
+
+/// How long the mesh is watched in its final state after the rotation is back in Synced.
+const AFTER_SYNCED: Duration = Duration::from_secs(3);
+
+/// Watches the traffic after the rotation was seen back in Synced, for [`AFTER_SYNCED`] and
+/// until every handshake begun by then has ended (within the generator's timeout): a failure
+/// still under way when the rows closed is counted, not dropped. `base` is the traffic the rows
+/// count from, so what they do not hold is what came after.
+async fn after_synced(world: &World, summary: &Summary, base: (u64, u64)) -> AfterSynced {
+    let started = Instant::now();
+    let begun = traffic(world).begun;
+    let give_up = AFTER_SYNCED.max(crate::sim::traffic::HANDSHAKE_TIMEOUT + Duration::from_secs(2));
+    loop {
+        let t = traffic(world);
+        let waited = started.elapsed();
+        if (waited >= AFTER_SYNCED && t.attempts >= begun) || waited >= give_up {
+            let rows = summary.total();
+            return AfterSynced {
+                duration: waited,
+                handshakes_ok: t.successes - base.0 - rows.handshakes_ok,
+                handshakes_failed: t.failed() - base.1 - rows.handshakes_failed,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Counts rollout restarts: a Deployment whose pod-template restart annotations changed since

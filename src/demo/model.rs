@@ -183,8 +183,20 @@ impl Timeline {
             segments: self.closed,
             final_phase: phase,
             pods,
+            after_synced: None,
+            peer_gone: None,
         }
     }
+}
+
+/// The traffic after the run saw the rotation back in Synced: the handshakes under way at
+/// that moment (each ends within the generator's timeout) and a few seconds of the mesh in its
+/// final state, where an anchor dropped too early would show.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AfterSynced {
+    pub duration: Duration,
+    pub handshakes_ok: u64,
+    pub handshakes_failed: u64,
 }
 
 /// The outcome of a run; the table and the JSON are both rendered from it.
@@ -194,6 +206,11 @@ pub struct Summary {
     pub final_phase: Phase,
     /// Meshed workload pods (the control plane's are not counted).
     pub pods: usize,
+    /// The traffic after the rows, once the run has watched it.
+    pub after_synced: Option<AfterSynced>,
+    /// Handshakes whose peer stopped (its pod replaced) before answering, rows and after
+    /// together: neither ok nor failed.
+    pub peer_gone: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -209,6 +226,13 @@ struct JsonHandshakes {
 }
 
 #[derive(Serialize)]
+struct JsonAfterSynced {
+    seconds: f64,
+    ok: u64,
+    failed: u64,
+}
+
+#[derive(Serialize)]
 struct JsonSummary {
     final_phase: &'static str,
     phases: Vec<JsonPhase>,
@@ -216,6 +240,10 @@ struct JsonSummary {
     handshakes: JsonHandshakes,
     pods: usize,
     seconds_total: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    after_synced: Option<JsonAfterSynced>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer_gone: Option<u64>,
 }
 
 impl Summary {
@@ -227,6 +255,11 @@ impl Summary {
                 handshakes_ok: a.handshakes_ok + s.counts.handshakes_ok,
                 handshakes_failed: a.handshakes_failed + s.counts.handshakes_failed,
             })
+    }
+
+    /// Failed handshakes, in the rows and after them.
+    pub fn failed(&self) -> u64 {
+        self.total().handshakes_failed + self.after_synced.map_or(0, |a| a.handshakes_failed)
     }
 
     /// From the first segment's start to the last one's end, in tenths of a second: the sum of
@@ -255,6 +288,12 @@ impl Summary {
             },
             pods: self.pods,
             seconds_total: self.total_tenths() as f64 / 10.0,
+            after_synced: self.after_synced.map(|a| JsonAfterSynced {
+                seconds: tenths(a.duration) as f64 / 10.0,
+                ok: a.handshakes_ok,
+                failed: a.handshakes_failed,
+            }),
+            peer_gone: self.peer_gone,
         };
         serde_json::to_string(&json).expect("plain values serialize")
     }
@@ -290,6 +329,19 @@ impl Summary {
             "final phase: {} ({} meshed pods)\n",
             self.final_phase, self.pods
         ));
+        if let Some(a) = self.after_synced {
+            out.push_str(&format!(
+                "after Synced, {}s more: {} handshakes ok, {} failed (those under way at Synced included)\n",
+                show_tenths(tenths(a.duration)),
+                a.handshakes_ok,
+                a.handshakes_failed
+            ));
+        }
+        if let Some(n) = self.peer_gone {
+            out.push_str(&format!(
+                "peer gone (its pod stopped before it answered; neither ok nor failed): {n}\n"
+            ));
+        }
         out
     }
 }
@@ -584,6 +636,42 @@ PropagatingTrustRoots             9.7s         9            940       1
 total                            12.7s        12           1240       1
 final phase: Synced (36 meshed pods)
 "
+        );
+    }
+
+    #[test]
+    fn the_traffic_after_synced_is_shown_apart_and_its_failures_count() {
+        let mut s = sample_summary();
+        s.after_synced = Some(AfterSynced {
+            duration: secs(3.04),
+            handshakes_ok: 280,
+            handshakes_failed: 2,
+        });
+        s.peer_gone = Some(1);
+        // The rows' failure and the two after them.
+        assert_eq!(s.failed(), 3);
+        let v: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
+        assert_eq!(
+            v["handshakes"],
+            serde_json::json!({"ok": 1240, "failed": 1})
+        );
+        assert_eq!(
+            v["after_synced"],
+            serde_json::json!({"seconds": 3.0, "ok": 280, "failed": 2})
+        );
+        assert_eq!(v["peer_gone"], 1);
+        let table = s.table();
+        let tail: Vec<&str> = table
+            .lines()
+            .skip_while(|l| !l.starts_with("final phase:"))
+            .collect();
+        assert_eq!(
+            tail,
+            [
+                "final phase: Synced (36 meshed pods)",
+                "after Synced, 3.0s more: 280 handshakes ok, 2 failed (those under way at Synced included)",
+                "peer gone (its pod stopped before it answered; neither ok nor failed): 1",
+            ]
         );
     }
 

@@ -29,7 +29,7 @@ use super::proxy::{PodRef, Proxy};
 /// enough that a loaded test machine (two control planes and a hundred proxies on two cores)
 /// does not pass for broken mTLS; shorter than the proxies' own (`proxy::HANDSHAKE_TIMEOUT`),
 /// so a stuck handshake is counted as one here rather than as the server's hang-up.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How many failures are kept with their details for reports.
 const RECENT_FAILURES: usize = 20;
@@ -152,6 +152,8 @@ impl SuccessClock {
 /// Counters, readable while the generator runs.
 #[derive(Default)]
 pub struct TrafficStats {
+    /// Handshakes started; `attempts` counts those finished.
+    begun: AtomicU64,
     attempts: AtomicU64,
     successes: AtomicU64,
     unreachable: AtomicU64,
@@ -163,6 +165,8 @@ pub struct TrafficStats {
 /// A copy of the counters at one moment.
 #[derive(Clone, Debug, Default)]
 pub struct TrafficSnapshot {
+    /// Handshakes started (`attempts` are those finished and counted).
+    pub begun: u64,
     pub attempts: u64,
     pub successes: u64,
     pub unreachable: u64,
@@ -204,6 +208,7 @@ impl TrafficSnapshot {
         }
         failures.retain(|_, n| *n > 0);
         TrafficSnapshot {
+            begun: self.begun - earlier.begun,
             attempts: self.attempts - earlier.attempts,
             successes: self.successes - earlier.successes,
             unreachable: self.unreachable - earlier.unreachable,
@@ -235,7 +240,9 @@ impl fmt::Display for TrafficSnapshot {
 impl TrafficStats {
     pub fn snapshot(&self) -> TrafficSnapshot {
         TrafficSnapshot {
-            attempts: self.attempts.load(Ordering::Relaxed),
+            // Before `attempts`: a handshake counted in `attempts` is always in `begun` too.
+            begun: self.begun.load(Ordering::SeqCst),
+            attempts: self.attempts.load(Ordering::SeqCst),
             successes: self.successes.load(Ordering::Relaxed),
             unreachable: self.unreachable.load(Ordering::Relaxed),
             failures: self.failures.lock().expect("not poisoned").clone(),
@@ -246,7 +253,6 @@ impl TrafficStats {
     }
 
     fn record(&self, client: &Proxy, server: &Proxy, outcome: Outcome) {
-        self.attempts.fetch_add(1, Ordering::Relaxed);
         match outcome {
             Outcome::Ok => {
                 self.successes.fetch_add(1, Ordering::Relaxed);
@@ -278,6 +284,8 @@ impl TrafficStats {
                 });
             }
         }
+        // Last: once `attempts` reaches a count, every outcome up to it is in the counters.
+        self.attempts.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -435,6 +443,7 @@ impl TrafficGenerator {
                                 b += 1;
                             }
                             let (client, server) = (&proxies[a], &proxies[b]);
+                            stats.begun.fetch_add(1, Ordering::SeqCst);
                             let outcome = handshake(client, server).await;
                             stats.record(client, server, outcome);
                         }
