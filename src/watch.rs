@@ -236,12 +236,9 @@ mod tests {
     /// "client error (Connect)".
     #[tokio::test]
     async fn an_unreachable_api_server_says_why() {
-        // A port nothing listens on: bound, then closed.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // A port nothing listens on: from below the ephemeral range, where no connection a
+        // parallel test opens can take it in the meantime.
+        let port = crate::testbed::free_port().unwrap();
         let config = kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();
         let error = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client)

@@ -384,7 +384,10 @@ impl Rig {
 
     fn kill_operator(&mut self) {
         self.op.process.signal("KILL").unwrap();
-        let _ = self.op.process.wait_timeout(Duration::from_secs(10));
+        self.op
+            .process
+            .wait_timeout(Duration::from_secs(10))
+            .expect("the operator exits within 10s of SIGKILL");
     }
 
     /// The same command again, after [`Self::kill_operator`].
@@ -2821,11 +2824,12 @@ async fn a_leader_cut_off_from_the_api_server_steps_down_before_the_other_takes_
         b_started.as_secs_f64()
     );
     assert!(a_stopped < b_started);
-    // Its last renewal was sent at most one retry before the cut (and this loop's looks at the
-    // two replicas take their time on a loaded machine).
+    // Its last renewal was sent at most one retry before the cut, so it steps down within
+    // its renew deadline of it; this loop's looks at the two replicas take their time on a
+    // loaded machine, so the bound is the Lease's duration, past which another may take it.
     assert!(
-        a_stopped <= renew_deadline + Duration::from_millis(1500),
-        "replica-a led on for {a_stopped:?} without renewing"
+        a_stopped < renew_deadline + Duration::from_secs(2),
+        "replica-a led on for {a_stopped:?} without renewing (Lease {lease})"
     );
     let log = std::fs::read_to_string(a.process.log_path()).unwrap();
     assert!(

@@ -367,8 +367,9 @@ async fn webhook_stamps_pods_and_never_blocks_them() {
     assert!(status.success(), "exit: {status}");
     let (pod, took) = create_timed(&meshed, &app_pod("while-stopped")).await;
     assert_eq!(annotation(&pod, TRUST_BUNDLE_ANNOTATION), None);
-    // Refused at once: the API server does not wait out the timeout.
-    assert!(took < Duration::from_millis(2500), "took {took:?}");
+    // Refused at once: the API server does not wait out the webhook's 3 s timeout (the
+    // stalled case above takes it whole).
+    assert!(took < Duration::from_secs(3), "took {took:?}");
     eprintln!("pod created while the webhook was stopped: {took:?}");
 }
 

@@ -2179,10 +2179,9 @@ mod tests {
             not_after: 0,
         };
         // A port nothing listens on, and one that accepts but never answers.
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        // (Below the ephemeral range, where no connection a parallel test opens can take it.)
+        let closed =
+            std::net::SocketAddr::from(([127, 0, 0, 1], crate::testbed::free_port().unwrap()));
         let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let silent_addr = silent.local_addr().unwrap();
         let _accepting = tokio::spawn(async move {
@@ -2857,7 +2856,9 @@ mod tests {
         // The list's wake-up is pending (a permit: nobody waited): taken first, so that the
         // next one is the creation's. This test's runtime has one thread, and the watch task
         // wakes right after it has filled the store, without yielding in between.
-        let _ = tokio::time::timeout(Duration::from_millis(100), wake.notified()).await;
+        tokio::time::timeout(Duration::from_millis(100), wake.notified())
+            .await
+            .expect("the list's wake-up is pending");
         configmaps
             .create(&PostParams::default(), &bundle)
             .await
