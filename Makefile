@@ -1,6 +1,10 @@
 # The one test command: `make test`. It installs what the tests need (Debian packages and the
 # Kubernetes control-plane binaries, cached per user), then runs format, lint and tests.
 SHELL := /bin/bash
+# A recipe line that fails stops its recipe, pipes included; prerequisites run in the order
+# written, also under `make -j`.
+.SHELLFLAGS := -eu -o pipefail -c
+.NOTPARALLEL:
 CARGO ?= cargo
 
 # Compiled dependencies are the expensive part of a fresh clone (minutes on 2 cores), so they
@@ -10,8 +14,21 @@ CACHE_HOME := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)
 export CARGO_TARGET_DIR ?= $(CACHE_HOME)/trust-rotation-operator/cargo-target
 
 .PHONY: test deps control-plane own-target fmt-check clippy cargo-test generate demo bench-rotation
+.PHONY: locked-test locked-demo locked-bench-rotation locked-generate
 
-test: deps own-target fmt-check clippy cargo-test
+# Checkouts share that folder, and one checkout's build of this crate must not run as another's
+# (see own-target): `test`, `demo`, `bench-rotation` and `generate` each hold a lock on it for
+# their whole run, so two checkouts take turns rather than build over each other.
+LOCK = $(CARGO_TARGET_DIR)/.make.lock
+define locked
+mkdir -p "$(CARGO_TARGET_DIR)"; exec 8>"$(LOCK)"; \
+if ! flock -n 8; then echo "waiting for another checkout's make (lock $(LOCK))"; flock 8; fi; \
+$(MAKE) --no-print-directory locked-$(1)
+endef
+
+test:
+	@$(call locked,test)
+locked-test: deps own-target fmt-check clippy cargo-test
 
 # Idempotent: a no-op once the cache is warm (or when KUBEBUILDER_ASSETS names other binaries).
 deps: control-plane
@@ -43,14 +60,18 @@ cargo-test:
 # The whole rotation on this machine: `make demo`, or for example
 # `make demo DEMO_ARGS="--policies manual --keep"` (see `trust-rotation-operator demo --help`).
 DEMO_ARGS ?=
-demo: deps own-target
+demo:
+	@$(call locked,demo)
+locked-demo: deps own-target
 	@echo "make demo: building trust-rotation-operator (the first build compiles every dependency: several minutes on 2 cores)"
 	@$(CARGO) build --bin trust-rotation-operator
 	@"$$CARGO_TARGET_DIR/debug/trust-rotation-operator" demo $(DEMO_ARGS)
 
 # The automatic rotation at 100 and 1,000 simulated pods against plain rollout restarts
 # (benches/rotation.rs; BENCH_PODS=100 for one size). A release build.
-bench-rotation: deps own-target
+bench-rotation:
+	@$(call locked,bench-rotation)
+locked-bench-rotation: deps own-target
 	@echo "make bench-rotation: building the release binaries (the first build takes several minutes)"
 	$(CARGO) bench --bench rotation
 
@@ -59,6 +80,8 @@ bench-rotation: deps own-target
 # Each file is replaced only once its new text is whole: a build error leaves it as it was.
 OPERATOR = $(CARGO) run --quiet --bin trust-rotation-operator --
 generate:
+	@$(call locked,generate)
+locked-generate: own-target
 	$(CARGO) build --quiet --bin trust-rotation-operator
 	$(OPERATOR) crd > charts/trust-rotation-operator-crds/templates/trustanchorrotations.yaml.new
 	mv charts/trust-rotation-operator-crds/templates/trustanchorrotations.yaml.new charts/trust-rotation-operator-crds/templates/trustanchorrotations.yaml
