@@ -42,7 +42,23 @@ flock 9
 # Another run may have finished while we waited.
 if complete; then echo "$dest"; exit 0; fi
 
-as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+as_root() {
+  if [[ $(id -u) -eq 0 ]]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    log "needs root for: $* (run as root, or install sudo)"
+    return 1
+  fi
+}
+
+# The build below follows TESTBED.md, written for bookworm: its source package and its Go.
+codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+if [[ "$codename" != bookworm ]]; then
+  log "building the control plane needs Debian bookworm (this is ${codename:-unknown}); or set KUBEBUILDER_ASSETS to a folder with kube-apiserver, kube-controller-manager, kubectl and etcd"
+  exit 1
+fi
 
 need_pkgs=()
 command -v go >/dev/null 2>&1 || need_pkgs+=(golang-go)
@@ -108,12 +124,13 @@ log "building kube-apiserver, kube-controller-manager, kubectl (5 to 10 minutes 
 build_started=$SECONDS
 ( while sleep 30; do log "still building ($((SECONDS - build_started))s so far)"; done ) &
 heartbeat=$!
-trap 'kill "$heartbeat" 2>/dev/null || true' EXIT
+staging="$cache_root/.k8s-$BUILD_ID.staging.$$"
+# A run that stops half way leaves neither a heartbeat nor a half-copied folder behind.
+trap 'kill "$heartbeat" 2>/dev/null || true; rm -rf "$staging"' EXIT
 env HOME="$scratch" GOCACHE="$scratch/gocache" CGO_ENABLED=0 \
   make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kubectl" >&2
 kill "$heartbeat" 2>/dev/null || true
 
-staging="$cache_root/.k8s-$BUILD_ID.staging.$$"
 rm -rf "$staging"
 mkdir -p "$staging"
 cp _output/bin/kube-apiserver _output/bin/kube-controller-manager _output/bin/kubectl "$staging/"
