@@ -438,10 +438,7 @@ async fn scenario(
     install_crd(&client).await?;
     apply_rotation(&client, config).await?;
     let cp = world.control_plane.as_ref().expect("started above");
-    let op = world
-        .operator
-        .insert(OperatorProcess::start(&config.operator_binary, cp, &[]).await?);
-    op.wait_ready(Duration::from_secs(60)).await?;
+    let op = world.operator.insert(start_operator(config, cp).await?);
     op.register_webhook(&client).await?;
     let old_anchor = {
         let mesh = world.mesh.as_ref().expect("started above");
@@ -541,6 +538,31 @@ async fn scenario(
         operator_api_requests: requests,
         operator_peak_kib: peak,
     })
+}
+
+/// Starts the operator and waits until it is ready. Its ports are picked free, but another
+/// process can bind one before it does: then it is started again on others, as the tests'
+/// operators are.
+async fn start_operator(
+    config: &DemoConfig,
+    cp: &ControlPlane,
+) -> Result<OperatorProcess, DemoError> {
+    const ATTEMPTS: u32 = 3;
+    let mut attempt = 1;
+    loop {
+        let mut op = OperatorProcess::start(&config.operator_binary, cp, &[]).await?;
+        match op.wait_ready(Duration::from_secs(60)).await {
+            Ok(()) => return Ok(op),
+            Err(e) if attempt < ATTEMPTS && e.to_string().contains("Address already in use") => {
+                tracing::info!(
+                    attempt,
+                    "the operator's port was taken; starting it on others"
+                );
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn traffic(world: &World) -> TrafficSnapshot {

@@ -343,10 +343,13 @@ impl ControlPlane {
             let req = http::Request::get("/readyz")
                 .body(Vec::new())
                 .expect("static request");
-            match self.client.request_text(req).await {
-                Ok(body) if body.trim() == "ok" => return Ok(()),
-                Ok(body) => last_error = format!("/readyz said {body:?}"),
-                Err(e) => last_error = e.to_string(),
+            // Each look bounded on its own: one hung connection must not outlast the wait.
+            match tokio::time::timeout(Duration::from_secs(5), self.client.request_text(req)).await
+            {
+                Ok(Ok(body)) if body.trim() == "ok" => return Ok(()),
+                Ok(Ok(body)) => last_error = format!("/readyz said {body:?}"),
+                Ok(Err(e)) => last_error = e.to_string(),
+                Err(_) => last_error = "/readyz did not answer within 5s".to_owned(),
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
