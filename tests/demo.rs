@@ -287,7 +287,7 @@ fn automatic_demo_json_agrees_with_the_table_and_leaves_nothing_running() {
 /// through must report them, in the table and the JSON, and end the demo with exit code 1.
 #[test]
 fn a_demo_whose_order_is_broken_by_hand_reports_failed_handshakes_and_exits_1() {
-    let mut demo = Demo::start(&["--pods", "4", "--output", "json", "--break-the-order"]);
+    let mut demo = Demo::start(&["--pods", "8", "--output", "json", "--break-the-order"]);
     let status = demo.wait(Duration::from_secs(480));
     let (stdout, stderr) = (demo.stdout(), demo.stderr());
     assert_eq!(status.code(), Some(1), "{}", stderr.join("\n"));

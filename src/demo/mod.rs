@@ -477,7 +477,8 @@ async fn scenario(
         .await
         .map_err(|e| DemoError::Sim(crate::sim::SimError::Invalid(e.to_string())))?;
     if config.break_the_order {
-        break_the_order(&client, &names, ui).await?;
+        let mesh = world.mesh.as_ref().expect("started above");
+        break_the_order(&client, mesh, ui).await?;
     }
     let mut summary = follow(
         config,
@@ -579,14 +580,14 @@ fn traffic_counts(world: &World) -> (u64, u64) {
 }
 
 /// The negative control: what a person in a hurry does, and no operator can undo. The issuer
-/// is renewed right after the anchor, and once the operator has written the expanded bundle,
-/// the identity controller is restarted by hand onto it: it takes the new issuer up at once,
-/// and its leaves reach proxies that do not trust the new anchor yet.
-async fn break_the_order(
-    client: &Client,
-    names: &crate::sim::linkerd::Names,
-    ui: &mut Ui,
-) -> Result<(), DemoError> {
+/// is renewed right after the anchor, and once the operator has written the expanded bundle
+/// (and the injector has it), the identity controller is restarted by hand onto it: it takes
+/// the new issuer up at once, and its leaves reach proxies that do not trust the new anchor
+/// yet.
+async fn break_the_order(client: &Client, mesh: &Mesh, ui: &mut Ui) -> Result<(), DemoError> {
+    let names = mesh.names();
+    let runbook = crate::sim::runbook::Runbook::new(mesh);
+    let new_anchor = runbook.anchor().await?;
     let renew = ManualAction::RenewCertificate {
         namespace: names.linkerd_namespace.clone(),
         name: names.identity_issuer.clone(),
@@ -596,16 +597,19 @@ async fn break_the_order(
         renew.command()
     ))?;
     perform(client, &renew).await?;
-    let tars: Api<TrustAnchorRotation> = Api::all(client.clone());
-    let started = Instant::now();
-    while rotation_status(&tars).await?.phase == Phase::Synced {
-        if started.elapsed() > Duration::from_secs(60) {
-            return Err(DemoError::Operator(
-                "the operator did not start the rotation within 60s".to_owned(),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Restarted before the injector has the new anchor, identity would skip the new issuer
+    // (`IssuerUpdateSkipped`), and nothing would break.
+    crate::sim::wait_for(
+        "the proxy injector's copy of the expanded bundle",
+        Duration::from_secs(60),
+        || async {
+            let copy = mesh.injector_bundle().unwrap_or_default();
+            let has = crate::bundle::Bundle::from_pem("the injector's bundle", &copy)
+                .is_ok_and(|b| b.contains(&new_anchor.fingerprint));
+            Ok(has.then_some(()))
+        },
+    )
+    .await?;
     let restart = ManualAction::RolloutRestart {
         kind: "deployment".to_owned(),
         name: "linkerd-identity".to_owned(),
