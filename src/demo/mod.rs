@@ -314,21 +314,23 @@ pub async fn run(
     };
     ui.freeze();
     let pids = world.pids();
-    ui.say(&format!(
+    // Said as it happens, but not at the cost of the outcome: after SIGHUP the terminal may
+    // be gone, and the run still ends as interrupted, everything stopped.
+    let _ = ui.say(&format!(
         "stopping: traffic, operator, simulated mesh, control plane ({} processes)",
         pids.len()
-    ))?;
+    ));
     world.stop();
     let left: Vec<String> = pids
         .iter()
         .filter(|(_, pid)| std::path::Path::new(&format!("/proc/{pid}")).exists())
         .map(|(n, pid)| format!("{n} ({pid})"))
         .collect();
-    if left.is_empty() {
-        ui.say("stopped; nothing left running")?;
+    let _ = if left.is_empty() {
+        ui.say("stopped; nothing left running")
     } else {
-        ui.say(&format!("still running after stop: {}", left.join(", ")))?;
-    }
+        ui.say(&format!("still running after stop: {}", left.join(", ")))
+    };
     outcome
 }
 
@@ -471,8 +473,8 @@ async fn scenario(
     ))?;
     let counter = RestartCounter::start(&client).await?;
     let t0 = Instant::now();
-    let base = traffic_counts(world);
-    let base_gone = traffic(world).unreachable;
+    let base_traffic = traffic(world);
+    let base = (base_traffic.successes, base_traffic.failed());
     crate::sim::certmanager::renew(&client, &names.cert_manager_namespace, &names.anchor)
         .await
         .map_err(|e| DemoError::Sim(crate::sim::SimError::Invalid(e.to_string())))?;
@@ -493,7 +495,7 @@ async fn scenario(
     )
     .await?;
     summary.after_synced = Some(after_synced(world, &summary, base).await);
-    summary.peer_gone = Some(traffic(world).unreachable - base_gone);
+    summary.peer_gone = Some(traffic(world).since(&base_traffic).unreachable);
     ui.freeze();
     ui.say("")?;
     for line in summary.table().lines() {
@@ -516,9 +518,18 @@ async fn scenario(
     }
     let failed = summary.failed();
     if summary.final_phase != Phase::Synced || failed > 0 {
-        if let Some(t) = world.mesh.as_ref().and_then(|m| m.traffic()) {
-            ui.say(&format!("traffic: {t}"))?;
-            for f in &t.recent {
+        if world.mesh.is_some() {
+            let t = traffic(world).since(&base_traffic);
+            ui.say(&format!("traffic since the renewal: {t}"))?;
+            let recent: Vec<_> = t.recent.iter().filter(|f| f.at >= t0).collect();
+            if !recent.is_empty() {
+                ui.say(&format!(
+                    "the last {} of {} failed handshakes:",
+                    recent.len(),
+                    t.failed()
+                ))?;
+            }
+            for f in recent {
                 ui.say(&format!(
                     "  failed: {} -> {}: {} ({}), {:.1}s after the renewal",
                     f.client,
@@ -631,12 +642,15 @@ const AFTER_SYNCED: Duration = Duration::from_secs(3);
 /// count from, so what they do not hold is what came after.
 async fn after_synced(world: &World, summary: &Summary, base: (u64, u64)) -> AfterSynced {
     let started = Instant::now();
-    let begun = traffic(world).begun;
+    // Every handshake begun before this mark must have ended (and been counted) before the
+    // watch ends: the oldest one still under way, if any, is past it.
+    let mark = traffic(world).begun;
     let give_up = AFTER_SYNCED.max(crate::sim::traffic::HANDSHAKE_TIMEOUT + Duration::from_secs(2));
     loop {
         let t = traffic(world);
         let waited = started.elapsed();
-        if (waited >= AFTER_SYNCED && t.attempts >= begun) || waited >= give_up {
+        let ended = t.oldest_under_way.is_none_or(|oldest| oldest >= mark);
+        if (waited >= AFTER_SYNCED && ended) || waited >= give_up {
             let rows = summary.total();
             return AfterSynced {
                 duration: waited,

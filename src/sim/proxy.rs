@@ -196,6 +196,9 @@ pub struct Proxy {
     leaf: Arc<LeafSlot>,
     client_config: Arc<ClientConfig>,
     ready: watch::Sender<bool>,
+    /// Set first thing by [`Proxy::stop`]: the refresh task, between its last await and its
+    /// abort, may still mark the proxy ready, and a stopped proxy must never read as ready.
+    stopped: std::sync::atomic::AtomicBool,
     refreshes: AtomicU64,
     last_certify_error: Mutex<Option<String>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -271,6 +274,7 @@ impl Proxy {
             leaf,
             client_config: Arc::new(client_config),
             ready,
+            stopped: std::sync::atomic::AtomicBool::new(false),
             refreshes: AtomicU64::new(0),
             last_certify_error: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
@@ -289,6 +293,7 @@ impl Proxy {
     pub fn stop(&self) {
         // Unready first: a connection the stopping closes is then "peer gone" to the traffic
         // generator, never a failure of a ready proxy.
+        self.stopped.store(true, Ordering::SeqCst);
         self.ready.send_replace(false);
         for task in self.tasks.lock().expect("not poisoned").drain(..) {
             task.abort();
@@ -307,7 +312,7 @@ impl Proxy {
     }
 
     pub fn is_ready(&self) -> bool {
-        *self.ready.borrow()
+        *self.ready.borrow() && !self.stopped.load(Ordering::SeqCst)
     }
 
     /// Fingerprint of the bundle the proxy started with (SHA-256 of its canonical form).

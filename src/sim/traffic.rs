@@ -152,8 +152,11 @@ impl SuccessClock {
 /// Counters, readable while the generator runs.
 #[derive(Default)]
 pub struct TrafficStats {
-    /// Handshakes started; `attempts` counts those finished.
+    /// Handshakes started (each one's number is the count before it); `attempts` counts those
+    /// finished.
     begun: AtomicU64,
+    /// The numbers of the handshakes under way.
+    under_way: Mutex<std::collections::BTreeSet<u64>>,
     attempts: AtomicU64,
     successes: AtomicU64,
     unreachable: AtomicU64,
@@ -165,8 +168,12 @@ pub struct TrafficStats {
 /// A copy of the counters at one moment.
 #[derive(Clone, Debug, Default)]
 pub struct TrafficSnapshot {
-    /// Handshakes started (`attempts` are those finished and counted).
+    /// Handshakes started (`attempts` are those finished and counted); each one's number is
+    /// the count before it.
     pub begun: u64,
+    /// The number of the oldest handshake still under way, if any (numbered from the
+    /// generator's start, in a [`since`](Self::since) difference too).
+    pub oldest_under_way: Option<u64>,
     pub attempts: u64,
     pub successes: u64,
     pub unreachable: u64,
@@ -209,6 +216,7 @@ impl TrafficSnapshot {
         failures.retain(|_, n| *n > 0);
         TrafficSnapshot {
             begun: self.begun - earlier.begun,
+            oldest_under_way: self.oldest_under_way,
             attempts: self.attempts - earlier.attempts,
             successes: self.successes - earlier.successes,
             unreachable: self.unreachable - earlier.unreachable,
@@ -239,10 +247,17 @@ impl fmt::Display for TrafficSnapshot {
 
 impl TrafficStats {
     pub fn snapshot(&self) -> TrafficSnapshot {
+        // `attempts` before `begun`: a handshake counted finished is then counted begun too.
+        let attempts = self.attempts.load(Ordering::SeqCst);
         TrafficSnapshot {
-            // Before `attempts`: a handshake counted in `attempts` is always in `begun` too.
             begun: self.begun.load(Ordering::SeqCst),
-            attempts: self.attempts.load(Ordering::SeqCst),
+            oldest_under_way: self
+                .under_way
+                .lock()
+                .expect("not poisoned")
+                .first()
+                .copied(),
+            attempts,
             successes: self.successes.load(Ordering::Relaxed),
             unreachable: self.unreachable.load(Ordering::Relaxed),
             failures: self.failures.lock().expect("not poisoned").clone(),
@@ -252,7 +267,15 @@ impl TrafficStats {
         }
     }
 
-    fn record(&self, client: &Proxy, server: &Proxy, outcome: Outcome) {
+    /// A handshake starts: its number.
+    fn begin(&self) -> u64 {
+        let mut under_way = self.under_way.lock().expect("not poisoned");
+        let n = self.begun.fetch_add(1, Ordering::SeqCst);
+        under_way.insert(n);
+        n
+    }
+
+    fn record(&self, n: u64, client: &Proxy, server: &Proxy, outcome: Outcome) {
         match outcome {
             Outcome::Ok => {
                 self.successes.fetch_add(1, Ordering::Relaxed);
@@ -284,8 +307,10 @@ impl TrafficStats {
                 });
             }
         }
-        // Last: once `attempts` reaches a count, every outcome up to it is in the counters.
+        // Last: a handshake no longer under way, or counted in `attempts`, has its outcome
+        // in the counters.
         self.attempts.fetch_add(1, Ordering::SeqCst);
+        self.under_way.lock().expect("not poisoned").remove(&n);
     }
 }
 
@@ -443,9 +468,9 @@ impl TrafficGenerator {
                                 b += 1;
                             }
                             let (client, server) = (&proxies[a], &proxies[b]);
-                            stats.begun.fetch_add(1, Ordering::SeqCst);
+                            let n = stats.begin();
                             let outcome = handshake(client, server).await;
-                            stats.record(client, server, outcome);
+                            stats.record(n, client, server, outcome);
                         }
                         tokio::time::sleep(pause).await;
                     }
