@@ -699,12 +699,18 @@ pub fn decide(
                         })
                         .map(|p| p.key())
                         .collect();
-                    if issuer_ahead && !draining.is_empty() {
+                    let identity: Vec<&str> = observed
+                        .control_plane
+                        .iter()
+                        .filter(|c| c.identity_controller && unrestarted.contains(&c.name.as_str()))
+                        .map(|c| c.name.as_str())
+                        .collect();
+                    if issuer_ahead && !identity.is_empty() && !draining.is_empty() {
                         d.next.blocking_message = Some(format!(
                             "every running meshed pod holds the expanded trust bundle; waiting for {} terminating pod(s) without anchor {} to stop before the identity controller ({}), which will take up the renewed issuer, restarts{}",
                             draining.len(),
                             short(&anchor.fingerprint),
-                            unrestarted.join(", "),
+                            identity.join(", "),
                             examples(&draining)
                         ));
                         return d.finish(Requeue::Soon);
