@@ -19,15 +19,18 @@ export CARGO_TARGET_DIR ?= $(CACHE_HOME)/trust-rotation-operator/cargo-target
 # Checkouts share that folder, and one checkout's build of this crate must not run as another's
 # (see own-target): `test`, `demo`, `bench-rotation` and `generate` each hold a lock on it for
 # their whole run, so two checkouts take turns rather than build over each other.
+# flock holds the lock itself and closes it for the sub-make (-o), so nothing the run starts
+# can keep it once the run is over.
 LOCK = $(CARGO_TARGET_DIR)/.make.lock
 define locked
-mkdir -p "$(CARGO_TARGET_DIR)"; exec 8>"$(LOCK)"; \
-if ! flock -n 8; then echo "waiting for another checkout's make (lock $(LOCK))"; flock 8; fi; \
-$(MAKE) --no-print-directory locked-$(1)
+mkdir -p "$(CARGO_TARGET_DIR)"; \
+flock -n "$(LOCK)" true || echo "waiting for another checkout's make (lock $(LOCK))"; \
+flock -o "$(LOCK)" $(MAKE) --no-print-directory locked-$(1)
 endef
 
+# `+`: a recursive make, run under -n too and handed the job server.
 test:
-	@$(call locked,test)
+	@+$(call locked,test)
 locked-test: deps own-target fmt-check clippy cargo-test
 
 # Idempotent: a no-op once the cache is warm (or when KUBEBUILDER_ASSETS names other binaries).
@@ -61,7 +64,7 @@ cargo-test:
 # `make demo DEMO_ARGS="--policies manual --keep"` (see `trust-rotation-operator demo --help`).
 DEMO_ARGS ?=
 demo:
-	@$(call locked,demo)
+	@+$(call locked,demo)
 locked-demo: deps own-target
 	@echo "make demo: building trust-rotation-operator (the first build compiles every dependency: several minutes on 2 cores)"
 	@$(CARGO) build --bin trust-rotation-operator
@@ -70,7 +73,7 @@ locked-demo: deps own-target
 # The automatic rotation at 100 and 1,000 simulated pods against plain rollout restarts
 # (benches/rotation.rs; BENCH_PODS=100 for one size). A release build.
 bench-rotation:
-	@$(call locked,bench-rotation)
+	@+$(call locked,bench-rotation)
 locked-bench-rotation: deps own-target
 	@echo "make bench-rotation: building the release binaries (the first build takes several minutes)"
 	$(CARGO) bench --bench rotation
@@ -80,7 +83,7 @@ locked-bench-rotation: deps own-target
 # Each file is replaced only once its new text is whole: a build error leaves it as it was.
 OPERATOR = $(CARGO) run --quiet --bin trust-rotation-operator --
 generate:
-	@$(call locked,generate)
+	@+$(call locked,generate)
 locked-generate: own-target
 	$(CARGO) build --quiet --bin trust-rotation-operator
 	$(OPERATOR) crd > charts/trust-rotation-operator-crds/templates/trustanchorrotations.yaml.new

@@ -122,7 +122,13 @@ cp "$REFLECT2_SRC"/*.go "$REFLECT2_SRC"/*.s "$vendored"/
 log "building kube-apiserver, kube-controller-manager, kubectl (5 to 10 minutes on 2 cores, once)"
 # Go prints little while it compiles: a heartbeat shows the build is alive.
 build_started=$SECONDS
-( while sleep 30; do log "still building ($((SECONDS - build_started))s so far)"; done ) &
+# (Its sleep is killed with it, so nothing of this script outlives it.)
+( trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+  while :; do
+    sleep 30 & nap=$!
+    wait "$nap"
+    log "still building ($((SECONDS - build_started))s so far)"
+  done ) &
 heartbeat=$!
 staging="$cache_root/.k8s-$BUILD_ID.staging.$$"
 # A run that stops half way leaves neither a heartbeat nor a half-copied folder behind.
