@@ -474,7 +474,6 @@ async fn scenario(
     let counter = RestartCounter::start(&client).await?;
     let t0 = Instant::now();
     let base_traffic = traffic(world);
-    let base = (base_traffic.successes, base_traffic.failed());
     crate::sim::certmanager::renew(&client, &names.cert_manager_namespace, &names.anchor)
         .await
         .map_err(|e| DemoError::Sim(crate::sim::SimError::Invalid(e.to_string())))?;
@@ -489,12 +488,12 @@ async fn scenario(
         ui,
         counter,
         t0,
-        base,
+        &base_traffic,
         &old_anchor.fingerprint,
         layout,
     )
     .await?;
-    summary.after_synced = Some(after_synced(world, &summary, base).await);
+    summary.after_synced = Some(after_synced(world, &summary, &base_traffic).await);
     summary.peer_gone = Some(traffic(world).since(&base_traffic).unreachable);
     ui.freeze();
     ui.say("")?;
@@ -585,11 +584,6 @@ fn traffic(world: &World) -> TrafficSnapshot {
         .unwrap_or_default()
 }
 
-fn traffic_counts(world: &World) -> (u64, u64) {
-    let t = traffic(world);
-    (t.successes, t.failed())
-}
-
 /// The negative control: what a person in a hurry does, and no operator can undo. The issuer
 /// is renewed right after the anchor, and once the operator has written the expanded bundle
 /// (and the injector has it), the identity controller is restarted by hand onto it: it takes
@@ -623,7 +617,7 @@ async fn break_the_order(client: &Client, mesh: &Mesh, ui: &mut Ui) -> Result<()
     .await?;
     let restart = ManualAction::RolloutRestart {
         kind: "deployment".to_owned(),
-        name: "linkerd-identity".to_owned(),
+        name: crate::sim::linkerd::IDENTITY_DEPLOYMENT.to_owned(),
         namespace: names.linkerd_namespace.clone(),
     };
     ui.say(&format!(
@@ -640,22 +634,22 @@ const AFTER_SYNCED: Duration = Duration::from_secs(3);
 /// until every handshake begun by then has ended (within the generator's timeout): a failure
 /// still under way when the rows closed is counted, not dropped. `base` is the traffic the rows
 /// count from, so what they do not hold is what came after.
-async fn after_synced(world: &World, summary: &Summary, base: (u64, u64)) -> AfterSynced {
+async fn after_synced(world: &World, summary: &Summary, base: &TrafficSnapshot) -> AfterSynced {
     let started = Instant::now();
     // Every handshake begun before this mark must have ended (and been counted) before the
     // watch ends: the oldest one still under way, if any, is past it.
     let mark = traffic(world).begun;
     let give_up = AFTER_SYNCED.max(crate::sim::traffic::HANDSHAKE_TIMEOUT + Duration::from_secs(2));
     loop {
-        let t = traffic(world);
+        let t = traffic(world).since(base);
         let waited = started.elapsed();
         let ended = t.oldest_under_way.is_none_or(|oldest| oldest >= mark);
         if (waited >= AFTER_SYNCED && ended) || waited >= give_up {
             let rows = summary.total();
             return AfterSynced {
                 duration: waited,
-                handshakes_ok: t.successes - base.0 - rows.handshakes_ok,
-                handshakes_failed: t.failed() - base.1 - rows.handshakes_failed,
+                handshakes_ok: t.successes - rows.handshakes_ok,
+                handshakes_failed: t.failed() - rows.handshakes_failed,
             };
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -721,18 +715,18 @@ async fn follow(
     ui: &mut Ui,
     mut counter: RestartCounter,
     t0: Instant,
-    base: (u64, u64),
+    base: &TrafficSnapshot,
     old_anchor: &str,
     layout: Layout,
 ) -> Result<Summary, DemoError> {
     let tars: Api<TrustAnchorRotation> = Api::all(client.clone());
     let timeout = TIMEOUT_BASE + TIMEOUT_PER_100_PODS * (layout.pods() as u32).div_ceil(100);
     let counts = |world: &World, restarts: u64| {
-        let (ok, failed) = traffic_counts(world);
+        let t = traffic(world).since(base);
         Counters {
             restarts,
-            handshakes_ok: ok - base.0,
-            handshakes_failed: failed - base.1,
+            handshakes_ok: t.successes,
+            handshakes_failed: t.failed(),
         }
     };
     let mut timeline = Timeline::new(Phase::Synced, Duration::ZERO, Counters::default());

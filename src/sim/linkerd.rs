@@ -45,9 +45,12 @@ impl Default for Names {
     }
 }
 
+/// The identity controller's Deployment.
+pub const IDENTITY_DEPLOYMENT: &str = "linkerd-identity";
+
 /// The control-plane Deployments and their component labels.
 pub const CONTROL_PLANE: [(&str, &str); 3] = [
-    ("linkerd-identity", "identity"),
+    (IDENTITY_DEPLOYMENT, "identity"),
     ("linkerd-destination", "destination"),
     ("linkerd-proxy-injector", "proxy-injector"),
 ];
