@@ -689,16 +689,7 @@ pub fn decide(
                     // pods still draining without the new anchor (those the propagation just
                     // replaced) would reject the new leaves for as long as they drain, as they
                     // would an issuer renewed now. So it waits for them, as that renewal does.
-                    let draining: Vec<String> = observed
-                        .draining
-                        .iter()
-                        .filter(|p| {
-                            p.anchors
-                                .as_ref()
-                                .is_none_or(|a| !a.is_superset(&new_anchor))
-                        })
-                        .map(|p| p.key())
-                        .collect();
+                    let draining = pods_lacking(observed.draining.iter(), &new_anchor);
                     let identity: Vec<&str> = observed
                         .control_plane
                         .iter()
@@ -1017,8 +1008,15 @@ fn workloads_lacking<'p>(
     pods: impl Iterator<Item = &'p MeshedPod>,
     bundle: &BTreeSet<String>,
 ) -> Vec<String> {
-    pods.filter(|p| !p.control_plane)
-        .filter(|p| p.anchors.as_ref().is_none_or(|a| !a.is_superset(bundle)))
+    pods_lacking(pods.filter(|p| !p.control_plane), bundle)
+}
+
+/// The keys of `pods`, control plane included, whose anchors lack part of `bundle`.
+fn pods_lacking<'p>(
+    pods: impl Iterator<Item = &'p MeshedPod>,
+    bundle: &BTreeSet<String>,
+) -> Vec<String> {
+    pods.filter(|p| p.anchors.as_ref().is_none_or(|a| !a.is_superset(bundle)))
         .map(|p| p.key())
         .collect()
 }
