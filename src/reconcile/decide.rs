@@ -308,8 +308,24 @@ pub fn decide(
     // held until every proxy trusts the new anchor; the rest of the control plane restarts
     // as usual. (Nothing keeps it from restarting by itself meanwhile: the out-of-order
     // condition stays urgent.)
+    //
+    // Every proxy means every pod but its own: running and starting workload pods, the rest of
+    // the control plane until it runs on this bundle, and pods still draining (those a restart
+    // just replaced, in any phase, whoever restarted them). Only the identity controller's own
+    // old pod drains on the old bundle whatever the order.
     let issuer_ahead = renewed && signer.as_deref() == Some(anchor.fingerprint.as_str());
-    let hold_identity = issuer_ahead && !lacking_anchor.is_empty();
+    let untrusting: Vec<String> = if issuer_ahead {
+        let others = (observed.pods.iter())
+            .filter(|p| p.control_plane)
+            .chain(&observed.draining)
+            .filter(|p| !p.identity_controller);
+        (lacking_anchor.iter().cloned())
+            .chain(pods_lacking(others, &new_anchor, &marker))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let hold_identity = !untrusting.is_empty();
     let held = |c: &ControlPlaneDeployment| hold_identity && c.identity_controller;
     let held_names: Vec<&str> = observed
         .control_plane
@@ -319,9 +335,11 @@ pub fn decide(
         .collect();
     let hold_note = (!held_names.is_empty()).then(|| {
         format!(
-            "; the identity controller ({}) keeps its earlier issuer, its restart held until every proxy trusts anchor {}",
+            "; the identity controller ({}) keeps its earlier issuer, its restart held until every proxy trusts anchor {} ({} pod(s) may not yet{})",
             held_names.join(", "),
-            short(&anchor.fingerprint)
+            short(&anchor.fingerprint),
+            untrusting.len(),
+            examples(&untrusting)
         )
     });
 
@@ -489,6 +507,7 @@ pub fn decide(
         issuer: &issuer,
         observed,
         bundle: &bundle_set,
+        marker: &marker,
         lacking: &lacking_bundle,
     };
     match status.phase {
@@ -685,24 +704,17 @@ pub fn decide(
                     .map(|c| c.name.as_str())
                     .collect();
                 if !unrestarted.is_empty() {
-                    // A held identity controller takes the renewed issuer up as it restarts:
-                    // pods still draining without the new anchor (those the propagation just
-                    // replaced) would reject the new leaves for as long as they drain, as they
-                    // would an issuer renewed now. So it waits for them, as that renewal does.
-                    let draining = pods_lacking(observed.draining.iter(), &new_anchor);
-                    let identity: Vec<&str> = observed
-                        .control_plane
-                        .iter()
-                        .filter(|c| c.identity_controller && unrestarted.contains(&c.name.as_str()))
-                        .map(|c| c.name.as_str())
-                        .collect();
-                    if issuer_ahead && !identity.is_empty() && !draining.is_empty() {
+                    // A held identity controller takes the renewed issuer up as it restarts, so
+                    // it waits on while its hold counts pods that may not trust the new anchor:
+                    // here, those still draining on the old bundle (the pods the propagation
+                    // just replaced), as the issuer's renewal would. The rest restarts now.
+                    if unrestarted.iter().all(|name| held_names.contains(name)) {
                         d.next.blocking_message = Some(format!(
-                            "every running meshed pod holds the expanded trust bundle; waiting for {} terminating pod(s) without anchor {} to stop before the identity controller ({}), which will take up the renewed issuer, restarts{}",
-                            draining.len(),
+                            "every running meshed pod holds the expanded trust bundle; waiting for {} pod(s) that may not trust anchor {} (terminating, or not yet restarted onto the bundle) before the identity controller ({}), which will take up the renewed issuer, restarts{}",
+                            untrusting.len(),
                             short(&anchor.fingerprint),
-                            identity.join(", "),
-                            examples(&draining)
+                            held_names.join(", "),
+                            examples(&untrusting)
                         ));
                         return d.finish(Requeue::Soon);
                     }
@@ -1008,17 +1020,31 @@ fn workloads_lacking<'p>(
     pods: impl Iterator<Item = &'p MeshedPod>,
     bundle: &BTreeSet<String>,
 ) -> Vec<String> {
-    pods_lacking(pods.filter(|p| !p.control_plane), bundle)
-}
-
-/// The keys of `pods`, control plane included, whose anchors lack part of `bundle`.
-fn pods_lacking<'p>(
-    pods: impl Iterator<Item = &'p MeshedPod>,
-    bundle: &BTreeSet<String>,
-) -> Vec<String> {
-    pods.filter(|p| p.anchors.as_ref().is_none_or(|a| !a.is_superset(bundle)))
+    pods.filter(|p| !p.control_plane && lacks(p, bundle))
         .map(|p| p.key())
         .collect()
+}
+
+/// The keys of `pods`, control plane included, whose proxy may not hold every anchor of
+/// `anchors`, which must be part of the bundle in place. A control-plane proxy's anchors are
+/// not in its spec (it reads the ConfigMap as it starts): it holds the bundle in place if its
+/// pod was started by the restart onto it (`marker`), and is counted as lacking otherwise.
+fn pods_lacking<'p>(
+    pods: impl Iterator<Item = &'p MeshedPod>,
+    anchors: &BTreeSet<String>,
+    marker: &str,
+) -> Vec<String> {
+    pods.filter(|p| match (&p.anchors, p.control_plane) {
+        (None, true) => p.restarted_for.as_deref() != Some(marker),
+        _ => lacks(p, anchors),
+    })
+    .map(|p| p.key())
+    .collect()
+}
+
+/// Whether `pod`'s proxy lacks part of `anchors`, or its anchors cannot be read.
+fn lacks(pod: &MeshedPod, anchors: &BTreeSet<String>) -> bool {
+    pod.anchors.as_ref().is_none_or(|a| !a.is_superset(anchors))
 }
 
 fn fingerprints(certs: &[Cert]) -> BTreeSet<String> {
@@ -1098,6 +1124,9 @@ struct IssuerRenewal<'a> {
     observed: &'a Observed,
     /// The bundle in place: pods draining without it hold the renewal back.
     bundle: &'a BTreeSet<String>,
+    /// What a restart onto that bundle is marked with (how a control-plane pod is known to
+    /// hold it).
+    marker: &'a str,
     /// The workload pods (running or starting) without every anchor of it.
     lacking: &'a [String],
 }
@@ -1601,6 +1630,7 @@ impl<'a> Step<'a> {
             issuer,
             observed,
             bundle,
+            marker,
             lacking,
         } = *renewal;
         if issuer.signed_by.as_deref() == Some(anchor.fingerprint.as_str()) {
@@ -1613,10 +1643,10 @@ impl<'a> Step<'a> {
             );
             return self.finish(Requeue::Soon);
         }
-        // Pods still draining with the old bundle alone (those a restart just replaced, say)
-        // would reject the renewed issuer's leaves for as long as they drain: the renewal
+        // Pods still draining with the old bundle alone (those a restart just replaced, the
+        // control plane's included, say) would reject the renewed issuer's leaves for as long as they drain: the renewal
         // waits for them, unless it is already under way.
-        let draining = workloads_lacking(observed.draining.iter(), bundle);
+        let draining = pods_lacking(observed.draining.iter(), bundle, marker);
         if !draining.is_empty() && !issuer.issuing {
             self.next.blocking_message = Some(format!(
                 "the trust bundle has converged on every running meshed pod; waiting for {} terminating pod(s) without it to stop before the identity issuer is renewed{}",

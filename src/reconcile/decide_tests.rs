@@ -419,20 +419,26 @@ fn installed_after_an_early_issuer_renewal_the_identity_controller_is_held_until
     for p in o.pods.iter_mut().filter(|p| !p.control_plane) {
         p.anchors = Some(set(&[0, 1]));
     }
-    let mut old_destination = pod("linkerd", "linkerd-destination-old", &[0]);
-    old_destination.control_plane = true;
-    o.draining = vec![pod("app-0", "web-old", &[0]), old_destination];
+    o.draining = vec![
+        pod("app-0", "web-old", &[0]),
+        cp_pod("linkerd-destination-old", None),
+    ];
     let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
     assert_eq!(d.status.phase, Phase::PropagatingTrustRoots);
     assert!(writes(&d).is_empty(), "{:?}", d.effects);
     let message = d.status.blocking_message.unwrap_or_default();
     assert!(
-        message.contains("waiting for 2 terminating pod(s) without anchor")
+        message.contains("waiting for 2 pod(s) that may not trust anchor")
+            && message.contains("web-old")
             && message.contains("linkerd-identity"),
         "{message}"
     );
-    // Draining with the new anchor is no reason to wait.
-    o.draining = vec![pod("app-0", "web-old", &[0, 1])];
+    // Draining with the new anchor (a control-plane pod: started onto the bundle) is no
+    // reason to wait.
+    o.draining = vec![
+        pod("app-0", "web-old", &[0, 1]),
+        cp_pod("linkerd-destination-new", Some(marker.clone())),
+    ];
 
     // Every proxy trusts the new anchor: the identity controller is restarted onto the bundle.
     let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
@@ -444,6 +450,77 @@ fn installed_after_an_early_issuer_renewal_the_identity_controller_is_held_until
         "{:?}",
         d.effects
     );
+}
+
+/// The identity controller's hold lasts as long as any other pod may not trust the new anchor,
+/// not only the running workloads: here every running workload pod already holds the expanded
+/// bundle while the control plane restarts onto it (a person restarted them, as the urgent
+/// message asks), but the pods they replaced still drain on the old bundle, and then the rest
+/// of the control plane's old pods do. The identity controller, which takes the renewed
+/// issuer up as it starts, is restarted only once they are gone.
+#[test]
+fn the_identity_controllers_hold_outlasts_draining_pods_and_the_rest_of_the_control_plane() {
+    let mut o = World {
+        anchor: 1,
+        previous: Some(0),
+        bundle: Some(vec![0, 1]),
+        signer: 1,
+        holds: vec![0, 1],
+        ..World::synced()
+    }
+    .observed();
+    let marker = bundle_fp(&[0, 1]);
+    o.draining = vec![pod("app-0", "web-old", &[0])];
+    let restarted = |d: &Decision| -> Vec<String> {
+        match &writes(d)[..] {
+            [Effect::RestartControlPlane { deployments, .. }] => {
+                deployments.iter().map(|r| r.name.clone()).collect()
+            }
+            [] => Vec::new(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let d = run(&automatic(), Phase::RefreshingControlPlane, &o);
+    assert_eq!(
+        restarted(&d),
+        ["linkerd-destination", "linkerd-proxy-injector"]
+    );
+    assert!(
+        d.effects
+            .iter()
+            .any(|e| matches!(e, Effect::Event { message, .. }
+            if message.contains("keeps its earlier issuer") && message.contains("app-0/web-old"))),
+        "{:?}",
+        d.effects
+    );
+
+    // The workloads' old pods gone; the control plane's rolling (its new pods up, its old ones
+    // draining): still held, and named.
+    for c in o
+        .control_plane
+        .iter_mut()
+        .filter(|c| !c.identity_controller)
+    {
+        c.restarted_for = Some(marker.clone());
+    }
+    o.pods
+        .push(cp_pod("linkerd-destination-2", Some(marker.clone())));
+    o.draining = vec![cp_pod("linkerd-destination-1", None)];
+    let d = run(&automatic(), Phase::RefreshingControlPlane, &o);
+    assert_eq!(restarted(&d), Vec::<String>::new());
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
+    assert!(writes(&d).is_empty(), "{:?}", d.effects);
+    assert!(
+        blocking(&d).contains("linkerd/linkerd-destination-1")
+            && blocking(&d).contains("before the identity controller (linkerd-identity)"),
+        "{}",
+        blocking(&d)
+    );
+
+    // Nothing left that may not trust the new anchor: the identity controller restarts.
+    o.draining.clear();
+    let d = run(&automatic(), Phase::RefreshingControlPlane, &o);
+    assert_eq!(restarted(&d), ["linkerd-identity"]);
 }
 
 /// The previous-anchor Secret deleted after the issuer's renewal: the anchor in use is the new
@@ -2261,6 +2338,23 @@ fn terminating_pods_hold_the_reduction_and_the_renewal_while_they_drain() {
     o.draining.push(pod("app-0", "web-8", &[0, 1]));
     let d = run(&automatic(), Phase::WaitingForIdentityRotation, &o);
     assert_eq!(writes(&d), [&Effect::RenewIssuer]);
+    // The control plane's too (the restart onto the expanded bundle replaced them), known by
+    // the restart their pod came from, since their anchors are not in their spec: one started
+    // onto the expanded bundle is no reason to wait; one from before is.
+    o.draining
+        .push(cp_pod("linkerd-destination-new", Some(bundle_fp(&[0, 1]))));
+    let d = run(&automatic(), Phase::WaitingForIdentityRotation, &o);
+    assert_eq!(writes(&d), [&Effect::RenewIssuer]);
+    o.draining
+        .push(cp_pod("linkerd-destination-old", Some(bundle_fp(&[0]))));
+    let d = run(&automatic(), Phase::WaitingForIdentityRotation, &o);
+    assert!(writes(&d).is_empty(), "{:?}", d.effects);
+    assert!(
+        blocking(&d).contains("linkerd/linkerd-destination-old"),
+        "{}",
+        blocking(&d)
+    );
+    o.draining.retain(|p| !p.control_plane);
     o.draining.push(pod("app-0", "web-9", &[0]));
     let d = run(&automatic(), Phase::WaitingForIdentityRotation, &o);
     assert!(writes(&d).is_empty(), "{:?}", d.effects);
