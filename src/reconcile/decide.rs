@@ -471,6 +471,11 @@ pub fn decide(
     // restarted onto the bundle now in place. A bundle written by a look whose status never
     // landed (a conflict, a crash, a lost Lease between the two writes) leaves the old phase
     // in the status with a control plane still on the bundle before: back to the restart.
+    //
+    // Synced too, once the bundle in place is the operator's own write: a restore of a bundle
+    // written over in Synced whose status was lost takes the key back, so the next look finds
+    // nothing overwritten, only the control plane on the marker before. (A bundle that is not
+    // the operator's, one Linkerd was installed with, is left alone, as is the control plane.)
     let after_refresh = matches!(
         status.phase,
         Phase::PropagatingTrustRoots
@@ -478,7 +483,7 @@ pub fn decide(
             | Phase::WaitingForIdentityRotation
             | Phase::RenewingWorkloadCerts
             | Phase::RemovingOldTrustRoots
-    );
+    ) || (status.phase == Phase::Synced && observed.bundle_meta.annotated);
     // (A Deployment without a marker was created since, by a `helm upgrade --force` say: its
     // pods read the bundle in place when they started.)
     let behind: Vec<&str> = observed

@@ -675,6 +675,30 @@ fn a_bundle_whose_status_write_was_lost_restarts_the_control_plane_before_anythi
             );
         }
     }
+    // Synced: a bundle written over was restored (the operator's write takes the key back),
+    // the restore's status lost. Nothing overwritten is left to see, only the control plane on
+    // the marker before: it is restarted, and the removal then takes the pods that started on
+    // the foreign bundle.
+    let restored = restored_over(10, 0);
+    for policies in [manual(), automatic()] {
+        let d = run(&policies, Phase::Synced, &restored);
+        assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
+        let next = decide(&policies, &Names::default(), &d.status, &restored);
+        let marker = format!("{}.10", bundle_fp(&[1]));
+        assert!(
+            matches!(&writes(&next)[..], [Effect::RestartControlPlane { marker: m, .. }] if *m == marker),
+            "{:?}",
+            next.effects
+        );
+    }
+    // A bundle that is not the operator's write (one Linkerd was installed with) is left
+    // alone, and so is the control plane.
+    let mut installed = restored;
+    installed.bundle_meta = BundleMeta::default();
+    let d = run(&automatic(), Phase::Synced, &installed);
+    assert_eq!(d.status.phase, Phase::Synced);
+    assert!(writes(&d).is_empty(), "{:?}", d.effects);
+
     // A control-plane Deployment with no marker at all was created since (a `helm upgrade
     // --force`, say): its pods read the bundle in place, and nothing goes back.
     let recreated = World {
@@ -828,6 +852,7 @@ fn restored_over(version: u32, at: i64) -> Observed {
     o.bundle_meta = BundleMeta {
         version: Some((version + 1).to_string()),
         written_over: Some(version.to_string()),
+        annotated: true,
         ..BundleMeta::default()
     };
     o
@@ -924,17 +949,29 @@ fn a_contested_bundle_is_named_and_still_restored_and_restarted_onto_at_once() {
     let window = CONTEST_WINDOW.as_secs() as i64;
     let mut synced = held.status.clone();
     synced.phase = Phase::Synced;
+    // (Synced again: the control plane on the restore's bundle.)
+    let settled = |at| {
+        let mut o = restored_over(20, at);
+        let marker = format!("{restored}.20");
+        for c in &mut o.control_plane {
+            c.restarted_for = Some(marker.clone());
+        }
+        for p in o.pods.iter_mut().filter(|p| p.control_plane) {
+            p.restarted_for = Some(marker.clone());
+        }
+        o
+    };
     // Meanwhile it looks again when the window ends, not only after the idle interval: no
     // watch event would mark that.
     for (at, left) in [(100, window - 40), (60 + window - 1, 1)] {
-        let quiet = decide(&policies, &names, &synced, &restored_over(20, at));
+        let quiet = decide(&policies, &names, &synced, &settled(at));
         assert_eq!(contested(&quiet).unwrap().status, ConditionStatus::True);
         assert_eq!(
             quiet.requeue,
             Requeue::Within(std::time::Duration::from_secs(left as u64))
         );
     }
-    let quiet = decide(&policies, &names, &synced, &restored_over(20, 60 + window));
+    let quiet = decide(&policies, &names, &synced, &settled(60 + window));
     let lowered = contested(&quiet).unwrap();
     assert_eq!(
         (lowered.status, lowered.reason.as_str()),
@@ -3241,6 +3278,17 @@ mod properties {
                 prop_assert!(
                     restarted,
                     "a control plane without the anchor in use is restarted at once: {:?}",
+                    d.status.blocking_message
+                );
+            }
+            // In any other phase (a restore's status lost, say), it is at least on its way
+            // there.
+            if in_use_missing && !wrote_bundle && !parked {
+                prop_assert_eq!(
+                    d.status.phase,
+                    Phase::RefreshingControlPlane,
+                    "a control plane without the anchor in use is left so from {}: {:?}",
+                    before_phase,
                     d.status.blocking_message
                 );
             }
