@@ -148,7 +148,7 @@ pub fn decide(
                     .is_some_and(|p| p.fingerprint == anchor.fingerprint),
                 _ => false,
             };
-            let lacking = d.count_bundle(observed, &set, reducing);
+            d.count_bundle(observed, &set, reducing);
             // Reported even now: pausing to look into a rotation is when someone may run
             // `cmctl renew` too early.
             if let Some(previous) = &previous {
@@ -157,7 +157,6 @@ pub fn decide(
                     &anchor,
                     previous,
                     issuer.signed_by.as_deref(),
-                    &lacking,
                     &workloads_lacking(observed.bundle_holders(), &new_anchor),
                 ));
             }
@@ -295,7 +294,6 @@ pub fn decide(
         &anchor,
         &previous,
         signer.as_deref(),
-        &lacking_bundle,
         &lacking_anchor,
     ));
 
@@ -979,31 +977,29 @@ fn proxy_refresh(deployment: &ControlPlaneDeployment, accelerated: Option<&str>)
     }
 }
 
-/// Out of order: the issuer already chains to a renewed anchor that not every proxy trusts.
-/// While the bundle propagates (and while the issuer is awaited), that is what the pods say: a
-/// renewal the operator asked for just before it was stopped, its status unwritten, finds every
-/// pod holding the bundle and is in order. `lacking_bundle`, `lacking_anchor`: the workload
-/// pods without every anchor of the bundle, and those without the anchor, as the look counted
-/// them.
+/// Out of order: the issuer already chains to a renewed anchor that not every proxy trusts
+/// (`lacking_anchor`: the workload pods, running or starting, without it, as the look counted
+/// them). That is what the pods say, in every phase up to the issuer's renewal: a renewal the
+/// operator asked for just before it was stopped, its status unwritten, finds every pod
+/// trusting the anchor and is in order; so does a status that says Synced over pods that all
+/// trust it, one lost with the resource deleted and created again mid-rotation. Pods that lack
+/// only another anchor of the bundle (one written in by someone else mid-rotation, say) are in
+/// no danger from the renewed issuer.
 fn renewed_out_of_order(
     phase: Phase,
     anchor: &Cert,
     previous: &Cert,
     signer: Option<&str>,
-    lacking_bundle: &[String],
     lacking_anchor: &[String],
 ) -> bool {
     if anchor.fingerprint == previous.fingerprint || signer != Some(anchor.fingerprint.as_str()) {
         return false;
     }
     match phase {
-        // In Synced the bundle may not hold the new anchor yet: what counts is the anchor. A
-        // status that says Synced over pods that all trust it is one that was lost (the
-        // resource deleted and created again mid-rotation), not a renewal out of order.
-        Phase::Synced | Phase::RefreshingControlPlane => !lacking_anchor.is_empty(),
-        Phase::PropagatingTrustRoots | Phase::WaitingForIdentityRotation => {
-            !lacking_bundle.is_empty()
-        }
+        Phase::Synced
+        | Phase::RefreshingControlPlane
+        | Phase::PropagatingTrustRoots
+        | Phase::WaitingForIdentityRotation => !lacking_anchor.is_empty(),
         _ => false,
     }
 }

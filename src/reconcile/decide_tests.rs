@@ -2104,6 +2104,33 @@ fn leaves_are_awaited_then_the_bundle_is_reduced() {
     assert_eq!(written_bundle(&d), Some(set(&[1])));
 }
 
+/// A bundle written over mid-rotation with an anchor of no use (a retired one, from Linkerd's
+/// install-time values) is grown back with it, so every pod is restarted onto it. But the
+/// issuer was renewed in order, onto an anchor every pod trusts: the pods that lack only the
+/// foreign one are in no danger from it, and no out-of-order alarm is raised for them.
+#[test]
+fn pods_lacking_only_a_foreign_anchor_raise_no_out_of_order_alarm() {
+    let w = World {
+        bundle: Some(vec![0, 1, 2]),
+        holds: vec![0, 1],
+        cp_for: Some(bundle_fp(&[0, 1, 2])),
+        ..issuer_renewed()
+    };
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &w.observed());
+    assert_eq!(d.status.phase, Phase::PropagatingTrustRoots);
+    assert!(
+        !writes(&d).is_empty(),
+        "the pods are restarted onto the grown bundle"
+    );
+    assert_eq!(out_of_order(&d), Some(ConditionStatus::False));
+    assert!(!blocking(&d).contains("URGENT"), "{}", blocking(&d));
+    // A pod without the renewed issuer's anchor is: the alarm is raised.
+    let mut o = w.observed();
+    o.pods[0].anchors = Some(set(&[0, 2]));
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
+    assert_eq!(out_of_order(&d), Some(ConditionStatus::True));
+}
+
 /// A GitOps commit of the new anchor alone lands mid-rotation, over the operator's expanded
 /// bundle, once the issuer has switched: the issuer's anchor is in it, but the proxies not yet
 /// holding a new leaf, and every pod not yet restarted, still need the old one. The bundle is
