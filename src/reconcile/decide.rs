@@ -1427,9 +1427,12 @@ impl<'a> Step<'a> {
         restart_for: RestartFor,
         what: &str,
     ) {
+        // A set: with thousands of pods, a list's `contains` per pod would cost millions of
+        // comparisons a look.
+        let pending_keys: BTreeSet<&str> = pending.iter().map(String::as_str).collect();
         let pending_pods: Vec<&MeshedPod> = observed
             .bundle_holders()
-            .filter(|p| pending.contains(&p.key()))
+            .filter(|p| pending_keys.contains(p.key().as_str()))
             .collect();
         let mut workloads = BTreeSet::new();
         let mut unfixable = Vec::new();
@@ -1471,7 +1474,7 @@ impl<'a> Step<'a> {
         let not_started = observed
             .starting
             .iter()
-            .filter(|p| pending.contains(&p.key()))
+            .filter(|p| pending_keys.contains(p.key().as_str()))
             .count();
         if not_started > 0 {
             message.push_str(&format!(
