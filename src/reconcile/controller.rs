@@ -596,6 +596,7 @@ async fn reconcile_once(
         refused_restarts,
         said_missing,
         published,
+        seen_leaves,
     } = memory;
     own_writes.confirm(client, config, stores).await;
     match own_writes.awaited(config, stores) {
@@ -645,7 +646,9 @@ async fn reconcile_once(
     )
     .await?;
     if status.phase == crate::crd::Phase::RenewingWorkloadCerts {
-        probe_leaves(config, &mut observed).await;
+        probe_leaves(config, &mut observed, seen_leaves).await;
+    } else {
+        seen_leaves.clear();
     }
     let decision = decide(&policies, &config.names, &status, &observed);
     let mut reference = rotation.object_ref(&());
@@ -1579,20 +1582,66 @@ fn meshed_pod(
     }
 }
 
-/// Probes every pod's live leaf: a TLS handshake to `podIP:4191` with its identity as SNI,
-/// bounded concurrency, a timeout; unreachable is not converged.
-async fn probe_leaves(config: &ReconcilerConfig, observed: &mut Observed) {
+/// Pods already seen presenting a leaf from the current issuer. A proxy never goes back to an
+/// earlier issuer's leaf (the identity controller signs only with the issuer it holds, which
+/// was this one when it signed that leaf), so they are not probed again while the issuer stays
+/// the same: each look of RenewingWorkloadCerts probes only the pods still to converge, not
+/// every proxy of the mesh. Keyed by pod and address, so a pod created again under the same
+/// name is probed anew.
+#[derive(Debug, Default)]
+struct SeenLeaves {
+    /// The issuer's certificate fingerprint.
+    issuer: String,
+    pods: BTreeSet<(String, std::net::SocketAddr)>,
+}
+
+impl SeenLeaves {
+    /// Starts over when `issuer` is not the one the pods were seen with.
+    fn for_issuer(&mut self, issuer: &str) {
+        if self.issuer != issuer {
+            self.issuer = issuer.to_owned();
+            self.pods.clear();
+        }
+    }
+
+    fn seen(&self, pod: &MeshedPod) -> bool {
+        pod.addr
+            .is_some_and(|addr| self.pods.contains(&(pod.key(), addr)))
+    }
+
+    /// Records the pods seen with a leaf from the issuer now, and forgets those gone.
+    fn record(&mut self, pods: &[MeshedPod]) {
+        let now: BTreeSet<(String, std::net::SocketAddr)> = pods
+            .iter()
+            .filter(|p| p.leaf == Some(Leaf::FromIssuer))
+            .filter_map(|p| Some((p.key(), p.addr?)))
+            .collect();
+        self.pods = now;
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// Probes the live leaf of every pod not yet seen with one from the current issuer: a TLS
+/// handshake to `podIP:4191` with its identity as SNI, bounded concurrency, a timeout;
+/// unreachable is not converged.
+async fn probe_leaves(config: &ReconcilerConfig, observed: &mut Observed, seen: &mut SeenLeaves) {
     let Ok(issuer) = &observed.issuer else { return };
     let Some(issuer_der) = certs::der(&issuer.cert.pem) else {
         return;
     };
+    seen.for_issuer(&issuer.cert.fingerprint);
     let client_config = crate::probe::client_config();
-    let targets: Vec<(usize, Option<std::net::SocketAddr>, String)> = observed
-        .pods
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (i, p.addr, p.identity.clone()))
-        .collect();
+    let mut targets: Vec<(usize, Option<std::net::SocketAddr>, String)> = Vec::new();
+    for (i, p) in observed.pods.iter_mut().enumerate() {
+        if seen.seen(p) {
+            p.leaf = Some(Leaf::FromIssuer);
+        } else {
+            targets.push((i, p.addr, p.identity.clone()));
+        }
+    }
     let results: Vec<(usize, Leaf)> = futures::stream::iter(targets)
         .map(|(i, addr, identity)| {
             let (client_config, issuer_der) = (client_config.clone(), issuer_der.clone());
@@ -1620,6 +1669,7 @@ async fn probe_leaves(config: &ReconcilerConfig, observed: &mut Observed) {
     for (i, leaf) in results {
         observed.pods[i].leaf = Some(leaf);
     }
+    seen.record(&observed.pods);
 }
 
 async fn execute(
@@ -1808,6 +1858,7 @@ struct Memory {
     /// The rotation was missing at the last look, and the log has said so.
     said_missing: bool,
     published: Published,
+    seen_leaves: SeenLeaves,
 }
 
 /// The step Events the last look published, and the rotation's version once its status was in.
@@ -2166,6 +2217,128 @@ mod tests {
         json!({"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "u", "controller": true})
     }
 
+    /// A pod seen with a leaf from the current issuer is not probed again while the issuer stays
+    /// the same, counted at a real TLS server on loopback: a look of RenewingWorkloadCerts
+    /// probes only the pods still to converge. A pod at another address (created again under
+    /// its name) or another issuer is probed anew; a pod not converged is probed every look.
+    #[tokio::test]
+    async fn a_pod_seen_with_a_leaf_from_the_issuer_is_not_probed_again() {
+        use crate::sim::pki;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let now = pki::now();
+        let template = |common_name: &str, is_ca| pki::Template {
+            common_name: common_name.to_owned(),
+            dns_names: if is_ca {
+                vec![]
+            } else {
+                vec!["default.app.serviceaccount.identity.linkerd.cluster.local".to_owned()]
+            },
+            is_ca,
+            not_before: now,
+            not_after: now + Duration::from_secs(3600),
+        };
+        let issuer_key = pki::generate_key().unwrap();
+        let issuer_der = template("identity.linkerd.cluster.local", true)
+            .self_signed(&issuer_key)
+            .unwrap();
+        let leaf_key = pki::generate_key().unwrap();
+        let leaf_der = template("web", false)
+            .signed_by(&leaf_key, &issuer_der, &issuer_key)
+            .unwrap();
+        let server_config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf_der.into(), issuer_der.clone().into()],
+            rustls::pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der()).into(),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+        // Two listeners: the same proxy at two addresses.
+        let handshakes = Arc::new(AtomicUsize::new(0));
+        let mut addrs = Vec::new();
+        for _ in 0..2 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addrs.push(listener.local_addr().unwrap());
+            let (acceptor, handshakes) = (acceptor.clone(), handshakes.clone());
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    handshakes.fetch_add(1, Ordering::SeqCst);
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let _ = acceptor.accept(stream).await;
+                    });
+                }
+            });
+        }
+        let cert = |der: &[u8]| Cert {
+            fingerprint: crate::bundle::sha256_hex(der),
+            pem: pki::to_pem(der),
+            not_after: 0,
+        };
+        let observed_with = |issuer: Cert, addr| Observed {
+            now: 0,
+            anchor: Err(Problem {
+                object: "-".to_owned(),
+                message: "-".to_owned(),
+            }),
+            previous: Ok(None),
+            bundle: Ok(None),
+            issuer: Ok(Issuer {
+                cert: issuer,
+                signed_by: None,
+                issuing: false,
+                failure: None,
+            }),
+            control_plane: vec![],
+            pods: vec![MeshedPod {
+                namespace: "app".to_owned(),
+                name: "web-0".to_owned(),
+                control_plane: false,
+                identity_controller: false,
+                ready: true,
+                anchors: None,
+                restarted_for: None,
+                max_refresh: None,
+                owner: Err(Unfixable::BarePod),
+                leaf: None,
+                addr: Some(addr),
+                identity: "default.app.serviceaccount.identity.linkerd.cluster.local".to_owned(),
+            }],
+            starting: vec![],
+            draining: vec![],
+            restart_markers: BTreeMap::new(),
+            refused_restarts: BTreeSet::new(),
+            bundle_meta: BundleMeta::default(),
+            baked_templates: BTreeMap::new(),
+        };
+        let config = ReconcilerConfig::default();
+        let mut seen = SeenLeaves::default();
+        // Looks, each with what it should find and how many handshakes it should cost.
+        let other_issuer = cert(&ca_for_an_hour("identity.linkerd.cluster.local"));
+        let looks = [
+            (cert(&issuer_der), addrs[0], Leaf::FromIssuer, 1),
+            (cert(&issuer_der), addrs[0], Leaf::FromIssuer, 0),
+            (cert(&issuer_der), addrs[0], Leaf::FromIssuer, 0),
+            (cert(&issuer_der), addrs[1], Leaf::FromIssuer, 1),
+            (other_issuer.clone(), addrs[1], Leaf::FromOtherIssuer, 1),
+            (other_issuer, addrs[1], Leaf::FromOtherIssuer, 1),
+            (cert(&issuer_der), addrs[1], Leaf::FromIssuer, 1),
+        ];
+        for (n, (issuer, addr, leaf, cost)) in looks.into_iter().enumerate() {
+            let before = handshakes.load(Ordering::SeqCst);
+            let mut observed = observed_with(issuer, addr);
+            probe_leaves(&config, &mut observed, &mut seen).await;
+            assert_eq!(observed.pods[0].leaf.as_ref(), Some(&leaf), "look {n}");
+            // The server counts a connection once it has accepted it: give it the moment.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(handshakes.load(Ordering::SeqCst) - before, cost, "look {n}");
+        }
+    }
+
     /// A proxy the probe cannot reach is unreachable, with what the probe met: no pod IP, a
     /// refused connection, no TLS answer within the timeout (what a NetworkPolicy that drops
     /// the operator's packets looks like). Real sockets on loopback.
@@ -2235,7 +2408,7 @@ mod tests {
             probe_timeout: Duration::from_millis(300),
             ..ReconcilerConfig::default()
         };
-        probe_leaves(&config, &mut observed).await;
+        probe_leaves(&config, &mut observed, &mut SeenLeaves::default()).await;
         let why: Vec<String> = observed
             .pods
             .iter()
