@@ -196,6 +196,23 @@ pub enum ReconcileError {
     /// Several writes of one step failed (each workload's restart is tried).
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Several(Vec<ReconcileError>),
+    /// Some restarts of one step failed and the others were done: those are rolling, and the
+    /// step's own event, which would have named them, is not published.
+    #[error("{failed} (restarted meanwhile: {})", first_few_of(.done))]
+    Partly {
+        done: Vec<String>,
+        failed: Box<ReconcileError>,
+    },
+}
+
+/// `n: a, b, c, ...`: how many, and the first few.
+fn first_few_of(items: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut shown: Vec<&str> = items.iter().take(SHOWN).map(String::as_str).collect();
+    if items.len() > SHOWN {
+        shown.push("...");
+    }
+    format!("{}: {}", items.len(), shown.join(", "))
 }
 
 fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
@@ -1512,12 +1529,20 @@ fn mark_pods_not_starting<'a>(
 }
 
 /// The failures of the writes of one effect, as one error (`Ok` when none failed).
-fn several(mut failed: Vec<ReconcileError>) -> Result<(), ReconcileError> {
-    match failed.len() {
-        0 => Ok(()),
-        1 => Err(failed.remove(0)),
-        _ => Err(ReconcileError::Several(failed)),
+/// The outcome of a step's restarts: those `done`, and those `failed`.
+fn several(done: Vec<String>, mut failed: Vec<ReconcileError>) -> Result<(), ReconcileError> {
+    let failed = match failed.len() {
+        0 => return Ok(()),
+        1 => failed.remove(0),
+        _ => ReconcileError::Several(failed),
+    };
+    if done.is_empty() {
+        return Err(failed);
     }
+    Err(ReconcileError::Partly {
+        done,
+        failed: Box::new(failed),
+    })
 }
 
 /// Labels of Linkerd's identity controller, its Deployment's and its pods'.
@@ -1732,15 +1757,17 @@ async fn execute(
             marker,
         } => {
             // Each one is tried, as workloads are: one refused restart holds up no other.
-            let mut failed = Vec::new();
+            let (mut done, mut failed) = (Vec::new(), Vec::new());
             for d in deployments {
-                if let Err(e) =
-                    restart_control_plane(client, &config.linkerd_namespace, d, marker).await
-                {
-                    failed.push(e);
+                match restart_control_plane(client, &config.linkerd_namespace, d, marker).await {
+                    Ok(()) => done.push(format!(
+                        "deployment/{}/{}",
+                        config.linkerd_namespace, d.name
+                    )),
+                    Err(e) => failed.push(e),
                 }
             }
-            several(failed)?;
+            several(done, failed)?;
         }
         Effect::RestartWorkloads {
             workloads,
@@ -1751,11 +1778,12 @@ async fn execute(
                 RestartFor::Issuer(fingerprint) => (LEAF_RESTART_ANNOTATION, fingerprint.as_str()),
             };
             // Each one is tried: one workload that cannot be restarted holds up no other.
-            let mut failed = Vec::new();
+            let (mut done, mut failed) = (Vec::new(), Vec::new());
             for w in workloads {
                 match restart(client, w, marker).await {
                     Ok(()) => {
                         refused_restarts.remove(w);
+                        done.push(w.to_string());
                     }
                     Err(e) => {
                         refused_restarts.insert(w.clone());
@@ -1763,7 +1791,7 @@ async fn execute(
                     }
                 }
             }
-            several(failed)?;
+            several(done, failed)?;
         }
         Effect::RenewIssuer => {
             let (ns, name) = &config.names.issuer_certificate;
@@ -2215,6 +2243,38 @@ mod tests {
 
     fn owned_by(kind: &str, name: &str) -> serde_json::Value {
         json!({"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "u", "controller": true})
+    }
+
+    /// A step whose restarts partly failed says what failed and what was restarted meanwhile
+    /// (those are rolling, and the step's own event, which would have named them, is not
+    /// published); one where all failed says only what failed.
+    #[test]
+    fn a_step_whose_restarts_partly_failed_names_those_done() {
+        let refused = |name: &str| ReconcileError::Kube {
+            what: format!("restarting Deployment app/{name}"),
+            source: kube::Error::Api(
+                kube::core::Status::failure("forbidden", "Forbidden")
+                    .with_code(403)
+                    .boxed(),
+            ),
+        };
+        let done: Vec<String> = (0..5).map(|i| format!("deployment/app/web-{i}")).collect();
+        let message = several(done, vec![refused("db"), refused("cache")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("restarting Deployment app/db")
+                && message.contains("restarting Deployment app/cache")
+                && message.ends_with(
+                    "(restarted meanwhile: 5: deployment/app/web-0, deployment/app/web-1, deployment/app/web-2, ...)"
+                ),
+            "{message}"
+        );
+        let message = several(vec![], vec![refused("db")])
+            .unwrap_err()
+            .to_string();
+        assert!(!message.contains("meanwhile"), "{message}");
+        assert!(several(vec!["deployment/app/web".to_owned()], vec![]).is_ok());
     }
 
     /// A pod seen with a leaf from the current issuer is not probed again while the issuer stays
