@@ -2051,6 +2051,25 @@ async fn a_restart_the_operator_may_not_do_is_named_in_status() {
     )
     .await;
     assert!(!restarted_for_bundle(&rig.client, "mesh-0", "app-0").await);
+    // And announced: the step's own event is not published when part of it fails, so a Normal
+    // event of its reason names the restart that went ahead.
+    common::eventually(
+        "a RestartingWorkloads event naming mesh-1/app-0",
+        Duration::from_secs(30),
+        || async {
+            events_of(&rig.client, "RestartingWorkloads")
+                .await
+                .iter()
+                .any(|e| {
+                    let note = e.note.as_deref().unwrap_or_default();
+                    e.type_.as_deref() == Some("Normal")
+                        && note.contains("deployment/mesh-1/app-0")
+                        && note.contains("the others were refused")
+                })
+                .then_some(())
+        },
+    )
+    .await;
     // Still held a few retries later, and said once; meanwhile the restarted workload's new
     // pods, holding the bundle, are counted.
     let converged =

@@ -197,22 +197,39 @@ pub enum ReconcileError {
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Several(Vec<ReconcileError>),
     /// Some restarts of one step failed and the others were done: those are rolling, and the
-    /// step's own event, which would have named them, is not published.
-    #[error("{failed} (restarted meanwhile: {})", first_few_of(.done))]
+    /// step's own event, which would have named them, is not published. Said as `failed` alone,
+    /// so that the blockingMessage it becomes stays the same from one batch of restarts to the
+    /// next (one `StepFailed` per failure); those done are announced by [`Self::restarted`].
+    #[error("{failed}")]
     Partly {
+        /// The step's event reason (`RestartingWorkloads`, `RestartingControlPlane`).
+        reason: &'static str,
         done: Vec<String>,
         failed: Box<ReconcileError>,
     },
 }
 
-/// `n: a, b, c, ...`: how many, and the first few.
-fn first_few_of(items: &[String]) -> String {
-    const SHOWN: usize = 3;
-    let mut shown: Vec<&str> = items.iter().take(SHOWN).map(String::as_str).collect();
-    if items.len() > SHOWN {
-        shown.push("...");
+impl ReconcileError {
+    /// For a step whose restarts partly failed, the Normal event that names those done: its
+    /// reason and message.
+    fn restarted(&self) -> Option<(&'static str, String)> {
+        let ReconcileError::Partly { reason, done, .. } = self else {
+            return None;
+        };
+        const SHOWN: usize = 5;
+        let mut shown: Vec<&str> = done.iter().take(SHOWN).map(String::as_str).collect();
+        if done.len() > SHOWN {
+            shown.push("...");
+        }
+        Some((
+            reason,
+            format!(
+                "restarted {} of the step's workloads ({}); the others were refused (see the StepFailed event)",
+                done.len(),
+                shown.join(", ")
+            ),
+        ))
     }
-    format!("{}: {}", items.len(), shown.join(", "))
 }
 
 fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
@@ -719,6 +736,16 @@ async fn reconcile_once(
                             tracing::warn!(error = %crate::watch::api_words(&e), "publishing an event")
                         });
                 }
+            }
+            // What did go ahead is rolling: said as the step would have said it (a Normal
+            // event for each batch, as the restarts themselves), whatever became of the status.
+            if let Some((reason, message)) = error.restarted() {
+                recorder
+                    .publish(&reference, false, reason, &message)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %crate::watch::api_words(&e), "publishing an event")
+                    });
             }
             return Err(error);
         }
@@ -1529,8 +1556,13 @@ fn mark_pods_not_starting<'a>(
 }
 
 /// The failures of the writes of one effect, as one error (`Ok` when none failed).
-/// The outcome of a step's restarts: those `done`, and those `failed`.
-fn several(done: Vec<String>, mut failed: Vec<ReconcileError>) -> Result<(), ReconcileError> {
+/// The outcome of a step's restarts: those `done`, and those `failed`; `reason` is the step's
+/// event reason.
+fn several(
+    reason: &'static str,
+    done: Vec<String>,
+    mut failed: Vec<ReconcileError>,
+) -> Result<(), ReconcileError> {
     let failed = match failed.len() {
         0 => return Ok(()),
         1 => failed.remove(0),
@@ -1540,6 +1572,7 @@ fn several(done: Vec<String>, mut failed: Vec<ReconcileError>) -> Result<(), Rec
         return Err(failed);
     }
     Err(ReconcileError::Partly {
+        reason,
         done,
         failed: Box::new(failed),
     })
@@ -1611,8 +1644,9 @@ fn meshed_pod(
 /// earlier issuer's leaf (the identity controller signs only with the issuer it holds, which
 /// was this one when it signed that leaf), so they are not probed again while the issuer stays
 /// the same: each look of RenewingWorkloadCerts probes only the pods still to converge, not
-/// every proxy of the mesh. Keyed by pod and address, so a pod created again under the same
-/// name is probed anew.
+/// every proxy of the mesh. Keyed by pod and address: a pod created again under the same name
+/// at another address is probed anew (one that gets the same address, or whose proxy restarts
+/// in place, takes its new leaf from the identity controller's issuer, the current one).
 #[derive(Debug, Default)]
 struct SeenLeaves {
     /// The issuer's certificate fingerprint.
@@ -1767,7 +1801,7 @@ async fn execute(
                     Err(e) => failed.push(e),
                 }
             }
-            several(done, failed)?;
+            several("RestartingControlPlane", done, failed)?;
         }
         Effect::RestartWorkloads {
             workloads,
@@ -1791,7 +1825,7 @@ async fn execute(
                     }
                 }
             }
-            several(done, failed)?;
+            several("RestartingWorkloads", done, failed)?;
         }
         Effect::RenewIssuer => {
             let (ns, name) = &config.names.issuer_certificate;
@@ -2245,11 +2279,11 @@ mod tests {
         json!({"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "u", "controller": true})
     }
 
-    /// A step whose restarts partly failed says what failed and what was restarted meanwhile
-    /// (those are rolling, and the step's own event, which would have named them, is not
-    /// published); one where all failed says only what failed.
+    /// A step whose restarts partly failed says only what failed (the blockingMessage it becomes
+    /// stays the same from batch to batch: one StepFailed per failure), and names those done in
+    /// a Normal event of the step's reason; one where all failed names none.
     #[test]
-    fn a_step_whose_restarts_partly_failed_names_those_done() {
+    fn a_step_whose_restarts_partly_failed_names_those_done_apart() {
         let refused = |name: &str| ReconcileError::Kube {
             what: format!("restarting Deployment app/{name}"),
             source: kube::Error::Api(
@@ -2258,23 +2292,33 @@ mod tests {
                     .boxed(),
             ),
         };
-        let done: Vec<String> = (0..5).map(|i| format!("deployment/app/web-{i}")).collect();
-        let message = several(done, vec![refused("db"), refused("cache")])
-            .unwrap_err()
-            .to_string();
+        let done: Vec<String> = (0..7).map(|i| format!("deployment/app/web-{i}")).collect();
+        let error = several(
+            "RestartingWorkloads",
+            done,
+            vec![refused("db"), refused("cache")],
+        )
+        .unwrap_err();
+        let alone = ReconcileError::Several(vec![refused("db"), refused("cache")]);
+        assert_eq!(error.to_string(), alone.to_string());
+        let (reason, message) = error.restarted().expect("those done are named");
+        assert_eq!(reason, "RestartingWorkloads");
         assert!(
-            message.contains("restarting Deployment app/db")
-                && message.contains("restarting Deployment app/cache")
-                && message.ends_with(
-                    "(restarted meanwhile: 5: deployment/app/web-0, deployment/app/web-1, deployment/app/web-2, ...)"
-                ),
+            message.starts_with(
+                "restarted 7 of the step's workloads (deployment/app/web-0, deployment/app/web-1, deployment/app/web-2, deployment/app/web-3, deployment/app/web-4, ...)"
+            ),
             "{message}"
         );
-        let message = several(vec![], vec![refused("db")])
-            .unwrap_err()
-            .to_string();
-        assert!(!message.contains("meanwhile"), "{message}");
-        assert!(several(vec!["deployment/app/web".to_owned()], vec![]).is_ok());
+        let error = several("RestartingWorkloads", vec![], vec![refused("db")]).unwrap_err();
+        assert!(error.restarted().is_none());
+        assert!(
+            several(
+                "RestartingWorkloads",
+                vec!["deployment/app/web".to_owned()],
+                vec![]
+            )
+            .is_ok()
+        );
     }
 
     /// A pod seen with a leaf from the current issuer is not probed again while the issuer stays
