@@ -1248,7 +1248,7 @@ async fn installed_after_an_early_issuer_renewal_rotates_with_zero_failed_handsh
     let done = loop {
         let status = follow.status(&rig).await;
         let message = status.blocking_message.clone().unwrap_or_default();
-        if message.contains("keeps its earlier issuer") {
+        if message.contains("the identity controller (linkerd-identity) is held") {
             identity_held_seen = true;
             assert_ne!(
                 rig.mesh.identity_issuers(),

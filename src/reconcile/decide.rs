@@ -152,12 +152,13 @@ pub fn decide(
             // Reported even now: pausing to look into a rotation is when someone may run
             // `cmctl renew` too early.
             if let Some(previous) = &previous {
+                let signer = BTreeSet::from_iter(issuer.signed_by.clone());
                 d.out_of_order(renewed_out_of_order(
                     status.phase,
                     &anchor,
                     previous,
                     issuer.signed_by.as_deref(),
-                    &workloads_lacking(observed.bundle_holders(), &new_anchor),
+                    &workloads_lacking(observed.bundle_holders(), &signer),
                 ));
             }
         }
@@ -287,38 +288,49 @@ pub fn decide(
         d.next.workload_certificates = None;
     }
 
+    // A pod of the control-plane Deployments the operator restarts, whose restart marker says
+    // what bundle it runs with. (A pod labelled as control plane by anything else has no
+    // marker to be known by: it is left to its anchors, when its spec has them.)
+    let restarted_here = |p: &MeshedPod| {
+        p.namespace == names.bundle_configmap.0
+            && p.owner.as_ref().is_ok_and(|w| {
+                w.kind == "Deployment" && observed.control_plane.iter().any(|c| c.name == w.name)
+            })
+    };
     let lacking_bundle = workloads_lacking(observed.bundle_holders(), &bundle_set);
-    let lacking_anchor = workloads_lacking(observed.bundle_holders(), &new_anchor);
+    let signer_anchor = BTreeSet::from([signer_cert.fingerprint.clone()]);
+    let lacking_signer = workloads_lacking(observed.bundle_holders(), &signer_anchor);
     d.out_of_order(renewed_out_of_order(
         status.phase,
         &anchor,
         &previous,
         signer.as_deref(),
-        &lacking_anchor,
+        &lacking_signer,
     ));
 
-    // The issuer already renewed onto the new anchor while some proxies do not trust it yet
-    // (renewed early by a person, a CronJob or cert-manager's own schedule, or before the
-    // operator was installed): Linkerd's identity controller, if it started before the bundle
-    // held the new anchor, skipped that issuer (`IssuerUpdateSkipped`) and still signs with
-    // its earlier one. Restarted onto the expanded bundle it would take the new issuer up at
-    // once, and every proxy without the new anchor would reject its leaves. So its restart is
-    // held until every proxy trusts the new anchor; the rest of the control plane restarts
-    // as usual. (Nothing keeps it from restarting by itself meanwhile: the out-of-order
-    // condition stays urgent.)
+    // The issuer already renewed onto an anchor this rotation brought in while some proxies do
+    // not trust it yet (onto the new anchor, renewed early by a person, a CronJob or
+    // cert-manager's own schedule, or before the operator was installed; or onto one renewed
+    // over again since): Linkerd's identity controller, if it started before the bundle held
+    // that anchor, skipped that issuer (`IssuerUpdateSkipped`) and still signs with its earlier
+    // one. Restarted onto the expanded bundle it would take the new issuer up at once, and
+    // every proxy without the issuer's anchor would reject its leaves. So its restart is held
+    // until every proxy trusts that anchor; the rest of the control plane restarts as usual.
+    // (Nothing keeps it from restarting by itself meanwhile: the out-of-order condition stays
+    // urgent.)
     //
     // Every proxy means every pod but its own: running and starting workload pods, the rest of
     // the control plane until it runs on this bundle, and pods still draining (those a restart
     // just replaced, in any phase, whoever restarted them). Only the identity controller's own
     // old pod drains on the old bundle whatever the order.
-    let issuer_ahead = renewed && signer.as_deref() == Some(anchor.fingerprint.as_str());
+    let issuer_ahead = renewed && signer.as_deref() != Some(previous.fingerprint.as_str());
     let untrusting: Vec<String> = if issuer_ahead {
         let others = (observed.pods.iter())
-            .filter(|p| p.control_plane)
+            .filter(|p| p.control_plane && (p.anchors.is_some() || restarted_here(p)))
             .chain(&observed.draining)
             .filter(|p| !p.identity_controller);
-        (lacking_anchor.iter().cloned())
-            .chain(pods_lacking(others, &new_anchor, &marker))
+        (lacking_signer.iter().cloned())
+            .chain(pods_lacking(others, &signer_anchor, &marker))
             .collect()
     } else {
         Vec::new()
@@ -333,11 +345,11 @@ pub fn decide(
         .collect();
     let hold_note = (!held_names.is_empty()).then(|| {
         format!(
-            "; the identity controller ({}) keeps its earlier issuer, its restart held until every proxy trusts anchor {} ({} pod(s) may not yet{})",
+            "; the identity controller ({}) is held until every proxy trusts anchor {}, which signed the issuer it takes up as it starts ({} pod(s) may not yet: {})",
             held_names.join(", "),
-            short(&anchor.fingerprint),
+            short(&signer_cert.fingerprint),
             untrusting.len(),
-            examples(&untrusting)
+            first_few(&untrusting)
         )
     });
 
@@ -483,7 +495,9 @@ pub fn decide(
             | Phase::RemovingOldTrustRoots
     ) || (status.phase == Phase::Synced && observed.bundle_meta.annotated);
     // (A Deployment without a marker was created since, by a `helm upgrade --force` say: its
-    // pods read the bundle in place when they started.)
+    // pods read the bundle in place when they started. Unless the operator restored the bundle
+    // over what that upgrade wrote and the restore's status was lost: a gap left open, since a
+    // Deployment the operator never restarted looks the same.)
     let behind: Vec<&str> = observed
         .control_plane
         .iter()
@@ -654,8 +668,9 @@ pub fn decide(
                 .filter(|c| !c.rollout_complete || stale(c))
                 .map(|c| c.name.as_str())
                 .collect();
-            let cp_pods: Vec<&MeshedPod> =
-                observed.pods.iter().filter(|p| p.control_plane).collect();
+            let cp_pods: Vec<&MeshedPod> = (observed.pods.iter())
+                .filter(|p| p.control_plane && restarted_here(p))
+                .collect();
             let stale_pods: Vec<String> = cp_pods
                 .iter()
                 .filter(|p| !(hold_identity && p.identity_controller))
@@ -708,14 +723,14 @@ pub fn decide(
                     .collect();
                 if !unrestarted.is_empty() {
                     // A held identity controller takes the renewed issuer up as it restarts, so
-                    // it waits on while its hold counts pods that may not trust the new anchor:
+                    // it waits on while its hold counts pods that may not trust its anchor:
                     // here, those still draining on the old bundle (the pods the propagation
                     // just replaced), as the issuer's renewal would. The rest restarts now.
                     if unrestarted.iter().all(|name| held_names.contains(name)) {
                         d.next.blocking_message = Some(format!(
                             "every running meshed pod holds the expanded trust bundle; waiting for {} pod(s) that may not trust anchor {} (terminating, or not yet restarted onto the bundle) before the identity controller ({}), which will take up the renewed issuer, restarts{}",
                             untrusting.len(),
-                            short(&anchor.fingerprint),
+                            short(&signer_cert.fingerprint),
                             held_names.join(", "),
                             examples(&untrusting)
                         ));
@@ -977,29 +992,32 @@ fn proxy_refresh(deployment: &ControlPlaneDeployment, accelerated: Option<&str>)
     }
 }
 
-/// Out of order: the issuer already chains to a renewed anchor that not every proxy trusts
-/// (`lacking_anchor`: the workload pods, running or starting, without it, as the look counted
-/// them). That is what the pods say, in every phase up to the issuer's renewal: a renewal the
-/// operator asked for just before it was stopped, its status unwritten, finds every pod
-/// trusting the anchor and is in order; so does a status that says Synced over pods that all
-/// trust it, one lost with the resource deleted and created again mid-rotation. Pods that lack
-/// only another anchor of the bundle (one written in by someone else mid-rotation, say) are in
-/// no danger from the renewed issuer.
+/// Out of order: the issuer already chains to an anchor this rotation brought in (the new one,
+/// or one renewed over since) that not every proxy trusts (`lacking_signer`: the workload
+/// pods, running or starting, without the issuer's anchor, as the look counted them). That is
+/// what the pods say, in every phase up to the issuer's renewal: a renewal the operator asked
+/// for just before it was stopped, its status unwritten, finds every pod trusting the anchor
+/// and is in order; so does a status that says Synced over pods that all trust it, one lost
+/// with the resource deleted and created again mid-rotation. Pods that lack only another
+/// anchor of the bundle (one written in by someone else mid-rotation, say) are in no danger
+/// from the renewed issuer.
 fn renewed_out_of_order(
     phase: Phase,
     anchor: &Cert,
     previous: &Cert,
     signer: Option<&str>,
-    lacking_anchor: &[String],
+    lacking_signer: &[String],
 ) -> bool {
-    if anchor.fingerprint == previous.fingerprint || signer != Some(anchor.fingerprint.as_str()) {
+    if anchor.fingerprint == previous.fingerprint
+        || signer.is_none_or(|s| s == previous.fingerprint)
+    {
         return false;
     }
     match phase {
         Phase::Synced
         | Phase::RefreshingControlPlane
         | Phase::PropagatingTrustRoots
-        | Phase::WaitingForIdentityRotation => !lacking_anchor.is_empty(),
+        | Phase::WaitingForIdentityRotation => !lacking_signer.is_empty(),
         _ => false,
     }
 }

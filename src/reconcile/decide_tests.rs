@@ -375,7 +375,7 @@ fn installed_after_an_early_issuer_renewal_the_identity_controller_is_held_until
         other => panic!("{other:?}"),
     };
     assert_eq!(restarted, ["linkerd-destination", "linkerd-proxy-injector"]);
-    let held = "the identity controller (linkerd-identity) keeps its earlier issuer";
+    let held = "the identity controller (linkerd-identity) is held until every proxy trusts anchor";
     assert!(
         d.effects
             .iter()
@@ -489,7 +489,7 @@ fn the_identity_controllers_hold_outlasts_draining_pods_and_the_rest_of_the_cont
         d.effects
             .iter()
             .any(|e| matches!(e, Effect::Event { message, .. }
-            if message.contains("keeps its earlier issuer") && message.contains("app-0/web-old"))),
+            if message.contains("the identity controller (linkerd-identity) is held") && message.contains("app-0/web-old"))),
         "{:?}",
         d.effects
     );
@@ -517,10 +517,83 @@ fn the_identity_controllers_hold_outlasts_draining_pods_and_the_rest_of_the_cont
         blocking(&d)
     );
 
-    // Nothing left that may not trust the new anchor: the identity controller restarts.
+    // Nothing left that may not trust the new anchor: the identity controller restarts. (A pod
+    // labelled as control plane that none of the operator's Deployments owns has no restart
+    // marker to be known by, nor anchors in its spec: it holds nothing up.)
     o.draining.clear();
+    let mut stray = cp_pod("linkerd-mirror-0", None);
+    stray.namespace = "linkerd-multicluster".to_owned();
+    stray.owner = Ok(Workload {
+        kind: "StatefulSet".to_owned(),
+        namespace: "linkerd-multicluster".to_owned(),
+        name: "linkerd-mirror".to_owned(),
+    });
+    o.pods.push(stray);
     let d = run(&automatic(), Phase::RefreshingControlPlane, &o);
     assert_eq!(restarted(&d), ["linkerd-identity"]);
+    // Its restart done, the control plane runs on the bundle: propagation.
+    for c in o.control_plane.iter_mut() {
+        c.restarted_for = Some(marker.clone());
+    }
+    for p in o.pods.iter_mut().filter(|p| p.identity_controller) {
+        p.restarted_for = Some(marker.clone());
+    }
+    let d = run(&automatic(), Phase::RefreshingControlPlane, &o);
+    assert_eq!(
+        d.status.phase,
+        Phase::PropagatingTrustRoots,
+        "{}",
+        blocking(&d)
+    );
+}
+
+/// The issuer renewed early onto anchor 1, then the anchor renewed again, to 2: the issuer's
+/// anchor is no longer the current one, but the pods on the old bundle still lack it, and an
+/// identity controller restarted now would take that issuer up. It stays held, for anchor 1,
+/// and the out-of-order alarm stays raised.
+#[test]
+fn an_anchor_renewed_again_keeps_the_identity_controller_held_for_the_issuers_anchor() {
+    let o = World {
+        anchor: 2,
+        previous: Some(0),
+        bundle: Some(vec![0, 1, 2]),
+        signer: 1,
+        holds: vec![0],
+        cp_for: None,
+    }
+    .observed();
+    let d = run(&automatic(), Phase::RefreshingControlPlane, &o);
+    let restarted: Vec<&str> = match &writes(&d)[..] {
+        [Effect::RestartControlPlane { deployments, .. }] => {
+            deployments.iter().map(|r| r.name.as_str()).collect()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(restarted, ["linkerd-destination", "linkerd-proxy-injector"]);
+    let held = format!(
+        "the identity controller (linkerd-identity) is held until every proxy trusts anchor {}",
+        short(&fp(1))
+    );
+    assert!(
+        d.effects
+            .iter()
+            .any(|e| matches!(e, Effect::Event { message, .. } if message.contains(&held))),
+        "{:?}",
+        d.effects
+    );
+    assert_eq!(out_of_order(&d), Some(ConditionStatus::True));
+    // Every pod trusting anchor 1 (as the propagation leaves them): restarted with the rest.
+    let mut o = o;
+    for p in o.pods.iter_mut().filter(|p| !p.control_plane) {
+        p.anchors = Some(set(&[0, 1, 2]));
+    }
+    let d = run(&automatic(), Phase::RefreshingControlPlane, &o);
+    assert!(
+        matches!(&writes(&d)[..], [Effect::RestartControlPlane { deployments, .. }]
+            if deployments.iter().any(|r| r.name == "linkerd-identity")),
+        "{:?}",
+        d.effects
+    );
 }
 
 /// The previous-anchor Secret deleted after the issuer's renewal: the anchor in use is the new
@@ -692,9 +765,13 @@ fn a_bundle_whose_status_write_was_lost_restarts_the_control_plane_before_anythi
         );
     }
     // A bundle that is not the operator's write (one Linkerd was installed with) is left
-    // alone, and so is the control plane.
+    // alone, and so is the control plane, whatever restart it last had from the operator.
     let mut installed = restored;
     installed.bundle_meta = BundleMeta::default();
+    let earlier = format!("{}.10", bundle_fp(&[1]));
+    for c in &mut installed.control_plane {
+        c.restarted_for = Some(earlier.clone());
+    }
     let d = run(&automatic(), Phase::Synced, &installed);
     assert_eq!(d.status.phase, Phase::Synced);
     assert!(writes(&d).is_empty(), "{:?}", d.effects);
