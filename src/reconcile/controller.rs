@@ -715,8 +715,19 @@ async fn reconcile_once(
             own_writes.wrote(target, before, after.clone());
         }
         if let Err(error) = written {
-            // The step did not happen: the status stays where it was (the next look decides
-            // again from what landed) and says why it is stuck.
+            // What did go ahead is rolling: said as the step would have said it (a Normal
+            // event for each batch, as the restarts themselves), whatever becomes of the status
+            // write below.
+            if let Some((reason, message)) = error.restarted() {
+                recorder
+                    .publish(&reference, false, reason, &message)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %crate::watch::api_words(&e), "publishing an event")
+                    });
+            }
+            // The step did not happen, or only in part: the status stays where it was (the
+            // next look decides again from what landed) and says why it is stuck.
             let held = failed_step_status(&status, &decision.status, &error);
             metrics.record(&status, &held, &observed);
             // Said once per failure: a look that only counted pods anew writes no event.
@@ -736,16 +747,6 @@ async fn reconcile_once(
                             tracing::warn!(error = %crate::watch::api_words(&e), "publishing an event")
                         });
                 }
-            }
-            // What did go ahead is rolling: said as the step would have said it (a Normal
-            // event for each batch, as the restarts themselves), whatever became of the status.
-            if let Some((reason, message)) = error.restarted() {
-                recorder
-                    .publish(&reference, false, reason, &message)
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(error = %crate::watch::api_words(&e), "publishing an event")
-                    });
             }
             return Err(error);
         }
@@ -1603,17 +1604,24 @@ fn meshed_pod(
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
     let namespace = p.namespace().unwrap_or_default();
     let created_by = p.annotations().get("linkerd.io/created-by");
+    let controller = controller_of(p);
+    let control_plane = p.labels().contains_key(CONTROL_PLANE_COMPONENT_LABEL);
+    let control_plane_deployment = (controller.as_ref().ok())
+        .filter(|w| control_plane && w.kind == "Deployment")
+        .filter(|w| w.namespace == config.linkerd_namespace)
+        .map(|w| w.name.clone());
     let owner = if created_by.is_some_and(|c| c.starts_with("linkerd/cli")) {
         Err(Unfixable::ManuallyInjected)
     } else {
-        controller_of(p)
+        controller
     };
     // A workload whose template change would roll nothing cannot be restarted by one.
     let owner = owner.and_then(|w| wont_roll(&w, p).map_or(Ok(w), Err));
     MeshedPod {
         namespace,
         name: p.name_any(),
-        control_plane: p.labels().contains_key(CONTROL_PLANE_COMPONENT_LABEL),
+        control_plane,
+        control_plane_deployment,
         identity_controller: is_identity_controller(p.labels()),
         ready,
         anchors,
@@ -2406,6 +2414,7 @@ mod tests {
                 ready: true,
                 anchors: None,
                 restarted_for: None,
+                control_plane_deployment: None,
                 max_refresh: None,
                 owner: Err(Unfixable::BarePod),
                 leaf: None,
@@ -2475,6 +2484,7 @@ mod tests {
             ready: true,
             anchors: None,
             restarted_for: None,
+            control_plane_deployment: None,
             max_refresh: None,
             owner: Err(Unfixable::BarePod),
             leaf: None,
@@ -2779,6 +2789,101 @@ mod tests {
         );
         let observed = observe_offline(&stores(secret("Opaque"))).await;
         assert!(observed.previous.unwrap().is_some());
+    }
+
+    /// A control-plane pod as `linkerd install` makes it (`linkerd.io/created-by: linkerd/cli
+    /// ...`, which reads as injected by the CLI, so no workload restart renews it) still names
+    /// the control-plane Deployment whose restart marker tells what bundle it runs with, a
+    /// paused one too; a pod labelled as control plane in another namespace, or owned by a
+    /// StatefulSet, names none.
+    #[tokio::test]
+    async fn a_control_plane_pod_names_its_deployment_however_it_was_installed() {
+        let control_plane = |mut pod: Pod, created_by: &str| {
+            pod.labels_mut().insert(
+                CONTROL_PLANE_COMPONENT_LABEL.to_owned(),
+                "destination".to_owned(),
+            );
+            pod.annotations_mut()
+                .insert("linkerd.io/created-by".to_owned(), created_by.to_owned());
+            pod
+        };
+        let deployment = |name: &str, paused: bool| -> Deployment {
+            object(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "namespace": "linkerd"},
+                "spec": {"paused": paused, "selector": {}, "template": {}}}))
+        };
+        let stores = Stores {
+            rotation: frozen(vec![]),
+            secrets: vec![frozen(vec![]), frozen(vec![]), frozen(vec![])],
+            bundle: frozen(vec![]),
+            pods: frozen(vec![
+                control_plane(
+                    running_pod(
+                        "linkerd",
+                        "linkerd-destination-5d8f7c-a",
+                        owned_by("ReplicaSet", "linkerd-destination-5d8f7c"),
+                    ),
+                    "linkerd/cli stable-2.14.10",
+                ),
+                control_plane(
+                    running_pod(
+                        "linkerd",
+                        "linkerd-identity-5d8f7c-a",
+                        owned_by("ReplicaSet", "linkerd-identity-5d8f7c"),
+                    ),
+                    "linkerd/helm enterprise-2.18.0",
+                ),
+                control_plane(
+                    running_pod(
+                        "linkerd-multicluster",
+                        "linkerd-gateway-5d8f7c-a",
+                        owned_by("ReplicaSet", "linkerd-gateway-5d8f7c"),
+                    ),
+                    "linkerd/helm enterprise-2.18.0",
+                ),
+                control_plane(
+                    running_pod(
+                        "linkerd",
+                        "linkerd-mirror-0",
+                        owned_by("StatefulSet", "mirror"),
+                    ),
+                    "linkerd/helm enterprise-2.18.0",
+                ),
+            ]),
+            deployments: frozen(vec![
+                deployment("linkerd-destination", false),
+                deployment("linkerd-identity", true),
+            ]),
+            statefulsets: frozen(vec![]),
+            daemonsets: frozen(vec![]),
+        };
+        let observed = observe_offline(&stores).await;
+        let named: BTreeMap<String, Option<String>> = observed
+            .pods
+            .iter()
+            .map(|p| (p.name.clone(), p.control_plane_deployment.clone()))
+            .collect();
+        assert_eq!(
+            named,
+            BTreeMap::from([
+                (
+                    "linkerd-destination-5d8f7c-a".to_owned(),
+                    Some("linkerd-destination".to_owned())
+                ),
+                (
+                    "linkerd-identity-5d8f7c-a".to_owned(),
+                    Some("linkerd-identity".to_owned())
+                ),
+                ("linkerd-gateway-5d8f7c-a".to_owned(), None),
+                ("linkerd-mirror-0".to_owned(), None),
+            ])
+        );
+        let destination = observed
+            .pods
+            .iter()
+            .find(|p| p.name == "linkerd-destination-5d8f7c-a")
+            .unwrap();
+        assert_eq!(destination.owner, Err(Unfixable::ManuallyInjected));
     }
 
     /// Pods a template change would not roll (a paused Deployment's, an OnDelete StatefulSet's,

@@ -143,6 +143,10 @@ pub struct MeshedPod {
     pub anchors: Option<BTreeSet<String>>,
     /// For control-plane pods: the bundle fingerprint their pod template was restarted for.
     pub restarted_for: Option<String>,
+    /// For a control-plane pod of the Linkerd namespace whose ReplicaSet a Deployment owns:
+    /// that Deployment's name, whatever [`owner`](Self::owner) says (a control plane
+    /// installed with `linkerd install` reads as injected by the CLI there).
+    pub control_plane_deployment: Option<String>,
     /// Its proxy's `LINKERD2_PROXY_IDENTITY_MAX_REFRESH`, the longest it keeps a leaf before
     /// asking for a new one; `None` when unset or unreadable (then the proxy refreshes at 70 %
     /// of the leaf's lifetime: about 17 h of Linkerd's 24 h leaves).

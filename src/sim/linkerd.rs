@@ -257,7 +257,11 @@ pub async fn install_control_plane(
                        "template": {
                            "metadata": {"labels": labels,
                                         "annotations": {
-                                            "linkerd.io/created-by": format!("linkerd/helm {}", super::injector::PROXY_VERSION),
+                                            // As `linkerd install` writes it (Helm writes
+                                            // `linkerd/helm …`): the harder case for the
+                                            // operator, whose pods then read as injected by
+                                            // the CLI.
+                                            "linkerd.io/created-by": format!("linkerd/cli {}", super::injector::PROXY_VERSION),
                                             "linkerd.io/proxy-version": super::injector::PROXY_VERSION}},
                            "spec": {"serviceAccountName": name,
                                     "automountServiceAccountToken": false,
