@@ -152,12 +152,13 @@ pub fn decide(
             // Reported even now: pausing to look into a rotation is when someone may run
             // `cmctl renew` too early.
             if let Some(previous) = &previous {
+                let signer = BTreeSet::from_iter(issuer.signed_by.clone());
                 d.out_of_order(renewed_out_of_order(
                     status.phase,
                     &anchor,
                     previous,
                     issuer.signed_by.as_deref(),
-                    &workloads_lacking(observed.bundle_holders(), &new_anchor),
+                    &workloads_lacking(observed.bundle_holders(), &signer),
                 ));
             }
         }
@@ -295,15 +296,15 @@ pub fn decide(
             .is_some_and(|d| observed.control_plane.iter().any(|c| c.name == *d))
     };
     let lacking_bundle = workloads_lacking(observed.bundle_holders(), &bundle_set);
+    let signer_anchor = BTreeSet::from([signer_cert.fingerprint.clone()]);
+    let lacking_signer = workloads_lacking(observed.bundle_holders(), &signer_anchor);
     d.out_of_order(renewed_out_of_order(
         status.phase,
         &anchor,
         &previous,
         signer.as_deref(),
-        &workloads_lacking(observed.bundle_holders(), &new_anchor),
+        &lacking_signer,
     ));
-    let signer_anchor = BTreeSet::from([signer_cert.fingerprint.clone()]);
-    let lacking_signer = workloads_lacking(observed.bundle_holders(), &signer_anchor);
 
     // The issuer already renewed onto an anchor this rotation brought in while some proxies do
     // not trust it yet (onto the new anchor, renewed early by a person, a CronJob or
@@ -991,31 +992,34 @@ fn proxy_refresh(deployment: &ControlPlaneDeployment, accelerated: Option<&str>)
     }
 }
 
-/// Out of order: the issuer already chains to the renewed anchor while not every proxy trusts
-/// it (`lacking_anchor`: the workload pods, running or starting, without it, as the look
-/// counted them). That is what the pods say, in every phase up to the issuer's renewal: a
-/// renewal the operator asked for just before it was stopped, its status unwritten, finds
-/// every pod trusting the anchor and is in order; so does a status that says Synced over pods
-/// that all trust it, one lost with the resource deleted and created again mid-rotation. Pods
-/// that lack only another anchor of the bundle (one written in by someone else mid-rotation,
-/// say) are in no danger from the renewed issuer. (An issuer on an anchor renewed over again
-/// since is not judged here: renewed early or in order, the world looks the same. The
-/// identity controller's hold covers it all the same.)
+/// Out of order: the issuer already chains to an anchor this rotation brought in (the new one,
+/// or one renewed over since) that not every proxy trusts (`lacking_signer`: the workload
+/// pods, running or starting, without the issuer's anchor, as the look counted them). That is
+/// what the pods say, in every phase up to the issuer's renewal: a renewal the operator asked
+/// for just before it was stopped, its status unwritten, finds every pod trusting the anchor
+/// and is in order; so does a status that says Synced over pods that all trust it, one lost
+/// with the resource deleted and created again mid-rotation. Pods that lack only another
+/// anchor of the bundle (one written in by someone else mid-rotation, say) are in no danger
+/// from the renewed issuer. (An issuer renewed in order, after the propagation, onto an anchor
+/// since renewed over again is judged the same way: every pod then trusts its anchor, unless
+/// one started without it since, which would reject its leaves all the same.)
 fn renewed_out_of_order(
     phase: Phase,
     anchor: &Cert,
     previous: &Cert,
     signer: Option<&str>,
-    lacking_anchor: &[String],
+    lacking_signer: &[String],
 ) -> bool {
-    if anchor.fingerprint == previous.fingerprint || signer != Some(anchor.fingerprint.as_str()) {
+    if anchor.fingerprint == previous.fingerprint
+        || signer.is_none_or(|s| s == previous.fingerprint)
+    {
         return false;
     }
     match phase {
         Phase::Synced
         | Phase::RefreshingControlPlane
         | Phase::PropagatingTrustRoots
-        | Phase::WaitingForIdentityRotation => !lacking_anchor.is_empty(),
+        | Phase::WaitingForIdentityRotation => !lacking_signer.is_empty(),
         _ => false,
     }
 }

@@ -556,7 +556,9 @@ fn the_identity_controllers_hold_outlasts_draining_pods_and_the_rest_of_the_cont
 
 /// The issuer renewed early onto anchor 1, then the anchor renewed again, to 2: the issuer's
 /// anchor is no longer the current one, but the pods on the old bundle still lack it, and an
-/// identity controller restarted now would take that issuer up. It stays held, for anchor 1.
+/// identity controller restarted now would take that issuer up. It stays held, for anchor 1,
+/// and the out-of-order alarm is raised, even by an operator that never saw the first
+/// renewal on its own (stopped, or not yet installed, through both).
 #[test]
 fn an_anchor_renewed_again_keeps_the_identity_controller_held_for_the_issuers_anchor() {
     let o = World {
@@ -587,6 +589,7 @@ fn an_anchor_renewed_again_keeps_the_identity_controller_held_for_the_issuers_an
         "{:?}",
         d.effects
     );
+    assert_eq!(out_of_order(&d), Some(ConditionStatus::True));
     // Every pod trusting anchor 1 (as the propagation leaves them): restarted with the rest.
     let mut o = o;
     for p in o.pods.iter_mut().filter(|p| !p.control_plane) {
