@@ -2287,6 +2287,52 @@ mod tests {
         json!({"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "u", "controller": true})
     }
 
+    /// A running workload pod the leaf probe is to reach at `addr`.
+    fn probe_target(name: &str, addr: Option<std::net::SocketAddr>) -> MeshedPod {
+        MeshedPod {
+            namespace: "app".to_owned(),
+            name: name.to_owned(),
+            control_plane: false,
+            identity_controller: false,
+            ready: true,
+            anchors: None,
+            restarted_for: None,
+            control_plane_deployment: None,
+            max_refresh: None,
+            owner: Err(Unfixable::BarePod),
+            leaf: None,
+            addr,
+            identity: "default.app.serviceaccount.identity.linkerd.cluster.local".to_owned(),
+        }
+    }
+
+    /// What RenewingWorkloadCerts observes for the leaf probe: `issuer`, and `pods`.
+    fn probed(issuer: Cert, pods: Vec<MeshedPod>) -> Observed {
+        Observed {
+            now: 0,
+            anchor: Err(Problem {
+                object: "-".to_owned(),
+                message: "-".to_owned(),
+            }),
+            previous: Ok(None),
+            bundle: Ok(None),
+            issuer: Ok(Issuer {
+                cert: issuer,
+                signed_by: None,
+                issuing: false,
+                failure: None,
+            }),
+            control_plane: vec![],
+            pods,
+            starting: vec![],
+            draining: vec![],
+            restart_markers: BTreeMap::new(),
+            refused_restarts: BTreeSet::new(),
+            bundle_meta: BundleMeta::default(),
+            baked_templates: BTreeMap::new(),
+        }
+    }
+
     /// A step whose restarts partly failed says only what failed (the blockingMessage it becomes
     /// stays the same from batch to batch: one StepFailed per failure), and names those done in
     /// a Normal event of the step's reason; one where all failed names none.
@@ -2391,43 +2437,8 @@ mod tests {
             pem: pki::to_pem(der),
             not_after: 0,
         };
-        let observed_with = |issuer: Cert, addr| Observed {
-            now: 0,
-            anchor: Err(Problem {
-                object: "-".to_owned(),
-                message: "-".to_owned(),
-            }),
-            previous: Ok(None),
-            bundle: Ok(None),
-            issuer: Ok(Issuer {
-                cert: issuer,
-                signed_by: None,
-                issuing: false,
-                failure: None,
-            }),
-            control_plane: vec![],
-            pods: vec![MeshedPod {
-                namespace: "app".to_owned(),
-                name: "web-0".to_owned(),
-                control_plane: false,
-                identity_controller: false,
-                ready: true,
-                anchors: None,
-                restarted_for: None,
-                control_plane_deployment: None,
-                max_refresh: None,
-                owner: Err(Unfixable::BarePod),
-                leaf: None,
-                addr: Some(addr),
-                identity: "default.app.serviceaccount.identity.linkerd.cluster.local".to_owned(),
-            }],
-            starting: vec![],
-            draining: vec![],
-            restart_markers: BTreeMap::new(),
-            refused_restarts: BTreeSet::new(),
-            bundle_meta: BundleMeta::default(),
-            baked_templates: BTreeMap::new(),
-        };
+        let observed_with =
+            |issuer: Cert, addr| probed(issuer, vec![probe_target("web-0", Some(addr))]);
         let config = ReconcilerConfig::default();
         let mut seen = SeenLeaves::default();
         // Looks, each with what it should find and how many handshakes it should cost.
@@ -2476,48 +2487,14 @@ mod tests {
                 held.push(stream);
             }
         });
-        let pod = |name: &str, addr: Option<std::net::SocketAddr>| MeshedPod {
-            namespace: "app".to_owned(),
-            name: name.to_owned(),
-            control_plane: false,
-            identity_controller: false,
-            ready: true,
-            anchors: None,
-            restarted_for: None,
-            control_plane_deployment: None,
-            max_refresh: None,
-            owner: Err(Unfixable::BarePod),
-            leaf: None,
-            addr,
-            identity: "default.app.serviceaccount.identity.linkerd.cluster.local".to_owned(),
-        };
-        let mut observed = Observed {
-            now: 0,
-            anchor: Err(Problem {
-                object: "-".to_owned(),
-                message: "-".to_owned(),
-            }),
-            previous: Ok(None),
-            bundle: Ok(None),
-            issuer: Ok(Issuer {
-                cert: issuer,
-                signed_by: None,
-                issuing: false,
-                failure: None,
-            }),
-            control_plane: vec![],
-            pods: vec![
-                pod("unscheduled", None),
-                pod("refused", Some(closed)),
-                pod("silent", Some(silent_addr)),
+        let mut observed = probed(
+            issuer,
+            vec![
+                probe_target("unscheduled", None),
+                probe_target("refused", Some(closed)),
+                probe_target("silent", Some(silent_addr)),
             ],
-            starting: vec![],
-            draining: vec![],
-            restart_markers: BTreeMap::new(),
-            refused_restarts: BTreeSet::new(),
-            bundle_meta: BundleMeta::default(),
-            baked_templates: BTreeMap::new(),
-        };
+        );
         let config = ReconcilerConfig {
             probe_timeout: Duration::from_millis(300),
             ..ReconcilerConfig::default()

@@ -374,13 +374,10 @@ fn installed_after_an_early_issuer_renewal_the_identity_controller_is_held_until
     o.bundle = Ok(Some(vec![a(0), a(1)]));
     let marker = bundle_fp(&[0, 1]);
     let d = run(&automatic(), Phase::RefreshingControlPlane, &o);
-    let restarted: Vec<&str> = match &writes(&d)[..] {
-        [Effect::RestartControlPlane { deployments, .. }] => {
-            deployments.iter().map(|r| r.name.as_str()).collect()
-        }
-        other => panic!("{other:?}"),
-    };
-    assert_eq!(restarted, ["linkerd-destination", "linkerd-proxy-injector"]);
+    assert_eq!(
+        control_plane_restarted(&d),
+        ["linkerd-destination", "linkerd-proxy-injector"]
+    );
     let held = "the identity controller (linkerd-identity) is held until every proxy trusts anchor";
     assert!(
         d.effects
@@ -477,18 +474,9 @@ fn the_identity_controllers_hold_outlasts_draining_pods_and_the_rest_of_the_cont
     .observed();
     let marker = bundle_fp(&[0, 1]);
     o.draining = vec![pod("app-0", "web-old", &[0])];
-    let restarted = |d: &Decision| -> Vec<String> {
-        match &writes(d)[..] {
-            [Effect::RestartControlPlane { deployments, .. }] => {
-                deployments.iter().map(|r| r.name.clone()).collect()
-            }
-            [] => Vec::new(),
-            other => panic!("{other:?}"),
-        }
-    };
     let d = run(&automatic(), Phase::RefreshingControlPlane, &o);
     assert_eq!(
-        restarted(&d),
+        control_plane_restarted(&d),
         ["linkerd-destination", "linkerd-proxy-injector"]
     );
     assert!(
@@ -513,7 +501,7 @@ fn the_identity_controllers_hold_outlasts_draining_pods_and_the_rest_of_the_cont
         .push(cp_pod("linkerd-destination-2", Some(marker.clone())));
     o.draining = vec![cp_pod("linkerd-destination-1", None)];
     let d = run(&automatic(), Phase::RefreshingControlPlane, &o);
-    assert_eq!(restarted(&d), Vec::<String>::new());
+    assert_eq!(control_plane_restarted(&d), Vec::<&str>::new());
     let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
     assert!(writes(&d).is_empty(), "{:?}", d.effects);
     assert!(
@@ -537,7 +525,7 @@ fn the_identity_controllers_hold_outlasts_draining_pods_and_the_rest_of_the_cont
     });
     o.pods.push(stray);
     let d = run(&automatic(), Phase::RefreshingControlPlane, &o);
-    assert_eq!(restarted(&d), ["linkerd-identity"]);
+    assert_eq!(control_plane_restarted(&d), ["linkerd-identity"]);
     // Its restart done, the control plane runs on the bundle: propagation.
     for c in o.control_plane.iter_mut() {
         c.restarted_for = Some(marker.clone());
@@ -571,13 +559,10 @@ fn an_anchor_renewed_again_keeps_the_identity_controller_held_for_the_issuers_an
     }
     .observed();
     let d = run(&automatic(), Phase::RefreshingControlPlane, &o);
-    let restarted: Vec<&str> = match &writes(&d)[..] {
-        [Effect::RestartControlPlane { deployments, .. }] => {
-            deployments.iter().map(|r| r.name.as_str()).collect()
-        }
-        other => panic!("{other:?}"),
-    };
-    assert_eq!(restarted, ["linkerd-destination", "linkerd-proxy-injector"]);
+    assert_eq!(
+        control_plane_restarted(&d),
+        ["linkerd-destination", "linkerd-proxy-injector"]
+    );
     let held = format!(
         "the identity controller (linkerd-identity) is held until every proxy trusts anchor {}",
         short(&fp(1))
@@ -597,8 +582,7 @@ fn an_anchor_renewed_again_keeps_the_identity_controller_held_for_the_issuers_an
     }
     let d = run(&automatic(), Phase::RefreshingControlPlane, &o);
     assert!(
-        matches!(&writes(&d)[..], [Effect::RestartControlPlane { deployments, .. }]
-            if deployments.iter().any(|r| r.name == "linkerd-identity")),
+        control_plane_restarted(&d).contains(&"linkerd-identity"),
         "{:?}",
         d.effects
     );
@@ -947,6 +931,18 @@ fn restarts_control_plane(d: &Decision) -> bool {
     writes(d)
         .iter()
         .any(|e| matches!(e, Effect::RestartControlPlane { .. }))
+}
+
+/// The control-plane Deployments `d` restarts, when that is all it writes (none when it writes
+/// nothing).
+fn control_plane_restarted(d: &Decision) -> Vec<&str> {
+    match &writes(d)[..] {
+        [Effect::RestartControlPlane { deployments, .. }] => {
+            deployments.iter().map(|r| r.name.as_str()).collect()
+        }
+        [] => Vec::new(),
+        other => panic!("{other:?}"),
+    }
 }
 
 /// A GitOps controller that re-applies Linkerd's install-time ConfigMap fights the operator
