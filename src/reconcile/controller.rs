@@ -680,7 +680,8 @@ async fn reconcile_once(
     )
     .await?;
     if status.phase == crate::crd::Phase::RenewingWorkloadCerts {
-        probe_leaves(config, &mut observed, seen_leaves).await;
+        let probed = probe_leaves(config, &mut observed, seen_leaves).await;
+        metrics.probed(&probed);
     } else {
         seen_leaves.clear();
     }
@@ -1693,11 +1694,17 @@ impl SeenLeaves {
 
 /// Probes the live leaf of every pod not yet seen with one from the current issuer: a TLS
 /// handshake to `podIP:4191` with its identity as SNI, bounded concurrency, a timeout;
-/// unreachable is not converged.
-async fn probe_leaves(config: &ReconcilerConfig, observed: &mut Observed, seen: &mut SeenLeaves) {
-    let Ok(issuer) = &observed.issuer else { return };
+/// unreachable is not converged. Returns what the probes found.
+async fn probe_leaves(
+    config: &ReconcilerConfig,
+    observed: &mut Observed,
+    seen: &mut SeenLeaves,
+) -> Vec<Leaf> {
+    let Ok(issuer) = &observed.issuer else {
+        return Vec::new();
+    };
     let Some(issuer_der) = certs::der(&issuer.cert.pem) else {
-        return;
+        return Vec::new();
     };
     seen.for_issuer(&issuer.cert.fingerprint);
     let client_config = crate::probe::client_config();
@@ -1733,10 +1740,13 @@ async fn probe_leaves(config: &ReconcilerConfig, observed: &mut Observed, seen: 
         .buffer_unordered(config.probe_concurrency)
         .collect()
         .await;
+    let mut probed = Vec::with_capacity(results.len());
     for (i, leaf) in results {
+        probed.push(leaf.clone());
         observed.pods[i].leaf = Some(leaf);
     }
     seen.record(&observed.pods);
+    probed
 }
 
 async fn execute(
@@ -2455,8 +2465,10 @@ mod tests {
         for (n, (issuer, addr, leaf, cost)) in looks.into_iter().enumerate() {
             let before = handshakes.load(Ordering::SeqCst);
             let mut observed = observed_with(issuer, addr);
-            probe_leaves(&config, &mut observed, &mut seen).await;
+            let probed = probe_leaves(&config, &mut observed, &mut seen).await;
             assert_eq!(observed.pods[0].leaf.as_ref(), Some(&leaf), "look {n}");
+            // What the look's probes found, which the metric counts: only what was probed.
+            assert_eq!(probed.len(), cost, "look {n}");
             // The server counts a connection once it has accepted it: give it the moment.
             tokio::time::sleep(Duration::from_millis(50)).await;
             assert_eq!(handshakes.load(Ordering::SeqCst) - before, cost, "look {n}");

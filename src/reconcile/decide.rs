@@ -1668,8 +1668,8 @@ impl<'a> Step<'a> {
             return self.finish(Requeue::Soon);
         }
         // Pods still draining with the old bundle alone (those a restart just replaced, the
-        // control plane's included, say) would reject the renewed issuer's leaves for as long as they drain: the renewal
-        // waits for them, unless it is already under way.
+        // control plane's included) would reject the renewed issuer's leaves for as long as
+        // they drain: the renewal waits for them, unless it is already under way.
         let draining = pods_lacking(observed.draining.iter(), bundle, marker);
         if !draining.is_empty() && !issuer.issuing {
             self.next.blocking_message = Some(format!(

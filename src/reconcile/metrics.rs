@@ -253,12 +253,16 @@ impl ReconcileMetrics {
                 }
             }
         }
-        for pod in &observed.pods {
-            let result = match pod.leaf {
-                Some(Leaf::FromIssuer) => ProbeValue::issuer,
-                Some(Leaf::FromOtherIssuer) => ProbeValue::other_issuer,
-                Some(Leaf::Unreachable(_)) => ProbeValue::unreachable,
-                None => continue,
+    }
+
+    /// Counts the TLS probes of a look, by what each found (the pods already seen with a leaf
+    /// from the current issuer, which are not probed again, are not among them).
+    pub fn probed<'l>(&self, leaves: impl IntoIterator<Item = &'l Leaf>) {
+        for leaf in leaves {
+            let result = match leaf {
+                Leaf::FromIssuer => ProbeValue::issuer,
+                Leaf::FromOtherIssuer => ProbeValue::other_issuer,
+                Leaf::Unreachable(_) => ProbeValue::unreachable,
             };
             self.probes.get_or_create(&ProbeLabels { result }).inc();
         }
