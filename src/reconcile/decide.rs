@@ -864,12 +864,24 @@ pub fn decide(
                     ));
                 }
                 for (namespace, slow) in &slow_control_plane {
-                    let slow: Vec<&str> = slow.iter().map(String::as_str).collect();
+                    // A pod no workload owns is deleted; `rollout restart` takes workloads only.
+                    let (pods, workloads): (Vec<&str>, Vec<&str>) =
+                        slow.iter().map(String::as_str).partition(|t| t.starts_with("pod/"));
+                    let mut hurry = Vec::new();
+                    if !workloads.is_empty() {
+                        hurry.push(format!(
+                            "kubectl rollout restart -n {namespace} {}",
+                            workloads.join(" ")
+                        ));
+                    }
+                    if !pods.is_empty() {
+                        hurry.push(format!("kubectl delete -n {namespace} {}", pods.join(" ")));
+                    }
                     waiting.push_str(&format!(
-                        "; the control plane's proxies of {} will not refresh within {} (no {MAX_REFRESH_ENV} of at most it), which can take hours: kubectl rollout restart -n {namespace} {}",
-                        slow.join(", "),
+                        "; the control plane's proxies of {} will not refresh within {} (no {MAX_REFRESH_ENV} of at most it), which can take hours: {}",
+                        slow.iter().map(String::as_str).collect::<Vec<_>>().join(", "),
                         policies.refresh_interval,
-                        slow.join(" ")
+                        hurry.join("; ")
                     ));
                 }
                 waiting

@@ -2086,6 +2086,17 @@ fn a_slow_control_plane_proxy_is_named_with_the_command_to_hurry_it() {
             "{message}"
         );
     }
+    // A control-plane pod no workload owns is deleted instead: `rollout restart` refuses pods.
+    let identity = o.pods.iter_mut().find(|p| p.control_plane).unwrap();
+    identity.control_plane_deployment = None;
+    identity.owner = Err(Unfixable::BarePod);
+    let d = run(&automatic(), Phase::RenewingWorkloadCerts, &o);
+    let message = blocking(&d);
+    assert!(
+        message.contains("which can take hours: kubectl delete -n linkerd pod/linkerd-identity-1")
+            && !message.contains("rollout restart"),
+        "{message}"
+    );
 }
 
 #[test]
