@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 
 use super::certs;
 use super::decide::{
-    Names, OUT_OF_ORDER_CONDITION, OUT_OF_ORDER_URGENT, decide, reason_and_message,
+    Names, OUT_OF_ORDER_CONDITION, OUT_OF_ORDER_URGENT, decide, first_n, reason_and_message,
 };
 use super::metrics::ReconcileMetrics;
 use super::model::*;
@@ -216,17 +216,12 @@ impl ReconcileError {
         let ReconcileError::Partly { reason, done, .. } = self else {
             return None;
         };
-        const SHOWN: usize = 5;
-        let mut shown: Vec<&str> = done.iter().take(SHOWN).map(String::as_str).collect();
-        if done.len() > SHOWN {
-            shown.push("...");
-        }
         Some((
             reason,
             format!(
                 "restarted {} of the step's workloads ({}); the others were refused (see the StepFailed event)",
                 done.len(),
-                shown.join(", ")
+                first_n(done, 5)
             ),
         ))
     }

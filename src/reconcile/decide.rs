@@ -1140,8 +1140,13 @@ fn examples(keys: &[String]) -> String {
 
 /// The first [`EXAMPLES`] of `items`, comma-separated, with `...` when there are more.
 fn first_few(items: &[String]) -> String {
-    let mut shown: Vec<&str> = items.iter().take(EXAMPLES).map(String::as_str).collect();
-    if items.len() > EXAMPLES {
+    first_n(items, EXAMPLES)
+}
+
+/// The first `n` of `items`, comma-separated, with `...` when there are more.
+pub(super) fn first_n(items: &[String], n: usize) -> String {
+    let mut shown: Vec<&str> = items.iter().take(n).map(String::as_str).collect();
+    if items.len() > n {
         shown.push("...");
     }
     shown.join(", ")
