@@ -102,7 +102,8 @@ pub struct Options {
     /// operator's API requests without instrumenting it. Nobody else's requests are logged, so
     /// the cost is the audited users' traffic only.
     pub audited_users: Vec<String>,
-    /// Extra users (static tokens) in no group: RBAC alone decides what they may do.
+    /// Extra users (static tokens) in no group: RBAC alone decides what they may do. Their
+    /// requests are audited too, those refused included.
     pub plain_users: Vec<String>,
 }
 
@@ -166,9 +167,14 @@ impl ControlPlane {
         std::fs::write(&tokens, token_lines)
             .map_err(io_err(format!("writing {}", tokens.display())))?;
         let mut audit_args = Vec::new();
-        if !options.audited_users.is_empty() {
+        let audited: Vec<String> = [&options.audited_users, &options.plain_users]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        if !audited.is_empty() {
             let policy = root.join("audit-policy.yaml");
-            std::fs::write(&policy, audit_policy(&options.audited_users))
+            std::fs::write(&policy, audit_policy(&audited))
                 .map_err(io_err(format!("writing {}", policy.display())))?;
             audit_args.push(format!("--audit-policy-file={}", policy.display()));
             audit_args.push(format!(
@@ -292,13 +298,23 @@ impl ControlPlane {
     /// How many requests this audited user has made so far (audit events are written when a
     /// request completes; a watch is counted when its response starts).
     pub fn audited_requests(&self, user: &str) -> Result<u64, TestbedError> {
+        self.audited(user, |_| true)
+    }
+
+    /// How many of this audited user's requests so far `matches`, given the audit event of
+    /// each (`verb`, `objectRef`, `responseStatus.code`, ...).
+    pub fn audited(
+        &self,
+        user: &str,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<u64, TestbedError> {
         let path = self.dir.path().join(AUDIT_LOG);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(io_err(format!("reading {}", path.display()))(e)),
         };
-        Ok(count_audited(&text, user))
+        Ok(count_audited(&text, user, matches))
     }
 
     /// `https://127.0.0.1:<port>`.
@@ -439,14 +455,16 @@ rules:
     )
 }
 
-/// Distinct audit IDs of this user's requests in an audit log (JSON lines).
-fn count_audited(log: &str, user: &str) -> u64 {
+/// Distinct audit IDs of this user's requests in an audit log (JSON lines) whose event
+/// `matches`.
+fn count_audited(log: &str, user: &str, matches: impl Fn(&serde_json::Value) -> bool) -> u64 {
     let mut ids = std::collections::HashSet::new();
     for line in log.lines() {
         let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
         if event["user"]["username"] == user
+            && matches(&event)
             && let Some(id) = event["auditID"].as_str()
         {
             ids.insert(id.to_owned());
@@ -569,11 +587,15 @@ mod audit_tests {
 {"auditID":"a","stage":"ResponseComplete","user":{"username":"op"}}
 {"auditID":"b","stage":"ResponseComplete","user":{"username":"op"}}
 {"auditID":"c","stage":"ResponseComplete","user":{"username":"admin"}}
+{"auditID":"d","stage":"ResponseComplete","user":{"username":"op"},"responseStatus":{"code":403}}
 not json
 "#;
-        assert_eq!(count_audited(log, "op"), 2);
-        assert_eq!(count_audited(log, "admin"), 1);
-        assert_eq!(count_audited(log, "nobody"), 0);
+        let all = |_: &serde_json::Value| true;
+        assert_eq!(count_audited(log, "op", all), 3);
+        assert_eq!(count_audited(log, "admin", all), 1);
+        assert_eq!(count_audited(log, "nobody", all), 0);
+        let refused = |e: &serde_json::Value| e["responseStatus"]["code"] == 403;
+        assert_eq!(count_audited(log, "op", refused), 1);
     }
 
     #[test]
