@@ -243,6 +243,17 @@ async fn allow_restarts_in(client: &kube::Client, namespace: &str) {
     apply_role_bindings(client, &rbac).await;
 }
 
+/// How many of the operator's PATCHes of Deployments the API server has refused as forbidden,
+/// from its audit log.
+fn forbidden_deployment_patches(cp: &ControlPlane) -> u64 {
+    cp.audited(OPERATOR_USER, |event| {
+        event["verb"] == "patch"
+            && event["objectRef"]["resource"] == "deployments"
+            && event["responseStatus"]["code"] == 403
+    })
+    .unwrap()
+}
+
 /// Creates (or updates) the `cluster` rotation with this spec.
 async fn apply_rotation(client: &kube::Client, spec: serde_json::Value) {
     Api::<TrustAnchorRotation>::all(client.clone())
@@ -2028,6 +2039,8 @@ async fn a_restart_the_operator_may_not_do_is_named_in_status() {
     )
     .await;
     let mut follow = Follow::new();
+    assert_eq!(forbidden_deployment_patches(&rig.cp), 0);
+    let renewed = Instant::now();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
     let held = follow.until_a_step_fails(&rig).await;
     let message = held.blocking_message.clone().unwrap();
@@ -2089,6 +2102,24 @@ async fn a_restart_the_operator_may_not_do_is_named_in_status() {
     assert_eq!(status.phase, Phase::PropagatingTrustRoots);
     assert_eq!(status.blocking_message.as_deref(), Some(message.as_str()));
     warning_events(&rig.client, "StepFailed").await;
+    // The refused restart is tried again after a wait that doubles (2 s, 4 s, 8 s, ... up to
+    // 30 s), not on every look: looks came every 500 ms, and 100 ms after each of the rollout's
+    // watch events. At most the tries that schedule allows since the rotation began (the first
+    // refusal came later).
+    let tried = forbidden_deployment_patches(&rig.cp);
+    let (elapsed, mut allowed, mut at, mut wait) = (renewed.elapsed(), 1, Duration::ZERO, 2);
+    while at + Duration::from_secs(wait) <= elapsed {
+        (at, allowed, wait) = (
+            at + Duration::from_secs(wait),
+            allowed + 1,
+            (wait * 2).min(30),
+        );
+    }
+    eprintln!("refused restart tried {tried} times in {elapsed:?} (at most {allowed})");
+    assert!(
+        (1..=allowed).contains(&tried),
+        "tried {tried} times in {elapsed:?}; the schedule allows {allowed}"
+    );
 
     // Allowed: the rotation moves on and finishes.
     allow_restarts_in(&rig.client, "mesh-0").await;

@@ -6,8 +6,9 @@
 //! the step's events once that has landed.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
@@ -29,6 +30,7 @@ use super::decide::{
 };
 use super::metrics::ReconcileMetrics;
 use super::model::*;
+use super::retry::Retries;
 use crate::crd::{
     RenewalPolicy, RestartPolicy, TrustAnchorRotation, TrustAnchorRotationSpec,
     TrustAnchorRotationStatus,
@@ -207,6 +209,10 @@ pub enum ReconcileError {
         done: Vec<String>,
         failed: Box<ReconcileError>,
     },
+    /// A write that failed and is not tried again yet (see [`Retries`]): its failure as it was
+    /// said.
+    #[error("{0}")]
+    NotYetRetried(String),
 }
 
 impl ReconcileError {
@@ -623,6 +629,7 @@ async fn reconcile_once(
     let Memory {
         own_writes,
         refused_restarts,
+        retries,
         said_missing,
         published,
         seen_leaves,
@@ -704,7 +711,7 @@ async fn reconcile_once(
             recorder,
             &reference,
             effect,
-            refused_restarts,
+            (refused_restarts, retries),
         )
         .await;
         if let (Some(target), Ok(after)) = (target, &written) {
@@ -766,7 +773,7 @@ async fn reconcile_once(
             recorder,
             &reference,
             effect,
-            refused_restarts,
+            (refused_restarts, retries),
         )
         .await?;
     }
@@ -1750,7 +1757,7 @@ async fn execute(
     recorder: &EventWriter,
     reference: &ObjectReference,
     effect: &Effect,
-    refused_restarts: &mut BTreeSet<Workload>,
+    (refused_restarts, retries): (&mut BTreeSet<Workload>, &mut Retries),
 ) -> Result<Option<String>, ReconcileError> {
     let apply = PatchParams::apply(MANAGER).force();
     // The resourceVersion an object the reconciler also watches has after the write.
@@ -1770,33 +1777,37 @@ async fn execute(
                 annotations[WRITTEN_OVER_ANNOTATION] = json!(replaced);
             }
             let metadata = json!({ "name": name, "annotations": annotations });
-            let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
-                .patch(
-                    name,
-                    &apply,
-                    &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
-                        "metadata": metadata,
-                        "data": {config.bundle_key.as_str(): pem}})),
-                )
-                .await
-                .map_err(kube_err(format!("writing ConfigMap {ns}/{name}")))?;
+            let patch = Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": metadata,
+                "data": {config.bundle_key.as_str(): pem}}));
+            let api = Api::<ConfigMap>::namespaced(client.clone(), ns);
+            let what = format!("writing ConfigMap {ns}/{name}");
+            let key = format!("{what} {fingerprint} over {written_over:?}");
+            let write = async {
+                api.patch(name, &apply, &patch)
+                    .await
+                    .map_err(kube_err(what))
+            };
+            let cm = attempt(retries, key, write).await?;
             written = cm.resource_version();
         }
         Effect::WritePreviousAnchor { pem, fingerprint } => {
             let (ns, name) = &config.names.previous_anchor_secret;
             tracing::info!(%fingerprint, "writing the previous anchor");
             // The certificate only: the operator never copies a private key.
-            let secret = Api::<Secret>::namespaced(client.clone(), ns)
-                .patch(
-                    name,
-                    &apply,
-                    &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret",
-                        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": MANAGER}},
-                        "type": "Opaque",
-                        "stringData": {"ca.crt": pem}})),
-                )
-                .await
-                .map_err(kube_err(format!("writing Secret {ns}/{name}")))?;
+            let patch = Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": MANAGER}},
+                "type": "Opaque",
+                "stringData": {"ca.crt": pem}}));
+            let api = Api::<Secret>::namespaced(client.clone(), ns);
+            let what = format!("writing Secret {ns}/{name}");
+            let key = format!("{what} {fingerprint}");
+            let write = async {
+                api.patch(name, &apply, &patch)
+                    .await
+                    .map_err(kube_err(what))
+            };
+            let secret = attempt(retries, key, write).await?;
             written = secret.resource_version();
         }
         Effect::RestartControlPlane {
@@ -1806,7 +1817,12 @@ async fn execute(
             // Each one is tried, as workloads are: one refused restart holds up no other.
             let (mut done, mut failed) = (Vec::new(), Vec::new());
             for d in deployments {
-                match restart_control_plane(client, &config.linkerd_namespace, d, marker).await {
+                let key = format!(
+                    "restarting {d:?} in {} onto {marker}",
+                    config.linkerd_namespace
+                );
+                let write = restart_control_plane(client, &config.linkerd_namespace, d, marker);
+                match attempt(retries, key, write).await {
                     Ok(()) => done.push(format!(
                         "deployment/{}/{}",
                         config.linkerd_namespace, d.name
@@ -1827,7 +1843,8 @@ async fn execute(
             // Each one is tried: one workload that cannot be restarted holds up no other.
             let (mut done, mut failed) = (Vec::new(), Vec::new());
             for w in workloads {
-                match restart(client, w, marker).await {
+                let key = format!("restarting {w} {}={}", marker.0, marker.1);
+                match attempt(retries, key, restart(client, w, marker)).await {
                     Ok(()) => {
                         refused_restarts.remove(w);
                         done.push(w.to_string());
@@ -1842,7 +1859,8 @@ async fn execute(
         }
         Effect::RenewIssuer => {
             let (ns, name) = &config.names.issuer_certificate;
-            renew_certificate(client, ns, name).await?;
+            let key = format!("renewing Certificate {ns}/{name}");
+            attempt(retries, key, renew_certificate(client, ns, name)).await?;
         }
         Effect::Event {
             warning,
@@ -1856,6 +1874,27 @@ async fn execute(
         }
     }
     Ok(written)
+}
+
+/// Makes `write` (described by `key`: the object and what is written to it) unless an earlier
+/// failure of the same write is still waiting out its [`Retries`] wait, in which case that
+/// failure is the result, and the API server is not asked.
+async fn attempt<T>(
+    retries: &mut Retries,
+    key: String,
+    write: impl Future<Output = Result<T, ReconcileError>>,
+) -> Result<T, ReconcileError> {
+    let now = Instant::now();
+    if let Some(failure) = retries.deferred(&key, now) {
+        tracing::debug!(write = key, "not tried again yet");
+        return Err(ReconcileError::NotYetRetried(failure.to_owned()));
+    }
+    let result = write.await;
+    match &result {
+        Ok(_) => retries.succeeded(&key),
+        Err(e) => retries.failed(&key, e.to_string(), now),
+    }
+    result
 }
 
 /// An object the reconciler writes and also reads from a watch.
@@ -1927,9 +1966,11 @@ impl OwnWrite {
 struct Memory {
     own_writes: OwnWrites,
     /// Workloads whose last restart by this replica failed (refused by RBAC or a policy
-    /// webhook, or unanswered), kept until one succeeds: tried again on every look, but taking
-    /// no restart slot from the others (see [`Observed::refused_restarts`]).
+    /// webhook, or unanswered), kept until one succeeds: tried again once its wait is over
+    /// (`retries`), taking no restart slot from the others (see [`Observed::refused_restarts`]).
     refused_restarts: BTreeSet<Workload>,
+    /// Each failed write's wait before it is tried again.
+    retries: Retries,
     /// The rotation was missing at the last look, and the log has said so.
     said_missing: bool,
     published: Published,
@@ -3514,7 +3555,7 @@ mod tests {
                     recorder,
                     reference,
                     &effect,
-                    &mut BTreeSet::new(),
+                    (&mut BTreeSet::new(), &mut Retries::default()),
                 )
                 .await
                 .unwrap();

@@ -10,6 +10,7 @@ pub mod decide;
 pub mod lease;
 pub mod metrics;
 pub mod model;
+pub mod retry;
 
 #[cfg(test)]
 mod decide_tests;
