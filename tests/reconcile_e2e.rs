@@ -2133,6 +2133,66 @@ async fn a_restart_the_operator_may_not_do_is_named_in_status() {
         .await;
 }
 
+/// In Synced, meshed pods come and go with the cluster's own work (scaling, rollouts). The
+/// status counts them, but a change of the counts alone is written at most once every 5 s, not
+/// once per pod: here a Deployment scaled up one pod at a time, five times in four seconds,
+/// costs at most the writes that gap allows (read from the API server's audit log), and the
+/// status still ends with every pod counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_synced_pods_coming_and_going_are_counted_without_a_write_for_each() {
+    let rig = Rig::start_with(
+        Setup {
+            credentials: Credentials::Rbac { restart_in: None },
+            ..Setup::default()
+        },
+        (1, 1, 1),
+        automatic_spec(1),
+        &[],
+    )
+    .await;
+    let status_writes = || {
+        rig.cp
+            .audited(OPERATOR_USER, |event| {
+                event["verb"] == "patch"
+                    && event["objectRef"]["resource"] == "trustanchorrotations"
+                    && event["objectRef"]["subresource"] == "status"
+            })
+            .unwrap()
+    };
+    let before = status_writes();
+    let started = Instant::now();
+    let deployments = Api::<Deployment>::namespaced(rig.client.clone(), &rig.ns[0]);
+    for replicas in 2..=6 {
+        let scale = json!({"spec": {"replicas": replicas}});
+        deployments
+            .patch("app-0", &PatchParams::default(), &Patch::Merge(scale))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+    let counted = common::eventually(
+        "the six pods counted in the status",
+        Duration::from_secs(30),
+        || async {
+            let status = rotation(&rig.client).await.status.unwrap_or_default();
+            let bundle = status.trust_bundle?;
+            (bundle.converged_pods == 6 && bundle.target_pods == 6).then_some(())
+        },
+    );
+    counted.await;
+    let (elapsed, writes) = (started.elapsed(), status_writes() - before);
+    let allowed = 1 + elapsed.as_secs() / 5;
+    eprintln!("{writes} status writes in {elapsed:?} (at most {allowed})");
+    assert!(
+        (1..=allowed).contains(&writes),
+        "{writes} status writes in {elapsed:?}; one per 5 s allows {allowed}"
+    );
+    assert_eq!(
+        rotation(&rig.client).await.status.unwrap().phase,
+        Phase::Synced
+    );
+}
+
 /// A control-plane restart the API server refuses (here the operator's Role in `linkerd` lets it
 /// patch every control-plane Deployment but the identity controller's) holds the phase with a
 /// message naming it, and holds up no other: the rest of the control plane is restarted. Once

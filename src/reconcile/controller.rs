@@ -633,6 +633,7 @@ async fn reconcile_once(
         said_missing,
         published,
         seen_leaves,
+        counts_written_at,
     } = memory;
     own_writes.confirm(client, config, stores).await;
     match own_writes.awaited(config, stores) {
@@ -757,13 +758,25 @@ async fn reconcile_once(
     // The rotation's version once this look's status is in: the one it was read at when the
     // status is unchanged.
     let mut written_at = read_at.map(str::to_owned);
+    let mut requeue = decision.requeue;
     if decision.status != stored {
-        match write_status(client, &config.rotation_name, &decision.status, read_at).await? {
-            StatusWrite::Stale => return Ok(Requeue::Soon),
-            StatusWrite::Written(version) => written_at = version,
+        let now = Instant::now();
+        let counts_only = counts_only_change(&stored, &decision.status);
+        match counts_written_at.filter(|_| counts_only) {
+            Some(at) if now < at + COUNTS_GAP => requeue = requeue.within(at + COUNTS_GAP - now),
+            _ => match write_status(client, &config.rotation_name, &decision.status, read_at)
+                .await?
+            {
+                StatusWrite::Stale => return Ok(Requeue::Soon),
+                StatusWrite::Written(version) => {
+                    written_at = version;
+                    *counts_written_at = counts_only.then_some(now);
+                }
+            },
         }
     }
-    // The metrics follow the status as written, without waiting on the Events' writes.
+    // The metrics follow the status as decided (the counts too when their write waits),
+    // without waiting on the Events' writes.
     metrics.record(&status, &decision.status, &observed);
     let events = published.fresh(written_at, events);
     for effect in events {
@@ -777,7 +790,29 @@ async fn reconcile_once(
         )
         .await?;
     }
-    Ok(decision.requeue)
+    Ok(requeue)
+}
+
+/// In `Synced`, a status that differs from the one stored by its pod counts alone is written at
+/// most once in this long: on a busy cluster, meshed pods come and go several times a second,
+/// and each change would otherwise be a write of the rotation (an etcd write, and an event to
+/// every watcher of it). During a rotation the counts are its progress, and every change is
+/// written.
+const COUNTS_GAP: Duration = Duration::from_secs(5);
+
+/// Whether `decided` differs from `stored` only by the pod counts, both in `Synced`.
+fn counts_only_change(
+    stored: &TrustAnchorRotationStatus,
+    decided: &TrustAnchorRotationStatus,
+) -> bool {
+    let without_counts = |s: &TrustAnchorRotationStatus| TrustAnchorRotationStatus {
+        trust_bundle: None,
+        workload_certificates: None,
+        ..s.clone()
+    };
+    stored.phase == crate::crd::Phase::Synced
+        && decided.phase == crate::crd::Phase::Synced
+        && without_counts(stored) == without_counts(decided)
 }
 
 /// The status after a step's write failed: the previous one, phase and all, with a
@@ -1975,6 +2010,9 @@ struct Memory {
     said_missing: bool,
     published: Published,
     seen_leaves: SeenLeaves,
+    /// When the last status write that changed only the counts in `Synced` went in (see
+    /// [`COUNTS_GAP`]).
+    counts_written_at: Option<Instant>,
 }
 
 /// The step Events the last look published, and the rotation's version once its status was in.
@@ -3755,6 +3793,56 @@ mod tests {
     /// the same step announces it once: its watch of the restarted workload lags, and the
     /// repeated restart is a no-op. Another step, or the same one after the rotation changed,
     /// is announced.
+    #[test]
+    fn only_a_change_of_counts_alone_in_synced_waits_for_its_write() {
+        use crate::crd::{ConvergenceStatus, Phase};
+        let synced = TrustAnchorRotationStatus {
+            phase: Phase::Synced,
+            trust_bundle: Some(ConvergenceStatus::new(4, 4)),
+            workload_certificates: Some(ConvergenceStatus::new(4, 4)),
+            ..Default::default()
+        };
+        let scaled = TrustAnchorRotationStatus {
+            trust_bundle: Some(ConvergenceStatus::new(5, 5)),
+            workload_certificates: Some(ConvergenceStatus::new(4, 5)),
+            ..synced.clone()
+        };
+        assert!(counts_only_change(&synced, &scaled));
+        let said = TrustAnchorRotationStatus {
+            blocking_message: Some("1 meshed pod(s) lack the trust bundle".to_owned()),
+            ..scaled.clone()
+        };
+        assert!(!counts_only_change(&synced, &said));
+        let moving = TrustAnchorRotationStatus {
+            phase: Phase::PropagatingTrustRoots,
+            ..scaled.clone()
+        };
+        assert!(!counts_only_change(&synced, &moving));
+        let propagating = TrustAnchorRotationStatus {
+            phase: Phase::PropagatingTrustRoots,
+            ..synced.clone()
+        };
+        assert!(!counts_only_change(
+            &propagating,
+            &TrustAnchorRotationStatus {
+                trust_bundle: Some(ConvergenceStatus::new(5, 5)),
+                ..propagating.clone()
+            }
+        ));
+        // The held write is looked at again in time, whatever the decision's own requeue.
+        let wait = Duration::from_secs(3);
+        assert_eq!(Requeue::Idle.within(wait), Requeue::Within(wait));
+        assert_eq!(
+            Requeue::Within(Duration::from_secs(60)).within(wait),
+            Requeue::Within(wait)
+        );
+        assert_eq!(
+            Requeue::Within(Duration::from_secs(1)).within(wait),
+            Requeue::Within(Duration::from_secs(1))
+        );
+        assert_eq!(Requeue::Soon.within(wait), Requeue::Soon);
+    }
+
     #[test]
     fn a_step_decided_again_over_an_unchanged_status_is_announced_once() {
         let restarting = |what: &str| Effect::Event {

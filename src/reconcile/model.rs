@@ -487,6 +487,17 @@ pub enum Requeue {
     Within(std::time::Duration),
 }
 
+impl Requeue {
+    /// Also look again within `wait`.
+    pub fn within(self, wait: std::time::Duration) -> Self {
+        match self {
+            Requeue::Soon => Requeue::Soon,
+            Requeue::Idle => Requeue::Within(wait),
+            Requeue::Within(d) => Requeue::Within(d.min(wait)),
+        }
+    }
+}
+
 /// The phase a rotation is in, with what it means for the bundle.
 pub fn accelerating(phase: Phase) -> bool {
     matches!(
