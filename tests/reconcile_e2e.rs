@@ -2083,6 +2083,18 @@ async fn a_restart_the_operator_may_not_do_is_named_in_status() {
         },
     )
     .await;
+    // Said once, though the looks that follow may decide the same restart again until the
+    // watch shows it.
+    let partly = |events: Vec<k8s_openapi::api::events::v1::Event>| {
+        events
+            .iter()
+            .filter(|e| {
+                e.note
+                    .as_deref()
+                    .is_some_and(|n| n.contains("the others were refused"))
+            })
+            .count()
+    };
     // Still held a few retries later, and said once; meanwhile the restarted workload's new
     // pods, holding the bundle, are counted.
     let converged =
@@ -2102,6 +2114,10 @@ async fn a_restart_the_operator_may_not_do_is_named_in_status() {
     assert_eq!(status.phase, Phase::PropagatingTrustRoots);
     assert_eq!(status.blocking_message.as_deref(), Some(message.as_str()));
     warning_events(&rig.client, "StepFailed").await;
+    assert_eq!(
+        partly(events_of(&rig.client, "RestartingWorkloads").await),
+        1
+    );
     // The refused restart is tried again after a wait that doubles (2 s, 4 s, 8 s, ... up to
     // 30 s), not on every look: looks came every 500 ms, and 100 ms after each of the rollout's
     // watch events. At most the tries that schedule allows since the rotation began (the first

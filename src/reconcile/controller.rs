@@ -634,6 +634,7 @@ async fn reconcile_once(
         published,
         seen_leaves,
         counts_written_at,
+        said_partly,
     } = memory;
     own_writes.confirm(client, config, stores).await;
     match own_writes.awaited(config, stores) {
@@ -721,8 +722,12 @@ async fn reconcile_once(
         if let Err(error) = written {
             // What did go ahead is rolling: said as the step would have said it (a Normal
             // event for each batch, as the restarts themselves), whatever becomes of the status
-            // write below.
-            if let Some((reason, message)) = error.restarted() {
+            // write below. Once: a look that decides the same restarts again (its watches have
+            // not shown them yet, and the repeated patches change nothing) says nothing new.
+            if let Some((reason, message)) = error.restarted()
+                && said_partly.as_ref() != Some(&(reason, message.clone()))
+            {
+                *said_partly = Some((reason, message.clone()));
                 recorder
                     .publish(&reference, false, reason, &message)
                     .await
@@ -790,6 +795,8 @@ async fn reconcile_once(
         )
         .await?;
     }
+    // Every write of the step went through: a partly failed step decided again later is news.
+    *said_partly = None;
     Ok(requeue)
 }
 
@@ -2013,6 +2020,9 @@ struct Memory {
     /// When the last status write that changed only the counts in `Synced` went in (see
     /// [`COUNTS_GAP`]).
     counts_written_at: Option<Instant>,
+    /// The Normal event last published for a step whose restarts partly failed (its reason and
+    /// message), until a look's writes all go through.
+    said_partly: Option<(&'static str, String)>,
 }
 
 /// The step Events the last look published, and the rotation's version once its status was in.
