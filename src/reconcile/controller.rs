@@ -216,20 +216,43 @@ pub enum ReconcileError {
 }
 
 impl ReconcileError {
-    /// For a step whose restarts partly failed, the Normal event that names those done: its
-    /// reason and message.
-    fn restarted(&self) -> Option<(&'static str, String)> {
+    /// The API server refused the write, and would refuse it again until someone changes
+    /// something (RBAC, a policy, the object): 400, 401, 403, 405 or 422, admission webhook
+    /// denials included. Not a conflict, a throttle, a timeout or a server error.
+    fn refused(&self) -> bool {
+        matches!(self, ReconcileError::Kube { source: kube::Error::Api(status), .. }
+            if matches!(status.code, 400 | 401 | 403 | 405 | 422))
+    }
+
+    /// Whether no write of this look was sent: every failure in it is a refusal still waiting
+    /// out its [`Retries`] wait.
+    fn only_not_yet_retried(&self) -> bool {
+        match self {
+            ReconcileError::NotYetRetried(_) => true,
+            ReconcileError::Several(errors) => errors.iter().all(Self::only_not_yet_retried),
+            _ => false,
+        }
+    }
+
+    /// For a step whose restarts partly failed, the Normal event that names those done and not
+    /// `already` said (which then holds them too): its reason and message.
+    fn restarted(&self, already: &mut BTreeSet<String>) -> Option<(&'static str, String)> {
         let ReconcileError::Partly { reason, done, .. } = self else {
             return None;
         };
-        Some((
-            reason,
-            format!(
+        let news: Vec<String> = done
+            .iter()
+            .filter(|w| already.insert((*w).clone()))
+            .cloned()
+            .collect();
+        (!news.is_empty()).then(|| {
+            let message = format!(
                 "restarted {} of the step's workloads ({}); the others were refused (see the StepFailed event)",
-                done.len(),
-                first_n(done, 5)
-            ),
-        ))
+                news.len(),
+                first_n(&news, 5)
+            );
+            (*reason, message)
+        })
     }
 }
 
@@ -517,6 +540,11 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
                 Ok(Requeue::Idle) => config.idle_interval,
                 // Not `clamp`: it panics when `--reconcile-interval` is set above the idle interval.
                 Ok(Requeue::Within(d)) => d.max(config.active_interval).min(config.idle_interval),
+                // Said once, when refused: not again for each look that waits to retry it.
+                Err(e) if e.only_not_yet_retried() => {
+                    tracing::debug!(error = %e, "a refused write waits to be tried again");
+                    config.active_interval
+                }
                 Err(e) => {
                     metrics.errors.inc();
                     tracing::warn!(error = %e, "reconcile failed; retrying");
@@ -633,8 +661,8 @@ async fn reconcile_once(
         said_missing,
         published,
         seen_leaves,
-        counts_written_at,
-        said_partly,
+        count_writes,
+        announced_restarts,
     } = memory;
     own_writes.confirm(client, config, stores).await;
     match own_writes.awaited(config, stores) {
@@ -722,12 +750,9 @@ async fn reconcile_once(
         if let Err(error) = written {
             // What did go ahead is rolling: said as the step would have said it (a Normal
             // event for each batch, as the restarts themselves), whatever becomes of the status
-            // write below. Once: a look that decides the same restarts again (its watches have
-            // not shown them yet, and the repeated patches change nothing) says nothing new.
-            if let Some((reason, message)) = error.restarted()
-                && said_partly.as_ref() != Some(&(reason, message.clone()))
-            {
-                *said_partly = Some((reason, message.clone()));
+            // write below. Each restart once: a look that decides one again (its watch has not
+            // shown it yet, and the repeated patch changes nothing) does not announce it again.
+            if let Some((reason, message)) = error.restarted(announced_restarts) {
                 recorder
                     .publish(&reference, false, reason, &message)
                     .await
@@ -741,20 +766,22 @@ async fn reconcile_once(
             metrics.record(&status, &held, &observed);
             // Said once per failure: a look that only counted pods anew writes no event.
             let news = held.blocking_message != stored.blocking_message;
-            if held != stored
-                && matches!(
-                    write_status(client, &config.rotation_name, &held, read_at).await?,
-                    StatusWrite::Written(_)
-                )
-                && news
+            let now = Instant::now();
+            let write = held != stored && count_writes.hold(&stored, &held, now).is_none();
+            if write
+                && let StatusWrite::Written(_) =
+                    write_status(client, &config.rotation_name, &held, read_at).await?
             {
-                for (warning, reason, message) in failed_step_events(&held, &events) {
-                    recorder
-                        .publish(&reference, warning, reason, message)
-                        .await
-                        .unwrap_or_else(|e| {
-                            tracing::warn!(error = %crate::watch::api_words(&e), "publishing an event")
-                        });
+                count_writes.wrote(&stored, &held, now);
+                if news {
+                    for (warning, reason, message) in failed_step_events(&held, &events) {
+                        recorder
+                            .publish(&reference, warning, reason, message)
+                            .await
+                            .unwrap_or_else(|e| {
+                                tracing::warn!(error = %crate::watch::api_words(&e), "publishing an event")
+                            });
+                    }
                 }
             }
             return Err(error);
@@ -766,16 +793,15 @@ async fn reconcile_once(
     let mut requeue = decision.requeue;
     if decision.status != stored {
         let now = Instant::now();
-        let counts_only = counts_only_change(&stored, &decision.status);
-        match counts_written_at.filter(|_| counts_only) {
-            Some(at) if now < at + COUNTS_GAP => requeue = requeue.within(at + COUNTS_GAP - now),
-            _ => match write_status(client, &config.rotation_name, &decision.status, read_at)
+        match count_writes.hold(&stored, &decision.status, now) {
+            Some(wait) => requeue = requeue.within(wait),
+            None => match write_status(client, &config.rotation_name, &decision.status, read_at)
                 .await?
             {
                 StatusWrite::Stale => return Ok(Requeue::Soon),
                 StatusWrite::Written(version) => {
                     written_at = version;
-                    *counts_written_at = counts_only.then_some(now);
+                    count_writes.wrote(&stored, &decision.status, now);
                 }
             },
         }
@@ -796,7 +822,7 @@ async fn reconcile_once(
         .await?;
     }
     // Every write of the step went through: a partly failed step decided again later is news.
-    *said_partly = None;
+    announced_restarts.clear();
     Ok(requeue)
 }
 
@@ -806,6 +832,36 @@ async fn reconcile_once(
 /// every watcher of it). During a rotation the counts are its progress, and every change is
 /// written.
 const COUNTS_GAP: Duration = Duration::from_secs(5);
+
+/// When the last status write that changed only the counts in `Synced` went in.
+#[derive(Debug, Default)]
+struct CountWrites {
+    last: Option<Instant>,
+}
+
+impl CountWrites {
+    /// The wait left before `decided` may replace `stored`, when it changes the counts alone
+    /// within [`COUNTS_GAP`] of the last such write.
+    fn hold(
+        &self,
+        stored: &TrustAnchorRotationStatus,
+        decided: &TrustAnchorRotationStatus,
+        now: Instant,
+    ) -> Option<Duration> {
+        let due = self.last? + COUNTS_GAP;
+        (now < due && counts_only_change(stored, decided)).then(|| due - now)
+    }
+
+    /// `decided` replaced `stored` at `now`.
+    fn wrote(
+        &mut self,
+        stored: &TrustAnchorRotationStatus,
+        decided: &TrustAnchorRotationStatus,
+        now: Instant,
+    ) {
+        self.last = counts_only_change(stored, decided).then_some(now);
+    }
+}
 
 /// Whether `decided` differs from `stored` only by the pod counts, both in `Synced`.
 fn counts_only_change(
@@ -1919,22 +1975,28 @@ async fn execute(
 }
 
 /// Makes `write` (described by `key`: the object and what is written to it) unless an earlier
-/// failure of the same write is still waiting out its [`Retries`] wait, in which case that
-/// failure is the result, and the API server is not asked.
+/// refusal of the same write is still waiting out its [`Retries`] wait, in which case that
+/// refusal is the result, and the API server is not asked. Only a refusal waits (see
+/// [`ReconcileError::refused`]): a write that timed out or met an API server in trouble is
+/// tried again at the next look, as a bundle restore must be.
 async fn attempt<T>(
     retries: &mut Retries,
     key: String,
     write: impl Future<Output = Result<T, ReconcileError>>,
 ) -> Result<T, ReconcileError> {
-    let now = Instant::now();
-    if let Some(failure) = retries.deferred(&key, now) {
-        tracing::debug!(write = key, "not tried again yet");
+    // Tokio's clock, the same as the system's but for tests that pause it.
+    let now = || tokio::time::Instant::now().into_std();
+    if let Some(failure) = retries.deferred(&key, now()) {
+        tracing::debug!(write = key, "refused before; not tried again yet");
         return Err(ReconcileError::NotYetRetried(failure.to_owned()));
     }
     let result = write.await;
     match &result {
         Ok(_) => retries.succeeded(&key),
-        Err(e) => retries.failed(&key, e.to_string(), now),
+        // The wait runs from the refusal: a refusal slow to come (a policy webhook timing out)
+        // does not use it up.
+        Err(e) if e.refused() => retries.failed(&key, e.to_string(), now()),
+        Err(_) => {}
     }
     result
 }
@@ -2017,12 +2079,10 @@ struct Memory {
     said_missing: bool,
     published: Published,
     seen_leaves: SeenLeaves,
-    /// When the last status write that changed only the counts in `Synced` went in (see
-    /// [`COUNTS_GAP`]).
-    counts_written_at: Option<Instant>,
-    /// The Normal event last published for a step whose restarts partly failed (its reason and
-    /// message), until a look's writes all go through.
-    said_partly: Option<(&'static str, String)>,
+    count_writes: CountWrites,
+    /// The restarts of steps that partly failed which a Normal event has named, until a look's
+    /// writes all go through.
+    announced_restarts: BTreeSet<String>,
 }
 
 /// The step Events the last look published, and the rotation's version once its status was in.
@@ -2429,7 +2489,8 @@ mod tests {
 
     /// A step whose restarts partly failed says only what failed (the blockingMessage it becomes
     /// stays the same from batch to batch: one StepFailed per failure), and names those done in
-    /// a Normal event of the step's reason; one where all failed names none.
+    /// a Normal event of the step's reason, each restart once; one where all failed names none.
+    /// Only refusals wait before they are tried again.
     #[test]
     fn a_step_whose_restarts_partly_failed_names_those_done_apart() {
         let refused = |name: &str| ReconcileError::Kube {
@@ -2449,7 +2510,26 @@ mod tests {
         .unwrap_err();
         let alone = ReconcileError::Several(vec![refused("db"), refused("cache")]);
         assert_eq!(error.to_string(), alone.to_string());
-        let (reason, message) = error.restarted().expect("those done are named");
+        assert!(refused("db").refused());
+        let unavailable = ReconcileError::Kube {
+            what: "restarting Deployment app/db".to_owned(),
+            source: kube::Error::Api(
+                kube::core::Status::failure("etcdserver: request timed out", "InternalError")
+                    .with_code(500)
+                    .boxed(),
+            ),
+        };
+        assert!(!unavailable.refused());
+        assert!(!alone.only_not_yet_retried());
+        let waiting = ReconcileError::Several(vec![
+            ReconcileError::NotYetRetried("a".to_owned()),
+            ReconcileError::NotYetRetried("b".to_owned()),
+        ]);
+        assert!(waiting.only_not_yet_retried());
+        let mut announced = BTreeSet::new();
+        let (reason, message) = error
+            .restarted(&mut announced)
+            .expect("those done are named");
         assert_eq!(reason, "RestartingWorkloads");
         assert!(
             message.starts_with(
@@ -2457,8 +2537,18 @@ mod tests {
             ),
             "{message}"
         );
+        // A look that decides some of them again, before the watch shows them, with one more:
+        // that one alone is news.
+        let again: Vec<String> = (5..8).map(|i| format!("deployment/app/web-{i}")).collect();
+        let error_again = several("RestartingWorkloads", again, vec![refused("db")]).unwrap_err();
+        let (_, message) = error_again.restarted(&mut announced).unwrap();
+        assert!(
+            message.starts_with("restarted 1 of the step's workloads (deployment/app/web-7);"),
+            "{message}"
+        );
+        assert_eq!(error.restarted(&mut announced), None);
         let error = several("RestartingWorkloads", vec![], vec![refused("db")]).unwrap_err();
-        assert!(error.restarted().is_none());
+        assert!(error.restarted(&mut announced).is_none());
         assert!(
             several(
                 "RestartingWorkloads",
@@ -2467,6 +2557,56 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    /// A refused write is not sent again until its wait, which runs from the refusal (one that
+    /// took 10 s to come, as from a policy webhook timing out, does not use the wait up), is
+    /// over; a write that met a server error is sent again at once.
+    #[tokio::test(start_paused = true)]
+    async fn only_a_refused_write_waits_and_from_its_refusal() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let sent = AtomicU32::new(0);
+        let fails = |code: u16, after: Duration| {
+            let sent = &sent;
+            async move {
+                sent.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(after).await;
+                Err::<(), _>(ReconcileError::Kube {
+                    what: "restarting Deployment app/db".to_owned(),
+                    source: kube::Error::Api(
+                        kube::core::Status::failure("no", "Reason")
+                            .with_code(code)
+                            .boxed(),
+                    ),
+                })
+            }
+        };
+        let mut retries = Retries::default();
+        let key = || "restarting deployment/app/db".to_owned();
+        let first = attempt(&mut retries, key(), fails(403, Duration::from_secs(10))).await;
+        assert!(first.unwrap_err().refused());
+        assert_eq!(sent.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        let held = attempt(&mut retries, key(), fails(403, Duration::ZERO)).await;
+        assert!(matches!(held, Err(ReconcileError::NotYetRetried(ref m)) if m.contains("(403)")));
+        assert_eq!(sent.load(Ordering::SeqCst), 1, "not sent while it waits");
+        tokio::time::advance(Duration::from_millis(600)).await;
+        attempt(&mut retries, key(), fails(403, Duration::ZERO))
+            .await
+            .unwrap_err();
+        assert_eq!(sent.load(Ordering::SeqCst), 2, "sent once the wait is over");
+
+        let key = || "renewing Certificate linkerd/linkerd-identity-issuer".to_owned();
+        for tries in 3..5 {
+            attempt(&mut retries, key(), fails(500, Duration::ZERO))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                sent.load(Ordering::SeqCst),
+                tries,
+                "a server error does not wait"
+            );
+        }
     }
 
     /// A pod seen with a leaf from the current issuer is not probed again while the issuer stays
@@ -3799,10 +3939,9 @@ mod tests {
         );
     }
 
-    /// A look that leaves the rotation as the last one left it (no status write) and decides
-    /// the same step announces it once: its watch of the restarted workload lags, and the
-    /// repeated restart is a no-op. Another step, or the same one after the rotation changed,
-    /// is announced.
+    /// In `Synced`, a status that changes the pod counts alone waits for its write until
+    /// [`COUNTS_GAP`] has passed since the last such write; any other change is written at
+    /// once, and is no such write.
     #[test]
     fn only_a_change_of_counts_alone_in_synced_waits_for_its_write() {
         use crate::crd::{ConvergenceStatus, Phase};
@@ -3839,6 +3978,31 @@ mod tests {
                 ..propagating.clone()
             }
         ));
+        // The first such write goes in; the next waits out the gap; another change does not
+        // wait, and the count change after it goes in at once.
+        let mut writes = CountWrites::default();
+        let t0 = Instant::now();
+        assert_eq!(writes.hold(&synced, &scaled, t0), None);
+        writes.wrote(&synced, &scaled, t0);
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(
+            writes.hold(&scaled, &synced, t1),
+            Some(COUNTS_GAP - Duration::from_secs(2))
+        );
+        assert_eq!(writes.hold(&scaled, &said, t1), None);
+        assert_eq!(writes.hold(&scaled, &synced, t0 + COUNTS_GAP), None);
+        writes.wrote(&scaled, &said, t1);
+        assert_eq!(
+            writes.hold(
+                &said,
+                &TrustAnchorRotationStatus {
+                    trust_bundle: None,
+                    ..said.clone()
+                },
+                t1
+            ),
+            None
+        );
         // The held write is looked at again in time, whatever the decision's own requeue.
         let wait = Duration::from_secs(3);
         assert_eq!(Requeue::Idle.within(wait), Requeue::Within(wait));
@@ -3853,6 +4017,10 @@ mod tests {
         assert_eq!(Requeue::Soon.within(wait), Requeue::Soon);
     }
 
+    /// A look that leaves the rotation as the last one left it (no status write) and decides
+    /// the same step announces it once: its watch of the restarted workload lags, and the
+    /// repeated restart is a no-op. Another step, or the same one after the rotation changed,
+    /// is announced.
     #[test]
     fn a_step_decided_again_over_an_unchanged_status_is_announced_once() {
         let restarting = |what: &str| Effect::Event {

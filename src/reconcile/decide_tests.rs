@@ -1689,7 +1689,7 @@ fn a_rollout_with_a_new_pod_not_starting_names_it() {
 }
 
 /// Restarts the API server refused (RBAC bound in some namespaces only, a policy webhook)
-/// started no rollout: they are tried again on every look, but the workloads after them in the
+/// started no rollout: they are decided again on every look, but the workloads after them in the
 /// list still get the slots. (They once took every slot, for good, when there were as many of
 /// them as `maxConcurrentWorkloads`.)
 #[test]

@@ -261,9 +261,10 @@ pub struct Observed {
     /// that rollout is complete (workloads without either marker are left out).
     pub restart_markers: BTreeMap<Workload, RestartMarkers>,
     /// Workloads whose last restart by this replica failed (refused, or unanswered), kept until
-    /// one succeeds: not seen in the cluster but remembered by the reconciler. They are tried
-    /// again on every look, but outside `maxConcurrentWorkloads`: a refused restart starts no
-    /// rollout, so those at the head of the list would otherwise take every slot, for good.
+    /// one succeeds: not seen in the cluster but remembered by the reconciler. They are decided
+    /// again on every look (the I/O layer sends a refused one again only once its wait is
+    /// over), but outside `maxConcurrentWorkloads`: a refused restart starts no rollout, so
+    /// those at the head of the list would otherwise take every slot, for good.
     pub refused_restarts: BTreeSet<Workload>,
     /// The bundle ConfigMap's version, and the restore it was last written for.
     pub bundle_meta: BundleMeta,

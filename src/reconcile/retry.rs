@@ -2,11 +2,13 @@
 //!
 //! Looks come every few seconds, and 100 ms after any watch event: on a busy cluster, several a
 //! second. A write refused for good (a restart RBAC does not allow, a policy webhook's denial)
-//! would be sent again on each of them. Instead each failed write waits before its next try,
-//! 2 s after its first failure, doubling up to 30 s, and meanwhile every look reports its last
-//! failure word for word (so the blockingMessage, and its one `StepFailed` event, stay as they
+//! would be sent again on each of them. Instead each refused write waits before its next try,
+//! 2 s after its first refusal, doubling up to 30 s, and meanwhile every look reports its last
+//! refusal word for word (so the blockingMessage, and its one `StepFailed` event, stay as they
 //! are). A write is named by what it would write, not only where: a different write to the
-//! same object (another rotation's restart marker, another bundle) is tried at once.
+//! same object (another rotation's restart marker, another bundle) is tried at once. Which
+//! failures are refusals, and when the wait starts, is the caller's to say (the reconciler's
+//! `attempt`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
