@@ -1857,7 +1857,6 @@ async fn execute(
     effect: &Effect,
     (refused_restarts, retries): (&mut BTreeSet<Workload>, &mut Retries),
 ) -> Result<Option<String>, ReconcileError> {
-    let apply = PatchParams::apply(MANAGER).force();
     // The resourceVersion an object the reconciler also watches has after the write.
     let mut written = None;
     match effect {
@@ -1881,13 +1880,7 @@ async fn execute(
             let api = Api::<ConfigMap>::namespaced(client.clone(), ns);
             let what = format!("writing ConfigMap {ns}/{name}");
             let key = format!("{what} {fingerprint} over {written_over:?}");
-            let write = async {
-                api.patch(name, &apply, &patch)
-                    .await
-                    .map_err(kube_err(what))
-            };
-            let cm = attempt(retries, key, write).await?;
-            written = cm.resource_version();
+            written = apply(retries, key, api, name, patch, what).await?;
         }
         Effect::WritePreviousAnchor { pem, fingerprint } => {
             let (ns, name) = &config.names.previous_anchor_secret;
@@ -1900,13 +1893,7 @@ async fn execute(
             let api = Api::<Secret>::namespaced(client.clone(), ns);
             let what = format!("writing Secret {ns}/{name}");
             let key = format!("{what} {fingerprint}");
-            let write = async {
-                api.patch(name, &apply, &patch)
-                    .await
-                    .map_err(kube_err(what))
-            };
-            let secret = attempt(retries, key, write).await?;
-            written = secret.resource_version();
+            written = apply(retries, key, api, name, patch, what).await?;
         }
         Effect::RestartControlPlane {
             deployments,
@@ -1972,6 +1959,28 @@ async fn execute(
         }
     }
     Ok(written)
+}
+
+/// Server-side applies `patch` to the object `name` (as [`MANAGER`], forced) as one
+/// [`attempt`] (`key`; `what` names it in errors): its resourceVersion after the write.
+async fn apply<K>(
+    retries: &mut Retries,
+    key: String,
+    api: Api<K>,
+    name: &str,
+    patch: Patch<serde_json::Value>,
+    what: String,
+) -> Result<Option<String>, ReconcileError>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let params = PatchParams::apply(MANAGER).force();
+    let write = async {
+        api.patch(name, &params, &patch)
+            .await
+            .map_err(kube_err(what))
+    };
+    Ok(attempt(retries, key, write).await?.resource_version())
 }
 
 /// Makes `write` (described by `key`: the object and what is written to it) unless an earlier
