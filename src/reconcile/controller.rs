@@ -209,8 +209,8 @@ pub enum ReconcileError {
         done: Vec<String>,
         failed: Box<ReconcileError>,
     },
-    /// A write that failed and is not tried again yet (see [`Retries`]): its failure as it was
-    /// said.
+    /// A write the API server refused, not tried again yet (see [`Retries`]): the refusal as it
+    /// was said.
     #[error("{0}")]
     NotYetRetried(String),
 }
