@@ -1657,9 +1657,8 @@ fn mark_pods_not_starting<'a>(
     }
 }
 
-/// The failures of the writes of one effect, as one error (`Ok` when none failed).
-/// The outcome of a step's restarts: those `done`, and those `failed`; `reason` is the step's
-/// event reason.
+/// The outcome of a step's restarts, those `done` and those `failed`, as one error (`Ok` when
+/// none failed); `reason` is the step's event reason.
 fn several(
     reason: &'static str,
     done: Vec<String>,
@@ -2079,10 +2078,11 @@ impl OwnWrite {
 struct Memory {
     own_writes: OwnWrites,
     /// Workloads whose last restart by this replica failed (refused by RBAC or a policy
-    /// webhook, or unanswered), kept until one succeeds: tried again once its wait is over
-    /// (`retries`), taking no restart slot from the others (see [`Observed::refused_restarts`]).
+    /// webhook, or unanswered), kept until one succeeds: tried again at the next look, or once
+    /// its wait is over when it was refused (`retries`), taking no restart slot from the others
+    /// (see [`Observed::refused_restarts`]).
     refused_restarts: BTreeSet<Workload>,
-    /// Each failed write's wait before it is tried again.
+    /// Each refused write's wait before it is tried again.
     retries: Retries,
     /// The rotation was missing at the last look, and the log has said so.
     said_missing: bool,
