@@ -1087,40 +1087,6 @@ async fn observe(
             message: "not found".to_owned(),
         }),
     };
-    let issuer = match issuer_cert {
-        Ok(cert) => {
-            let candidates: Vec<&Cert> = [
-                anchor.as_ref().ok(),
-                previous.as_ref().ok().and_then(|p| p.as_ref()),
-            ]
-            .into_iter()
-            .flatten()
-            .chain(
-                bundle
-                    .as_ref()
-                    .ok()
-                    .and_then(|b| b.as_ref())
-                    .into_iter()
-                    .flatten(),
-            )
-            .collect();
-            let child = certs::der(&cert.pem).unwrap_or_default();
-            let signed_by = certs::signer_of(&child, &candidates).map(|a| a.fingerprint.clone());
-            let (issuing, failure) = if read_issuing {
-                issuer_issuance(client, &n.issuer_certificate, cert.not_after).await
-            } else {
-                (false, None)
-            };
-            Ok(Issuer {
-                cert,
-                signed_by,
-                issuing,
-                failure,
-            })
-        }
-        Err(p) => Err(p),
-    };
-
     let mut control_plane: Vec<ControlPlaneDeployment> = stores
         .deployments
         .state()
@@ -1141,7 +1107,7 @@ async fn observe(
     // In the order of their names, not the cache's: messages and restarts come the same way on
     // every look.
     control_plane.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut anchors_cache: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
+    let mut anchors_cache = AnchorTexts::default();
     let mut baked_templates = BTreeMap::new();
     let (cache, baked) = (&mut anchors_cache, &mut baked_templates);
     baked_anchors_of(&stores.deployments, config, cache, baked);
@@ -1234,6 +1200,44 @@ async fn observe(
             _ => {}
         }
     }
+    // The anchors proxies hold, read from their env: what the signer of the issuer, or an
+    // anchor the bundle lost mid-rotation, can be found among (see `Observed::held_anchors`).
+    let held_anchors = anchors_cache.certs();
+    let issuer = match issuer_cert {
+        Ok(cert) => {
+            let candidates: Vec<&Cert> = [
+                anchor.as_ref().ok(),
+                previous.as_ref().ok().and_then(|p| p.as_ref()),
+            ]
+            .into_iter()
+            .flatten()
+            .chain(
+                bundle
+                    .as_ref()
+                    .ok()
+                    .and_then(|b| b.as_ref())
+                    .into_iter()
+                    .flatten(),
+            )
+            .chain(&held_anchors)
+            .collect();
+            let child = certs::der(&cert.pem).unwrap_or_default();
+            let signed_by = certs::signer_of(&child, &candidates).map(|a| a.fingerprint.clone());
+            let (issuing, failure) = if read_issuing {
+                issuer_issuance(client, &n.issuer_certificate, cert.not_after).await
+            } else {
+                (false, None)
+            };
+            Ok(Issuer {
+                cert,
+                signed_by,
+                issuing,
+                failure,
+            })
+        }
+        Err(p) => Err(p),
+    };
+
     Ok(Observed {
         now: now.as_second(),
         anchor,
@@ -1248,6 +1252,7 @@ async fn observe(
         baked_templates,
         refused_restarts: refused_restarts.clone(),
         bundle_meta,
+        held_anchors,
     })
 }
 
@@ -1488,7 +1493,7 @@ fn markers_of<K: Restartable>(
 fn baked_anchors_of<K: Restartable>(
     store: &Store<K>,
     config: &ReconcilerConfig,
-    cache: &mut BTreeMap<String, Option<BTreeSet<String>>>,
+    cache: &mut AnchorTexts,
     into: &mut BTreeMap<Workload, Option<BTreeSet<String>>>,
 ) {
     for w in store.state() {
@@ -1505,25 +1510,35 @@ fn baked_anchors_of<K: Restartable>(
                 namespace: w.namespace().unwrap_or_default(),
                 name: w.name_any(),
             };
-            into.insert(workload, anchors_in(cache, text));
+            into.insert(workload, cache.fingerprints(text));
         }
     }
 }
 
-/// The fingerprints of the anchors in a proxy's literal trust-anchors env (`None` when they do
-/// not parse), parsed once per distinct text.
-fn anchors_in(
-    cache: &mut BTreeMap<String, Option<BTreeSet<String>>>,
-    text: String,
-) -> Option<BTreeSet<String>> {
-    cache
-        .entry(text)
-        .or_insert_with_key(|text| {
-            crate::bundle::Bundle::from_pem("proxy env", text)
-                .ok()
-                .map(|b| b.fingerprints().map(str::to_owned).collect())
-        })
-        .clone()
+/// The trust anchors in proxies' literal trust-anchors env, parsed once per distinct text in a
+/// look (`None` for a text that does not parse).
+#[derive(Default)]
+struct AnchorTexts(BTreeMap<String, Option<Vec<Cert>>>);
+
+impl AnchorTexts {
+    /// The fingerprints of the anchors in `text` (`None` when they do not parse).
+    fn fingerprints(&mut self, text: String) -> Option<BTreeSet<String>> {
+        let certs = self.0.entry(text).or_insert_with_key(|text| {
+            // Held to what a bundle may be, as the webhook holds it.
+            crate::bundle::Bundle::from_pem("proxy env", text).ok()?;
+            certs::parse_all("proxy env", TRUST_ANCHORS_ENV, text).ok()
+        });
+        let certs = certs.as_ref()?;
+        Some(certs.iter().map(|c| c.fingerprint.clone()).collect())
+    }
+
+    /// Every anchor read, each once.
+    fn certs(self) -> Vec<Cert> {
+        let mut seen = BTreeSet::new();
+        (self.0.into_values().flatten().flatten())
+            .filter(|c| seen.insert(c.fingerprint.clone()))
+            .collect()
+    }
 }
 
 fn phase(p: &Pod) -> Option<&str> {
@@ -1690,13 +1705,13 @@ fn is_identity_controller(labels: &BTreeMap<String, String>) -> bool {
 fn meshed_pod(
     config: &ReconcilerConfig,
     p: &Pod,
-    cache: &mut BTreeMap<String, Option<BTreeSet<String>>>,
+    cache: &mut AnchorTexts,
     wont_roll: &dyn Fn(&Workload, &Pod) -> Option<Unfixable>,
 ) -> MeshedPod {
     let spec = p.spec.as_ref();
     let proxy = spec.and_then(proxy_container).map(|(_, c)| c);
     let anchors_text = proxy.and_then(|c| env_value(c, TRUST_ANCHORS_ENV));
-    let anchors = anchors_text.and_then(|text| anchors_in(cache, text));
+    let anchors = anchors_text.and_then(|text| cache.fingerprints(text));
     let ready = p
         .status
         .as_ref()
@@ -2493,6 +2508,7 @@ mod tests {
             refused_restarts: BTreeSet::new(),
             bundle_meta: BundleMeta::default(),
             baked_templates: BTreeMap::new(),
+            held_anchors: Vec::new(),
         }
     }
 
@@ -2895,8 +2911,14 @@ mod tests {
             .collect();
         assert_eq!(
             baked,
-            BTreeMap::from([("injected", Some(fingerprint)), ("garbled", None)])
+            BTreeMap::from([("injected", Some(fingerprint.clone())), ("garbled", None)])
         );
+        // Where an anchor the bundle lost is found again: the one anchor, once.
+        let held: Vec<&str> = (observed.held_anchors.iter())
+            .map(|c| c.fingerprint.as_str())
+            .collect();
+        assert_eq!(held, Vec::from_iter(fingerprint.iter().map(String::as_str)));
+        assert!(observed.held_anchors[0].pem.contains("BEGIN CERTIFICATE"));
     }
 
     /// A rollout in progress is marked with a new pod of it (carrying the template's markers)

@@ -343,6 +343,7 @@ mod tests {
             draining: vec![],
             restart_markers: Default::default(),
             refused_restarts: Default::default(),
+            held_anchors: Vec::new(),
             bundle_meta: Default::default(),
             baked_templates: Default::default(),
         }

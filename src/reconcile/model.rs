@@ -273,6 +273,12 @@ pub struct Observed {
     /// those anchors (`None` when they do not parse). Read from the template, so a workload
     /// scaled to zero, whose next pods would start with them, is there too.
     pub baked_templates: BTreeMap<Workload, Option<BTreeSet<String>>>,
+    /// Every anchor that meshed pods' proxies (running, starting or draining) and `linkerd
+    /// inject`-ed pod templates carry in their literal trust-anchors env, each once. Not what
+    /// must be trusted, but where an anchor is found again by its fingerprint when no Secret
+    /// or bundle has it any more: the anchor a second renewal mid-rotation left in the bundle
+    /// alone, say, once the bundle's ConfigMap is deleted or written over.
+    pub held_anchors: Vec<Cert>,
 }
 
 impl Observed {
