@@ -1324,6 +1324,77 @@ async fn second_anchor_renewal_mid_rotation_still_ends_synced() {
     rig.assert_mesh_on(third.as_ref().unwrap(), 7).await;
 }
 
+/// A second anchor renewal after the issuer was renewed onto the first renewal's anchor, and
+/// the bundle ConfigMap deleted then: the anchor the issuer chains to is in no Secret any more,
+/// only in the proxies' env. The operator finds it there and writes the bundle back with all
+/// three anchors, and the rotation ends Synced on the newest one with zero failed handshakes.
+/// (Before, it parked, telling the user to renew the issuer onto the newest anchor, which no
+/// pod held yet; this test's user follows such advice.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_deleted_after_a_second_renewal_comes_back_with_the_anchor_the_issuer_chains_to() {
+    use trust_rotation_operator::bundle::Bundle;
+    let rig = Rig::start((2, 2, 1), spec("Automatic", "Manual"), &[]).await;
+    let names = rig.mesh.names();
+    let rotations = Api::<TrustAnchorRotation>::all(rig.client.clone());
+    let pause = |paused: bool| {
+        let rotations = rotations.clone();
+        async move {
+            rotations
+                .patch(
+                    "cluster",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"paused": paused}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let mut follow = Follow::new();
+    let second = rig.runbook().renew_anchor().await.unwrap();
+    // The rotation waits for the issuer's renewal (policy Manual): held there.
+    while follow.status(&rig).await.phase != Phase::WaitingForIdentityRotation {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pause(true).await;
+    let issuer = rig.runbook().renew_issuer().await.unwrap();
+    let third = rig.runbook().renew_anchor().await.unwrap();
+    Api::<ConfigMap>::namespaced(rig.client.clone(), "linkerd")
+        .delete(&names.bundle_configmap, &Default::default())
+        .await
+        .unwrap();
+    eprintln!(
+        "[{:5.1}s] issuer {} on anchor {}, anchor renewed again to {}, bundle ConfigMap deleted",
+        follow.secs(),
+        &issuer.fingerprint[..12],
+        &second.fingerprint[..12],
+        &third.fingerprint[..12]
+    );
+    pause(false).await;
+
+    let all_three: BTreeSet<String> = [&rig.first_anchor, &second, &third]
+        .iter()
+        .map(|c| c.fingerprint.clone())
+        .collect();
+    common::eventually(
+        "the bundle written back with all three anchors",
+        Duration::from_secs(30),
+        || async {
+            let pem = trust_rotation_operator::sim::linkerd::read_bundle(&rig.client, names)
+                .await
+                .unwrap()?;
+            let held: BTreeSet<String> = Bundle::from_pem("cm", &pem)
+                .ok()?
+                .fingerprints()
+                .map(str::to_owned)
+                .collect();
+            (held == all_three).then_some(())
+        },
+    )
+    .await;
+    let what = "second renewal, bundle deleted with the issuer on the first renewal's anchor";
+    follow.finish_clean(&rig, &third, 7, what).await;
+}
+
 /// A workload started while the control plane refreshes onto the expanded bundle: the injector
 /// already gives it that bundle, so propagation has no reason to restart it, but the rotation
 /// had not yet published its interval, so its proxies keep Linkerd's natural refresh (70 % of

@@ -174,10 +174,12 @@ pub fn decide(
 
     // The anchor the issuer chains to must stay trusted, whatever else happens.
     let signer = issuer.signed_by.clone();
+    // Proxies hold it too: the bundle may have lost it (see `kept` below).
     let signer_cert = [Some(&anchor), previous.as_ref()]
         .into_iter()
         .flatten()
         .chain(bundle.iter().flatten())
+        .chain(&observed.held_anchors)
         .find(|c| Some(&c.fingerprint) == signer.as_ref())
         .cloned();
 
@@ -215,6 +217,7 @@ pub fn decide(
             [&anchor, &signer_cert]
                 .into_iter()
                 .chain(bundle.iter().flatten())
+                .chain(&observed.held_anchors)
                 .find(|c| c.fingerprint == f)
         });
         let in_use = match bundle.as_deref() {
@@ -255,8 +258,31 @@ pub fn decide(
         );
         return d.finish(Requeue::Soon);
     };
+    let renewed = anchor.fingerprint != previous.fingerprint;
+    // While a renewal is under way, every anchor the bundle held at the last look stays
+    // trusted, found again by its fingerprint (the status's `sourceFingerprints`) where the
+    // bundle or the proxies have it. Not only the current, previous and signing anchors: after
+    // a second renewal mid-rotation the anchor of the first one may sign no issuer any more
+    // and be in no Secret, while leaves from the issuer it signed still live until they
+    // refresh. A deleted ConfigMap rebuilt without it, or an overwrite grown back without it,
+    // would give every pod started meanwhile a bundle that rejects those leaves.
+    let kept: Vec<Cert> = if renewed {
+        let recorded: BTreeSet<&str> = (status.source_fingerprints.iter())
+            .map(|s| s.fingerprint.as_str())
+            .collect();
+        let mut seen = BTreeSet::new();
+        (bundle.iter().flatten())
+            .chain(&observed.held_anchors)
+            .filter(|c| recorded.contains(c.fingerprint.as_str()))
+            .filter(|c| c.not_after > observed.now)
+            .filter(|c| seen.insert(c.fingerprint.as_str()))
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
     let Some(bundle) = bundle else {
-        let b = bundle_of([&anchor, &previous, &signer_cert]);
+        let b = bundle_of([&anchor, &previous, &signer_cert].into_iter().chain(&kept));
         // (None when the ConfigMap does not exist; it may exist without the key.)
         d.write_bundle(&b, observed.bundle_meta.version.clone());
         d.event(
@@ -281,7 +307,6 @@ pub fn decide(
         None => bundle_fp.clone(),
     };
     d.next.source_fingerprints = sources(names, &bundle, &anchor, &previous);
-    let renewed = anchor.fingerprint != previous.fingerprint;
     if renewed && status.phase == Phase::Synced {
         // A rotation starts: the last one's certificate count would read as this one's, done
         // before its issuer exists. Counted afresh once leaves are awaited.
@@ -390,6 +415,7 @@ pub fn decide(
     let mut must_trust: Vec<&Cert> = vec![&anchor, &signer_cert];
     if renewed {
         must_trust.push(&previous);
+        must_trust.extend(&kept);
     }
     let missing: BTreeSet<&str> = must_trust
         .iter()
@@ -413,8 +439,20 @@ pub fn decide(
     }
     let meta = &meta;
     if !missing.is_empty() || !meta.overwritten_by.is_empty() {
+        let written: Vec<Cert> = if renewed {
+            bundle
+                .iter()
+                .chain(must_trust.iter().copied())
+                .cloned()
+                .collect()
+        } else {
+            must_trust.iter().copied().cloned().collect()
+        };
+        // The status names what is written: should the write fail, the next look still keeps
+        // what the bundle lost (`kept`).
+        d.next.source_fingerprints = sources(names, &written, &anchor, &previous);
         let (grown, why) = if renewed {
-            let grown = bundle_of(bundle.iter().chain(must_trust.iter().copied()));
+            let grown = bundle_of(&written);
             let why = if !bundle_set.contains(&anchor.fingerprint) {
                 format!(
                     "trust anchor renewed ({} -> {}): expanding the trust bundle to {} anchors",
@@ -436,7 +474,7 @@ pub fn decide(
             };
             (grown, why)
         } else {
-            let restored = bundle_of(must_trust.iter().copied());
+            let restored = bundle_of(&written);
             let in_use: BTreeSet<&str> = must_trust.iter().map(|c| short(&c.fingerprint)).collect();
             let dropped: Vec<&str> = bundle
                 .iter()

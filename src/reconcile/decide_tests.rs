@@ -69,6 +69,19 @@ fn bundle_fp(ids: &[usize]) -> String {
     bundle_of(ids.iter().map(|&i| &anchors()[i])).fingerprint()
 }
 
+/// What the I/O layer reads from `pods`' env: each anchor they hold, once.
+fn held_anchors(pods: &[MeshedPod]) -> Vec<Cert> {
+    let held: BTreeSet<&String> = pods
+        .iter()
+        .flat_map(|p| p.anchors.iter().flatten())
+        .collect();
+    anchors()
+        .iter()
+        .filter(|c| held.contains(&c.fingerprint))
+        .cloned()
+        .collect()
+}
+
 fn pod(ns: &str, name: &str, holds: &[usize]) -> MeshedPod {
     MeshedPod {
         namespace: ns.to_owned(),
@@ -153,6 +166,7 @@ fn cp(restarted_for: Option<String>, complete: bool) -> Vec<ControlPlaneDeployme
 
 /// A world: anchor A, previous P, bundle B, issuer signed by `signer`, workload pods holding
 /// `holds`, the control plane restarted for `cp_for`.
+#[derive(Clone)]
 struct World {
     anchor: usize,
     previous: Option<usize>,
@@ -218,6 +232,7 @@ impl World {
             refused_restarts: BTreeSet::new(),
             bundle_meta: BundleMeta::default(),
             baked_templates: BTreeMap::new(),
+            held_anchors: self.holds.iter().map(|&i| a(i)).collect(),
         }
     }
 }
@@ -636,6 +651,107 @@ fn bootstrap_writes_a_missing_bundle_with_every_anchor_in_use() {
     let d = run(&manual(), Phase::Synced, &w.observed());
     assert_eq!(written_bundle(&d), Some(set(&[0, 1])));
     assert_eq!(d.status.phase, Phase::Synced);
+}
+
+/// A second renewal (anchor 2) after the issuer had moved onto the first renewal's anchor 1:
+/// once the issuer is renewed onto anchor 2, anchor 1 is in no Secret and signs no issuer, yet
+/// leaves from the issuer it signed live until they refresh, and the pods started meanwhile
+/// must trust it. A bundle ConfigMap deleted, or written over with the newest anchor alone,
+/// comes back with it, found by its fingerprint in the proxies' env; and outside a renewal
+/// nothing the status recorded comes back.
+#[test]
+fn a_bundle_lost_after_a_second_renewal_keeps_the_anchor_the_first_one_left_in_it() {
+    let intact = World {
+        anchor: 2,
+        previous: Some(0),
+        bundle: Some(vec![0, 1, 2]),
+        signer: 2,
+        holds: vec![0, 1, 2],
+        cp_for: Some(bundle_fp(&[0, 1, 2])),
+    };
+    let mut o = intact.observed();
+    for p in o.pods.iter_mut() {
+        p.leaf = Some(Leaf::FromOtherIssuer);
+    }
+    let last = run(&manual(), Phase::RenewingWorkloadCerts, &o);
+    assert_eq!(last.status.phase, Phase::RenewingWorkloadCerts);
+    assert_eq!(written_bundle(&last), None);
+
+    let deleted = World {
+        bundle: None,
+        ..intact.clone()
+    };
+    let d = decide(
+        &manual(),
+        &Names::default(),
+        &last.status,
+        &deleted.observed(),
+    );
+    assert_eq!(written_bundle(&d), Some(set(&[0, 1, 2])), "{:?}", d.effects);
+
+    let mut o = World {
+        bundle: Some(vec![2]),
+        ..intact.clone()
+    }
+    .observed();
+    o.bundle_meta.overwritten_by = vec!["argocd-controller".to_owned()];
+    let d = decide(&manual(), &Names::default(), &last.status, &o);
+    assert_eq!(written_bundle(&d), Some(set(&[0, 1, 2])), "{:?}", d.effects);
+    // What is written is what the status names, so a failed write still keeps anchor 1.
+    let named: BTreeSet<String> = (d.status.source_fingerprints.iter())
+        .map(|s| s.fingerprint.clone())
+        .collect();
+    assert_eq!(named, set(&[0, 1, 2]));
+    let again = decide(&manual(), &Names::default(), &d.status, &o);
+    assert_eq!(written_bundle(&again), Some(set(&[0, 1, 2])));
+
+    // Anchor 1 found nowhere (no pod holds it): nothing can bring it back, and the rest is
+    // written as before.
+    let mut o = deleted.observed();
+    o.held_anchors.retain(|c| c.fingerprint != fp(1));
+    let d = decide(&manual(), &Names::default(), &last.status, &o);
+    assert_eq!(written_bundle(&d), Some(set(&[0, 2])));
+
+    // Outside a renewal (the previous anchor is the current one), only the anchor in use.
+    let reduced = World {
+        anchor: 2,
+        previous: Some(2),
+        bundle: None,
+        signer: 2,
+        holds: vec![0, 1, 2],
+        cp_for: Some(bundle_fp(&[0, 1, 2])),
+    };
+    let d = decide(
+        &manual(),
+        &Names::default(),
+        &last.status,
+        &reduced.observed(),
+    );
+    assert_eq!(written_bundle(&d), Some(set(&[2])));
+}
+
+/// The same second renewal before the issuer moved on: it is still signed by anchor 1, which
+/// only the bundle and the proxies hold. With the ConfigMap deleted the issuer's anchor is
+/// found in the proxies' env and the bundle rebuilt with it, rather than the rotation parked
+/// with advice to renew the issuer onto an anchor the pods do not hold yet.
+#[test]
+fn an_issuer_signed_by_an_anchor_only_the_proxies_hold_keeps_it_trusted() {
+    let w = World {
+        anchor: 2,
+        previous: Some(0),
+        bundle: None,
+        signer: 1,
+        holds: vec![0, 1],
+        cp_for: Some(bundle_fp(&[0, 1])),
+    };
+    let d = run(&manual(), Phase::PropagatingTrustRoots, &w.observed());
+    assert_eq!(
+        written_bundle(&d),
+        Some(set(&[0, 1, 2])),
+        "{}",
+        blocking(&d)
+    );
+    assert!(!blocking(&d).contains("cmctl renew"), "{}", blocking(&d));
 }
 
 #[test]
@@ -3229,6 +3345,7 @@ mod properties {
                 cert: self.issuer_cert(),
                 ..issuer(self.issuer.1)
             };
+            let held_anchors = held_anchors(&pods);
             Observed {
                 now: NOW + self.clock,
                 anchor: Ok(a(self.anchor)),
@@ -3254,6 +3371,7 @@ mod properties {
                     key_holders: Vec::new(),
                 },
                 baked_templates: BTreeMap::new(),
+                held_anchors,
             }
         }
 
@@ -3308,7 +3426,13 @@ mod properties {
                             .map(str::to_owned)
                             .collect();
                         prop_assert!(written.contains(&fp(self.anchor)), "B always contains A");
-                        for used in in_use.iter().filter(|u| self.bundle.contains(*u)) {
+                        // An anchor in use that a write of someone else's took out of the
+                        // bundle is found again in the proxies' env, where one holds it.
+                        let held = |u: &String| self.pods.iter().any(|(h, _, _)| h.contains(u));
+                        for used in in_use
+                            .iter()
+                            .filter(|u| self.bundle.contains(*u) || held(u))
+                        {
                             prop_assert!(
                                 written.contains(used),
                                 "no anchor leaves B while the issuer or a live leaf chains to it"
@@ -3330,16 +3454,19 @@ mod properties {
                         self.previous = Some(index_of(fingerprint));
                     }
                     Effect::RestartControlPlane { marker, .. } => {
-                        // The anchors it can tell are in use: the current one, the issuer's,
-                        // and the previous one until the bundle is reduced. (Not every live
-                        // leaf's: those are probed only while certificates are renewed, and an
-                        // anchor that a foreign write dropped, after the Secrets moved on from
-                        // it, is no longer held anywhere the operator could restore it from.)
+                        // The anchors in use: the current one, the issuer's, the previous one
+                        // until the bundle is reduced, and every live leaf's that a proxy
+                        // holds (one that a foreign write dropped, after the Secrets moved on
+                        // from it and no proxy holds it any more, is in nothing the operator
+                        // could restore it from).
+                        let renewing = self.previous.filter(|&p| p != self.anchor);
+                        let held = |u: &String| self.pods.iter().any(|(h, _, _)| h.contains(u));
                         let known: BTreeSet<String> = [Some(self.anchor), Some(self.issuer.1)]
                             .into_iter()
-                            .chain([self.previous.filter(|&p| p != self.anchor)])
+                            .chain([renewing])
                             .flatten()
                             .map(fp)
+                            .chain(in_use.iter().filter(|u| held(u)).cloned())
                             .collect();
                         prop_assert!(
                             self.bundle.is_superset(&known),
