@@ -209,8 +209,9 @@ pub enum ReconcileError {
         done: Vec<String>,
         failed: Box<ReconcileError>,
     },
-    /// A write the API server refused, not tried again yet (see [`Retries`]): the refusal as it
-    /// was said.
+    /// A write the API server refused, not tried again yet (see [`Retries`]), or not in this
+    /// look for want of room (a refused restart beyond `maxConcurrentWorkloads`): the refusal as
+    /// it was said.
     #[error("{0}")]
     NotYetRetried(String),
 }
@@ -1934,16 +1935,25 @@ async fn execute(
         Effect::RestartWorkloads {
             workloads,
             restart_for,
+            retry,
+            retry_room,
         } => {
             let marker = match restart_for {
                 RestartFor::Bundle(marker) => (RESTART_ANNOTATION, marker.as_str()),
                 RestartFor::Issuer(fingerprint) => (LEAF_RESTART_ANNOTATION, fingerprint.as_str()),
             };
+            let key = |w: &Workload| format!("restarting {w} {}={}", marker.0, marker.1);
+            let now = tokio::time::Instant::now().into_std();
+            let sent = retried_now(retry, *retry_room, retries, key, now);
             // Each one is tried: one workload that cannot be restarted holds up no other.
             let (mut done, mut failed) = (Vec::new(), Vec::new());
-            for w in workloads {
-                let key = format!("restarting {w} {}={}", marker.0, marker.1);
-                match attempt(retries, key, restart(client, w, marker)).await {
+            for w in workloads.iter().chain(retry) {
+                if retry.contains(w) && !sent.contains(w) {
+                    let last = retries.last(&key(w)).map(str::to_owned);
+                    failed.extend(last.map(ReconcileError::NotYetRetried));
+                    continue;
+                }
+                match attempt(retries, key(w), restart(client, w, marker)).await {
                     Ok(()) => {
                         refused_restarts.remove(w);
                         done.push(w.to_string());
@@ -2002,6 +2012,25 @@ where
 /// refusal is the result, and the API server is not asked. Only a refusal waits (see
 /// [`ReconcileError::refused`]): a write that timed out or met an API server in trouble is
 /// tried again at the next look, as a bundle restore must be.
+/// Which of the restarts refused before (`retry`, in the step's order) are sent again now:
+/// those whose wait is over, in the `room` the step leaves, the longest waiting first, so that
+/// none waits for good behind others refused for good. (The others are reported with their last
+/// refusal.)
+fn retried_now<'a>(
+    retry: &'a [Workload],
+    room: usize,
+    retries: &Retries,
+    key: impl Fn(&Workload) -> String,
+    now: std::time::Instant,
+) -> BTreeSet<&'a Workload> {
+    let mut due: Vec<&Workload> = (retry.iter())
+        .filter(|w| retries.deferred(&key(w), now).is_none())
+        .collect();
+    // (A failure that was not a refusal has no wait on record: it goes first.)
+    due.sort_by_key(|w| retries.retry_at(&key(w)));
+    due.into_iter().take(room).collect()
+}
+
 async fn attempt<T>(
     retries: &mut Retries,
     key: String,
@@ -2632,6 +2661,58 @@ mod tests {
                 "a server error does not wait"
             );
         }
+    }
+
+    /// Restarts refused before are sent again only in the room the step leaves, those whose
+    /// wait is over, the longest waiting first: one refused for good at the head of the list
+    /// does not keep the others from their retry.
+    #[test]
+    fn refused_restarts_are_retried_in_the_room_left_the_longest_waiting_first() {
+        let w = |i: usize| Workload {
+            kind: "Deployment".to_owned(),
+            namespace: "app".to_owned(),
+            name: format!("w{i}"),
+        };
+        let retry: Vec<Workload> = (0..4).map(w).collect();
+        let key = |w: &Workload| format!("restarting {w}");
+        let mut retries = Retries::default();
+        let t0 = std::time::Instant::now();
+        let second = Duration::from_secs(1);
+        // w0 and w1 refused twice (their wait 4 s), w2 once at t0 (2 s), w3 once a second later.
+        for _ in 0..2 {
+            retries.failed(&key(&w(0)), "forbidden w0".to_owned(), t0 + second);
+            retries.failed(&key(&w(1)), "forbidden w1".to_owned(), t0 + second);
+        }
+        retries.failed(&key(&w(2)), "forbidden w2".to_owned(), t0);
+        retries.failed(&key(&w(3)), "forbidden w3".to_owned(), t0 + second);
+        let names = |sent: BTreeSet<&Workload>| -> Vec<String> {
+            sent.into_iter().map(|w| w.name.clone()).collect()
+        };
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        assert_eq!(
+            names(retried_now(&retry, 2, &retries, key, at(1))),
+            [] as [String; 0]
+        );
+        assert_eq!(names(retried_now(&retry, 2, &retries, key, at(2))), ["w2"]);
+        assert_eq!(
+            names(retried_now(&retry, 2, &retries, key, at(3))),
+            ["w2", "w3"]
+        );
+        assert_eq!(names(retried_now(&retry, 1, &retries, key, at(3))), ["w2"]);
+        assert_eq!(
+            names(retried_now(&retry, 0, &retries, key, at(9))),
+            [] as [String; 0]
+        );
+        // All due: the longest waiting first, whatever their place in the list.
+        assert_eq!(
+            names(retried_now(&retry, 2, &retries, key, at(9))),
+            ["w2", "w3"]
+        );
+        assert_eq!(names(retried_now(&retry, 3, &retries, key, at(9))).len(), 3);
+        // One with no refusal on record (a timeout, say) goes first.
+        let mut fresh = retry.clone();
+        fresh.push(w(4));
+        assert_eq!(names(retried_now(&fresh, 1, &retries, key, at(9))), ["w4"]);
     }
 
     /// A pod seen with a leaf from the current issuer is not probed again while the issuer stays

@@ -1597,21 +1597,20 @@ impl<'a> Step<'a> {
                 // take down a ready pod first. It is named, so a stall has a cause to read.
                 let (held, ready): (Vec<&Workload>, Vec<&Workload>) =
                     candidates.iter().partition(|w| not_ready.contains(*w));
-                // A refused restart started no rollout: it is tried again, but in no slot of
-                // the others' (and no more of them at once than the pace allows).
+                // A refused restart started no rollout: it takes no slot from the others, and
+                // is tried again in the slots they leave (one that goes through then starts a
+                // rollout, like any other). All of them are in the step, so that its refusals
+                // are reported on every look, sent or not.
                 let (refused, fresh): (Vec<&Workload>, Vec<&Workload>) = ready
                     .iter()
                     .partition(|w| observed.refused_restarts.contains(**w));
-                let next: Vec<Workload> = fresh
-                    .iter()
-                    .take(room)
-                    .chain(refused.iter().take(policies.max_concurrent_workloads))
-                    .map(|w| (*w).clone())
-                    .collect();
+                let next: Vec<Workload> = fresh.iter().take(room).map(|w| (*w).clone()).collect();
+                let retry_room = room - next.len();
+                let retry: Vec<Workload> = refused.iter().map(|w| (*w).clone()).collect();
                 message.push_str(&format!(
                     "; restarting {} workload(s) at a time ({busy} in progress, {} waiting)",
                     policies.max_concurrent_workloads,
-                    candidates.len() - next.len()
+                    candidates.len() - next.len() - retry.len()
                 ));
                 // Rollouts that take the slots are named, so a slow one has a name to look up;
                 // one its workload says will not finish is named with why.
@@ -1645,8 +1644,9 @@ impl<'a> Step<'a> {
                         list.join(", ")
                     ));
                 }
-                if !next.is_empty() {
-                    let list: Vec<String> = next.iter().map(|w| w.to_string()).collect();
+                if !next.is_empty() || !retry.is_empty() {
+                    let list: Vec<String> =
+                        next.iter().chain(&retry).map(|w| w.to_string()).collect();
                     self.event(
                         false,
                         "RestartingWorkloads",
@@ -1655,6 +1655,8 @@ impl<'a> Step<'a> {
                     self.effects.push(Effect::RestartWorkloads {
                         workloads: next,
                         restart_for,
+                        retry,
+                        retry_room,
                     });
                 }
             }

@@ -1320,6 +1320,7 @@ fn a_restored_bundle_restarts_what_started_on_the_foreign_one() {
         Effect::RestartWorkloads {
             workloads,
             restart_for,
+            ..
         } => Some((workloads.clone(), restart_for.clone())),
         _ => None,
     });
@@ -1691,6 +1692,7 @@ fn automatic_propagation_restarts_paced_and_skips_unready_and_busy_workloads() {
         Effect::RestartWorkloads {
             workloads,
             restart_for,
+            ..
         } => {
             assert_eq!(*restart_for, RestartFor::Bundle(bundle_fp(&[0, 1])));
             Some(workloads.iter().map(|w| w.name.clone()).collect::<Vec<_>>())
@@ -1805,11 +1807,13 @@ fn a_rollout_with_a_new_pod_not_starting_names_it() {
 }
 
 /// Restarts the API server refused (RBAC bound in some namespaces only, a policy webhook)
-/// started no rollout: they are decided again on every look, but the workloads after them in the
-/// list still get the slots. (They once took every slot, for good, when there were as many of
-/// them as `maxConcurrentWorkloads`.)
+/// started no rollout: they are decided again on every look (their refusals reported), but the
+/// workloads after them in the list get the slots first (they once took every slot, for good,
+/// when there were as many of them as `maxConcurrentWorkloads`), and they are sent again only in
+/// the slots left (one that goes through starts a rollout: they once went through
+/// `maxConcurrentWorkloads` at a time on every look once allowed, whatever was rolling).
 #[test]
-fn refused_restarts_take_no_slot_from_the_others() {
+fn refused_restarts_take_no_slot_from_the_others_and_only_free_ones_themselves() {
     let mut o = propagating().observed();
     let w = |i: usize| Workload {
         kind: "Deployment".to_owned(),
@@ -1821,22 +1825,47 @@ fn refused_restarts_take_no_slot_from_the_others() {
     }
     let restarted = |d: &Decision| {
         d.effects.iter().find_map(|e| match e {
-            Effect::RestartWorkloads { workloads, .. } => Some(workloads.clone()),
+            Effect::RestartWorkloads {
+                workloads,
+                retry,
+                retry_room,
+                ..
+            } => Some((workloads.clone(), retry.clone(), *retry_room)),
             _ => None,
         })
     };
     // Two at a time: the first two in the list.
     let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
-    assert_eq!(restarted(&d), Some(vec![w(0), w(1)]));
-    // Those two refused: tried again, and the next two get the slots.
+    assert_eq!(restarted(&d), Some((vec![w(0), w(1)], vec![], 0)));
+    // Those two refused: the next two get the slots; the refused ones are in the step, with no
+    // room to be sent in.
     o.refused_restarts = BTreeSet::from([w(0), w(1)]);
     let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
-    assert_eq!(restarted(&d), Some(vec![w(2), w(3), w(0), w(1)]));
-    // The slots taken by rollouts in progress: only the refused ones are tried again.
+    assert_eq!(restarted(&d), Some((vec![w(2), w(3)], vec![w(0), w(1)], 0)));
+    assert!(
+        blocking(&d).contains("(0 in progress, 0 waiting)"),
+        "{}",
+        blocking(&d)
+    );
+    // The slots taken by rollouts in progress: still no room.
     rolling(&mut o, w(2), RestartFor::Bundle(bundle_fp(&[0, 1])));
     rolling(&mut o, w(3), RestartFor::Bundle(bundle_fp(&[0, 1])));
     let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
-    assert_eq!(restarted(&d), Some(vec![w(0), w(1)]));
+    assert_eq!(restarted(&d), Some((vec![], vec![w(0), w(1)], 0)));
+    // One rollout done: one slot for them.
+    o.restart_markers.remove(&w(3));
+    o.restart_markers.insert(
+        w(3),
+        RestartMarkers {
+            bundle: Some(bundle_fp(&[0, 1])),
+            issuer: None,
+            rollout_complete: true,
+            stalled: None,
+            not_starting: None,
+        },
+    );
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
+    assert_eq!(restarted(&d), Some((vec![], vec![w(0), w(1)], 1)));
 }
 
 #[test]
@@ -2439,6 +2468,7 @@ fn proxies_that_would_refresh_too_late_are_restarted_for_a_leaf() {
             Effect::RestartWorkloads {
                 workloads,
                 restart_for,
+                ..
             } => Some((
                 restart_for,
                 workloads.iter().map(|w| w.to_string()).collect(),
@@ -2515,7 +2545,7 @@ fn leaf_restarts_cover_pods_without_the_bundle_and_are_asked_for_once() {
     let d = run(&automatic(), Phase::RenewingWorkloadCerts, &o);
     assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts, "no reduction");
     assert!(
-        matches!(&writes(&d)[..], [Effect::RestartWorkloads { workloads, restart_for: RestartFor::Issuer(fp) }]
+        matches!(&writes(&d)[..], [Effect::RestartWorkloads { workloads, restart_for: RestartFor::Issuer(fp), .. }]
             if *fp == issuer_fp && workloads.len() == 1 && workloads[0].namespace == "app-1"),
         "{:?}",
         d.effects
@@ -2571,7 +2601,7 @@ fn leaf_restarts_cover_pods_without_the_bundle_and_are_asked_for_once() {
     );
     let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
     assert!(
-        matches!(&writes(&d)[..], [Effect::RestartWorkloads { workloads, restart_for: RestartFor::Bundle(_) }] if workloads.len() == 2),
+        matches!(&writes(&d)[..], [Effect::RestartWorkloads { workloads, restart_for: RestartFor::Bundle(_), .. }] if workloads.len() == 2),
         "{:?}",
         d.effects
     );

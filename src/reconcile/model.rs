@@ -262,9 +262,10 @@ pub struct Observed {
     pub restart_markers: BTreeMap<Workload, RestartMarkers>,
     /// Workloads whose last restart by this replica failed (refused, or unanswered), kept until
     /// one succeeds: not seen in the cluster but remembered by the reconciler. They are decided
-    /// again on every look (the I/O layer sends a refused one again only once its wait is
-    /// over), but outside `maxConcurrentWorkloads`: a refused restart starts no rollout, so
-    /// those at the head of the list would otherwise take every slot, for good.
+    /// again on every look, after the others: a refused restart starts no rollout, so those at
+    /// the head of the list would otherwise take every slot, for good. The I/O layer sends one
+    /// again only once its wait is over, and only in the slots the others leave (see
+    /// [`Effect::RestartWorkloads`]).
     pub refused_restarts: BTreeSet<Workload>,
     /// The bundle ConfigMap's version, and the restore it was last written for.
     pub bundle_meta: BundleMeta,
@@ -458,6 +459,13 @@ pub enum Effect {
     RestartWorkloads {
         workloads: Vec<Workload>,
         restart_for: RestartFor,
+        /// Restarts refused before ([`Observed::refused_restarts`]), tried again: at most
+        /// `retry_room` of them are sent (those whose wait for a retry is over, the longest
+        /// waiting first), for a refused restart that goes through starts a rollout like any
+        /// other; each of the others is reported with its last refusal, so the step's
+        /// blockingMessage stays the same from look to look.
+        retry: Vec<Workload>,
+        retry_room: usize,
     },
     /// Set `Issuing=True` on the issuer Certificate, as `cmctl renew` does.
     RenewIssuer,
