@@ -580,6 +580,18 @@ fn automatic_spec(max_concurrent: u32) -> serde_json::Value {
     spec
 }
 
+/// Sets the `cluster` rotation's `spec.paused`.
+async fn set_paused(client: &kube::Client, paused: bool) {
+    Api::<TrustAnchorRotation>::all(client.clone())
+        .patch(
+            "cluster",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"paused": paused}})),
+        )
+        .await
+        .unwrap();
+}
+
 fn is_done(status: &TrustAnchorRotationStatus, anchor: &Cert) -> bool {
     status.phase == Phase::Synced
         && status.previous_anchor_fingerprint.as_deref() == Some(anchor.fingerprint.as_str())
@@ -1335,20 +1347,7 @@ async fn a_bundle_deleted_after_a_second_renewal_comes_back_with_the_anchor_the_
     use trust_rotation_operator::bundle::Bundle;
     let rig = Rig::start((2, 2, 1), spec("Automatic", "Manual"), &[]).await;
     let names = rig.mesh.names();
-    let rotations = Api::<TrustAnchorRotation>::all(rig.client.clone());
-    let pause = |paused: bool| {
-        let rotations = rotations.clone();
-        async move {
-            rotations
-                .patch(
-                    "cluster",
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"spec": {"paused": paused}})),
-                )
-                .await
-                .unwrap();
-        }
-    };
+    let pause = |paused: bool| set_paused(&rig.client, paused);
     let mut follow = Follow::new();
     let second = rig.runbook().renew_anchor().await.unwrap();
     // The rotation waits for the issuer's renewal (policy Manual): held there.
@@ -1410,20 +1409,7 @@ async fn a_workload_started_before_the_interval_was_published_is_restarted_for_i
         ..SimConfig::default()
     };
     let rig = Rig::start_with(sim.into(), (1, 1, 2), spec("Automatic", "Automatic"), &[]).await;
-    let rotations = Api::<TrustAnchorRotation>::all(rig.client.clone());
-    let pause = |paused: bool| {
-        let rotations = rotations.clone();
-        async move {
-            rotations
-                .patch(
-                    "cluster",
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"spec": {"paused": paused}})),
-                )
-                .await
-                .unwrap();
-        }
-    };
+    let pause = |paused: bool| set_paused(&rig.client, paused);
     let mut follow = Follow::new();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
     // Hold the rotation in the expanding control-plane refresh.

@@ -209,9 +209,9 @@ pub enum ReconcileError {
         done: Vec<String>,
         failed: Box<ReconcileError>,
     },
-    /// A write the API server refused, not tried again yet (see [`Retries`]), or not in this
-    /// look for want of room (a refused restart beyond `maxConcurrentWorkloads`): the refusal as
-    /// it was said.
+    /// A write the API server refused, not tried again yet (see [`Retries`]), or a failed
+    /// restart not tried in this look for want of a free restart slot: the failure as it was
+    /// said.
     #[error("{0}")]
     NotYetRetried(String),
 }
@@ -225,8 +225,8 @@ impl ReconcileError {
             if matches!(status.code, 400 | 401 | 403 | 405 | 422))
     }
 
-    /// Whether no write of this look was sent: every failure in it is a refusal still waiting
-    /// out its [`Retries`] wait.
+    /// Whether no write of this look was sent: every failure in it is one not tried again yet
+    /// (a refusal waiting out its [`Retries`] wait, a failed restart waiting for a slot).
     fn only_not_yet_retried(&self) -> bool {
         match self {
             ReconcileError::NotYetRetried(_) => true,
@@ -994,7 +994,7 @@ async fn observe(
     client: &Client,
     config: &ReconcilerConfig,
     stores: &Stores,
-    refused_restarts: &BTreeSet<Workload>,
+    refused_restarts: &BTreeMap<Workload, String>,
     read_issuing: bool,
 ) -> Result<Observed, ReconcileError> {
     let n = &config.names;
@@ -1251,7 +1251,7 @@ async fn observe(
         draining,
         restart_markers,
         baked_templates,
-        refused_restarts: refused_restarts.clone(),
+        refused_restarts: refused_restarts.keys().cloned().collect(),
         bundle_meta,
         held_anchors,
     })
@@ -1870,7 +1870,7 @@ async fn execute(
     recorder: &EventWriter,
     reference: &ObjectReference,
     effect: &Effect,
-    (refused_restarts, retries): (&mut BTreeSet<Workload>, &mut Retries),
+    (refused_restarts, retries): (&mut BTreeMap<Workload, String>, &mut Retries),
 ) -> Result<Option<String>, ReconcileError> {
     // The resourceVersion an object the reconciler also watches has after the write.
     let mut written = None;
@@ -1949,8 +1949,12 @@ async fn execute(
             let (mut done, mut failed) = (Vec::new(), Vec::new());
             for w in workloads.iter().chain(retry) {
                 if retry.contains(w) && !sent.contains(w) {
-                    let last = retries.last(&key(w)).map(str::to_owned);
-                    failed.extend(last.map(ReconcileError::NotYetRetried));
+                    // Its last failure, as it was said (a refusal, or a timeout, which has no
+                    // wait on record), so that the step's message stays the same.
+                    let last = (retries.last(&key(w)))
+                        .or_else(|| refused_restarts.get(w).map(String::as_str))
+                        .unwrap_or("failed before; tried again when a slot is free");
+                    failed.push(ReconcileError::NotYetRetried(last.to_owned()));
                     continue;
                 }
                 match attempt(retries, key(w), restart(client, w, marker)).await {
@@ -1959,7 +1963,7 @@ async fn execute(
                         done.push(w.to_string());
                     }
                     Err(e) => {
-                        refused_restarts.insert(w.clone());
+                        refused_restarts.insert(w.clone(), e.to_string());
                         failed.push(e);
                     }
                 }
@@ -2007,15 +2011,10 @@ where
     Ok(attempt(retries, key, write).await?.resource_version())
 }
 
-/// Makes `write` (described by `key`: the object and what is written to it) unless an earlier
-/// refusal of the same write is still waiting out its [`Retries`] wait, in which case that
-/// refusal is the result, and the API server is not asked. Only a refusal waits (see
-/// [`ReconcileError::refused`]): a write that timed out or met an API server in trouble is
-/// tried again at the next look, as a bundle restore must be.
 /// Which of the restarts refused before (`retry`, in the step's order) are sent again now:
 /// those whose wait is over, in the `room` the step leaves, the longest waiting first, so that
 /// none waits for good behind others refused for good. (The others are reported with their last
-/// refusal.)
+/// failure.)
 fn retried_now<'a>(
     retry: &'a [Workload],
     room: usize,
@@ -2031,6 +2030,11 @@ fn retried_now<'a>(
     due.into_iter().take(room).collect()
 }
 
+/// Makes `write` (described by `key`: the object and what is written to it) unless an earlier
+/// refusal of the same write is still waiting out its [`Retries`] wait, in which case that
+/// refusal is the result, and the API server is not asked. Only a refusal waits (see
+/// [`ReconcileError::refused`]): a write that timed out or met an API server in trouble is
+/// tried again at the next look, as a bundle restore must be.
 async fn attempt<T>(
     retries: &mut Retries,
     key: String,
@@ -2122,10 +2126,10 @@ impl OwnWrite {
 struct Memory {
     own_writes: OwnWrites,
     /// Workloads whose last restart by this replica failed (refused by RBAC or a policy
-    /// webhook, or unanswered), kept until one succeeds: tried again at the next look, or once
-    /// its wait is over when it was refused (`retries`), taking no restart slot from the others
-    /// (see [`Observed::refused_restarts`]).
-    refused_restarts: BTreeSet<Workload>,
+    /// webhook, or unanswered), with that failure, kept until one succeeds: tried again at the
+    /// next look, or once its wait is over when it was refused (`retries`), in the restart
+    /// slots the others leave (see [`Observed::refused_restarts`]).
+    refused_restarts: BTreeMap<Workload, String>,
     /// Each refused write's wait before it is tried again.
     retries: Retries,
     /// The rotation was missing at the last look, and the log has said so.
@@ -2868,7 +2872,7 @@ mod tests {
             &client,
             &ReconcilerConfig::default(),
             stores,
-            &BTreeSet::new(),
+            &BTreeMap::new(),
             false,
         )
         .await
@@ -3855,7 +3859,7 @@ mod tests {
                     recorder,
                     reference,
                     &effect,
-                    (&mut BTreeSet::new(), &mut Retries::default()),
+                    (&mut BTreeMap::new(), &mut Retries::default()),
                 )
                 .await
                 .unwrap();

@@ -172,14 +172,33 @@ pub fn decide(
         Err(problem) => return d.park(&problem),
     };
 
+    // While a renewal is under way (the previous anchor, or the status's record of it when its
+    // Secret is gone, is not the current one), an anchor the bundle held at the last look (the
+    // status's `sourceFingerprints`) is found again in the proxies' env if the bundle lost it.
+    // After a second renewal mid-rotation the first one's anchor is in no Secret, and may
+    // still sign the issuer, or have signed leaves that live until they refresh. Never outside
+    // a renewal, nor for any other anchor a proxy holds: a retired one (in a template `linkerd
+    // inject` baked) must not come back because an old issuer signed by it was restored.
+    let renewing = match &previous {
+        Some(p) => p.fingerprint != anchor.fingerprint,
+        None => {
+            (status.previous_anchor_fingerprint.as_ref()).is_some_and(|f| *f != anchor.fingerprint)
+        }
+    };
+    let recorded: BTreeSet<&str> = (status.source_fingerprints.iter())
+        .map(|s| s.fingerprint.as_str())
+        .collect();
+    let held: Vec<&Cert> = (observed.held_anchors.iter())
+        .filter(|c| renewing && recorded.contains(c.fingerprint.as_str()))
+        .collect();
+
     // The anchor the issuer chains to must stay trusted, whatever else happens.
     let signer = issuer.signed_by.clone();
-    // Proxies hold it too: the bundle may have lost it (see `kept` below).
     let signer_cert = [Some(&anchor), previous.as_ref()]
         .into_iter()
         .flatten()
         .chain(bundle.iter().flatten())
-        .chain(&observed.held_anchors)
+        .chain(held.iter().copied())
         .find(|c| Some(&c.fingerprint) == signer.as_ref())
         .cloned();
 
@@ -189,7 +208,7 @@ pub fn decide(
     let Some(signer_cert) = signer_cert else {
         let (ns, name) = &names.issuer_certificate;
         return d.park(&format!(
-            "Certificate {ns}/{name}: the identity issuer {} is signed by none of the known anchors (current, previous, bundle); renew it onto the current anchor: cmctl renew -n {ns} {name}",
+            "Certificate {ns}/{name}: the identity issuer {} is signed by none of the known anchors (current, previous, bundle, and during a rotation those the bundle held that proxies still hold); renew it onto the current anchor: cmctl renew -n {ns} {name}",
             short(&issuer.cert.fingerprint)
         ));
     };
@@ -217,7 +236,7 @@ pub fn decide(
             [&anchor, &signer_cert]
                 .into_iter()
                 .chain(bundle.iter().flatten())
-                .chain(&observed.held_anchors)
+                .chain(held.iter().copied())
                 .find(|c| c.fingerprint == f)
         });
         let in_use = match bundle.as_deref() {
@@ -260,19 +279,16 @@ pub fn decide(
     };
     let renewed = anchor.fingerprint != previous.fingerprint;
     // While a renewal is under way, every anchor the bundle held at the last look stays
-    // trusted, found again by its fingerprint (the status's `sourceFingerprints`) where the
-    // bundle or the proxies have it. Not only the current, previous and signing anchors: after
-    // a second renewal mid-rotation the anchor of the first one may sign no issuer any more
-    // and be in no Secret, while leaves from the issuer it signed still live until they
-    // refresh. A deleted ConfigMap rebuilt without it, or an overwrite grown back without it,
-    // would give every pod started meanwhile a bundle that rejects those leaves.
+    // trusted, where the bundle or the proxies still have it (see `held`). Not only the
+    // current, previous and signing anchors: after a second renewal mid-rotation the anchor of
+    // the first one may sign no issuer any more and be in no Secret, while leaves from the
+    // issuer it signed still live until they refresh. A deleted ConfigMap rebuilt without it,
+    // or an overwrite grown back without it, would give every pod started meanwhile a bundle
+    // that rejects those leaves.
     let kept: Vec<Cert> = if renewed {
-        let recorded: BTreeSet<&str> = (status.source_fingerprints.iter())
-            .map(|s| s.fingerprint.as_str())
-            .collect();
         let mut seen = BTreeSet::new();
         (bundle.iter().flatten())
-            .chain(&observed.held_anchors)
+            .chain(held.iter().copied())
             .filter(|c| recorded.contains(c.fingerprint.as_str()))
             .filter(|c| c.not_after > observed.now)
             .filter(|c| seen.insert(c.fingerprint.as_str()))
@@ -448,8 +464,8 @@ pub fn decide(
         } else {
             must_trust.iter().copied().cloned().collect()
         };
-        // The status names what is written: should the write fail, the next look still keeps
-        // what the bundle lost (`kept`).
+        // The status names what is written, not what was found: another write over the bundle
+        // before the next look still finds what this one lost recorded (`kept`).
         d.next.source_fingerprints = sources(names, &written, &anchor, &previous);
         let (grown, why) = if renewed {
             let grown = bundle_of(&written);
@@ -987,6 +1003,10 @@ pub fn decide(
             }
             let reduced = bundle_of([&anchor]);
             d.write_bundle(&reduced, observed.bundle_meta.version.clone());
+            // The old anchors are no longer recorded: a renewal right after this one (whose
+            // next look might write no status: a failed step, a pause) keeps none of them.
+            d.next.source_fingerprints =
+                sources(names, std::slice::from_ref(&anchor), &anchor, &anchor);
             d.transition(
                 Phase::RefreshingControlPlane,
                 &format!(

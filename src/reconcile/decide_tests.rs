@@ -731,20 +731,35 @@ fn a_bundle_lost_after_a_second_renewal_keeps_the_anchor_the_first_one_left_in_i
 }
 
 /// The same second renewal before the issuer moved on: it is still signed by anchor 1, which
-/// only the bundle and the proxies hold. With the ConfigMap deleted the issuer's anchor is
-/// found in the proxies' env and the bundle rebuilt with it, rather than the rotation parked
-/// with advice to renew the issuer onto an anchor the pods do not hold yet.
+/// only the bundle and the proxies hold. With the ConfigMap deleted the issuer's anchor, which
+/// the bundle held at the last look, is found in the proxies' env and the bundle rebuilt with
+/// it, rather than the rotation parked with advice to renew the issuer onto an anchor the pods
+/// do not hold yet. An anchor only the proxies hold is taken on no other terms: not one the
+/// status did not record in the bundle, and not outside a renewal (an old issuer, signed by an
+/// anchor retired long ago that a `linkerd inject`-ed template still carries, restored from a
+/// backup, must not bring that anchor back and have the control plane restarted onto it).
 #[test]
-fn an_issuer_signed_by_an_anchor_only_the_proxies_hold_keeps_it_trusted() {
-    let w = World {
-        anchor: 2,
+fn an_issuer_signed_by_an_anchor_only_the_proxies_hold_keeps_it_trusted_during_a_renewal() {
+    // The last look: anchor 1 propagated, the issuer on it, waiting for the workloads' leaves.
+    let before = World {
+        anchor: 1,
         previous: Some(0),
-        bundle: None,
+        bundle: Some(vec![0, 1]),
         signer: 1,
         holds: vec![0, 1],
         cp_for: Some(bundle_fp(&[0, 1])),
     };
-    let d = run(&manual(), Phase::PropagatingTrustRoots, &w.observed());
+    let mut o = before.observed();
+    every_leaf(&mut o, Leaf::FromOtherIssuer);
+    let last = run(&manual(), Phase::RenewingWorkloadCerts, &o);
+    assert_eq!(written_bundle(&last), None);
+    // Then anchor 2, and the ConfigMap deleted.
+    let w = World {
+        anchor: 2,
+        bundle: None,
+        ..before
+    };
+    let d = decide(&manual(), &Names::default(), &last.status, &w.observed());
     assert_eq!(
         written_bundle(&d),
         Some(set(&[0, 1, 2])),
@@ -752,6 +767,35 @@ fn an_issuer_signed_by_an_anchor_only_the_proxies_hold_keeps_it_trusted() {
         blocking(&d)
     );
     assert!(!blocking(&d).contains("cmctl renew"), "{}", blocking(&d));
+
+    // Not recorded (the status lost with the resource): parked, nothing written.
+    let d = run(&manual(), Phase::RenewingWorkloadCerts, &w.observed());
+    assert!(
+        blocking(&d).contains("signed by none of the known anchors"),
+        "{}",
+        blocking(&d)
+    );
+    assert_eq!(writes(&d), Vec::<&Effect>::new());
+
+    // Outside a renewal: an issuer signed by anchor 0, which a proxy still holds, recorded or
+    // not, parks the rotation; the bundle and the control plane are left alone.
+    let retired = World {
+        anchor: 1,
+        previous: Some(1),
+        bundle: Some(vec![1]),
+        signer: 0,
+        holds: vec![0, 1],
+        cp_for: Some(bundle_fp(&[1])),
+    };
+    for status in [in_phase(Phase::Synced), last.status.clone()] {
+        let d = decide(&manual(), &Names::default(), &status, &retired.observed());
+        assert!(
+            blocking(&d).contains("signed by none of the known anchors"),
+            "{}",
+            blocking(&d)
+        );
+        assert_eq!(writes(&d), Vec::<&Effect>::new());
+    }
 }
 
 #[test]
@@ -2339,6 +2383,11 @@ fn leaves_are_awaited_then_the_bundle_is_reduced() {
         matches!(writes(&d)[0], Effect::WritePreviousAnchor { fingerprint, .. } if *fingerprint == fp(1))
     );
     assert_eq!(written_bundle(&d), Some(set(&[1])));
+    // The status records the reduced bundle: a renewal right after keeps no old anchor.
+    let named: BTreeSet<String> = (d.status.source_fingerprints.iter())
+        .map(|s| s.fingerprint.clone())
+        .collect();
+    assert_eq!(named, set(&[1]));
 }
 
 /// A bundle written over mid-rotation with an anchor of no use (a retired one, from Linkerd's

@@ -462,7 +462,7 @@ pub enum Effect {
         /// Restarts refused before ([`Observed::refused_restarts`]), tried again: at most
         /// `retry_room` of them are sent (those whose wait for a retry is over, the longest
         /// waiting first), for a refused restart that goes through starts a rollout like any
-        /// other; each of the others is reported with its last refusal, so the step's
+        /// other; each of the others is reported with its last failure, so the step's
         /// blockingMessage stays the same from look to look.
         retry: Vec<Workload>,
         retry_room: usize,
