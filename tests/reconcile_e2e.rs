@@ -2206,6 +2206,89 @@ async fn a_restart_the_operator_may_not_do_is_named_in_status() {
         .await;
 }
 
+/// Restarts refused in one namespace (the operator's restarter role bound in the other only),
+/// then allowed: they go through at the pace of `maxConcurrentWorkloads` (here one), since a
+/// refused restart that goes through starts a rollout like any other. Sampled every 50 ms, never
+/// two of those rollouts at once. (They once went through one per look, whatever was rolling.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_restarts_once_allowed_go_through_at_the_pace_of_the_others() {
+    let rig = Rig::start_with(
+        Setup {
+            credentials: Credentials::Rbac {
+                restart_in: Some(vec!["mesh-1".to_owned()]),
+            },
+            ..Setup::default()
+        },
+        (2, 3, 1),
+        automatic_spec(1),
+        &[],
+    )
+    .await;
+    let mut follow = Follow::new();
+    let new_anchor = rig.runbook().renew_anchor().await.unwrap();
+    // Every restart in mesh-1 done, one at a time; all three in mesh-0 refused meanwhile.
+    for name in ["app-0", "app-1", "app-2"] {
+        common::eventually(
+            &format!("mesh-1/{name} restarted"),
+            Duration::from_secs(60),
+            || async {
+                restarted_for_bundle(&rig.client, "mesh-1", name)
+                    .await
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    let status = follow.status(&rig).await;
+    assert_eq!(status.phase, Phase::PropagatingTrustRoots);
+    let message = status.blocking_message.unwrap_or_default();
+    for name in ["app-0", "app-1", "app-2"] {
+        assert!(
+            message.contains(&format!("restarting Deployment mesh-0/{name}")),
+            "{message}"
+        );
+    }
+
+    allow_restarts_in(&rig.client, "mesh-0").await;
+    let deployments = Api::<Deployment>::namespaced(rig.client.clone(), "mesh-0");
+    let (mut most, mut restarted) = (0, 0);
+    while !is_done(&follow.status(&rig).await, &new_anchor) {
+        let mut rolling = Vec::new();
+        restarted = 0;
+        for d in deployments.list(&ListParams::default()).await.unwrap() {
+            let marked = (d.spec.as_ref())
+                .and_then(|s| s.template.metadata.as_ref()?.annotations.as_ref())
+                .is_some_and(|a| a.contains_key("trust.linkerd.io/restarted-for-bundle"));
+            if !marked {
+                continue;
+            }
+            restarted += 1;
+            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let status = d.status.clone().unwrap_or_default();
+            let complete = status.observed_generation >= d.metadata.generation
+                && status.updated_replicas == Some(want)
+                && status.available_replicas == Some(want)
+                && status.replicas == Some(want);
+            if !complete {
+                rolling.push(d.name_any());
+            }
+        }
+        if rolling.len() > most {
+            most = rolling.len();
+            eprintln!("[{:5.1}s] rolling in mesh-0: {rolling:?}", follow.secs());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("at most {most} of mesh-0's rollouts at once");
+    assert!(
+        restarted >= 3,
+        "{restarted} of mesh-0's workloads restarted"
+    );
+    assert_eq!(most, 1, "maxConcurrentWorkloads is 1");
+    let t = rig.traffic();
+    assert_eq!(t.failed(), 0, "{t}");
+}
+
 /// In Synced, meshed pods come and go with the cluster's own work (scaling, rollouts). The
 /// status counts them, but a change of the counts alone is written at most once every 5 s, not
 /// once per pod: here a Deployment scaled up one pod at a time, five times in four seconds,
