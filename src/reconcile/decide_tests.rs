@@ -3360,6 +3360,8 @@ mod properties {
         overwritten: bool,
         /// Whether the operator has written the bundle (its managedFields entry exists).
         operator_wrote: bool,
+        /// Every anchor the bundle has held since the rotation was last Synced.
+        rotation_anchors: BTreeSet<String>,
         /// Seconds since the start; every action takes a few.
         clock: i64,
         status: TrustAnchorRotationStatus,
@@ -3505,6 +3507,17 @@ mod properties {
                             .map(str::to_owned)
                             .collect();
                         prop_assert!(written.contains(&fp(self.anchor)), "B always contains A");
+                        // Nothing comes back that the rotation let go of: an anchor written is the
+                        // current or previous one, or one the bundle held during this rotation.
+                        for w in &written {
+                            prop_assert!(
+                                *w == fp(self.anchor)
+                                    || self.previous.is_some_and(|p| *w == fp(p))
+                                    || self.bundle.contains(w)
+                                    || self.rotation_anchors.contains(w),
+                                "an anchor the rotation let go of comes back"
+                            );
+                        }
                         // An anchor in use that a write of someone else's took out of the
                         // bundle is found again in the proxies' env, where one holds it.
                         let held = |u: &String| self.pods.iter().any(|(h, _, _)| h.contains(u));
@@ -3643,6 +3656,11 @@ mod properties {
                 }
             }
             self.status = d.status;
+            if self.status.phase == Phase::Synced {
+                self.rotation_anchors = self.bundle.clone();
+            } else {
+                self.rotation_anchors.extend(self.bundle.iter().cloned());
+            }
             Ok(())
         }
     }
@@ -3726,6 +3744,7 @@ mod properties {
             written_over: None,
             overwritten: false,
             operator_wrote: false,
+            rotation_anchors: set(&[0]),
             clock: 0,
             status: TrustAnchorRotationStatus::default(),
             tally: Tally::default(),
