@@ -2617,6 +2617,54 @@ mod tests {
         );
     }
 
+    /// A restart that failed without a refusal (here, an API server that is not there) has no
+    /// wait: it is sent again at once when a slot is free, and while none is, reported with its
+    /// last failure, word for word, without being sent (so the step's message holds and its
+    /// event names nothing unsent).
+    #[tokio::test]
+    async fn a_failed_restart_waiting_for_a_slot_is_reported_with_its_last_failure() {
+        let port = crate::testbed::free_port().unwrap();
+        let url: http::Uri = format!("http://127.0.0.1:{port}").parse().unwrap();
+        let client = Client::try_from(kube::Config::new(url)).unwrap();
+        let config = ReconcilerConfig::default();
+        let recorder = test_recorder(&client);
+        let reference = ObjectReference::default();
+        let w = Workload {
+            kind: "Deployment".to_owned(),
+            namespace: "app".to_owned(),
+            name: "web".to_owned(),
+        };
+        let restart =
+            |workloads: Vec<Workload>, retry: Vec<Workload>, retry_room| Effect::RestartWorkloads {
+                workloads,
+                restart_for: RestartFor::Bundle("b".repeat(64)),
+                retry,
+                retry_room,
+            };
+        let (mut refused, mut retries) = (BTreeMap::new(), Retries::default());
+        let mut run = async |effect: Effect| {
+            let memory = (&mut refused, &mut retries);
+            execute(&client, &config, &recorder, &reference, &effect, memory)
+                .await
+                .unwrap_err()
+        };
+        let first = run(restart(vec![w.clone()], vec![], 0)).await;
+        assert!(matches!(first, ReconcileError::Kube { .. }), "{first:?}");
+        assert!(!first.refused());
+        let held = run(restart(vec![], vec![w.clone()], 0)).await;
+        assert!(
+            matches!(&held, ReconcileError::NotYetRetried(m) if *m == first.to_string()),
+            "{held:?}"
+        );
+        assert!(held.only_not_yet_retried());
+        let again = run(restart(vec![], vec![w.clone()], 1)).await;
+        assert!(
+            matches!(again, ReconcileError::Kube { .. }),
+            "sent: {again:?}"
+        );
+        assert_eq!(refused.keys().collect::<Vec<_>>(), [&w]);
+    }
+
     /// A refused write is not sent again until its wait, which runs from the refusal (one that
     /// took 10 s to come, as from a policy webhook timing out, does not use the wait up), is
     /// over; a write that met a server error is sent again at once.
