@@ -994,7 +994,7 @@ async fn observe(
     client: &Client,
     config: &ReconcilerConfig,
     stores: &Stores,
-    refused_restarts: &BTreeMap<Workload, String>,
+    refused_restarts: &BTreeMap<Workload, (RestartFor, String)>,
     read_issuing: bool,
 ) -> Result<Observed, ReconcileError> {
     let n = &config.names;
@@ -1251,7 +1251,9 @@ async fn observe(
         draining,
         restart_markers,
         baked_templates,
-        refused_restarts: refused_restarts.keys().cloned().collect(),
+        refused_restarts: (refused_restarts.iter())
+            .map(|(w, (restart_for, _))| (w.clone(), restart_for.clone()))
+            .collect(),
         bundle_meta,
         held_anchors,
     })
@@ -1870,7 +1872,7 @@ async fn execute(
     recorder: &EventWriter,
     reference: &ObjectReference,
     effect: &Effect,
-    (refused_restarts, retries): (&mut BTreeMap<Workload, String>, &mut Retries),
+    (refused_restarts, retries): (&mut BTreeMap<Workload, (RestartFor, String)>, &mut Retries),
 ) -> Result<Option<String>, ReconcileError> {
     // The resourceVersion an object the reconciler also watches has after the write.
     let mut written = None;
@@ -1952,7 +1954,11 @@ async fn execute(
                     // Its last failure, as it was said (a refusal, or a timeout, which has no
                     // wait on record), so that the step's message stays the same.
                     let last = (retries.last(&key(w)))
-                        .or_else(|| refused_restarts.get(w).map(String::as_str))
+                        .or_else(|| {
+                            (refused_restarts.get(w))
+                                .filter(|(before, _)| before == restart_for)
+                                .map(|(_, failure)| failure.as_str())
+                        })
                         .unwrap_or("failed before; tried again when a slot is free");
                     failed.push(ReconcileError::NotYetRetried(last.to_owned()));
                     continue;
@@ -1963,7 +1969,7 @@ async fn execute(
                         done.push(w.to_string());
                     }
                     Err(e) => {
-                        refused_restarts.insert(w.clone(), e.to_string());
+                        refused_restarts.insert(w.clone(), (restart_for.clone(), e.to_string()));
                         failed.push(e);
                     }
                 }
@@ -2126,10 +2132,10 @@ impl OwnWrite {
 struct Memory {
     own_writes: OwnWrites,
     /// Workloads whose last restart by this replica failed (refused by RBAC or a policy
-    /// webhook, or unanswered), with that failure, kept until one succeeds: tried again at the
-    /// next look, or once its wait is over when it was refused (`retries`), in the restart
-    /// slots the others leave (see [`Observed::refused_restarts`]).
-    refused_restarts: BTreeMap<Workload, String>,
+    /// webhook, or unanswered), with what it was for and the failure, kept until one succeeds:
+    /// tried again at the next look, or once its wait is over when it was refused (`retries`),
+    /// in the restart slots the others leave (see [`Observed::refused_restarts`]).
+    refused_restarts: BTreeMap<Workload, (RestartFor, String)>,
     /// Each refused write's wait before it is tried again.
     retries: Retries,
     /// The rotation was missing at the last look, and the log has said so.
@@ -2538,7 +2544,7 @@ mod tests {
             starting: vec![],
             draining: vec![],
             restart_markers: BTreeMap::new(),
-            refused_restarts: BTreeSet::new(),
+            refused_restarts: BTreeMap::new(),
             bundle_meta: BundleMeta::default(),
             baked_templates: BTreeMap::new(),
             held_anchors: Vec::new(),

@@ -1623,7 +1623,7 @@ impl<'a> Step<'a> {
                 // are reported on every look, sent or not.
                 let (refused, fresh): (Vec<&Workload>, Vec<&Workload>) = ready
                     .iter()
-                    .partition(|w| observed.refused_restarts.contains(**w));
+                    .partition(|w| observed.refused_restarts.get(**w) == Some(&restart_for));
                 let next: Vec<Workload> = fresh.iter().take(room).map(|w| (*w).clone()).collect();
                 let retry_room = room - next.len();
                 let retry: Vec<Workload> = refused.iter().map(|w| (*w).clone()).collect();

@@ -229,7 +229,7 @@ impl World {
             starting: Vec::new(),
             draining: Vec::new(),
             restart_markers: BTreeMap::new(),
-            refused_restarts: BTreeSet::new(),
+            refused_restarts: BTreeMap::new(),
             bundle_meta: BundleMeta::default(),
             baked_templates: BTreeMap::new(),
             held_anchors: self.holds.iter().map(|&i| a(i)).collect(),
@@ -1883,7 +1883,13 @@ fn refused_restarts_take_no_slot_from_the_others_and_only_free_ones_themselves()
     assert_eq!(restarted(&d), Some((vec![w(0), w(1)], vec![], 0)));
     // Those two refused: the next two get the slots; the refused ones are in the step, with no
     // room to be sent in.
-    o.refused_restarts = BTreeSet::from([w(0), w(1)]);
+    // (Refused for another restart, the last rotation's bundle, they would count for nothing.)
+    let before = RestartFor::Bundle(bundle_fp(&[0]));
+    o.refused_restarts = BTreeMap::from([(w(0), before.clone()), (w(1), before)]);
+    let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
+    assert_eq!(restarted(&d), Some((vec![w(0), w(1)], vec![], 0)));
+    let this = RestartFor::Bundle(bundle_fp(&[0, 1]));
+    o.refused_restarts = BTreeMap::from([(w(0), this.clone()), (w(1), this)]);
     let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
     assert_eq!(restarted(&d), Some((vec![w(2), w(3)], vec![w(0), w(1)], 0)));
     assert!(
@@ -3438,7 +3444,7 @@ mod properties {
                 starting: Vec::new(),
                 draining: Vec::new(),
                 restart_markers: BTreeMap::new(),
-                refused_restarts: BTreeSet::new(),
+                refused_restarts: BTreeMap::new(),
                 bundle_meta: BundleMeta {
                     version: Some(self.bundle_version.to_string()),
                     written_over: self.written_over.map(|v| v.to_string()),

@@ -260,13 +260,14 @@ pub struct Observed {
     /// What each workload's pod template was last restarted for by the operator, and whether
     /// that rollout is complete (workloads without either marker are left out).
     pub restart_markers: BTreeMap<Workload, RestartMarkers>,
-    /// Workloads whose last restart by this replica failed (refused, or unanswered), kept until
-    /// one succeeds: not seen in the cluster but remembered by the reconciler. They are decided
-    /// again on every look, after the others: a refused restart starts no rollout, so those at
-    /// the head of the list would otherwise take every slot, for good. The I/O layer sends one
-    /// again only once its wait is over, and only in the slots the others leave (see
-    /// [`Effect::RestartWorkloads`]).
-    pub refused_restarts: BTreeSet<Workload>,
+    /// Workloads whose last restart by this replica failed (refused, or unanswered), with what
+    /// that restart was for, kept until one succeeds: not seen in the cluster but remembered by
+    /// the reconciler. Those asked for the same restart again are decided after the others: a
+    /// refused restart starts no rollout, so those at the head of the list would otherwise take
+    /// every slot, for good. The I/O layer sends one again only once its wait is over, and only
+    /// in the slots the others leave (see [`Effect::RestartWorkloads`]). A failure of another
+    /// restart (the last rotation's) counts for nothing.
+    pub refused_restarts: BTreeMap<Workload, RestartFor>,
     /// The bundle ConfigMap's version, and the restore it was last written for.
     pub bundle_meta: BundleMeta,
     /// Workloads whose pod template carries its proxy with the trust anchors as a literal
