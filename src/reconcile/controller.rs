@@ -994,7 +994,7 @@ async fn observe(
     client: &Client,
     config: &ReconcilerConfig,
     stores: &Stores,
-    refused_restarts: &BTreeMap<Workload, (RestartFor, String)>,
+    refused_restarts: &BTreeMap<Workload, FailedRestart>,
     read_issuing: bool,
 ) -> Result<Observed, ReconcileError> {
     let n = &config.names;
@@ -1252,7 +1252,7 @@ async fn observe(
         restart_markers,
         baked_templates,
         refused_restarts: (refused_restarts.iter())
-            .map(|(w, (restart_for, _))| (w.clone(), restart_for.clone()))
+            .map(|(w, failed)| (w.clone(), failed.restart_for.clone()))
             .collect(),
         bundle_meta,
         held_anchors,
@@ -1872,7 +1872,7 @@ async fn execute(
     recorder: &EventWriter,
     reference: &ObjectReference,
     effect: &Effect,
-    (refused_restarts, retries): (&mut BTreeMap<Workload, (RestartFor, String)>, &mut Retries),
+    (refused_restarts, retries): (&mut BTreeMap<Workload, FailedRestart>, &mut Retries),
 ) -> Result<Option<String>, ReconcileError> {
     // The resourceVersion an object the reconciler also watches has after the write.
     let mut written = None;
@@ -1945,22 +1945,44 @@ async fn execute(
                 RestartFor::Issuer(fingerprint) => (LEAF_RESTART_ANNOTATION, fingerprint.as_str()),
             };
             let key = |w: &Workload| format!("restarting {w} {}={}", marker.0, marker.1);
-            let now = tokio::time::Instant::now().into_std();
-            let sent = retried_now(retry, *retry_room, retries, key, now);
-            // Each one is tried: one workload that cannot be restarted holds up no other.
+            let now = || tokio::time::Instant::now().into_std();
+            // What each restart of the step failed with last, and when, if it did.
+            let before = |w: &Workload| {
+                (refused_restarts.get(w))
+                    .filter(|before| before.restart_for == *restart_for)
+                    .map(|b| (b.failure.clone(), b.at))
+            };
+            let sent = retried_now(
+                retry,
+                *retry_room,
+                retries,
+                key,
+                |w| before(w).map(|b| b.1),
+                now(),
+            );
+            // Those not sent again are reported with their last failure, as it was said, so
+            // that the step's message stays the same.
+            let held_back: BTreeMap<&Workload, String> = (retry.iter())
+                .filter(|w| !sent.contains(w))
+                .map(|w| {
+                    let failure = before(w).map(|b| b.0);
+                    (
+                        w,
+                        failure.unwrap_or_else(|| {
+                            "failed before; tried again when a slot is free".to_owned()
+                        }),
+                    )
+                })
+                .collect();
+            // Each one is tried: one workload that cannot be restarted holds up no other. In
+            // the order of their names, so that a failure is said in the same place whether it
+            // is new or not tried again.
+            let mut all: Vec<&Workload> = workloads.iter().chain(retry).collect();
+            all.sort();
             let (mut done, mut failed) = (Vec::new(), Vec::new());
-            for w in workloads.iter().chain(retry) {
-                if retry.contains(w) && !sent.contains(w) {
-                    // Its last failure, as it was said (a refusal, or a timeout, which has no
-                    // wait on record), so that the step's message stays the same.
-                    let last = (retries.last(&key(w)))
-                        .or_else(|| {
-                            (refused_restarts.get(w))
-                                .filter(|(before, _)| before == restart_for)
-                                .map(|(_, failure)| failure.as_str())
-                        })
-                        .unwrap_or("failed before; tried again when a slot is free");
-                    failed.push(ReconcileError::NotYetRetried(last.to_owned()));
+            for w in all {
+                if let Some(failure) = held_back.get(w) {
+                    failed.push(ReconcileError::NotYetRetried(failure.clone()));
                     continue;
                 }
                 match attempt(retries, key(w), restart(client, w, marker)).await {
@@ -1969,7 +1991,12 @@ async fn execute(
                         done.push(w.to_string());
                     }
                     Err(e) => {
-                        refused_restarts.insert(w.clone(), (restart_for.clone(), e.to_string()));
+                        let failure = FailedRestart {
+                            restart_for: restart_for.clone(),
+                            failure: e.to_string(),
+                            at: now(),
+                        };
+                        refused_restarts.insert(w.clone(), failure);
                         failed.push(e);
                     }
                 }
@@ -2017,23 +2044,32 @@ where
     Ok(attempt(retries, key, write).await?.resource_version())
 }
 
-/// Which of the restarts refused before (`retry`, in the step's order) are sent again now:
-/// those whose wait is over, in the `room` the step leaves, the longest waiting first, so that
-/// none waits for good behind others refused for good. (The others are reported with their last
-/// failure.)
+/// Which of the restarts that failed before (`retry`) are sent again now: those whose wait is
+/// over (a refusal's, see [`Retries`]), in the `room` the step leaves, those that failed the
+/// longest ago first (`failed_at`), so that none waits for good behind others that keep failing.
+/// (The others are reported with their last failure.)
 fn retried_now<'a>(
     retry: &'a [Workload],
     room: usize,
     retries: &Retries,
     key: impl Fn(&Workload) -> String,
+    failed_at: impl Fn(&Workload) -> Option<std::time::Instant>,
     now: std::time::Instant,
 ) -> BTreeSet<&'a Workload> {
     let mut due: Vec<&Workload> = (retry.iter())
         .filter(|w| retries.deferred(&key(w), now).is_none())
         .collect();
-    // (A failure that was not a refusal has no wait on record: it goes first.)
-    due.sort_by_key(|w| retries.retry_at(&key(w)));
+    due.sort_by_key(|w| failed_at(w));
     due.into_iter().take(room).collect()
+}
+
+/// A workload's restart that failed, as [`Memory`] keeps it.
+#[derive(Debug)]
+struct FailedRestart {
+    restart_for: RestartFor,
+    /// The failure, as it was said.
+    failure: String,
+    at: std::time::Instant,
 }
 
 /// Makes `write` (described by `key`: the object and what is written to it) unless an earlier
@@ -2135,7 +2171,7 @@ struct Memory {
     /// webhook, or unanswered), with what it was for and the failure, kept until one succeeds:
     /// tried again at the next look, or once its wait is over when it was refused (`retries`),
     /// in the restart slots the others leave (see [`Observed::refused_restarts`]).
-    refused_restarts: BTreeMap<Workload, (RestartFor, String)>,
+    refused_restarts: BTreeMap<Workload, FailedRestart>,
     /// Each refused write's wait before it is tried again.
     retries: Retries,
     /// The rotation was missing at the last look, and the log has said so.
@@ -2721,11 +2757,12 @@ mod tests {
         }
     }
 
-    /// Restarts refused before are sent again only in the room the step leaves, those whose
-    /// wait is over, the longest waiting first: one refused for good at the head of the list
-    /// does not keep the others from their retry.
+    /// Restarts that failed before are sent again only in the room the step leaves, those whose
+    /// wait is over, those that failed the longest ago first: one refused for good at the head
+    /// of the list, or one that fails at every try without a wait (a policy webhook that is
+    /// down), does not keep the others from their retry.
     #[test]
-    fn refused_restarts_are_retried_in_the_room_left_the_longest_waiting_first() {
+    fn failed_restarts_are_retried_in_the_room_left_those_that_failed_longest_ago_first() {
         let w = |i: usize| Workload {
             kind: "Deployment".to_owned(),
             namespace: "app".to_owned(),
@@ -2733,44 +2770,42 @@ mod tests {
         };
         let retry: Vec<Workload> = (0..4).map(w).collect();
         let key = |w: &Workload| format!("restarting {w}");
-        let mut retries = Retries::default();
         let t0 = std::time::Instant::now();
-        let second = Duration::from_secs(1);
-        // w0 and w1 refused twice (their wait 4 s), w2 once at t0 (2 s), w3 once a second later.
+        let at = |secs: f64| t0 + Duration::from_secs_f64(secs);
+        // w0 and w1 refused twice, the last time at 1 s (their wait 4 s), w2 refused once at 0
+        // (2 s); w3 failed at 1 s with a server error, which has no wait.
+        let mut retries = Retries::default();
         for _ in 0..2 {
-            retries.failed(&key(&w(0)), "forbidden w0".to_owned(), t0 + second);
-            retries.failed(&key(&w(1)), "forbidden w1".to_owned(), t0 + second);
+            retries.failed(&key(&w(0)), "forbidden w0".to_owned(), at(1.0));
+            retries.failed(&key(&w(1)), "forbidden w1".to_owned(), at(1.0));
         }
-        retries.failed(&key(&w(2)), "forbidden w2".to_owned(), t0);
-        retries.failed(&key(&w(3)), "forbidden w3".to_owned(), t0 + second);
-        let names = |sent: BTreeSet<&Workload>| -> Vec<String> {
-            sent.into_iter().map(|w| w.name.clone()).collect()
+        retries.failed(&key(&w(2)), "forbidden w2".to_owned(), at(0.0));
+        let mut failed_at = BTreeMap::from([
+            (w(0), at(1.0)),
+            (w(1), at(1.0)),
+            (w(2), at(0.0)),
+            (w(3), at(1.0)),
+        ]);
+        let pick = |retry: &[Workload], failed_at: &BTreeMap<Workload, _>, room, now| {
+            let failed = |w: &Workload| failed_at.get(w).copied();
+            retried_now(retry, room, &retries, key, failed, now)
+                .into_iter()
+                .map(|w| w.name.clone())
+                .collect::<Vec<_>>()
         };
-        let at = |secs: u64| t0 + Duration::from_secs(secs);
-        assert_eq!(
-            names(retried_now(&retry, 2, &retries, key, at(1))),
-            [] as [String; 0]
-        );
-        assert_eq!(names(retried_now(&retry, 2, &retries, key, at(2))), ["w2"]);
-        assert_eq!(
-            names(retried_now(&retry, 2, &retries, key, at(3))),
-            ["w2", "w3"]
-        );
-        assert_eq!(names(retried_now(&retry, 1, &retries, key, at(3))), ["w2"]);
-        assert_eq!(
-            names(retried_now(&retry, 0, &retries, key, at(9))),
-            [] as [String; 0]
-        );
-        // All due: the longest waiting first, whatever their place in the list.
-        assert_eq!(
-            names(retried_now(&retry, 2, &retries, key, at(9))),
-            ["w2", "w3"]
-        );
-        assert_eq!(names(retried_now(&retry, 3, &retries, key, at(9))).len(), 3);
-        // One with no refusal on record (a timeout, say) goes first.
-        let mut fresh = retry.clone();
-        fresh.push(w(4));
-        assert_eq!(names(retried_now(&fresh, 1, &retries, key, at(9))), ["w4"]);
+        assert_eq!(pick(&retry, &failed_at, 2, at(1.0)), ["w3"]);
+        assert_eq!(pick(&retry, &failed_at, 2, at(3.0)), ["w2", "w3"]);
+        assert_eq!(pick(&retry, &failed_at, 1, at(3.0)), ["w2"]);
+        assert_eq!(pick(&retry, &failed_at, 0, at(9.0)), [] as [String; 0]);
+        // All due: the one that failed the longest ago, then the list's order.
+        assert_eq!(pick(&retry, &failed_at, 2, at(9.0)), ["w0", "w2"]);
+        // w3 failing again at every try goes to the back.
+        failed_at.insert(w(3), at(8.0));
+        assert_eq!(pick(&retry, &failed_at, 3, at(9.0)), ["w0", "w1", "w2"]);
+        // One with no failure on record goes first.
+        let mut more = retry.clone();
+        more.push(w(4));
+        assert_eq!(pick(&more, &failed_at, 1, at(9.0)), ["w4"]);
     }
 
     /// A pod seen with a leaf from the current issuer is not probed again while the issuer stays

@@ -62,16 +62,6 @@ impl Retries {
         );
     }
 
-    /// The last refusal of `write`, whether or not its wait is over.
-    pub fn last(&self, write: &str) -> Option<&str> {
-        self.failed.get(write).map(|f| f.message.as_str())
-    }
-
-    /// When `write` may be tried again; `None` when it has no refusal on record.
-    pub fn retry_at(&self, write: &str) -> Option<Instant> {
-        self.failed.get(write).map(|f| f.retry_at)
-    }
-
     /// `write` went through: the next failure of it waits the shortest time again.
     pub fn succeeded(&mut self, write: &str) {
         self.failed.remove(write);
