@@ -133,7 +133,12 @@ pub fn decide(
     }
 
     d.next.active_issuer_fingerprint = Some(issuer.cert.fingerprint.clone());
-    d.next.previous_anchor_fingerprint = previous.as_ref().map(|p| p.fingerprint.clone());
+    // While the Secret is missing, the status keeps what it held: looks that go no further
+    // (paused, parked) must not forget the rotation is under way before the Secret is rebuilt
+    // from that record.
+    d.next.previous_anchor_fingerprint = (previous.as_ref())
+        .map(|p| p.fingerprint.clone())
+        .or_else(|| status.previous_anchor_fingerprint.clone());
 
     // The renewed anchor alone: who lacks it matters in every phase.
     let new_anchor = BTreeSet::from([anchor.fingerprint.clone()]);

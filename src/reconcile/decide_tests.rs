@@ -614,7 +614,15 @@ fn a_previous_anchor_deleted_mid_rotation_is_rebuilt_as_the_status_records_it() 
     o.previous = Ok(None);
     let mut status = in_phase(Phase::RenewingWorkloadCerts);
     status.previous_anchor_fingerprint = Some(fp(0));
-    let d = decide(&automatic(), &Names::default(), &status, &o);
+    // Paused meanwhile: the record is kept, not taken for the Secret's absence.
+    let paused = Policies {
+        paused: true,
+        ..automatic()
+    };
+    let held = decide(&paused, &Names::default(), &status, &o);
+    assert_eq!(writes(&held), Vec::<&Effect>::new());
+    assert_eq!(held.status.previous_anchor_fingerprint, Some(fp(0)));
+    let d = decide(&automatic(), &Names::default(), &held.status, &o);
     assert_eq!(
         writes(&d),
         [&Effect::WritePreviousAnchor {
