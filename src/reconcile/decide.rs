@@ -190,7 +190,13 @@ pub fn decide(
             (status.previous_anchor_fingerprint.as_ref()).is_some_and(|f| *f != anchor.fingerprint)
         }
     };
+    // (A record of the rotation under way only: one whose previous anchor is the Secret's. A
+    // status whose write was lost with the reduction's still names the anchors let go of.)
+    let this_rotation = previous.as_ref().is_none_or(|p| {
+        status.previous_anchor_fingerprint.as_deref() == Some(p.fingerprint.as_str())
+    });
     let recorded: BTreeSet<&str> = (status.source_fingerprints.iter())
+        .filter(|_| this_rotation)
         .map(|s| s.fingerprint.as_str())
         .collect();
     let held: Vec<&Cert> = (observed.held_anchors.iter())
