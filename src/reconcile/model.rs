@@ -460,11 +460,11 @@ pub enum Effect {
     RestartWorkloads {
         workloads: Vec<Workload>,
         restart_for: RestartFor,
-        /// Restarts refused before ([`Observed::refused_restarts`]), tried again: at most
-        /// `retry_room` of them are sent (those whose wait for a retry is over, the longest
-        /// waiting first), for a refused restart that goes through starts a rollout like any
-        /// other; each of the others is reported with its last failure, so the step's
-        /// blockingMessage stays the same from look to look.
+        /// Restarts that failed before ([`Observed::refused_restarts`]), tried again: at most
+        /// `retry_room` of them are sent (those whose wait for a retry is over, those that
+        /// failed the longest ago first), for a refused restart that goes through starts a
+        /// rollout like any other; each of the others is reported with its last failure, so the
+        /// step's blockingMessage stays the same from look to look.
         retry: Vec<Workload>,
         retry_room: usize,
     },
