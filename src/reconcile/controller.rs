@@ -1526,10 +1526,8 @@ struct AnchorTexts(BTreeMap<String, Option<Vec<Cert>>>);
 impl AnchorTexts {
     /// The fingerprints of the anchors in `text` (`None` when they do not parse).
     fn fingerprints(&mut self, text: String) -> Option<BTreeSet<String>> {
-        let certs = self.0.entry(text).or_insert_with_key(|text| {
-            // Held to what a bundle may be, as the webhook holds it.
-            crate::bundle::Bundle::from_pem("proxy env", text).ok()?;
-            certs::parse_all("proxy env", TRUST_ANCHORS_ENV, text).ok()
+        let certs = (self.0.entry(text)).or_insert_with_key(|text| {
+            certs::parse_bundle("proxy env", TRUST_ANCHORS_ENV, text).ok()
         });
         let certs = certs.as_ref()?;
         Some(certs.iter().map(|c| c.fingerprint.clone()).collect())

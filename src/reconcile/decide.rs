@@ -195,12 +195,12 @@ pub fn decide(
     let this_rotation = previous.as_ref().is_none_or(|p| {
         status.previous_anchor_fingerprint.as_deref() == Some(p.fingerprint.as_str())
     });
-    let recorded: BTreeSet<&str> = (status.source_fingerprints.iter())
+    let last_look: BTreeSet<&str> = (status.source_fingerprints.iter())
         .filter(|_| this_rotation)
         .map(|s| s.fingerprint.as_str())
         .collect();
     let held: Vec<&Cert> = (observed.held_anchors.iter())
-        .filter(|c| renewing && recorded.contains(c.fingerprint.as_str()))
+        .filter(|c| renewing && last_look.contains(c.fingerprint.as_str()))
         .collect();
 
     // The anchor the issuer chains to must stay trusted, whatever else happens.
@@ -300,7 +300,7 @@ pub fn decide(
         let mut seen = BTreeSet::new();
         (bundle.iter().flatten())
             .chain(held.iter().copied())
-            .filter(|c| recorded.contains(c.fingerprint.as_str()))
+            .filter(|c| last_look.contains(c.fingerprint.as_str()))
             .filter(|c| c.not_after > observed.now)
             .filter(|c| seen.insert(c.fingerprint.as_str()))
             .cloned()
