@@ -2266,13 +2266,7 @@ async fn refused_restarts_once_allowed_go_through_at_the_pace_of_the_others() {
                     continue;
                 }
                 restarted += 1;
-                let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                let status = d.status.clone().unwrap_or_default();
-                let complete = status.observed_generation >= d.metadata.generation
-                    && status.updated_replicas == Some(want)
-                    && status.available_replicas == Some(want)
-                    && status.replicas == Some(want);
-                if !complete {
+                if !trust_rotation_operator::sim::linkerd::rollout_complete(&d) {
                     rolling.push(format!("{ns}/{}", d.name_any()));
                 }
             }
