@@ -273,6 +273,23 @@ struct Stores {
     daemonsets: Store<DaemonSet>,
 }
 
+impl Stores {
+    /// Whether `workload` is in the watches' caches.
+    fn holds(&self, workload: &Workload) -> bool {
+        fn held<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, w: &Workload) -> bool {
+            store
+                .get(&ObjectRef::new(&w.name).within(&w.namespace))
+                .is_some()
+        }
+        match workload.kind.as_str() {
+            "Deployment" => held(&self.deployments, workload),
+            "StatefulSet" => held(&self.statefulsets, workload),
+            "DaemonSet" => held(&self.daemonsets, workload),
+            _ => false,
+        }
+    }
+}
+
 /// The reconciler's watches: reflectors that wake it on every change, each task named after
 /// what it watches (to say which one stopped), and which of them are failing.
 struct Watches {
@@ -704,6 +721,7 @@ async fn reconcile_once(
     }
     tracing::Span::current().record("phase", status.phase.as_str());
     let policies = policies(&rotation.spec);
+    forget_restarts(refused_restarts, status.phase, |w| stores.holds(w));
     let mut observed = observe(
         client,
         config,
@@ -2061,6 +2079,21 @@ fn retried_now<'a>(
     due.into_iter().take(room).collect()
 }
 
+/// Forgets the failed restarts of workloads that are gone (`exists` says which are not), and
+/// all of them once the rotation is `Synced` (a failure counts only for the step it was met in,
+/// see [`FailedRestart::restart_for`]): what is left is what a step may still send again.
+fn forget_restarts(
+    failed: &mut BTreeMap<Workload, FailedRestart>,
+    phase: crate::crd::Phase,
+    exists: impl Fn(&Workload) -> bool,
+) {
+    if phase == crate::crd::Phase::Synced {
+        failed.clear();
+    } else {
+        failed.retain(|w, _| exists(w));
+    }
+}
+
 /// A workload's restart that failed, as [`Memory`] keeps it.
 #[derive(Debug)]
 struct FailedRestart {
@@ -2168,7 +2201,8 @@ struct Memory {
     /// Workloads whose last restart by this replica failed (refused by RBAC or a policy
     /// webhook, or unanswered), with what it was for and the failure, kept until one succeeds:
     /// tried again at the next look, or once its wait is over when it was refused (`retries`),
-    /// in the restart slots the others leave (see [`Observed::refused_restarts`]).
+    /// in the restart slots the others leave (see [`Observed::refused_restarts`]); forgotten
+    /// once the workload is gone or the rotation is over ([`forget_restarts`]).
     refused_restarts: BTreeMap<Workload, FailedRestart>,
     /// Each refused write's wait before it is tried again.
     retries: Retries,
@@ -2703,6 +2737,63 @@ mod tests {
             "sent: {again:?}"
         );
         assert_eq!(refused.keys().collect::<Vec<_>>(), [&w]);
+    }
+
+    /// A failed restart is forgotten once its workload is gone, and every one once the
+    /// rotation is over; the others are kept with what they were for.
+    #[test]
+    fn failed_restarts_are_forgotten_when_their_workload_is_gone_or_the_rotation_over() {
+        let w = |name: &str| Workload {
+            kind: "Deployment".to_owned(),
+            namespace: "app".to_owned(),
+            name: name.to_owned(),
+        };
+        let failed = || {
+            [w("kept"), w("deleted")]
+                .map(|w| {
+                    let failure = FailedRestart {
+                        restart_for: RestartFor::Bundle("b".repeat(64)),
+                        failure: "forbidden".to_owned(),
+                        at: std::time::Instant::now(),
+                    };
+                    (w, failure)
+                })
+                .into()
+        };
+        let workload = |kind: &str, name: &str| -> serde_json::Value {
+            json!({"apiVersion": "apps/v1", "kind": kind,
+                "metadata": {"name": name, "namespace": "app"},
+                "spec": {"selector": {}, "template": {}}})
+        };
+        let stores = Stores {
+            deployments: frozen(vec![object(workload("Deployment", "kept"))]),
+            statefulsets: frozen(vec![object(workload("StatefulSet", "db"))]),
+            daemonsets: frozen(vec![object(workload("DaemonSet", "agent"))]),
+            rotation: frozen(vec![]),
+            secrets: vec![frozen(vec![]), frozen(vec![]), frozen(vec![])],
+            bundle: frozen(vec![]),
+            pods: frozen(vec![]),
+        };
+        let kind = |kind: &str, name: &str| Workload {
+            kind: kind.to_owned(),
+            ..w(name)
+        };
+        assert!(stores.holds(&kind("StatefulSet", "db")));
+        assert!(stores.holds(&kind("DaemonSet", "agent")));
+        assert!(!stores.holds(&kind("Deployment", "db")));
+        assert!(!stores.holds(&kind("DaemonSet", "kept")));
+        let exists = |x: &Workload| stores.holds(x);
+        let mut during: BTreeMap<Workload, FailedRestart> = failed();
+        forget_restarts(
+            &mut during,
+            crate::crd::Phase::PropagatingTrustRoots,
+            exists,
+        );
+        assert_eq!(during.keys().collect::<Vec<_>>(), [&w("kept")]);
+        assert_eq!(during[&w("kept")].failure, "forbidden");
+        let mut after: BTreeMap<Workload, FailedRestart> = failed();
+        forget_restarts(&mut after, crate::crd::Phase::Synced, exists);
+        assert!(after.is_empty());
     }
 
     /// A refused write is not sent again until its wait, which runs from the refusal (one that
