@@ -296,30 +296,39 @@ impl Elector {
         }
     }
 
+    /// Read, and written back without a holder while it is still this replica's; read again
+    /// after a conflict (a renewal sent just before the election stopped may land between the
+    /// two), until [`Self::release`]'s time is up.
     async fn release_now(&self) {
-        let mut lease = match self.api.get_opt(&self.config.name).await {
-            Ok(Some(lease)) => lease,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(error = %crate::watch::api_words(&e), "releasing the leader Lease: reading it failed; it will expire");
+        loop {
+            let mut lease = match self.api.get_opt(&self.config.name).await {
+                Ok(Some(lease)) => lease,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %crate::watch::api_words(&e), "releasing the leader Lease: reading it failed; it will expire");
+                    return;
+                }
+            };
+            let Some(spec) = lease.spec.as_mut() else {
+                return;
+            };
+            if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
                 return;
             }
-        };
-        let Some(spec) = lease.spec.as_mut() else {
-            return;
-        };
-        if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
-            return;
-        }
-        spec.holder_identity = None;
-        spec.renew_time = None;
-        spec.acquire_time = None;
-        if let Err(e) = self
-            .api
-            .replace(&self.config.name, &PostParams::default(), &lease)
-            .await
-        {
-            tracing::warn!(error = %crate::watch::api_words(&e), "releasing the leader Lease");
+            spec.holder_identity = None;
+            spec.renew_time = None;
+            spec.acquire_time = None;
+            match (self.api)
+                .replace(&self.config.name, &PostParams::default(), &lease)
+                .await
+            {
+                Ok(_) => return,
+                Err(kube::Error::Api(status)) if status.code == 409 => {}
+                Err(e) => {
+                    tracing::warn!(error = %crate::watch::api_words(&e), "releasing the leader Lease");
+                    return;
+                }
+            }
         }
     }
 
@@ -399,6 +408,8 @@ impl Elector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::api::{Patch, PatchParams};
+    use serde_json::json;
 
     fn lease(holder: Option<&str>, renewed_ms: Option<i64>) -> LeaseState {
         LeaseState {
@@ -709,6 +720,54 @@ mod tests {
         );
         let spec = api.get("election").await.unwrap().spec.unwrap();
         assert_eq!(spec.holder_identity.as_deref(), Some("b"));
+    }
+
+    /// A release that meets another write of the Lease between its read and its write (a
+    /// renewal sent just before the election stopped, or anyone's label) reads it again and
+    /// still hands it over, on the real API server.
+    #[tokio::test]
+    async fn a_release_that_meets_another_write_reads_the_lease_again() {
+        let cp = crate::testbed::ControlPlane::start()
+            .await
+            .expect("a local control plane");
+        let client = cp.client();
+        let config =
+            LeaseConfig::new("default", "election", "a").with_duration(Duration::from_secs(3));
+        let elector = Elector::new(client.clone(), config);
+        assert_eq!(elector.try_lead().await.unwrap(), Attempt::Held(true));
+        let api = Api::<Lease>::namespaced(client, "default");
+        // Three writers, each as fast as the API server takes its writes, for a while: a
+        // release's read and write have one of them land in between.
+        let writers: Vec<_> = (0..3)
+            .map(|writer| {
+                let api = api.clone();
+                tokio::spawn(async move {
+                    let (started, mut n) = (tokio::time::Instant::now(), 0u32);
+                    while started.elapsed() < Duration::from_millis(400) {
+                        let label = json!({"metadata": {"labels": {
+                            format!("touched-{writer}"): n.to_string()
+                        }}});
+                        api.patch("election", &PatchParams::default(), &Patch::Merge(label))
+                            .await
+                            .unwrap();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        elector.release().await;
+        let mut n = 0;
+        for writer in writers {
+            n += writer.await.unwrap();
+        }
+        let lease = api.get("election").await.unwrap();
+        assert_eq!(
+            lease.spec.unwrap().holder_identity,
+            None,
+            "released despite {n} other writes"
+        );
     }
 
     /// A reconciler that returns while leading ends the election too (and the Lease is handed
