@@ -112,7 +112,9 @@ pub async fn run(
             },
         ),
     );
-    let mut elector = None;
+    // The reconciler's task, and the election it runs under: both are stopped as soon as
+    // shutdown starts.
+    let (mut reconciler_part, mut elector) = (None, None);
     if let Some(reconciler) = config.reconciler.clone() {
         let lead = {
             let (client, metrics) = (client.clone(), reconcile_metrics.clone());
@@ -121,7 +123,7 @@ pub async fn run(
         match config.leader.clone() {
             None => {
                 reconcile_metrics.leader.set(1);
-                tasks.spawn("reconciler", lead());
+                reconciler_part = Some(tasks.spawn("reconciler", lead()));
             }
             Some(lease) => {
                 let leader_gauge = reconcile_metrics.clone();
@@ -132,10 +134,10 @@ pub async fn run(
                     }
                 };
                 let e = Elector::new(client.clone(), lease);
-                tasks.spawn(
+                reconciler_part = Some(tasks.spawn(
                     "reconciler (leader-elected)",
                     e.clone().run(lead, on_change),
-                );
+                ));
                 elector = Some(e);
             }
         }
@@ -155,6 +157,7 @@ pub async fn run(
     });
 
     let shutdown_health = health.clone();
+    let stopped_metrics = reconcile_metrics.clone();
     let state = AppState::new(view, metrics);
     let stopping = state.clone();
     let app = router(state);
@@ -183,18 +186,27 @@ pub async fn run(
             shutdown_health.shutting_down.store(true, Ordering::Release);
             stopping.stop();
             tracing::info!(delay = ?delay, "shutting down: not ready, still serving");
-            tokio::time::sleep(delay).await;
+            let serving = tokio::time::Instant::now() + delay;
+            // The reconciler has nothing to wait for: it stops now, and hands the Lease over
+            // (bounded by the Lease's retry interval) while the webhook still serves, so the next
+            // leader takes over without waiting for this replica's drain.
+            if let Some(part) = reconciler_part {
+                parts.stop(part).await;
+                // As the election says when it stops leading (cancelled, it cannot).
+                stopped_metrics.leader.set(0);
+                stopped_metrics.forget_rotation();
+                if let Some(elector) = &elector {
+                    elector.release().await;
+                }
+                tracing::info!("shutting down: the reconciler has stopped");
+            }
+            tokio::time::sleep_until(serving).await;
             tracing::info!("shutting down: closing the listener, draining requests in flight");
         },
     )
     .await;
     let _ = admin_stop_tx.send(());
     tasks.stop_all().await;
-    // The reconciler has stopped with its task: hand the Lease over without making the next
-    // leader wait for it to expire.
-    if let Some(elector) = elector {
-        elector.release().await;
-    }
     tracing::info!("stopped");
     failure.map_or(Ok(()), Err)
 }
@@ -203,13 +215,41 @@ pub async fn run(
 #[derive(Default)]
 struct Parts {
     set: tokio::task::JoinSet<()>,
-    names: std::collections::HashMap<tokio::task::Id, &'static str>,
+    /// Those not yet seen to stop.
+    names: std::collections::HashMap<tokio::task::Id, (&'static str, tokio::task::AbortHandle)>,
 }
 
 impl Parts {
-    fn spawn(&mut self, what: &'static str, part: impl Future<Output = ()> + Send + 'static) {
-        let id = self.set.spawn(part).id();
-        self.names.insert(id, what);
+    fn spawn(
+        &mut self,
+        what: &'static str,
+        part: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::Id {
+        let handle = self.set.spawn(part);
+        let id = handle.id();
+        self.names.insert(id, (what, handle));
+        id
+    }
+
+    /// Stops the part `id` (at shutdown) and waits until it has stopped. Parts that stop
+    /// meanwhile are only logged: the process is stopping anyway.
+    async fn stop(&mut self, id: tokio::task::Id) {
+        let Some((_, handle)) = self.names.get(&id) else {
+            // Already stopped (and reported).
+            return;
+        };
+        handle.abort();
+        while let Some(joined) = self.set.join_next_with_id().await {
+            let stopped = joined.as_ref().map_or_else(|e| e.id(), |(id, ())| *id);
+            let what = self
+                .names
+                .remove(&stopped)
+                .map_or("a part", |(what, _)| what);
+            if stopped == id {
+                return;
+            }
+            tracing::info!(part = what, "stopped during shutdown");
+        }
     }
 
     /// Waits for the first part to stop (none should before shutdown) and says which and how.
@@ -231,7 +271,7 @@ impl Parts {
             None => std::future::pending().await,
         };
         RunError::PartStopped {
-            what: self.names.get(&id).copied().unwrap_or("a part"),
+            what: self.names.remove(&id).map_or("a part", |(what, _)| what),
             how,
         }
     }
@@ -297,6 +337,45 @@ mod tests {
             view_dropped.load(Ordering::Acquire),
             "stop_all left a part running"
         );
+    }
+
+    /// A part stopped at shutdown has stopped (its future dropped) when `stop` returns, and the
+    /// others run on; a part already reported as stopped is not waited for.
+    #[tokio::test]
+    async fn a_part_stopped_at_shutdown_is_gone_when_stop_returns() {
+        let dropped = |flag: &Arc<std::sync::atomic::AtomicBool>| {
+            struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
+            impl Drop for SetOnDrop {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Release);
+                }
+            }
+            let guard = SetOnDrop(flag.clone());
+            async move {
+                let _guard = guard;
+                std::future::pending::<()>().await
+            }
+        };
+        let (reconciler, view) = (Arc::default(), Arc::default());
+        let mut parts = Parts::default();
+        let id = parts.spawn("reconciler", dropped(&reconciler));
+        parts.spawn("rotation view", dropped(&view));
+        parts.stop(id).await;
+        assert!(reconciler.load(Ordering::Acquire), "stop returned first");
+        assert!(!view.load(Ordering::Acquire), "another part was stopped");
+
+        let returned = parts.spawn("admin server", async {});
+        let stopped = parts.next_stopped().await;
+        assert!(matches!(
+            stopped,
+            RunError::PartStopped {
+                what: "admin server",
+                ..
+            }
+        ));
+        let waited = tokio::time::timeout(Duration::from_secs(5), parts.stop(returned)).await;
+        assert!(waited.is_ok(), "waited for a part already stopped");
+        assert!(!view.load(Ordering::Acquire));
     }
 
     /// With no part at all there is nothing to report: waiting on it never ends (it must not

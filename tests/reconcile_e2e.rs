@@ -3028,6 +3028,58 @@ async fn one_leader_reconciles_and_the_other_takes_over() {
     assert_eq!(lease_holder(&client).await.1, Some(1));
 }
 
+/// SIGTERM to the leader: its reconciler stops and hands the Lease over at once, while its
+/// webhook is still serving out its shutdown delay (not ready), so the other replica leads
+/// within a poll of the Lease instead of after the delay and the drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_told_to_stop_hands_the_lease_over_before_its_webhook_stops() {
+    let cp = election_control_plane().await;
+    let client = cp.client();
+    let args = |id: &str| {
+        let mut args = replica_args(id, "6s");
+        args.push("--shutdown-delay=10s".to_owned());
+        args
+    };
+    let mut a = start_operator(cp.kubeconfig(), &args("replica-a")).await;
+    let b = start_operator(cp.kubeconfig(), &args("replica-b")).await;
+    let holder = || async { lease_holder(&client).await.0 };
+    eventually("replica-a leads", Duration::from_secs(30), || async {
+        (holder().await.as_deref() == Some("replica-a") && reports_rotation(&a)).then_some(())
+    })
+    .await;
+    a.process.signal("TERM").unwrap();
+    let terminated = Instant::now();
+    loop {
+        if holder().await.as_deref() == Some("replica-b")
+            && b.metric("trust_rotation_leader") == Some(1.0)
+            && reports_rotation(&b)
+        {
+            break;
+        }
+        assert!(
+            terminated.elapsed() < Duration::from_secs(5),
+            "b did not take over within 5s of a's SIGTERM; holder {:?}",
+            holder().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = terminated.elapsed();
+    // a is still there, serving out its delay: not ready, and no longer leading.
+    assert!(a.process.check_alive().is_ok(), "a exited first");
+    assert_eq!(a.admin_get("/ready").map(|r| r.0), Some(503));
+    assert_eq!(a.metric("trust_rotation_leader"), Some(0.0));
+    eprintln!(
+        "replica-b led {:.1}s after replica-a's SIGTERM (shutdown delay 10s, Lease 6s)",
+        took.as_secs_f64()
+    );
+    let status = a
+        .process
+        .wait_timeout(Duration::from_secs(30))
+        .expect("a exits within 30s of SIGTERM");
+    assert!(status.success(), "a's exit: {status}");
+    assert_eq!(holder().await.as_deref(), Some("replica-b"));
+}
+
 /// The leader loses the API server (a partition of its own: requests hang, nothing is refused)
 /// while the other replica still reaches it. The leader stops reconciling within its renew
 /// deadline, two thirds of the Lease, from its last renewal; the other takes the Lease only once
