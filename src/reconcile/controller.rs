@@ -439,6 +439,23 @@ impl Watches {
     }
 }
 
+/// Waits up to `every` for `synced` (the stores, one after another): `Ok(true)` once they have
+/// listed, `Ok(false)` when `every` has passed first, and `Err` with which watch task ended and
+/// how if one does: one whose store is further down the list is seen at once, not once those
+/// before it have listed.
+async fn until_synced(
+    watches: &mut Watches,
+    synced: std::pin::Pin<&mut impl Future<Output = bool>>,
+    every: Duration,
+) -> Result<bool, String> {
+    tokio::select! {
+        // A store's wait fails only if its watch's task ended, which `stopped` names.
+        synced = synced => if synced { Ok(true) } else { Err(watches.stopped().await) },
+        stopped = watches.stopped() => Err(stopped),
+        _ = tokio::time::sleep(every) => Ok(false),
+    }
+}
+
 fn named(name: &str) -> watcher::Config {
     watcher::Config::default().fields(&format!("metadata.name={name}"))
 }
@@ -521,22 +538,22 @@ pub async fn run(client: Client, config: ReconcilerConfig, metrics: Arc<Reconcil
                 .iter()
                 .all(Result::is_ok)
     };
-    tokio::pin!(synced);
     // A watch that cannot list (a permission missing from the install, say) keeps the
     // reconciler from starting: the status says which, rather than nothing at all.
     let mut holding: Option<String> = None;
-    let synced = loop {
-        tokio::select! {
-            synced = &mut synced => break synced,
-            _ = tokio::time::sleep(config.active_interval) => {
-                track_holding(&client, &config, watches.failing.describe(), &mut holding).await;
+    tokio::pin!(synced);
+    loop {
+        match until_synced(&mut watches, synced.as_mut(), config.active_interval).await {
+            Ok(true) => break,
+            Ok(false) => {
+                let failing = watches.failing.describe();
+                track_holding(&client, &config, failing, &mut holding).await;
+            }
+            Err(stopped) => {
+                tracing::error!("{stopped} before the reconciler synced; the reconciler stops");
+                return;
             }
         }
-    };
-    if !synced {
-        let stopped = watches.stopped().await;
-        tracing::error!("{stopped} before the reconciler synced; the reconciler stops");
-        return;
     }
     tracing::info!("reconciler synced");
     let recorder = EventWriter {
@@ -3710,6 +3727,40 @@ mod tests {
         assert_eq!(watches.stopped().await, "the watch of Deployments panicked");
         let none_ends = tokio::time::timeout(Duration::from_millis(50), watches.stopped()).await;
         assert!(none_ends.is_err(), "no task left: stopped() waits");
+    }
+
+    /// A watch task that ends while the reconciler waits for the stores to list stops the wait
+    /// at once, even while a store before its own has not listed (here, none ever does).
+    #[tokio::test]
+    async fn a_watch_task_that_ends_before_the_stores_list_stops_the_wait() {
+        let mut watches = Watches::new(WatchErrors::default(), Gauge::default());
+        watches.tasks.spawn(std::future::pending());
+        let panicked = watches
+            .tasks
+            .spawn(async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                panic!("a bug in a watch")
+            })
+            .id();
+        watches.names.insert(panicked, "DaemonSets".to_owned());
+        let mut synced = std::pin::pin!(std::future::pending::<bool>());
+        let (started, mut ticks) = (Instant::now(), 0);
+        let stopped = loop {
+            match until_synced(&mut watches, synced.as_mut(), Duration::from_millis(20)).await {
+                Ok(true) => panic!("nothing listed"),
+                Ok(false) => ticks += 1,
+                Err(stopped) => break stopped,
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the wait went on"
+            );
+        };
+        assert_eq!(stopped, "the watch of DaemonSets panicked");
+        assert!(
+            ticks > 0,
+            "no turn to look at the failing watches meanwhile"
+        );
     }
 
     /// A watched object deleted wakes the reconciler as one created or changed does.
