@@ -142,7 +142,7 @@ pub struct RunArgs {
     /// up on such a request itself after 60s; this catches a connection that went quiet.
     #[arg(long, default_value = "60s", value_parser = parse_period)]
     pub api_request_timeout: Duration,
-    /// This replica's identity in the Lease (the pod name in a cluster; default host-pid). A
+    /// This replica's identity in the Lease (the pod name in a cluster; default host-pid-random). A
     /// restarted container keeps its pod name, so it takes its Lease back at once.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -345,12 +345,20 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
-/// Outside a pod: the host name and the process id, unique among replicas on one machine.
+/// Without `POD_NAME` or `--identity`: the host name, the process id and a random part. Host
+/// name and pid alone are not unique: in containers the pid is 1, and two replicas sharing a
+/// host name (`hostNetwork`, or a `hostname` in the pod template) would both take the Lease for
+/// theirs and lead at once.
 fn default_identity() -> String {
+    use std::hash::{BuildHasher, Hasher};
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "trust-rotation-operator".to_owned());
-    format!("{host}-{}", std::process::id())
+    // std's hasher keys come from the operating system's random source.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!("{host}-{}-{:08x}", std::process::id(), random as u32)
 }
 
 /// Runs the operator binary's subcommand, writing its output to `out`.
@@ -658,5 +666,22 @@ impl CliError {
             CliError::Demo(crate::demo::DemoError::Interrupted) => 130,
             _ => 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two processes on one host name with one pid (containers sharing a host name) still
+    /// differ: the identity has a random part, drawn anew each time.
+    #[test]
+    fn the_default_identity_has_a_random_part() {
+        let prefix = format!("-{}-", std::process::id());
+        let (a, b) = (default_identity(), default_identity());
+        assert!(a.contains(&prefix), "{a}");
+        let random = |id: &str| id.rsplit_once('-').unwrap().1.to_owned();
+        assert_eq!(random(&a).len(), 8, "{a}");
+        assert_ne!(random(&a), random(&b));
     }
 }
