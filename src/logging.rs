@@ -133,7 +133,7 @@ fn debug_prints_unchanged(s: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io::Write;
     use std::sync::{Arc, Mutex};
 
@@ -141,8 +141,25 @@ mod tests {
 
     use super::*;
 
+    /// Log output kept in memory, for tests that read what was logged.
     #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Buffer {
+        /// A plain-format subscriber at every level that writes here.
+        pub(crate) fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + 'static {
+            let out = self.clone();
+            tracing_subscriber::fmt()
+                .without_time()
+                .with_max_level(tracing::Level::TRACE)
+                .with_writer(move || out.clone())
+                .finish()
+        }
+
+        pub(crate) fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
 
     impl Write for Buffer {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

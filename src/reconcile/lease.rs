@@ -349,17 +349,27 @@ impl Elector {
     {
         let c = self.config.clone();
         loop {
-            // Follower: try until acquired.
+            // Follower: try until acquired. A failure that stays the same (no permission on
+            // Leases, a namespace that does not exist) is said once, not at every try.
+            let mut failing: Option<String> = None;
             let mut last_renewed = loop {
                 let sent = tokio::time::Instant::now();
-                match tokio::time::timeout(c.renew_deadline, self.try_lead()).await {
+                let failure = match tokio::time::timeout(c.renew_deadline, self.try_lead()).await {
                     Ok(Ok(Attempt::Held(true))) => break sent,
-                    Ok(Ok(Attempt::Held(false) | Attempt::Conflict)) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "leader election"),
-                    Err(_) => {
-                        tracing::warn!("leader election: the API server did not answer in time")
+                    Ok(Ok(Attempt::Held(false) | Attempt::Conflict)) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some("the API server did not answer in time".to_owned()),
+                };
+                match (&failure, &failing) {
+                    (Some(now), before) if before.as_ref() != Some(now) => {
+                        tracing::warn!(error = %now, "leader election failed; trying again every {:?} (said again only if the failure changes)", c.retry)
                     }
+                    (None, Some(_)) => {
+                        tracing::info!("leader election: the Lease can be read and written again")
+                    }
+                    _ => {}
                 }
+                failing = failure;
                 tokio::time::sleep(c.retry).await;
             };
             tracing::info!(identity = %c.identity, lease = %format!("{}/{}", c.namespace, c.name), "became leader");
@@ -768,6 +778,27 @@ mod tests {
             None,
             "released despite {n} other writes"
         );
+    }
+
+    /// A failure that stays the same at every try (here, no API server at all) is logged once,
+    /// not every `retry`.
+    #[tokio::test]
+    async fn an_election_failing_the_same_way_says_so_once() {
+        let port = crate::testbed::free_port().unwrap();
+        let url: http::Uri = format!("http://127.0.0.1:{port}").parse().unwrap();
+        let client = Client::try_from(kube::Config::new(url)).unwrap();
+        let mut config = LeaseConfig::new("default", "election", "a");
+        config.retry = Duration::from_millis(50);
+        let logs = crate::logging::tests::Buffer::default();
+        let _logging = tracing::subscriber::set_default(logs.subscriber());
+        let elector = Elector::new(client, config);
+        let ran = elector.run(|| async {}, |_| {});
+        let stopped = tokio::time::timeout(Duration::from_millis(800), ran).await;
+        assert!(stopped.is_err(), "led without an API server");
+        let text = logs.text();
+        let said = text.matches("leader election failed").count();
+        assert_eq!(said, 1, "{text}");
+        assert!(text.contains("Connection refused"), "{text}");
     }
 
     /// A reconciler that returns while leading ends the election too (and the Lease is handed
