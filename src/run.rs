@@ -90,12 +90,18 @@ pub async fn run(
     );
 
     let mut tasks = Parts::default();
-    let reload_metrics = metrics.clone();
+    let (reload_metrics, failure_metrics) = (metrics.clone(), metrics.clone());
     tasks.spawn(
         "serving certificate reloader",
-        resolver.watch(config.cert_reload_interval, move |not_after| {
-            reload_metrics.serving_certificate_not_after.set(not_after);
-        }),
+        resolver.watch(
+            config.cert_reload_interval,
+            move |not_after| {
+                reload_metrics.serving_certificate_not_after.set(not_after);
+            },
+            move || {
+                failure_metrics.serving_certificate_reload_failures.inc();
+            },
+        ),
     );
     let view = ViewHandle::unsynced();
     let (synced_health, synced_metrics) = (health.clone(), metrics.clone());

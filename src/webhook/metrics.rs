@@ -45,6 +45,8 @@ pub struct WebhookMetrics {
     pub invalid_additional_env: Counter,
     /// notAfter of the serving certificate, Unix seconds.
     pub serving_certificate_not_after: Gauge,
+    /// Re-reads of the serving certificate files that could not be used (the served one kept).
+    pub serving_certificate_reload_failures: Counter,
     /// 1 once the rotation view has synced from its watches.
     pub view_synced: Gauge,
     /// Failed attempts of the view's watches (each retried).
@@ -67,6 +69,7 @@ impl WebhookMetrics {
             unsynced_admissions: Counter::default(),
             invalid_additional_env: Counter::default(),
             serving_certificate_not_after: Gauge::default(),
+            serving_certificate_reload_failures: Counter::default(),
             view_synced: Gauge::default(),
             view_watch_errors: WatchErrors::register(
                 registry,
@@ -98,6 +101,11 @@ impl WebhookMetrics {
             "trust_rotation_webhook_serving_certificate_not_after_seconds",
             "notAfter of the webhook's serving certificate, Unix seconds",
             m.serving_certificate_not_after.clone(),
+        );
+        registry.register(
+            "trust_rotation_webhook_serving_certificate_reload_failures",
+            "Re-reads of the serving certificate files that could not be used (unreadable, not PEM, or a key that is not the certificate's); the certificate in service is kept",
+            m.serving_certificate_reload_failures.clone(),
         );
         registry.register(
             "trust_rotation_webhook_view_synced",

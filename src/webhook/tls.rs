@@ -149,23 +149,50 @@ impl ReloadingResolver {
     }
 
     /// Re-reads the files every `interval` until the task is dropped, calling `on_reload` with
-    /// the new notAfter after each swap.
-    pub async fn watch(self: Arc<Self>, interval: Duration, on_reload: impl Fn(i64)) {
+    /// the new notAfter after each swap and `on_failure` after each read that could not be
+    /// used. A failure that stays the same (a Secret mounted with a key that is not the
+    /// certificate's, say) is logged once, and again only when it changes or clears; a served
+    /// certificate that has expired is said once (from the first look, at startup), since the
+    /// API server then refuses every handshake and admits pods unstamped.
+    pub async fn watch(
+        self: Arc<Self>,
+        interval: Duration,
+        on_reload: impl Fn(i64),
+        on_failure: impl Fn(),
+    ) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut failing, mut said_expired): (Option<String>, bool) = (None, false);
         loop {
             tick.tick().await;
             match self.reload() {
-                Ok(true) => {
-                    let not_after = self.not_after();
-                    tracing::info!(cert = %self.cert_path.display(), not_after, "serving certificate reloaded");
-                    on_reload(not_after);
+                Ok(reloaded) => {
+                    if failing.take().is_some() {
+                        tracing::info!(cert = %self.cert_path.display(), "serving certificate files usable again");
+                    }
+                    if reloaded {
+                        let not_after = self.not_after();
+                        tracing::info!(cert = %self.cert_path.display(), not_after, "serving certificate reloaded");
+                        on_reload(not_after);
+                    }
                 }
-                Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "serving certificate not reloaded; keeping the current one")
+                    on_failure();
+                    let e = e.to_string();
+                    if failing.as_ref() != Some(&e) {
+                        tracing::warn!(error = %e, "serving certificate not reloaded; keeping the current one (said again only if the problem changes)");
+                    }
+                    failing = Some(e);
                 }
             }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let expired = self.not_after() <= now;
+            if expired && !said_expired {
+                tracing::warn!(cert = %self.cert_path.display(), not_after = self.not_after(), "the serving certificate has expired: the API server refuses every handshake and admits pods without the webhook until it is renewed");
+            }
+            said_expired = expired;
         }
     }
 }
@@ -186,4 +213,70 @@ pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<Server
             .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::sim::pki::{Template, generate_key, to_pem};
+
+    /// A serving pair in `dir` valid from `not_before` to `not_after`.
+    fn write_pair(dir: &Path, not_before: time::OffsetDateTime, not_after: time::OffsetDateTime) {
+        let key = generate_key().unwrap();
+        let template = Template {
+            common_name: "webhook".to_owned(),
+            dns_names: vec!["localhost".to_owned()],
+            is_ca: false,
+            not_before,
+            not_after,
+        };
+        let cert = template.self_signed(&key).unwrap();
+        std::fs::write(dir.join("tls.crt"), to_pem(&cert)).unwrap();
+        std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+    }
+
+    /// Files that cannot be used are counted at every look but logged once per problem, and
+    /// said usable again when they are; a served certificate that has expired is said once.
+    #[tokio::test(start_paused = true)]
+    async fn a_lasting_reload_problem_is_logged_once_and_counted_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let now = time::OffsetDateTime::now_utc();
+        let day = time::Duration::days(1);
+        write_pair(dir.path(), now - day, now + day);
+        let resolver = ReloadingResolver::new(&cert, &key).unwrap();
+        let logs = crate::logging::tests::Buffer::default();
+        let _logging = tracing::subscriber::set_default(logs.subscriber());
+        let failures = Arc::new(AtomicU32::new(0));
+        let counted = failures.clone();
+        let every = Duration::from_secs(2);
+        let watch = resolver.watch(
+            every,
+            |_| {},
+            move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+            },
+        );
+        let looks = async {
+            // A key that is not the certificate's, for ten looks.
+            std::fs::write(&key, generate_key().unwrap().serialize_pem()).unwrap();
+            tokio::time::sleep(every * 10).await;
+            // Then an expired pair, for five.
+            write_pair(dir.path(), now - day * 2, now - day);
+            tokio::time::sleep(every * 5).await;
+        };
+        tokio::select! {
+            () = watch => unreachable!("the watch ended"),
+            () = looks => {}
+        }
+        let text = logs.text();
+        let failed = failures.load(Ordering::SeqCst);
+        assert!((9..=11).contains(&failed), "{failed} failures counted");
+        assert_eq!(text.matches("not reloaded").count(), 1, "{text}");
+        assert!(text.contains("is not the private key of"), "{text}");
+        assert_eq!(text.matches("usable again").count(), 1, "{text}");
+        assert_eq!(text.matches("has expired").count(), 1, "{text}");
+    }
 }

@@ -258,7 +258,7 @@ impl InProcessWebhook {
                 let _ = rx.await;
             },
         ));
-        let watcher = tokio::spawn(resolver.clone().watch(reload_every, |_| {}));
+        let watcher = tokio::spawn(resolver.clone().watch(reload_every, |_| {}, || {}));
         Self {
             addr,
             resolver,
