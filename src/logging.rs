@@ -132,6 +132,29 @@ fn debug_prints_unchanged(s: &str) -> bool {
         .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
 }
 
+/// Panics in the process so far (see [`report_panics`]).
+static PANICS: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
+    std::sync::LazyLock::new(Default::default);
+
+/// From now on, every panic in the process is counted and logged through `tracing` (so that
+/// `--log-format json` has it as a JSON line, with the task's span), then reported as before.
+/// Without it a panic in a webhook connection's task (which tokio keeps to that task: the API
+/// server sees the connection close and admits the pod unstamped) would move no metric and
+/// reach the log only as plain text. Installed once, however often called; returns the count,
+/// for a metrics registry.
+pub fn report_panics() -> prometheus_client::metrics::counter::Counter {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.inc();
+            tracing::error!(panic = %info, "panicked");
+            previous(info);
+        }));
+    });
+    PANICS.clone()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::io::Write;

@@ -66,6 +66,11 @@ pub async fn run(
     let metrics = WebhookMetrics::register(&mut registry);
     let handshake_failures = HandshakeFailures::register(&mut registry);
     let reconcile_metrics = ReconcileMetrics::register(&mut registry);
+    registry.register(
+        "trust_rotation_panics",
+        "Panics anywhere in the process (each also logged); a webhook connection that panicked closed without an answer, and its pod was admitted unstamped",
+        crate::logging::report_panics(),
+    );
     let health = Arc::new(Health::default());
 
     let resolver = ReloadingResolver::new(&config.tls_cert_file, &config.tls_key_file)?;

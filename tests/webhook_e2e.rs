@@ -283,6 +283,7 @@ async fn webhook_stamps_pods_and_never_blocks_them() {
         op.metric("trust_rotation_webhook_serving_certificate_reload_failures_total"),
         Some(0.0)
     );
+    assert_eq!(op.metric("trust_rotation_panics_total"), Some(0.0));
     // Every watch of the view has its error counter from the start, at 0 here.
     for kind in ["TrustAnchorRotation", "ConfigMap", "Namespace"] {
         assert_eq!(
