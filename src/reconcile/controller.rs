@@ -220,6 +220,12 @@ impl ReconcileError {
     /// The API server refused the write, and would refuse it again until someone changes
     /// something (RBAC, a policy, the object): 400, 401, 403, 405 or 422, admission webhook
     /// denials included. Not a conflict, a throttle, a timeout or a server error.
+    /// A write made onto a version that had changed (409 Conflict).
+    fn conflict(&self) -> bool {
+        matches!(self, ReconcileError::Kube { source: kube::Error::Api(status), .. }
+            if status.code == 409)
+    }
+
     fn refused(&self) -> bool {
         matches!(self, ReconcileError::Kube { source: kube::Error::Api(status), .. }
             if matches!(status.code, 400 | 401 | 403 | 405 | 422))
@@ -784,6 +790,12 @@ async fn reconcile_once(
             own_writes.wrote(target, before, after.clone());
         }
         if let Err(error) = written {
+            if error.conflict() {
+                // Decided from a version that has changed since: nothing was written, and the
+                // step is decided again from a fresh look (as a stale status write is).
+                tracing::info!(error = %error, "written over since the look; deciding again");
+                return Ok(Requeue::Soon);
+            }
             // What did go ahead is rolling: said as the step would have said it (a Normal
             // event for each batch, as the restarts themselves), whatever becomes of the status
             // write below. Each restart once: a look that decides one again (its watch has not
@@ -1919,11 +1931,17 @@ async fn execute(
             tracing::info!(%fingerprint, ?written_over, "writing the trust bundle");
             // `written_over` is `None` when the cache shows no ConfigMap: the annotation is then
             // left out, and server-side apply removes any copy that a stale cache missed.
+            // Otherwise it is the version the bundle was decided from, and the write is made
+            // only onto it: one that changed since (another writer, or the next leader when
+            // this replica has lost the Lease unawares) fails it with a conflict, and the next
+            // look decides from what is there now.
             let mut annotations = json!({ WRITTEN_BUNDLE_ANNOTATION: fingerprint });
+            let mut metadata = json!({ "name": name });
             if let Some(replaced) = written_over {
                 annotations[WRITTEN_OVER_ANNOTATION] = json!(replaced);
+                metadata["resourceVersion"] = json!(replaced);
             }
-            let metadata = json!({ "name": name, "annotations": annotations });
+            metadata["annotations"] = annotations;
             let patch = Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": metadata,
                 "data": {config.bundle_key.as_str(): pem}}));
@@ -4091,7 +4109,6 @@ mod tests {
                     (&mut BTreeMap::new(), &mut Retries::default()),
                 )
                 .await
-                .unwrap();
             }
         };
         let nobody = Vec::<String>::new();
@@ -4112,12 +4129,12 @@ mod tests {
         .unwrap();
         assert_eq!(read().await, nobody, "never written by the operator");
 
-        write(version().await).await;
+        write(version().await).await.unwrap();
         assert_eq!(read().await, nobody, "the operator's is the latest write");
 
         update_as("helm", "upgraded").await;
         assert_eq!(read().await, ["helm"]);
-        write(version().await).await;
+        write(version().await).await.unwrap();
         assert_eq!(read().await, nobody);
 
         // A GitOps controller that applies the operator's own bundle shares it: no overwrite.
@@ -4133,7 +4150,7 @@ mod tests {
         // upgrade --force`) takes the operator's annotations and managedFields entry with it:
         // nothing here says the operator wrote the bundle (its status remembers), and the key
         // is held by the replacer.
-        write(version().await).await;
+        write(version().await).await.unwrap();
         let mut replacing: ConfigMap = serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": ns},
             "data": {key.as_str(): "replaced"}}))
@@ -4157,6 +4174,20 @@ mod tests {
                 .contains_key(WRITTEN_BUNDLE_ANNOTATION)
         );
         assert_eq!(key_holders(&replaced, &key), ["kubectl-replace"]);
+
+        // A write decided from a version that has changed since is refused as a conflict (the
+        // look is then made again), and changes nothing.
+        let decided_from = version().await;
+        update_as("helm", "changed since").await;
+        let stale = write(decided_from).await.unwrap_err();
+        assert!(stale.conflict(), "{stale:?}");
+        let data = api.get(&name).await.unwrap().data.unwrap();
+        assert_eq!(data[&key], "changed since");
+        write(version().await).await.unwrap();
+        assert_eq!(
+            api.get(&name).await.unwrap().data.unwrap()[&key],
+            "restored"
+        );
     }
 
     /// A step that failed holds the phase and says why; the pods counted by the look that
@@ -4465,8 +4496,10 @@ mod tests {
     /// The reconciler's own write of the bundle, then a look whose ConfigMap watch has not
     /// shown it yet (the other watches have): that look must wait, not decide from the bundle
     /// before the write. Real API server; the lag is a store that is not fed. Beside it, the
-    /// same look without the memory of the write does decide from the old bundle: it writes the
-    /// step and announces it a second time. A lag past the patience is said in the status.
+    /// same look without the memory of the write does decide from the old bundle, and its write,
+    /// made onto the version it read, is refused as a conflict: nothing is written or announced
+    /// twice. So is a look decided from a ConfigMap that another writer changed since. A lag
+    /// past the patience is said in the status.
     #[tokio::test]
     async fn a_look_waits_for_the_watch_to_show_the_reconcilers_own_write() {
         use crate::sim::pki::{Template, generate_key, to_pem};
@@ -4567,6 +4600,37 @@ mod tests {
                 .count()
         };
 
+        // A look decided from a ConfigMap that another writer has changed since (here, only
+        // a label) writes nothing over it: the bundle write is refused as a conflict, and the
+        // look ends asking for another soon, without a status, an event or a failure.
+        let stale = looks().await;
+        configmaps
+            .patch(
+                "linkerd-identity-trust-roots",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+            )
+            .await
+            .unwrap();
+        let requeue = reconcile_once(
+            &client,
+            &config,
+            &stale,
+            &recorder,
+            &metrics,
+            &mut Memory::default(),
+        )
+        .await
+        .expect("a look that met a conflict");
+        assert_eq!(requeue, Requeue::Soon);
+        let untouched = configmaps
+            .get("linkerd-identity-trust-roots")
+            .await
+            .unwrap();
+        assert_eq!(untouched.data.unwrap()["ca-bundle.crt"], to_pem(&old));
+        assert_eq!(rotations.get("cluster").await.unwrap().status, None);
+        assert_eq!(events().await, 0);
+
         // The anchor was renewed: the first look writes the expanded bundle and says so.
         let before = looks().await;
         let mut memory = Memory::default();
@@ -4629,16 +4693,15 @@ mod tests {
             .expect("a look");
         assert_eq!(events().await, 1);
 
-        // Without the memory of its write, the same look decides from the old bundle. Read
-        // afresh but for the bundle: the caught-up look wrote the status since `lagging` was
-        // read, and a status write decided from a stale read is dropped with its events (this
-        // look's status differs from the stored one once the transition time's second has
-        // moved on, so with the old read the test failed whenever a second boundary fell in).
+        // Without the memory of its write, the same look decides from the old bundle: it
+        // writes the expanded bundle again, onto the version it read, which the write has
+        // replaced. Refused as a conflict, it writes and announces nothing either. Read afresh
+        // but for the bundle: the caught-up look wrote the status since `lagging` was read.
         let lagging = Stores {
             bundle: before.bundle.clone(),
             ..looks().await
         };
-        reconcile_once(
+        let requeue = reconcile_once(
             &client,
             &config,
             &lagging,
@@ -4648,6 +4711,12 @@ mod tests {
         )
         .await
         .expect("a look");
-        assert_eq!(events().await, 2, "the step announced again");
+        assert_eq!(requeue, Requeue::Soon);
+        assert_eq!(events().await, 1, "the step announced again");
+        let bundle = configmaps
+            .get("linkerd-identity-trust-roots")
+            .await
+            .unwrap();
+        assert_eq!(bundle.resource_version(), written.resource_version());
     }
 }
