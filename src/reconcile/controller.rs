@@ -30,7 +30,7 @@ use super::decide::{
 };
 use super::metrics::ReconcileMetrics;
 use super::model::*;
-use super::retry::Retries;
+use super::retry::{FORGET_AFTER, Retries};
 use crate::crd::{
     RenewalPolicy, RestartPolicy, TrustAnchorRotation, TrustAnchorRotationSpec,
     TrustAnchorRotationStatus,
@@ -67,6 +67,10 @@ pub const WRITTEN_OVER_ANNOTATION: &str = "trust.linkerd.io/written-over-version
 /// How long past its deletion deadline a pod still listed as running counts as draining.
 const DRAIN_SLACK: k8s_openapi::jiff::SignedDuration =
     k8s_openapi::jiff::SignedDuration::from_secs(30);
+/// Bundle writes in a row refused because the ConfigMap changed since the look, before the
+/// next one is a failed step said in the status: one conflict is a cache a moment behind, and a
+/// run of them another writer that keeps changing the ConfigMap faster than a look takes.
+const CONFLICT_PATIENCE: u32 = 3;
 /// How old a pod of a ReplicaSet must be for a missing Deployment to mean an orphaned
 /// ReplicaSet rather than a watch that has not shown the Deployment yet.
 const ORPHAN_AGE: k8s_openapi::jiff::SignedDuration =
@@ -217,15 +221,15 @@ pub enum ReconcileError {
 }
 
 impl ReconcileError {
-    /// The API server refused the write, and would refuse it again until someone changes
-    /// something (RBAC, a policy, the object): 400, 401, 403, 405 or 422, admission webhook
-    /// denials included. Not a conflict, a throttle, a timeout or a server error.
     /// A write made onto a version that had changed (409 Conflict).
     fn conflict(&self) -> bool {
         matches!(self, ReconcileError::Kube { source: kube::Error::Api(status), .. }
             if status.code == 409)
     }
 
+    /// The API server refused the write, and would refuse it again until someone changes
+    /// something (RBAC, a policy, the object): 400, 401, 403, 405 or 422, admission webhook
+    /// denials included. Not a conflict, a throttle, a timeout or a server error.
     fn refused(&self) -> bool {
         matches!(self, ReconcileError::Kube { source: kube::Error::Api(status), .. }
             if matches!(status.code, 400 | 401 | 403 | 405 | 422))
@@ -704,6 +708,7 @@ async fn reconcile_once(
         seen_leaves,
         count_writes,
         announced_restarts,
+        bundle_conflicts,
     } = memory;
     own_writes.confirm(client, config, stores).await;
     match own_writes.awaited(config, stores) {
@@ -744,7 +749,8 @@ async fn reconcile_once(
     }
     tracing::Span::current().record("phase", status.phase.as_str());
     let policies = policies(&rotation.spec);
-    forget_restarts(refused_restarts, status.phase, |w| stores.holds(w));
+    let now = tokio::time::Instant::now().into_std();
+    forget_restarts(refused_restarts, status.phase, |w| stores.holds(w), now);
     let mut observed = observe(
         client,
         config,
@@ -789,12 +795,21 @@ async fn reconcile_once(
         if let (Some(target), Ok(after)) = (target, &written) {
             own_writes.wrote(target, before, after.clone());
         }
+        if written.is_ok() && matches!(effect, Effect::WriteBundle { .. }) {
+            *bundle_conflicts = 0;
+        }
         if let Err(error) = written {
-            if error.conflict() {
+            let bundle_write = matches!(effect, Effect::WriteBundle { .. });
+            if bundle_write && error.conflict() {
                 // Decided from a version that has changed since: nothing was written, and the
-                // step is decided again from a fresh look (as a stale status write is).
-                tracing::info!(error = %error, "written over since the look; deciding again");
-                return Ok(Requeue::Soon);
+                // step is decided again from a fresh look (as a stale status write is). Quietly,
+                // unless it keeps happening (a writer that changes the ConfigMap faster than a
+                // look takes): then it is a step that fails, said in the status in the API server's words.
+                *bundle_conflicts += 1;
+                if *bundle_conflicts < CONFLICT_PATIENCE {
+                    tracing::info!(error = %error, "the bundle ConfigMap changed since the look; deciding again");
+                    return Ok(Requeue::Soon);
+                }
             }
             // What did go ahead is rolling: said as the step would have said it (a Normal
             // event for each batch, as the restarts themselves), whatever becomes of the status
@@ -2114,18 +2129,21 @@ fn retried_now<'a>(
     due.into_iter().take(room).collect()
 }
 
-/// Forgets the failed restarts of workloads that are gone (`exists` says which are not), and
-/// all of them once the rotation is `Synced` (a failure counts only for the step it was met in,
-/// see [`FailedRestart::restart_for`]): what is left is what a step may still send again.
+/// Forgets the failed restarts of workloads that are gone (`exists` says which are not) and
+/// have not failed for [`FORGET_AFTER`] (a workload missing from a cache that lags, or a
+/// Deployment orphaned moments ago, keeps its failure, so that it is not sent again as a fresh
+/// restart, in a slot of its own, at every look), and all of them once the rotation is `Synced`
+/// (a failure counts only for the step it was met in, see [`FailedRestart::restart_for`]).
 fn forget_restarts(
     failed: &mut BTreeMap<Workload, FailedRestart>,
     phase: crate::crd::Phase,
     exists: impl Fn(&Workload) -> bool,
+    now: std::time::Instant,
 ) {
     if phase == crate::crd::Phase::Synced {
         failed.clear();
     } else {
-        failed.retain(|w, _| exists(w));
+        failed.retain(|w, f| exists(w) || now.duration_since(f.at) < FORGET_AFTER);
     }
 }
 
@@ -2249,6 +2267,8 @@ struct Memory {
     /// The restarts of steps that partly failed which a Normal event has named, until a look's
     /// writes all go through.
     announced_restarts: BTreeSet<String>,
+    /// Bundle writes in a row refused as conflicts (see [`CONFLICT_PATIENCE`]).
+    bundle_conflicts: u32,
 }
 
 /// The step Events the last look published, and the rotation's version once its status was in.
@@ -2774,8 +2794,8 @@ mod tests {
         assert_eq!(refused.keys().collect::<Vec<_>>(), [&w]);
     }
 
-    /// A failed restart is forgotten once its workload is gone, and every one once the
-    /// rotation is over; the others are kept with what they were for.
+    /// A failed restart is forgotten once its workload has been gone for a while, and every one
+    /// once the rotation is over; the others are kept with what they were for.
     #[test]
     fn failed_restarts_are_forgotten_when_their_workload_is_gone_or_the_rotation_over() {
         let w = |name: &str| Workload {
@@ -2818,16 +2838,17 @@ mod tests {
         assert!(!stores.holds(&kind("Deployment", "db")));
         assert!(!stores.holds(&kind("DaemonSet", "kept")));
         let exists = |x: &Workload| stores.holds(x);
+        let propagating = crate::crd::Phase::PropagatingTrustRoots;
         let mut during: BTreeMap<Workload, FailedRestart> = failed();
-        forget_restarts(
-            &mut during,
-            crate::crd::Phase::PropagatingTrustRoots,
-            exists,
-        );
+        // Gone a moment ago (a cache that lags): kept.
+        let now = std::time::Instant::now();
+        forget_restarts(&mut during, propagating, exists, now + FORGET_AFTER / 2);
+        assert_eq!(during.len(), 2);
+        forget_restarts(&mut during, propagating, exists, now + FORGET_AFTER);
         assert_eq!(during.keys().collect::<Vec<_>>(), [&w("kept")]);
         assert_eq!(during[&w("kept")].failure, "forbidden");
         let mut after: BTreeMap<Workload, FailedRestart> = failed();
-        forget_restarts(&mut after, crate::crd::Phase::Synced, exists);
+        forget_restarts(&mut after, crate::crd::Phase::Synced, exists, now);
         assert!(after.is_empty());
     }
 
@@ -4602,7 +4623,8 @@ mod tests {
 
         // A look decided from a ConfigMap that another writer has changed since (here, only
         // a label) writes nothing over it: the bundle write is refused as a conflict, and the
-        // look ends asking for another soon, without a status, an event or a failure.
+        // look ends asking for another soon, without a status, an event or a failure. Until
+        // it has happened CONFLICT_PATIENCE times in a row: then it is a failed step.
         let stale = looks().await;
         configmaps
             .patch(
@@ -4612,23 +4634,43 @@ mod tests {
             )
             .await
             .unwrap();
-        let requeue = reconcile_once(
+        let mut conflicts = Memory::default();
+        for _ in 1..CONFLICT_PATIENCE {
+            let requeue = reconcile_once(
+                &client,
+                &config,
+                &stale,
+                &recorder,
+                &metrics,
+                &mut conflicts,
+            )
+            .await
+            .expect("a look that met a conflict");
+            assert_eq!(requeue, Requeue::Soon);
+            let untouched = configmaps
+                .get("linkerd-identity-trust-roots")
+                .await
+                .unwrap();
+            assert_eq!(untouched.data.unwrap()["ca-bundle.crt"], to_pem(&old));
+            assert_eq!(rotations.get("cluster").await.unwrap().status, None);
+        }
+        let failed = reconcile_once(
             &client,
             &config,
             &stale,
             &recorder,
             &metrics,
-            &mut Memory::default(),
+            &mut conflicts,
         )
         .await
-        .expect("a look that met a conflict");
-        assert_eq!(requeue, Requeue::Soon);
-        let untouched = configmaps
-            .get("linkerd-identity-trust-roots")
-            .await
-            .unwrap();
-        assert_eq!(untouched.data.unwrap()["ca-bundle.crt"], to_pem(&old));
-        assert_eq!(rotations.get("cluster").await.unwrap().status, None);
+        .expect_err("a run of conflicts is a failed step");
+        assert!(failed.conflict(), "{failed:?}");
+        let status = rotations.get("cluster").await.unwrap().status.unwrap();
+        let blocking = status.blocking_message.unwrap_or_default();
+        assert!(
+            blocking.contains("writing ConfigMap linkerd/linkerd-identity-trust-roots"),
+            "{blocking}"
+        );
         assert_eq!(events().await, 0);
 
         // The anchor was renewed: the first look writes the expanded bundle and says so.
@@ -4712,7 +4754,7 @@ mod tests {
         .await
         .expect("a look");
         assert_eq!(requeue, Requeue::Soon);
-        assert_eq!(events().await, 1, "the step announced again");
+        assert_eq!(events().await, 1, "announced twice");
         let bundle = configmaps
             .get("linkerd-identity-trust-roots")
             .await

@@ -20,7 +20,7 @@ pub const FIRST_WAIT: Duration = Duration::from_secs(2);
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// A failure not tried again for this long past its wait (the workload is gone, or the step
 /// moved on to another write) is forgotten.
-const FORGET_AFTER: Duration = Duration::from_secs(600);
+pub const FORGET_AFTER: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Default)]
 pub struct Retries {
