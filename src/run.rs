@@ -202,7 +202,10 @@ pub async fn run(
             // (bounded by the Lease's retry interval) while the webhook still serves, so the next
             // leader takes over without waiting for this replica's drain.
             if let Some(part) = reconciler_part {
-                parts.stop(part).await;
+                for error in parts.stop(part).await {
+                    tracing::error!(error = %error, "while stopping the reconciler");
+                    failed.get_or_insert(error);
+                }
                 // As the election says when it stops leading (cancelled, it cannot).
                 stopped_metrics.leader.set(0);
                 stopped_metrics.forget_rotation();
@@ -242,32 +245,54 @@ impl Parts {
         id
     }
 
-    /// Stops the part `id` (at shutdown) and waits until it has stopped. Parts that stop
-    /// meanwhile are only logged: the process is stopping anyway.
-    async fn stop(&mut self, id: tokio::task::Id) {
+    /// Stops the part `id` (at shutdown) and waits until it has stopped. Returns how each part
+    /// that ended of itself meanwhile ended (`id` included, if it ended before it was stopped):
+    /// the process still stops, but not as if all were well.
+    async fn stop(&mut self, id: tokio::task::Id) -> Vec<RunError> {
+        let mut ended = Vec::new();
         let Some((_, handle)) = self.names.get(&id) else {
             // Already stopped (and reported).
-            return;
+            return ended;
         };
         handle.abort();
-        while let Some(joined) = self.set.join_next_with_id().await {
-            let stopped = joined.as_ref().map_or_else(|e| e.id(), |(id, ())| *id);
-            let what = self
-                .names
-                .remove(&stopped)
-                .map_or("a part", |(what, _)| what);
-            if stopped == id {
-                return;
+        let mut stopped_it = false;
+        // Until `id` has stopped, and then those that had already ended too.
+        loop {
+            let joined = if stopped_it {
+                self.set.try_join_next_with_id()
+            } else {
+                self.set.join_next_with_id().await
+            };
+            let Some(joined) = joined else {
+                return ended;
+            };
+            let stopped = match &joined {
+                Ok((stopped, ())) => *stopped,
+                Err(e) => e.id(),
+            };
+            stopped_it |= stopped == id;
+            if matches!(&joined, Err(e) if e.is_cancelled()) {
+                self.names.remove(&stopped);
+            } else {
+                ended.push(self.ended(joined));
             }
-            tracing::info!(part = what, "stopped during shutdown");
         }
     }
 
     /// Waits for the first part to stop (none should before shutdown) and says which and how.
     async fn next_stopped(&mut self) -> RunError {
-        let (id, how): (tokio::task::Id, String) = match self.set.join_next_with_id().await {
-            Some(Ok((id, ()))) => (id, "it returned".to_owned()),
-            Some(Err(e)) if e.is_panic() => {
+        match self.set.join_next_with_id().await {
+            Some(joined) => self.ended(joined),
+            // Nothing was spawned: nothing can stop.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Which part ended, and how.
+    fn ended(&mut self, joined: Result<(tokio::task::Id, ()), tokio::task::JoinError>) -> RunError {
+        let (id, how): (tokio::task::Id, String) = match joined {
+            Ok((id, ())) => (id, "it returned".to_owned()),
+            Err(e) if e.is_panic() => {
                 let id = e.id();
                 let payload = e.into_panic();
                 let message = payload
@@ -277,9 +302,7 @@ impl Parts {
                     .unwrap_or_default();
                 (id, format!("it panicked: {message}"))
             }
-            Some(Err(e)) => (e.id(), format!("it was cancelled: {e}")),
-            // Nothing was spawned: nothing can stop.
-            None => std::future::pending().await,
+            Err(e) => (e.id(), format!("it was cancelled: {e}")),
         };
         RunError::PartStopped {
             what: self.names.remove(&id).map_or("a part", |(what, _)| what),
@@ -371,9 +394,28 @@ mod tests {
         let mut parts = Parts::default();
         let id = parts.spawn("reconciler", dropped(&reconciler));
         parts.spawn("rotation view", dropped(&view));
-        parts.stop(id).await;
+        let ended = parts.stop(id).await;
+        assert!(ended.is_empty(), "{ended:?}");
         assert!(reconciler.load(Ordering::Acquire), "stop returned first");
         assert!(!view.load(Ordering::Acquire), "another part was stopped");
+
+        // A part that ended of itself before the shutdown (not yet reported) is said, and so is
+        // the part stopped, when it had ended of itself first.
+        let id = parts.spawn("reconciler", async {});
+        parts.spawn("serving certificate reloader", async { panic!("a bug") });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut ended: Vec<String> = parts.stop(id).await.iter().map(|e| e.to_string()).collect();
+        ended.sort();
+        assert_eq!(ended.len(), 2, "{ended:?}");
+        assert!(
+            ended[0].starts_with("the reconciler stopped unexpectedly (it returned)"),
+            "{ended:?}"
+        );
+        assert!(
+            ended[1].contains("certificate reloader stopped unexpectedly (it panicked: a bug)"),
+            "{ended:?}"
+        );
+        assert!(!view.load(Ordering::Acquire));
 
         let returned = parts.spawn("admin server", async {});
         let stopped = parts.next_stopped().await;
