@@ -18,6 +18,10 @@ use rustls::sign::CertifiedKey;
 /// minute or so; a few seconds more is nothing, and reading two small files is free.
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
+/// A reload problem is said again when the certificate kept in service has this little left:
+/// time for someone to fix the files before the API server refuses every handshake.
+const EXPIRY_WARNING: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("reading {path}: {source}")]
@@ -162,7 +166,8 @@ impl ReloadingResolver {
     ) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (mut failing, mut said_expired): (Option<String>, bool) = (None, false);
+        let (mut failing, mut said_expired, mut said_expiring): (Option<String>, _, _) =
+            (None, false, false);
         loop {
             tick.tick().await;
             match self.reload() {
@@ -193,6 +198,13 @@ impl ReloadingResolver {
                 tracing::warn!(cert = %self.cert_path.display(), not_after = self.not_after(), "the serving certificate has expired: the API server refuses every handshake and admits pods without the webhook until it is renewed");
             }
             said_expired = expired;
+            // A problem said once may be old news by the time it matters: said again, once,
+            // when the certificate it keeps in service is about to expire.
+            let expiring = !expired && self.not_after() - now < EXPIRY_WARNING.as_secs() as i64;
+            if let (true, false, Some(problem)) = (expiring, said_expiring, &failing) {
+                tracing::warn!(cert = %self.cert_path.display(), not_after = self.not_after(), problem = %problem, "the serving certificate expires within a day and its files still cannot be reloaded");
+            }
+            said_expiring = expiring && failing.is_some();
         }
     }
 }
@@ -237,15 +249,16 @@ mod tests {
         std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
     }
 
-    /// Files that cannot be used are counted at every look but logged once per problem, and
-    /// said usable again when they are; a served certificate that has expired is said once.
+    /// Files that cannot be used are counted at every look but logged once per problem, said
+    /// again once when the certificate kept in service has less than a day left, and said
+    /// usable again when they are; a served certificate that has expired is said once.
     #[tokio::test(start_paused = true)]
     async fn a_lasting_reload_problem_is_logged_once_and_counted_every_time() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
         let now = time::OffsetDateTime::now_utc();
         let day = time::Duration::days(1);
-        write_pair(dir.path(), now - day, now + day);
+        write_pair(dir.path(), now - day, now + time::Duration::hours(12));
         let resolver = ReloadingResolver::new(&cert, &key).unwrap();
         let logs = crate::logging::tests::Buffer::default();
         let _logging = tracing::subscriber::set_default(logs.subscriber());
@@ -278,5 +291,6 @@ mod tests {
         assert!(text.contains("is not the private key of"), "{text}");
         assert_eq!(text.matches("usable again").count(), 1, "{text}");
         assert_eq!(text.matches("has expired").count(), 1, "{text}");
+        assert_eq!(text.matches("expires within a day").count(), 1, "{text}");
     }
 }
