@@ -2965,6 +2965,26 @@ async fn lease_holder(client: &kube::Client) -> (Option<String>, Option<i32>) {
     (spec.holder_identity, spec.lease_transitions)
 }
 
+/// Waits, at most `within`, until `replica-b` holds the Lease, says it leads and reconciles:
+/// how long that took.
+async fn takes_over(client: &kube::Client, b: &Operator, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if lease_holder(client).await.0.as_deref() == Some("replica-b")
+            && b.metric("trust_rotation_leader") == Some(1.0)
+            && reports_rotation(b)
+        {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "b did not take over within {within:?}; holder {:?}",
+            lease_holder(client).await.0
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Two replicas: one holds the Lease and reconciles, the other serves the webhook only and
 /// writes nothing; SIGKILL the leader and the other takes over once the Lease expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -3006,24 +3026,10 @@ async fn one_leader_reconciles_and_the_other_takes_over() {
     assert_eq!(b.admin_get("/ready").map(|r| r.0), Some(200));
 
     a.process.signal("KILL").unwrap();
-    let killed = Instant::now();
-    loop {
-        if holder().await.as_deref() == Some("replica-b")
-            && b.metric("trust_rotation_leader") == Some(1.0)
-            && reports_rotation(&b)
-        {
-            break;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(20),
-            "b did not take over; holder {:?}",
-            holder().await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let took = takes_over(&client, &b, Duration::from_secs(20)).await;
     eprintln!(
         "replica-b took over {:.1}s after replica-a was killed (Lease 6s)",
-        killed.elapsed().as_secs_f64()
+        took.as_secs_f64()
     );
     assert_eq!(lease_holder(&client).await.1, Some(1));
 }
@@ -3048,22 +3054,7 @@ async fn a_leader_told_to_stop_hands_the_lease_over_before_its_webhook_stops() {
     })
     .await;
     a.process.signal("TERM").unwrap();
-    let terminated = Instant::now();
-    loop {
-        if holder().await.as_deref() == Some("replica-b")
-            && b.metric("trust_rotation_leader") == Some(1.0)
-            && reports_rotation(&b)
-        {
-            break;
-        }
-        assert!(
-            terminated.elapsed() < Duration::from_secs(5),
-            "b did not take over within 5s of a's SIGTERM; holder {:?}",
-            holder().await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let took = terminated.elapsed();
+    let took = takes_over(&client, &b, Duration::from_secs(5)).await;
     // a is still there, serving out its delay: not ready, and no longer leading.
     assert!(a.process.check_alive().is_ok(), "a exited first");
     assert_eq!(a.admin_get("/ready").map(|r| r.0), Some(503));

@@ -4635,8 +4635,8 @@ mod tests {
             .await
             .unwrap();
         let mut conflicts = Memory::default();
-        for _ in 1..CONFLICT_PATIENCE {
-            let requeue = reconcile_once(
+        let mut looks_from_stale = async || {
+            reconcile_once(
                 &client,
                 &config,
                 &stale,
@@ -4645,8 +4645,10 @@ mod tests {
                 &mut conflicts,
             )
             .await
-            .expect("a look that met a conflict");
-            assert_eq!(requeue, Requeue::Soon);
+        };
+        for _ in 1..CONFLICT_PATIENCE {
+            let requeue = looks_from_stale().await;
+            assert_eq!(requeue.expect("a look that met a conflict"), Requeue::Soon);
             let untouched = configmaps
                 .get("linkerd-identity-trust-roots")
                 .await
@@ -4654,16 +4656,9 @@ mod tests {
             assert_eq!(untouched.data.unwrap()["ca-bundle.crt"], to_pem(&old));
             assert_eq!(rotations.get("cluster").await.unwrap().status, None);
         }
-        let failed = reconcile_once(
-            &client,
-            &config,
-            &stale,
-            &recorder,
-            &metrics,
-            &mut conflicts,
-        )
-        .await
-        .expect_err("a run of conflicts is a failed step");
+        let failed = looks_from_stale()
+            .await
+            .expect_err("a run of conflicts is a failed step");
         assert!(failed.conflict(), "{failed:?}");
         let status = rotations.get("cluster").await.unwrap().status.unwrap();
         let blocking = status.blocking_message.unwrap_or_default();

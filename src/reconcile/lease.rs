@@ -732,11 +732,9 @@ mod tests {
         assert_eq!(spec.holder_identity.as_deref(), Some("b"));
     }
 
-    /// A release that meets another write of the Lease between its read and its write (a
-    /// renewal sent just before the election stopped, or anyone's label) reads it again and
-    /// still hands it over, on the real API server.
-    #[tokio::test]
-    async fn a_release_that_meets_another_write_reads_the_lease_again() {
+    /// A local control plane, its client, and replica `a`'s election (Lease `default/election`,
+    /// 3 s). The control plane stops when dropped.
+    async fn election_of_a() -> (crate::testbed::ControlPlane, Client, Elector) {
         let cp = crate::testbed::ControlPlane::start()
             .await
             .expect("a local control plane");
@@ -744,6 +742,15 @@ mod tests {
         let config =
             LeaseConfig::new("default", "election", "a").with_duration(Duration::from_secs(3));
         let elector = Elector::new(client.clone(), config);
+        (cp, client, elector)
+    }
+
+    /// A release that meets another write of the Lease between its read and its write (a
+    /// renewal sent just before the election stopped, or anyone's label) reads it again and
+    /// still hands it over, on the real API server.
+    #[tokio::test]
+    async fn a_release_that_meets_another_write_reads_the_lease_again() {
+        let (_cp, client, elector) = election_of_a().await;
         assert_eq!(elector.try_lead().await.unwrap(), Attempt::Held(true));
         let api = Api::<Lease>::namespaced(client, "default");
         // Three writers, each as fast as the API server takes its writes, for a while: a
@@ -806,13 +813,7 @@ mod tests {
     /// stopped part from the process that must report it.
     #[tokio::test]
     async fn a_lead_that_returns_ends_the_election() {
-        let cp = crate::testbed::ControlPlane::start()
-            .await
-            .expect("a local control plane");
-        let client = cp.client();
-        let config =
-            LeaseConfig::new("default", "election", "a").with_duration(Duration::from_secs(3));
-        let elector = Elector::new(client.clone(), config);
+        let (_cp, client, elector) = election_of_a().await;
         let changes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = changes.clone();
         let ran = tokio::time::timeout(
