@@ -142,8 +142,9 @@ pub struct RunArgs {
     /// up on such a request itself after 60s; this catches a connection that went quiet.
     #[arg(long, default_value = "60s", value_parser = parse_period)]
     pub api_request_timeout: Duration,
-    /// This replica's identity in the Lease (the pod name in a cluster; default host-pid-random). A
-    /// restarted container keeps its pod name, so it takes its Lease back at once.
+    /// This replica's identity in the Lease (the pod name in a cluster; default
+    /// host-pid-random). A restarted container keeps its pod name, so it takes its Lease back at
+    /// once.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
     /// After SIGTERM: report not ready and keep serving this long before closing the webhook

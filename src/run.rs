@@ -199,8 +199,8 @@ pub async fn run(
             tracing::info!(delay = ?delay, "shutting down: not ready, still serving");
             let serving = tokio::time::Instant::now() + delay;
             // The reconciler has nothing to wait for: it stops now, and hands the Lease over
-            // (bounded by the Lease's retry interval) while the webhook still serves, so the next
-            // leader takes over without waiting for this replica's drain.
+            // (given the Lease's retry interval, or 1 s if longer) while the webhook still
+            // serves, so the next leader takes over without waiting for this replica's drain.
             if let Some(part) = reconciler_part {
                 for error in parts.stop(part).await {
                     tracing::error!(error = %error, "while stopping the reconciler");

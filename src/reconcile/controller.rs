@@ -804,7 +804,8 @@ async fn reconcile_once(
                 // Decided from a version that has changed since: nothing was written, and the
                 // step is decided again from a fresh look (as a stale status write is). Quietly,
                 // unless it keeps happening (a writer that changes the ConfigMap faster than a
-                // look takes): then it is a step that fails, said in the status in the API server's words.
+                // look takes): then it is a step that fails, said in the status in the API
+                // server's words.
                 *bundle_conflicts += 1;
                 if *bundle_conflicts < CONFLICT_PATIENCE {
                     tracing::info!(error = %error, "the bundle ConfigMap changed since the look; deciding again");
@@ -884,8 +885,10 @@ async fn reconcile_once(
         )
         .await?;
     }
-    // Every write of the step went through: a partly failed step decided again later is news.
+    // Every write of the step went through: a partly failed step decided again later is news,
+    // and a conflict on the bundle the first of a new run.
     announced_restarts.clear();
+    *bundle_conflicts = 0;
     Ok(requeue)
 }
 
@@ -2255,7 +2258,8 @@ struct Memory {
     /// webhook, or unanswered), with what it was for and the failure, kept until one succeeds:
     /// tried again at the next look, or once its wait is over when it was refused (`retries`),
     /// in the restart slots the others leave (see [`Observed::refused_restarts`]); forgotten
-    /// once the workload is gone or the rotation is over ([`forget_restarts`]).
+    /// once the workload has been gone for a while, or the rotation is over
+    /// ([`forget_restarts`]).
     refused_restarts: BTreeMap<Workload, FailedRestart>,
     /// Each refused write's wait before it is tried again.
     retries: Retries,
@@ -2267,7 +2271,8 @@ struct Memory {
     /// The restarts of steps that partly failed which a Normal event has named, until a look's
     /// writes all go through.
     announced_restarts: BTreeSet<String>,
-    /// Bundle writes in a row refused as conflicts (see [`CONFLICT_PATIENCE`]).
+    /// Bundle writes refused as conflicts since a look last went through whole or the bundle
+    /// was last written (see [`CONFLICT_PATIENCE`]).
     bundle_conflicts: u32,
 }
 
