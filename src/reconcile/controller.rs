@@ -4580,6 +4580,12 @@ mod tests {
             )
             .await
             .unwrap();
+        let trust_roots = || async {
+            configmaps
+                .get("linkerd-identity-trust-roots")
+                .await
+                .unwrap()
+        };
         let rotations = Api::<TrustAnchorRotation>::all(client.clone());
         rotations
             .create(
@@ -4604,12 +4610,7 @@ mod tests {
                     secrets("linkerd", "linkerd-previous-anchor").await,
                     secrets("linkerd", "linkerd-identity-issuer").await,
                 ],
-                vec![
-                    configmaps
-                        .get("linkerd-identity-trust-roots")
-                        .await
-                        .unwrap(),
-                ],
+                vec![trust_roots().await],
             )
         };
         let config = ReconcilerConfig::default();
@@ -4654,10 +4655,7 @@ mod tests {
         for _ in 1..CONFLICT_PATIENCE {
             let requeue = looks_from_stale().await;
             assert_eq!(requeue.expect("a look that met a conflict"), Requeue::Soon);
-            let untouched = configmaps
-                .get("linkerd-identity-trust-roots")
-                .await
-                .unwrap();
+            let untouched = trust_roots().await;
             assert_eq!(untouched.data.unwrap()["ca-bundle.crt"], to_pem(&old));
             assert_eq!(rotations.get("cluster").await.unwrap().status, None);
         }
@@ -4688,19 +4686,13 @@ mod tests {
             bundle: before.bundle.clone(),
             ..looks().await
         };
-        let written = configmaps
-            .get("linkerd-identity-trust-roots")
-            .await
-            .unwrap();
+        let written = trust_roots().await;
         let requeue = reconcile_once(&client, &config, &lagging, &recorder, &metrics, &mut memory)
             .await
             .expect("a look");
         assert_eq!(requeue, Requeue::Soon);
         assert_eq!(events().await, 1, "nothing announced twice");
-        let after = configmaps
-            .get("linkerd-identity-trust-roots")
-            .await
-            .unwrap();
+        let after = trust_roots().await;
         assert_eq!(after.resource_version(), written.resource_version());
         // Lagging for longer than the patience: the status says why nothing moves, once.
         memory.own_writes.pending[0].2 = std::time::Instant::now()
@@ -4755,10 +4747,7 @@ mod tests {
         .expect("a look");
         assert_eq!(requeue, Requeue::Soon);
         assert_eq!(events().await, 1, "announced twice");
-        let bundle = configmaps
-            .get("linkerd-identity-trust-roots")
-            .await
-            .unwrap();
+        let bundle = trust_roots().await;
         assert_eq!(bundle.resource_version(), written.resource_version());
     }
 }
