@@ -2076,6 +2076,23 @@ async fn anchor_renewed_with_its_old_key_raises_no_false_alarm() {
     rig.assert_mesh_on(&new_anchor, 5).await;
 }
 
+/// A rig whose operator may restart workloads in `mesh-1` only (RBAC), with the given layout,
+/// rotating automatically one workload at a time.
+async fn rig_restarting_only_in_mesh_1(layout: (usize, usize, i32)) -> Rig {
+    Rig::start_with(
+        Setup {
+            credentials: Credentials::Rbac {
+                restart_in: Some(vec!["mesh-1".to_owned()]),
+            },
+            ..Setup::default()
+        },
+        layout,
+        automatic_spec(1),
+        &[],
+    )
+    .await
+}
+
 /// The operator may restart workloads in `mesh-1` only (its restarter ClusterRole bound there
 /// alone), one workload at a time: the restart it may not do, first in its list, is named in
 /// the status with the API server's refusal, once (one Warning event, not one per retry), and
@@ -2083,18 +2100,7 @@ async fn anchor_renewed_with_its_old_key_raises_no_false_alarm() {
 /// zero failed handshakes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_the_operator_may_not_do_is_named_in_status() {
-    let rig = Rig::start_with(
-        Setup {
-            credentials: Credentials::Rbac {
-                restart_in: Some(vec!["mesh-1".to_owned()]),
-            },
-            ..Setup::default()
-        },
-        (2, 1, 1),
-        automatic_spec(1),
-        &[],
-    )
-    .await;
+    let rig = rig_restarting_only_in_mesh_1((2, 1, 1)).await;
     let mut follow = Follow::new();
     assert_eq!(forbidden_deployment_patches(&rig.cp), 0);
     let renewed = Instant::now();
@@ -2213,18 +2219,7 @@ async fn a_restart_the_operator_may_not_do_is_named_in_status() {
 /// finishes clean. (They once went through one per look, whatever was rolling.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_restarts_once_allowed_go_through_at_the_pace_of_the_others() {
-    let rig = Rig::start_with(
-        Setup {
-            credentials: Credentials::Rbac {
-                restart_in: Some(vec!["mesh-1".to_owned()]),
-            },
-            ..Setup::default()
-        },
-        (2, 3, 1),
-        automatic_spec(1),
-        &[],
-    )
-    .await;
+    let rig = rig_restarting_only_in_mesh_1((2, 3, 1)).await;
     let mut follow = Follow::new();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
     // Every restart in mesh-1 done, one at a time; all three in mesh-0 refused meanwhile.
