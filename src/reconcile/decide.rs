@@ -1622,7 +1622,15 @@ impl<'a> Step<'a> {
                             .get(*w)
                             .is_some_and(|m| m.has(&restart_for))
                     });
-                let busy = in_progress.len();
+                // Rollouts the operator started for something else (an earlier step of this
+                // rotation, before a second renewal grew the bundle, say) still replace pods:
+                // they take slots too. One of their workloads picked for this step takes no
+                // second slot: its new restart replaces the rollout it has.
+                let earlier: BTreeSet<&Workload> = observed
+                    .rolling_for_anything()
+                    .filter(|w| !in_progress.contains(w))
+                    .collect();
+                let busy = in_progress.len() + earlier.len();
                 let room = policies.max_concurrent_workloads.saturating_sub(busy);
                 // A workload with a pod that is not ready is not restarted: a rollout would
                 // take down a ready pod first. It is named, so a stall has a cause to read.
@@ -1635,8 +1643,17 @@ impl<'a> Step<'a> {
                 let (refused, fresh): (Vec<&Workload>, Vec<&Workload>) = ready
                     .iter()
                     .partition(|w| observed.refused_restarts.get(**w) == Some(&restart_for));
-                let next: Vec<Workload> = fresh.iter().take(room).map(|w| (*w).clone()).collect();
-                let retry_room = room - next.len();
+                // In order: those restarted in the slot of their earlier rollout, and the others
+                // while slots are free; refused ones are retried in what is left.
+                let (mut next, mut retry_room) = (Vec::new(), room);
+                for w in &fresh {
+                    if earlier.contains(*w) {
+                        next.push((*w).clone());
+                    } else if retry_room > 0 {
+                        retry_room -= 1;
+                        next.push((*w).clone());
+                    }
+                }
                 let retry: Vec<Workload> = refused.iter().map(|w| (*w).clone()).collect();
                 message.push_str(&format!(
                     "; restarting {} workload(s) at a time ({busy} in progress, {} waiting)",
@@ -1646,7 +1663,7 @@ impl<'a> Step<'a> {
                 // Rollouts that take the slots are named, so a slow one has a name to look up;
                 // one its workload says will not finish is named with why.
                 let (mut rolling, mut stalled) = (Vec::new(), Vec::new());
-                for w in &in_progress {
+                for w in in_progress.iter().chain(&earlier) {
                     match observed.stalled(w) {
                         Some(why) => stalled.push(format!("{w} ({why})")),
                         None => rolling.push(observed.rollout_named(w)),

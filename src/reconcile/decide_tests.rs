@@ -1781,6 +1781,71 @@ fn automatic_propagation_restarts_paced_and_skips_unready_and_busy_workloads() {
     );
 }
 
+/// Rollouts the operator started for an earlier step (here onto {0, 1}, before a second renewal
+/// grew the bundle to {0, 1, 2}) still replace pods: they take their slots as this step's own
+/// do, and are named. A workload among them that is picked again takes no second slot: its new
+/// restart replaces the rollout it has.
+#[test]
+fn rollouts_of_an_earlier_step_take_their_slots() {
+    let mut o = World {
+        anchor: 2,
+        bundle: Some(vec![0, 1, 2]),
+        holds: vec![0, 1],
+        cp_for: Some(bundle_fp(&[0, 1, 2])),
+        ..World::synced()
+    }
+    .observed();
+    let w = |i: usize| Workload {
+        kind: "Deployment".to_owned(),
+        namespace: "app".to_owned(),
+        name: format!("w{i}"),
+    };
+    for (i, p) in o.pods.iter_mut().filter(|p| !p.control_plane).enumerate() {
+        p.owner = Ok(w(i));
+    }
+    let restarted = |o: &Observed| {
+        let d = run(&automatic(), Phase::PropagatingTrustRoots, o);
+        let names = d.effects.iter().find_map(|e| match e {
+            Effect::RestartWorkloads { workloads, .. } => {
+                Some(workloads.iter().map(|w| w.name.clone()).collect::<Vec<_>>())
+            }
+            _ => None,
+        });
+        (names, blocking(&d).to_owned())
+    };
+    // w0 and w1 still rolling onto {0, 1}, their new pods not ready: both slots are taken.
+    rolling(&mut o, w(0), RestartFor::Bundle(bundle_fp(&[0, 1])));
+    rolling(&mut o, w(1), RestartFor::Bundle(bundle_fp(&[0, 1])));
+    o.pods[0].ready = false;
+    o.pods[1].ready = false;
+    let (names, message) = restarted(&o);
+    assert_eq!(names, None, "{message}");
+    assert!(
+        message.contains(
+            "(2 in progress, 4 waiting); rolling out: deployment/app/w0, deployment/app/w1"
+        ),
+        "{message}"
+    );
+    // Their pods ready, mid-rollout: restarted onto {0, 1, 2} in the slots they hold, and no
+    // other workload is.
+    o.pods[0].ready = true;
+    o.pods[1].ready = true;
+    let (names, message) = restarted(&o);
+    assert_eq!(
+        names,
+        Some(vec!["w0".to_owned(), "w1".to_owned()]),
+        "{message}"
+    );
+    // One of them done: its slot goes to the next workload.
+    o.restart_markers.get_mut(&w(1)).unwrap().rollout_complete = true;
+    let (names, message) = restarted(&o);
+    assert_eq!(
+        names,
+        Some(vec!["w0".to_owned(), "w1".to_owned()]),
+        "{message}"
+    );
+}
+
 /// A pod that does not trust the anchor the issuer chains to (started on a foreign bundle that
 /// was written over the operator's and restored) can never verify the identity service, so it
 /// never gets a leaf and never becomes ready: its workload is restarted all the same, as the

@@ -364,6 +364,12 @@ impl Observed {
         self.rolling_where(move |m| m.has(restart_for))
     }
 
+    /// Workloads restarted by the operator for anything (another step, another rotation) whose
+    /// rollout is not complete.
+    pub fn rolling_for_anything(&self) -> impl Iterator<Item = &Workload> {
+        self.rolling_where(|_| true)
+    }
+
     /// Workloads whose rollout is not complete and whose restart markers satisfy `restarted`.
     fn rolling_where<'a>(
         &'a self,
