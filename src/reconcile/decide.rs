@@ -158,13 +158,17 @@ pub fn decide(
             // `cmctl renew` too early.
             if let Some(previous) = &previous {
                 let signer = BTreeSet::from_iter(issuer.signed_by.clone());
-                d.out_of_order(renewed_out_of_order(
-                    status.phase,
-                    &anchor,
-                    previous,
-                    issuer.signed_by.as_deref(),
-                    &workloads_lacking(observed.bundle_holders(), &signer),
-                ));
+                let lacking_signer = workloads_lacking(observed.bundle_holders(), &signer);
+                d.out_of_order(
+                    renewed_out_of_order(
+                        status.phase,
+                        &anchor,
+                        previous,
+                        issuer.signed_by.as_deref(),
+                        &lacking_signer,
+                    ),
+                    &lacking_signer,
+                );
             }
         }
         d.next.blocking_message =
@@ -350,13 +354,16 @@ pub fn decide(
     let lacking_bundle = workloads_lacking(observed.bundle_holders(), &bundle_set);
     let signer_anchor = BTreeSet::from([signer_cert.fingerprint.clone()]);
     let lacking_signer = workloads_lacking(observed.bundle_holders(), &signer_anchor);
-    d.out_of_order(renewed_out_of_order(
-        status.phase,
-        &anchor,
-        &previous,
-        signer.as_deref(),
+    d.out_of_order(
+        renewed_out_of_order(
+            status.phase,
+            &anchor,
+            &previous,
+            signer.as_deref(),
+            &lacking_signer,
+        ),
         &lacking_signer,
-    ));
+    );
 
     // The issuer already renewed onto an anchor this rotation brought in while some proxies do
     // not trust it yet (onto the new anchor, renewed early by a person, a CronJob or
@@ -1251,6 +1258,10 @@ struct Step<'a> {
     /// The anchor the identity issuer chains to, once known: a proxy that does not trust it
     /// cannot verify the identity service, so it never gets a leaf and never becomes ready.
     issuer_anchor: Option<String>,
+    /// Whether the blockingMessage leads with [`OUT_OF_ORDER_URGENT`]: an issuer renewed out of
+    /// order while proxies still lack the anchor it chains to. `None` when this look did not
+    /// judge it; the condition then decides.
+    urgent: Option<bool>,
 }
 
 impl<'a> Step<'a> {
@@ -1262,6 +1273,7 @@ impl<'a> Step<'a> {
             now,
             baked_note: None,
             issuer_anchor: None,
+            urgent: None,
             names,
         }
     }
@@ -1453,17 +1465,28 @@ impl<'a> Step<'a> {
         self.finish(Requeue::Idle)
     }
 
-    fn out_of_order(&mut self, detected: bool) {
+    /// Raises or keeps `OutOfOrderIssuerRotation`: `detected` says the issuer was renewed out
+    /// of order, `lacking_signer` names the workload pods that lack the anchor it chains to.
+    fn out_of_order(&mut self, detected: bool, lacking_signer: &[String]) {
         let was = self.prev_condition(OUT_OF_ORDER_CONDITION);
         let was_true = was.is_some_and(|c| c.status == ConditionStatus::True);
         // Once raised it stays for the rest of the rotation, to record that it ran out of order;
-        // `finish` lowers it on the look that enters Synced.
+        // `finish` lowers it on the look that enters Synced. It is urgent only while proxies
+        // lack the issuer's anchor: once they all hold it, there is nothing left to hurry.
         let now_true = detected || (was_true && self.prev.phase != Phase::Synced);
-        let (status, reason, message) = if now_true {
+        let endangered = now_true && !lacking_signer.is_empty();
+        self.urgent = Some(endangered);
+        let (status, reason, message) = if endangered {
             (
                 ConditionStatus::True,
                 "IssuerRenewedBeforeBundleConverged",
                 "the identity issuer was renewed onto the new anchor before every proxy held it: proxies still on the old bundle reject new leaves; finish propagating the bundle now",
+            )
+        } else if now_true {
+            (
+                ConditionStatus::True,
+                "IssuerRenewedBeforeBundleConverged",
+                "the identity issuer was renewed onto the new anchor before every proxy held it; every proxy holds it now (kept until Synced, as a record)",
             )
         } else {
             (ConditionStatus::False, IN_ORDER_REASON, IN_ORDER_MESSAGE)
@@ -1910,12 +1933,12 @@ impl<'a> Step<'a> {
                 c.last_transition_time = now;
             }
         }
-        // While the issuer is out of order, that is the first thing a reader must see.
-        let urgent = self
-            .next
-            .conditions
-            .iter()
-            .any(|c| c.type_ == OUT_OF_ORDER_CONDITION && c.status == ConditionStatus::True);
+        // While an issuer out of order endangers proxies, that is the first thing a reader must
+        // see.
+        let urgent = self.urgent.unwrap_or_else(|| {
+            (self.next.conditions.iter())
+                .any(|c| c.type_ == OUT_OF_ORDER_CONDITION && c.status == ConditionStatus::True)
+        });
         if urgent {
             self.next.blocking_message = Some(match self.next.blocking_message.take() {
                 Some(m) => format!("{OUT_OF_ORDER_URGENT}; {m}"),

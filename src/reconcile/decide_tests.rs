@@ -1450,6 +1450,49 @@ fn a_renewal_after_the_bundle_converged_is_in_order_whatever_the_phase_says() {
     assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts);
 }
 
+/// An issuer renewed out of order is urgent while proxies lack its anchor, whatever the phase.
+/// Once every one holds it, the condition stays raised until Synced, as a record, but the
+/// blockingMessage no longer asks for anything urgent.
+#[test]
+fn an_issuer_renewed_out_of_order_is_urgent_only_while_proxies_lack_its_anchor() {
+    let w = issuer_renewed();
+    let mut lacking = w.observed();
+    lacking.pods[1].anchors = Some(set(&[0]));
+    let d = run(&automatic(), Phase::WaitingForIdentityRotation, &lacking);
+    assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts);
+    assert!(blocking(&d).starts_with("URGENT"), "{}", blocking(&d));
+    // Leaves awaited, one pod still without the anchor: still urgent.
+    let still = decide(&automatic(), &Names::default(), &d.status, &lacking);
+    assert_eq!(still.status.phase, Phase::RenewingWorkloadCerts);
+    assert!(
+        blocking(&still).starts_with("URGENT"),
+        "{}",
+        blocking(&still)
+    );
+    // That pod restarted onto the bundle: recorded, not urgent.
+    let held = decide(&automatic(), &Names::default(), &d.status, &w.observed());
+    assert_eq!(held.status.phase, Phase::RenewingWorkloadCerts);
+    assert_eq!(out_of_order(&held), Some(ConditionStatus::True));
+    assert!(!blocking(&held).contains("URGENT"), "{}", blocking(&held));
+    let condition = (held.status.conditions.iter())
+        .find(|c| c.type_ == OUT_OF_ORDER_CONDITION)
+        .unwrap();
+    assert!(
+        condition
+            .message
+            .ends_with("every proxy holds it now (kept until Synced, as a record)"),
+        "{}",
+        condition.message
+    );
+    assert!(
+        !held.effects.iter().any(
+            |e| matches!(e, Effect::Event { reason, .. } if reason == "OutOfOrderIssuerRotation")
+        ),
+        "{:?}",
+        held.effects
+    );
+}
+
 #[test]
 fn control_plane_is_restarted_once_per_bundle_and_awaited() {
     let w = World::expanded();
