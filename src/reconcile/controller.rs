@@ -26,7 +26,8 @@ use tokio::sync::Notify;
 
 use super::certs;
 use super::decide::{
-    Names, OUT_OF_ORDER_CONDITION, OUT_OF_ORDER_URGENT, decide, first_n, reason_and_message,
+    Names, OUT_OF_ORDER_CONDITION, OUT_OF_ORDER_URGENT, WRITE_EVENT_REASONS, decide, first_n,
+    reason_and_message,
 };
 use super::metrics::ReconcileMetrics;
 use super::model::*;
@@ -708,6 +709,7 @@ async fn reconcile_once(
         seen_leaves,
         count_writes,
         announced_restarts,
+        announced_writes,
         bundle_conflicts,
     } = memory;
     own_writes.confirm(client, config, stores).await;
@@ -780,6 +782,8 @@ async fn reconcile_once(
         .effects
         .iter()
         .partition(|e| matches!(e, Effect::Event { .. }));
+    let wrote = !writes.is_empty();
+    let says_a_write = |e: &&&Effect| matches!(e, Effect::Event { reason, .. } if WRITE_EVENT_REASONS.contains(&reason.as_str()));
     for effect in writes {
         let target = OwnWrite::target(effect);
         let before = target.and_then(|t| t.version(config, stores));
@@ -862,7 +866,28 @@ async fn reconcile_once(
             None => match write_status(client, &config.rotation_name, &decision.status, read_at)
                 .await?
             {
-                StatusWrite::Stale => return Ok(Requeue::Soon),
+                StatusWrite::Stale => {
+                    // The step's writes went through all the same, and a look from a fresh
+                    // status will find them done, and neither decide nor say them again: what
+                    // they did is said now, each once.
+                    if wrote {
+                        for effect in events.iter().filter(says_a_write) {
+                            if !announced_writes.contains(effect) {
+                                announced_writes.push((*effect).clone());
+                                execute(
+                                    client,
+                                    config,
+                                    recorder,
+                                    &reference,
+                                    effect,
+                                    (refused_restarts, retries),
+                                )
+                                .await?;
+                            }
+                        }
+                    }
+                    return Ok(Requeue::Soon);
+                }
                 StatusWrite::Written(version) => {
                     written_at = version;
                     count_writes.wrote(&stored, &decision.status, now);
@@ -873,8 +898,16 @@ async fn reconcile_once(
     // The metrics follow the status as decided (the counts too when their write waits),
     // without waiting on the Events' writes.
     metrics.record(&status, &decision.status, &observed);
+    // Writes said already (a look whose watch has not shown them yet decides them again) are
+    // not said again; those this look decided are what the next one must not repeat.
+    let decided_writes: Vec<Effect> = events
+        .iter()
+        .filter(says_a_write)
+        .map(|e| (*e).clone())
+        .collect();
     let events = published.fresh(written_at, events);
-    for effect in events {
+    let said = std::mem::replace(announced_writes, decided_writes);
+    for effect in events.into_iter().filter(|e| !said.contains(*e)) {
         execute(
             client,
             config,
@@ -2271,6 +2304,11 @@ struct Memory {
     /// The restarts of steps that partly failed which a Normal event has named, until a look's
     /// writes all go through.
     announced_restarts: BTreeSet<String>,
+    /// The events of writes (see [`WRITE_EVENT_REASONS`]) that the last look which went
+    /// through decided, and those published since by looks whose status write was refused as
+    /// stale: a look that decides the same write again (its watch has not shown it yet) does
+    /// not say it again.
+    announced_writes: Vec<Effect>,
     /// Bundle writes refused as conflicts since a look last went through whole or the bundle
     /// was last written (see [`CONFLICT_PATIENCE`]).
     bundle_conflicts: u32,
@@ -4065,6 +4103,119 @@ mod tests {
             .map(|e| e.note.clone().unwrap_or_default())
             .collect();
         assert_eq!(parked.len(), 1, "announced once: {parked:?}");
+    }
+
+    /// A look whose writes went through but whose status write was refused as stale (someone
+    /// labelled the rotation meanwhile) still says what the writes did: the next look finds
+    /// them done, and would never say it. Said once, even by a look from the same stale caches
+    /// that decides the write again. Real API server.
+    #[tokio::test]
+    async fn writes_whose_status_write_was_stale_are_still_announced_once() {
+        use crate::sim::pki::{Template, generate_key, to_pem};
+        let (_cp, client) = control_plane_with_crd().await;
+        for ns in ["cert-manager", "linkerd"] {
+            Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+                .create(
+                    &PostParams::default(),
+                    &object(json!({"metadata": {"name": ns}})),
+                )
+                .await
+                .unwrap();
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let template = |name: &str| Template {
+            common_name: name.to_owned(),
+            dns_names: Vec::new(),
+            is_ca: true,
+            not_before: now - time::Duration::hours(1),
+            not_after: now + time::Duration::days(30),
+        };
+        let (anchor_key, issuer_key) = (generate_key().unwrap(), generate_key().unwrap());
+        let anchor = template("anchor").self_signed(&anchor_key).unwrap();
+        let issuer = template("identity.linkerd.cluster.local")
+            .signed_by(&issuer_key, &anchor, &anchor_key)
+            .unwrap();
+        // Linkerd as installed: the anchor, its issuer and the bundle; no previous anchor yet.
+        let secret = |ns: &str, name: &str, der: &[u8]| -> Secret {
+            object(json!({"metadata": {"name": name, "namespace": ns},
+                "stringData": {"tls.crt": to_pem(der)}}))
+        };
+        let anchor_secret = secret("cert-manager", "linkerd-trust-anchor", &anchor);
+        let issuer_secret = secret("linkerd", "linkerd-identity-issuer", &issuer);
+        let mut created = Vec::new();
+        for s in [&anchor_secret, &issuer_secret] {
+            created.push(
+                Api::<Secret>::namespaced(client.clone(), &s.namespace().unwrap())
+                    .create(&PostParams::default(), s)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let bundle = Api::<ConfigMap>::namespaced(client.clone(), "linkerd")
+            .create(
+                &PostParams::default(),
+                &object(json!({"metadata": {"name": "linkerd-identity-trust-roots"},
+                    "data": {"ca-bundle.crt": to_pem(&anchor)}})),
+            )
+            .await
+            .unwrap();
+        let rotations = Api::<TrustAnchorRotation>::all(client.clone());
+        let rotation = rotations
+            .create(
+                &PostParams::default(),
+                &object(json!({"apiVersion": "trust.linkerd.io/v1alpha1",
+                    "kind": "TrustAnchorRotation", "metadata": {"name": "cluster"},
+                    "spec": {}})),
+            )
+            .await
+            .unwrap();
+        let stale = unmeshed(
+            rotation,
+            vec![vec![created[0].clone()], vec![], vec![created[1].clone()]],
+            vec![bundle],
+        );
+        rotations
+            .patch(
+                "cluster",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+            )
+            .await
+            .unwrap();
+        let config = ReconcilerConfig::default();
+        let recorder = test_recorder(&client);
+        let metrics = ReconcileMetrics::register(&mut Default::default());
+        let bootstrapped = || async {
+            Api::<Event>::namespaced(client.clone(), EVENTS_NAMESPACE)
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some("BootstrappedPreviousAnchor"))
+                .count()
+        };
+
+        let mut memory = Memory::default();
+        for look in 0..2 {
+            let requeue =
+                reconcile_once(&client, &config, &stale, &recorder, &metrics, &mut memory)
+                    .await
+                    .expect("a look");
+            assert_eq!(requeue, Requeue::Soon);
+            // The second look is held until the Secret's watch shows the write: let it go.
+            memory.own_writes.pending.clear();
+            assert_eq!(
+                rotations.get("cluster").await.unwrap().status,
+                None,
+                "{look}"
+            );
+            assert_eq!(bootstrapped().await, 1, "look {look}");
+        }
+        Api::<Secret>::namespaced(client.clone(), "linkerd")
+            .get("linkerd-previous-anchor")
+            .await
+            .expect("the previous anchor written");
     }
 
     /// Who wrote over the operator's bundle, read from the ConfigMap's managedFields on the
