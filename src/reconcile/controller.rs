@@ -836,10 +836,17 @@ async fn reconcile_once(
             let news = held.blocking_message != stored.blocking_message;
             let now = Instant::now();
             let write = held != stored && count_writes.hold(&stored, &held, now).is_none();
-            if write
-                && let StatusWrite::Written(_) =
-                    write_status(client, &config.rotation_name, &held, read_at).await?
-            {
+            let written = if write {
+                write_status(client, &config.rotation_name, &held, read_at).await
+            } else {
+                Ok(StatusWrite::Stale)
+            };
+            // The step's failure is the one to act on: a status write that fails too is only
+            // logged beside it.
+            if let Err(status_error) = &written {
+                tracing::warn!(error = %status_error, step = %error, "could not say in the status why the step failed");
+            }
+            if let Ok(StatusWrite::Written(_)) = written {
                 count_writes.wrote(&stored, &held, now);
                 if news {
                     for (warning, reason, message) in failed_step_events(&held, &events) {
@@ -4105,23 +4112,10 @@ mod tests {
         assert_eq!(parked.len(), 1, "announced once: {parked:?}");
     }
 
-    /// A look whose writes went through but whose status write was refused as stale (someone
-    /// labelled the rotation meanwhile) still says what the writes did: the next look finds
-    /// them done, and would never say it. Said once, even by a look from the same stale caches
-    /// that decides the write again. Real API server.
-    #[tokio::test]
-    async fn writes_whose_status_write_was_stale_are_still_announced_once() {
+    /// Linkerd as installed, before any rotation: the anchor's and the issuer's Secrets, the
+    /// bundle ConfigMap with the anchor, no previous anchor yet; and the `cluster` rotation.
+    fn linkerd_as_installed() -> (Secret, Secret, ConfigMap, TrustAnchorRotation) {
         use crate::sim::pki::{Template, generate_key, to_pem};
-        let (_cp, client) = control_plane_with_crd().await;
-        for ns in ["cert-manager", "linkerd"] {
-            Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-                .create(
-                    &PostParams::default(),
-                    &object(json!({"metadata": {"name": ns}})),
-                )
-                .await
-                .unwrap();
-        }
         let now = time::OffsetDateTime::now_utc();
         let template = |name: &str| Template {
             common_name: name.to_owned(),
@@ -4135,13 +4129,70 @@ mod tests {
         let issuer = template("identity.linkerd.cluster.local")
             .signed_by(&issuer_key, &anchor, &anchor_key)
             .unwrap();
-        // Linkerd as installed: the anchor, its issuer and the bundle; no previous anchor yet.
+        // `data`, as the API server keeps it, so that the objects read the same in a store.
         let secret = |ns: &str, name: &str, der: &[u8]| -> Secret {
-            object(json!({"metadata": {"name": name, "namespace": ns},
-                "stringData": {"tls.crt": to_pem(der)}}))
+            let mut secret: Secret = object(json!({"metadata": {"name": name, "namespace": ns}}));
+            let pem = k8s_openapi::ByteString(to_pem(der).into_bytes());
+            secret.data = Some(BTreeMap::from([("tls.crt".to_owned(), pem)]));
+            secret
         };
-        let anchor_secret = secret("cert-manager", "linkerd-trust-anchor", &anchor);
-        let issuer_secret = secret("linkerd", "linkerd-identity-issuer", &issuer);
+        (
+            secret("cert-manager", "linkerd-trust-anchor", &anchor),
+            secret("linkerd", "linkerd-identity-issuer", &issuer),
+            object(json!({"metadata": {"name": "linkerd-identity-trust-roots",
+                    "namespace": "linkerd"},
+                "data": {"ca-bundle.crt": to_pem(&anchor)}})),
+            object(json!({"apiVersion": "trust.linkerd.io/v1alpha1",
+                "kind": "TrustAnchorRotation", "metadata": {"name": "cluster"}, "spec": {}})),
+        )
+    }
+
+    /// A step that fails, whose status write then fails too (here the rotation is gone from
+    /// the server, and the namespace the step writes in never was): the look ends with the
+    /// step's failure, the one to act on, not the status write's.
+    #[tokio::test]
+    async fn a_failed_step_whose_status_write_fails_too_ends_with_the_steps_failure() {
+        let (_cp, client) = control_plane_with_crd().await;
+        let (anchor_secret, issuer_secret, bundle, rotation) = linkerd_as_installed();
+        let stores = unmeshed(
+            rotation,
+            vec![vec![anchor_secret], vec![], vec![issuer_secret]],
+            vec![bundle],
+        );
+        let failed = reconcile_once(
+            &client,
+            &ReconcilerConfig::default(),
+            &stores,
+            &test_recorder(&client),
+            &ReconcileMetrics::register(&mut Default::default()),
+            &mut Memory::default(),
+        )
+        .await
+        .expect_err("a failed step");
+        let said = failed.to_string();
+        assert!(
+            said.contains("Secret linkerd/linkerd-previous-anchor"),
+            "{said}"
+        );
+    }
+
+    /// A look whose writes went through but whose status write was refused as stale (someone
+    /// labelled the rotation meanwhile) still says what the writes did: the next look finds
+    /// them done, and would never say it. Said once, even by a look from the same stale caches
+    /// that decides the write again. Real API server.
+    #[tokio::test]
+    async fn writes_whose_status_write_was_stale_are_still_announced_once() {
+        let (_cp, client) = control_plane_with_crd().await;
+        for ns in ["cert-manager", "linkerd"] {
+            Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+                .create(
+                    &PostParams::default(),
+                    &object(json!({"metadata": {"name": ns}})),
+                )
+                .await
+                .unwrap();
+        }
+        let (anchor_secret, issuer_secret, bundle, rotation) = linkerd_as_installed();
         let mut created = Vec::new();
         for s in [&anchor_secret, &issuer_secret] {
             created.push(
@@ -4152,21 +4203,12 @@ mod tests {
             );
         }
         let bundle = Api::<ConfigMap>::namespaced(client.clone(), "linkerd")
-            .create(
-                &PostParams::default(),
-                &object(json!({"metadata": {"name": "linkerd-identity-trust-roots"},
-                    "data": {"ca-bundle.crt": to_pem(&anchor)}})),
-            )
+            .create(&PostParams::default(), &bundle)
             .await
             .unwrap();
         let rotations = Api::<TrustAnchorRotation>::all(client.clone());
         let rotation = rotations
-            .create(
-                &PostParams::default(),
-                &object(json!({"apiVersion": "trust.linkerd.io/v1alpha1",
-                    "kind": "TrustAnchorRotation", "metadata": {"name": "cluster"},
-                    "spec": {}})),
-            )
+            .create(&PostParams::default(), &rotation)
             .await
             .unwrap();
         let stale = unmeshed(
