@@ -704,6 +704,7 @@ async fn reconcile_once(
         own_writes,
         refused_restarts,
         retries,
+        unseen_restarts,
         said_missing,
         published,
         seen_leaves,
@@ -761,6 +762,7 @@ async fn reconcile_once(
         accelerating(status.phase),
     )
     .await?;
+    unseen_restarts.show(&mut observed.restart_markers, now);
     if status.phase == crate::crd::Phase::RenewingWorkloadCerts {
         let probed = probe_leaves(config, &mut observed, seen_leaves).await;
         metrics.probed(&probed);
@@ -793,7 +795,7 @@ async fn reconcile_once(
             recorder,
             &reference,
             effect,
-            (refused_restarts, retries),
+            (refused_restarts, retries, unseen_restarts),
         )
         .await;
         if let (Some(target), Ok(after)) = (target, &written) {
@@ -887,7 +889,7 @@ async fn reconcile_once(
                                     recorder,
                                     &reference,
                                     effect,
-                                    (refused_restarts, retries),
+                                    (refused_restarts, retries, unseen_restarts),
                                 )
                                 .await?;
                             }
@@ -921,7 +923,7 @@ async fn reconcile_once(
             recorder,
             &reference,
             effect,
-            (refused_restarts, retries),
+            (refused_restarts, retries, unseen_restarts),
         )
         .await?;
     }
@@ -1975,7 +1977,11 @@ async fn execute(
     recorder: &EventWriter,
     reference: &ObjectReference,
     effect: &Effect,
-    (refused_restarts, retries): (&mut BTreeMap<Workload, FailedRestart>, &mut Retries),
+    (refused_restarts, retries, unseen_restarts): (
+        &mut BTreeMap<Workload, FailedRestart>,
+        &mut Retries,
+        &mut UnseenRestarts,
+    ),
 ) -> Result<Option<String>, ReconcileError> {
     // The resourceVersion an object the reconciler also watches has after the write.
     let mut written = None;
@@ -2097,6 +2103,7 @@ async fn execute(
                 match attempt(retries, key(w), restart(client, w, marker)).await {
                     Ok(()) => {
                         refused_restarts.remove(w);
+                        unseen_restarts.made(w, restart_for, now());
                         done.push(w.to_string());
                     }
                     Err(e) => {
@@ -2303,6 +2310,7 @@ struct Memory {
     refused_restarts: BTreeMap<Workload, FailedRestart>,
     /// Each refused write's wait before it is tried again.
     retries: Retries,
+    unseen_restarts: UnseenRestarts,
     /// The rotation was missing at the last look, and the log has said so.
     said_missing: bool,
     published: Published,
@@ -2342,6 +2350,39 @@ impl Published {
             && (self.last.as_ref()).is_some_and(|(v, last)| *v == version && *last == owned);
         self.last = Some((version, owned));
         if repeated { Vec::new() } else { events }
+    }
+}
+
+/// Workload restarts this replica made that the workload watches may not show yet, with what
+/// each was for and when it went through. Until a watch shows its marker, a look counts it as
+/// the rollout in progress it is: a look from a lagging watch would otherwise see a free slot
+/// (the workload's new pod not ready yet holds it back instead of keeping it busy) and restart
+/// the next workload in it, past `maxConcurrentWorkloads`.
+#[derive(Debug, Default)]
+struct UnseenRestarts(BTreeMap<Workload, (RestartFor, std::time::Instant)>);
+
+impl UnseenRestarts {
+    fn made(&mut self, workload: &Workload, restart_for: &RestartFor, at: std::time::Instant) {
+        self.0.insert(workload.clone(), (restart_for.clone(), at));
+    }
+
+    /// Adds to `markers` (as the watches show them) the restarts they do not show yet, as
+    /// rollouts in progress. Forgets those they show, and those made longer than
+    /// [`OWN_WRITE_PATIENCE`] ago (a workload deleted since, a watch that will not catch up).
+    fn show(&mut self, markers: &mut BTreeMap<Workload, RestartMarkers>, now: std::time::Instant) {
+        self.0.retain(|workload, (restart_for, at)| {
+            let shown = markers.get(workload).is_some_and(|m| m.has(restart_for));
+            let unseen = !shown && now.saturating_duration_since(*at) < OWN_WRITE_PATIENCE;
+            if unseen {
+                let m = markers.entry(workload.clone()).or_default();
+                match restart_for {
+                    RestartFor::Bundle(marker) => m.bundle = Some(marker.clone()),
+                    RestartFor::Issuer(fingerprint) => m.issuer = Some(fingerprint.clone()),
+                }
+                m.rollout_complete = false;
+            }
+            unseen
+        });
     }
 }
 
@@ -2821,8 +2862,9 @@ mod tests {
                 retry_room,
             };
         let (mut refused, mut retries) = (BTreeMap::new(), Retries::default());
+        let mut unseen = UnseenRestarts::default();
         let mut run = async |effect: Effect| {
-            let memory = (&mut refused, &mut retries);
+            let memory = (&mut refused, &mut retries, &mut unseen);
             execute(&client, &config, &recorder, &reference, &effect, memory)
                 .await
                 .unwrap_err()
@@ -2842,6 +2884,81 @@ mod tests {
             "sent: {again:?}"
         );
         assert_eq!(refused.keys().collect::<Vec<_>>(), [&w]);
+    }
+
+    /// A restart that went through counts as a rollout in progress while the workload's watch
+    /// does not show it yet (so a look from a lagging watch neither gives its slot away nor
+    /// restarts it again), and no longer once the watch shows it, or after the patience. Real
+    /// API server.
+    #[tokio::test]
+    async fn a_restart_the_watch_has_not_shown_yet_counts_as_rolling() {
+        let (_cp, client) = control_plane_with_crd().await;
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .create(
+                &PostParams::default(),
+                &object(json!({"metadata": {"name": "app"}})),
+            )
+            .await
+            .unwrap();
+        let deployments = Api::<Deployment>::namespaced(client.clone(), "app");
+        let created = deployments
+            .create(
+                &PostParams::default(),
+                &object(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": "web"},
+                    "spec": {"selector": {"matchLabels": {"app": "web"}},
+                        "template": {"metadata": {"labels": {"app": "web"}},
+                            "spec": {"containers": [{"name": "web", "image": "web"}]}}}})),
+            )
+            .await
+            .unwrap();
+        let web = Workload {
+            kind: "Deployment".to_owned(),
+            namespace: "app".to_owned(),
+            name: "web".to_owned(),
+        };
+        let restart_for = RestartFor::Bundle("b".repeat(64));
+        let mut unseen = UnseenRestarts::default();
+        execute(
+            &client,
+            &ReconcilerConfig::default(),
+            &test_recorder(&client),
+            &ObjectReference::default(),
+            &Effect::RestartWorkloads {
+                workloads: vec![web.clone()],
+                restart_for: restart_for.clone(),
+                retry: vec![],
+                retry_room: 0,
+            },
+            (&mut BTreeMap::new(), &mut Retries::default(), &mut unseen),
+        )
+        .await
+        .expect("restarted");
+        let markers = |deployment: Deployment| {
+            markers_of(&frozen(vec![deployment])).collect::<BTreeMap<_, _>>()
+        };
+        let rolling = |markers: &BTreeMap<Workload, RestartMarkers>| {
+            markers
+                .get(&web)
+                .is_some_and(|m| m.has(&restart_for) && !m.rollout_complete)
+        };
+        let now = std::time::Instant::now();
+
+        // The watch still shows the Deployment as it was created.
+        let mut lagging = markers(created.clone());
+        assert!(!rolling(&lagging));
+        unseen.show(&mut lagging, now);
+        assert!(rolling(&lagging), "{lagging:?}");
+        // Shown: the watch says, and there is nothing left to add.
+        let mut caught_up = markers(deployments.get("web").await.unwrap());
+        assert!(caught_up[&web].has(&restart_for));
+        unseen.show(&mut caught_up, now);
+        assert!(unseen.0.is_empty(), "{unseen:?}");
+        // A watch that never shows it is believed after the patience.
+        unseen.made(&web, &restart_for, now);
+        let mut never = markers(created);
+        unseen.show(&mut never, now + OWN_WRITE_PATIENCE);
+        assert!(never.is_empty() && unseen.0.is_empty(), "{never:?}");
     }
 
     /// A failed restart is forgotten once its workload has been gone for a while, and every one
@@ -4325,7 +4442,11 @@ mod tests {
                     recorder,
                     reference,
                     &effect,
-                    (&mut BTreeMap::new(), &mut Retries::default()),
+                    (
+                        &mut BTreeMap::new(),
+                        &mut Retries::default(),
+                        &mut UnseenRestarts::default(),
+                    ),
                 )
                 .await
             }
