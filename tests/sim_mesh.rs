@@ -347,6 +347,33 @@ async fn issuer_renewed_before_any_restart_breaks_mtls_with_unknown_issuer() {
     let t = mesh.traffic().unwrap().since(&before);
     step(t0, &mesh, "failures seen");
     assert!(t.failed_with(&FailureReason::UnknownIssuer) >= 5, "{t}");
+    // And the proxies trusting the old anchor alone refuse the leaves they are issued at their
+    // next refresh (20 s leaves, refreshed at 70%): counted with the failures, so that a pod
+    // that never becomes ready for lack of a leaf, and so never takes traffic, is not missed.
+    let started = Instant::now();
+    while mesh
+        .traffic()
+        .unwrap()
+        .since(&before)
+        .failed_with(&FailureReason::LeafRefused)
+        == 0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no leaf refused: {}",
+            mesh.traffic().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let t = mesh.traffic().unwrap().since(&before);
+    assert!(
+        t.recent
+            .iter()
+            .any(|f| f.reason == FailureReason::LeafRefused
+                && f.server.name.starts_with("linkerd-identity")),
+        "{:#?}",
+        t.recent
+    );
 }
 
 /// Negative control (b): the runbook in order until the issuer is renewed, then the old anchor

@@ -21,6 +21,8 @@ use time::OffsetDateTime;
 
 use super::events::{self, EventType};
 use super::pki::{self, Template};
+use super::proxy::PodRef;
+use super::traffic::Failure;
 
 /// The component name on the events, as the real controller reports it.
 const COMPONENT: &str = "linkerd-identity";
@@ -302,9 +304,36 @@ async fn watch_issuer(client: Client, instance: std::sync::Weak<IdentityInstance
 pub struct IdentityService {
     instances: Mutex<Vec<Arc<IdentityInstance>>>,
     next: AtomicUsize,
+    refused: Mutex<RefusedLeaves>,
+}
+
+/// Leaves the identity service issued that the asking proxy refused, as a proxy refuses one
+/// that does not verify against its trust anchors: how many, and the latest few.
+#[derive(Default)]
+struct RefusedLeaves {
+    count: u64,
+    recent: Vec<Failure>,
 }
 
 impl IdentityService {
+    /// A proxy refused the leaf an instance issued it. That proxy gets no new identity: a new
+    /// pod's proxy never becomes ready, a running one serves its last leaf until it expires.
+    /// The traffic generator counts each as a failed exchange (see [`Self::refused_leaves`]).
+    pub fn refused(&self, failure: Failure) {
+        let mut refused = self.refused.lock().expect("not poisoned");
+        refused.count += 1;
+        if refused.recent.len() == super::traffic::RECENT_FAILURES {
+            refused.recent.remove(0);
+        }
+        refused.recent.push(failure);
+    }
+
+    /// How many leaves were refused so far, and the latest few.
+    pub fn refused_leaves(&self) -> (u64, Vec<Failure>) {
+        let refused = self.refused.lock().expect("not poisoned");
+        (refused.count, refused.recent.clone())
+    }
+
     pub fn register(&self, instance: Arc<IdentityInstance>) {
         self.instances.lock().expect("not poisoned").push(instance);
     }
@@ -327,11 +356,13 @@ impl IdentityService {
             .collect()
     }
 
+    /// A leaf for `identity` (the chain, leaf first), and the pod of the instance that issued
+    /// it.
     pub fn certify(
         &self,
         identity: &str,
         public_key: &KeyPair,
-    ) -> Result<Vec<Vec<u8>>, CertifyError> {
+    ) -> Result<(Vec<Vec<u8>>, PodRef), CertifyError> {
         let instance = {
             let instances = self.instances.lock().expect("not poisoned");
             if instances.is_empty() {
@@ -340,6 +371,12 @@ impl IdentityService {
             let n = self.next.fetch_add(1, Ordering::Relaxed) % instances.len();
             instances[n].clone()
         };
-        instance.certify(identity, public_key, pki::now())
+        let chain = instance.certify(identity, public_key, pki::now())?;
+        let pod = PodRef {
+            namespace: instance.config.namespace.clone(),
+            name: instance.pod_name.clone(),
+            uid: instance.pod_uid.clone(),
+        };
+        Ok((chain, pod))
     }
 }

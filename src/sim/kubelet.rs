@@ -114,6 +114,11 @@ impl Kubelet {
         })
     }
 
+    /// The identity service this kubelet's proxies ask for leaves.
+    pub fn identity(&self) -> &IdentityService {
+        &self.identity
+    }
+
     /// Registers the Nodes (Ready), then runs until dropped.
     pub async fn run(self: Arc<Self>) {
         if let Err(e) = self.register_nodes().await {

@@ -150,6 +150,10 @@ impl Peers for Kubelet {
     fn ready_proxies(&self) -> Vec<Arc<Proxy>> {
         Kubelet::ready_proxies(self)
     }
+
+    fn refused_leaves(&self) -> (u64, Vec<traffic::Failure>) {
+        self.identity().refused_leaves()
+    }
 }
 
 fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> SimError {

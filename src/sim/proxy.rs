@@ -28,6 +28,7 @@ use tokio::sync::watch;
 
 use super::identity::IdentityService;
 use super::pki;
+use super::traffic::{Failure, FailureReason, RejectedBy};
 
 /// The proxy admin port (`linkerd-admin`), where `linkerd identity` reads the live chain.
 pub const ADMIN_PORT: u16 = 4191;
@@ -384,11 +385,19 @@ async fn refresh_loop(
         let delay = match identity
             .certify(&p.env.identity, &key)
             .map_err(|e| e.to_string())
-            .and_then(|chain| {
+            .and_then(|(chain, issued_by)| {
                 let now = pki::now();
                 // The proxy accepts a leaf only if it verifies against its own anchors.
-                pki::verify_chain(&chain, &p.anchors, now)
-                    .map_err(|e| format!("issued chain does not verify: {e}"))?;
+                if let Err(e) = pki::verify_chain(&chain, &p.anchors, now) {
+                    identity.refused(Failure {
+                        client: p.pod.clone(),
+                        server: issued_by,
+                        reason: FailureReason::LeafRefused,
+                        rejected_by: RejectedBy::Client,
+                        at: std::time::Instant::now(),
+                    });
+                    return Err(format!("issued chain does not verify: {e}"));
+                }
                 let leaf_info = pki::info("leaf", &chain[0]).map_err(|e| e.to_string())?;
                 let issuer_fingerprint = chain
                     .get(1)

@@ -32,7 +32,7 @@ use super::proxy::{PodRef, Proxy};
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How many failures are kept with their details for reports.
-const RECENT_FAILURES: usize = 20;
+pub(crate) const RECENT_FAILURES: usize = 20;
 
 /// Why a handshake failed.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -51,6 +51,10 @@ pub enum FailureReason {
     NoCertificate,
     /// The handshake did not finish in time.
     Timeout,
+    /// Not a handshake between two proxies: a proxy refused the leaf the identity service
+    /// issued it (the issuer's anchor is not among its trust anchors), so it has no new
+    /// identity to make or take mTLS connections with. Counted with the failed handshakes.
+    LeafRefused,
     /// Anything else, with the error text.
     Other(String),
 }
@@ -63,6 +67,7 @@ impl fmt::Display for FailureReason {
             FailureReason::WrongIdentity => f.write_str("wrong identity"),
             FailureReason::NoCertificate => f.write_str("no certificate"),
             FailureReason::Timeout => f.write_str("timeout"),
+            FailureReason::LeafRefused => f.write_str("leaf from the identity service refused"),
             FailureReason::Other(s) => write!(f, "other: {s}"),
         }
     }
@@ -440,11 +445,18 @@ impl Default for TrafficConfig {
 /// Where the generator finds the proxies that can take traffic now.
 pub trait Peers: Send + Sync + 'static {
     fn ready_proxies(&self) -> Vec<Arc<Proxy>>;
+
+    /// Leaves proxies refused so far (see [`FailureReason::LeafRefused`]): how many, and the
+    /// latest few.
+    fn refused_leaves(&self) -> (u64, Vec<Failure>) {
+        (0, Vec::new())
+    }
 }
 
 /// A running generator; stops when dropped.
 pub struct TrafficGenerator {
     stats: Arc<TrafficStats>,
+    peers: Arc<dyn Peers>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -477,15 +489,35 @@ impl TrafficGenerator {
                 })
             })
             .collect();
-        Self { stats, tasks }
+        Self {
+            stats,
+            peers,
+            tasks,
+        }
     }
 
     pub fn stats(&self) -> &Arc<TrafficStats> {
         &self.stats
     }
 
+    /// The counters now, each leaf a proxy refused counted as one more failed exchange: a
+    /// proxy left without a leaf fails every handshake it would make or take, and the pairs
+    /// sampled would miss a pod that never became ready for lack of one.
     pub fn snapshot(&self) -> TrafficSnapshot {
-        self.stats.snapshot()
+        let mut snapshot = self.stats.snapshot();
+        let (refused, recent) = self.peers.refused_leaves();
+        if refused > 0 {
+            snapshot.begun += refused;
+            snapshot.attempts += refused;
+            *(snapshot.failures)
+                .entry((FailureReason::LeafRefused, RejectedBy::Client))
+                .or_default() += refused;
+            snapshot.recent.extend(recent);
+            snapshot.recent.sort_by_key(|f| f.at);
+            let extra = snapshot.recent.len().saturating_sub(RECENT_FAILURES);
+            snapshot.recent.drain(..extra);
+        }
+        snapshot
     }
 }
 
