@@ -706,6 +706,7 @@ async fn reconcile_once(
         retries,
         unseen_restarts,
         said_missing,
+        said_certificate,
         published,
         seen_leaves,
         count_writes,
@@ -760,6 +761,7 @@ async fn reconcile_once(
         stores,
         refused_restarts,
         accelerating(status.phase),
+        said_certificate,
     )
     .await?;
     unseen_restarts.show(&mut observed.restart_markers, now);
@@ -1103,6 +1105,7 @@ async fn observe(
     stores: &Stores,
     refused_restarts: &BTreeMap<Workload, FailedRestart>,
     read_issuing: bool,
+    said_certificate: &mut Option<String>,
 ) -> Result<Observed, ReconcileError> {
     let n = &config.names;
     let secret_of = |store: &Store<Secret>, (ns, name): &(String, String)| {
@@ -1332,7 +1335,13 @@ async fn observe(
             let child = certs::der(&cert.pem).unwrap_or_default();
             let signed_by = certs::signer_of(&child, &candidates).map(|a| a.fingerprint.clone());
             let (issuing, failure) = if read_issuing {
-                issuer_issuance(client, &n.issuer_certificate, cert.not_after).await
+                issuer_issuance(
+                    client,
+                    &n.issuer_certificate,
+                    cert.not_after,
+                    said_certificate,
+                )
+                .await
             } else {
                 (false, None)
             };
@@ -1374,19 +1383,32 @@ fn certificate_api(client: &Client, namespace: &str) -> Api<DynamicObject> {
 /// The issuer Certificate's issuance, read with one GET per look in the accelerating phases
 /// only (no watch on cert-manager's Certificates, whose CRD may be missing): see
 /// [`issuance_of`].
+///
+/// A failure to read it is logged once, and again only when it changes (`said` keeps the last
+/// one logged): looks come every 2 s, and a lasting one (no permission, say) would otherwise
+/// fill the log.
 async fn issuer_issuance(
     client: &Client,
     (ns, name): &(String, String),
     cached_not_after: i64,
+    said: &mut Option<String>,
 ) -> (bool, Option<IssuanceFailure>) {
-    match certificate_api(client, ns).get_opt(name).await {
+    let read = certificate_api(client, ns).get_opt(name).await;
+    if read.is_ok() && said.take().is_some() {
+        tracing::info!(certificate = %format!("{ns}/{name}"), "the issuer Certificate can be read again");
+    }
+    match read {
         Ok(Some(cert)) => issuance_of(&cert.data["status"], cached_not_after),
         Ok(None) => (false, None),
         Err(e) => {
             // Read as "not issuing, no failure": the worst that follows is the automatic
             // policy setting `Issuing=True` again, which is idempotent (and fails the same way
             // if the API does).
-            tracing::warn!(certificate = %format!("{ns}/{name}"), error = %crate::watch::api_words(&e), "reading the issuer Certificate");
+            let error = crate::watch::api_words(&e).to_string();
+            if said.as_deref() != Some(error.as_str()) {
+                tracing::warn!(certificate = %format!("{ns}/{name}"), %error, "reading the issuer Certificate (said again only if the failure changes)");
+                *said = Some(error);
+            }
             (false, None)
         }
     }
@@ -2313,6 +2335,8 @@ struct Memory {
     unseen_restarts: UnseenRestarts,
     /// The rotation was missing at the last look, and the log has said so.
     said_missing: bool,
+    /// The failure to read the issuer Certificate the log said last (see [`issuer_issuance`]).
+    said_certificate: Option<String>,
     published: Published,
     seen_leaves: SeenLeaves,
     count_writes: CountWrites,
@@ -2961,6 +2985,40 @@ mod tests {
         assert!(never.is_empty() && unseen.0.is_empty(), "{never:?}");
     }
 
+    /// A lasting failure to read the issuer Certificate (here, cert-manager's CRD not
+    /// installed) is logged once over many looks, not at each; reading it again is said once
+    /// too. Real API server.
+    #[tokio::test]
+    async fn a_lasting_failure_to_read_the_issuer_certificate_is_logged_once() {
+        let cp = ControlPlane::start().await.expect("a local control plane");
+        let client = cp.client();
+        let logs = crate::logging::tests::Buffer::default();
+        let _logging = tracing::subscriber::set_default(logs.subscriber());
+        let name = ("linkerd".to_owned(), "linkerd-identity-issuer".to_owned());
+        let mut said = None;
+        for _ in 0..5 {
+            let read = issuer_issuance(&client, &name, 0, &mut said).await;
+            assert_eq!(read, (false, None));
+        }
+        let text = logs.text();
+        assert_eq!(
+            text.matches("reading the issuer Certificate").count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains("404"), "{text}");
+        // Readable again (no such Certificate is an answer): said once, and forgotten.
+        for crd in crate::sim::certmanager::crds() {
+            crate::sim::install_crd(&client, &crd).await.unwrap();
+        }
+        for _ in 0..2 {
+            issuer_issuance(&client, &name, 0, &mut said).await;
+        }
+        assert_eq!(said, None);
+        let text = logs.text();
+        assert_eq!(text.matches("can be read again").count(), 1, "{text}");
+    }
+
     /// A failed restart is forgotten once its workload has been gone for a while, and every one
     /// once the rotation is over; the others are kept with what they were for.
     #[test]
@@ -3275,6 +3333,7 @@ mod tests {
             stores,
             &BTreeMap::new(),
             false,
+            &mut None,
         )
         .await
         .unwrap()
@@ -3864,7 +3923,7 @@ mod tests {
         let issuing = |cached| {
             let client = client.clone();
             let name = name.clone();
-            async move { issuer_issuance(&client, &name, cached).await.0 }
+            async move { issuer_issuance(&client, &name, cached, &mut None).await.0 }
         };
         assert!(!issuing(issued).await, "the Secret shows the last issuance");
         assert!(
@@ -3879,7 +3938,7 @@ mod tests {
                 "message": "The certificate request has failed to complete and will be retried: no policy"}]}))
         .await;
         assert_eq!(
-            issuer_issuance(&client, &name, issued).await,
+            issuer_issuance(&client, &name, issued, &mut None).await,
             (
                 false,
                 Some(IssuanceFailure {
