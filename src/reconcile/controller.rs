@@ -2689,6 +2689,17 @@ mod tests {
         }
     }
 
+    /// How many Events the API server holds with `reason`.
+    async fn events_with_reason(client: &Client, reason: &str) -> usize {
+        let events = Api::<Event>::namespaced(client.clone(), EVENTS_NAMESPACE)
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+        (events.items.iter())
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .count()
+    }
+
     fn test_recorder(client: &Client) -> EventWriter {
         EventWriter {
             api: Api::namespaced(client.clone(), EVENTS_NAMESPACE),
@@ -4403,16 +4414,7 @@ mod tests {
         let config = ReconcilerConfig::default();
         let recorder = test_recorder(&client);
         let metrics = ReconcileMetrics::register(&mut Default::default());
-        let bootstrapped = || async {
-            Api::<Event>::namespaced(client.clone(), EVENTS_NAMESPACE)
-                .list(&ListParams::default())
-                .await
-                .unwrap()
-                .items
-                .iter()
-                .filter(|e| e.reason.as_deref() == Some("BootstrappedPreviousAnchor"))
-                .count()
-        };
+        let bootstrapped = || events_with_reason(&client, "BootstrappedPreviousAnchor");
 
         let mut memory = Memory::default();
         for look in 0..2 {
@@ -4989,16 +4991,7 @@ mod tests {
         let config = ReconcilerConfig::default();
         let recorder = test_recorder(&client);
         let metrics = ReconcileMetrics::register(&mut Default::default());
-        let events = || async {
-            Api::<Event>::namespaced(client.clone(), EVENTS_NAMESPACE)
-                .list(&ListParams::default())
-                .await
-                .unwrap()
-                .items
-                .iter()
-                .filter(|e| e.reason.as_deref() == Some("RefreshingControlPlane"))
-                .count()
-        };
+        let events = || events_with_reason(&client, "RefreshingControlPlane");
 
         // A look decided from a ConfigMap that another writer has changed since (here, only
         // a label) writes nothing over it: the bundle write is refused as a conflict, and the

@@ -128,6 +128,22 @@ fn rolling(o: &mut Observed, workload: Workload, restart_for: RestartFor) {
     markers.rollout_complete = false;
 }
 
+/// The Deployment `w<i>` in `app`.
+fn w(i: usize) -> Workload {
+    Workload {
+        kind: "Deployment".to_owned(),
+        namespace: "app".to_owned(),
+        name: format!("w{i}"),
+    }
+}
+
+/// Each workload pod of `o` owned by a Deployment of its own, `w0`, `w1`, ... in turn.
+fn one_workload_each(o: &mut Observed) {
+    for (i, p) in o.pods.iter_mut().filter(|p| !p.control_plane).enumerate() {
+        p.owner = Ok(w(i));
+    }
+}
+
 /// A pod of the control-plane Deployment its name leads with, as `linkerd install` makes it:
 /// its owner reads as injected by the CLI, its anchors are not in its spec.
 fn cp_pod(name: &str, restarted_for: Option<String>) -> MeshedPod {
@@ -1784,23 +1800,9 @@ fn manual_propagation_names_the_restarts_and_does_none() {
 #[test]
 fn automatic_propagation_restarts_paced_and_skips_unready_and_busy_workloads() {
     let mut o = propagating().observed();
-    for (i, p) in o.pods.iter_mut().filter(|p| !p.control_plane).enumerate() {
-        p.owner = Ok(Workload {
-            kind: "Deployment".to_owned(),
-            namespace: "app".to_owned(),
-            name: format!("w{i}"),
-        });
-    }
+    one_workload_each(&mut o);
     o.pods[1].ready = false;
-    rolling(
-        &mut o,
-        Workload {
-            kind: "Deployment".to_owned(),
-            namespace: "app".to_owned(),
-            name: "w3".to_owned(),
-        },
-        RestartFor::Bundle(bundle_fp(&[0, 1])),
-    );
+    rolling(&mut o, w(3), RestartFor::Bundle(bundle_fp(&[0, 1])));
     let d = run(&automatic(), Phase::PropagatingTrustRoots, &o);
     let restarted = d.effects.iter().find_map(|e| match e {
         Effect::RestartWorkloads {
@@ -1838,14 +1840,7 @@ fn rollouts_of_an_earlier_step_take_their_slots() {
         ..World::synced()
     }
     .observed();
-    let w = |i: usize| Workload {
-        kind: "Deployment".to_owned(),
-        namespace: "app".to_owned(),
-        name: format!("w{i}"),
-    };
-    for (i, p) in o.pods.iter_mut().filter(|p| !p.control_plane).enumerate() {
-        p.owner = Ok(w(i));
-    }
+    one_workload_each(&mut o);
     let restarted = |o: &Observed| {
         let d = run(&automatic(), Phase::PropagatingTrustRoots, o);
         let names = d.effects.iter().find_map(|e| match e {
@@ -1900,13 +1895,7 @@ fn a_pod_unready_for_lack_of_the_issuers_anchor_does_not_hold_back_its_restart()
         ..World::reduced()
     }
     .observed();
-    for (i, p) in o.pods.iter_mut().filter(|p| !p.control_plane).enumerate() {
-        p.owner = Ok(Workload {
-            kind: "Deployment".to_owned(),
-            namespace: "app".to_owned(),
-            name: format!("w{i}"),
-        });
-    }
+    one_workload_each(&mut o);
     // w0 started on the foreign bundle {0}; w1 trusts the issuer's anchor but is not ready.
     o.pods[0].anchors = Some(set(&[0]));
     o.pods[0].ready = false;
@@ -1994,14 +1983,7 @@ fn a_rollout_with_a_new_pod_not_starting_names_it() {
 #[test]
 fn refused_restarts_take_no_slot_from_the_others_and_only_free_ones_themselves() {
     let mut o = propagating().observed();
-    let w = |i: usize| Workload {
-        kind: "Deployment".to_owned(),
-        namespace: "app".to_owned(),
-        name: format!("w{i}"),
-    };
-    for (i, p) in o.pods.iter_mut().filter(|p| !p.control_plane).enumerate() {
-        p.owner = Ok(w(i));
-    }
+    one_workload_each(&mut o);
     let restarted = |d: &Decision| {
         d.effects.iter().find_map(|e| match e {
             Effect::RestartWorkloads {
