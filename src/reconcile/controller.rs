@@ -4299,18 +4299,36 @@ mod tests {
         assert_eq!(parked.len(), 1, "announced once: {parked:?}");
     }
 
-    /// Linkerd as installed, before any rotation: the anchor's and the issuer's Secrets, the
-    /// bundle ConfigMap with the anchor, no previous anchor yet; and the `cluster` rotation.
-    fn linkerd_as_installed() -> (Secret, Secret, ConfigMap, TrustAnchorRotation) {
-        use crate::sim::pki::{Template, generate_key, to_pem};
+    /// The namespaces of cert-manager and Linkerd.
+    async fn linkerd_namespaces(client: &Client) {
+        for ns in ["cert-manager", "linkerd"] {
+            Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+                .create(
+                    &PostParams::default(),
+                    &object(json!({"metadata": {"name": ns}})),
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    /// A CA certificate's template named `name`, valid from an hour ago for 30 days.
+    fn ca_template(name: &str) -> crate::sim::pki::Template {
         let now = time::OffsetDateTime::now_utc();
-        let template = |name: &str| Template {
+        crate::sim::pki::Template {
             common_name: name.to_owned(),
             dns_names: Vec::new(),
             is_ca: true,
             not_before: now - time::Duration::hours(1),
             not_after: now + time::Duration::days(30),
-        };
+        }
+    }
+
+    /// Linkerd as installed, before any rotation: the anchor's and the issuer's Secrets, the
+    /// bundle ConfigMap with the anchor, no previous anchor yet; and the `cluster` rotation.
+    fn linkerd_as_installed() -> (Secret, Secret, ConfigMap, TrustAnchorRotation) {
+        use crate::sim::pki::{generate_key, to_pem};
+        let template = ca_template;
         let (anchor_key, issuer_key) = (generate_key().unwrap(), generate_key().unwrap());
         let anchor = template("anchor").self_signed(&anchor_key).unwrap();
         let issuer = template("identity.linkerd.cluster.local")
@@ -4370,15 +4388,7 @@ mod tests {
     #[tokio::test]
     async fn writes_whose_status_write_was_stale_are_still_announced_once() {
         let (_cp, client) = control_plane_with_crd().await;
-        for ns in ["cert-manager", "linkerd"] {
-            Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-                .create(
-                    &PostParams::default(),
-                    &object(json!({"metadata": {"name": ns}})),
-                )
-                .await
-                .unwrap();
-        }
+        linkerd_namespaces(&client).await;
         let (anchor_secret, issuer_secret, bundle, rotation) = linkerd_as_installed();
         let mut created = Vec::new();
         for s in [&anchor_secret, &issuer_secret] {
@@ -4903,25 +4913,10 @@ mod tests {
     /// past the patience is said in the status.
     #[tokio::test]
     async fn a_look_waits_for_the_watch_to_show_the_reconcilers_own_write() {
-        use crate::sim::pki::{Template, generate_key, to_pem};
+        use crate::sim::pki::{generate_key, to_pem};
+        let template = ca_template;
         let (_cp, client) = control_plane_with_crd().await;
-        for ns in ["cert-manager", "linkerd"] {
-            Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-                .create(
-                    &PostParams::default(),
-                    &object(json!({"metadata": {"name": ns}})),
-                )
-                .await
-                .unwrap();
-        }
-        let now = time::OffsetDateTime::now_utc();
-        let template = |name: &str| Template {
-            common_name: name.to_owned(),
-            dns_names: Vec::new(),
-            is_ca: true,
-            not_before: now - time::Duration::hours(1),
-            not_after: now + time::Duration::days(30),
-        };
+        linkerd_namespaces(&client).await;
         let (old_key, new_key, issuer_key) = (
             generate_key().unwrap(),
             generate_key().unwrap(),
