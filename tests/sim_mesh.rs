@@ -13,7 +13,7 @@ use kube::ResourceExt;
 use trust_rotation_operator::probe;
 use trust_rotation_operator::sim::linkerd;
 use trust_rotation_operator::sim::runbook::Runbook;
-use trust_rotation_operator::sim::traffic::{FailureReason, TrafficConfig};
+use trust_rotation_operator::sim::traffic::{FailureReason, TrafficConfig, TrafficSnapshot};
 use trust_rotation_operator::sim::{KeyRotation, Mesh, SimConfig, pki};
 
 fn namespaces(n: usize) -> Vec<String> {
@@ -182,6 +182,28 @@ async fn mesh_with_traffic(
     (cp, mesh, up)
 }
 
+/// Waits (at most 60 s) until `n` failures with `reason` have been counted since `before`;
+/// the traffic since then.
+async fn failures_since(
+    mesh: &Mesh,
+    before: &TrafficSnapshot,
+    reason: &FailureReason,
+    n: u64,
+) -> TrafficSnapshot {
+    let started = Instant::now();
+    loop {
+        let t = mesh.traffic().unwrap().since(before);
+        if t.failed_with(reason) >= n {
+            return t;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "fewer than {n} failures with {reason}: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn step(started: Instant, mesh: &Mesh, what: &str) {
     eprintln!(
         "[{:6.1}s] {what}; traffic: {}",
@@ -329,43 +351,13 @@ async fn issuer_renewed_before_any_restart_breaks_mtls_with_unknown_issuer() {
         &mesh,
         "control plane restarted onto the expanded bundle",
     );
-    let started = Instant::now();
-    while mesh
-        .traffic()
-        .unwrap()
-        .since(&before)
-        .failed_with(&FailureReason::UnknownIssuer)
-        < 5
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no unknown-issuer failures: {}",
-            mesh.traffic().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let t = mesh.traffic().unwrap().since(&before);
+    let t = failures_since(&mesh, &before, &FailureReason::UnknownIssuer, 5).await;
     step(t0, &mesh, "failures seen");
     assert!(t.failed_with(&FailureReason::UnknownIssuer) >= 5, "{t}");
     // And the proxies trusting the old anchor alone refuse the leaves they are issued at their
     // next refresh (20 s leaves, refreshed at 70%): counted with the failures, so that a pod
     // that never becomes ready for lack of a leaf, and so never takes traffic, is not missed.
-    let started = Instant::now();
-    while mesh
-        .traffic()
-        .unwrap()
-        .since(&before)
-        .failed_with(&FailureReason::LeafRefused)
-        == 0
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no leaf refused: {}",
-            mesh.traffic().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let t = mesh.traffic().unwrap().since(&before);
+    let t = failures_since(&mesh, &before, &FailureReason::LeafRefused, 1).await;
     assert!(
         t.recent
             .iter()
@@ -432,21 +424,6 @@ async fn old_anchor_removed_before_leaves_refreshed(issuer_key: KeyRotation) {
         &mesh,
         "bundle reduced and pods restarted before the leaves refreshed",
     );
-    let started = Instant::now();
-    while mesh
-        .traffic()
-        .unwrap()
-        .since(&before)
-        .failed_with(&FailureReason::UnknownIssuer)
-        < 5
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no unknown-issuer failures: {}",
-            mesh.traffic().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let t = mesh.traffic().unwrap().since(&before);
+    let t = failures_since(&mesh, &before, &FailureReason::UnknownIssuer, 5).await;
     assert!(t.failed_with(&FailureReason::UnknownIssuer) >= 5, "{t}");
 }

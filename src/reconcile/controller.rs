@@ -881,20 +881,22 @@ async fn reconcile_once(
                     // The step's writes went through all the same, and a look from a fresh
                     // status will find them done, and neither decide nor say them again: what
                     // they did is said now, each once.
-                    if wrote {
-                        for effect in events.iter().filter(says_a_write) {
-                            if !announced_writes.contains(effect) {
-                                announced_writes.push((*effect).clone());
-                                execute(
-                                    client,
-                                    config,
-                                    recorder,
-                                    &reference,
-                                    effect,
-                                    (refused_restarts, retries, unseen_restarts),
-                                )
-                                .await?;
-                            }
+                    for effect in events.iter().filter(says_a_write) {
+                        if let Effect::Event {
+                            warning,
+                            reason,
+                            message,
+                        } = effect
+                            && wrote
+                            && !announced_writes.contains(effect)
+                        {
+                            announced_writes.push((*effect).clone());
+                            recorder
+                                .publish(&reference, *warning, reason, message)
+                                .await
+                                .unwrap_or_else(|e| {
+                                    tracing::warn!(error = %crate::watch::api_words(&e), "publishing an event")
+                                });
                         }
                     }
                     return Ok(Requeue::Soon);
@@ -4328,10 +4330,9 @@ mod tests {
     /// bundle ConfigMap with the anchor, no previous anchor yet; and the `cluster` rotation.
     fn linkerd_as_installed() -> (Secret, Secret, ConfigMap, TrustAnchorRotation) {
         use crate::sim::pki::{generate_key, to_pem};
-        let template = ca_template;
         let (anchor_key, issuer_key) = (generate_key().unwrap(), generate_key().unwrap());
-        let anchor = template("anchor").self_signed(&anchor_key).unwrap();
-        let issuer = template("identity.linkerd.cluster.local")
+        let anchor = ca_template("anchor").self_signed(&anchor_key).unwrap();
+        let issuer = ca_template("identity.linkerd.cluster.local")
             .signed_by(&issuer_key, &anchor, &anchor_key)
             .unwrap();
         // `data`, as the API server keeps it, so that the objects read the same in a store.
@@ -4914,7 +4915,6 @@ mod tests {
     #[tokio::test]
     async fn a_look_waits_for_the_watch_to_show_the_reconcilers_own_write() {
         use crate::sim::pki::{generate_key, to_pem};
-        let template = ca_template;
         let (_cp, client) = control_plane_with_crd().await;
         linkerd_namespaces(&client).await;
         let (old_key, new_key, issuer_key) = (
@@ -4922,9 +4922,9 @@ mod tests {
             generate_key().unwrap(),
             generate_key().unwrap(),
         );
-        let old = template("old anchor").self_signed(&old_key).unwrap();
-        let new = template("new anchor").self_signed(&new_key).unwrap();
-        let issuer = template("identity.linkerd.cluster.local")
+        let old = ca_template("old anchor").self_signed(&old_key).unwrap();
+        let new = ca_template("new anchor").self_signed(&new_key).unwrap();
+        let issuer = ca_template("identity.linkerd.cluster.local")
             .signed_by(&issuer_key, &old, &old_key)
             .unwrap();
         let secret = |ns: &str, name: &str, key: &str, der: &[u8]| -> Secret {
