@@ -202,6 +202,9 @@ pub struct Proxy {
     stopped: std::sync::atomic::AtomicBool,
     refreshes: AtomicU64,
     last_certify_error: Mutex<Option<String>>,
+    /// The issuer whose leaf this proxy last refused, so that each is counted once, not at
+    /// every retry.
+    refused_issuer: Mutex<Option<String>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -278,6 +281,7 @@ impl Proxy {
             stopped: std::sync::atomic::AtomicBool::new(false),
             refreshes: AtomicU64::new(0),
             last_certify_error: Mutex::new(None),
+            refused_issuer: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
         });
         let serve = tokio::spawn(serve(listener, Arc::new(server_config)));
@@ -389,13 +393,19 @@ async fn refresh_loop(
                 let now = pki::now();
                 // The proxy accepts a leaf only if it verifies against its own anchors.
                 if let Err(e) = pki::verify_chain(&chain, &p.anchors, now) {
-                    identity.refused(Failure {
-                        client: p.pod.clone(),
-                        server: issued_by,
-                        reason: FailureReason::LeafRefused,
-                        rejected_by: RejectedBy::Client,
-                        at: std::time::Instant::now(),
-                    });
+                    // Counted once per issuer, not at every retry.
+                    let issuer = chain.get(1).map(|d| crate::bundle::sha256_hex(d));
+                    let mut refused = p.refused_issuer.lock().expect("not poisoned");
+                    if *refused != issuer {
+                        *refused = issuer;
+                        identity.refused(Failure {
+                            client: p.pod.clone(),
+                            server: issued_by,
+                            reason: FailureReason::LeafRefused,
+                            rejected_by: RejectedBy::Client,
+                            at: std::time::Instant::now(),
+                        });
+                    }
                     return Err(format!("issued chain does not verify: {e}"));
                 }
                 let leaf_info = pki::info("leaf", &chain[0]).map_err(|e| e.to_string())?;
@@ -427,6 +437,7 @@ async fn refresh_loop(
                 *p.leaf.0.write().expect("not poisoned") = Some(Arc::new(leaf));
                 p.refreshes.fetch_add(1, Ordering::Relaxed);
                 *p.last_certify_error.lock().expect("not poisoned") = None;
+                *p.refused_issuer.lock().expect("not poisoned") = None;
                 p.ready.send_replace(true);
                 delay
             }

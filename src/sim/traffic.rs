@@ -235,16 +235,23 @@ impl TrafficSnapshot {
 
 impl fmt::Display for TrafficSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Refused leaves are failures but not handshakes: said apart.
+        let refused = self.failed_with(&FailureReason::LeafRefused);
         write!(
             f,
             "{} handshakes: {} ok, {} failed, {} peer gone",
             self.attempts,
             self.successes,
-            self.failed(),
+            self.failed() - refused,
             self.unreachable
         )?;
+        if refused > 0 {
+            write!(f, "; {refused} leaves refused by their proxy")?;
+        }
         for ((reason, by), n) in &self.failures {
-            write!(f, "; {reason} ({by}): {n}")?;
+            if *reason != FailureReason::LeafRefused {
+                write!(f, "; {reason} ({by}): {n}")?;
+            }
         }
         Ok(())
     }
@@ -500,15 +507,14 @@ impl TrafficGenerator {
         &self.stats
     }
 
-    /// The counters now, each leaf a proxy refused counted as one more failed exchange: a
-    /// proxy left without a leaf fails every handshake it would make or take, and the pairs
-    /// sampled would miss a pod that never became ready for lack of one.
+    /// The counters now, with the leaves proxies refused among the failures (each proxy's
+    /// refusal of an issuer's leaf once): a proxy left without a leaf fails every handshake it
+    /// would make or take, and the pairs sampled would miss a pod that never became ready for
+    /// lack of one. They are not handshakes: `begun` and `attempts` leave them out.
     pub fn snapshot(&self) -> TrafficSnapshot {
         let mut snapshot = self.stats.snapshot();
         let (refused, recent) = self.peers.refused_leaves();
         if refused > 0 {
-            snapshot.begun += refused;
-            snapshot.attempts += refused;
             *(snapshot.failures)
                 .entry((FailureReason::LeafRefused, RejectedBy::Client))
                 .or_default() += refused;
