@@ -1345,6 +1345,8 @@ async fn observe(
                 )
                 .await
             } else {
+                // Not read: a failure still there in the next rotation is said again.
+                *said_certificate = None;
                 (false, None)
             };
             Ok(Issuer {
@@ -1524,6 +1526,8 @@ pub trait Restartable: Resource<DynamicType = ()> + Clone {
     const KIND: &'static str;
     fn template(&self) -> Option<&PodTemplateSpec>;
     fn rollout_complete(&self) -> bool;
+    /// Pods are still being replaced (see [`RestartMarkers::replacing`]).
+    fn rollout_replacing(&self) -> bool;
     /// Why the rollout will not finish by itself, where the workload says so.
     fn rollout_stalled(&self) -> Option<String> {
         None
@@ -1544,6 +1548,15 @@ impl Restartable for Deployment {
             && st.updated_replicas.unwrap_or(0) == want
             && st.replicas.unwrap_or(0) == want
             && st.available_replicas.unwrap_or(0) == want
+    }
+    /// The controller has not seen the newest spec, or replicas of an older template are
+    /// left, or not every replica runs the newest one.
+    fn rollout_replacing(&self) -> bool {
+        let want = self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let Some(st) = &self.status else { return true };
+        st.observed_generation < self.metadata.generation
+            || st.updated_replicas.unwrap_or(0) < want
+            || st.replicas.unwrap_or(0) > st.updated_replicas.unwrap_or(0)
     }
     /// `Progressing=False`: the Deployment controller gave up waiting for the rollout after
     /// `progressDeadlineSeconds` (reason `ProgressDeadlineExceeded`).
@@ -1577,6 +1590,16 @@ impl Restartable for StatefulSet {
             && st.ready_replicas.unwrap_or(0) == want
             && (partition > 0 || st.current_revision == st.update_revision)
     }
+    /// The controller has not seen the newest spec, or replicas above the partition still run
+    /// an older revision.
+    fn rollout_replacing(&self) -> bool {
+        let want = self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let partition = partition(self).clamp(0, want);
+        let Some(st) = &self.status else { return true };
+        st.observed_generation < self.metadata.generation
+            || st.updated_replicas.unwrap_or(0) < want - partition
+            || (partition == 0 && st.current_revision != st.update_revision)
+    }
 }
 
 impl Restartable for DaemonSet {
@@ -1590,6 +1613,12 @@ impl Restartable for DaemonSet {
         st.observed_generation >= self.metadata.generation
             && st.updated_number_scheduled.unwrap_or(0) == st.desired_number_scheduled
             && st.number_available.unwrap_or(0) == st.desired_number_scheduled
+    }
+    /// The controller has not seen the newest spec, or nodes still run an older pod.
+    fn rollout_replacing(&self) -> bool {
+        let Some(st) = &self.status else { return true };
+        st.observed_generation < self.metadata.generation
+            || st.updated_number_scheduled.unwrap_or(0) < st.desired_number_scheduled
     }
 }
 
@@ -1612,6 +1641,7 @@ fn markers_of<K: Restartable>(
                     bundle,
                     issuer,
                     rollout_complete: w.rollout_complete(),
+                    replacing: w.rollout_replacing(),
                     stalled: w.rollout_stalled(),
                     not_starting: None,
                 },
@@ -2405,7 +2435,7 @@ impl UnseenRestarts {
                     RestartFor::Bundle(marker) => m.bundle = Some(marker.clone()),
                     RestartFor::Issuer(fingerprint) => m.issuer = Some(fingerprint.clone()),
                 }
-                m.rollout_complete = false;
+                (m.rollout_complete, m.replacing) = (false, true);
             }
             unseen
         });
@@ -2921,6 +2951,52 @@ mod tests {
             "sent: {again:?}"
         );
         assert_eq!(refused.keys().collect::<Vec<_>>(), [&w]);
+    }
+
+    /// A rollout replaces pods until every replica runs the newest template; a replica that is
+    /// merely unavailable afterwards (a crash loop) leaves it incomplete, not replacing.
+    #[test]
+    fn a_rollout_replaces_pods_until_every_replica_runs_the_template() {
+        let deployment = |generation: i64, status: serde_json::Value| -> Deployment {
+            object(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "web", "namespace": "app", "generation": generation},
+                "spec": {"replicas": 3, "selector": {}, "template": {}},
+                "status": status}))
+        };
+        let state = |d: &Deployment| (d.rollout_replacing(), d.rollout_complete());
+        let seen = |updated: i32, replicas: i32, available: i32| {
+            json!({"observedGeneration": 2, "updatedReplicas": updated,
+                "replicas": replicas, "availableReplicas": available})
+        };
+        // Not seen by the controller yet; old replicas left; new ones still to come; done;
+        // done but one replica crash-looping.
+        assert_eq!(state(&deployment(3, seen(3, 3, 3))), (true, false));
+        assert_eq!(state(&deployment(2, seen(3, 4, 3))), (true, false));
+        assert_eq!(state(&deployment(2, seen(1, 3, 3))), (true, false));
+        assert_eq!(state(&deployment(2, seen(3, 3, 3))), (false, true));
+        assert_eq!(state(&deployment(2, seen(3, 3, 2))), (false, false));
+        let daemonset: DaemonSet = object(json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": "agent", "namespace": "app", "generation": 2},
+            "spec": {"selector": {}, "template": {}},
+            "status": {"observedGeneration": 2, "desiredNumberScheduled": 2,
+                "updatedNumberScheduled": 2, "numberAvailable": 1, "currentNumberScheduled": 2,
+                "numberMisscheduled": 0, "numberReady": 1}}));
+        assert_eq!(
+            (daemonset.rollout_replacing(), daemonset.rollout_complete()),
+            (false, false)
+        );
+        let statefulset: StatefulSet = object(json!({"apiVersion": "apps/v1",
+            "kind": "StatefulSet", "metadata": {"name": "db", "namespace": "app", "generation": 2},
+            "spec": {"replicas": 2, "serviceName": "db", "selector": {}, "template": {}},
+            "status": {"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1,
+                "readyReplicas": 2, "currentRevision": "db-1", "updateRevision": "db-2"}}));
+        assert_eq!(
+            (
+                statefulset.rollout_replacing(),
+                statefulset.rollout_complete()
+            ),
+            (true, false)
+        );
     }
 
     /// A restart that went through counts as a rollout in progress while the workload's watch

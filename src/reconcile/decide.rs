@@ -367,17 +367,6 @@ pub fn decide(
     let lacking_bundle = workloads_lacking(observed.bundle_holders(), &bundle_set);
     let signer_anchor = BTreeSet::from([signer_cert.fingerprint.clone()]);
     let lacking_signer = workloads_lacking(observed.bundle_holders(), &signer_anchor);
-    d.out_of_order(
-        renewed_out_of_order(
-            status.phase,
-            &anchor,
-            &previous,
-            signer.as_deref(),
-            &lacking_signer,
-        ),
-        &lacking_signer,
-    );
-
     // The issuer already renewed onto an anchor this rotation brought in while some proxies do
     // not trust it yet (onto the new anchor, renewed early by a person, a CronJob or
     // cert-manager's own schedule, or before the operator was installed; or onto one renewed
@@ -405,6 +394,22 @@ pub fn decide(
     } else {
         Vec::new()
     };
+    // Urgent while any proxy may lack the issuer's anchor: those that hold the identity
+    // controller back, or, with the issuer in order, the workload pods.
+    d.out_of_order(
+        renewed_out_of_order(
+            status.phase,
+            &anchor,
+            &previous,
+            signer.as_deref(),
+            &lacking_signer,
+        ),
+        if issuer_ahead {
+            &untrusting
+        } else {
+            &lacking_signer
+        },
+    );
     let hold_identity = !untrusting.is_empty();
     let held = |c: &ControlPlaneDeployment| hold_identity && c.identity_controller;
     let held_names: Vec<&str> = observed
@@ -1479,7 +1484,7 @@ impl<'a> Step<'a> {
     }
 
     /// Raises or keeps `OutOfOrderIssuerRotation`: `detected` says the issuer was renewed out
-    /// of order, `lacking_signer` names the workload pods that lack the anchor it chains to.
+    /// of order, `lacking_signer` names the pods that may lack the anchor it chains to.
     fn out_of_order(&mut self, detected: bool, lacking_signer: &[String]) {
         let was = self.prev_condition(OUT_OF_ORDER_CONDITION);
         let was_true = was.is_some_and(|c| c.status == ConditionStatus::True);
@@ -1659,11 +1664,12 @@ impl<'a> Step<'a> {
                             .is_some_and(|m| m.has(&restart_for))
                     });
                 // Rollouts the operator started for something else (an earlier step of this
-                // rotation, before a second renewal grew the bundle, say) still replace pods:
-                // they take slots too. One of their workloads picked for this step takes no
-                // second slot: its new restart replaces the rollout it has.
+                // rotation, before a second renewal grew the bundle, say) that still replace
+                // pods take slots too. (Not a workload restarted in an earlier rotation that
+                // merely has an unavailable replica now.) One of their workloads picked for
+                // this step takes no second slot: its new restart replaces the rollout it has.
                 let earlier: BTreeSet<&Workload> = observed
-                    .rolling_for_anything()
+                    .replacing_for_anything()
                     .filter(|w| !in_progress.contains(w))
                     .collect();
                 let busy = in_progress.len() + earlier.len();
@@ -1691,10 +1697,14 @@ impl<'a> Step<'a> {
                     }
                 }
                 let retry: Vec<Workload> = refused.iter().map(|w| (*w).clone()).collect();
+                // Waiting: not restarted now, and not rolling out already.
+                let waiting = (candidates.iter())
+                    .filter(|w| !earlier.contains(*w))
+                    .filter(|w| !next.contains(**w) && !retry.contains(**w))
+                    .count();
                 message.push_str(&format!(
-                    "; restarting {} workload(s) at a time ({busy} in progress, {} waiting)",
+                    "; restarting {} workload(s) at a time ({busy} in progress, {waiting} waiting)",
                     policies.max_concurrent_workloads,
-                    candidates.len() - next.len() - retry.len()
                 ));
                 // Rollouts that take the slots are named, so a slow one has a name to look up;
                 // one its workload says will not finish is named with why.
@@ -1948,9 +1958,10 @@ impl<'a> Step<'a> {
         }
         // While an issuer out of order endangers proxies, that is the first thing a reader must
         // see.
+        // (A look that did not judge it, a parked one say, keeps what the last look said.)
         let urgent = self.urgent.unwrap_or_else(|| {
-            (self.next.conditions.iter())
-                .any(|c| c.type_ == OUT_OF_ORDER_CONDITION && c.status == ConditionStatus::True)
+            (self.prev.blocking_message.as_deref())
+                .is_some_and(|m| m.starts_with(OUT_OF_ORDER_URGENT))
         });
         if urgent {
             self.next.blocking_message = Some(match self.next.blocking_message.take() {

@@ -126,6 +126,7 @@ fn rolling(o: &mut Observed, workload: Workload, restart_for: RestartFor) {
         RestartFor::Issuer(fp) => markers.issuer = Some(fp),
     }
     markers.rollout_complete = false;
+    markers.replacing = true;
 }
 
 /// The Deployment `w<i>` in `app`.
@@ -1397,6 +1398,7 @@ fn a_restored_bundle_restarts_what_started_on_the_foreign_one() {
                 bundle: Some(before.clone()),
                 issuer: None,
                 rollout_complete: true,
+                replacing: false,
                 stalled: None,
                 not_starting: None,
             },
@@ -1506,6 +1508,37 @@ fn an_issuer_renewed_out_of_order_is_urgent_only_while_proxies_lack_its_anchor()
         ),
         "{:?}",
         held.effects
+    );
+    // A pod still draining without the anchor (one a restart just replaced), which holds the
+    // identity controller back: still urgent.
+    let mut draining = w.observed();
+    let mut replaced = draining.pods[1].clone();
+    replaced.name = "web-replaced".to_owned();
+    replaced.anchors = Some(set(&[0]));
+    draining.draining.push(replaced);
+    let drains = decide(&automatic(), &Names::default(), &d.status, &draining);
+    assert!(
+        blocking(&drains).starts_with("URGENT"),
+        "{}",
+        blocking(&drains)
+    );
+    // A look that parks judges nothing: it keeps what the last look said.
+    let mut unreadable = w.observed();
+    unreadable.anchor = Err(Problem {
+        object: "Secret cert-manager/linkerd-trust-anchor".to_owned(),
+        message: "no tls.crt".to_owned(),
+    });
+    let parked = decide(&automatic(), &Names::default(), &held.status, &unreadable);
+    assert!(
+        blocking(&parked).starts_with("parked: "),
+        "{}",
+        blocking(&parked)
+    );
+    let parked = decide(&automatic(), &Names::default(), &d.status, &unreadable);
+    assert!(
+        blocking(&parked).starts_with("URGENT"),
+        "{}",
+        blocking(&parked)
     );
 }
 
@@ -1860,8 +1893,19 @@ fn rollouts_of_an_earlier_step_take_their_slots() {
     assert_eq!(names, None, "{message}");
     assert!(
         message.contains(
-            "(2 in progress, 4 waiting); rolling out: deployment/app/w0, deployment/app/w1"
+            "(2 in progress, 2 waiting); rolling out: deployment/app/w0, deployment/app/w1"
         ),
+        "{message}"
+    );
+    // Rolled out long ago and only short of a replica now (a crash loop, say): no slot taken.
+    let mut settled = o.clone();
+    for w in [w(0), w(1)] {
+        settled.restart_markers.get_mut(&w).unwrap().replacing = false;
+    }
+    let (names, message) = restarted(&settled);
+    assert_eq!(
+        names,
+        Some(vec!["w2".to_owned(), "w3".to_owned()]),
         "{message}"
     );
     // Their pods ready, mid-rollout: restarted onto {0, 1, 2} in the slots they hold, and no
@@ -1874,14 +1918,17 @@ fn rollouts_of_an_earlier_step_take_their_slots() {
         Some(vec!["w0".to_owned(), "w1".to_owned()]),
         "{message}"
     );
-    // One of them done: its slot goes to the next workload.
-    o.restart_markers.get_mut(&w(1)).unwrap().rollout_complete = true;
+    // One of them done, its pod on the bundle: its slot goes to the next workload.
+    let done = o.restart_markers.get_mut(&w(1)).unwrap();
+    (done.rollout_complete, done.replacing) = (true, false);
+    o.pods[1].anchors = Some(set(&[0, 1, 2]));
     let (names, message) = restarted(&o);
     assert_eq!(
         names,
-        Some(vec!["w0".to_owned(), "w1".to_owned()]),
+        Some(vec!["w0".to_owned(), "w2".to_owned()]),
         "{message}"
     );
+    assert!(message.contains("(1 in progress, 1 waiting)"), "{message}");
 }
 
 /// A pod that does not trust the anchor the issuer chains to (started on a foreign bundle that
@@ -2027,6 +2074,7 @@ fn refused_restarts_take_no_slot_from_the_others_and_only_free_ones_themselves()
             bundle: Some(bundle_fp(&[0, 1])),
             issuer: None,
             rollout_complete: true,
+            replacing: false,
             stalled: None,
             not_starting: None,
         },
@@ -2735,6 +2783,7 @@ fn leaf_restarts_cover_pods_without_the_bundle_and_are_asked_for_once() {
             bundle: None,
             issuer: Some(issuer_fp.clone()),
             rollout_complete: true,
+            replacing: false,
             stalled: None,
             not_starting: None,
         },

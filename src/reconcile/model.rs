@@ -365,9 +365,9 @@ impl Observed {
     }
 
     /// Workloads restarted by the operator for anything (another step, another rotation) whose
-    /// rollout is not complete.
-    pub fn rolling_for_anything(&self) -> impl Iterator<Item = &Workload> {
-        self.rolling_where(|_| true)
+    /// pods are still being replaced (see [`RestartMarkers::replacing`]).
+    pub fn replacing_for_anything(&self) -> impl Iterator<Item = &Workload> {
+        self.rolling_where(|m| m.replacing)
     }
 
     /// Workloads whose rollout is not complete and whose restart markers satisfy `restarted`.
@@ -398,6 +398,10 @@ pub struct RestartMarkers {
     pub issuer: Option<String>,
     /// `kubectl rollout status` would say complete.
     pub rollout_complete: bool,
+    /// Pods are still being replaced: the workload's controller has not yet acted on its newest
+    /// template, or not every replica runs it yet. Unlike an incomplete rollout, not a replica
+    /// that is merely unavailable (a crash loop, a scale-up) once every one runs the template.
+    pub replacing: bool,
     /// The rollout will not finish by itself: a Deployment's `Progressing=False` condition
     /// (reason `ProgressDeadlineExceeded`), with its message. Its new pods do not become
     /// available (an image that cannot be pulled, a crash, a quota), which no further restart
