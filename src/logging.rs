@@ -132,6 +132,44 @@ fn debug_prints_unchanged(s: &str) -> bool {
         .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
 }
 
+/// A failure that may come back at every try of a loop (a reload, an election, a read),
+/// logged when it starts, changes or clears rather than at every try: keeps the one said last.
+#[derive(Debug, Default)]
+pub struct Lasting(Option<String>);
+
+/// What a try's outcome is news of, for the log.
+#[derive(Debug, PartialEq)]
+pub enum Lasted<'a> {
+    /// The same as the try before: nothing to say.
+    Unchanged,
+    /// A failure that is new, or other than the one before.
+    Failing(&'a str),
+    /// No failure, after one.
+    Cleared,
+}
+
+impl Lasting {
+    /// Records a try's outcome (`Some` failure, or `None`) and says what is news.
+    pub fn record(&mut self, failure: Option<String>) -> Lasted<'_> {
+        let before = std::mem::replace(&mut self.0, failure);
+        match (&self.0, before) {
+            (Some(now), before) if before.as_ref() != Some(now) => Lasted::Failing(now),
+            (None, Some(_)) => Lasted::Cleared,
+            _ => Lasted::Unchanged,
+        }
+    }
+
+    /// The failure said last, while it lasts.
+    pub fn current(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
+    /// Forgets it without a word: the next failure, even the same, is news.
+    pub fn forget(&mut self) {
+        self.0 = None;
+    }
+}
+
 /// Panics in the process so far (see [`report_panics`]).
 static PANICS: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
     std::sync::LazyLock::new(Default::default);

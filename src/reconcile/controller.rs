@@ -36,6 +36,7 @@ use crate::crd::{
     RenewalPolicy, RestartPolicy, TrustAnchorRotation, TrustAnchorRotationSpec,
     TrustAnchorRotationStatus,
 };
+use crate::logging::{Lasted, Lasting};
 use crate::rbac::EVENTS_NAMESPACE;
 use crate::watch::WatchErrors;
 
@@ -1107,7 +1108,7 @@ async fn observe(
     stores: &Stores,
     refused_restarts: &BTreeMap<Workload, FailedRestart>,
     read_issuing: bool,
-    said_certificate: &mut Option<String>,
+    said_certificate: &mut Lasting,
 ) -> Result<Observed, ReconcileError> {
     let n = &config.names;
     let secret_of = |store: &Store<Secret>, (ns, name): &(String, String)| {
@@ -1346,7 +1347,7 @@ async fn observe(
                 .await
             } else {
                 // Not read: a failure still there in the next rotation is said again.
-                *said_certificate = None;
+                said_certificate.forget();
                 (false, None)
             };
             Ok(Issuer {
@@ -1388,33 +1389,36 @@ fn certificate_api(client: &Client, namespace: &str) -> Api<DynamicObject> {
 /// only (no watch on cert-manager's Certificates, whose CRD may be missing): see
 /// [`issuance_of`].
 ///
-/// A failure to read it is logged once, and again only when it changes (`said` keeps the last
-/// one logged): looks come every 2 s, and a lasting one (no permission, say) would otherwise
-/// fill the log.
+/// A failure to read it is logged once, and again only when it changes (`said`): looks come
+/// every 2 s, and a lasting one (no permission, say) would otherwise fill the log.
 async fn issuer_issuance(
     client: &Client,
     (ns, name): &(String, String),
     cached_not_after: i64,
-    said: &mut Option<String>,
+    said: &mut Lasting,
 ) -> (bool, Option<IssuanceFailure>) {
     let read = certificate_api(client, ns).get_opt(name).await;
-    if read.is_ok() && said.take().is_some() {
-        tracing::info!(certificate = %format!("{ns}/{name}"), "the issuer Certificate can be read again");
+    let failure = read
+        .as_ref()
+        .err()
+        .map(|e| crate::watch::api_words(e).to_string());
+    let certificate = format!("{ns}/{name}");
+    match said.record(failure) {
+        Lasted::Failing(error) => {
+            tracing::warn!(%certificate, %error, "reading the issuer Certificate (said again only if the failure changes)")
+        }
+        Lasted::Cleared => {
+            tracing::info!(%certificate, "the issuer Certificate can be read again")
+        }
+        Lasted::Unchanged => {}
     }
     match read {
         Ok(Some(cert)) => issuance_of(&cert.data["status"], cached_not_after),
         Ok(None) => (false, None),
-        Err(e) => {
-            // Read as "not issuing, no failure": the worst that follows is the automatic
-            // policy setting `Issuing=True` again, which is idempotent (and fails the same way
-            // if the API does).
-            let error = crate::watch::api_words(&e).to_string();
-            if said.as_deref() != Some(error.as_str()) {
-                tracing::warn!(certificate = %format!("{ns}/{name}"), %error, "reading the issuer Certificate (said again only if the failure changes)");
-                *said = Some(error);
-            }
-            (false, None)
-        }
+        // Read as "not issuing, no failure": the worst that follows is the automatic policy
+        // setting `Issuing=True` again, which is idempotent (and fails the same way if the API
+        // does).
+        Err(_) => (false, None),
     }
 }
 
@@ -2368,7 +2372,7 @@ struct Memory {
     /// The rotation was missing at the last look, and the log has said so.
     said_missing: bool,
     /// The failure to read the issuer Certificate the log said last (see [`issuer_issuance`]).
-    said_certificate: Option<String>,
+    said_certificate: Lasting,
     published: Published,
     seen_leaves: SeenLeaves,
     count_writes: CountWrites,
@@ -3084,7 +3088,7 @@ mod tests {
         let logs = crate::logging::tests::Buffer::default();
         let _logging = tracing::subscriber::set_default(logs.subscriber());
         let name = ("linkerd".to_owned(), "linkerd-identity-issuer".to_owned());
-        let mut said = None;
+        let mut said = Lasting::default();
         for _ in 0..5 {
             let read = issuer_issuance(&client, &name, 0, &mut said).await;
             assert_eq!(read, (false, None));
@@ -3103,7 +3107,7 @@ mod tests {
         for _ in 0..2 {
             issuer_issuance(&client, &name, 0, &mut said).await;
         }
-        assert_eq!(said, None);
+        assert_eq!(said.current(), None);
         let text = logs.text();
         assert_eq!(text.matches("can be read again").count(), 1, "{text}");
     }
@@ -3422,7 +3426,7 @@ mod tests {
             stores,
             &BTreeMap::new(),
             false,
-            &mut None,
+            &mut Lasting::default(),
         )
         .await
         .unwrap()
@@ -4012,7 +4016,11 @@ mod tests {
         let issuing = |cached| {
             let client = client.clone();
             let name = name.clone();
-            async move { issuer_issuance(&client, &name, cached, &mut None).await.0 }
+            async move {
+                issuer_issuance(&client, &name, cached, &mut Lasting::default())
+                    .await
+                    .0
+            }
         };
         assert!(!issuing(issued).await, "the Secret shows the last issuance");
         assert!(
@@ -4027,7 +4035,7 @@ mod tests {
                 "message": "The certificate request has failed to complete and will be retried: no policy"}]}))
         .await;
         assert_eq!(
-            issuer_issuance(&client, &name, issued, &mut None).await,
+            issuer_issuance(&client, &name, issued, &mut Lasting::default()).await,
             (
                 false,
                 Some(IssuanceFailure {

@@ -17,6 +17,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
 
+use crate::logging::Lasted;
+
 /// What the Lease says, as plain values.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseState {
@@ -351,7 +353,7 @@ impl Elector {
         loop {
             // Follower: try until acquired. A failure that stays the same (no permission on
             // Leases, a namespace that does not exist) is said once, not at every try.
-            let mut failing: Option<String> = None;
+            let mut failing = crate::logging::Lasting::default();
             let mut last_renewed = loop {
                 let sent = tokio::time::Instant::now();
                 let failure = match tokio::time::timeout(c.renew_deadline, self.try_lead()).await {
@@ -360,16 +362,15 @@ impl Elector {
                     Ok(Err(e)) => Some(e.to_string()),
                     Err(_) => Some("the API server did not answer in time".to_owned()),
                 };
-                match (&failure, &failing) {
-                    (Some(now), before) if before.as_ref() != Some(now) => {
+                match failing.record(failure) {
+                    Lasted::Failing(now) => {
                         tracing::warn!(error = %now, "leader election failed; trying again every {:?} (said again only if the failure changes)", c.retry)
                     }
-                    (None, Some(_)) => {
+                    Lasted::Cleared => {
                         tracing::info!("leader election: the Lease can be read and written again")
                     }
-                    _ => {}
+                    Lasted::Unchanged => {}
                 }
-                failing = failure;
                 tokio::time::sleep(c.retry).await;
             };
             tracing::info!(identity = %c.identity, lease = %format!("{}/{}", c.namespace, c.name), "became leader");

@@ -14,6 +14,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use crate::logging::Lasted;
+
 /// How often the certificate files are re-read. Kubernetes updates a mounted Secret within a
 /// minute or so; a few seconds more is nothing, and reading two small files is free.
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
@@ -167,29 +169,27 @@ impl ReloadingResolver {
     ) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (mut failing, mut said_expired, mut said_expiring): (Option<String>, _, _) =
-            (None, false, false);
+        let mut failing = crate::logging::Lasting::default();
+        let (mut said_expired, mut said_expiring) = (false, false);
         loop {
             tick.tick().await;
-            match self.reload() {
-                Ok(reloaded) => {
-                    if failing.take().is_some() {
-                        tracing::info!(cert = %self.cert_path.display(), "serving certificate files usable again");
-                    }
-                    if reloaded {
-                        let not_after = self.not_after();
-                        tracing::info!(cert = %self.cert_path.display(), not_after, "serving certificate reloaded");
-                        on_reload(not_after);
-                    }
+            let reloaded = self.reload();
+            if reloaded.is_err() {
+                on_failure();
+            }
+            match failing.record(reloaded.as_ref().err().map(ToString::to_string)) {
+                Lasted::Failing(e) => {
+                    tracing::warn!(error = %e, "serving certificate not reloaded; keeping the current one (said again only if the problem changes)")
                 }
-                Err(e) => {
-                    on_failure();
-                    let e = e.to_string();
-                    if failing.as_ref() != Some(&e) {
-                        tracing::warn!(error = %e, "serving certificate not reloaded; keeping the current one (said again only if the problem changes)");
-                    }
-                    failing = Some(e);
+                Lasted::Cleared => {
+                    tracing::info!(cert = %self.cert_path.display(), "serving certificate files usable again")
                 }
+                Lasted::Unchanged => {}
+            }
+            if let Ok(true) = reloaded {
+                let not_after = self.not_after();
+                tracing::info!(cert = %self.cert_path.display(), not_after, "serving certificate reloaded");
+                on_reload(not_after);
             }
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -202,10 +202,10 @@ impl ReloadingResolver {
             // A problem said once may be old news by the time it matters: said again, once,
             // when the certificate it keeps in service is about to expire.
             let expiring = !expired && self.not_after() - now < EXPIRY_WARNING.as_secs() as i64;
-            if let (true, false, Some(problem)) = (expiring, said_expiring, &failing) {
+            if let (true, false, Some(problem)) = (expiring, said_expiring, failing.current()) {
                 tracing::warn!(cert = %self.cert_path.display(), not_after = self.not_after(), problem = %problem, "the serving certificate expires within a day and its files still cannot be reloaded");
             }
-            said_expiring = expiring && failing.is_some();
+            said_expiring = expiring && failing.current().is_some();
         }
     }
 }
