@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 
 use super::certs;
 use super::decide::{
-    Names, OUT_OF_ORDER_CONDITION, OUT_OF_ORDER_URGENT, WRITE_EVENT_REASONS, decide, first_n,
+    Names, OUT_OF_ORDER_CONDITION, OUT_OF_ORDER_URGENT, announces_a_write, decide, first_n,
     reason_and_message,
 };
 use super::metrics::ReconcileMetrics;
@@ -151,6 +151,25 @@ impl EventWriter {
         };
         self.api.create(&post_params(), &event).await?;
         Ok(())
+    }
+
+    /// [`Self::publish`], an event that cannot be written logged: never a reason to stop.
+    async fn say(&self, regarding: &ObjectReference, warning: bool, reason: &str, note: &str) {
+        if let Err(e) = self.publish(regarding, warning, reason, note).await {
+            tracing::warn!(error = %crate::watch::api_words(&e), %reason, "publishing an event");
+        }
+    }
+
+    /// Says an [`Effect::Event`] (any other effect is not for it).
+    async fn say_effect(&self, regarding: &ObjectReference, effect: &Effect) {
+        if let Effect::Event {
+            warning,
+            reason,
+            message,
+        } = effect
+        {
+            self.say(regarding, *warning, reason, message).await;
+        }
     }
 }
 
@@ -788,7 +807,6 @@ async fn reconcile_once(
         .iter()
         .partition(|e| matches!(e, Effect::Event { .. }));
     let wrote = !writes.is_empty();
-    let says_a_write = |e: &&&Effect| matches!(e, Effect::Event { reason, .. } if WRITE_EVENT_REASONS.contains(&reason.as_str()));
     for effect in writes {
         let target = OwnWrite::target(effect);
         let before = target.and_then(|t| t.version(config, stores));
@@ -826,12 +844,7 @@ async fn reconcile_once(
             // write below. Each restart once: a look that decides one again (its watch has not
             // shown it yet, and the repeated patch changes nothing) does not announce it again.
             if let Some((reason, message)) = error.restarted(announced_restarts) {
-                recorder
-                    .publish(&reference, false, reason, &message)
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(error = %crate::watch::api_words(&e), "publishing an event")
-                    });
+                recorder.say(&reference, false, reason, &message).await;
             }
             // The step did not happen, or only in part: the status stays where it was (the
             // next look decides again from what landed) and says why it is stuck.
@@ -855,12 +868,7 @@ async fn reconcile_once(
                 count_writes.wrote(&stored, &held, now);
                 if news {
                     for (warning, reason, message) in failed_step_events(&held, &events) {
-                        recorder
-                            .publish(&reference, warning, reason, message)
-                            .await
-                            .unwrap_or_else(|e| {
-                                tracing::warn!(error = %crate::watch::api_words(&e), "publishing an event")
-                            });
+                        recorder.say(&reference, warning, reason, message).await;
                     }
                 }
             }
@@ -882,22 +890,11 @@ async fn reconcile_once(
                     // The step's writes went through all the same, and a look from a fresh
                     // status will find them done, and neither decide nor say them again: what
                     // they did is said now, each once.
-                    for effect in events.iter().filter(says_a_write) {
-                        if let Effect::Event {
-                            warning,
-                            reason,
-                            message,
-                        } = effect
-                            && wrote
-                            && !announced_writes.contains(effect)
-                        {
+                    let said = events.iter().filter(|e| wrote && announces_a_write(e));
+                    for effect in said {
+                        if !announced_writes.contains(effect) {
                             announced_writes.push((*effect).clone());
-                            recorder
-                                .publish(&reference, *warning, reason, message)
-                                .await
-                                .unwrap_or_else(|e| {
-                                    tracing::warn!(error = %crate::watch::api_words(&e), "publishing an event")
-                                });
+                            recorder.say_effect(&reference, effect).await;
                         }
                     }
                     return Ok(Requeue::Soon);
@@ -914,23 +911,14 @@ async fn reconcile_once(
     metrics.record(&status, &decision.status, &observed);
     // Writes said already (a look whose watch has not shown them yet decides them again) are
     // not said again; those this look decided are what the next one must not repeat.
-    let decided_writes: Vec<Effect> = events
-        .iter()
-        .filter(says_a_write)
+    let decided_writes: Vec<Effect> = (events.iter())
+        .filter(|e| announces_a_write(e))
         .map(|e| (*e).clone())
         .collect();
     let events = published.fresh(written_at, events);
     let said = std::mem::replace(announced_writes, decided_writes);
     for effect in events.into_iter().filter(|e| !said.contains(*e)) {
-        execute(
-            client,
-            config,
-            recorder,
-            &reference,
-            effect,
-            (refused_restarts, retries, unseen_restarts),
-        )
-        .await?;
+        recorder.say_effect(&reference, effect).await;
     }
     // Every write of the step went through: a partly failed step decided again later is news,
     // and a conflict on the bundle the first of a new run.
@@ -2182,16 +2170,7 @@ async fn execute(
             let key = format!("renewing Certificate {ns}/{name}");
             attempt(retries, key, renew_certificate(client, ns, name)).await?;
         }
-        Effect::Event {
-            warning,
-            reason,
-            message,
-        } => {
-            // An event that cannot be written is logged, never a reason to stop.
-            if let Err(e) = recorder.publish(reference, *warning, reason, message).await {
-                tracing::warn!(error = %crate::watch::api_words(&e), %reason, "publishing an event");
-            }
-        }
+        Effect::Event { .. } => recorder.say_effect(reference, effect).await,
     }
     Ok(written)
 }
@@ -2379,7 +2358,7 @@ struct Memory {
     /// The restarts of steps that partly failed which a Normal event has named, until a look's
     /// writes all go through.
     announced_restarts: BTreeSet<String>,
-    /// The events of writes (see [`WRITE_EVENT_REASONS`]) that the last look which went
+    /// The events of writes (see [`announces_a_write`]) that the last look which went
     /// through decided, and those published since by looks whose status write was refused as
     /// stale: a look that decides the same write again (its watch has not shown it yet) does
     /// not say it again.

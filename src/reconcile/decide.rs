@@ -26,12 +26,17 @@ const IN_ORDER_MESSAGE: &str = "the identity issuer is renewed only after the bu
 /// Leads the blockingMessage while `OutOfOrderIssuerRotation` is True.
 pub const OUT_OF_ORDER_URGENT: &str = "URGENT: the identity issuer was renewed before every proxy trusted the new anchor, so proxies on the old bundle reject new leaves: let the bundle finish propagating (restart the workloads listed) now";
 
-/// The reasons of the events that say what a write of the step did (bootstrapped a Secret or
+/// Whether `effect` is an event that says what a write of the step did (bootstrapped a Secret or
 /// the bundle, restarted the control plane or workloads, renewed the issuer), not what the
 /// status says. A look that finds such a write done does not decide it, nor say it, again: so
 /// the I/O layer publishes these even when the step's status write is refused as stale after
 /// its writes went through.
-pub const WRITE_EVENT_REASONS: [&str; 5] = [
+pub fn announces_a_write(effect: &Effect) -> bool {
+    matches!(effect, Effect::Event { reason, .. } if WRITE_EVENT_REASONS.contains(&reason.as_str()))
+}
+
+/// The reasons of [`announces_a_write`]'s events.
+const WRITE_EVENT_REASONS: [&str; 5] = [
     "BootstrappedPreviousAnchor",
     "BootstrappedTrustBundle",
     "RestartingControlPlane",
