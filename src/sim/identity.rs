@@ -322,10 +322,7 @@ impl IdentityService {
     pub fn refused(&self, failure: Failure) {
         let mut refused = self.refused.lock().expect("not poisoned");
         refused.count += 1;
-        if refused.recent.len() == super::traffic::RECENT_FAILURES {
-            refused.recent.remove(0);
-        }
-        refused.recent.push(failure);
+        super::traffic::keep_recent(&mut refused.recent, failure);
     }
 
     /// How many leaves were refused so far, and the latest few.

@@ -391,13 +391,16 @@ async fn refresh_loop(
             .map_err(|e| e.to_string())
             .and_then(|(chain, issued_by)| {
                 let now = pki::now();
+                let issuer_fingerprint = chain
+                    .get(1)
+                    .map(|d| crate::bundle::sha256_hex(d))
+                    .unwrap_or_default();
                 // The proxy accepts a leaf only if it verifies against its own anchors.
                 if let Err(e) = pki::verify_chain(&chain, &p.anchors, now) {
                     // Counted once per issuer, not at every retry.
-                    let issuer = chain.get(1).map(|d| crate::bundle::sha256_hex(d));
                     let mut refused = p.refused_issuer.lock().expect("not poisoned");
-                    if *refused != issuer {
-                        *refused = issuer;
+                    if refused.as_deref() != Some(issuer_fingerprint.as_str()) {
+                        *refused = Some(issuer_fingerprint);
                         identity.refused(Failure {
                             client: p.pod.clone(),
                             server: issued_by,
@@ -409,10 +412,6 @@ async fn refresh_loop(
                     return Err(format!("issued chain does not verify: {e}"));
                 }
                 let leaf_info = pki::info("leaf", &chain[0]).map_err(|e| e.to_string())?;
-                let issuer_fingerprint = chain
-                    .get(1)
-                    .map(|d| crate::bundle::sha256_hex(d))
-                    .unwrap_or_default();
                 let certified = Arc::new(CertifiedKey::new(
                     chain
                         .iter()

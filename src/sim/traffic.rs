@@ -32,7 +32,7 @@ use super::proxy::{PodRef, Proxy};
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How many failures are kept with their details for reports.
-pub(crate) const RECENT_FAILURES: usize = 20;
+const RECENT_FAILURES: usize = 20;
 
 /// Why a handshake failed.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -306,17 +306,14 @@ impl TrafficStats {
                     .expect("not poisoned")
                     .entry((reason.clone(), rejected_by))
                     .or_default() += 1;
-                let mut recent = self.recent.lock().expect("not poisoned");
-                if recent.len() == RECENT_FAILURES {
-                    recent.remove(0);
-                }
-                recent.push(Failure {
+                let failure = Failure {
                     client: client.pod.clone(),
                     server: server.pod.clone(),
                     reason,
                     rejected_by,
                     at: Instant::now(),
-                });
+                };
+                keep_recent(&mut self.recent.lock().expect("not poisoned"), failure);
             }
         }
         // Last: a handshake no longer under way, or counted in `attempts`, has its outcome
@@ -324,6 +321,14 @@ impl TrafficStats {
         self.attempts.fetch_add(1, Ordering::SeqCst);
         self.under_way.lock().expect("not poisoned").remove(&n);
     }
+}
+
+/// Adds `failure` to the latest few kept for reports, the oldest going first.
+pub(crate) fn keep_recent(recent: &mut Vec<Failure>, failure: Failure) {
+    if recent.len() == RECENT_FAILURES {
+        recent.remove(0);
+    }
+    recent.push(failure);
 }
 
 /// The outcome of one handshake.
