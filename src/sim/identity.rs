@@ -6,6 +6,11 @@
 //! changes it re-verifies the new issuer against the anchors it loaded: on success it switches
 //! and records `IssuerUpdated`, otherwise it keeps the old issuer and records
 //! `IssuerUpdateSkipped`. Leaves are clamped to the issuer's expiry.
+//!
+//! A real replica sees the changed Secret only when its node's kubelet syncs the Secret volume,
+//! up to a minute or two after the change and on each node at its own time. With
+//! [`IdentityService::with_reload_lag`], every second instance started sees the change that much
+//! later than the others, so for a while the replicas sign with different issuers.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -83,6 +88,8 @@ pub struct IdentityInstance {
     issuer: RwLock<Arc<LoadedIssuer>>,
     watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
     config: IdentityConfig,
+    /// How late it sees a changed issuer Secret (its node's kubelet syncing the volume late).
+    reload_lag: Mutex<Duration>,
 }
 
 impl IdentityInstance {
@@ -120,6 +127,7 @@ impl IdentityInstance {
             issuer: RwLock::new(Arc::new(issuer)),
             watch: Mutex::new(None),
             config,
+            reload_lag: Mutex::new(Duration::ZERO),
         });
         let watch = tokio::spawn(watch_issuer(client, Arc::downgrade(&instance)));
         *instance.watch.lock().expect("not poisoned") = Some(watch);
@@ -197,6 +205,11 @@ impl IdentityInstance {
         };
         if loaded.info.fingerprint == self.issuer_fingerprint() {
             return;
+        }
+        let lag = *self.reload_lag.lock().expect("not poisoned");
+        if !lag.is_zero() {
+            tracing::info!(pod = %self.pod_name, ?lag, "identity: the issuer Secret changed; loading it late");
+            tokio::time::sleep(lag).await;
         }
         match verify_issuer(&loaded, &self.anchors, &self.config) {
             Ok(()) => {
@@ -298,13 +311,16 @@ async fn watch_issuer(client: Client, instance: std::sync::Weak<IdentityInstance
     }
 }
 
-/// The identity service the proxies call: every running instance, chosen in turn (the
+/// The identity service the proxies call: any running instance for each request (the
 /// `linkerd-identity` Service in front of its pods).
 #[derive(Default)]
 pub struct IdentityService {
     instances: Mutex<Vec<Arc<IdentityInstance>>>,
     next: AtomicUsize,
     refused: Mutex<RefusedLeaves>,
+    /// How late every second instance registered sees a changed issuer Secret.
+    reload_lag: Duration,
+    registered: AtomicUsize,
 }
 
 /// Leaves the identity service issued that the asking proxy refused, as a proxy refuses one
@@ -331,7 +347,20 @@ impl IdentityService {
         (refused.count, refused.recent.clone())
     }
 
+    /// A service whose every second instance registered (the second, the fourth...) sees a
+    /// changed issuer Secret `lag` after the others: replicas on a node whose kubelet syncs
+    /// Secret volumes late.
+    pub fn with_reload_lag(lag: Duration) -> Self {
+        Self {
+            reload_lag: lag,
+            ..Self::default()
+        }
+    }
+
     pub fn register(&self, instance: Arc<IdentityInstance>) {
+        if self.registered.fetch_add(1, Ordering::Relaxed) % 2 == 1 {
+            *instance.reload_lag.lock().expect("not poisoned") = self.reload_lag;
+        }
         self.instances.lock().expect("not poisoned").push(instance);
     }
 
@@ -365,8 +394,13 @@ impl IdentityService {
             if instances.is_empty() {
                 return Err(CertifyError::Unavailable);
             }
-            let n = self.next.fetch_add(1, Ordering::Relaxed) % instances.len();
-            instances[n].clone()
+            // Each request to any instance, as a proxy's balancer spreads them: a hash of a
+            // counter rather than the counter itself, whose turns would fall into step with
+            // proxies refreshing at the same interval and send each one to the same instance
+            // every time.
+            let n = splitmix64(self.next.fetch_add(1, Ordering::Relaxed) as u64)
+                % instances.len() as u64;
+            instances[n as usize].clone()
         };
         let chain = instance.certify(identity, public_key, pki::now())?;
         let pod = PodRef {
@@ -376,4 +410,12 @@ impl IdentityService {
         };
         Ok((chain, pod))
     }
+}
+
+/// A well-mixed 64-bit hash (SplitMix64's finaliser): consecutive inputs give unrelated outputs.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }

@@ -80,6 +80,10 @@ pub struct SimConfig {
     pub anchor_key: KeyRotation,
     pub issuer_key: KeyRotation,
     pub control_plane_replicas: i32,
+    /// How late every second identity controller replica started sees a changed issuer Secret
+    /// (its node's kubelet syncing the Secret volume late; up to a minute or two in a real
+    /// cluster). Zero: every replica sees it at once.
+    pub issuer_reload_lag: Duration,
 }
 
 /// cert-manager's `privateKey.rotationPolicy`: a new key on every renewal, or the same key.
@@ -119,6 +123,7 @@ impl Default for SimConfig {
             anchor_key: KeyRotation::Always,
             issuer_key: KeyRotation::Always,
             control_plane_replicas: 1,
+            issuer_reload_lag: Duration::ZERO,
         }
     }
 }
@@ -203,7 +208,7 @@ impl Mesh {
                 cluster_resource_namespace: names.cert_manager_namespace.clone(),
             },
         ))];
-        let identity = Arc::new(IdentityService::default());
+        let identity = Arc::new(IdentityService::with_reload_lag(config.issuer_reload_lag));
         let kubelet = Kubelet::new(
             client.clone(),
             KubeletConfig {
