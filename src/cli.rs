@@ -124,6 +124,14 @@ pub struct RunArgs {
     /// How often a rotation in progress is looked at without a watch event.
     #[arg(long, default_value = "2s", value_parser = parse_period)]
     pub reconcile_interval: Duration,
+    /// How long after the identity issuer changes every replica of Linkerd's identity
+    /// controller has surely loaded it: each one reads it from its Secret volume, which its
+    /// node's kubelet updates on its own schedule (its sync period, 1m by default, plus its
+    /// cache's delay). While the identity controller runs several replicas, the old anchor
+    /// stays in the bundle this long at least, and every proxy's leaf is checked again after
+    /// it: until then a replica still on the old issuer may sign a proxy's next leaf.
+    #[arg(long, default_value = "2m", value_parser = parse_delay)]
+    pub issuer_reload_grace: Duration,
     /// Run the reconciler only while holding a leader Lease (`false`: a single replica).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
@@ -401,6 +409,7 @@ pub async fn operator(cli: OperatorCli, out: &mut impl std::io::Write) -> Result
                         trust_domain: args.trust_domain.clone(),
                         issuer_secret: pair(ns, &args.identity_issuer),
                         active_interval: args.reconcile_interval,
+                        issuer_reload_grace: args.issuer_reload_grace,
                         ..Default::default()
                     }
                 }),

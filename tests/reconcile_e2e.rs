@@ -1616,6 +1616,91 @@ async fn renewing_the_issuer_while_replaced_pods_drain_fails_handshakes() {
     }
 }
 
+/// The control plane with two replicas each, the second identity controller replica seeing a
+/// changed issuer Secret 30 s after the first (its node's kubelet updating the Secret volume
+/// late), against a 3 s refresh interval: for 30 s the replicas sign with different issuers, and
+/// a proxy seen with the new issuer's leaf may take its next one from the old. Both policies
+/// automatic; `grace` is the operator's `--issuer-reload-grace`.
+async fn lagging_identity_replica_rig(grace: &str) -> Rig {
+    let sim = SimConfig {
+        control_plane_replicas: 2,
+        issuer_reload_lag: Duration::from_secs(30),
+        ..SimConfig::default()
+    };
+    let grace = format!("--issuer-reload-grace={grace}");
+    Rig::start_with(sim.into(), (1, 2, 2), automatic_spec(2), &[&grace]).await
+}
+
+/// Two identity controller replicas, one loading the renewed issuer 30 s late: the old anchor
+/// stays in the bundle until every replica has surely loaded it (`--issuer-reload-grace` 35 s),
+/// and every leaf is checked again after that. Zero failed handshakes; the status said what it
+/// waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_identity_replica_keeps_the_old_anchor_until_it_has_loaded_the_issuer() {
+    let rig = lagging_identity_replica_rig("35s").await;
+    let mut follow = Follow::new();
+    let new_anchor = rig.runbook().renew_anchor().await.unwrap();
+    let mut held = None;
+    loop {
+        let status = follow.status(&rig).await;
+        let message = status.blocking_message.as_deref().unwrap_or_default();
+        if message.contains("the identity controller runs 2 replicas") {
+            held.get_or_insert_with(|| message.to_owned());
+        }
+        if is_done(&status, &new_anchor) {
+            break;
+        }
+        assert!(follow.secs() < 180.0, "not done: {status:#?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let t = rig.traffic();
+    eprintln!(
+        "rotation with an identity replica 30 s late: {:.1}s; held: {held:?}; traffic: {t}",
+        follow.secs()
+    );
+    assert!(
+        held.is_some(),
+        "the reduction waited for the lagging replica"
+    );
+    assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
+    follow.assert_traffic_throughout(&rig);
+    rig.assert_mesh_on(&new_anchor, 10).await;
+}
+
+/// The negative control of the test above: the same lagging replica, the operator told that
+/// every replica loads the issuer at once (`--issuer-reload-grace=0s`). Proxies seen with the
+/// new issuer's leaf take their next one from the lagging replica, the old anchor leaves the
+/// bundle meanwhile, and proxies restarted onto the reduced bundle reject those leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_grace_a_lagging_identity_replica_fails_handshakes() {
+    let rig = lagging_identity_replica_rig("0s").await;
+    let mut follow = Follow::new();
+    let new_anchor = rig.runbook().renew_anchor().await.unwrap();
+    loop {
+        let status = follow.status(&rig).await;
+        let t = rig.traffic();
+        if t.failed_with(&FailureReason::UnknownIssuer) >= 3 {
+            eprintln!(
+                "[{:5.1}s] leaves of the lagging replica rejected: {t}",
+                follow.secs()
+            );
+            assert!(
+                matches!(
+                    status.phase,
+                    Phase::RefreshingControlPlane | Phase::RemovingOldTrustRoots
+                ),
+                "failures only once the bundle is reduced: {status:#?}"
+            );
+            break;
+        }
+        assert!(
+            !is_done(&status, &new_anchor) && follow.secs() < 180.0,
+            "no unknown-issuer failures: {t}; {status:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// A meshed namespace with one Deployment (`app-0`, one replica) whose pods wait, Pending,
 /// held by the simulated scheduler (`HOLD_ANNOTATION`, as a scheduling gate would): created,
 /// and injected, now; started only once the hold is lifted. Returns once its pod exists with

@@ -189,6 +189,9 @@ pub struct ReconcilerConfig {
     pub idle_interval: Duration,
     pub probe_concurrency: usize,
     pub probe_timeout: Duration,
+    /// How long after an issuer is first seen every identity controller replica has surely
+    /// loaded it (see [`Observed::issuer_loaded_by`]).
+    pub issuer_reload_grace: Duration,
 }
 
 impl Default for ReconcilerConfig {
@@ -206,6 +209,9 @@ impl Default for ReconcilerConfig {
             idle_interval: Duration::from_secs(300),
             probe_concurrency: 32,
             probe_timeout: Duration::from_secs(2),
+            // The kubelet's sync period (1m by default) plus its Secret cache's delay (up to
+            // its TTL, 1m, with the `Cache` strategy).
+            issuer_reload_grace: Duration::from_secs(120),
         }
     }
 }
@@ -1365,6 +1371,8 @@ async fn observe(
             .collect(),
         bundle_meta,
         held_anchors,
+        // Set by the leaf probes, which know since when the issuer is seen.
+        issuer_loaded_by: None,
     })
 }
 
@@ -1917,27 +1925,45 @@ fn meshed_pod(
     }
 }
 
-/// Pods already seen presenting a leaf from the current issuer. A proxy never goes back to an
-/// earlier issuer's leaf (the identity controller signs only with the issuer it holds, which
-/// was this one when it signed that leaf), so they are not probed again while the issuer stays
-/// the same: each look of RenewingWorkloadCerts probes only the pods still to converge, not
-/// every proxy of the mesh. Keyed by pod and address: a pod created again under the same name
-/// at another address is probed anew (one that gets the same address, or whose proxy restarts
-/// in place, takes its new leaf from the identity controller's issuer, the current one).
+/// Pods already seen presenting a leaf from the current issuer, so that each look of
+/// RenewingWorkloadCerts probes only the pods still to converge, not every proxy of the mesh.
+///
+/// A proxy goes back to an earlier issuer's leaf only if a replica of the identity controller
+/// that has not loaded the new issuer yet signs its next one: each replica reads the issuer from
+/// its own Secret volume, which its node's kubelet updates on its own schedule. So a pod seen
+/// before every replica has surely loaded the issuer (the issuer first seen, plus
+/// `issuer_reload_grace`) is probed once more after that; from then on no replica signs with
+/// another issuer (one started since loads the current issuer at start), and a pod seen is not
+/// probed again while the issuer stays the same. Keyed by pod and address: a pod created again
+/// under the same name at another address is probed anew (one that gets the same address, or
+/// whose proxy restarts in place, takes its new leaf from the current issuer).
 #[derive(Debug, Default)]
 struct SeenLeaves {
     /// The issuer's certificate fingerprint.
     issuer: String,
+    /// When every identity controller replica has surely loaded it (Unix seconds).
+    loaded_by: i64,
+    /// Whether the pods seen before `loaded_by` have been forgotten.
+    swept: bool,
     pods: BTreeSet<(String, std::net::SocketAddr)>,
 }
 
 impl SeenLeaves {
-    /// Starts over when `issuer` is not the one the pods were seen with.
-    fn for_issuer(&mut self, issuer: &str) {
+    /// Starts over when `issuer` is not the one the pods were seen with; forgets, once, the
+    /// pods seen before every replica had surely loaded it. Returns when they all have.
+    fn for_issuer(&mut self, issuer: &str, now: i64, grace: Duration) -> i64 {
         if self.issuer != issuer {
-            self.issuer = issuer.to_owned();
+            *self = Self {
+                issuer: issuer.to_owned(),
+                loaded_by: now.saturating_add(grace.as_secs_f64().ceil() as i64),
+                ..Self::default()
+            };
+        }
+        if now >= self.loaded_by && !self.swept {
+            self.swept = true;
             self.pods.clear();
         }
+        self.loaded_by
     }
 
     fn seen(&self, pod: &MeshedPod) -> bool {
@@ -1974,7 +2000,11 @@ async fn probe_leaves(
     let Some(issuer_der) = certs::der(&issuer.cert.pem) else {
         return Vec::new();
     };
-    seen.for_issuer(&issuer.cert.fingerprint);
+    observed.issuer_loaded_by = Some(seen.for_issuer(
+        &issuer.cert.fingerprint,
+        observed.now,
+        config.issuer_reload_grace,
+    ));
     let client_config = crate::probe::client_config();
     let mut targets: Vec<(usize, Option<std::net::SocketAddr>, String)> = Vec::new();
     for (i, p) in observed.pods.iter_mut().enumerate() {
@@ -2812,6 +2842,7 @@ mod tests {
             bundle_meta: BundleMeta::default(),
             baked_templates: BTreeMap::new(),
             held_anchors: Vec::new(),
+            issuer_loaded_by: None,
         }
     }
 
@@ -3254,6 +3285,8 @@ mod tests {
     /// the same, counted at a real TLS server on loopback: a look of RenewingWorkloadCerts
     /// probes only the pods still to converge. A pod at another address (created again under
     /// its name) or another issuer is probed anew; a pod not converged is probed every look.
+    /// Once every identity controller replica has surely loaded the issuer (the grace after
+    /// it was first seen), every pod is probed once more.
     #[tokio::test]
     async fn a_pod_seen_with_a_leaf_from_the_issuer_is_not_probed_again() {
         use crate::sim::pki;
@@ -3314,24 +3347,42 @@ mod tests {
         };
         let observed_with =
             |issuer: Cert, addr| probed(issuer, vec![probe_target("web-0", Some(addr))]);
-        let config = ReconcilerConfig::default();
+        let config = ReconcilerConfig {
+            issuer_reload_grace: Duration::from_secs(10),
+            ..ReconcilerConfig::default()
+        };
         let mut seen = SeenLeaves::default();
-        // Looks, each with what it should find and how many handshakes it should cost.
+        // Looks, each at a time (Unix seconds), with what it should find, how many handshakes
+        // it should cost, and when every identity replica has surely loaded the issuer.
         let other_issuer = cert(&ca_for_an_hour("identity.linkerd.cluster.local"));
         let looks = [
-            (cert(&issuer_der), addrs[0], Leaf::FromIssuer, 1),
-            (cert(&issuer_der), addrs[0], Leaf::FromIssuer, 0),
-            (cert(&issuer_der), addrs[0], Leaf::FromIssuer, 0),
-            (cert(&issuer_der), addrs[1], Leaf::FromIssuer, 1),
-            (other_issuer.clone(), addrs[1], Leaf::FromOtherIssuer, 1),
-            (other_issuer, addrs[1], Leaf::FromOtherIssuer, 1),
-            (cert(&issuer_der), addrs[1], Leaf::FromIssuer, 1),
+            (0, cert(&issuer_der), addrs[0], Leaf::FromIssuer, 1, 10),
+            (1, cert(&issuer_der), addrs[0], Leaf::FromIssuer, 0, 10),
+            (2, cert(&issuer_der), addrs[0], Leaf::FromIssuer, 0, 10),
+            (3, cert(&issuer_der), addrs[1], Leaf::FromIssuer, 1, 10),
+            (
+                4,
+                other_issuer.clone(),
+                addrs[1],
+                Leaf::FromOtherIssuer,
+                1,
+                14,
+            ),
+            (5, other_issuer, addrs[1], Leaf::FromOtherIssuer, 1, 14),
+            (6, cert(&issuer_der), addrs[1], Leaf::FromIssuer, 1, 16),
+            (15, cert(&issuer_der), addrs[1], Leaf::FromIssuer, 0, 16),
+            // Every replica has loaded the issuer: seen once more, then no more.
+            (16, cert(&issuer_der), addrs[1], Leaf::FromIssuer, 1, 16),
+            (17, cert(&issuer_der), addrs[1], Leaf::FromIssuer, 0, 16),
+            (30, cert(&issuer_der), addrs[1], Leaf::FromIssuer, 0, 16),
         ];
-        for (n, (issuer, addr, leaf, cost)) in looks.into_iter().enumerate() {
+        for (n, (now, issuer, addr, leaf, cost, loaded_by)) in looks.into_iter().enumerate() {
             let before = handshakes.load(Ordering::SeqCst);
             let mut observed = observed_with(issuer, addr);
+            observed.now = now;
             let probed = probe_leaves(&config, &mut observed, &mut seen).await;
             assert_eq!(observed.pods[0].leaf.as_ref(), Some(&leaf), "look {n}");
+            assert_eq!(observed.issuer_loaded_by, Some(loaded_by), "look {n}");
             // What the look's probes found, which the metric counts: only what was probed.
             assert_eq!(probed.len(), cost, "look {n}");
             // The server counts a connection once it has accepted it: give it the moment.

@@ -281,6 +281,13 @@ pub struct Observed {
     /// or bundle has it any more: the anchor a second renewal mid-rotation left in the bundle
     /// alone, say, once the bundle's ConfigMap is deleted or written over.
     pub held_anchors: Vec<Cert>,
+    /// When every replica of the identity controller has surely loaded the current issuer
+    /// (Unix seconds), set while leaves are probed: when this replica of the operator first saw
+    /// that issuer (no earlier than its Secret changed), plus the kubelet's delay in updating
+    /// a Secret volume (`--issuer-reload-grace`). Each replica reads the issuer from its own
+    /// volume, so until then one may still sign with the old issuer, and a proxy seen with a
+    /// new leaf may take its next one from the old issuer.
+    pub issuer_loaded_by: Option<i64>,
 }
 
 impl Observed {
