@@ -1644,7 +1644,7 @@ async fn a_lagging_identity_replica_keeps_the_old_anchor_until_it_has_loaded_the
     loop {
         let status = follow.status(&rig).await;
         let message = status.blocking_message.as_deref().unwrap_or_default();
-        if message.contains("the identity controller runs 2 replicas") {
+        if message.contains("the identity controller has run 2 replicas") {
             held.get_or_insert_with(|| message.to_owned());
         }
         if is_done(&status, &new_anchor) {

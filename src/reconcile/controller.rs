@@ -190,7 +190,7 @@ pub struct ReconcilerConfig {
     pub probe_concurrency: usize,
     pub probe_timeout: Duration,
     /// How long after an issuer is first seen every identity controller replica has surely
-    /// loaded it (see [`Observed::issuer_loaded_by`]).
+    /// loaded it (see [`Observed::issuer_reload`]).
     pub issuer_reload_grace: Duration,
 }
 
@@ -792,7 +792,7 @@ async fn reconcile_once(
     .await?;
     unseen_restarts.show(&mut observed.restart_markers, now);
     if status.phase == crate::crd::Phase::RenewingWorkloadCerts {
-        let probed = probe_leaves(config, &mut observed, seen_leaves).await;
+        let probed = probe_leaves(config, &mut observed, seen_leaves, now).await;
         metrics.probed(&probed);
     } else {
         seen_leaves.clear();
@@ -1372,7 +1372,7 @@ async fn observe(
         bundle_meta,
         held_anchors,
         // Set by the leaf probes, which know since when the issuer is seen.
-        issuer_loaded_by: None,
+        issuer_reload: None,
     })
 }
 
@@ -1941,29 +1941,42 @@ fn meshed_pod(
 struct SeenLeaves {
     /// The issuer's certificate fingerprint.
     issuer: String,
-    /// When every identity controller replica has surely loaded it (Unix seconds).
-    loaded_by: i64,
-    /// Whether the pods seen before `loaded_by` have been forgotten.
-    swept: bool,
+    /// Until when some identity controller replica may not have loaded it (on this process's
+    /// monotonic clock, and as Unix seconds for the status), and the most replicas seen at once
+    /// since it was first seen; `None` once that time is over and the pods seen before it
+    /// have been forgotten.
+    reloading: Option<(Instant, IssuerReload)>,
     pods: BTreeSet<(String, std::net::SocketAddr)>,
 }
 
 impl SeenLeaves {
-    /// Starts over when `issuer` is not the one the pods were seen with; forgets, once, the
-    /// pods seen before every replica had surely loaded it. Returns when they all have.
-    fn for_issuer(&mut self, issuer: &str, now: i64, grace: Duration) -> i64 {
+    /// Starts over when `issuer` is not the one the pods were seen with; once every identity
+    /// controller replica (`replicas` of them now) has surely loaded it, forgets the pods seen
+    /// before, once. Returns what may still be loading.
+    fn for_issuer(
+        &mut self,
+        issuer: &str,
+        (now, unix_now): (Instant, i64),
+        grace: Duration,
+        replicas: usize,
+    ) -> Option<IssuerReload> {
         if self.issuer != issuer {
+            let until = unix_now.saturating_add(grace.as_secs_f64().ceil() as i64);
             *self = Self {
                 issuer: issuer.to_owned(),
-                loaded_by: now.saturating_add(grace.as_secs_f64().ceil() as i64),
-                ..Self::default()
+                reloading: Some((now + grace, IssuerReload { replicas, until })),
+                pods: BTreeSet::new(),
             };
         }
-        if now >= self.loaded_by && !self.swept {
-            self.swept = true;
+        if let Some((over_at, reload)) = &mut self.reloading {
+            if now < *over_at {
+                reload.replicas = reload.replicas.max(replicas);
+                return Some(reload.clone());
+            }
+            self.reloading = None;
             self.pods.clear();
         }
-        self.loaded_by
+        None
     }
 
     fn seen(&self, pod: &MeshedPod) -> bool {
@@ -1993,6 +2006,7 @@ async fn probe_leaves(
     config: &ReconcilerConfig,
     observed: &mut Observed,
     seen: &mut SeenLeaves,
+    now: Instant,
 ) -> Vec<Leaf> {
     let Ok(issuer) = &observed.issuer else {
         return Vec::new();
@@ -2000,11 +2014,15 @@ async fn probe_leaves(
     let Some(issuer_der) = certs::der(&issuer.cert.pem) else {
         return Vec::new();
     };
-    observed.issuer_loaded_by = Some(seen.for_issuer(
+    let replicas = (observed.pods.iter().chain(&observed.draining))
+        .filter(|p| p.identity_controller)
+        .count();
+    observed.issuer_reload = seen.for_issuer(
         &issuer.cert.fingerprint,
-        observed.now,
+        (now, observed.now),
         config.issuer_reload_grace,
-    ));
+        replicas,
+    );
     let client_config = crate::probe::client_config();
     let mut targets: Vec<(usize, Option<std::net::SocketAddr>, String)> = Vec::new();
     for (i, p) in observed.pods.iter_mut().enumerate() {
@@ -2842,7 +2860,7 @@ mod tests {
             bundle_meta: BundleMeta::default(),
             baked_templates: BTreeMap::new(),
             held_anchors: Vec::new(),
-            issuer_loaded_by: None,
+            issuer_reload: None,
         }
     }
 
@@ -3352,43 +3370,118 @@ mod tests {
             ..ReconcilerConfig::default()
         };
         let mut seen = SeenLeaves::default();
-        // Looks, each at a time (Unix seconds), with what it should find, how many handshakes
-        // it should cost, and when every identity replica has surely loaded the issuer.
+        // Looks, each at a time (seconds from the first), with what it should find, how many
+        // handshakes it should cost, and until when (Unix seconds) the identity controller's
+        // replicas may still be loading the issuer, if they may.
         let other_issuer = cert(&ca_for_an_hour("identity.linkerd.cluster.local"));
         let looks = [
-            (0, cert(&issuer_der), addrs[0], Leaf::FromIssuer, 1, 10),
-            (1, cert(&issuer_der), addrs[0], Leaf::FromIssuer, 0, 10),
-            (2, cert(&issuer_der), addrs[0], Leaf::FromIssuer, 0, 10),
-            (3, cert(&issuer_der), addrs[1], Leaf::FromIssuer, 1, 10),
+            (
+                0,
+                cert(&issuer_der),
+                addrs[0],
+                Leaf::FromIssuer,
+                1,
+                Some(10),
+            ),
+            (
+                1,
+                cert(&issuer_der),
+                addrs[0],
+                Leaf::FromIssuer,
+                0,
+                Some(10),
+            ),
+            (
+                2,
+                cert(&issuer_der),
+                addrs[0],
+                Leaf::FromIssuer,
+                0,
+                Some(10),
+            ),
+            (
+                3,
+                cert(&issuer_der),
+                addrs[1],
+                Leaf::FromIssuer,
+                1,
+                Some(10),
+            ),
             (
                 4,
                 other_issuer.clone(),
                 addrs[1],
                 Leaf::FromOtherIssuer,
                 1,
-                14,
+                Some(14),
             ),
-            (5, other_issuer, addrs[1], Leaf::FromOtherIssuer, 1, 14),
-            (6, cert(&issuer_der), addrs[1], Leaf::FromIssuer, 1, 16),
-            (15, cert(&issuer_der), addrs[1], Leaf::FromIssuer, 0, 16),
+            (
+                5,
+                other_issuer,
+                addrs[1],
+                Leaf::FromOtherIssuer,
+                1,
+                Some(14),
+            ),
+            (
+                6,
+                cert(&issuer_der),
+                addrs[1],
+                Leaf::FromIssuer,
+                1,
+                Some(16),
+            ),
+            (
+                15,
+                cert(&issuer_der),
+                addrs[1],
+                Leaf::FromIssuer,
+                0,
+                Some(16),
+            ),
             // Every replica has loaded the issuer: seen once more, then no more.
-            (16, cert(&issuer_der), addrs[1], Leaf::FromIssuer, 1, 16),
-            (17, cert(&issuer_der), addrs[1], Leaf::FromIssuer, 0, 16),
-            (30, cert(&issuer_der), addrs[1], Leaf::FromIssuer, 0, 16),
+            (16, cert(&issuer_der), addrs[1], Leaf::FromIssuer, 1, None),
+            (17, cert(&issuer_der), addrs[1], Leaf::FromIssuer, 0, None),
+            (30, cert(&issuer_der), addrs[1], Leaf::FromIssuer, 0, None),
         ];
-        for (n, (now, issuer, addr, leaf, cost, loaded_by)) in looks.into_iter().enumerate() {
+        let start = Instant::now();
+        for (n, (secs, issuer, addr, leaf, cost, until)) in looks.into_iter().enumerate() {
             let before = handshakes.load(Ordering::SeqCst);
             let mut observed = observed_with(issuer, addr);
-            observed.now = now;
-            let probed = probe_leaves(&config, &mut observed, &mut seen).await;
+            // Unix seconds, for the status's "until".
+            observed.now = 1000 + secs;
+            let at = start + Duration::from_secs(secs as u64);
+            let probed = probe_leaves(&config, &mut observed, &mut seen, at).await;
             assert_eq!(observed.pods[0].leaf.as_ref(), Some(&leaf), "look {n}");
-            assert_eq!(observed.issuer_loaded_by, Some(loaded_by), "look {n}");
+            let reload = observed.issuer_reload.as_ref();
+            assert_eq!(reload.map(|r| r.until - 1000), until, "look {n}");
             // What the look's probes found, which the metric counts: only what was probed.
             assert_eq!(probed.len(), cost, "look {n}");
             // The server counts a connection once it has accepted it: give it the moment.
             tokio::time::sleep(Duration::from_millis(50)).await;
             assert_eq!(handshakes.load(Ordering::SeqCst) - before, cost, "look {n}");
         }
+    }
+
+    /// The most identity controller replicas seen since the issuer was first seen hold until
+    /// the grace is over, though one has gone since: before it went it may have signed a
+    /// proxy's leaf with the old issuer. A new issuer starts over.
+    #[test]
+    fn the_most_identity_replicas_seen_since_the_issuer_changed_count_until_the_grace_is_over() {
+        let mut seen = SeenLeaves::default();
+        let (t0, grace) = (Instant::now(), Duration::from_secs(10));
+        let at = |s: u64| (t0 + Duration::from_secs(s), 1000 + s as i64);
+        let mut look = |issuer, s, replicas| {
+            let reload = seen.for_issuer(issuer, at(s), grace, replicas);
+            reload.map(|r| (r.replicas, r.until))
+        };
+        assert_eq!(look("a", 0, 2), Some((2, 1010)));
+        // One replica gone (scaled down, its node drained).
+        assert_eq!(look("a", 5, 1), Some((2, 1010)));
+        assert_eq!(look("a", 10, 1), None);
+        assert_eq!(look("a", 11, 2), None);
+        assert_eq!(look("b", 12, 1), Some((1, 1022)));
+        assert_eq!(look("b", 13, 3), Some((3, 1022)));
     }
 
     /// A proxy the probe cannot reach is unreachable, with what the probe met: no pod IP, a
@@ -3427,7 +3520,13 @@ mod tests {
             probe_timeout: Duration::from_millis(300),
             ..ReconcilerConfig::default()
         };
-        probe_leaves(&config, &mut observed, &mut SeenLeaves::default()).await;
+        probe_leaves(
+            &config,
+            &mut observed,
+            &mut SeenLeaves::default(),
+            Instant::now(),
+        )
+        .await;
         let why: Vec<String> = observed
             .pods
             .iter()

@@ -1038,17 +1038,14 @@ pub fn decide(
             // With several identity controller replicas, one whose node's kubelet has not yet
             // updated its Secret volume still signs with the old issuer, and a proxy seen with a
             // new leaf may take its next one from it: the old anchors stay until every replica
-            // has surely loaded the issuer, and every leaf is probed again after that.
-            let replicas = (observed.pods.iter().chain(&observed.draining))
-                .filter(|p| p.identity_controller)
-                .count();
-            if let Some(loaded_by) = observed.issuer_loaded_by.filter(|by| observed.now < *by)
-                && replicas > 1
-            {
+            // has surely loaded the issuer, and every leaf is probed again after that. (One
+            // replica's leaves never go back: it signs with whichever issuer it loaded last.)
+            if let Some(reload) = observed.issuer_reload.as_ref().filter(|r| r.replicas > 1) {
                 d.next.blocking_message = Some(format!(
-                    "every proxy presents a leaf from issuer {}; the identity controller runs {replicas} replicas, each loading the issuer when its node's kubelet updates its Secret volume, so one may still sign with the old issuer: waiting until {} (--issuer-reload-grace after the issuer was first seen), then checking every leaf again, before the old anchor leaves the bundle",
+                    "every proxy presents a leaf from issuer {}; the identity controller has run {} replicas since it changed, each loading it when its node's kubelet updates its Secret volume, so one may still sign with the old issuer: waiting until {} (--issuer-reload-grace after the operator first saw the issuer), then checking every leaf again, before the old anchor leaves the bundle",
                     short(&issuer.cert.fingerprint),
-                    timestamp(loaded_by)
+                    reload.replicas,
+                    timestamp(reload.until)
                 ));
                 return d.finish(Requeue::Soon);
             }

@@ -250,7 +250,7 @@ impl World {
             bundle_meta: BundleMeta::default(),
             baked_templates: BTreeMap::new(),
             held_anchors: self.holds.iter().map(|&i| a(i)).collect(),
-            issuer_loaded_by: None,
+            issuer_reload: None,
         }
     }
 }
@@ -2415,43 +2415,40 @@ fn after_the_renewal_a_pod_not_started_yet_is_restarted_if_it_lacks_the_bundle_n
     );
 }
 
-/// Every leaf from the new issuer, but the identity controller runs two replicas and one may not
-/// have loaded the issuer yet (its kubelet updates its Secret volume late): the old anchor stays
-/// until `issuer_loaded_by`, with a status that says until when. One replica, or the time
-/// passed, and the bundle is reduced.
+/// Every leaf from the new issuer, but the identity controller has run two replicas since the
+/// issuer changed and one may not have loaded it yet (its kubelet updates its Secret volume
+/// late): the old anchor stays while the I/O layer says so, with a status that says until when.
+/// Once that is over, or with one replica only, the bundle is reduced.
 #[test]
 fn with_several_identity_replicas_the_old_anchor_stays_until_each_has_surely_loaded_the_issuer() {
     let mut o = issuer_renewed().observed();
-    o.pods
-        .push(cp_pod("linkerd-identity-2", Some(bundle_fp(&[0, 1]))));
     every_leaf(&mut o, Leaf::FromIssuer);
-    o.issuer_loaded_by = Some(NOW + 60);
+    o.issuer_reload = Some(IssuerReload {
+        replicas: 2,
+        until: NOW + 60,
+    });
     let d = run(&automatic(), Phase::RenewingWorkloadCerts, &o);
     assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts);
     assert_eq!(written_bundle(&d), None, "{:?}", d.effects);
     let until = k8s_openapi::jiff::Timestamp::from_second(NOW + 60).unwrap();
     assert!(
-        blocking(&d).contains("the identity controller runs 2 replicas")
+        blocking(&d).contains("the identity controller has run 2 replicas")
             && blocking(&d).contains(&format!("waiting until {until}")),
         "{}",
         blocking(&d)
     );
-    // A replica draining counts as one: it may still answer a proxy.
-    let mut one_draining = o.clone();
-    let replica = one_draining.pods.pop().unwrap();
-    one_draining.draining.push(replica);
-    let d = run(&automatic(), Phase::RenewingWorkloadCerts, &one_draining);
-    assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts);
-    assert_eq!(written_bundle(&d), None, "{:?}", d.effects);
-    // The time has come: reduced.
+    // The time is over: reduced.
     let mut loaded = o.clone();
-    loaded.issuer_loaded_by = Some(NOW);
+    loaded.issuer_reload = None;
     let d = run(&automatic(), Phase::RenewingWorkloadCerts, &loaded);
     assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
     assert_eq!(written_bundle(&d), Some(set(&[1])));
-    // One replica signs with whichever issuer it loaded: its leaves never go back.
+    // One replica signs with whichever issuer it loaded last: its leaves never go back.
     let mut single = o.clone();
-    single.pods.pop();
+    single.issuer_reload = Some(IssuerReload {
+        replicas: 1,
+        until: NOW + 60,
+    });
     let d = run(&automatic(), Phase::RenewingWorkloadCerts, &single);
     assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
     assert_eq!(written_bundle(&d), Some(set(&[1])));
@@ -3672,7 +3669,7 @@ mod properties {
                 },
                 baked_templates: BTreeMap::new(),
                 held_anchors,
-                issuer_loaded_by: None,
+                issuer_reload: None,
             }
         }
 

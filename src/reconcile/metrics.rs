@@ -346,7 +346,7 @@ mod tests {
             held_anchors: Vec::new(),
             bundle_meta: Default::default(),
             baked_templates: Default::default(),
-            issuer_loaded_by: None,
+            issuer_reload: None,
         }
     }
 

@@ -281,13 +281,23 @@ pub struct Observed {
     /// or bundle has it any more: the anchor a second renewal mid-rotation left in the bundle
     /// alone, say, once the bundle's ConfigMap is deleted or written over.
     pub held_anchors: Vec<Cert>,
-    /// When every replica of the identity controller has surely loaded the current issuer
-    /// (Unix seconds), set while leaves are probed: when this replica of the operator first saw
-    /// that issuer (no earlier than its Secret changed), plus the kubelet's delay in updating
-    /// a Secret volume (`--issuer-reload-grace`). Each replica reads the issuer from its own
-    /// volume, so until then one may still sign with the old issuer, and a proxy seen with a
-    /// new leaf may take its next one from the old issuer.
-    pub issuer_loaded_by: Option<i64>,
+    /// Set while replicas of the identity controller may not all have loaded the current
+    /// issuer yet, as leaves are probed: each reads it from its own Secret volume, which its
+    /// node's kubelet updates on its own schedule, so one may still sign with the old issuer
+    /// and a proxy seen with a new leaf may take its next one from it.
+    pub issuer_reload: Option<IssuerReload>,
+}
+
+/// Replicas of the identity controller that may not all have loaded the current issuer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuerReload {
+    /// The most identity controller pods (running or draining) seen at once since the operator
+    /// first saw the issuer: one may have gone since, after signing a proxy's leaf.
+    pub replicas: usize,
+    /// When every one has surely loaded it (Unix seconds): when the operator first saw the
+    /// issuer (no earlier than its Secret changed), plus the kubelet's delay in updating a
+    /// Secret volume (`--issuer-reload-grace`).
+    pub until: i64,
 }
 
 impl Observed {
