@@ -207,9 +207,21 @@ impl IdentityInstance {
             return;
         }
         let lag = *self.reload_lag.lock().expect("not poisoned");
-        if !lag.is_zero() {
+        let loaded = if lag.is_zero() {
+            loaded
+        } else {
             tracing::info!(pod = %self.pod_name, ?lag, "identity: the issuer Secret changed; loading it late");
             tokio::time::sleep(lag).await;
+            // The kubelet projects the Secret as it is when it syncs, not as it was when it
+            // changed.
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), &self.config.namespace);
+            match secrets.get_opt(&self.config.issuer_secret).await {
+                Ok(Some(latest)) => load_issuer(&latest, &self.config).unwrap_or(loaded),
+                _ => loaded,
+            }
+        };
+        if loaded.info.fingerprint == self.issuer_fingerprint() {
+            return;
         }
         match verify_issuer(&loaded, &self.anchors, &self.config) {
             Ok(()) => {
