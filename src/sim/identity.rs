@@ -424,7 +424,8 @@ impl IdentityService {
     }
 }
 
-/// A well-mixed 64-bit hash (SplitMix64's finaliser): consecutive inputs give unrelated outputs.
+/// SplitMix64's output for `x`, a well-mixed 64-bit hash: consecutive inputs give unrelated
+/// outputs.
 fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
