@@ -535,6 +535,24 @@ impl Follow {
     }
 
     /// The traffic generator counted handshakes throughout: never a long stand-still.
+    /// Follows the rotation until it is done on `anchor` (within 180 s); returns the first
+    /// blockingMessage that said `wait`, if one did.
+    async fn until_done_noting(&mut self, rig: &Rig, anchor: &Cert, wait: &str) -> Option<String> {
+        let mut said = None;
+        loop {
+            let status = self.status(rig).await;
+            let message = status.blocking_message.as_deref().unwrap_or_default();
+            if message.contains(wait) {
+                said.get_or_insert_with(|| message.to_owned());
+            }
+            if is_done(&status, anchor) {
+                return said;
+            }
+            assert!(self.secs() < 180.0, "not done: {status:#?}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     fn assert_traffic_throughout(&mut self, rig: &Rig) {
         let t = rig.traffic();
         let gap = t.longest_gap_since(self.t0);
@@ -1524,18 +1542,9 @@ async fn the_automatic_issuer_renewal_waits_for_replaced_pods_to_stop() {
     let rig = slow_stopping_rig("Automatic").await;
     let mut follow = Follow::new();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
-    let mut held = None;
-    loop {
-        let status = follow.status(&rig).await;
-        let message = status.blocking_message.as_deref().unwrap_or_default();
-        if message.contains("terminating pod(s) without it to stop") {
-            held.get_or_insert_with(|| message.to_owned());
-        }
-        if is_done(&status, &new_anchor) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let held = follow
+        .until_done_noting(&rig, &new_anchor, "terminating pod(s) without it to stop")
+        .await;
     let t = rig.traffic();
     eprintln!(
         "rotation with pods stopping in 12s: {:.1}s; held: {held:?}; traffic: {t}",
@@ -1643,19 +1652,13 @@ async fn a_lagging_identity_replica_keeps_the_old_anchor_until_it_has_loaded_the
     let rig = lagging_identity_replica_rig("31s").await;
     let mut follow = Follow::new();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
-    let mut held = None;
-    loop {
-        let status = follow.status(&rig).await;
-        let message = status.blocking_message.as_deref().unwrap_or_default();
-        if message.contains("the identity controller has run 2 replicas") {
-            held.get_or_insert_with(|| message.to_owned());
-        }
-        if is_done(&status, &new_anchor) {
-            break;
-        }
-        assert!(follow.secs() < 180.0, "not done: {status:#?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let held = follow
+        .until_done_noting(
+            &rig,
+            &new_anchor,
+            "the identity controller has run 2 replicas",
+        )
+        .await;
     let t = rig.traffic();
     eprintln!(
         "rotation with an identity replica 30 s late: {:.1}s; held: {held:?}; traffic: {t}",
