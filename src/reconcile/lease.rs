@@ -379,11 +379,11 @@ impl Elector {
             tokio::pin!(leading);
             let ended = loop {
                 tokio::select! {
-                    // The deadline is looked at before the reconciler is polled: after a pause
-                    // (a stopped process, a starved runtime) every timer comes due at once, and
-                    // the reconciler must not act on a leadership that may have passed on.
+                    // The deadline is looked at, by the clock, before the reconciler is polled:
+                    // after a pause (a stopped process, a starved runtime) the reconciler must
+                    // not act on a leadership that may have passed on.
                     biased;
-                    () = tokio::time::sleep_until(last_renewed + c.renew_deadline) => {
+                    () = passed(last_renewed + c.renew_deadline) => {
                         tracing::warn!("could not renew the leader Lease in time");
                         break false;
                     }
@@ -414,6 +414,20 @@ impl Elector {
             }
         }
     }
+}
+
+/// Ready once `deadline` has passed by the clock, looked at on every poll. A timer alone is not
+/// enough: it comes due only when the runtime's timer driver turns, and after a pause the
+/// runtime first runs the tasks already woken (a reconciler woken by a watch event, say),
+/// which poll it before the driver has seen the time the pause took.
+fn passed(deadline: tokio::time::Instant) -> impl std::future::Future<Output = ()> {
+    let mut timer = Box::pin(tokio::time::sleep_until(deadline));
+    std::future::poll_fn(move |cx| {
+        if tokio::time::Instant::now() >= deadline {
+            return std::task::Poll::Ready(());
+        }
+        timer.as_mut().poll(cx)
+    })
 }
 
 #[cfg(test)]
@@ -506,7 +520,9 @@ mod tests {
     /// A leader whose whole process stood still for longer than its renew deadline (a stopped
     /// process, a starved runtime; here the test blocks the only runtime thread) must not let
     /// its reconciler act once more when it runs again: by then another replica may hold the
-    /// Lease. Everything it does after the pause comes after it has stepped down.
+    /// Lease. Everything it does after the pause comes after it has stepped down. The
+    /// reconciler is woken just before the pause, as an event it watches would wake it: the
+    /// runtime then runs it again before its timer driver has seen the time the pause took.
     #[tokio::test]
     async fn a_leader_that_stood_still_past_its_deadline_steps_down_before_acting() {
         #[derive(Clone, Copy, Debug, PartialEq)]
@@ -523,12 +539,17 @@ mod tests {
         let pause = config.renew_deadline + Duration::from_millis(500);
         let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (acts, changes) = (events.clone(), events.clone());
+        let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+        let woken = wake.clone();
         let election = tokio::spawn(Elector::new(cp.client(), config).run(
             move || {
-                let acts = acts.clone();
+                let (acts, woken) = (acts.clone(), woken.clone());
                 async move {
                     loop {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                            () = woken.notified() => {}
+                        }
                         acts.lock().unwrap().push(Event::Acted);
                     }
                 }
@@ -544,6 +565,7 @@ mod tests {
             }
             // Nothing else runs on this runtime while its one thread sleeps: timers, the
             // reconciler's included, all come due together when it wakes.
+            wake.notify_one();
             std::thread::sleep(pause);
             events.lock().unwrap().push(Event::Resumed);
             tokio::time::sleep(Duration::from_millis(200)).await;
