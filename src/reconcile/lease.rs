@@ -563,8 +563,9 @@ mod tests {
                 assert!(started.elapsed() < Duration::from_secs(30), "{events:?}");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            // Nothing else runs on this runtime while its one thread sleeps: timers, the
-            // reconciler's included, all come due together when it wakes.
+            // The reconciler woken, as a watch event would wake it: it is to run next. Nothing
+            // runs on this runtime while its one thread sleeps; when it wakes, the woken tasks
+            // run before its timer driver turns and sees the time gone.
             wake.notify_one();
             std::thread::sleep(pause);
             events.lock().unwrap().push(Event::Resumed);
