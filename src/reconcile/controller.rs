@@ -3038,13 +3038,7 @@ mod tests {
     #[tokio::test]
     async fn a_restart_the_watch_has_not_shown_yet_counts_as_rolling() {
         let (_cp, client) = control_plane_with_crd().await;
-        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-            .create(
-                &PostParams::default(),
-                &object(json!({"metadata": {"name": "app"}})),
-            )
-            .await
-            .unwrap();
+        create_namespaces(&client, &["app"]).await;
         let deployments = Api::<Deployment>::namespaced(client.clone(), "app");
         let created = deployments
             .create(
@@ -4514,9 +4508,24 @@ mod tests {
         assert_eq!(parked.len(), 1, "announced once: {parked:?}");
     }
 
-    /// The namespaces of cert-manager and Linkerd.
-    async fn linkerd_namespaces(client: &Client) {
-        for ns in ["cert-manager", "linkerd"] {
+    /// Labels `name` (`touched: yes`): a change of another writer's that moves its
+    /// resourceVersion and nothing the reconciler reads.
+    async fn touch<K>(api: &Api<K>, name: &str)
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Creates the namespaces `names`.
+    async fn create_namespaces(client: &Client, names: &[&str]) {
+        for ns in names {
             Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
                 .create(
                     &PostParams::default(),
@@ -4602,7 +4611,7 @@ mod tests {
     #[tokio::test]
     async fn writes_whose_status_write_was_stale_are_still_announced_once() {
         let (_cp, client) = control_plane_with_crd().await;
-        linkerd_namespaces(&client).await;
+        create_namespaces(&client, &["cert-manager", "linkerd"]).await;
         let (anchor_secret, issuer_secret, bundle, rotation) = linkerd_as_installed();
         let mut created = Vec::new();
         for s in [&anchor_secret, &issuer_secret] {
@@ -4627,14 +4636,7 @@ mod tests {
             vec![vec![created[0].clone()], vec![], vec![created[1].clone()]],
             vec![bundle],
         );
-        rotations
-            .patch(
-                "cluster",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
-            )
-            .await
-            .unwrap();
+        touch(&rotations, "cluster").await;
         let config = ReconcilerConfig::default();
         let recorder = test_recorder(&client);
         let metrics = ReconcileMetrics::register(&mut Default::default());
@@ -5062,13 +5064,7 @@ mod tests {
     async fn an_awaited_write_is_let_go_once_the_api_server_shows_what_the_watch_shows() {
         let cp = ControlPlane::start().await.expect("a local control plane");
         let client = cp.client();
-        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-            .create(
-                &PostParams::default(),
-                &object(json!({"metadata": {"name": "linkerd"}})),
-            )
-            .await
-            .unwrap();
+        create_namespaces(&client, &["linkerd"]).await;
         let config = ReconcilerConfig::default();
         let watched = Stores {
             rotation: frozen(vec![]),
@@ -5129,7 +5125,7 @@ mod tests {
     async fn a_look_waits_for_the_watch_to_show_the_reconcilers_own_write() {
         use crate::sim::pki::{generate_key, to_pem};
         let (_cp, client) = control_plane_with_crd().await;
-        linkerd_namespaces(&client).await;
+        create_namespaces(&client, &["cert-manager", "linkerd"]).await;
         let (old_key, new_key, issuer_key) = (
             generate_key().unwrap(),
             generate_key().unwrap(),
@@ -5206,14 +5202,7 @@ mod tests {
         // look ends asking for another soon, without a status, an event or a failure. Until
         // it has happened CONFLICT_PATIENCE times in a row: then it is a failed step.
         let stale = looks().await;
-        configmaps
-            .patch(
-                "linkerd-identity-trust-roots",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
-            )
-            .await
-            .unwrap();
+        touch(&configmaps, "linkerd-identity-trust-roots").await;
         let mut conflicts = Memory::default();
         let mut looks_from_stale = async || {
             reconcile_once(
