@@ -529,6 +529,17 @@ impl Follow {
         assert_eq!(done.blocking_message, None);
         let t = rig.traffic();
         eprintln!("{what}: {:.1}s; traffic: {t}", self.secs());
+        self.assert_ended_clean(rig, &t, anchor, proxies).await;
+    }
+
+    /// Zero failed handshakes in `t`, traffic throughout, and all `proxies` on `anchor`.
+    async fn assert_ended_clean(
+        &mut self,
+        rig: &Rig,
+        t: &TrafficSnapshot,
+        anchor: &Cert,
+        proxies: usize,
+    ) {
         assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
         self.assert_traffic_throughout(rig);
         rig.assert_mesh_on(anchor, proxies).await;
@@ -1349,9 +1360,9 @@ async fn second_anchor_renewal_mid_rotation_still_ends_synced() {
         follow.secs()
     );
     assert_ne!(second.fingerprint, third.as_ref().unwrap().fingerprint);
-    assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
-    follow.assert_traffic_throughout(&rig);
-    rig.assert_mesh_on(third.as_ref().unwrap(), 7).await;
+    follow
+        .assert_ended_clean(&rig, &t, third.as_ref().unwrap(), 7)
+        .await;
 }
 
 /// A second anchor renewal after the issuer was renewed onto the first renewal's anchor, and
@@ -1515,9 +1526,7 @@ async fn a_workload_started_before_the_interval_was_published_is_restarted_for_i
             .get("trust.linkerd.io/restarted-for-issuer"),
         Some(&issuer.fingerprint)
     );
-    assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
-    follow.assert_traffic_throughout(&rig);
-    rig.assert_mesh_on(&new_anchor, 7).await;
+    follow.assert_ended_clean(&rig, &t, &new_anchor, 7).await;
 }
 
 /// One namespace of two single-pod Deployments whose pods take 12 s to stop (against a 3 s
@@ -1551,9 +1560,7 @@ async fn the_automatic_issuer_renewal_waits_for_replaced_pods_to_stop() {
         follow.secs()
     );
     assert!(held.is_some(), "the renewal waited for the replaced pods");
-    assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
-    follow.assert_traffic_throughout(&rig);
-    rig.assert_mesh_on(&new_anchor, 5).await;
+    follow.assert_ended_clean(&rig, &t, &new_anchor, 5).await;
 }
 
 /// The negative control of the test above: the same slow-stopping pods, the issuer renewed by
@@ -1668,9 +1675,7 @@ async fn a_lagging_identity_replica_keeps_the_old_anchor_until_it_has_loaded_the
         held.is_some(),
         "the reduction waited for the lagging replica"
     );
-    assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
-    follow.assert_traffic_throughout(&rig);
-    rig.assert_mesh_on(&new_anchor, 10).await;
+    follow.assert_ended_clean(&rig, &t, &new_anchor, 10).await;
 }
 
 /// The negative control of the test above: the same lagging replica, the operator told that
@@ -1929,9 +1934,7 @@ async fn a_pending_pod_without_the_expanded_bundle_holds_back_an_automatic_issue
     assert_eq!(done.blocking_message, None);
     assert!(!follow.out_of_order, "the issuer was renewed out of order");
     assert_no_event(&rig.client, "OutOfOrderIssuerRotation").await;
-    assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
-    follow.assert_traffic_throughout(&rig);
-    rig.assert_mesh_on(&new_anchor, 6).await;
+    follow.assert_ended_clean(&rig, &t, &new_anchor, 6).await;
 }
 
 /// The issuer Certificate's `Issuing` condition (status, reason) and its
@@ -2074,9 +2077,7 @@ async fn a_refused_automatic_issuer_renewal_says_why_and_is_not_asked_again_at_o
         "rotation with the issuer renewal refused, then renewed by hand: {:.1}s; traffic: {t}",
         follow.secs()
     );
-    assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
-    follow.assert_traffic_throughout(&rig);
-    rig.assert_mesh_on(&new_anchor, 5).await;
+    follow.assert_ended_clean(&rig, &t, &new_anchor, 5).await;
 }
 
 /// An identity issuer renewed with its old key (`rotationPolicy: Never`, cert-manager's default
@@ -2927,9 +2928,7 @@ async fn sigkill_in_every_phase_resumes_without_an_extra_rollout() {
             "Deployment linkerd/{name}: exactly two rollouts"
         );
     }
-    assert_eq!(t.failed(), 0, "{t}; recent: {:#?}", t.recent);
-    follow.assert_traffic_throughout(&rig);
-    rig.assert_mesh_on(&new_anchor, 5).await;
+    follow.assert_ended_clean(&rig, &t, &new_anchor, 5).await;
 }
 
 /// The operator installed without the right to list Pods (its ClusterRole edited down, say):
