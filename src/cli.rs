@@ -127,7 +127,7 @@ pub struct RunArgs {
     /// How long after the identity issuer changes every replica of Linkerd's identity
     /// controller has surely loaded it: each one reads it from its Secret volume, which its
     /// node's kubelet updates on its own schedule (its sync period, 1m by default, plus its
-    /// cache's delay). While the identity controller runs several replicas, the old anchor
+    /// cache's delay). If the identity controller has run several replicas since, the old anchor
     /// stays in the bundle this long at least, and every proxy's leaf is checked again after
     /// it: until then a replica still on the old issuer may sign a proxy's next leaf.
     #[arg(long, default_value = "2m", value_parser = parse_delay)]
