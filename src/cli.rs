@@ -126,11 +126,14 @@ pub struct RunArgs {
     pub reconcile_interval: Duration,
     /// How long after the identity issuer changes every replica of Linkerd's identity
     /// controller has surely loaded it: each one reads it from its Secret volume, which its
-    /// node's kubelet updates on its own schedule (its sync period, 1m by default, plus its
-    /// cache's delay). If the identity controller has run several replicas since, the old anchor
-    /// stays in the bundle this long at least, and every proxy's leaf is checked again after
-    /// it: until then a replica still on the old issuer may sign a proxy's next leaf.
-    #[arg(long, default_value = "2m", value_parser = parse_delay)]
+    /// node's kubelet updates on its own schedule (its sync period, 1m by default, plus up to
+    /// half of it in jitter, plus its Secret cache's delay, up to 1m with the `Cache`
+    /// strategy). If the identity controller has run several replicas since the operator first
+    /// saw the issuer, or the operator started after the issuer changed, the old anchor stays
+    /// in the bundle this long at least (counted again once an identity controller pod that
+    /// was not ready is ready), and every proxy's leaf is checked again after it: until then a
+    /// replica still on the old issuer may sign a proxy's next leaf.
+    #[arg(long, default_value = "3m", value_parser = parse_delay)]
     pub issuer_reload_grace: Duration,
     /// Run the reconciler only while holding a leader Lease (`false`: a single replica).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]

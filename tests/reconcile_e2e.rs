@@ -331,8 +331,16 @@ impl Rig {
             .unwrap_or_else(|e| panic!("adding workloads: {e}"));
         install_crd(&client).await;
         apply_rotation(&client, spec).await;
+        // A process started after the issuer changed holds the old anchor for the grace (it
+        // cannot tell which identity controller replicas ran before it): 10 s, not 3 m, for the
+        // tests that restart it in RenewingWorkloadCerts, unless a test sets its own.
+        let grace = (!op_args
+            .iter()
+            .any(|a| a.starts_with("--issuer-reload-grace")))
+        .then_some("--issuer-reload-grace=10s");
         let op_args: Vec<String> = ["--reconcile-interval=500ms"]
             .iter()
+            .chain(grace.iter())
             .chain(op_args)
             .map(|a| (*a).to_owned())
             .collect();
@@ -2870,7 +2878,9 @@ async fn unusable_material_or_zero_interval_parks_and_writes_nothing() {
 
 /// SIGKILL the operator as soon as each phase is seen: the restarted process resumes from the
 /// status, the rotation still ends Synced with zero failed handshakes, and the control plane
-/// rolled out exactly twice (expansion and reduction), never a third time.
+/// rolled out exactly twice (expansion and reduction), never a third time. The process started
+/// in RenewingWorkloadCerts, which did not see the issuer change, says so and holds the old
+/// anchor for the grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_in_every_phase_resumes_without_an_extra_rollout() {
     let mut rig = Rig::start(
@@ -2884,11 +2894,15 @@ async fn sigkill_in_every_phase_resumes_without_an_extra_rollout() {
     let mut user = User::default();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
     let mut killed_in: Vec<(Phase, usize)> = Vec::new();
+    // The process started in RenewingWorkloadCerts did not see the issuer change.
+    let mut held_unwitnessed = false;
     loop {
         let status = follow.status(&rig).await;
         if is_done(&status, &new_anchor) {
             break;
         }
+        held_unwitnessed |= (status.blocking_message.as_deref())
+            .is_some_and(|m| m.contains("the operator started after the issuer changed"));
         // Each phase entry (the control-plane refresh comes twice) gets its kill.
         let entries = follow.phases.len();
         if status.phase != Phase::Synced && killed_in.last().map(|(_, n)| *n) != Some(entries) {
@@ -2919,6 +2933,10 @@ async fn sigkill_in_every_phase_resumes_without_an_extra_rollout() {
             .count(),
         2,
         "killed in both control-plane refreshes"
+    );
+    assert!(
+        held_unwitnessed,
+        "the restarted process held the old anchor for the grace"
     );
     let after = control_plane_generations(&rig.client).await;
     for (name, generation) in &generations {

@@ -209,9 +209,11 @@ impl Default for ReconcilerConfig {
             idle_interval: Duration::from_secs(300),
             probe_concurrency: 32,
             probe_timeout: Duration::from_secs(2),
-            // The kubelet's sync period (1m by default) plus its Secret cache's delay (up to
-            // its TTL, 1m, with the `Cache` strategy).
-            issuer_reload_grace: Duration::from_secs(120),
+            // The kubelet syncs each pod every sync period (1m by default) plus up to half of
+            // it in jitter, 90 s, and reads the Secret from its cache (kept by a watch by
+            // default; up to its TTL, 1m, old with the `Cache` strategy): 2.5 m at worst, and
+            // half a minute's margin.
+            issuer_reload_grace: Duration::from_secs(180),
         }
     }
 }
@@ -795,7 +797,8 @@ async fn reconcile_once(
         let probed = probe_leaves(config, &mut observed, seen_leaves, now).await;
         metrics.probed(&probed);
     } else {
-        seen_leaves.clear();
+        let issuer = observed.issuer.as_ref().ok();
+        seen_leaves.clear(issuer.map(|i| i.cert.fingerprint.as_str()));
     }
     let decision = decide(&policies, &config.names, &status, &observed);
     let mut reference = rotation.object_ref(&());
@@ -1210,6 +1213,10 @@ async fn observe(
             rollout_complete: d.rollout_complete(),
             proxy: control_plane_proxy(d.template()),
             refresh_set_by_operator: template_annotation(d.template(), PROXY_REFRESH_ANNOTATION),
+            replicas: (d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1))
+                .max(d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0))
+                .try_into()
+                .unwrap_or(0),
         })
         .collect();
     // In the order of their names, not the cache's: messages and restarts come the same way on
@@ -1931,46 +1938,72 @@ fn meshed_pod(
 /// A proxy goes back to an earlier issuer's leaf only if a replica of the identity controller
 /// that has not loaded the new issuer yet signs its next one: each replica reads the issuer from
 /// its own Secret volume, which its node's kubelet updates on its own schedule. So a pod seen
-/// before every replica has surely loaded the issuer (the issuer first seen, plus
-/// `issuer_reload_grace`) is probed once more after that; from then on no replica signs with
-/// another issuer (one started since loads the current issuer at start), and a pod seen is not
-/// probed again while the issuer stays the same. Keyed by pod and address: a pod created again
-/// under the same name at another address is probed anew (one that gets the same address, or
-/// whose proxy restarts in place, takes its new leaf from the current issuer).
+/// before every replica has surely loaded the issuer (the issuer first seen, or an identity
+/// controller pod last seen becoming ready, plus `issuer_reload_grace`) is probed once more
+/// after that; from then on no replica signs with another issuer (one started since loads the
+/// current issuer at start), and a pod seen is not probed again while the issuer stays the
+/// same. Keyed by pod and address: a pod created again under the same name at another address
+/// is probed anew (one that gets the same address, or whose proxy restarts in place, takes its
+/// new leaf from the current issuer).
 #[derive(Debug, Default)]
 struct SeenLeaves {
     /// The issuer's certificate fingerprint.
     issuer: String,
+    /// The first issuer this process saw since it took the lead, in any phase: if it is not
+    /// the current one, this process saw the change, and has counted the identity
+    /// controller's replicas since.
+    first_issuer: Option<String>,
     /// Until when some identity controller replica may not have loaded it (on this process's
-    /// monotonic clock, and as Unix seconds for the status), and the most replicas seen at once
-    /// since it was first seen; `None` once that time is over and the pods seen before it
-    /// have been forgotten.
+    /// monotonic clock), and what the status says of it; `None` once that time is over and the
+    /// pods seen before it have been forgotten.
     reloading: Option<(Instant, IssuerReload)>,
     pods: BTreeSet<(String, std::net::SocketAddr)>,
 }
 
 impl SeenLeaves {
     /// Starts over when `issuer` is not the one the pods were seen with; once every identity
-    /// controller replica (`replicas` of them now) has surely loaded it, forgets the pods seen
-    /// before, once. Returns what may still be loading.
+    /// controller replica (`replicas` of them now, `unready` one of them if it is not ready)
+    /// has surely loaded it, forgets the pods seen before, once. Returns what may still be
+    /// loading.
     fn for_issuer(
         &mut self,
         issuer: &str,
         (now, unix_now): (Instant, i64),
         grace: Duration,
-        replicas: usize,
+        (replicas, unready): (usize, Option<String>),
     ) -> Option<IssuerReload> {
+        // `unix_now` is the wall clock's second, up to 1 s behind: the time shown is never
+        // earlier than the monotonic one.
+        let until = || unix_now.saturating_add(grace.as_secs_f64().ceil() as i64 + 1);
         if self.issuer != issuer {
-            let until = unix_now.saturating_add(grace.as_secs_f64().ceil() as i64);
+            let first_issuer = self.first_issuer.take();
             *self = Self {
                 issuer: issuer.to_owned(),
-                reloading: Some((now + grace, IssuerReload { replicas, until })),
+                reloading: Some((
+                    now + grace,
+                    IssuerReload {
+                        replicas,
+                        unwitnessed: first_issuer.as_deref().is_none_or(|f| f == issuer),
+                        unready: None,
+                        until: until(),
+                    },
+                )),
                 pods: BTreeSet::new(),
+                first_issuer: first_issuer.or_else(|| Some(issuer.to_owned())),
             };
         }
         if let Some((over_at, reload)) = &mut self.reloading {
+            reload.replicas = reload.replicas.max(replicas);
+            if unready.is_some() {
+                // A replica on a node cut off keeps its Secret volume as it was: the grace
+                // counts once it is back.
+                reload.unready = unready;
+                return Some(reload.clone());
+            }
+            if reload.unready.take().is_some() {
+                (*over_at, reload.until) = (now + grace, until());
+            }
             if now < *over_at {
-                reload.replicas = reload.replicas.max(replicas);
                 return Some(reload.clone());
             }
             self.reloading = None;
@@ -1994,8 +2027,14 @@ impl SeenLeaves {
         self.pods = now;
     }
 
-    fn clear(&mut self) {
-        *self = Self::default();
+    /// Forgets every pod and issuer: the rotation is not in RenewingWorkloadCerts, and
+    /// `issuer` is the one seen (if any).
+    fn clear(&mut self, issuer: Option<&str>) {
+        let first_issuer = self.first_issuer.take();
+        *self = Self {
+            first_issuer: first_issuer.or_else(|| issuer.map(str::to_owned)),
+            ..Self::default()
+        };
     }
 }
 
@@ -2014,14 +2053,11 @@ async fn probe_leaves(
     let Some(issuer_der) = certs::der(&issuer.cert.pem) else {
         return Vec::new();
     };
-    let replicas = (observed.pods.iter().chain(&observed.draining))
-        .filter(|p| p.identity_controller)
-        .count();
     observed.issuer_reload = seen.for_issuer(
         &issuer.cert.fingerprint,
         (now, observed.now),
         config.issuer_reload_grace,
-        replicas,
+        observed.identity_replicas(),
     );
     let client_config = crate::probe::client_config();
     let mut targets: Vec<(usize, Option<std::net::SocketAddr>, String)> = Vec::new();
@@ -3375,7 +3411,7 @@ mod tests {
                 addrs[0],
                 Leaf::FromIssuer,
                 1,
-                Some(10),
+                Some(11),
             ),
             (
                 1,
@@ -3383,7 +3419,7 @@ mod tests {
                 addrs[0],
                 Leaf::FromIssuer,
                 0,
-                Some(10),
+                Some(11),
             ),
             (
                 2,
@@ -3391,7 +3427,7 @@ mod tests {
                 addrs[0],
                 Leaf::FromIssuer,
                 0,
-                Some(10),
+                Some(11),
             ),
             (
                 3,
@@ -3399,7 +3435,7 @@ mod tests {
                 addrs[1],
                 Leaf::FromIssuer,
                 1,
-                Some(10),
+                Some(11),
             ),
             (
                 4,
@@ -3407,7 +3443,7 @@ mod tests {
                 addrs[1],
                 Leaf::FromOtherIssuer,
                 1,
-                Some(14),
+                Some(15),
             ),
             (
                 5,
@@ -3415,7 +3451,7 @@ mod tests {
                 addrs[1],
                 Leaf::FromOtherIssuer,
                 1,
-                Some(14),
+                Some(15),
             ),
             (
                 6,
@@ -3423,7 +3459,7 @@ mod tests {
                 addrs[1],
                 Leaf::FromIssuer,
                 1,
-                Some(16),
+                Some(17),
             ),
             (
                 15,
@@ -3431,7 +3467,7 @@ mod tests {
                 addrs[1],
                 Leaf::FromIssuer,
                 0,
-                Some(16),
+                Some(17),
             ),
             // Every replica has loaded the issuer: seen once more, then no more.
             (16, cert(&issuer_der), addrs[1], Leaf::FromIssuer, 1, None),
@@ -3466,16 +3502,63 @@ mod tests {
         let (t0, grace) = (Instant::now(), Duration::from_secs(10));
         let at = |s: u64| (t0 + Duration::from_secs(s), 1000 + s as i64);
         let mut look = |issuer, s, replicas| {
-            let reload = seen.for_issuer(issuer, at(s), grace, replicas);
+            let reload = seen.for_issuer(issuer, at(s), grace, (replicas, None));
             reload.map(|r| (r.replicas, r.until))
         };
-        assert_eq!(look("a", 0, 2), Some((2, 1010)));
+        assert_eq!(look("a", 0, 2), Some((2, 1011)));
         // One replica gone (scaled down, its node drained).
-        assert_eq!(look("a", 5, 1), Some((2, 1010)));
+        assert_eq!(look("a", 5, 1), Some((2, 1011)));
         assert_eq!(look("a", 10, 1), None);
         assert_eq!(look("a", 11, 2), None);
-        assert_eq!(look("b", 12, 1), Some((1, 1022)));
-        assert_eq!(look("b", 13, 3), Some((3, 1022)));
+        assert_eq!(look("b", 12, 1), Some((1, 1023)));
+        assert_eq!(look("b", 13, 3), Some((3, 1023)));
+    }
+
+    /// A process that first sees the issuer it rotates to cannot tell which identity controller
+    /// replicas ran since it changed (it started, or took the lead, since): it says so. One
+    /// that saw another issuer first, in any phase, saw the change.
+    #[test]
+    fn a_process_that_did_not_see_the_issuer_change_cannot_tell_how_many_replicas_ran() {
+        let (now, grace) = ((Instant::now(), 1000), Duration::from_secs(10));
+        let unwitnessed = |seen: &mut SeenLeaves, issuer| {
+            let reload = seen.for_issuer(issuer, now, grace, (1, None));
+            reload.map(|r| r.unwitnessed)
+        };
+        assert_eq!(unwitnessed(&mut SeenLeaves::default(), "b"), Some(true));
+        // Seen in another phase: the issuer the process started with.
+        let mut started_on_b = SeenLeaves::default();
+        started_on_b.clear(Some("b"));
+        assert_eq!(unwitnessed(&mut started_on_b, "b"), Some(true));
+        // The issuer changed under this process, before RenewingWorkloadCerts or in it.
+        let mut saw_a = SeenLeaves::default();
+        saw_a.clear(Some("a"));
+        saw_a.clear(Some("b"));
+        assert_eq!(unwitnessed(&mut saw_a, "b"), Some(false));
+        let mut in_phase = SeenLeaves::default();
+        unwitnessed(&mut in_phase, "a");
+        assert_eq!(unwitnessed(&mut in_phase, "b"), Some(false));
+    }
+
+    /// An identity controller pod not ready (its node cut off, its kubelet not updating its
+    /// Secret volume) holds past the grace, and the grace counts again from when it is ready.
+    #[test]
+    fn an_identity_replica_not_ready_holds_until_the_grace_after_it_is_ready() {
+        let mut seen = SeenLeaves::default();
+        let (t0, grace) = (Instant::now(), Duration::from_secs(10));
+        let at = |s: u64| (t0 + Duration::from_secs(s), 1000 + s as i64);
+        let mut look = |s, unready: Option<&str>| {
+            let reload = seen.for_issuer("a", at(s), grace, (2, unready.map(str::to_owned)));
+            reload.map(|r| (r.unready, r.until))
+        };
+        let pod = Some("linkerd/identity-1".to_owned());
+        assert_eq!(look(0, None), Some((None, 1011)));
+        assert_eq!(look(5, pod.as_deref()), Some((pod.clone(), 1011)));
+        assert_eq!(look(30, pod.as_deref()), Some((pod.clone(), 1011)));
+        assert_eq!(look(31, None), Some((None, 1042)));
+        assert_eq!(look(40, None), Some((None, 1042)));
+        assert_eq!(look(41, None), None);
+        // Over: a replica not ready since had the grace to load it.
+        assert_eq!(look(42, pod.as_deref()), None);
     }
 
     /// A proxy the probe cannot reach is unreachable, with what the probe met: no pod IP, a

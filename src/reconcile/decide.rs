@@ -1038,14 +1038,28 @@ pub fn decide(
             // With several identity controller replicas, one whose node's kubelet has not yet
             // updated its Secret volume still signs with the old issuer, and a proxy seen with a
             // new leaf may take its next one from it: the old anchors stay until every replica
-            // has surely loaded the issuer, and every leaf is probed again after that. (One
-            // replica's leaves never go back: it signs with whichever issuer it loaded last.)
-            if let Some(reload) = observed.issuer_reload.as_ref().filter(|r| r.replicas > 1) {
+            // has surely loaded the issuer, and every leaf is probed again after that.
+            if let Some(reload) = observed.issuer_reload.as_ref().filter(|r| r.may_go_back()) {
                 d.next.blocking_message = Some(format!(
-                    "every proxy presents a leaf from issuer {}; the identity controller has run {} replicas since it changed, each loading it when its node's kubelet updates its Secret volume, so one may still sign with the old issuer: waiting until {} (--issuer-reload-grace after the operator first saw the issuer), then checking every leaf again, before the old anchor leaves the bundle",
+                    "every proxy presents a leaf from issuer {}; {}, each loading it when its node's kubelet updates its Secret volume, so one may still sign with the old issuer: {}, then checking every leaf again, before the old anchor leaves the bundle",
                     short(&issuer.cert.fingerprint),
-                    reload.replicas,
-                    timestamp(reload.until)
+                    if reload.replicas > 1 {
+                        format!(
+                            "the identity controller has run {} replicas since the operator first saw the issuer",
+                            reload.replicas
+                        )
+                    } else {
+                        "the operator started after the issuer changed, so it cannot tell how many identity controller replicas have run since".to_owned()
+                    },
+                    match &reload.unready {
+                        Some(pod) => format!(
+                            "waiting for identity controller pod {pod}, not ready (its node may be cut off), then --issuer-reload-grace"
+                        ),
+                        None => format!(
+                            "waiting until {} (--issuer-reload-grace after the operator first saw the issuer with every identity controller pod ready)",
+                            timestamp(reload.until)
+                        ),
+                    },
                 ));
                 return d.finish(Requeue::Soon);
             }

@@ -177,6 +177,7 @@ fn cp(restarted_for: Option<String>, complete: bool) -> Vec<ControlPlaneDeployme
             max_refresh: None,
         }),
         refresh_set_by_operator: None,
+        replicas: 1,
     })
     .collect()
 }
@@ -2418,15 +2419,18 @@ fn after_the_renewal_a_pod_not_started_yet_is_restarted_if_it_lacks_the_bundle_n
 /// Every leaf from the new issuer, but the identity controller has run two replicas since the
 /// issuer changed and one may not have loaded it yet (its kubelet updates its Secret volume
 /// late): the old anchor stays while the I/O layer says so, with a status that says until when.
-/// Once that is over, or with one replica only, the bundle is reduced.
+/// Once that is over, or with one replica only, seen throughout, the bundle is reduced.
 #[test]
 fn with_several_identity_replicas_the_old_anchor_stays_until_each_has_surely_loaded_the_issuer() {
     let mut o = issuer_renewed().observed();
     every_leaf(&mut o, Leaf::FromIssuer);
-    o.issuer_reload = Some(IssuerReload {
+    let reload = IssuerReload {
         replicas: 2,
+        unwitnessed: false,
+        unready: None,
         until: NOW + 60,
-    });
+    };
+    o.issuer_reload = Some(reload.clone());
     let d = run(&automatic(), Phase::RenewingWorkloadCerts, &o);
     assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts);
     assert_eq!(written_bundle(&d), None, "{:?}", d.effects);
@@ -2447,11 +2451,68 @@ fn with_several_identity_replicas_the_old_anchor_stays_until_each_has_surely_loa
     let mut single = o.clone();
     single.issuer_reload = Some(IssuerReload {
         replicas: 1,
-        until: NOW + 60,
+        ..reload.clone()
     });
     let d = run(&automatic(), Phase::RenewingWorkloadCerts, &single);
     assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
     assert_eq!(written_bundle(&d), Some(set(&[1])));
+    // Unless the operator did not see it throughout: it started after the issuer changed.
+    let mut started_since = o.clone();
+    started_since.issuer_reload = Some(IssuerReload {
+        replicas: 1,
+        unwitnessed: true,
+        ..reload.clone()
+    });
+    let d = run(&automatic(), Phase::RenewingWorkloadCerts, &started_since);
+    assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts);
+    assert_eq!(written_bundle(&d), None, "{:?}", d.effects);
+    assert!(
+        blocking(&d).contains("the operator started after the issuer changed")
+            && blocking(&d).contains(&format!("waiting until {until}")),
+        "{}",
+        blocking(&d)
+    );
+    // A replica not ready is waited for, by name.
+    let mut unready = o.clone();
+    unready.issuer_reload = Some(IssuerReload {
+        unready: Some("linkerd/linkerd-identity-1".to_owned()),
+        ..reload
+    });
+    let d = run(&automatic(), Phase::RenewingWorkloadCerts, &unready);
+    assert_eq!(written_bundle(&d), None, "{:?}", d.effects);
+    assert!(
+        blocking(&d)
+            .contains("waiting for identity controller pod linkerd/linkerd-identity-1, not ready"),
+        "{}",
+        blocking(&d)
+    );
+}
+
+/// The identity controller's replicas, for the hold above: its pods running or draining, or
+/// what its Deployment asks for or has, whichever is more (a replica evicted whose replacement
+/// is not running yet still counts); a running one not ready is named.
+#[test]
+fn identity_replicas_count_pods_and_what_the_deployment_asks_for() {
+    let mut o = issuer_renewed().observed();
+    o.pods.retain(|p| !p.identity_controller);
+    o.pods.push(cp_pod("linkerd-identity-a", None));
+    assert_eq!(o.identity_replicas(), (1, None));
+    o.draining.push(cp_pod("linkerd-identity-b", None));
+    assert_eq!(o.identity_replicas(), (2, None));
+    o.draining.clear();
+    let identity = (o.control_plane.iter_mut())
+        .find(|d| d.identity_controller)
+        .unwrap();
+    identity.replicas = 3;
+    assert_eq!(o.identity_replicas(), (3, None));
+    o.pods.push(MeshedPod {
+        ready: false,
+        ..cp_pod("linkerd-identity-c", None)
+    });
+    assert_eq!(
+        o.identity_replicas(),
+        (3, Some("linkerd/linkerd-identity-c".to_owned()))
+    );
 }
 
 /// A control-plane proxy that will not refresh within the interval (the user set it a longer

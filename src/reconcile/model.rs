@@ -182,6 +182,8 @@ pub struct ControlPlaneDeployment {
     /// The proxy refresh interval the operator set on the template (its
     /// `trust.linkerd.io/proxy-max-refresh` annotation), if it did.
     pub refresh_set_by_operator: Option<String>,
+    /// The pods it asks for or has, whichever is more (`spec.replicas`, `status.replicas`).
+    pub replicas: usize,
 }
 
 /// The `linkerd-proxy` container of a control-plane Deployment's pod template.
@@ -291,16 +293,48 @@ pub struct Observed {
 /// Replicas of the identity controller that may not all have loaded the current issuer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IssuerReload {
-    /// The most identity controller pods (running or draining) seen at once since the operator
-    /// first saw the issuer: one may have gone since, after signing a proxy's leaf.
+    /// The most identity controller pods (running or draining, or asked for by its Deployment)
+    /// seen at once since the operator first saw the issuer: one may have gone since, after
+    /// signing a proxy's leaf.
     pub replicas: usize,
+    /// The operator first saw the issuer after RenewingWorkloadCerts had begun (it started, or
+    /// took the lead, since), so it cannot tell which replicas ran between the change and then.
+    pub unwitnessed: bool,
+    /// An identity controller pod that runs but is not ready (`namespace/name`): its node may be
+    /// cut off, its kubelet not updating its Secret volume. The wait starts over once every one
+    /// is ready.
+    pub unready: Option<String>,
     /// When every one has surely loaded it (Unix seconds): when the operator first saw the
-    /// issuer (no earlier than its Secret changed), plus the kubelet's delay in updating a
-    /// Secret volume (`--issuer-reload-grace`).
+    /// issuer (no earlier than its Secret changed), or last saw an identity controller pod
+    /// become ready, plus the kubelet's delay in updating a Secret volume
+    /// (`--issuer-reload-grace`).
     pub until: i64,
 }
 
+impl IssuerReload {
+    /// A proxy seen with a leaf from the current issuer may still take its next one from a
+    /// replica on the old issuer. Not so with one replica, seen throughout: it signs with
+    /// whichever issuer it loaded last, so its leaves never go back.
+    pub fn may_go_back(&self) -> bool {
+        self.replicas > 1 || self.unwitnessed
+    }
+}
+
 impl Observed {
+    /// The identity controller's replicas now, for [`IssuerReload`]: its pods running or
+    /// draining, or as many as its Deployment asks for or has, whichever is more (a replica
+    /// evicted, its replacement not running yet, still counts); and one of its running pods
+    /// that is not ready (`namespace/name`), if any.
+    pub fn identity_replicas(&self) -> (usize, Option<String>) {
+        let pods = (self.pods.iter().chain(&self.draining)).filter(|p| p.identity_controller);
+        let deployments = (self.control_plane.iter())
+            .filter(|d| d.identity_controller)
+            .map(|d| d.replicas)
+            .sum();
+        let unready = self.pods.iter().find(|p| p.identity_controller && !p.ready);
+        (pods.count().max(deployments), unready.map(MeshedPod::key))
+    }
+
     /// Every meshed pod whose proxy runs, or will run, with the anchors in its spec: the
     /// running ones and those [`starting`](Self::starting).
     pub fn bundle_holders(&self) -> impl Iterator<Item = &MeshedPod> {
