@@ -553,7 +553,6 @@ impl Follow {
         rig.assert_mesh_on(anchor, proxies).await;
     }
 
-    /// The traffic generator counted handshakes throughout: never a long stand-still.
     /// Follows the rotation until it is done on `anchor` (within 180 s); returns the first
     /// blockingMessage that said `wait`, if one did.
     async fn until_done_noting(&mut self, rig: &Rig, anchor: &Cert, wait: &str) -> Option<String> {
@@ -572,6 +571,7 @@ impl Follow {
         }
     }
 
+    /// The traffic generator counted handshakes throughout: never a long stand-still.
     fn assert_traffic_throughout(&mut self, rig: &Rig) {
         let t = rig.traffic();
         let gap = t.longest_gap_since(self.t0);
