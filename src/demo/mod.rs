@@ -85,7 +85,7 @@ pub struct DemoConfig {
     pub max_concurrent_workloads: Option<u32>,
     /// In manual mode, how long the demo "reads" a printed command before running it.
     pub manual_delay: Duration,
-    /// A negative control ([`break_the_order`]): the issuer renewed with the anchor and the
+    /// A negative control (`break_the_order`): the issuer renewed with the anchor and the
     /// identity controller restarted by hand onto the expanded bundle at once. mTLS then
     /// breaks whatever the operator does, and the demo must count the failures and exit 1.
     pub break_the_order: bool,

@@ -158,7 +158,7 @@ impl ReloadingResolver {
     /// the new notAfter after each swap and `on_failure` after each read that could not be
     /// used. A failure that stays the same (a Secret mounted with a key that is not the
     /// certificate's, say) is logged once, again when it changes or clears, and once more when
-    /// the certificate kept in service has less than [`EXPIRY_WARNING`] left; a served
+    /// the certificate kept in service has less than a day (`EXPIRY_WARNING`) left; a served
     /// certificate that has expired is said once (from the first look, at startup), since the
     /// API server then refuses every handshake and admits pods unstamped.
     pub async fn watch(
