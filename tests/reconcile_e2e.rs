@@ -2901,8 +2901,11 @@ async fn sigkill_in_every_phase_resumes_without_an_extra_rollout() {
         if is_done(&status, &new_anchor) {
             break;
         }
-        held_unwitnessed |= (status.blocking_message.as_deref())
-            .is_some_and(|m| m.contains("the operator started after the issuer changed"));
+        let message = status.blocking_message.as_deref().unwrap_or_default();
+        if !held_unwitnessed && message.contains("the operator started after the issuer changed") {
+            eprintln!("[{:5.1}s] {message}", follow.secs());
+            held_unwitnessed = true;
+        }
         // Each phase entry (the control-plane refresh comes twice) gets its kill.
         let entries = follow.phases.len();
         if status.phase != Phase::Synced && killed_in.last().map(|(_, n)| *n) != Some(entries) {

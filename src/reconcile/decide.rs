@@ -1056,7 +1056,7 @@ pub fn decide(
                             "waiting for identity controller pod {pod}, not ready (its node may be cut off), then --issuer-reload-grace"
                         ),
                         None => format!(
-                            "waiting until {} (--issuer-reload-grace after the operator first saw the issuer with every identity controller pod ready)",
+                            "waiting until {} (--issuer-reload-grace after the operator first saw the issuer, or saw every identity controller pod ready again)",
                             timestamp(reload.until)
                         ),
                     },
