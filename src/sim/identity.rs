@@ -11,6 +11,10 @@
 //! up to a minute or two after the change and on each node at its own time. With
 //! [`IdentityService::with_reload_lag`], every second instance started sees the change that much
 //! later than the others, so for a while the replicas sign with different issuers.
+//!
+//! Like Linkerd's controller since 2.18, each instance serves `issuer_cert_ttl_seconds` (the
+//! seconds its loaded issuer has left) on `podIP:9990/metrics`, unless
+//! [`IdentityConfig::metrics`] is off (an older Linkerd).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -51,6 +55,8 @@ pub enum IdentityError {
     },
     #[error("trust anchors: {0}")]
     Anchors(pki::PkiError),
+    #[error("admin server: {0}")]
+    Admin(String),
 }
 
 /// Why a certificate request was not answered.
@@ -70,7 +76,12 @@ pub struct IdentityConfig {
     pub identity_deployment: String,
     /// Leaf lifetime (Linkerd's `issuanceLifetime`, 24 h by default).
     pub leaf_lifetime: Duration,
+    /// Serve `issuer_cert_ttl_seconds` on `podIP:`[`ADMIN_PORT`] (Linkerd 2.18 and later).
+    pub metrics: bool,
 }
+
+/// The identity controller's admin port (`-admin-addr`), where it serves its metrics.
+pub const ADMIN_PORT: u16 = 9990;
 
 /// An issuer as loaded from its Secret.
 struct LoadedIssuer {
@@ -87,19 +98,21 @@ pub struct IdentityInstance {
     anchors: Vec<Vec<u8>>,
     issuer: RwLock<Arc<LoadedIssuer>>,
     watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The admin server, while it runs.
+    admin: Mutex<Option<tokio::task::JoinHandle<()>>>,
     config: IdentityConfig,
     /// How late it sees a changed issuer Secret (its node's kubelet syncing the volume late).
     reload_lag: Mutex<Duration>,
 }
 
 impl IdentityInstance {
-    /// Starts an instance for the pod `pod_name`: anchors from its resolved environment, issuer
-    /// from the Secret. Fails, as the real controller's start does, if the issuer does not
-    /// verify against the anchors.
+    /// Starts an instance for the pod `pod_name` at `ip`: anchors from its resolved
+    /// environment, issuer from the Secret. Fails, as the real controller's start does, if the
+    /// issuer does not verify against the anchors.
     pub async fn start(
         client: Client,
         pod_uid: &str,
-        pod_name: &str,
+        (pod_name, ip): (&str, std::net::Ipv4Addr),
         anchors_pem: &str,
         config: IdentityConfig,
     ) -> Result<Arc<Self>, IdentityError> {
@@ -126,11 +139,19 @@ impl IdentityInstance {
             anchors,
             issuer: RwLock::new(Arc::new(issuer)),
             watch: Mutex::new(None),
+            admin: Mutex::new(None),
             config,
             reload_lag: Mutex::new(Duration::ZERO),
         });
         let watch = tokio::spawn(watch_issuer(client, Arc::downgrade(&instance)));
         *instance.watch.lock().expect("not poisoned") = Some(watch);
+        if instance.config.metrics {
+            let listener = tokio::net::TcpListener::bind((ip, ADMIN_PORT))
+                .await
+                .map_err(|e| IdentityError::Admin(format!("binding {ip}:{ADMIN_PORT}: {e}")))?;
+            let admin = tokio::spawn(serve_admin(listener, Arc::downgrade(&instance)));
+            *instance.admin.lock().expect("not poisoned") = Some(admin);
+        }
         tracing::info!(pod = %pod_name, issuer = %instance.issuer_fingerprint(), "identity controller started");
         Ok(instance)
     }
@@ -174,9 +195,17 @@ impl IdentityInstance {
     }
 
     fn stop(&self) {
-        if let Some(task) = self.watch.lock().expect("not poisoned").take() {
-            task.abort();
+        for task in [&self.watch, &self.admin] {
+            if let Some(task) = task.lock().expect("not poisoned").take() {
+                task.abort();
+            }
         }
+    }
+
+    /// The seconds the issuer it signs with has left, as its `issuer_cert_ttl_seconds` says.
+    fn issuer_ttl_seconds(&self) -> f64 {
+        let not_after = self.issuer.read().expect("not poisoned").info.not_after;
+        (not_after - pki::now()).as_seconds_f64()
     }
 
     /// Handles a changed issuer Secret: switch if it verifies, skip otherwise.
@@ -296,6 +325,30 @@ fn verify_issuer(
             message: format!("does not verify against the trust anchors loaded at start: {e}"),
         }
     })
+}
+
+/// The admin server's `/metrics`, in Prometheus' text format as the real controller serves it
+/// (its issuer gauge; the rest left out).
+async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    instance: std::sync::Weak<IdentityInstance>,
+) {
+    let metrics = move || {
+        let ttl = instance.upgrade().map(|i| i.issuer_ttl_seconds());
+        async move {
+            let Some(ttl) = ttl else {
+                return (axum::http::StatusCode::SERVICE_UNAVAILABLE, String::new());
+            };
+            let body = format!(
+                "# HELP issuer_cert_ttl_seconds The remaining time-to-live of the issuer certificate in seconds.\n# TYPE issuer_cert_ttl_seconds gauge\nissuer_cert_ttl_seconds {ttl}\n"
+            );
+            (axum::http::StatusCode::OK, body)
+        }
+    };
+    let app = axum::Router::new().route("/metrics", axum::routing::get(metrics));
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::warn!(error = %e, "identity: admin server stopped");
+    }
 }
 
 async fn watch_issuer(client: Client, instance: std::sync::Weak<IdentityInstance>) {

@@ -382,7 +382,7 @@ impl Kubelet {
             let instance = IdentityInstance::start(
                 self.client.clone(),
                 &pod_ref.uid,
-                &pod_ref.name,
+                (&pod_ref.name, ip),
                 &anchors,
                 self.config.identity.clone(),
             )

@@ -84,6 +84,9 @@ pub struct SimConfig {
     /// (its node's kubelet syncing the Secret volume late; up to a minute or two in a real
     /// cluster). Zero: every replica sees it at once.
     pub issuer_reload_lag: Duration,
+    /// Each identity controller replica serves `issuer_cert_ttl_seconds` on `podIP:9990`, as
+    /// Linkerd's does since 2.18; off, an older Linkerd's, which does not.
+    pub identity_metrics: bool,
 }
 
 /// cert-manager's `privateKey.rotationPolicy`: a new key on every renewal, or the same key.
@@ -124,6 +127,7 @@ impl Default for SimConfig {
             issuer_key: KeyRotation::Always,
             control_plane_replicas: 1,
             issuer_reload_lag: Duration::ZERO,
+            identity_metrics: true,
         }
     }
 }
@@ -222,6 +226,7 @@ impl Mesh {
                     issuer_secret: names.identity_issuer.clone(),
                     identity_deployment: linkerd::CONTROL_PLANE[0].0.to_owned(),
                     leaf_lifetime: config.leaf_lifetime,
+                    metrics: config.identity_metrics,
                 },
             },
             identity.clone(),
