@@ -1640,15 +1640,18 @@ async fn renewing_the_issuer_while_replaced_pods_drain_fails_handshakes() {
     }
 }
 
-/// The control plane with two replicas each, the second identity controller replica seeing a
-/// changed issuer Secret 30 s after the first (its node's kubelet updating the Secret volume
-/// late), against a 10 s refresh interval: for 30 s the replicas sign with different issuers,
-/// a proxy seen with the new issuer's leaf may take its next one from the old, and keep it for
-/// up to 10 s after. Both policies automatic; `grace` is the operator's `--issuer-reload-grace`.
-async fn lagging_identity_replica_rig(grace: &str) -> Rig {
+/// A mesh whose control plane runs two replicas of each Deployment, the second identity
+/// controller replica loading a changed issuer Secret 30 s after the first (its node's kubelet
+/// updating the Secret volume late), against a 10 s refresh interval: for 30 s the replicas
+/// sign with different issuers, a proxy seen with the new issuer's leaf may take its next one
+/// from the old, and keep it for up to 10 s after. Both policies automatic; `grace` is the
+/// operator's `--issuer-reload-grace`; with `metrics` each identity replica serves
+/// `issuer_cert_ttl_seconds` (Linkerd 2.18 and later), without, it does not.
+async fn lagging_identity_replica_rig(grace: &str, metrics: bool) -> Rig {
     let sim = SimConfig {
         control_plane_replicas: 2,
         issuer_reload_lag: Duration::from_secs(30),
+        identity_metrics: metrics,
         ..SimConfig::default()
     };
     let grace = format!("--issuer-reload-grace={grace}");
@@ -1657,23 +1660,12 @@ async fn lagging_identity_replica_rig(grace: &str) -> Rig {
     Rig::start_with(sim.into(), (1, 2, 2), spec, &[&grace]).await
 }
 
-/// Two identity controller replicas, one loading the renewed issuer 30 s late: the old anchor
-/// stays in the bundle until every replica has surely loaded it (`--issuer-reload-grace` 31 s),
-/// and every leaf is checked again after that: a proxy that took an old leaf from the lagging
-/// replica just before it loaded the issuer still holds it then. Zero failed handshakes; the
-/// status said what it waited for. (Checked by hand: without the second check, 123 failed.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lagging_identity_replica_keeps_the_old_anchor_until_it_has_loaded_the_issuer() {
-    let rig = lagging_identity_replica_rig("31s").await;
+/// Rotates with the lagging identity replica, noting the status that says `wait`: zero failed
+/// handshakes, and that status seen.
+async fn rotate_past_a_lagging_identity_replica(rig: &Rig, wait: &str) {
     let mut follow = Follow::new();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
-    let held = follow
-        .until_done_noting(
-            &rig,
-            &new_anchor,
-            "the identity controller has run 2 replicas",
-        )
-        .await;
+    let held = follow.until_done_noting(rig, &new_anchor, wait).await;
     let t = rig.traffic();
     eprintln!(
         "rotation with an identity replica 30 s late: {:.1}s; held: {held:?}; traffic: {t}",
@@ -1683,16 +1675,39 @@ async fn a_lagging_identity_replica_keeps_the_old_anchor_until_it_has_loaded_the
         held.is_some(),
         "the reduction waited for the lagging replica"
     );
-    follow.assert_ended_clean(&rig, &t, &new_anchor, 10).await;
+    follow.assert_ended_clean(rig, &t, &new_anchor, 10).await;
 }
 
-/// The negative control of the test above: the same lagging replica, the operator told that
-/// every replica loads the issuer at once (`--issuer-reload-grace=0s`). Proxies seen with the
-/// new issuer's leaf take their next one from the lagging replica, the old anchor leaves the
-/// bundle meanwhile, and proxies restarted onto the reduced bundle reject those leaves.
+/// The lagging replica's metrics say it still signs with the old issuer: the old anchor stays
+/// in the bundle, with no grace at all (`--issuer-reload-grace=0s`), until they show it on the
+/// new one, and every leaf is checked again after that (a proxy that took an old leaf from it
+/// just before it loaded the issuer still holds it then). Zero failed handshakes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_the_grace_a_lagging_identity_replica_fails_handshakes() {
-    let rig = lagging_identity_replica_rig("0s").await;
+async fn a_lagging_identity_replica_seen_by_its_metrics_keeps_the_old_anchor_until_it_loads_the_issuer()
+ {
+    let rig = lagging_identity_replica_rig("0s", true).await;
+    rotate_past_a_lagging_identity_replica(&rig, "still signs with another issuer").await;
+}
+
+/// An identity controller without the metric (Linkerd before 2.18): the old anchor stays until
+/// every replica has surely loaded the issuer (`--issuer-reload-grace` 31 s), and every leaf
+/// is checked again after that. Zero failed handshakes; the status said what it waited for.
+/// (Checked by hand: without the second check, 123 failed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_its_metrics_a_lagging_identity_replica_keeps_the_old_anchor_for_the_grace() {
+    let rig = lagging_identity_replica_rig("31s", false).await;
+    rotate_past_a_lagging_identity_replica(&rig, "the identity controller has run 2 replicas")
+        .await;
+}
+
+/// The negative control of the two tests above: the same lagging replica, without its metrics,
+/// and the operator told that every replica loads the issuer at once
+/// (`--issuer-reload-grace=0s`). Proxies seen with the new issuer's leaf take their next one
+/// from the lagging replica, the old anchor leaves the bundle meanwhile, and proxies restarted
+/// onto the reduced bundle reject those leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unseen_and_without_the_grace_a_lagging_identity_replica_fails_handshakes() {
+    let rig = lagging_identity_replica_rig("0s", false).await;
     let mut follow = Follow::new();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
     loop {

@@ -1051,12 +1051,15 @@ pub fn decide(
                     } else {
                         "the operator started after the issuer changed, so it cannot tell how many identity controller replicas have run since".to_owned()
                     },
-                    match &reload.unready {
-                        Some(pod) => format!(
+                    match (&reload.on_other_issuer, &reload.unready) {
+                        (Some(pod), _) => format!(
+                            "identity controller pod {pod} still signs with another issuer (its issuer_cert_ttl_seconds says so): waiting for its node's kubelet to update its Secret volume"
+                        ),
+                        (None, Some(pod)) => format!(
                             "waiting for identity controller pod {pod}, not ready (its node may be cut off), then --issuer-reload-grace"
                         ),
-                        None => format!(
-                            "waiting until {} (--issuer-reload-grace after the operator first saw the issuer, or saw every identity controller pod ready again)",
+                        (None, None) => format!(
+                            "waiting until {} (--issuer-reload-grace after the operator first saw the issuer, or saw every identity controller pod ready again), or until every replica's issuer_cert_ttl_seconds shows the issuer",
                             timestamp(reload.until)
                         ),
                     },

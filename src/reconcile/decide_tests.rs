@@ -2428,6 +2428,7 @@ fn with_several_identity_replicas_the_old_anchor_stays_until_each_has_surely_loa
         replicas: 2,
         unwitnessed: false,
         unready: None,
+        on_other_issuer: None,
         until: NOW + 60,
     };
     o.issuer_reload = Some(reload.clone());
@@ -2476,7 +2477,7 @@ fn with_several_identity_replicas_the_old_anchor_stays_until_each_has_surely_loa
     let mut unready = o.clone();
     unready.issuer_reload = Some(IssuerReload {
         unready: Some("linkerd/linkerd-identity-1".to_owned()),
-        ..reload
+        ..reload.clone()
     });
     let d = run(&automatic(), Phase::RenewingWorkloadCerts, &unready);
     assert_eq!(written_bundle(&d), None, "{:?}", d.effects);
@@ -2486,6 +2487,16 @@ fn with_several_identity_replicas_the_old_anchor_stays_until_each_has_surely_loa
         "{}",
         blocking(&d)
     );
+    // So is one whose metrics show it on another issuer.
+    let mut lagging = o.clone();
+    lagging.issuer_reload = Some(IssuerReload {
+        on_other_issuer: Some("linkerd/linkerd-identity-1".to_owned()),
+        ..reload
+    });
+    let d = run(&automatic(), Phase::RenewingWorkloadCerts, &lagging);
+    assert_eq!(written_bundle(&d), None, "{:?}", d.effects);
+    let said = "identity controller pod linkerd/linkerd-identity-1 still signs with another issuer";
+    assert!(blocking(&d).contains(said), "{}", blocking(&d));
 }
 
 /// The identity controller's replicas, for the hold above: its pods running or draining, or

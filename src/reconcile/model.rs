@@ -304,6 +304,9 @@ pub struct IssuerReload {
     /// cut off, its kubelet not updating its Secret volume. The wait starts over once every one
     /// is ready.
     pub unready: Option<String>,
+    /// An identity controller pod whose metrics (`issuer_cert_ttl_seconds`) say it signs with
+    /// another issuer (`namespace/name`): held for, whatever the time.
+    pub on_other_issuer: Option<String>,
     /// When every one has surely loaded it (Unix seconds): when the operator first saw the
     /// issuer (no earlier than its Secret changed), or last saw an identity controller pod
     /// become ready, plus the kubelet's delay in updating a Secret volume

@@ -418,9 +418,9 @@ pub(super) fn issuance_of(
 /// A proxy goes back to an earlier issuer's leaf only if a replica of the identity controller
 /// that has not loaded the new issuer yet signs its next one: each replica reads the issuer from
 /// its own Secret volume, which its node's kubelet updates on its own schedule. So a pod seen
-/// before every replica has surely loaded the issuer (the issuer first seen, or an identity
-/// controller pod last seen becoming ready, plus `issuer_reload_grace`) is probed once more
-/// after that; from then on no replica signs with another issuer (one started since loads the
+/// before every replica has surely loaded the issuer (each replica's metrics show it; or,
+/// where they cannot be read, the issuer first seen, or an identity controller pod last seen
+/// becoming ready, plus `issuer_reload_grace`) is probed once more after that; from then on no replica signs with another issuer (one started since loads the
 /// current issuer at start), and a pod seen is not probed again while the issuer stays the
 /// same. Keyed by pod and address: a pod created again under the same name at another address
 /// is probed anew (one that gets the same address, or whose proxy restarts in place, takes its
@@ -440,17 +440,30 @@ pub(super) struct SeenLeaves {
     pub(super) pods: BTreeSet<(String, std::net::SocketAddr)>,
 }
 
+/// What a look saw of the identity controller's replicas.
+#[derive(Debug, Default)]
+pub(super) struct IdentityLook {
+    /// How many (see [`Observed::identity_replicas`]).
+    pub(super) replicas: usize,
+    /// A running one not ready, which its metrics do not show on the issuer.
+    pub(super) unready: Option<String>,
+    /// One whose metrics say it signs with another issuer.
+    pub(super) on_other_issuer: Option<String>,
+    /// Every one running or draining says, by its metrics, it signs with the issuer.
+    pub(super) all_on_issuer: bool,
+}
+
 impl SeenLeaves {
     /// Starts over when `issuer` is not the one the pods were seen with; once every identity
-    /// controller replica (`replicas` of them now, `unready` one of them if it is not ready)
-    /// has surely loaded it, forgets the pods seen before, once. Returns what may still be
-    /// loading.
+    /// controller replica has surely loaded it (`look` shows each one on it, or the grace is
+    /// over, with none on another issuer and none not ready), forgets the pods seen before,
+    /// once. Returns what may still be loading.
     pub(super) fn for_issuer(
         &mut self,
         issuer: &str,
         (now, unix_now): (Instant, i64),
         grace: Duration,
-        (replicas, unready): (usize, Option<String>),
+        look: IdentityLook,
     ) -> Option<IssuerReload> {
         // `unix_now` is the wall clock's second, up to 1 s behind: the time shown is never
         // earlier than the monotonic one.
@@ -462,9 +475,10 @@ impl SeenLeaves {
                 reloading: Some((
                     now + grace,
                     IssuerReload {
-                        replicas,
+                        replicas: look.replicas,
                         unwitnessed: first_issuer.as_deref().is_none_or(|f| f == issuer),
                         unready: None,
+                        on_other_issuer: None,
                         until: until(),
                     },
                 )),
@@ -473,23 +487,34 @@ impl SeenLeaves {
             };
         }
         if let Some((over_at, reload)) = &mut self.reloading {
-            reload.replicas = reload.replicas.max(replicas);
-            if unready.is_some() {
-                // A replica on a node cut off keeps its Secret volume as it was: the grace
-                // counts once it is back.
-                reload.unready = unready;
-                return Some(reload.clone());
-            }
-            if reload.unready.take().is_some() {
-                (*over_at, reload.until) = (now + grace, until());
-            }
-            if now < *over_at {
-                return Some(reload.clone());
+            reload.replicas = reload.replicas.max(look.replicas);
+            if !look.all_on_issuer {
+                reload.on_other_issuer = look.on_other_issuer;
+                if reload.on_other_issuer.is_some() {
+                    return Some(reload.clone());
+                }
+                if look.unready.is_some() {
+                    // A replica on a node cut off keeps its Secret volume as it was: the grace
+                    // counts once it is back.
+                    reload.unready = look.unready;
+                    return Some(reload.clone());
+                }
+                if reload.unready.take().is_some() {
+                    (*over_at, reload.until) = (now + grace, until());
+                }
+                if now < *over_at {
+                    return Some(reload.clone());
+                }
             }
             self.reloading = None;
             self.pods.clear();
         }
         None
+    }
+
+    /// Whether the identity controller's replicas are still to be looked at for `issuer`.
+    pub(super) fn loading(&self, issuer: &str) -> bool {
+        self.issuer != issuer || self.reloading.is_some()
     }
 
     pub(super) fn seen(&self, pod: &MeshedPod) -> bool {
@@ -533,11 +558,16 @@ pub(super) async fn probe_leaves(
     let Some(issuer_der) = certs::der(&issuer.cert.pem) else {
         return Vec::new();
     };
+    let look = if seen.loading(&issuer.cert.fingerprint) {
+        identity_look(config, observed, issuer.cert.not_after).await
+    } else {
+        IdentityLook::default()
+    };
     observed.issuer_reload = seen.for_issuer(
         &issuer.cert.fingerprint,
         (now, observed.now),
         config.issuer_reload_grace,
-        observed.identity_replicas(),
+        look,
     );
     let client_config = crate::probe::client_config();
     let mut targets: Vec<(usize, Option<std::net::SocketAddr>, String)> = Vec::new();
@@ -579,4 +609,63 @@ pub(super) async fn probe_leaves(
     }
     seen.record(&observed.pods);
     probed
+}
+
+/// How far apart the expiry an identity controller replica's `issuer_cert_ttl_seconds` implies
+/// and the current issuer's may be for the replica to count as signing with it: the replica's
+/// node and the operator's clocks (kept by NTP, within well under a second of each other), and
+/// the time the scrape takes. An issuer renewed less than this after the one before could be
+/// taken for it.
+const ISSUER_EXPIRY_SLACK: f64 = 5.0;
+
+/// Whether an identity controller replica whose issuer had `ttl` seconds left at `read_at`
+/// (Unix seconds) signs with the issuer expiring at `not_after`; `None` when `ttl` says
+/// nothing.
+pub(super) fn on_issuer(ttl: f64, read_at: f64, not_after: i64) -> Option<bool> {
+    let expiry = read_at + ttl;
+    expiry
+        .is_finite()
+        .then(|| (expiry - not_after as f64).abs() <= ISSUER_EXPIRY_SLACK)
+}
+
+/// Reads each identity controller replica's issuer from its metrics (`podIP:9990`,
+/// `issuer_cert_ttl_seconds`, Linkerd 2.18 and later): whether each one signs with the issuer
+/// expiring at `not_after`. A replica whose metrics cannot be read (an older Linkerd, a
+/// NetworkPolicy, no pod IP) says nothing, and the grace alone counts for it.
+async fn identity_look(
+    config: &ReconcilerConfig,
+    observed: &Observed,
+    not_after: i64,
+) -> IdentityLook {
+    let (replicas, unready) = observed.identity_replicas();
+    let pods: Vec<&MeshedPod> = (observed.pods.iter().chain(&observed.draining))
+        .filter(|p| p.identity_controller)
+        .collect();
+    let reads = futures::future::join_all(pods.iter().map(|p| async move {
+        let addr = p.addr?;
+        let addr = std::net::SocketAddr::new(addr.ip(), crate::probe::IDENTITY_ADMIN_PORT);
+        let read_at = || {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            now.map_or(0.0, |d| d.as_secs_f64())
+        };
+        match crate::probe::issuer_ttl_seconds(addr, config.probe_timeout).await {
+            Ok(ttl) => on_issuer(ttl, read_at(), not_after),
+            Err(e) => {
+                tracing::debug!(pod = %p.key(), error = %e, "identity controller metrics");
+                None
+            }
+        }
+    }))
+    .await;
+    let key_of = |i: usize| pods[i].key();
+    let on_other_issuer = (reads.iter().position(|r| *r == Some(false))).map(key_of);
+    // A replica not ready that shows the issuer has loaded it.
+    let unready = unready
+        .filter(|u| (pods.iter().zip(&reads)).all(|(p, r)| p.key() != *u || *r != Some(true)));
+    IdentityLook {
+        replicas,
+        unready,
+        on_other_issuer,
+        all_on_issuer: !reads.is_empty() && reads.iter().all(|r| *r == Some(true)),
+    }
 }

@@ -747,7 +747,11 @@ fn the_most_identity_replicas_seen_since_the_issuer_changed_count_until_the_grac
     let (t0, grace) = (Instant::now(), Duration::from_secs(10));
     let at = |s: u64| (t0 + Duration::from_secs(s), 1000 + s as i64);
     let mut look = |issuer, s, replicas| {
-        let reload = seen.for_issuer(issuer, at(s), grace, (replicas, None));
+        let look = IdentityLook {
+            replicas,
+            ..IdentityLook::default()
+        };
+        let reload = seen.for_issuer(issuer, at(s), grace, look);
         reload.map(|r| (r.replicas, r.until))
     };
     assert_eq!(look("a", 0, 2), Some((2, 1011)));
@@ -766,7 +770,11 @@ fn the_most_identity_replicas_seen_since_the_issuer_changed_count_until_the_grac
 fn a_process_that_did_not_see_the_issuer_change_cannot_tell_how_many_replicas_ran() {
     let (now, grace) = ((Instant::now(), 1000), Duration::from_secs(10));
     let unwitnessed = |seen: &mut SeenLeaves, issuer| {
-        let reload = seen.for_issuer(issuer, now, grace, (1, None));
+        let look = IdentityLook {
+            replicas: 1,
+            ..IdentityLook::default()
+        };
+        let reload = seen.for_issuer(issuer, now, grace, look);
         reload.map(|r| r.unwitnessed)
     };
     assert_eq!(unwitnessed(&mut SeenLeaves::default(), "b"), Some(true));
@@ -792,7 +800,12 @@ fn an_identity_replica_not_ready_holds_until_the_grace_after_it_is_ready() {
     let (t0, grace) = (Instant::now(), Duration::from_secs(10));
     let at = |s: u64| (t0 + Duration::from_secs(s), 1000 + s as i64);
     let mut look = |s, unready: Option<&str>| {
-        let reload = seen.for_issuer("a", at(s), grace, (2, unready.map(str::to_owned)));
+        let look = IdentityLook {
+            replicas: 2,
+            unready: unready.map(str::to_owned),
+            ..IdentityLook::default()
+        };
+        let reload = seen.for_issuer("a", at(s), grace, look);
         reload.map(|r| (r.unready, r.until))
     };
     let pod = Some("linkerd/identity-1".to_owned());
@@ -804,6 +817,62 @@ fn an_identity_replica_not_ready_holds_until_the_grace_after_it_is_ready() {
     assert_eq!(look(41, None), None);
     // Over: a replica not ready since had the grace to load it.
     assert_eq!(look(42, pod.as_deref()), None);
+}
+
+/// The replicas' metrics decide before the grace does: one that says it signs with
+/// another issuer holds past the grace, and every one saying it signs with the issuer ends
+/// the hold before it (the pods seen before are probed again all the same).
+#[test]
+fn identity_replicas_seen_on_an_issuer_by_their_metrics_decide_before_the_grace() {
+    let (t0, grace) = (Instant::now(), Duration::from_secs(10));
+    let at = |s: u64| (t0 + Duration::from_secs(s), 1000 + s as i64);
+    let look = |on_other_issuer: Option<&str>, all_on_issuer| IdentityLook {
+        replicas: 2,
+        on_other_issuer: on_other_issuer.map(str::to_owned),
+        all_on_issuer,
+        ..IdentityLook::default()
+    };
+    let lagging = Some("linkerd/identity-1");
+    let mut seen = SeenLeaves::default();
+    let reload = |r: Option<IssuerReload>| r.map(|r| r.on_other_issuer);
+    assert_eq!(
+        reload(seen.for_issuer("a", at(0), grace, look(lagging, false))),
+        Some(lagging.map(str::to_owned))
+    );
+    // Past the grace, still on the other issuer.
+    assert_eq!(
+        reload(seen.for_issuer("a", at(30), grace, look(lagging, false))),
+        Some(lagging.map(str::to_owned))
+    );
+    seen.pods
+        .insert(("app/web-0".to_owned(), ([127, 0, 0, 1], 4191).into()));
+    assert_eq!(seen.for_issuer("a", at(31), grace, look(None, true)), None);
+    assert!(
+        seen.pods.is_empty(),
+        "the pods seen before are probed again"
+    );
+
+    // Every replica on the issuer at once: no wait for the grace.
+    let mut seen = SeenLeaves::default();
+    assert_eq!(seen.for_issuer("b", at(0), grace, look(None, true)), None);
+    // Metrics read from none: the grace.
+    let mut seen = SeenLeaves::default();
+    assert!(
+        seen.for_issuer("c", at(0), grace, look(None, false))
+            .is_some()
+    );
+    assert_eq!(seen.for_issuer("c", at(10), grace, look(None, false)), None);
+}
+
+/// A replica counts as signing with the issuer when the expiry its time to live implies is
+/// the issuer's, within a few seconds for clocks and the scrape.
+#[test]
+fn a_replicas_issuer_is_told_by_the_expiry_its_ttl_implies() {
+    assert_eq!(on_issuer(1000.4, 5000.0, 6000), Some(true));
+    assert_eq!(on_issuer(996.0, 5000.0, 6000), Some(true));
+    assert_eq!(on_issuer(900.0, 5000.0, 6000), Some(false));
+    assert_eq!(on_issuer(-1.0, 5000.0, 6000), Some(false));
+    assert_eq!(on_issuer(f64::NAN, 5000.0, 6000), None);
 }
 
 /// A proxy the probe cannot reach is unreachable, with what the probe met: no pod IP, a
