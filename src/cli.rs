@@ -128,14 +128,14 @@ pub struct RunArgs {
     /// controller has surely loaded it: each one reads it from its Secret volume, which its
     /// node's kubelet updates on its own schedule (its sync period, 1m by default, plus up to
     /// half of it in jitter, plus its Secret cache's delay, up to 1m with the `Cache`
-    /// strategy). If the identity controller has run several replicas since the operator first
-    /// saw the issuer, or the operator started after the issuer changed, the old anchor stays
-    /// in the bundle this long at least (counted again once an identity controller pod that
-    /// was not ready is ready), and every proxy's leaf is checked again after it: until then a
-    /// replica still on the old issuer may sign a proxy's next leaf. Where every replica's
-    /// metrics can be read (`issuer_cert_ttl_seconds` on port 9990, Linkerd 2.18 and later),
-    /// they decide instead: the wait ends once they all show the issuer, and lasts while one
-    /// shows another, whatever this says.
+    /// strategy). If the identity controller has run several replicas since the operator's
+    /// first look at the issuer in RenewingWorkloadCerts, or the operator started after the
+    /// issuer changed, the old anchor stays in the bundle this long at least (counted again
+    /// once an identity controller pod that was not ready is ready), and every proxy's leaf is
+    /// checked again after it: until then a replica still on the old issuer may sign a proxy's
+    /// next leaf. The replicas' metrics (`issuer_cert_ttl_seconds` on port 9990, Linkerd 2.18
+    /// and later) decide before this: the wait ends once every one shows the issuer, and lasts
+    /// while one shows another, whatever this says.
     #[arg(long, default_value = "3m", value_parser = parse_delay)]
     pub issuer_reload_grace: Duration,
     /// Run the reconciler only while holding a leader Lease (`false`: a single replica).

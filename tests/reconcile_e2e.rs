@@ -2895,10 +2895,17 @@ async fn unusable_material_or_zero_interval_parks_and_writes_nothing() {
 /// status, the rotation still ends Synced with zero failed handshakes, and the control plane
 /// rolled out exactly twice (expansion and reduction), never a third time. The process started
 /// in RenewingWorkloadCerts, which did not see the issuer change, says so and holds the old
-/// anchor for the grace.
+/// anchor for the grace (the identity controller's metrics left out, which would end it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_in_every_phase_resumes_without_an_extra_rollout() {
-    let mut rig = Rig::start(
+    // An identity controller without the issuer metric (Linkerd before 2.18), which would show
+    // the restarted process every replica on the issuer at once and end its hold.
+    let sim = SimConfig {
+        identity_metrics: false,
+        ..SimConfig::default()
+    };
+    let mut rig = Rig::start_with(
+        sim.into(),
         (1, 2, 1),
         json!({"workloadCertificateRefreshInterval": "3s"}),
         &["--identity=operator-0"],

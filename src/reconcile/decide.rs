@@ -1041,28 +1041,10 @@ pub fn decide(
             // has surely loaded the issuer, and every leaf is probed again after that.
             if let Some(reload) = observed.issuer_reload.as_ref().filter(|r| r.may_go_back()) {
                 d.next.blocking_message = Some(format!(
-                    "every proxy presents a leaf from issuer {}; {}, each loading it when its node's kubelet updates its Secret volume, so one may still sign with the old issuer: {}, then checking every leaf again, before the old anchor leaves the bundle",
+                    "every proxy presents a leaf from issuer {}, but an identity controller replica may still sign with the old one (each loads the issuer when its node's kubelet updates its Secret volume){}: {}, then checking every leaf again, before the old anchor leaves the bundle",
                     short(&issuer.cert.fingerprint),
-                    if reload.replicas > 1 {
-                        format!(
-                            "the identity controller has run {} replicas since the operator first saw the issuer",
-                            reload.replicas
-                        )
-                    } else {
-                        "the operator started after the issuer changed, so it cannot tell how many identity controller replicas have run since".to_owned()
-                    },
-                    match (&reload.on_other_issuer, &reload.unready) {
-                        (Some(pod), _) => format!(
-                            "identity controller pod {pod} still signs with another issuer (its issuer_cert_ttl_seconds says so): waiting for its node's kubelet to update its Secret volume"
-                        ),
-                        (None, Some(pod)) => format!(
-                            "waiting for identity controller pod {pod}, not ready (its node may be cut off), then --issuer-reload-grace"
-                        ),
-                        (None, None) => format!(
-                            "waiting until {} (--issuer-reload-grace after the operator first saw the issuer, or saw every identity controller pod ready again), or until every replica's issuer_cert_ttl_seconds shows the issuer",
-                            timestamp(reload.until)
-                        ),
-                    },
+                    reload_reasons(reload),
+                    reload_wait(reload),
                 ));
                 return d.finish(Requeue::Soon);
             }
@@ -1255,6 +1237,38 @@ pub fn reason_and_message(reason: Option<&str>, message: Option<&str>, neither: 
 }
 
 /// Unix seconds as RFC 3339 (`2026-11-24T09:30:00Z`), for messages.
+/// Why the identity controller's replicas are waited for (see [`IssuerReload::may_go_back`]),
+/// beyond one seen on another issuer, which [`reload_wait`] names.
+fn reload_reasons(reload: &IssuerReload) -> String {
+    let mut reasons = String::new();
+    if reload.replicas > 1 {
+        reasons += &format!(
+            "; the identity controller has run {} replicas since the operator's first look at the issuer",
+            reload.replicas
+        );
+    }
+    if reload.unwitnessed {
+        reasons += "; the operator started after the issuer changed, so it cannot tell which replicas ran since";
+    }
+    reasons
+}
+
+/// What the identity controller's replicas are waited for until.
+fn reload_wait(reload: &IssuerReload) -> String {
+    match (&reload.on_other_issuer, &reload.unready) {
+        (Some(pod), _) => format!(
+            "identity controller pod {pod} still signs with another issuer, its issuer_cert_ttl_seconds says (its kubelet has not updated its Secret volume yet, or it refused the issuer: see its Deployment's IssuerUpdateSkipped events, or its clock is more than 5 s off): waiting for it to show the issuer"
+        ),
+        (None, Some(pod)) => format!(
+            "waiting for identity controller pod {pod}, not ready (its node may be cut off), then --issuer-reload-grace"
+        ),
+        (None, None) => format!(
+            "waiting until {} (--issuer-reload-grace after the operator's first look at the issuer, or after it saw every identity controller pod ready again), or until every replica's issuer_cert_ttl_seconds shows the issuer",
+            timestamp(reload.until)
+        ),
+    }
+}
+
 fn timestamp(unix: i64) -> String {
     k8s_openapi::jiff::Timestamp::from_second(unix)
         .map(|t| t.to_string())

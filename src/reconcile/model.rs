@@ -294,48 +294,48 @@ pub struct Observed {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IssuerReload {
     /// The most identity controller pods (running or draining, or asked for by its Deployment)
-    /// seen at once since the operator first saw the issuer: one may have gone since, after
-    /// signing a proxy's leaf.
+    /// seen at once since the operator's first look at the issuer in RenewingWorkloadCerts: one
+    /// may have gone since, after signing a proxy's leaf.
     pub replicas: usize,
     /// The operator first saw the issuer after RenewingWorkloadCerts had begun (it started, or
     /// took the lead, since), so it cannot tell which replicas ran between the change and then.
     pub unwitnessed: bool,
-    /// An identity controller pod that runs but is not ready (`namespace/name`): its node may be
-    /// cut off, its kubelet not updating its Secret volume. The wait starts over once every one
-    /// is ready.
+    /// An identity controller pod that runs but is not ready, and whose metrics do not show the
+    /// issuer (`namespace/name`): its node may be cut off, its kubelet not updating its Secret
+    /// volume. The wait starts over once every one is ready.
     pub unready: Option<String>,
-    /// An identity controller pod whose metrics (`issuer_cert_ttl_seconds`) say it signs with
-    /// another issuer (`namespace/name`): held for, whatever the time.
+    /// An identity controller pod whose metrics (`issuer_cert_ttl_seconds`) last said it signs
+    /// with another issuer (`namespace/name`): held for, whatever the time and however many
+    /// replicas, until they show the issuer or the pod is gone.
     pub on_other_issuer: Option<String>,
-    /// When every one has surely loaded it (Unix seconds): when the operator first saw the
-    /// issuer (no earlier than its Secret changed), or last saw an identity controller pod
-    /// become ready, plus the kubelet's delay in updating a Secret volume
-    /// (`--issuer-reload-grace`).
+    /// When every one has surely loaded it (Unix seconds), where their metrics do not say: the
+    /// operator's first look at the issuer in RenewingWorkloadCerts (no earlier than its Secret
+    /// changed), or the look that last saw an identity controller pod become ready, plus the
+    /// kubelet's delay in updating a Secret volume (`--issuer-reload-grace`).
     pub until: i64,
 }
 
 impl IssuerReload {
     /// A proxy seen with a leaf from the current issuer may still take its next one from a
-    /// replica on the old issuer. Not so with one replica, seen throughout: it signs with
-    /// whichever issuer it loaded last, so its leaves never go back.
+    /// replica on the old issuer. Not so with one replica, seen throughout and not seen on
+    /// another issuer: it signs with whichever issuer it loaded last, so its leaves never go
+    /// back.
     pub fn may_go_back(&self) -> bool {
-        self.replicas > 1 || self.unwitnessed
+        self.replicas > 1 || self.unwitnessed || self.on_other_issuer.is_some()
     }
 }
 
 impl Observed {
-    /// The identity controller's replicas now, for [`IssuerReload`]: its pods running or
-    /// draining, or as many as its Deployment asks for or has, whichever is more (a replica
-    /// evicted, its replacement not running yet, still counts); and one of its running pods
-    /// that is not ready (`namespace/name`), if any.
-    pub fn identity_replicas(&self) -> (usize, Option<String>) {
+    /// How many replicas the identity controller has now, for [`IssuerReload`]: its pods
+    /// running or draining, or as many as its Deployment asks for or has, whichever is more (a
+    /// replica evicted, its replacement not running yet, still counts).
+    pub fn identity_replicas(&self) -> usize {
         let pods = (self.pods.iter().chain(&self.draining)).filter(|p| p.identity_controller);
         let deployments = (self.control_plane.iter())
             .filter(|d| d.identity_controller)
             .map(|d| d.replicas)
             .sum();
-        let unready = self.pods.iter().find(|p| p.identity_controller && !p.ready);
-        (pods.count().max(deployments), unready.map(MeshedPod::key))
+        pods.count().max(deployments)
     }
 
     /// Every meshed pod whose proxy runs, or will run, with the anchors in its spec: the

@@ -112,7 +112,8 @@ impl IdentityInstance {
     pub async fn start(
         client: Client,
         pod_uid: &str,
-        (pod_name, ip): (&str, std::net::Ipv4Addr),
+        pod_name: &str,
+        ip: std::net::Ipv4Addr,
         anchors_pem: &str,
         config: IdentityConfig,
     ) -> Result<Arc<Self>, IdentityError> {

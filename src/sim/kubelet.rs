@@ -382,7 +382,8 @@ impl Kubelet {
             let instance = IdentityInstance::start(
                 self.client.clone(),
                 &pod_ref.uid,
-                (&pod_ref.name, ip),
+                &pod_ref.name,
+                ip,
                 &anchors,
                 self.config.identity.clone(),
             )

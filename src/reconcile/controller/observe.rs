@@ -420,9 +420,9 @@ pub(super) fn issuance_of(
 /// its own Secret volume, which its node's kubelet updates on its own schedule. So a pod seen
 /// before every replica has surely loaded the issuer (each replica's metrics show it; or,
 /// where they cannot be read, the issuer first seen, or an identity controller pod last seen
-/// becoming ready, plus `issuer_reload_grace`) is probed once more after that; from then on no replica signs with another issuer (one started since loads the
-/// current issuer at start), and a pod seen is not probed again while the issuer stays the
-/// same. Keyed by pod and address: a pod created again under the same name at another address
+/// becoming ready, plus `issuer_reload_grace`) is probed once more after that; from then on no
+/// replica signs with another issuer (one started since loads the current issuer at start),
+/// and a pod seen is not probed again while the issuer stays the same. Keyed by pod and address: a pod created again under the same name at another address
 /// is probed anew (one that gets the same address, or whose proxy restarts in place, takes its
 /// new leaf from the current issuer).
 #[derive(Debug, Default)]
@@ -433,11 +433,13 @@ pub(super) struct SeenLeaves {
     /// the current one, this process saw the change, and has counted the identity
     /// controller's replicas since.
     pub(super) first_issuer: Option<String>,
-    /// Until when some identity controller replica may not have loaded it (on this process's
-    /// monotonic clock), and what the status says of it; `None` once that time is over and the
-    /// pods seen before it have been forgotten.
-    pub(super) reloading: Option<(Instant, IssuerReload)>,
+    /// While some identity controller replica may not have loaded it; `None` once every one
+    /// surely has and the pods seen before have been forgotten.
+    pub(super) reloading: Option<Reloading>,
     pub(super) pods: BTreeSet<(String, std::net::SocketAddr)>,
+    /// The identity controller pods whose metrics the log said cannot be read, by issuer
+    /// expiry.
+    pub(super) said_unreadable: BTreeSet<(i64, String)>,
 }
 
 /// What a look saw of the identity controller's replicas.
@@ -445,19 +447,66 @@ pub(super) struct SeenLeaves {
 pub(super) struct IdentityLook {
     /// How many (see [`Observed::identity_replicas`]).
     pub(super) replicas: usize,
-    /// A running one not ready, which its metrics do not show on the issuer.
-    pub(super) unready: Option<String>,
-    /// One whose metrics say it signs with another issuer.
-    pub(super) on_other_issuer: Option<String>,
-    /// Every one running or draining says, by its metrics, it signs with the issuer.
-    pub(super) all_on_issuer: bool,
+    /// Those running but not ready (`namespace/name`).
+    pub(super) unready: Vec<String>,
+    /// Each one running or draining, and whether its metrics say it signs with the issuer
+    /// (`None`: they could not be read).
+    pub(super) on_issuer: Vec<(String, Option<bool>)>,
+}
+
+/// While some identity controller replica may not have loaded the issuer.
+#[derive(Debug)]
+pub(super) struct Reloading {
+    /// When the grace is over (on this process's monotonic clock).
+    over_at: Instant,
+    /// What the status says of it.
+    reload: IssuerReload,
+    /// Pods whose metrics last said they sign with another issuer, until they show the issuer
+    /// or are gone.
+    lagging: BTreeSet<String>,
+}
+
+impl Reloading {
+    /// Takes in a look; whether every replica has surely loaded the issuer now: each one's
+    /// metrics show it, or, with none seen on another issuer and none not ready, the grace is
+    /// over. The grace counts again from a look that sees no replica not ready after one that
+    /// did (`restart`: its new end, and its Unix second for the status).
+    fn loaded(&mut self, look: IdentityLook, now: Instant, restart: (Instant, i64)) -> bool {
+        let reload = &mut self.reload;
+        reload.replicas = reload.replicas.max(look.replicas);
+        let present: BTreeSet<&String> = look.on_issuer.iter().map(|(pod, _)| pod).collect();
+        self.lagging.retain(|pod| present.contains(pod));
+        for (pod, on_issuer) in &look.on_issuer {
+            match on_issuer {
+                Some(true) => self.lagging.remove(pod),
+                Some(false) => self.lagging.insert(pod.clone()),
+                None => false,
+            };
+        }
+        reload.on_other_issuer = self.lagging.first().cloned();
+        // A replica not ready whose metrics show the issuer has loaded it.
+        let shown = |pod: &String| {
+            look.on_issuer
+                .iter()
+                .any(|(p, on)| p == pod && *on == Some(true))
+        };
+        let unready = look.unready.into_iter().find(|pod| !shown(pod));
+        if reload.unready.is_some() && unready.is_none() {
+            // A replica on a node cut off keeps its Secret volume as it was: the grace counts
+            // once it is back.
+            (self.over_at, reload.until) = restart;
+        }
+        reload.unready = unready;
+        let all_shown =
+            !look.on_issuer.is_empty() && look.on_issuer.iter().all(|(_, on)| *on == Some(true));
+        self.lagging.is_empty() && (all_shown || (reload.unready.is_none() && now >= self.over_at))
+    }
 }
 
 impl SeenLeaves {
     /// Starts over when `issuer` is not the one the pods were seen with; once every identity
-    /// controller replica has surely loaded it (`look` shows each one on it, or the grace is
-    /// over, with none on another issuer and none not ready), forgets the pods seen before,
-    /// once. Returns what may still be loading.
+    /// controller replica has surely loaded it (see [`Reloading::loaded`]), forgets the pods
+    /// seen before, once. Returns what may still be loading.
     pub(super) fn for_issuer(
         &mut self,
         issuer: &str,
@@ -467,48 +516,33 @@ impl SeenLeaves {
     ) -> Option<IssuerReload> {
         // `unix_now` is the wall clock's second, up to 1 s behind: the time shown is never
         // earlier than the monotonic one.
-        let until = || unix_now.saturating_add(grace.as_secs_f64().ceil() as i64 + 1);
+        let until = unix_now.saturating_add(grace.as_secs_f64().ceil() as i64 + 1);
         if self.issuer != issuer {
             let first_issuer = self.first_issuer.take();
             *self = Self {
                 issuer: issuer.to_owned(),
-                reloading: Some((
-                    now + grace,
-                    IssuerReload {
+                reloading: Some(Reloading {
+                    over_at: now + grace,
+                    reload: IssuerReload {
                         replicas: look.replicas,
                         unwitnessed: first_issuer.as_deref().is_none_or(|f| f == issuer),
                         unready: None,
                         on_other_issuer: None,
-                        until: until(),
+                        until,
                     },
-                )),
+                    lagging: BTreeSet::new(),
+                }),
                 pods: BTreeSet::new(),
                 first_issuer: first_issuer.or_else(|| Some(issuer.to_owned())),
+                said_unreadable: BTreeSet::new(),
             };
         }
-        if let Some((over_at, reload)) = &mut self.reloading {
-            reload.replicas = reload.replicas.max(look.replicas);
-            if !look.all_on_issuer {
-                reload.on_other_issuer = look.on_other_issuer;
-                if reload.on_other_issuer.is_some() {
-                    return Some(reload.clone());
-                }
-                if look.unready.is_some() {
-                    // A replica on a node cut off keeps its Secret volume as it was: the grace
-                    // counts once it is back.
-                    reload.unready = look.unready;
-                    return Some(reload.clone());
-                }
-                if reload.unready.take().is_some() {
-                    (*over_at, reload.until) = (now + grace, until());
-                }
-                if now < *over_at {
-                    return Some(reload.clone());
-                }
-            }
-            self.reloading = None;
-            self.pods.clear();
+        let reloading = self.reloading.as_mut()?;
+        if !reloading.loaded(look, now, (now + grace, until)) {
+            return Some(reloading.reload.clone());
         }
+        self.reloading = None;
+        self.pods.clear();
         None
     }
 
@@ -559,7 +593,13 @@ pub(super) async fn probe_leaves(
         return Vec::new();
     };
     let look = if seen.loading(&issuer.cert.fingerprint) {
-        identity_look(config, observed, issuer.cert.not_after).await
+        identity_look(
+            config,
+            observed,
+            issuer.cert.not_after,
+            &mut seen.said_unreadable,
+        )
+        .await
     } else {
         IdentityLook::default()
     };
@@ -631,41 +671,45 @@ pub(super) fn on_issuer(ttl: f64, read_at: f64, not_after: i64) -> Option<bool> 
 /// Reads each identity controller replica's issuer from its metrics (`podIP:9990`,
 /// `issuer_cert_ttl_seconds`, Linkerd 2.18 and later): whether each one signs with the issuer
 /// expiring at `not_after`. A replica whose metrics cannot be read (an older Linkerd, a
-/// NetworkPolicy, no pod IP) says nothing, and the grace alone counts for it.
+/// NetworkPolicy or a default inbound policy that turns the operator away, no pod IP) says
+/// nothing, and the grace alone counts for it; the log says so once per issuer and pod.
 async fn identity_look(
     config: &ReconcilerConfig,
     observed: &Observed,
     not_after: i64,
+    said: &mut BTreeSet<(i64, String)>,
 ) -> IdentityLook {
-    let (replicas, unready) = observed.identity_replicas();
     let pods: Vec<&MeshedPod> = (observed.pods.iter().chain(&observed.draining))
         .filter(|p| p.identity_controller)
         .collect();
     let reads = futures::future::join_all(pods.iter().map(|p| async move {
-        let addr = p.addr?;
-        let addr = std::net::SocketAddr::new(addr.ip(), crate::probe::IDENTITY_ADMIN_PORT);
-        let read_at = || {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-            now.map_or(0.0, |d| d.as_secs_f64())
+        let Some(addr) = p.addr else {
+            return Err("no pod IP yet".to_owned());
         };
-        match crate::probe::issuer_ttl_seconds(addr, config.probe_timeout).await {
-            Ok(ttl) => on_issuer(ttl, read_at(), not_after),
-            Err(e) => {
-                tracing::debug!(pod = %p.key(), error = %e, "identity controller metrics");
-                None
-            }
-        }
+        let addr = std::net::SocketAddr::new(addr.ip(), crate::probe::IDENTITY_ADMIN_PORT);
+        let ttl = crate::probe::issuer_ttl_seconds(addr, config.probe_timeout).await;
+        let read_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        let read_at = read_at.map_or(0.0, |d| d.as_secs_f64());
+        ttl.map(|ttl| on_issuer(ttl, read_at, not_after))
+            .map_err(|e| e.to_string())
     }))
     .await;
-    let key_of = |i: usize| pods[i].key();
-    let on_other_issuer = (reads.iter().position(|r| *r == Some(false))).map(key_of);
-    // A replica not ready that shows the issuer has loaded it.
-    let unready = unready
-        .filter(|u| (pods.iter().zip(&reads)).all(|(p, r)| p.key() != *u || *r != Some(true)));
+    let mut on_issuer = Vec::with_capacity(pods.len());
+    for (p, read) in pods.iter().zip(reads) {
+        let read = read.unwrap_or_else(|e| {
+            if said.insert((not_after, p.key())) {
+                tracing::info!(pod = %p.key(), error = %e, "the identity controller replica's issuer cannot be read from its metrics: the old anchor stays --issuer-reload-grace for it");
+            }
+            None
+        });
+        on_issuer.push((p.key(), read));
+    }
     IdentityLook {
-        replicas,
-        unready,
-        on_other_issuer,
-        all_on_issuer: !reads.is_empty() && reads.iter().all(|r| *r == Some(true)),
+        replicas: observed.identity_replicas(),
+        unready: (observed.pods.iter())
+            .filter(|p| p.identity_controller && !p.ready)
+            .map(MeshedPod::key)
+            .collect(),
+        on_issuer,
     }
 }

@@ -802,7 +802,7 @@ fn an_identity_replica_not_ready_holds_until_the_grace_after_it_is_ready() {
     let mut look = |s, unready: Option<&str>| {
         let look = IdentityLook {
             replicas: 2,
-            unready: unready.map(str::to_owned),
+            unready: unready.map(str::to_owned).into_iter().collect(),
             ..IdentityLook::default()
         };
         let reload = seen.for_issuer("a", at(s), grace, look);
@@ -819,49 +819,119 @@ fn an_identity_replica_not_ready_holds_until_the_grace_after_it_is_ready() {
     assert_eq!(look(42, pod.as_deref()), None);
 }
 
-/// The replicas' metrics decide before the grace does: one that says it signs with
-/// another issuer holds past the grace, and every one saying it signs with the issuer ends
-/// the hold before it (the pods seen before are probed again all the same).
+/// The replicas' metrics decide before the grace does: one that says it signs with another
+/// issuer holds past the grace, until its metrics show the issuer or it is gone (a scrape that
+/// fails in between keeps it held), and every one showing the issuer ends the hold before the
+/// grace (the pods seen before are probed again all the same). With no replica's metrics read,
+/// the grace counts.
 #[test]
 fn identity_replicas_seen_on_an_issuer_by_their_metrics_decide_before_the_grace() {
     let (t0, grace) = (Instant::now(), Duration::from_secs(10));
     let at = |s: u64| (t0 + Duration::from_secs(s), 1000 + s as i64);
-    let look = |on_other_issuer: Option<&str>, all_on_issuer| IdentityLook {
+    let look = |reads: &[(&str, Option<bool>)]| IdentityLook {
         replicas: 2,
-        on_other_issuer: on_other_issuer.map(str::to_owned),
-        all_on_issuer,
+        on_issuer: (reads.iter())
+            .map(|(pod, on)| ((*pod).to_owned(), *on))
+            .collect(),
         ..IdentityLook::default()
     };
-    let lagging = Some("linkerd/identity-1");
+    let lagging = Some(Some("linkerd/identity-1".to_owned()));
+    let on_other = |r: Option<IssuerReload>| r.map(|r| r.on_other_issuer);
     let mut seen = SeenLeaves::default();
-    let reload = |r: Option<IssuerReload>| r.map(|r| r.on_other_issuer);
+    let reads = [
+        ("linkerd/identity-0", Some(true)),
+        ("linkerd/identity-1", Some(false)),
+    ];
     assert_eq!(
-        reload(seen.for_issuer("a", at(0), grace, look(lagging, false))),
-        Some(lagging.map(str::to_owned))
+        on_other(seen.for_issuer("a", at(0), grace, look(&reads))),
+        lagging
     );
-    // Past the grace, still on the other issuer.
+    // Past the grace, still on the other issuer; then its metrics cannot be read once.
     assert_eq!(
-        reload(seen.for_issuer("a", at(30), grace, look(lagging, false))),
-        Some(lagging.map(str::to_owned))
+        on_other(seen.for_issuer("a", at(30), grace, look(&reads))),
+        lagging
+    );
+    let unread = [
+        ("linkerd/identity-0", Some(true)),
+        ("linkerd/identity-1", None),
+    ];
+    assert_eq!(
+        on_other(seen.for_issuer("a", at(31), grace, look(&unread))),
+        lagging
     );
     seen.pods
         .insert(("app/web-0".to_owned(), ([127, 0, 0, 1], 4191).into()));
-    assert_eq!(seen.for_issuer("a", at(31), grace, look(None, true)), None);
+    let shown = [
+        ("linkerd/identity-0", Some(true)),
+        ("linkerd/identity-1", Some(true)),
+    ];
+    assert_eq!(seen.for_issuer("a", at(32), grace, look(&shown)), None);
     assert!(
         seen.pods.is_empty(),
         "the pods seen before are probed again"
     );
 
+    // A lagging replica gone: it signs no more.
+    let mut seen = SeenLeaves::default();
+    assert!(seen.for_issuer("b", at(0), grace, look(&reads)).is_some());
+    let gone = [("linkerd/identity-0", Some(true))];
+    assert_eq!(seen.for_issuer("b", at(1), grace, look(&gone)), None);
     // Every replica on the issuer at once: no wait for the grace.
     let mut seen = SeenLeaves::default();
-    assert_eq!(seen.for_issuer("b", at(0), grace, look(None, true)), None);
-    // Metrics read from none: the grace.
+    assert_eq!(seen.for_issuer("c", at(0), grace, look(&shown)), None);
+    // No replica's metrics read, or no replica at all: the grace.
+    for reads in [&unread[1..], &[]] {
+        let mut seen = SeenLeaves::default();
+        assert!(seen.for_issuer("d", at(0), grace, look(reads)).is_some());
+        assert!(seen.for_issuer("d", at(9), grace, look(reads)).is_some());
+        assert_eq!(seen.for_issuer("d", at(10), grace, look(reads)), None);
+    }
+}
+
+/// Replicas not ready: one whose metrics show the issuer has loaded it; any other holds, the
+/// second as well as the first; and the grace counts again once none is left, even on the
+/// look where a lagging replica shows the issuer too.
+#[test]
+fn identity_replicas_not_ready_hold_unless_their_metrics_show_the_issuer() {
+    let (t0, grace) = (Instant::now(), Duration::from_secs(10));
+    let at = |s: u64| (t0 + Duration::from_secs(s), 1000 + s as i64);
+    let look = |unready: &[&str], reads: &[(&str, Option<bool>)]| IdentityLook {
+        replicas: 3,
+        unready: unready.iter().map(|p| (*p).to_owned()).collect(),
+        on_issuer: (reads.iter())
+            .map(|(pod, on)| ((*pod).to_owned(), *on))
+            .collect(),
+    };
+    let unready = |r: Option<IssuerReload>| r.and_then(|r| r.unready);
     let mut seen = SeenLeaves::default();
+    let reads = [
+        ("linkerd/id-0", Some(false)),
+        ("linkerd/id-1", Some(true)),
+        ("linkerd/id-2", None),
+    ];
+    let both = ["linkerd/id-1", "linkerd/id-2"];
+    assert_eq!(
+        unready(seen.for_issuer("a", at(0), grace, look(&both, &reads))),
+        Some("linkerd/id-2".to_owned())
+    );
+    // Past the grace: id-0 now shows the issuer and id-2 is ready, on the same look.
+    let later = [
+        ("linkerd/id-0", Some(true)),
+        ("linkerd/id-1", Some(true)),
+        ("linkerd/id-2", None),
+    ];
+    let reload = seen
+        .for_issuer("a", at(20), grace, look(&[], &later))
+        .unwrap();
+    assert_eq!(
+        (reload.unready, reload.on_other_issuer, reload.until),
+        (None, None, 1031)
+    );
     assert!(
-        seen.for_issuer("c", at(0), grace, look(None, false))
+        seen.for_issuer("a", at(29), grace, look(&[], &later))
             .is_some()
     );
-    assert_eq!(seen.for_issuer("c", at(10), grace, look(None, false)), None);
+    assert_eq!(seen.for_issuer("a", at(30), grace, look(&[], &later)), None);
 }
 
 /// A replica counts as signing with the issuer when the expiry its time to live implies is
