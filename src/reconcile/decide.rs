@@ -1236,7 +1236,6 @@ pub fn reason_and_message(reason: Option<&str>, message: Option<&str>, neither: 
     }
 }
 
-/// Unix seconds as RFC 3339 (`2026-11-24T09:30:00Z`), for messages.
 /// Why the identity controller's replicas are waited for (see [`IssuerReload::may_go_back`]),
 /// beyond one seen on another issuer, which [`reload_wait`] names.
 fn reload_reasons(reload: &IssuerReload) -> String {
@@ -1257,7 +1256,7 @@ fn reload_reasons(reload: &IssuerReload) -> String {
 fn reload_wait(reload: &IssuerReload) -> String {
     match (&reload.on_other_issuer, &reload.unready) {
         (Some(pod), _) => format!(
-            "identity controller pod {pod} still signs with another issuer, its issuer_cert_ttl_seconds says (its kubelet has not updated its Secret volume yet, or it refused the issuer: see its Deployment's IssuerUpdateSkipped events, or its clock is more than 5 s off): waiting for it to show the issuer"
+            "identity controller pod {pod} still signs with another issuer, its issuer_cert_ttl_seconds says (its kubelet has not updated its Secret volume yet, or it refused the issuer: see its Deployment's IssuerUpdateSkipped events, or its clock is more than {ISSUER_EXPIRY_SLACK} s off): waiting for it to show the issuer"
         ),
         (None, Some(pod)) => format!(
             "waiting for identity controller pod {pod}, not ready (its node may be cut off), then --issuer-reload-grace"
@@ -1269,6 +1268,7 @@ fn reload_wait(reload: &IssuerReload) -> String {
     }
 }
 
+/// Unix seconds as RFC 3339 (`2026-11-24T09:30:00Z`), for messages.
 fn timestamp(unix: i64) -> String {
     k8s_openapi::jiff::Timestamp::from_second(unix)
         .map(|t| t.to_string())

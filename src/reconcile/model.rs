@@ -306,7 +306,8 @@ pub struct IssuerReload {
     pub unready: Option<String>,
     /// An identity controller pod whose metrics (`issuer_cert_ttl_seconds`) last said it signs
     /// with another issuer (`namespace/name`): held for, whatever the time and however many
-    /// replicas, until they show the issuer or the pod is gone.
+    /// replicas, until they show the issuer or the pod is gone (no longer listed, or
+    /// terminating for 30 s past its deadline, on a node that no longer reports).
     pub on_other_issuer: Option<String>,
     /// When every one has surely loaded it (Unix seconds), where their metrics do not say: the
     /// operator's first look at the issuer in RenewingWorkloadCerts (no earlier than its Secret
@@ -314,6 +315,13 @@ pub struct IssuerReload {
     /// kubelet's delay in updating a Secret volume (`--issuer-reload-grace`).
     pub until: i64,
 }
+
+/// How far apart the expiry an identity controller replica's `issuer_cert_ttl_seconds` implies
+/// (seconds) and the current issuer's may be for the replica to count as signing with it: the
+/// replica's node and the operator's clocks (kept by NTP, within well under a second of each
+/// other), and the time the scrape takes. An issuer renewed less than this after the one before
+/// could be taken for it.
+pub const ISSUER_EXPIRY_SLACK: f64 = 5.0;
 
 impl IssuerReload {
     /// A proxy seen with a leaf from the current issuer may still take its next one from a

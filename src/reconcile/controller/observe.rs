@@ -497,8 +497,11 @@ impl Reloading {
             (self.over_at, reload.until) = restart;
         }
         reload.unready = unready;
-        let all_shown =
-            !look.on_issuer.is_empty() && look.on_issuer.iter().all(|(_, on)| *on == Some(true));
+        // Every replica, a pod not running yet among them (counted by its Deployment, its
+        // Secret volume filled before the issuer changed), shows the issuer.
+        let all_shown = !look.on_issuer.is_empty()
+            && look.on_issuer.len() >= look.replicas
+            && look.on_issuer.iter().all(|(_, on)| *on == Some(true));
         self.lagging.is_empty() && (all_shown || (reload.unready.is_none() && now >= self.over_at))
     }
 }
@@ -534,7 +537,8 @@ impl SeenLeaves {
                 }),
                 pods: BTreeSet::new(),
                 first_issuer: first_issuer.or_else(|| Some(issuer.to_owned())),
-                said_unreadable: BTreeSet::new(),
+                // Keyed by the issuer's expiry: what the look that starts over said stays said.
+                said_unreadable: std::mem::take(&mut self.said_unreadable),
             };
         }
         let reloading = self.reloading.as_mut()?;
@@ -651,13 +655,6 @@ pub(super) async fn probe_leaves(
     probed
 }
 
-/// How far apart the expiry an identity controller replica's `issuer_cert_ttl_seconds` implies
-/// and the current issuer's may be for the replica to count as signing with it: the replica's
-/// node and the operator's clocks (kept by NTP, within well under a second of each other), and
-/// the time the scrape takes. An issuer renewed less than this after the one before could be
-/// taken for it.
-const ISSUER_EXPIRY_SLACK: f64 = 5.0;
-
 /// Whether an identity controller replica whose issuer had `ttl` seconds left at `read_at`
 /// (Unix seconds) signs with the issuer expiring at `not_after`; `None` when `ttl` says
 /// nothing.
@@ -706,9 +703,13 @@ async fn identity_look(
     }
     IdentityLook {
         replicas: observed.identity_replicas(),
+        // In order of name, so that the one the status names does not change from one look to
+        // the next.
         unready: (observed.pods.iter())
             .filter(|p| p.identity_controller && !p.ready)
             .map(MeshedPod::key)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
             .collect(),
         on_issuer,
     }

@@ -871,11 +871,20 @@ fn identity_replicas_seen_on_an_issuer_by_their_metrics_decide_before_the_grace(
         "the pods seen before are probed again"
     );
 
-    // A lagging replica gone: it signs no more.
+    // A lagging replica gone (scaled down): it signs no more.
     let mut seen = SeenLeaves::default();
     assert!(seen.for_issuer("b", at(0), grace, look(&reads)).is_some());
     let gone = [("linkerd/identity-0", Some(true))];
-    assert_eq!(seen.for_issuer("b", at(1), grace, look(&gone)), None);
+    let scaled_down = IdentityLook {
+        replicas: 1,
+        ..look(&gone)
+    };
+    assert_eq!(seen.for_issuer("b", at(1), grace, scaled_down), None);
+    // Fewer replicas read than there are (one not running yet, its Secret volume filled before
+    // the issuer changed): the grace.
+    let mut seen = SeenLeaves::default();
+    assert!(seen.for_issuer("e", at(0), grace, look(&gone)).is_some());
+    assert_eq!(seen.for_issuer("e", at(10), grace, look(&gone)), None);
     // Every replica on the issuer at once: no wait for the grace.
     let mut seen = SeenLeaves::default();
     assert_eq!(seen.for_issuer("c", at(0), grace, look(&shown)), None);
