@@ -253,7 +253,8 @@ pub enum ReconcileError {
     /// Some restarts of one step failed and the others were done: those are rolling, and the
     /// step's own event, which would have named them, is not published. Said as `failed` alone,
     /// so that the blockingMessage it becomes stays the same from one batch of restarts to the
-    /// next (one `StepFailed` per failure); those done are announced by `ReconcileError::restarted`.
+    /// next (one `StepFailed` per failure); those done are announced by
+    /// `ReconcileError::restarted`.
     #[error("{failed}")]
     Partly {
         /// The step's event reason (`RestartingWorkloads`, `RestartingControlPlane`).

@@ -422,9 +422,10 @@ pub(super) fn issuance_of(
 /// where they cannot be read, the issuer first seen, or an identity controller pod last seen
 /// becoming ready, plus `issuer_reload_grace`) is probed once more after that; from then on no
 /// replica signs with another issuer (one started since loads the current issuer at start),
-/// and a pod seen is not probed again while the issuer stays the same. Keyed by pod and address: a pod created again under the same name at another address
-/// is probed anew (one that gets the same address, or whose proxy restarts in place, takes its
-/// new leaf from the current issuer).
+/// and a pod seen is not probed again while the issuer stays the same. Keyed by pod and
+/// address: a pod created again under the same name at another address is probed anew (one
+/// that gets the same address, or whose proxy restarts in place, takes its new leaf from the
+/// current issuer).
 #[derive(Debug, Default)]
 pub(super) struct SeenLeaves {
     /// The issuer's certificate fingerprint.
