@@ -331,9 +331,10 @@ impl Rig {
             .unwrap_or_else(|e| panic!("adding workloads: {e}"));
         install_crd(&client).await;
         apply_rotation(&client, spec).await;
-        // A process started after the issuer changed holds the old anchor for the grace (it
-        // cannot tell which identity controller replicas ran before it): 10 s, not 3 m, for the
-        // tests that restart it in RenewingWorkloadCerts, unless a test sets its own.
+        // A process started after the issuer changed, where the identity controller's metrics
+        // do not show every replica on the issuer (a simulator without them), holds the old
+        // anchor for the grace (it cannot tell which replicas ran before it): 10 s, not 3 m,
+        // for the tests that restart it in RenewingWorkloadCerts, unless a test sets its own.
         let grace = (!op_args
             .iter()
             .any(|a| a.starts_with("--issuer-reload-grace")))
