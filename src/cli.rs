@@ -57,6 +57,14 @@ pub struct DemoArgs {
     /// `spec.dataPlaneRestart.maxConcurrentWorkloads` (default: the operator's).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_workloads: Option<u32>,
+    /// Replicas of each simulated Linkerd control-plane Deployment (Linkerd's HA mode runs 3).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub control_plane_replicas: u8,
+    /// With several control-plane replicas: every second identity controller replica loads the
+    /// renewed issuer this much later than the others (its node's kubelet updating its Secret
+    /// volume late), which the operator sees in its metrics and waits for.
+    #[arg(long, default_value = "0s", value_parser = parse_delay)]
+    pub identity_reload_lag: Duration,
     /// A negative control for the demo's own test: renew the identity issuer right after the
     /// anchor and restart the identity controller by hand onto the expanded bundle at once,
     /// which breaks mTLS whatever the operator does; the demo must count the failed
@@ -525,6 +533,8 @@ async fn demo(args: DemoArgs, out: &mut impl std::io::Write) -> Result<(), CliEr
         operator_binary: std::env::current_exe().map_err(CliError::Output)?,
         refresh_interval: args.refresh_interval,
         max_concurrent_workloads: args.max_concurrent_workloads,
+        control_plane_replicas: args.control_plane_replicas.into(),
+        identity_reload_lag: args.identity_reload_lag,
         break_the_order: args.break_the_order,
         ..Default::default()
     };

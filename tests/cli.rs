@@ -389,6 +389,12 @@ fn demo_flags_are_checked_before_anything_starts() {
     assert!(demo("--refresh-interval", "3s").is_ok());
     assert!(demo("--max-concurrent-workloads", "0").is_err());
     assert!(demo("--max-concurrent-workloads", "1").is_ok());
+    assert!(demo("--control-plane-replicas", "0").is_err());
+    assert!(demo("--control-plane-replicas", "6").is_err());
+    assert!(demo("--control-plane-replicas", "2").is_ok());
+    let long = demo("--identity-reload-lag", "2h").unwrap_err();
+    assert!(long.contains("too long"), "{long}");
+    assert!(demo("--identity-reload-lag", "20s").is_ok());
 }
 
 #[test]

@@ -83,6 +83,10 @@ pub struct DemoConfig {
     pub refresh_interval: String,
     /// `spec.dataPlaneRestart.maxConcurrentWorkloads`; `None` leaves the operator's default.
     pub max_concurrent_workloads: Option<u32>,
+    /// Replicas of each control-plane Deployment.
+    pub control_plane_replicas: i32,
+    /// How much later every second identity controller replica loads a renewed issuer.
+    pub identity_reload_lag: Duration,
     /// In manual mode, how long the demo "reads" a printed command before running it.
     pub manual_delay: Duration,
     /// A negative control (`break_the_order`): the issuer renewed with the anchor and the
@@ -101,6 +105,8 @@ impl Default for DemoConfig {
             operator_binary: PathBuf::from("trust-rotation-operator"),
             refresh_interval: DEFAULT_REFRESH_INTERVAL.to_owned(),
             max_concurrent_workloads: None,
+            control_plane_replicas: 1,
+            identity_reload_lag: Duration::ZERO,
             manual_delay: Duration::from_secs(3),
             break_the_order: false,
         }
@@ -383,12 +389,22 @@ async fn scenario(
         layout.replicas,
         config.policies.spec_value().to_lowercase()
     ))?;
-    let sim = SimConfig::default();
+    let sim = SimConfig {
+        control_plane_replicas: config.control_plane_replicas,
+        issuer_reload_lag: config.identity_reload_lag,
+        ..SimConfig::default()
+    };
     ui.say(&format!(
         "timescale: leaf certificates live {}s (Linkerd: 24h), refresh interval during the rotation {}",
         sim.leaf_lifetime.as_secs(),
         config.refresh_interval
     ))?;
+    if config.control_plane_replicas > 1 {
+        ui.say(&format!(
+            "control plane: {} replicas of each Deployment; every second identity controller replica loads a renewed issuer {:?} late",
+            config.control_plane_replicas, config.identity_reload_lag
+        ))?;
+    }
 
     let started = Instant::now();
     ui.say("[1/5] starting the local control plane (etcd, kube-apiserver, kube-controller-manager; the first run builds them, about 10 minutes)")?;
@@ -731,6 +747,7 @@ async fn follow(
     };
     let mut timeline = Timeline::new(Phase::Synced, Duration::ZERO, Counters::default());
     let mut manual = ManualPlayer::new(config.manual_delay);
+    let mut said = String::new();
     loop {
         // Deployments before status: the operator issues restarts and then writes the status
         // that explains them, so a restart seen here belongs to the phase read next (reading
@@ -755,6 +772,13 @@ async fn follow(
             blocking: status.blocking_message.clone(),
         };
         ui.progress(&progress)?;
+        // The wait for the identity controller's replicas, said where a plain progress line
+        // does not show the status.
+        let message = status.blocking_message.as_deref().unwrap_or_default();
+        if message.contains(crate::reconcile::decide::IDENTITY_RELOAD_HOLD) && said != message {
+            ui.say(&format!("           {message}"))?;
+            message.clone_into(&mut said);
+        }
         let done = status.phase == Phase::Synced
             && status
                 .previous_anchor_fingerprint

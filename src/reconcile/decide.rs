@@ -1041,7 +1041,7 @@ pub fn decide(
             // has surely loaded the issuer, and every leaf is probed again after that.
             if let Some(reload) = observed.issuer_reload.as_ref().filter(|r| r.may_go_back()) {
                 d.next.blocking_message = Some(format!(
-                    "every proxy presents a leaf from issuer {}, but an identity controller replica may still sign with the old one (each loads the issuer when its node's kubelet updates its Secret volume){}: {}, then checking every leaf again, before the old anchor leaves the bundle",
+                    "every proxy presents a leaf from issuer {}, but {IDENTITY_RELOAD_HOLD} (each loads the issuer when its node's kubelet updates its Secret volume){}: {}, then checking every leaf again, before the old anchor leaves the bundle",
                     short(&issuer.cert.fingerprint),
                     reload_reasons(reload),
                     reload_wait(reload),
@@ -1235,6 +1235,11 @@ pub fn reason_and_message(reason: Option<&str>, message: Option<&str>, neither: 
         (None, None) => neither.to_owned(),
     }
 }
+
+/// What the status says while the old anchor waits for the identity controller's replicas to
+/// load the issuer (the demo shows those statuses).
+pub const IDENTITY_RELOAD_HOLD: &str =
+    "an identity controller replica may still sign with the old one";
 
 /// Why the identity controller's replicas are waited for (see [`IssuerReload::may_go_back`]),
 /// beyond one seen on another issuer, which [`reload_wait`] names.
