@@ -1035,10 +1035,11 @@ pub fn decide(
                 ));
                 return d.finish(Requeue::Soon);
             }
-            // With several identity controller replicas, one whose node's kubelet has not yet
-            // updated its Secret volume still signs with the old issuer, and a proxy seen with a
-            // new leaf may take its next one from it: the old anchors stay until every replica
-            // has surely loaded the issuer, and every leaf is probed again after that.
+            // An identity controller replica whose node's kubelet has not yet updated its
+            // Secret volume still signs with the old issuer, and a proxy seen with a new leaf
+            // may take its next one from it (see `IssuerReload::may_go_back` for when): the old
+            // anchors stay until every replica has surely loaded the issuer, and every leaf is
+            // probed again after that.
             if let Some(reload) = observed.issuer_reload.as_ref().filter(|r| r.may_go_back()) {
                 d.next.blocking_message = Some(format!(
                     "every proxy presents a leaf from issuer {}, but {IDENTITY_RELOAD_HOLD} (each loads the issuer when its node's kubelet updates its Secret volume){}: {}, then checking every leaf again, before the old anchor leaves the bundle",

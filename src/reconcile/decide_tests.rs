@@ -2424,6 +2424,17 @@ fn after_the_renewal_a_pod_not_started_yet_is_restarted_if_it_lacks_the_bundle_n
 fn with_several_identity_replicas_the_old_anchor_stays_until_each_has_surely_loaded_the_issuer() {
     let mut o = issuer_renewed().observed();
     every_leaf(&mut o, Leaf::FromIssuer);
+    let decide_with = |reload: Option<IssuerReload>| {
+        let mut o = o.clone();
+        o.issuer_reload = reload;
+        run(&automatic(), Phase::RenewingWorkloadCerts, &o)
+    };
+    // Held: no bundle written.
+    let held = |reload: IssuerReload| {
+        let d = decide_with(Some(reload));
+        assert_eq!(written_bundle(&d), None, "{:?}", d.effects);
+        d
+    };
     let reload = IssuerReload {
         replicas: 2,
         unwitnessed: false,
@@ -2431,10 +2442,8 @@ fn with_several_identity_replicas_the_old_anchor_stays_until_each_has_surely_loa
         on_other_issuer: None,
         until: NOW + 60,
     };
-    o.issuer_reload = Some(reload.clone());
-    let d = run(&automatic(), Phase::RenewingWorkloadCerts, &o);
+    let d = held(reload.clone());
     assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts);
-    assert_eq!(written_bundle(&d), None, "{:?}", d.effects);
     let until = k8s_openapi::jiff::Timestamp::from_second(NOW + 60).unwrap();
     assert!(
         blocking(&d).contains("the identity controller has run 2 replicas")
@@ -2443,30 +2452,23 @@ fn with_several_identity_replicas_the_old_anchor_stays_until_each_has_surely_loa
         blocking(&d)
     );
     // The time is over: reduced.
-    let mut loaded = o.clone();
-    loaded.issuer_reload = None;
-    let d = run(&automatic(), Phase::RenewingWorkloadCerts, &loaded);
+    let d = decide_with(None);
     assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
     assert_eq!(written_bundle(&d), Some(set(&[1])));
     // One replica signs with whichever issuer it loaded last: its leaves never go back.
-    let mut single = o.clone();
-    single.issuer_reload = Some(IssuerReload {
+    let d = decide_with(Some(IssuerReload {
         replicas: 1,
         ..reload.clone()
-    });
-    let d = run(&automatic(), Phase::RenewingWorkloadCerts, &single);
+    }));
     assert_eq!(d.status.phase, Phase::RefreshingControlPlane);
     assert_eq!(written_bundle(&d), Some(set(&[1])));
     // Unless the operator did not see it throughout: it started after the issuer changed.
-    let mut started_since = o.clone();
-    started_since.issuer_reload = Some(IssuerReload {
+    let d = held(IssuerReload {
         replicas: 1,
         unwitnessed: true,
         ..reload.clone()
     });
-    let d = run(&automatic(), Phase::RenewingWorkloadCerts, &started_since);
     assert_eq!(d.status.phase, Phase::RenewingWorkloadCerts);
-    assert_eq!(written_bundle(&d), None, "{:?}", d.effects);
     assert!(
         blocking(&d).contains("the operator started after the issuer changed")
             && blocking(&d).contains(&format!("waiting until {until}")),
@@ -2474,13 +2476,10 @@ fn with_several_identity_replicas_the_old_anchor_stays_until_each_has_surely_loa
         blocking(&d)
     );
     // A replica not ready is waited for, by name.
-    let mut unready = o.clone();
-    unready.issuer_reload = Some(IssuerReload {
+    let d = held(IssuerReload {
         unready: Some("linkerd/linkerd-identity-1".to_owned()),
         ..reload.clone()
     });
-    let d = run(&automatic(), Phase::RenewingWorkloadCerts, &unready);
-    assert_eq!(written_bundle(&d), None, "{:?}", d.effects);
     assert!(
         blocking(&d)
             .contains("waiting for identity controller pod linkerd/linkerd-identity-1, not ready"),
@@ -2488,14 +2487,11 @@ fn with_several_identity_replicas_the_old_anchor_stays_until_each_has_surely_loa
         blocking(&d)
     );
     // So is one whose metrics show it on another issuer, were it the only replica seen.
-    let mut lagging = o.clone();
-    lagging.issuer_reload = Some(IssuerReload {
+    let d = held(IssuerReload {
         replicas: 1,
         on_other_issuer: Some("linkerd/linkerd-identity-1".to_owned()),
         ..reload
     });
-    let d = run(&automatic(), Phase::RenewingWorkloadCerts, &lagging);
-    assert_eq!(written_bundle(&d), None, "{:?}", d.effects);
     let said = "identity controller pod linkerd/linkerd-identity-1 still signs with another issuer";
     assert!(blocking(&d).contains(said), "{}", blocking(&d));
 }
