@@ -331,17 +331,8 @@ impl Rig {
             .unwrap_or_else(|e| panic!("adding workloads: {e}"));
         install_crd(&client).await;
         apply_rotation(&client, spec).await;
-        // A process started after the issuer changed, where the identity controller's metrics
-        // do not show every replica on the issuer (a simulator without them), holds the old
-        // anchor for the grace (it cannot tell which replicas ran before it): 10 s, not 3 m,
-        // for the tests that restart it in RenewingWorkloadCerts, unless a test sets its own.
-        let grace = (!op_args
-            .iter()
-            .any(|a| a.starts_with("--issuer-reload-grace")))
-        .then_some("--issuer-reload-grace=10s");
         let op_args: Vec<String> = ["--reconcile-interval=500ms"]
             .iter()
-            .chain(grace.iter())
             .chain(op_args)
             .map(|a| (*a).to_owned())
             .collect();
@@ -2905,11 +2896,12 @@ async fn sigkill_in_every_phase_resumes_without_an_extra_rollout() {
         identity_metrics: false,
         ..SimConfig::default()
     };
+    // The restarted process holds the old anchor for the grace: 10 s, not 3 m.
     let mut rig = Rig::start_with(
         sim.into(),
         (1, 2, 1),
         json!({"workloadCertificateRefreshInterval": "3s"}),
-        &["--identity=operator-0"],
+        &["--identity=operator-0", "--issuer-reload-grace=10s"],
     )
     .await;
     let generations = control_plane_generations(&rig.client).await;
