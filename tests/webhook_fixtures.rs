@@ -204,6 +204,9 @@ fn invalid_additional_env_json_is_left_untouched_and_reported() {
         .to_owned();
     let r = run(&body, Some(&accelerating_view()));
     assert!(r.invalid_additional_env);
+    // The log's warning names whose pod it was: a ReplicaSet's pod has no name until after
+    // admission, so its generateName stands in.
+    assert_eq!(r.name, "web-5d8f7c9b6-");
     assert!(
         r.note.as_deref().unwrap().contains("is not valid JSON"),
         "{:?}",
@@ -608,6 +611,9 @@ fn updates_and_other_kinds_are_allowed_unchanged() {
             "{name}"
         );
     }
+    // A request that names its pod is logged under that name, not the pod's generateName.
+    let r = run(&fixture("pod-update"), Some(&accelerating_view()));
+    assert_eq!(r.name, "web-5d8f7c9b6-x2x7q");
 }
 
 #[test]

@@ -212,6 +212,10 @@ pub struct ObjectMetaIn<'a> {
     pub annotations: Option<BTreeMap<Str<'a>, Str<'a>>>,
     #[serde(default, borrow)]
     pub labels: Option<BTreeMap<Str<'a>, Str<'a>>>,
+    /// The prefix the API server names a pod with after admission, when the request has no
+    /// name yet (a controller's pods): only for the log.
+    #[serde(default, borrow, rename = "generateName")]
+    pub generate_name: Option<Str<'a>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

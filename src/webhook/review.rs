@@ -42,6 +42,7 @@ pub struct Reviewed {
     pub outcome: Outcome,
     pub uid: String,
     pub namespace: String,
+    /// The request's name, or, for a pod not named yet, its `generateName`.
     pub name: String,
     /// Why the request was invalid, why a pod was skipped, or a problem with its annotations,
     /// for the log.
@@ -101,7 +102,17 @@ pub fn review(
         return invalid(None, "AdmissionReview request has no uid".to_owned());
     };
     let namespace = req.namespace.as_deref().unwrap_or_default().to_owned();
-    let name = req.name.as_deref().unwrap_or_default().to_owned();
+    // A controller's pod is named by the API server only after admission: until then its
+    // generateName (`web-5d8f7c9b6-`) is what tells a person reading the log whose pod it was.
+    let name = match req.name.as_deref() {
+        Some(name) if !name.is_empty() => name,
+        _ => req
+            .object
+            .as_ref()
+            .and_then(|pod| pod.metadata.as_ref()?.generate_name.as_deref())
+            .unwrap_or_default(),
+    }
+    .to_owned();
     let answer = |outcome, note: &str| Reviewed {
         review: ReviewOut::allow(&uid),
         outcome,

@@ -119,15 +119,17 @@ impl<'a> Reader<'a> {
     }
 
     fn metadata(&mut self) -> Option<ObjectMetaIn<'a>> {
-        let (mut annotations, mut labels) = (None, None);
+        let (mut annotations, mut labels, mut generate_name) = (None, None, None);
         self.object(|r, key| match key {
             "annotations" => fill(&mut annotations, r.nullable(Self::string_map)?),
             "labels" => fill(&mut labels, r.nullable(Self::string_map)?),
+            "generateName" => fill(&mut generate_name, r.nullable(Self::string)?),
             _ => r.skip(),
         })?;
         Some(ObjectMetaIn {
             annotations: annotations.flatten(),
             labels: labels.flatten(),
+            generate_name: generate_name.flatten(),
         })
     }
 
