@@ -47,7 +47,8 @@ const WRITE_EVENT_REASONS: [&str; 5] = [
 /// The proxy's refresh cap, named in messages.
 const MAX_REFRESH_ENV: &str = crate::webhook::patch::MAX_REFRESH_ENV;
 
-/// The proxy's admin port, where the leaf probe asks for its chain (named in messages).
+/// The proxy's admin port by default, where the leaf probe asks for its chain (named in
+/// messages); a proxy container's port named `linkerd-admin` takes its place.
 pub const PROXY_ADMIN_PORT: u16 = 4191;
 
 /// How many example pod names a blocking message carries.
@@ -953,7 +954,7 @@ pub fn decide(
                 );
                 if !unreachable.is_empty() {
                     waiting.push_str(&format!(
-                        "; {} of them did not answer the leaf probe on the proxy admin port {PROXY_ADMIN_PORT}, so their leaf cannot be checked (the operator must be able to reach it): {}",
+                        "; {} of them did not answer the leaf probe on the proxy admin port (`linkerd-admin`, {PROXY_ADMIN_PORT} by default), so their leaf cannot be checked (the operator must be able to reach it): {}",
                         unreachable.len(),
                         first_few(&unreachable)
                     ));

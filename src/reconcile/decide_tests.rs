@@ -2757,7 +2757,7 @@ fn unreachable_or_unprobed_pods_are_not_converged() {
     // The unreachable one is told apart from those still waiting for their refresh, with the
     // probe's own words: a NetworkPolicy in the way has a cause to read.
     assert!(
-        blocking(&d).contains("; 1 of them did not answer the leaf probe on the proxy admin port 4191, so their leaf cannot be checked (the operator must be able to reach it): app-0/web-2: 10.0.0.3:4191: no answer within 2s"),
+        blocking(&d).contains("; 1 of them did not answer the leaf probe on the proxy admin port (`linkerd-admin`, 4191 by default), so their leaf cannot be checked (the operator must be able to reach it): app-0/web-2: 10.0.0.3:4191: no answer within 2s"),
         "{}",
         blocking(&d)
     );

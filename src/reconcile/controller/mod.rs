@@ -114,8 +114,10 @@ const CONTROL_PLANE_NS_LABEL: &str = "linkerd.io/control-plane-ns";
 const CONTROL_PLANE_COMPONENT_LABEL: &str = "linkerd.io/control-plane-component";
 const PROXY_CONTAINER: &str = "linkerd-proxy";
 const TRUST_ANCHORS_ENV: &str = "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS";
-/// The proxy admin port, where a TLS handshake returns the live leaf chain.
+/// The proxy admin port, where a TLS handshake returns the live leaf chain, unless the proxy
+/// container names another (`linkerd-admin`).
 const ADMIN_PORT: u16 = super::decide::PROXY_ADMIN_PORT;
+const ADMIN_PORT_NAME: &str = "linkerd-admin";
 
 /// events.k8s.io limits `note` to 1 kB.
 const EVENT_NOTE_MAX_BYTES: usize = 1024;

@@ -45,6 +45,19 @@ pub(super) fn env_value(container: &Container, name: &str) -> Option<String> {
         .clone()
 }
 
+/// Where the proxy's admin server listens: its container's port named `linkerd-admin`, which
+/// Linkerd's injector sets from `config.linkerd.io/admin-port`, else Linkerd's default.
+fn admin_port(proxy: Option<&Container>) -> u16 {
+    proxy
+        .and_then(|c| c.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(ADMIN_PORT_NAME))
+        .and_then(|p| u16::try_from(p.container_port).ok())
+        .filter(|port| *port != 0)
+        .unwrap_or(ADMIN_PORT)
+}
+
 /// A control-plane pod template's proxy container: which list holds it, and its refresh
 /// interval.
 pub(super) fn control_plane_proxy(template: Option<&PodTemplateSpec>) -> Option<ControlPlaneProxy> {
@@ -438,7 +451,7 @@ pub(super) fn meshed_pod(
             .as_ref()
             .and_then(|s| s.pod_ip.as_deref())
             .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
-            .map(|ip| std::net::SocketAddr::new(ip, ADMIN_PORT)),
+            .map(|ip| std::net::SocketAddr::new(ip, admin_port(proxy))),
         identity: format!(
             "{}.{}.serviceaccount.identity.{}.{}",
             spec.and_then(|s| s.service_account_name.as_deref())

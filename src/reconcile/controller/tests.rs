@@ -2785,3 +2785,34 @@ async fn a_look_waits_for_the_watch_to_show_the_reconcilers_own_write() {
     let bundle = trust_roots().await;
     assert_eq!(bundle.resource_version(), written.resource_version());
 }
+
+/// The leaf probe goes to the port the proxy container names `linkerd-admin` (Linkerd's
+/// injector sets it from `config.linkerd.io/admin-port`), else to Linkerd's default 4191.
+#[test]
+fn the_leaf_probe_goes_to_the_proxy_containers_admin_port() {
+    let probed_at = |ports: serde_json::Value| {
+        let mut pod = running_pod("app", "web-x", owned_by("ReplicaSet", "web-5d8f7c"));
+        pod.spec.as_mut().unwrap().containers[0].ports = object(ports);
+        pod.status.as_mut().unwrap().pod_ip = Some("10.0.0.7".to_owned());
+        let pod = meshed_pod(
+            &ReconcilerConfig::default(),
+            &pod,
+            &mut AnchorTexts::default(),
+            &|_, _| None,
+        );
+        pod.addr.map(|a| a.to_string())
+    };
+    let admin = |port: i32| {
+        json!([{"name": "linkerd-proxy", "containerPort": 4143},
+        {"name": "linkerd-admin", "containerPort": port}])
+    };
+    assert_eq!(probed_at(admin(4444)).as_deref(), Some("10.0.0.7:4444"));
+    assert_eq!(probed_at(admin(4191)).as_deref(), Some("10.0.0.7:4191"));
+    assert_eq!(probed_at(json!(null)).as_deref(), Some("10.0.0.7:4191"));
+    // A port number no socket can have is not taken.
+    assert_eq!(probed_at(admin(70000)).as_deref(), Some("10.0.0.7:4191"));
+    assert_eq!(
+        probed_at(json!([{"name": "http", "containerPort": 8080}])).as_deref(),
+        Some("10.0.0.7:4191")
+    );
+}
