@@ -365,7 +365,8 @@ pub fn decide(
 
     // A pod of the control-plane Deployments the operator restarts, whose restart marker says
     // what bundle it runs with. (A pod labelled as control plane by anything else has no
-    // marker to be known by: it is left to its anchors, when its spec has them.)
+    // marker to be known by: it is left to its anchors, when its spec has them, and the
+    // observation counts it as a workload pod then.)
     let restarted_here = |p: &MeshedPod| {
         (p.control_plane_deployment.as_ref())
             .is_some_and(|d| observed.control_plane.iter().any(|c| c.name == *d))

@@ -133,6 +133,9 @@ pub enum Leaf {
 pub struct MeshedPod {
     pub namespace: String,
     pub name: String,
+    /// Linkerd's control plane, judged by its restart marker: a pod labelled
+    /// `linkerd.io/control-plane-component`, unless its spec has its anchors and it is not of
+    /// a control-plane Deployment the operator restarts (then it counts as a workload pod).
     pub control_plane: bool,
     /// A pod of Linkerd's identity controller (component label `identity`), the one that
     /// signs leaves with the issuer it loaded.

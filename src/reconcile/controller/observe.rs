@@ -237,23 +237,34 @@ pub(super) async fn observe(
             _ => None,
         }
     };
+    // A pod labelled as control plane but not of a control-plane Deployment the operator
+    // restarts has no restart marker to be judged by. Where its spec has its anchors (an older
+    // Linkerd's, or one labelled by hand), it is judged by them, as a workload pod is: counted
+    // for the bundle, restarted by its workload, named. Otherwise nothing tells what it holds.
+    let mut meshed = |p: &Pod| {
+        let mut pod = meshed_pod(config, p, &mut anchors_cache, &wont_roll);
+        let restarted_here = (pod.control_plane_deployment.as_ref())
+            .is_some_and(|d| control_plane.iter().any(|c| c.name == *d));
+        if pod.control_plane && pod.anchors.is_some() && !restarted_here {
+            pod.control_plane = false;
+        }
+        pod
+    };
     let (mut pods, mut starting, mut draining) = (Vec::new(), Vec::new(), Vec::new());
     for p in all_pods.iter() {
         let deleting = p.metadata.deletion_timestamp.as_ref().map(|t| t.0);
         match (live(p), deleting) {
-            (true, None) => pods.push(meshed_pod(config, p, &mut anchors_cache, &wont_roll)),
+            (true, None) => pods.push(meshed(p)),
             // Deleted: its containers may still run until its grace period runs out (the API
             // server sets `deletionTimestamp` to the deletion time plus the grace period, on
             // its clock, which the operator's may run ahead of; and the kubelet takes a moment
             // to stop them). Still listed well past that, it is on a node that no longer
             // reports, and would hold the rotation for as long.
-            (true, Some(deadline)) if deadline + DRAIN_SLACK > now => {
-                draining.push(meshed_pod(config, p, &mut anchors_cache, &wont_roll))
-            }
+            (true, Some(deadline)) if deadline + DRAIN_SLACK > now => draining.push(meshed(p)),
             // Not started yet, and not deleted (a pod deleted before its proxy started never
             // will start it): its anchors count for the bundle all the same.
             (false, None) if phase(p) == Some("Pending") => {
-                let pod = meshed_pod(config, p, &mut anchors_cache, &wont_roll);
+                let pod = meshed(p);
                 if !pod.control_plane {
                     starting.push(pod);
                 }

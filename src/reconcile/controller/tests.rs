@@ -2816,3 +2816,72 @@ fn the_leaf_probe_goes_to_the_proxy_containers_admin_port() {
         Some("10.0.0.7:4191")
     );
 }
+
+/// A pod labelled as control plane that no control-plane restart of the operator's reaches is
+/// judged by the anchors in its spec, as a workload pod is; one whose anchors are not in its
+/// spec, or that a restart of a control-plane Deployment reaches, is judged by its marker.
+#[tokio::test]
+async fn a_control_plane_labelled_pod_no_restart_reaches_counts_by_its_anchors() {
+    let pem = std::fs::read_to_string(format!(
+        "{}/tests/fixtures/anchor.pem",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let literal = json!([{"name": TRUST_ANCHORS_ENV, "value": pem}]);
+    let from_configmap = json!([{"name": TRUST_ANCHORS_ENV, "valueFrom": {"configMapKeyRef":
+        {"name": "linkerd-identity-trust-roots", "key": "ca-bundle.crt"}}}]);
+    let pod = |namespace: &str, deployment: &str, env: &serde_json::Value| {
+        let mut pod = running_pod(
+            namespace,
+            &format!("{deployment}-5d8f7c-x"),
+            owned_by("ReplicaSet", &format!("{deployment}-5d8f7c")),
+        );
+        (pod.metadata.labels.as_mut().unwrap()).insert(
+            CONTROL_PLANE_COMPONENT_LABEL.to_owned(),
+            "gateway".to_owned(),
+        );
+        pod.spec.as_mut().unwrap().containers[0].env = object(env.clone());
+        pod
+    };
+    let destination = object::<Deployment>(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "linkerd-destination", "namespace": "linkerd",
+            "labels": {CONTROL_PLANE_NS_LABEL: "linkerd"}},
+        "spec": {"selector": {}, "template": {"spec": {"containers": []}}}}));
+    let stores = Stores {
+        rotation: frozen(vec![]),
+        secrets: vec![frozen(vec![]), frozen(vec![]), frozen(vec![])],
+        bundle: frozen(vec![]),
+        pods: frozen(vec![
+            pod("linkerd-multicluster", "gateway", &literal),
+            pod("linkerd-multicluster", "reads-configmap", &from_configmap),
+            pod("linkerd", "linkerd-destination", &literal),
+        ]),
+        deployments: frozen(vec![destination]),
+        statefulsets: frozen(vec![]),
+        daemonsets: frozen(vec![]),
+    };
+    let observed = observe_offline(&stores).await;
+    let judged: BTreeMap<String, (bool, bool)> = (observed.pods.iter())
+        .map(|p| (p.key(), (p.control_plane, p.anchors.is_some())))
+        .collect();
+    assert_eq!(
+        judged,
+        BTreeMap::from([
+            // Counted by its anchors, as a workload pod.
+            (
+                "linkerd-multicluster/gateway-5d8f7c-x".to_owned(),
+                (false, true)
+            ),
+            // Nothing in its spec to count it by.
+            (
+                "linkerd-multicluster/reads-configmap-5d8f7c-x".to_owned(),
+                (true, false)
+            ),
+            // Restarted onto each bundle by the operator: known by its marker.
+            (
+                "linkerd/linkerd-destination-5d8f7c-x".to_owned(),
+                (true, true)
+            ),
+        ])
+    );
+}
