@@ -617,7 +617,10 @@ async fn break_the_order(client: &Client, mesh: &Mesh, ui: &mut Ui) -> Result<()
         "      $ {}   (negative control: the issuer before any restart)",
         renew.command()
     ))?;
-    perform(client, &renew).await?;
+    // Waited for until its Secret holds the new issuer: an identity controller restarted
+    // before that loads the old one, and on a busy machine the workloads could all be
+    // restarted onto the expanded bundle before it loads the new one, breaking nothing.
+    runbook.renew_issuer().await?;
     // Restarted before the injector has the new anchor, identity would skip the new issuer
     // (`IssuerUpdateSkipped`), and nothing would break.
     crate::sim::wait_for(
