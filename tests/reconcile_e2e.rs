@@ -752,7 +752,9 @@ async fn automatic_rotation_from_synced_to_synced_with_zero_failed_handshakes() 
     let by_name = kube::api::ListParams::default().fields("metadata.name=linkerd-trust-anchor");
     let anchors = secrets("cert-manager").list(&by_name).await.unwrap();
     assert_eq!(anchors.items.len(), 1, "its own Secret, listed by name");
-    // A StatefulSet beside the Deployments: restarted and tracked the same way.
+    // A StatefulSet beside the Deployments: restarted and tracked the same way. Its proxy's
+    // admin server is on another port (`config.linkerd.io/admin-port`), where the leaf probe
+    // must find it: on 4191 nothing answers, and RenewingWorkloadCerts would wait forever.
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), "mesh-0");
     statefulsets
         .create(
@@ -760,7 +762,8 @@ async fn automatic_rotation_from_synced_to_synced_with_zero_failed_handshakes() 
             &serde_json::from_value(json!({"metadata": {"name": "db"},
                 "spec": {"replicas": 1, "serviceName": "db",
                     "selector": {"matchLabels": {"app": "db"}},
-                    "template": {"metadata": {"labels": {"app": "db"}},
+                    "template": {"metadata": {"labels": {"app": "db"},
+                            "annotations": {"config.linkerd.io/admin-port": "4444"}},
                         "spec": {"containers": [{"name": "db", "image": "sim/db:1"}]}}}}))
             .unwrap(),
         )
@@ -774,6 +777,16 @@ async fn automatic_rotation_from_synced_to_synced_with_zero_failed_handshakes() 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let db = Api::<Pod>::namespaced(client.clone(), "mesh-0")
+        .get("db-0")
+        .await
+        .unwrap();
+    let db_ip: std::net::IpAddr = db.status.unwrap().pod_ip.unwrap().parse().unwrap();
+    assert!(tokio::net::TcpStream::connect((db_ip, 4444)).await.is_ok());
+    assert!(
+        tokio::net::TcpStream::connect((db_ip, 4191)).await.is_err(),
+        "db-0's proxy answers on the default admin port too: the probe's port is not tested"
+    );
     let mut follow = Follow::new();
     let new_anchor = rig.runbook().renew_anchor().await.unwrap();
     eprintln!("anchor renewed: {}", &new_anchor.fingerprint[..12]);

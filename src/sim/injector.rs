@@ -5,7 +5,9 @@
 //! namespace, the pod's `disabled` winning) and has no proxy yet, it adds a `linkerd-proxy`
 //! container whose env carries the trust bundle as a literal
 //! (`LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS`), the identity name built from `_pod_sa`/`_pod_ns`,
-//! and the merged `config.linkerd.io/proxy-additional-env` (namespace < pod) appended; and the
+//! the admin port of `config.linkerd.io/admin-port` (pod over namespace, default 4191) as
+//! `LINKERD2_PROXY_ADMIN_LISTEN_ADDR` and the port named `linkerd-admin`, and the merged
+//! `config.linkerd.io/proxy-additional-env` (namespace < pod) appended; and the
 //! meshed labels and annotations, `linkerd.io/trust-root-sha256` among them. The bundle comes
 //! from its own copy of the ConfigMap, which follows the ConfigMap only after the kubelet sync
 //! delay, as a mounted volume does.
@@ -36,6 +38,8 @@ use crate::webhook::patch::SERVICE_ACCOUNT_MOUNT_PATH;
 pub const WEBHOOK_CONFIG_NAME: &str = "linkerd-proxy-injector-webhook-config";
 pub const INJECT_ANNOTATION: &str = "linkerd.io/inject";
 pub const ADDITIONAL_ENV_ANNOTATION: &str = "config.linkerd.io/proxy-additional-env";
+/// The proxy's admin port, on the pod or its namespace (default 4191).
+pub const ADMIN_PORT_ANNOTATION: &str = "config.linkerd.io/admin-port";
 pub const TRUST_ROOT_SHA256_ANNOTATION: &str = "linkerd.io/trust-root-sha256";
 pub const CREATED_BY_ANNOTATION: &str = "linkerd.io/created-by";
 pub const PROXY_VERSION_ANNOTATION: &str = "linkerd.io/proxy-version";
@@ -173,6 +177,15 @@ pub fn inject(
         ),
         literal(ENV_TRUST_ANCHORS, bundle_pem),
     ];
+    // As Linkerd's injector, the pod's config annotation over the namespace's.
+    let admin_port = [&pod_annotations, namespace_annotations]
+        .into_iter()
+        .find_map(|a| a.get(ADMIN_PORT_ANNOTATION)?.parse::<u16>().ok())
+        .unwrap_or(super::proxy::ADMIN_PORT);
+    env.push(literal(
+        super::proxy::ENV_ADMIN_LISTEN_ADDR,
+        &format!("0.0.0.0:{admin_port}"),
+    ));
     env.extend(extra);
     let proxy = Container {
         name: PROXY_CONTAINER.to_owned(),
@@ -180,7 +193,7 @@ pub fn inject(
         env: Some(env),
         ports: Some(vec![k8s_openapi::api::core::v1::ContainerPort {
             name: Some("linkerd-admin".to_owned()),
-            container_port: super::proxy::ADMIN_PORT as i32,
+            container_port: admin_port.into(),
             ..Default::default()
         }]),
         ..Default::default()
@@ -469,6 +482,30 @@ mod tests {
             .flatten()
             .map(|e| (e.name.clone(), e.value.clone()))
             .collect()
+    }
+
+    #[test]
+    fn admin_port_comes_from_the_pod_over_its_namespace() {
+        let admin = |ns_port: Option<&str>, pod_port: Option<&str>| {
+            let mut ns = BTreeMap::from([(INJECT_ANNOTATION.to_owned(), "enabled".to_owned())]);
+            if let Some(port) = ns_port {
+                ns.insert(ADMIN_PORT_ANNOTATION.to_owned(), port.to_owned());
+            }
+            let p = pod(pod_port.map_or(json!({}), |port| json!({ADMIN_PORT_ANNOTATION: port})));
+            let out = inject(&p, "shop", &ns, "BUNDLE\n", &config()).expect("injected");
+            let proxy = &out.spec.as_ref().unwrap().containers[0];
+            let port = &proxy.ports.as_ref().unwrap()[0];
+            assert_eq!(port.name.as_deref(), Some("linkerd-admin"));
+            let listen = env_of(&out)
+                .into_iter()
+                .find(|(n, _)| n == super::super::proxy::ENV_ADMIN_LISTEN_ADDR)
+                .and_then(|(_, v)| v);
+            assert_eq!(listen, Some(format!("0.0.0.0:{}", port.container_port)));
+            port.container_port
+        };
+        assert_eq!(admin(None, None), 4191);
+        assert_eq!(admin(Some("4444"), None), 4444);
+        assert_eq!(admin(Some("4444"), Some("4555")), 4555);
     }
 
     #[test]

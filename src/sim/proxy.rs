@@ -5,7 +5,8 @@
 //! them); it holds one key for its life and asks the identity service for a leaf for its
 //! identity, accepts the answer only if it verifies against its anchors (otherwise keeps the
 //! leaf it has), and refreshes at 70 % of the remaining lifetime clamped to
-//! `LINKERD2_PROXY_IDENTITY_MIN_REFRESH`/`MAX_REFRESH`. On `podIP:4191` it serves TLS 1.3 with
+//! `LINKERD2_PROXY_IDENTITY_MIN_REFRESH`/`MAX_REFRESH`. On `podIP:4191` (or the port of
+//! `LINKERD2_PROXY_ADMIN_LISTEN_ADDR`) it serves TLS 1.3 with
 //! leaf + issuer, verifying a client certificate when one is offered (against its own anchors),
 //! and letting a client without one read the chain (what `linkerd identity` and our probe do).
 
@@ -38,6 +39,9 @@ pub const ENV_TRUST_ANCHORS: &str = "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS";
 pub const ENV_LOCAL_NAME: &str = "LINKERD2_PROXY_IDENTITY_LOCAL_NAME";
 pub const ENV_MIN_REFRESH: &str = "LINKERD2_PROXY_IDENTITY_MIN_REFRESH";
 pub const ENV_MAX_REFRESH: &str = "LINKERD2_PROXY_IDENTITY_MAX_REFRESH";
+/// Where the admin server listens (`0.0.0.0:4191`); the injector sets it from
+/// `config.linkerd.io/admin-port`.
+pub const ENV_ADMIN_LISTEN_ADDR: &str = "LINKERD2_PROXY_ADMIN_LISTEN_ADDR";
 
 /// The share of a leaf's remaining lifetime after which the proxy asks for a new one
 /// (linkerd2-proxy's identity client).
@@ -92,6 +96,8 @@ pub struct ProxyEnv {
     pub anchors_pem: String,
     pub min_refresh: Duration,
     pub max_refresh: Duration,
+    /// The admin server's port: TLS with the live leaf there.
+    pub admin_port: u16,
 }
 
 impl ProxyEnv {
@@ -128,6 +134,16 @@ impl ProxyEnv {
             anchors_pem: need(ENV_TRUST_ANCHORS)?,
             min_refresh: duration(ENV_MIN_REFRESH, defaults.0)?,
             max_refresh: duration(ENV_MAX_REFRESH, defaults.1)?,
+            admin_port: match get(ENV_ADMIN_LISTEN_ADDR) {
+                None => ADMIN_PORT,
+                Some(v) => v.parse::<SocketAddr>().map(|a| a.port()).map_err(|e| {
+                    ProxyError::InvalidEnv {
+                        pod: pod.to_owned(),
+                        name: ENV_ADMIN_LISTEN_ADDR,
+                        message: format!("{v:?}: {e}"),
+                    }
+                })?,
+            },
         })
     }
 }
@@ -213,7 +229,8 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 impl Proxy {
-    /// Binds `ip:4191`, then starts serving and asking for leaves.
+    /// Binds `ip:4191` (or the admin port its env sets), then starts serving and asking for
+    /// leaves.
     pub async fn start(
         pod: PodRef,
         ip: Ipv4Addr,
@@ -259,7 +276,7 @@ impl Proxy {
             .with_root_certificates(roots)
             .with_client_cert_resolver(leaf.clone());
 
-        let addr = SocketAddr::from((ip, ADMIN_PORT));
+        let addr = SocketAddr::from((ip, env.admin_port));
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ProxyError::Bind {
@@ -492,5 +509,15 @@ mod tests {
         let err =
             ProxyEnv::from_env("ns/p", &env[1..], (Duration::ZERO, Duration::ZERO)).unwrap_err();
         assert!(err.to_string().contains(ENV_LOCAL_NAME), "{err}");
+        // The admin port: Linkerd's default, or the one its listen address names.
+        assert_eq!(e.admin_port, ADMIN_PORT);
+        let with_admin = |addr: &str| {
+            let mut env = env.clone();
+            env.push((ENV_ADMIN_LISTEN_ADDR.to_owned(), addr.to_owned()));
+            ProxyEnv::from_env("ns/p", &env, (Duration::ZERO, Duration::ZERO))
+        };
+        assert_eq!(with_admin("0.0.0.0:4444").unwrap().admin_port, 4444);
+        let err = with_admin("4444").unwrap_err();
+        assert!(err.to_string().contains(ENV_ADMIN_LISTEN_ADDR), "{err}");
     }
 }
