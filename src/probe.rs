@@ -88,12 +88,16 @@ impl ServerCertVerifier for ReadChain {
 /// A client configuration for probes; build once, share.
 pub fn client_config() -> Arc<ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider.clone())
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ReadChain(provider)))
         .with_no_client_auth();
+    // A resumed session would report the chain of the session it resumed, not the live one.
+    // (A probe ends before a session ticket arrives, and linkerd2-proxy sends none; this keeps
+    // it so whatever the server does.)
+    config.resumption = rustls::client::Resumption::disabled();
     Arc::new(config)
 }
 

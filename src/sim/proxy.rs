@@ -9,6 +9,8 @@
 //! `LINKERD2_PROXY_ADMIN_LISTEN_ADDR`) it serves TLS 1.3 with
 //! leaf + issuer, verifying a client certificate when one is offered (against its own anchors),
 //! and letting a client without one read the chain (what `linkerd identity` and our probe do).
+//! Like linkerd2-proxy, it neither offers nor accepts TLS session resumption: every connection
+//! is a full handshake.
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -265,16 +267,22 @@ impl Proxy {
             .allow_unauthenticated()
             .build()
             .map_err(|e| tls_err(e.to_string()))?;
-        let server_config = ServerConfig::builder_with_provider(provider())
+        let mut server_config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| tls_err(e.to_string()))?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(leaf.clone());
-        let client_config = ClientConfig::builder_with_provider(provider())
+        let mut client_config = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| tls_err(e.to_string()))?
             .with_root_certificates(roots)
             .with_client_cert_resolver(leaf.clone());
+        // As linkerd2-proxy: no session resumption, so that every connection checks both
+        // sides' leaves as they are now (a resumed session checks none, and would let a leaf
+        // its peer no longer trusts pass).
+        server_config.send_tls13_tickets = 0;
+        server_config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        client_config.resumption = rustls::client::Resumption::disabled();
 
         let addr = SocketAddr::from((ip, env.admin_port));
         let listener = TcpListener::bind(addr)

@@ -2,7 +2,9 @@
 //! simulated proxies, each side verifying the other with its own anchors, counted by outcome.
 //!
 //! A handshake succeeds when the client verified the server's chain for the server's identity
-//! *and* the server accepted the client's certificate (it then sends one byte). Failures are
+//! *and* the server accepted the client's certificate (it then sends one byte), each in a full
+//! handshake: a resumed TLS session checks no certificate, and linkerd2-proxy turns resumption
+//! off, so one would be counted as a failure (the simulated proxies offer none). Failures are
 //! classified by reason and by which side refused. A peer that stopped between being picked and
 //! being dialled is counted apart (`unreachable`): that is a pod going away, not broken mTLS.
 //! A peer still ready that refuses or resets the connection is a failure: only a stopped one
@@ -376,6 +378,9 @@ fn certificate_reason(error: &CertificateError) -> FailureReason {
     }
 }
 
+/// Why a handshake that checked no certificate counts as failed.
+pub const RESUMED: &str = "a resumed TLS session: no certificate was checked";
+
 /// One mTLS handshake from `client` to `server`, as the client's proxy would dial it.
 pub async fn handshake(client: &Proxy, server: &Proxy) -> Outcome {
     let attempt = async {
@@ -394,6 +399,12 @@ pub async fn handshake(client: &Proxy, server: &Proxy) -> Outcome {
             Ok(t) => t,
             Err(e) => return io_outcome(&e),
         };
+        if tls.get_ref().1.handshake_kind() != Some(rustls::HandshakeKind::Full) {
+            return Outcome::Failed(
+                FailureReason::Other(RESUMED.to_owned()),
+                RejectedBy::Neither,
+            );
+        }
         let mut byte = [0u8; 1];
         match tls.read_exact(&mut byte).await {
             Ok(_) => Outcome::Ok,
