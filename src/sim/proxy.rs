@@ -6,9 +6,9 @@
 //! identity, accepts the answer only if it verifies against its anchors (otherwise keeps the
 //! leaf it has), and refreshes at 70 % of the remaining lifetime clamped to
 //! `LINKERD2_PROXY_IDENTITY_MIN_REFRESH`/`MAX_REFRESH`. On `podIP:4191` (or the port of
-//! `LINKERD2_PROXY_ADMIN_LISTEN_ADDR`) it serves TLS 1.3 with
-//! leaf + issuer, verifying a client certificate when one is offered (against its own anchors),
-//! and letting a client without one read the chain (what `linkerd identity` and our probe do).
+//! `LINKERD2_PROXY_ADMIN_LISTEN_ADDR`) it serves TLS 1.3 with leaf + issuer, verifying a client
+//! certificate when one is offered (against its own anchors), and letting a client without one
+//! read the chain (what `linkerd identity` and our probe do).
 //! Like linkerd2-proxy, it neither offers nor accepts TLS session resumption: every connection
 //! is a full handshake.
 
