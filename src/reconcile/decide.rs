@@ -367,10 +367,7 @@ pub fn decide(
     // what bundle it runs with. (A pod labelled as control plane by anything else has no
     // marker to be known by: it is left to its anchors, when its spec has them, and the
     // observation counts it as a workload pod then.)
-    let restarted_here = |p: &MeshedPod| {
-        (p.control_plane_deployment.as_ref())
-            .is_some_and(|d| observed.control_plane.iter().any(|c| c.name == *d))
-    };
+    let restarted_here = |p: &MeshedPod| p.restarted_with(&observed.control_plane);
     let lacking_bundle = workloads_lacking(observed.bundle_holders(), &bundle_set);
     let signer_anchor = BTreeSet::from([signer_cert.fingerprint.clone()]);
     let lacking_signer = workloads_lacking(observed.bundle_holders(), &signer_anchor);

@@ -168,6 +168,13 @@ impl MeshedPod {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+
+    /// A pod of one of the control-plane Deployments the operator restarts onto each bundle,
+    /// whose restart marker says what bundle it runs with.
+    pub fn restarted_with(&self, control_plane: &[ControlPlaneDeployment]) -> bool {
+        (self.control_plane_deployment.as_ref())
+            .is_some_and(|d| control_plane.iter().any(|c| c.name == *d))
+    }
 }
 
 /// A control-plane Deployment.

@@ -243,9 +243,7 @@ pub(super) async fn observe(
     // for the bundle, restarted by its workload, named. Otherwise nothing tells what it holds.
     let mut meshed = |p: &Pod| {
         let mut pod = meshed_pod(config, p, &mut anchors_cache, &wont_roll);
-        let restarted_here = (pod.control_plane_deployment.as_ref())
-            .is_some_and(|d| control_plane.iter().any(|c| c.name == *d));
-        if pod.control_plane && pod.anchors.is_some() && !restarted_here {
+        if pod.control_plane && pod.anchors.is_some() && !pod.restarted_with(&control_plane) {
             pod.control_plane = false;
         }
         pod
