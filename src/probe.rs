@@ -217,9 +217,11 @@ fn issuer_ttl_in(metrics: &str) -> Option<f64> {
     })
 }
 
+/// The metric's parse, and the scrape over real sockets: a metrics server's answer read whole,
+/// what a server without the metric or with an error says, a closed port.
 #[cfg(test)]
 mod scrape_tests {
-    use super::issuer_ttl_in;
+    use super::*;
 
     #[test]
     fn the_issuer_ttl_is_read_from_prometheus_text() {
@@ -235,13 +237,6 @@ mod scrape_tests {
         assert_eq!(issuer_ttl_in("go_goroutines 12\n"), None);
         assert_eq!(issuer_ttl_in("issuer_cert_ttl_seconds soon\n"), None);
     }
-}
-
-/// The scrape over real sockets: a metrics server's answer read whole, what a server without
-/// the metric or with an error says, a closed port.
-#[cfg(test)]
-mod scrape_io_tests {
-    use super::*;
 
     async fn serve(status: axum::http::StatusCode, body: &'static str) -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
