@@ -74,7 +74,17 @@ pub fn write(dir: &Path, dns_names: Vec<String>) -> Result<DevCerts, DevCertsErr
         let path = p.display().to_string();
         move |source| DevCertsError::Write { path, source }
     };
-    std::fs::create_dir_all(dir).map_err(write_err(dir))?;
+    match (dir.metadata(), dir.symlink_metadata()) {
+        (Ok(meta), _) if !meta.is_dir() => {
+            return Err(write_err(dir)(std::io::Error::other("not a directory")));
+        }
+        (Err(_), Ok(link)) if link.is_symlink() => {
+            return Err(write_err(dir)(std::io::Error::other(
+                "a symbolic link to nothing",
+            )));
+        }
+        _ => std::fs::create_dir_all(dir).map_err(write_err(dir))?,
+    }
     // All four or none: a CA from this run with a serving pair from the last would not verify.
     // So every file is written beside its place first (a failure removes what was written and
     // leaves the old set as it was), and only then is each renamed into place.
@@ -90,9 +100,9 @@ pub fn write(dir: &Path, dns_names: Vec<String>) -> Result<DevCerts, DevCertsErr
             return Err(write_err(path)(source));
         }
     }
-    let mut written: Vec<(PathBuf, &PathBuf)> = Vec::new();
+    let mut written: Vec<(PathBuf, &Path)> = Vec::new();
     for (path, pem, mode) in &files {
-        let temp = temp_path(path);
+        let temp = temp_path(path, "tmp");
         if let Err(source) = write_new(&temp, pem.as_bytes(), *mode) {
             for (temp, _) in &written {
                 let _ = std::fs::remove_file(temp);
@@ -101,16 +111,71 @@ pub fn write(dir: &Path, dns_names: Vec<String>) -> Result<DevCerts, DevCertsErr
         }
         written.push((temp, path));
     }
-    for (temp, path) in &written {
-        std::fs::rename(temp, path).map_err(write_err(path))?;
-    }
+    install(&written, &mut |from, to| std::fs::rename(from, to))
+        .map_err(|(path, source)| write_err(&path)(source))?;
     Ok(out)
 }
 
-/// Where `path` is written before it is renamed into place.
-fn temp_path(path: &Path) -> PathBuf {
+/// Renames each written file (`temp`, `target`) into place with `rename`, all or none: each
+/// target there before is first kept under a second name (a hard link, so it never leaves its
+/// place), and if a rename fails, the targets replaced so far get their old files back. On
+/// failure: the target that could not be written and why, with nothing of this run left.
+fn install(
+    written: &[(PathBuf, &Path)],
+    rename: &mut dyn FnMut(&Path, &Path) -> std::io::Result<()>,
+) -> Result<(), (PathBuf, std::io::Error)> {
+    let mut kept: Vec<Option<PathBuf>> = Vec::new();
+    let mut failure = None;
+    for (_, target) in written {
+        if !target.exists() {
+            kept.push(None);
+            continue;
+        }
+        let old = temp_path(target, "old");
+        let _ = std::fs::remove_file(&old);
+        match std::fs::hard_link(target, &old) {
+            Ok(()) => kept.push(Some(old)),
+            Err(e) => {
+                failure = Some((target.to_path_buf(), e));
+                break;
+            }
+        }
+    }
+    let mut replaced = 0;
+    if failure.is_none() {
+        for (temp, target) in written {
+            if let Err(e) = rename(temp, target) {
+                failure = Some((target.to_path_buf(), e));
+                break;
+            }
+            replaced += 1;
+        }
+    }
+    if failure.is_some() {
+        for ((_, target), old) in written.iter().zip(&kept).take(replaced) {
+            let _ = match old {
+                Some(old) => std::fs::rename(old, target),
+                None => std::fs::remove_file(target),
+            };
+        }
+        for (temp, _) in &written[replaced..] {
+            let _ = std::fs::remove_file(temp);
+        }
+    }
+    // After a failure, an old file that could not be put back stays under its second name.
+    let spare = if failure.is_some() { replaced } else { 0 };
+    for old in kept[spare..].iter().flatten() {
+        let _ = std::fs::remove_file(old);
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// `path` with `.suffix` added: where a file is written before it is renamed into place
+/// (`tmp`), or where the file it replaces is kept until then (`old`).
+fn temp_path(path: &Path, suffix: &str) -> PathBuf {
     let mut temp = path.as_os_str().to_owned();
-    temp.push(".tmp");
+    temp.push(".");
+    temp.push(suffix);
     PathBuf::from(temp)
 }
 
@@ -177,6 +242,85 @@ mod tests {
             )
         );
         assert_eq!(std::fs::read(dir.path().join("ca.crt")).unwrap(), before[0]);
+    }
+
+    /// A rename that fails after others have replaced their files (an immutable file, a bind
+    /// mount, another user's file in a sticky folder) puts the replaced ones back: the old set
+    /// stays whole, or, on a first run, no part of the new one is left.
+    #[test]
+    fn a_rename_failing_midway_puts_back_the_files_already_replaced() {
+        for had_old_set in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let names = ["ca.crt", "ca.key", "tls.crt", "tls.key"];
+            let targets = names.map(|n| dir.path().join(n));
+            let temps = targets.clone().map(|t| temp_path(&t, "tmp"));
+            for (target, temp) in targets.iter().zip(&temps) {
+                if had_old_set {
+                    std::fs::write(target, "old").unwrap();
+                }
+                std::fs::write(temp, "new").unwrap();
+            }
+            let written: Vec<(PathBuf, &Path)> = temps
+                .iter()
+                .cloned()
+                .zip(targets.iter().map(PathBuf::as_path))
+                .collect();
+            let mut renames = 0;
+            let (path, error) = install(&written, &mut |from, to| {
+                renames += 1;
+                if to.ends_with("tls.crt") {
+                    return Err(std::io::Error::other("refused"));
+                }
+                std::fs::rename(from, to)
+            })
+            .unwrap_err();
+            assert_eq!(
+                (path, error.to_string()),
+                (targets[2].clone(), "refused".into())
+            );
+            assert_eq!(renames, 3, "it stops at the first failure");
+            let mut left: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            left.sort();
+            if had_old_set {
+                assert_eq!(left, names.map(String::from));
+                for target in &targets {
+                    assert_eq!(std::fs::read_to_string(target).unwrap(), "old");
+                }
+            } else {
+                assert_eq!(left, Vec::<String>::new());
+            }
+        }
+    }
+
+    /// `--out` naming a file, or a symbolic link to nothing, is named as such (not as "File
+    /// exists", which is what creating the folder says).
+    #[test]
+    fn an_out_path_that_is_no_folder_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("afile");
+        std::fs::write(&file, "x").unwrap();
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        for (out, says) in [
+            (&file, "not a directory"),
+            (&dangling, "a symbolic link to nothing"),
+        ] {
+            let error = write(out, vec!["localhost".to_owned()]).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("writing {}: {says}", out.display())
+            );
+        }
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+        // A link to a folder is a folder.
+        let linked = dir.path().join("linked");
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real"), &linked).unwrap();
+        write(&linked, vec!["localhost".to_owned()]).unwrap();
+        assert!(dir.path().join("real/tls.crt").is_file());
     }
 
     #[test]
