@@ -103,13 +103,13 @@ pub struct RunArgs {
     #[arg(long, default_value = "2s", value_parser = parse_period)]
     pub cert_reload_interval: Duration,
     /// Name of the TrustAnchorRotation to follow.
-    #[arg(long, default_value = crate::crd::CLUSTER_ROTATION_NAME)]
+    #[arg(long, default_value = crate::crd::CLUSTER_ROTATION_NAME, value_parser = subdomain("TrustAnchorRotation"))]
     pub rotation_name: String,
     /// Linkerd's control-plane namespace.
     #[arg(long, default_value = "linkerd", value_parser = label("namespace"))]
     pub linkerd_namespace: String,
     /// The trust-bundle ConfigMap in the Linkerd namespace.
-    #[arg(long, default_value = "linkerd-identity-trust-roots")]
+    #[arg(long, default_value = "linkerd-identity-trust-roots", value_parser = subdomain("ConfigMap"))]
     pub trust_roots_configmap: String,
     /// Run the reconciler in this process (`false`: serve the webhook only).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -118,13 +118,13 @@ pub struct RunArgs {
     #[arg(long, default_value = "cert-manager", value_parser = label("namespace"))]
     pub trust_anchor_namespace: String,
     /// The trust anchor's Secret (cert-manager writes it).
-    #[arg(long, default_value = "linkerd-trust-anchor")]
+    #[arg(long, default_value = "linkerd-trust-anchor", value_parser = subdomain("Secret"))]
     pub trust_anchor_secret: String,
     /// Secret in the Linkerd namespace holding the previous anchor's certificate.
-    #[arg(long, default_value = "linkerd-previous-anchor")]
+    #[arg(long, default_value = "linkerd-previous-anchor", value_parser = subdomain("Secret"))]
     pub previous_anchor_secret: String,
     /// The identity issuer's Certificate and Secret in the Linkerd namespace.
-    #[arg(long, default_value = "linkerd-identity-issuer")]
+    #[arg(long, default_value = "linkerd-identity-issuer", value_parser = subdomain("Certificate"))]
     pub identity_issuer: String,
     /// Linkerd's trust domain (pod identities end in it).
     #[arg(long, default_value = "cluster.local")]
@@ -150,10 +150,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
     /// Namespace of the leader Lease (the operator's own namespace in a cluster).
-    #[arg(long, env = "POD_NAMESPACE", default_value = crate::webhook::config::DEFAULT_OPERATOR_NAMESPACE)]
+    #[arg(long, env = "POD_NAMESPACE", default_value = crate::webhook::config::DEFAULT_OPERATOR_NAMESPACE, value_parser = label("namespace"))]
     pub lease_namespace: String,
     /// Name of the leader Lease.
-    #[arg(long, default_value = "trust-rotation-operator")]
+    #[arg(long, default_value = "trust-rotation-operator", value_parser = subdomain("Lease"))]
     pub lease_name: String,
     /// How long a leader that stopped renewing keeps the Lease; a replica takes over after it.
     /// Rounded up to whole seconds, as the Lease holds it.
@@ -188,7 +188,7 @@ pub enum LogFormat {
 #[derive(Debug, clap::Args)]
 pub struct RbacArgs {
     /// The operator's ServiceAccount, in the operator's namespace (where its Lease lives).
-    #[arg(long, default_value = crate::rbac::NAME)]
+    #[arg(long, default_value = crate::rbac::NAME, value_parser = subdomain("ServiceAccount"))]
     pub service_account: String,
     /// The operator's namespace.
     #[arg(long, default_value = crate::webhook::config::DEFAULT_OPERATOR_NAMESPACE, value_parser = label("namespace"))]
@@ -202,24 +202,24 @@ pub struct RbacArgs {
     // The names below are the ones given to `run`, when they are not its defaults: the
     // permissions on these objects name them (`resourceNames`).
     /// The TrustAnchorRotation `run` reconciles (as `run --rotation-name`).
-    #[arg(long, default_value = crate::crd::CLUSTER_ROTATION_NAME)]
+    #[arg(long, default_value = crate::crd::CLUSTER_ROTATION_NAME, value_parser = subdomain("TrustAnchorRotation"))]
     pub rotation_name: String,
     /// The trust-bundle ConfigMap in the Linkerd namespace (as `run --trust-roots-configmap`).
-    #[arg(long, default_value = "linkerd-identity-trust-roots")]
+    #[arg(long, default_value = "linkerd-identity-trust-roots", value_parser = subdomain("ConfigMap"))]
     pub trust_roots_configmap: String,
     /// The Secret keeping the previous anchor during a rotation, in the Linkerd namespace (as
     /// `run --previous-anchor-secret`).
-    #[arg(long, default_value = "linkerd-previous-anchor")]
+    #[arg(long, default_value = "linkerd-previous-anchor", value_parser = subdomain("Secret"))]
     pub previous_anchor_secret: String,
     /// The identity issuer's Certificate and Secret in the Linkerd namespace (as
     /// `run --identity-issuer`).
-    #[arg(long, default_value = "linkerd-identity-issuer")]
+    #[arg(long, default_value = "linkerd-identity-issuer", value_parser = subdomain("Certificate"))]
     pub identity_issuer: String,
     /// The trust anchor's Secret in the trust anchor's namespace (as `run --trust-anchor-secret`).
-    #[arg(long, default_value = "linkerd-trust-anchor")]
+    #[arg(long, default_value = "linkerd-trust-anchor", value_parser = subdomain("Secret"))]
     pub trust_anchor_secret: String,
     /// The leader-election Lease in the operator's namespace (as `run --lease-name`).
-    #[arg(long, default_value = "trust-rotation-operator")]
+    #[arg(long, default_value = "trust-rotation-operator", value_parser = subdomain("Lease"))]
     pub lease_name: String,
     /// Let the operator restart workloads in this namespace only (repeat for more): a
     /// RoleBinding there instead of the cluster-wide binding. Without it, everywhere. The
@@ -245,6 +245,33 @@ fn label(what: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone 
             Err(format!(
                 "{name:?} is not a {what} name (at most 63 characters: lowercase letters, digits \
                  and '-', starting and ending with a letter or digit)"
+            ))
+        }
+    }
+}
+
+/// A name Kubernetes accepts for most objects, a ServiceAccount, ConfigMap, Secret, Lease or
+/// TrustAnchorRotation among them (an RFC 1123 subdomain): refused here rather than by the
+/// API server halfway through an apply, or written into a Role's `resourceNames`, where it
+/// would grant nothing. `what` names it in the message.
+fn subdomain(what: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone + Send + Sync {
+    move |name: &str| {
+        let valid = (1..=253).contains(&name.len())
+            && name.split('.').all(|part| {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+            });
+        if valid {
+            Ok(name.to_owned())
+        } else {
+            Err(format!(
+                "{name:?} is not a {what} name (at most 253 characters: lowercase letters, digits, \
+                 '-' and '.', starting and ending with a letter or digit, and a letter or digit \
+                 on each side of every '.')"
             ))
         }
     }

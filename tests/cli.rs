@@ -295,8 +295,8 @@ fn rbac_restart_namespaces_bind_the_restarter_there_and_typos_are_refused() {
 }
 
 /// Names and the URL that go into YAML or certificates are checked first: a value YAML would
-/// read otherwise (`#` starts a comment, `: ` a key), or that no namespace or Service could
-/// have, is refused with the flag's value, never written.
+/// read otherwise (`#` starts a comment, `: ` a key), or that no namespace, Service or other
+/// object could have, is refused with the flag's value, never written.
 #[test]
 fn names_and_urls_bound_for_yaml_or_certificates_are_checked() {
     let parse = |args: &[&str]| {
@@ -355,6 +355,31 @@ fn names_and_urls_bound_for_yaml_or_certificates_are_checked() {
             &["run", "--trust-anchor-namespace", "Cert-Manager"][..],
             "is not a namespace name",
         ),
+        (
+            &["rbac", "--service-account", "UPPER"][..],
+            "\"UPPER\" is not a ServiceAccount name",
+        ),
+        (
+            &["rbac", "--rotation-name", "Bad Name"][..],
+            "is not a TrustAnchorRotation name",
+        ),
+        (
+            &["rbac", "--trust-roots-configmap", ""][..],
+            "\"\" is not a ConfigMap name",
+        ),
+        (
+            &["run", "--identity-issuer", "issuer."][..],
+            "is not a Certificate name",
+        ),
+        (&["run", "--lease-name", "a..b"][..], "is not a Lease name"),
+        (
+            &["run", "--trust-anchor-secret=anchor-"][..],
+            "is not a Secret name",
+        ),
+        (
+            &["run", "--lease-namespace", "my.ns"][..],
+            "is not a namespace name",
+        ),
     ] {
         let error = parse(args).unwrap_err();
         assert!(error.contains(says), "{args:?}: {error}");
@@ -369,6 +394,14 @@ fn names_and_urls_bound_for_yaml_or_certificates_are_checked() {
             "hook-1",
         ][..],
         &["certs", "dev", "--namespace", "linkerd"][..],
+        &[
+            "rbac",
+            "--service-account",
+            "tro.v2",
+            "--lease-name",
+            "a-1.b",
+        ][..],
+        &["run", "--trust-roots-configmap", "x"][..],
     ] {
         assert!(parse(args).is_ok(), "{args:?}");
     }
