@@ -277,8 +277,9 @@ fn subdomain(what: &'static str) -> impl Fn(&str) -> Result<String, String> + Cl
     }
 }
 
-/// The webhook's URL as the API server accepts it in `clientConfig.url`: https, a host, no
-/// query or fragment, nothing YAML would read otherwise.
+/// The webhook's URL as the API server accepts it in `clientConfig.url`: https, a host, no user
+/// information, no query or fragment (not even an empty one), only well-formed `%` escapes,
+/// nothing YAML would read otherwise.
 fn webhook_url(url: &str) -> Result<String, String> {
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!(
@@ -294,6 +295,24 @@ fn webhook_url(url: &str) -> Result<String, String> {
     if uri.query().is_some() || url.contains('#') {
         return Err(format!(
             "{url:?} must have no query or fragment (the API server refuses them)"
+        ));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(format!(
+            "{url:?} must have no user information (the API server refuses it, and the \
+             configuration is readable by many)"
+        ));
+    }
+    let bytes = url.as_bytes();
+    let bad_escape = bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'%'
+            && !bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if bad_escape {
+        return Err(format!(
+            "{url:?} is not a URL: a '%' is not followed by two hex digits"
         ));
     }
     Ok(url.to_owned())

@@ -332,6 +332,22 @@ fn names_and_urls_bound_for_yaml_or_certificates_are_checked() {
             "must be https://",
         ),
         (
+            &[
+                "webhook-config",
+                "--url",
+                "https://user:pw@127.0.0.1:9443/mutate",
+            ][..],
+            "must have no user information",
+        ),
+        (
+            &["webhook-config", "--url", "https://h/x%zz"][..],
+            "a '%' is not followed by two hex digits",
+        ),
+        (
+            &["webhook-config", "--url", "https://h/x%4"][..],
+            "a '%' is not followed by two hex digits",
+        ),
+        (
             &["webhook-config", "--namespace", ""][..],
             "\"\" is not a namespace name",
         ),
@@ -386,6 +402,7 @@ fn names_and_urls_bound_for_yaml_or_certificates_are_checked() {
     }
     for args in [
         &["webhook-config", "--url", "https://127.0.0.1:9443/mutate"][..],
+        &["webhook-config", "--url", "https://hook.example/mu%2Ftate"][..],
         &[
             "webhook-config",
             "--namespace",
