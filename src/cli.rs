@@ -430,8 +430,12 @@ fn default_identity() -> String {
     format!("{host}-{}-{:08x}", std::process::id(), random as u32)
 }
 
-/// Runs the operator binary's subcommand, writing its output to `out`.
-pub async fn operator(cli: OperatorCli, out: &mut impl std::io::Write) -> Result<(), CliError> {
+/// Runs the operator binary's subcommand, writing its output to `out` and warnings to `err`.
+pub async fn operator(
+    cli: OperatorCli,
+    out: &mut impl std::io::Write,
+    err: &mut impl std::io::Write,
+) -> Result<(), CliError> {
     match cli.command {
         OperatorCommand::Run(args) => {
             init_logging(args.log_format);
@@ -512,11 +516,18 @@ pub async fn operator(cli: OperatorCli, out: &mut impl std::io::Write) -> Result
             use crate::webhook::config::{Endpoint, render};
             // Only certificates go into caBundle, which anyone who can read the configuration
             // sees: a key file given by mistake is refused here, not published.
+            // An expired CA there fails every admission's TLS handshake, which the API server
+            // ignores (`failurePolicy: Ignore`): pods would go unstamped without a word. So the
+            // anchors' concerns are told, as `linkerd-trust bundle` tells them.
             let ca = match &args.ca_file {
-                Some(p) => Some(
-                    crate::bundle::Bundle::from_pem(&p.display().to_string(), &read_text(p)?)?
-                        .to_pem(),
-                ),
+                Some(p) => {
+                    let name = p.display().to_string();
+                    let bundle = crate::bundle::Bundle::from_pem(&name, &read_text(p)?)?;
+                    for warning in bundle.warnings(now_unix()) {
+                        writeln!(err, "warning: {name}: {warning}").map_err(CliError::Output)?;
+                    }
+                    Some(bundle.to_pem())
+                }
                 None => None,
             };
             let endpoint = match args.url {

@@ -463,6 +463,21 @@ fn webhook_config_embeds_only_certificates_as_the_ca_bundle() {
     let ok = config(&certs.ca_cert);
     assert!(ok.status.success(), "{ok:?}");
     assert!(String::from_utf8_lossy(&ok.stdout).contains("caBundle: "));
+    assert!(ok.stderr.is_empty(), "no warning for a good CA: {ok:?}");
+
+    // An expired CA would fail every admission's handshake, ignored by the API server: it is
+    // embedded as asked, with a warning naming the file.
+    let expired = dir.path().join("expired.crt");
+    std::fs::write(&expired, certificate("old-ca", true, -7200, -3600)).unwrap();
+    let old = config(&expired);
+    assert!(old.status.success(), "{old:?}");
+    assert!(String::from_utf8_lossy(&old.stdout).contains("caBundle: "));
+    let warning = String::from_utf8(old.stderr).unwrap();
+    assert!(
+        warning.starts_with(&format!("warning: {}: anchor CN=old-ca", expired.display()))
+            && warning.contains("has expired"),
+        "{warning}"
+    );
     let key = config(&certs.ca_key);
     assert_eq!(key.status.code(), Some(1));
     assert!(key.stdout.is_empty(), "nothing printed: {key:?}");
