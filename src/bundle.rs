@@ -102,6 +102,9 @@ pub enum Concern {
     NotYetValid { from: String },
     /// No `basicConstraints CA:TRUE`: not meant to sign certificates.
     NotACa,
+    /// A CA whose `keyUsage` leaves out `keyCertSign`: verifiers (Go's, rustls' webpki,
+    /// OpenSSL) refuse every certificate it signed.
+    CannotSign,
 }
 
 /// A [`Concern`] about one certificate of a bundle.
@@ -127,6 +130,10 @@ impl std::fmt::Display for AnchorWarning {
             Concern::Expired { at } => write!(f, "has expired (not valid after {at})"),
             Concern::NotYetValid { from } => write!(f, "is not valid before {from}"),
             Concern::NotACa => write!(f, "is not a CA certificate (no basicConstraints CA:TRUE)"),
+            Concern::CannotSign => write!(
+                f,
+                "may not sign certificates (its keyUsage leaves out keyCertSign)"
+            ),
         }
     }
 }
@@ -166,6 +173,13 @@ impl Bundle {
             }
             if !cert.is_ca() {
                 concerns.push(Concern::NotACa);
+            } else if cert
+                .key_usage()
+                .ok()
+                .flatten()
+                .is_some_and(|usage| !usage.value.key_cert_sign())
+            {
+                concerns.push(Concern::CannotSign);
             }
             out.extend(concerns.into_iter().map(|concern| AnchorWarning {
                 subject: cert.subject().to_string(),
@@ -371,8 +385,12 @@ mod tests {
     }
 
     #[test]
-    fn concerns_name_expired_not_yet_valid_and_non_ca_anchors() {
-        let template = |cn: &str, not_before: i64, not_after: i64, is_ca: bool| {
+    fn concerns_name_expired_not_yet_valid_non_ca_and_non_signing_anchors() {
+        let template_with = |cn: &str,
+                             not_before: i64,
+                             not_after: i64,
+                             is_ca: bool,
+                             usages: &[rcgen::KeyUsagePurpose]| {
             let key = rcgen::KeyPair::generate().unwrap();
             let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
             params
@@ -383,14 +401,26 @@ mod tests {
             if is_ca {
                 params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
             }
+            params.key_usages = usages.to_vec();
             params.self_signed(&key).unwrap().pem()
+        };
+        let template = |cn: &str, not_before: i64, not_after: i64, is_ca: bool| {
+            template_with(cn, not_before, not_after, is_ca, &[])
         };
         let now = 1_800_000_000; // 2027-01-15T08:00:00Z
         let good = template("good", now - 10, now + 10, true);
         let expired = template("old", now - 20, now - 1, true);
         let future = template("new", now + 60, now + 120, true);
         let leaf = template("leaf", now - 10, now + 10, false);
-        let bundle = Bundle::from_pem("b", &format!("{good}{expired}{future}{leaf}")).unwrap();
+        use rcgen::KeyUsagePurpose::{DigitalSignature, KeyCertSign};
+        let unsigning = template_with("nosign", now - 10, now + 10, true, &[DigitalSignature]);
+        // keyUsage with keyCertSign, or no keyUsage at all, is fine.
+        let signing = template_with("sign", now - 10, now + 10, true, &[KeyCertSign]);
+        let bundle = Bundle::from_pem(
+            "b",
+            &format!("{good}{expired}{future}{leaf}{unsigning}{signing}"),
+        )
+        .unwrap();
         let mut said: Vec<_> = bundle.warnings(now).iter().map(|w| w.to_string()).collect();
         said.sort();
         let fp = |pem_text: &str| {
@@ -411,6 +441,10 @@ mod tests {
                 format!(
                     "anchor CN=new (sha256 {}...) is not valid before 2027-01-15T08:01:00Z",
                     fp(&future)
+                ),
+                format!(
+                    "anchor CN=nosign (sha256 {}...) may not sign certificates (its keyUsage leaves out keyCertSign)",
+                    fp(&unsigning)
                 ),
                 format!(
                     "anchor CN=old (sha256 {}...) has expired (not valid after 2027-01-15T07:59:59Z)",

@@ -657,7 +657,8 @@ pub struct LinkerdTrustCli {
 pub enum LinkerdTrustCommand {
     /// Print the canonical trust bundle (de-duplicated, ordered by SHA-256 of the DER) built
     /// from PEM files, and its fingerprint on stderr, after a warning for each anchor that has
-    /// expired, is not yet valid or is not a CA (bundled all the same).
+    /// expired, is not yet valid, is not a CA or may not sign certificates (bundled all the
+    /// same).
     Bundle {
         /// PEM files holding one or more certificates each.
         #[arg(required = true)]
