@@ -521,7 +521,7 @@ pub async fn operator(
             // anchors' concerns are told, as `linkerd-trust bundle` tells them.
             let ca = match &args.ca_file {
                 Some(p) => {
-                    let name = p.display().to_string();
+                    let name = source_name(p);
                     let bundle = crate::bundle::Bundle::from_pem(&name, &read_text(p)?)?;
                     for warning in bundle.warnings(now_unix()) {
                         writeln!(err, "warning: {name}: {warning}").map_err(CliError::Output)?;
@@ -660,7 +660,7 @@ pub enum LinkerdTrustCommand {
     /// expired, is not yet valid, is not a CA or may not sign certificates (bundled all the
     /// same).
     Bundle {
-        /// PEM files holding one or more certificates each.
+        /// PEM files holding one or more certificates each (`-`: stdin).
         #[arg(required = true)]
         files: Vec<std::path::PathBuf>,
     },
@@ -678,7 +678,7 @@ pub fn linkerd_trust(
             let mut warnings = Vec::new();
             let now = now_unix();
             for f in &files {
-                let name = f.display().to_string();
+                let name = source_name(f);
                 let part = crate::bundle::Bundle::from_pem(&name, &read_text(f)?)?;
                 for warning in part.warnings(now) {
                     if !bundle.contains(&warning.fingerprint) {
@@ -707,13 +707,40 @@ fn now_unix() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// A PEM file's text; a binary file (DER, say) is named as such.
+/// How errors and warnings name a file given on the command line (`-` is stdin).
+fn source_name(file: &std::path::Path) -> String {
+    if file == std::path::Path::new("-") {
+        "stdin".to_owned()
+    } else {
+        file.display().to_string()
+    }
+}
+
+/// A PEM file's text (`-`: stdin's). Bytes that are not UTF-8 are kept as they are read when
+/// the file has a PEM block (a comment in Latin-1, say: PEM allows any text around blocks);
+/// a binary file without one is named as such, as DER when it looks like DER.
 fn read_text(file: &std::path::Path) -> Result<String, CliError> {
-    let path = file.display().to_string();
-    std::fs::read_to_string(file).map_err(|source| match source.kind() {
-        std::io::ErrorKind::InvalidData => CliError::NotText { path },
-        _ => CliError::Input { path, source },
-    })
+    let stdin = file == std::path::Path::new("-");
+    let path = source_name(file);
+    let bytes = if stdin {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).map(|_| bytes)
+    } else {
+        std::fs::read(file)
+    }
+    .map_err(|source| CliError::Input {
+        path: path.clone(),
+        source,
+    })?;
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(text),
+        Err(e) if e.as_bytes().windows(11).any(|w| w == b"-----BEGIN ") => {
+            Ok(String::from_utf8_lossy(e.as_bytes()).into_owned())
+        }
+        // A DER certificate starts with a SEQUENCE.
+        Err(e) if e.as_bytes().first() == Some(&0x30) => Err(CliError::NotText { path }),
+        Err(_) => Err(CliError::NotPem { path }),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -731,6 +758,8 @@ pub enum CliError {
         "{path}: not PEM text (a DER file? `openssl x509 -inform der -in {path}` prints it as PEM)"
     )]
     NotText { path: String },
+    #[error("{path}: not PEM text (binary, with no -----BEGIN line)")]
+    NotPem { path: String },
     #[error(transparent)]
     Bundle(#[from] crate::bundle::BundleError),
     #[error("connecting to Kubernetes: {0}")]

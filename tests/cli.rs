@@ -176,6 +176,8 @@ fn linkerd_trust_bundle_names_the_file_and_its_problem_once_and_writes_nothing()
     let der = dir.path().join("anchor.der");
     std::fs::write(&der, pem::parse(ca("der")).unwrap().contents()).unwrap();
     let missing = dir.path().join("missing.pem");
+    let binary = dir.path().join("random.bin");
+    std::fs::write(&binary, [0xff, 0xfe, 0x00, 0x41]).unwrap();
 
     let cases = [
         (
@@ -193,6 +195,13 @@ fn linkerd_trust_bundle_names_the_file_and_its_problem_once_and_writes_nothing()
             ),
         ),
         (
+            &binary,
+            format!(
+                "Error: {}: not PEM text (binary, with no -----BEGIN line)\n",
+                binary.display()
+            ),
+        ),
+        (
             &missing,
             format!(
                 "Error: reading {}: No such file or directory (os error 2)\n",
@@ -206,6 +215,51 @@ fn linkerd_trust_bundle_names_the_file_and_its_problem_once_and_writes_nothing()
         assert_eq!(stdout, "", "no partial bundle for {}", bad.display());
         assert_eq!(stderr, message);
     }
+}
+
+/// PEM allows any text around its blocks: a comment that is not UTF-8 (Latin-1, say) does not
+/// make a file "not PEM". And `-` reads stdin (a bundle piped from `kubectl get`), named
+/// `stdin` in warnings.
+#[test]
+fn linkerd_trust_bundle_reads_latin1_comments_and_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, expired) = (ca("a"), certificate("old", true, -7200, -3600));
+    let latin = dir.path().join("latin.pem");
+    let mut bytes = b"# anchor \xe9t\xe9\n".to_vec();
+    bytes.extend_from_slice(a.as_bytes());
+    std::fs::write(&latin, bytes).unwrap();
+    let (code, stdout, stderr) = linkerd_trust(&[&latin]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, Bundle::from_pem("x", &a).unwrap().to_pem());
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_linkerd-trust"))
+        .args(["bundle", "-"])
+        .arg(&latin)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(expired.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        Bundle::from_pem("x", &format!("{a}{expired}"))
+            .unwrap()
+            .to_pem()
+    );
+    assert!(
+        stderr.starts_with("warning: stdin: anchor CN=old"),
+        "{stderr}"
+    );
 }
 
 #[test]
