@@ -80,7 +80,7 @@ pub fn write(dir: &Path, dns_names: Vec<String>) -> Result<DevCerts, DevCertsErr
         }
         (Err(_), Ok(link)) if link.is_symlink() => {
             return Err(write_err(dir)(std::io::Error::other(
-                "a symbolic link to nothing",
+                "a symbolic link that leads to no folder",
             )));
         }
         _ => std::fs::create_dir_all(dir).map_err(write_err(dir))?,
@@ -95,9 +95,12 @@ pub fn write(dir: &Path, dns_names: Vec<String>) -> Result<DevCerts, DevCertsErr
         (&out.key, key.serialize_pem(), 0o600),
     ];
     for (path, _, _) in &files {
-        if path.symlink_metadata().is_ok_and(|m| !m.is_file()) {
-            let source = std::io::Error::other("not a regular file");
-            return Err(write_err(path)(source));
+        // Where the old file is kept meanwhile must be free for a file too.
+        for path in [path.to_path_buf(), temp_path(path, "old")] {
+            if path.symlink_metadata().is_ok_and(|m| !m.is_file()) {
+                let source = std::io::Error::other("not a regular file");
+                return Err(write_err(&path)(source));
+            }
         }
     }
     let mut written: Vec<(PathBuf, &Path)> = Vec::new();
@@ -111,30 +114,60 @@ pub fn write(dir: &Path, dns_names: Vec<String>) -> Result<DevCerts, DevCertsErr
         }
         written.push((temp, path));
     }
-    install(&written, &mut |from, to| std::fs::rename(from, to))
-        .map_err(|(path, source)| write_err(&path)(source))?;
+    install(&written, &mut RealFiles).map_err(|(path, source)| write_err(&path)(source))?;
     Ok(out)
 }
 
-/// Renames each written file (`temp`, `target`) into place with `rename`, all or none: each
-/// target there before is first kept under a second name (a hard link, so it never leaves its
-/// place), and if a rename fails, the targets replaced so far get their old files back. On
-/// failure: the target that could not be written and why, with nothing of this run left.
+/// How the file a target held before is kept until the new set is in place.
+enum Kept {
+    /// The target did not exist.
+    Nothing,
+    /// A hard link under the second name: the target never leaves its place.
+    Linked(PathBuf),
+    /// Moved to the second name, where no hard link could be made (a file system without
+    /// them, or another user's file under `fs.protected_hardlinks`): the target is missing
+    /// until its new file is renamed in.
+    Moved(PathBuf),
+}
+
+/// The file operations [`install`] uses: the real ones, or a test's that fail on cue.
+trait FileOps {
+    fn hard_link(&mut self, from: &Path, to: &Path) -> std::io::Result<()> {
+        std::fs::hard_link(from, to)
+    }
+    fn rename(&mut self, from: &Path, to: &Path) -> std::io::Result<()> {
+        std::fs::rename(from, to)
+    }
+}
+
+struct RealFiles;
+
+impl FileOps for RealFiles {}
+
+/// Renames each written file (`temp`, `target`) into place, all or none: each target there
+/// before is first kept under a second name (`.old`), and if a rename fails, every target gets
+/// its old file back (or, if it had none, is removed) and the temporary files go. On failure:
+/// the target that could not be written and why, and, if an old file could not be put back,
+/// where it was left.
 fn install(
     written: &[(PathBuf, &Path)],
-    rename: &mut dyn FnMut(&Path, &Path) -> std::io::Result<()>,
+    ops: &mut impl FileOps,
 ) -> Result<(), (PathBuf, std::io::Error)> {
-    let mut kept: Vec<Option<PathBuf>> = Vec::new();
+    let mut kept: Vec<Kept> = Vec::new();
     let mut failure = None;
     for (_, target) in written {
-        if !target.exists() {
-            kept.push(None);
+        if target.symlink_metadata().is_err() {
+            kept.push(Kept::Nothing);
             continue;
         }
         let old = temp_path(target, "old");
         let _ = std::fs::remove_file(&old);
-        match std::fs::hard_link(target, &old) {
-            Ok(()) => kept.push(Some(old)),
+        let result = match ops.hard_link(target, &old) {
+            Ok(()) => Ok(Kept::Linked(old)),
+            Err(_) => ops.rename(target, &old).map(|()| Kept::Moved(old)),
+        };
+        match result {
+            Ok(k) => kept.push(k),
             Err(e) => {
                 failure = Some((target.to_path_buf(), e));
                 break;
@@ -144,30 +177,52 @@ fn install(
     let mut replaced = 0;
     if failure.is_none() {
         for (temp, target) in written {
-            if let Err(e) = rename(temp, target) {
+            if let Err(e) = ops.rename(temp, target) {
                 failure = Some((target.to_path_buf(), e));
                 break;
             }
             replaced += 1;
         }
     }
-    if failure.is_some() {
-        for ((_, target), old) in written.iter().zip(&kept).take(replaced) {
-            let _ = match old {
-                Some(old) => std::fs::rename(old, target),
-                None => std::fs::remove_file(target),
-            };
+    let Some((path, error)) = failure else {
+        for k in &kept {
+            if let Kept::Linked(old) | Kept::Moved(old) = k {
+                let _ = std::fs::remove_file(old);
+            }
         }
-        for (temp, _) in &written[replaced..] {
+        return Ok(());
+    };
+    let mut stranded = Vec::new();
+    for (i, (temp, target)) in written.iter().enumerate() {
+        let in_place = i < replaced;
+        match kept.get(i) {
+            Some(Kept::Nothing) if in_place => {
+                let _ = std::fs::remove_file(target);
+            }
+            Some(Kept::Linked(old)) if !in_place => {
+                let _ = std::fs::remove_file(old);
+            }
+            Some(Kept::Linked(old) | Kept::Moved(old)) => {
+                let put_back = ops.rename(old, target);
+                stranded.extend(put_back.err().map(|_| old.display().to_string()));
+            }
+            _ => {}
+        }
+        if !in_place {
             let _ = std::fs::remove_file(temp);
         }
     }
-    // After a failure, an old file that could not be put back stays under its second name.
-    let spare = if failure.is_some() { replaced } else { 0 };
-    for old in kept[spare..].iter().flatten() {
-        let _ = std::fs::remove_file(old);
+    if stranded.is_empty() {
+        return Err((path, error));
     }
-    failure.map_or(Ok(()), Err)
+    let error = std::io::Error::new(
+        error.kind(),
+        format!(
+            "{error}; and the files it replaced could not all be put back: the old ones are at {}",
+            stranded.join(", ")
+        ),
+    );
+    Err((path, error))
 }
 
 /// `path` with `.suffix` added: where a file is written before it is renamed into place
@@ -242,16 +297,61 @@ mod tests {
             )
         );
         assert_eq!(std::fs::read(dir.path().join("ca.crt")).unwrap(), before[0]);
+
+        // Where an old file is kept meanwhile, taken by a directory: refused, and named.
+        std::fs::remove_dir(dir.path().join("tls.crt")).unwrap();
+        std::fs::create_dir(dir.path().join("ca.crt.old")).unwrap();
+        let error = write(dir.path(), vec!["localhost".to_owned()]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "writing {}: not a regular file",
+                dir.path().join("ca.crt.old").display()
+            )
+        );
+        assert_eq!(std::fs::read(dir.path().join("ca.crt")).unwrap(), before[0]);
+    }
+
+    /// File operations that fail on cue: every hard link (a file system without them), and
+    /// any rename of a file whose name is one of `fail_renames`.
+    struct Failing {
+        no_links: bool,
+        fail_renames: Vec<&'static str>,
+    }
+
+    impl FileOps for Failing {
+        fn hard_link(&mut self, from: &Path, to: &Path) -> std::io::Result<()> {
+            if self.no_links {
+                return Err(std::io::Error::other("no hard links here"));
+            }
+            std::fs::hard_link(from, to)
+        }
+        fn rename(&mut self, from: &Path, to: &Path) -> std::io::Result<()> {
+            if self.fail_renames.iter().any(|f| from.ends_with(f)) {
+                return Err(std::io::Error::other("refused"));
+            }
+            std::fs::rename(from, to)
+        }
     }
 
     /// A rename that fails after others have replaced their files (an immutable file, a bind
     /// mount, another user's file in a sticky folder) puts the replaced ones back: the old set
-    /// stays whole, or, on a first run, no part of the new one is left.
+    /// stays whole, or, on a first run, no part of the new one is left. So too where no hard
+    /// link can be made and the old files are moved aside instead. An old file that cannot be
+    /// put back is named in the error.
     #[test]
     fn a_rename_failing_midway_puts_back_the_files_already_replaced() {
-        for had_old_set in [true, false] {
+        let names = ["ca.crt", "ca.key", "tls.crt", "tls.key"];
+        for (had_old_set, no_links, restore_fails) in [
+            (true, false, false),
+            (false, false, false),
+            (true, true, false),
+            (true, false, true),
+        ] {
+            let case = format!(
+                "old set {had_old_set}, no links {no_links}, restore fails {restore_fails}"
+            );
             let dir = tempfile::tempdir().unwrap();
-            let names = ["ca.crt", "ca.key", "tls.crt", "tls.key"];
             let targets = names.map(|n| dir.path().join(n));
             let temps = targets.clone().map(|t| temp_path(&t, "tmp"));
             for (target, temp) in targets.iter().zip(&temps) {
@@ -265,32 +365,45 @@ mod tests {
                 .cloned()
                 .zip(targets.iter().map(PathBuf::as_path))
                 .collect();
-            let mut renames = 0;
-            let (path, error) = install(&written, &mut |from, to| {
-                renames += 1;
-                if to.ends_with("tls.crt") {
-                    return Err(std::io::Error::other("refused"));
-                }
-                std::fs::rename(from, to)
-            })
-            .unwrap_err();
-            assert_eq!(
-                (path, error.to_string()),
-                (targets[2].clone(), "refused".into())
-            );
-            assert_eq!(renames, 3, "it stops at the first failure");
+            let mut ops = Failing {
+                no_links,
+                fail_renames: if restore_fails {
+                    vec!["tls.crt.tmp", "ca.crt.old"]
+                } else {
+                    vec!["tls.crt.tmp"]
+                },
+            };
+            let (path, error) = install(&written, &mut ops).unwrap_err();
+            assert_eq!(path, targets[2], "{case}");
             let mut left: Vec<_> = std::fs::read_dir(dir.path())
                 .unwrap()
                 .map(|e| e.unwrap().file_name().into_string().unwrap())
                 .collect();
             left.sort();
+            if restore_fails {
+                let old = dir.path().join("ca.crt.old");
+                assert_eq!(
+                    error.to_string(),
+                    format!(
+                        "refused; and the files it replaced could not all be put back: the old ones are at {}",
+                        old.display()
+                    )
+                );
+                assert_eq!(std::fs::read_to_string(&old).unwrap(), "old");
+                assert_eq!(
+                    left,
+                    ["ca.crt", "ca.crt.old", "ca.key", "tls.crt", "tls.key"]
+                );
+                continue;
+            }
+            assert_eq!(error.to_string(), "refused", "{case}");
             if had_old_set {
-                assert_eq!(left, names.map(String::from));
+                assert_eq!(left, names.map(String::from), "{case}");
                 for target in &targets {
-                    assert_eq!(std::fs::read_to_string(target).unwrap(), "old");
+                    assert_eq!(std::fs::read_to_string(target).unwrap(), "old", "{case}");
                 }
             } else {
-                assert_eq!(left, Vec::<String>::new());
+                assert_eq!(left, Vec::<String>::new(), "{case}");
             }
         }
     }
@@ -306,7 +419,7 @@ mod tests {
         std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
         for (out, says) in [
             (&file, "not a directory"),
-            (&dangling, "a symbolic link to nothing"),
+            (&dangling, "a symbolic link that leads to no folder"),
         ] {
             let error = write(out, vec!["localhost".to_owned()]).unwrap_err();
             assert_eq!(
