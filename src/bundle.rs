@@ -102,8 +102,10 @@ pub enum Concern {
     NotYetValid { from: String },
     /// No `basicConstraints CA:TRUE`: not meant to sign certificates.
     NotACa,
-    /// A CA whose `keyUsage` leaves out `keyCertSign`: verifiers (Go's, rustls' webpki,
-    /// OpenSSL) refuse every certificate it signed.
+    /// A CA whose `keyUsage` leaves out `keyCertSign`: Go's verifier (Linkerd's control plane,
+    /// and the API server's webhook client) and OpenSSL refuse every certificate it signed.
+    /// (rustls' webpki, in Linkerd's proxies, does not look.) A `keyUsage` with no bit set
+    /// counts as none, as Go reads it.
     CannotSign,
 }
 
@@ -177,7 +179,7 @@ impl Bundle {
                 .key_usage()
                 .ok()
                 .flatten()
-                .is_some_and(|usage| !usage.value.key_cert_sign())
+                .is_some_and(|usage| usage.value.flags != 0 && !usage.value.key_cert_sign())
             {
                 concerns.push(Concern::CannotSign);
             }

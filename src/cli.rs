@@ -294,7 +294,8 @@ fn webhook_url(url: &str) -> Result<String, String> {
     }
     if uri.query().is_some() || url.contains('#') {
         return Err(format!(
-            "{url:?} must have no query or fragment (the API server refuses them)"
+            "{url:?} must have no query or fragment, and no '?' or '#' (the API server refuses a \
+             query or a fragment)"
         ));
     }
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
@@ -517,13 +518,22 @@ pub async fn operator(
             // Only certificates go into caBundle, which anyone who can read the configuration
             // sees: a key file given by mistake is refused here, not published.
             // An expired CA there fails every admission's TLS handshake, which the API server
-            // ignores (`failurePolicy: Ignore`): pods would go unstamped without a word. So the
-            // anchors' concerns are told, as `linkerd-trust bundle` tells them.
+            // ignores (`failurePolicy: Ignore`): pods would go unstamped without a word. So a
+            // certificate outside its validity is warned of. Not one that is no CA, or may not
+            // sign: the serving certificate itself, self-signed, is a fine caBundle (Go trusts
+            // a server certificate found among its roots as it is).
             let ca = match &args.ca_file {
                 Some(p) => {
                     let name = source_name(p);
                     let bundle = crate::bundle::Bundle::from_pem(&name, &read_text(p)?)?;
-                    for warning in bundle.warnings(now_unix()) {
+                    let untimely = bundle.warnings(now_unix()).into_iter().filter(|w| {
+                        matches!(
+                            w.concern,
+                            crate::bundle::Concern::Expired { .. }
+                                | crate::bundle::Concern::NotYetValid { .. }
+                        )
+                    });
+                    for warning in untimely {
                         writeln!(err, "warning: {name}: {warning}").map_err(CliError::Output)?;
                     }
                     Some(bundle.to_pem())
@@ -677,7 +687,9 @@ pub fn linkerd_trust(
             let mut bundle = crate::bundle::Bundle::default();
             let mut warnings = Vec::new();
             let now = now_unix();
-            for f in &files {
+            // A file given twice adds nothing the first did not; stdin (`-`) can be read once.
+            let mut seen = std::collections::HashSet::new();
+            for f in files.iter().filter(|f| seen.insert(*f)) {
                 let name = source_name(f);
                 let part = crate::bundle::Bundle::from_pem(&name, &read_text(f)?)?;
                 for warning in part.warnings(now) {
@@ -716,9 +728,9 @@ fn source_name(file: &std::path::Path) -> String {
     }
 }
 
-/// A PEM file's text (`-`: stdin's). Bytes that are not UTF-8 are kept as they are read when
-/// the file has a PEM block (a comment in Latin-1, say: PEM allows any text around blocks);
-/// a binary file without one is named as such, as DER when it looks like DER.
+/// A PEM file's text (`-`: stdin's). Bytes that are not UTF-8 are read as U+FFFD when the file
+/// has a PEM block (a comment in Latin-1, say: PEM allows any text around blocks, and only the
+/// blocks are read); a binary file without one is named as such, as DER when it looks like DER.
 fn read_text(file: &std::path::Path) -> Result<String, CliError> {
     let stdin = file == std::path::Path::new("-");
     let path = source_name(file);

@@ -232,9 +232,11 @@ fn linkerd_trust_bundle_reads_latin1_comments_and_stdin() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout, Bundle::from_pem("x", &a).unwrap().to_pem());
 
+    // `-` twice reads stdin once (the second would find it empty).
     let mut child = Command::new(env!("CARGO_BIN_EXE_linkerd-trust"))
         .args(["bundle", "-"])
         .arg(&latin)
+        .arg("-")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -518,6 +520,12 @@ fn webhook_config_embeds_only_certificates_as_the_ca_bundle() {
     assert!(ok.status.success(), "{ok:?}");
     assert!(String::from_utf8_lossy(&ok.stdout).contains("caBundle: "));
     assert!(ok.stderr.is_empty(), "no warning for a good CA: {ok:?}");
+    // Nor for a self-signed serving certificate that is no CA: a fine caBundle for itself.
+    let own = dir.path().join("own.crt");
+    std::fs::write(&own, certificate("hook", false, 0, 3600)).unwrap();
+    let own = config(&own);
+    assert!(own.status.success(), "{own:?}");
+    assert!(own.stderr.is_empty(), "no warning: {own:?}");
 
     // An expired CA would fail every admission's handshake, ignored by the API server: it is
     // embedded as asked, with a warning naming the file.
