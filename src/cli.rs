@@ -294,8 +294,7 @@ fn webhook_url(url: &str) -> Result<String, String> {
     }
     if uri.query().is_some() || url.contains('#') {
         return Err(format!(
-            "{url:?} must have no query or fragment, and no '?' or '#' (the API server refuses a \
-             query or a fragment)"
+            "{url:?} must have no '?' or '#' (the API server refuses a query or a fragment)"
         ));
     }
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {

@@ -377,11 +377,11 @@ fn names_and_urls_bound_for_yaml_or_certificates_are_checked() {
         ),
         (
             &["webhook-config", "--url", "https://a/x#frag"][..],
-            "no query or fragment",
+            "must have no '?' or '#'",
         ),
         (
             &["webhook-config", "--url", "https://a/x?q=1"][..],
-            "no query or fragment",
+            "must have no '?' or '#'",
         ),
         (
             &["webhook-config", "--url", "http://127.0.0.1:9443/mutate"][..],
