@@ -95,22 +95,35 @@ if [[ ! -f "$src_list" ]]; then
   } | as_root tee "$src_list" >/dev/null
   new_src_list=1
 fi
+# A fresh machine may be running its own apt at boot (apt-daily, unattended-upgrades): wait for
+# its lock rather than fail.
+apt_wait=(-o DPkg::Lock::Timeout=600)
 if [[ ${#need_pkgs[@]} -gt 0 || -n "$new_src_list" ]]; then
   log "apt-get update"
-  as_root apt-get update -qq >&2
+  as_root apt-get "${apt_wait[@]}" update -qq >&2
 fi
 if [[ ${#need_pkgs[@]} -gt 0 ]]; then
   log "installing ${need_pkgs[*]}"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >&2
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get "${apt_wait[@]}" install -y -qq "${need_pkgs[@]}" >&2
+  # Debian starts the etcd service it installs; the tests run their own etcd, so on a machine
+  # run by systemd the package's is stopped and disabled rather than left running.
+  if [[ " ${need_pkgs[*]} " == *" etcd-server "* && -d /run/systemd/system ]]; then
+    as_root systemctl disable --now etcd.service >&2 || log "could not stop the etcd service the package started"
+  fi
 fi
 
 scratch="$cache_root/build-scratch"
-rm -rf "$scratch"
+# A build killed outright may still be writing into the last scratch folder for a few seconds.
+for attempt in 1 2 3 4 5 6 7 8 9 10; do
+  rm -rf "$scratch" 2>/dev/null && break
+  [[ $attempt -lt 10 ]] || { log "cannot remove $scratch"; rm -rf "$scratch"; }
+  sleep 3
+done
 mkdir -p "$scratch"
 cd "$scratch"
 log "downloading Debian's kubernetes source package"
 if ! apt-get source --download-only kubernetes >&2 2>/dev/null; then
-  as_root apt-get update -qq >&2
+  as_root apt-get "${apt_wait[@]}" update -qq >&2
   apt-get source --download-only kubernetes >&2
 fi
 tar xzf kubernetes_*.orig.tar.gz
@@ -122,19 +135,32 @@ cp "$REFLECT2_SRC"/*.go "$REFLECT2_SRC"/*.s "$vendored"/
 log "building kube-apiserver, kube-controller-manager, kubectl (5 to 10 minutes on 2 cores, once)"
 # Go prints little while it compiles: a heartbeat shows the build is alive.
 build_started=$SECONDS
-# (Its sleep is killed with it, so nothing of this script outlives it.)
+# (Its sleep is killed with it, so nothing of this script outlives it.) Neither it nor the build
+# keeps the provisioning lock (fd 9) open: were this script killed, a build left running would
+# otherwise hold every later run waiting for it.
 ( trap 'kill "$nap" 2>/dev/null; exit 0' TERM
   while :; do
     sleep 30 & nap=$!
     wait "$nap"
     log "still building ($((SECONDS - build_started))s so far)"
-  done ) &
+  done ) 9>&- &
 heartbeat=$!
 staging="$cache_root/.k8s-$BUILD_ID.staging.$$"
-# A run that stops half way leaves neither a heartbeat nor a half-copied folder behind.
-trap 'kill "$heartbeat" 2>/dev/null || true; rm -rf "$staging"' EXIT
-env HOME="$scratch" GOCACHE="$scratch/gocache" CGO_ENABLED=0 \
-  make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kubectl" >&2
+# The build runs in a process group of its own, waited for in the background, so that a run
+# that stops half way (an error, Ctrl-C, SIGTERM) kills all of it, make and the go commands
+# under it, and leaves neither a heartbeat nor a half-copied folder behind. Killed outright
+# (SIGKILL), it still takes make with it (pdeathsig); what make had started ends on its own, and
+# the next run's removal of the scratch folder below waits for it.
+build=
+trap 'if [[ -n "$build" ]]; then kill -- -"$build" 2>/dev/null || true; fi
+      kill "$heartbeat" 2>/dev/null || true; rm -rf "$staging"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
+setsid -w setpriv --pdeathsig KILL env HOME="$scratch" GOCACHE="$scratch/gocache" CGO_ENABLED=0 \
+  make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kubectl" >&2 9>&- &
+build=$!
+wait "$build"
+build=
 kill "$heartbeat" 2>/dev/null || true
 
 rm -rf "$staging"
