@@ -285,31 +285,22 @@ mod tests {
             .collect();
         assert_eq!(left, Vec::<String>::new());
 
-        // A target that is a directory: refused before anything is written.
+        // A target, or the name its old file is kept under meanwhile, taken by a directory:
+        // refused before anything is written, and named.
         std::fs::remove_file(dir.path().join("tls.crt")).unwrap();
-        std::fs::create_dir(dir.path().join("tls.crt")).unwrap();
-        let error = write(dir.path(), vec!["localhost".to_owned()]).unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            format!(
-                "writing {}: not a regular file",
-                dir.path().join("tls.crt").display()
-            )
-        );
-        assert_eq!(std::fs::read(dir.path().join("ca.crt")).unwrap(), before[0]);
-
-        // Where an old file is kept meanwhile, taken by a directory: refused, and named.
-        std::fs::remove_dir(dir.path().join("tls.crt")).unwrap();
-        std::fs::create_dir(dir.path().join("ca.crt.old")).unwrap();
-        let error = write(dir.path(), vec!["localhost".to_owned()]).unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            format!(
-                "writing {}: not a regular file",
-                dir.path().join("ca.crt.old").display()
-            )
-        );
-        assert_eq!(std::fs::read(dir.path().join("ca.crt")).unwrap(), before[0]);
+        for taken in ["tls.crt", "ca.crt.old"] {
+            std::fs::create_dir(dir.path().join(taken)).unwrap();
+            let error = write(dir.path(), vec!["localhost".to_owned()]).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "writing {}: not a regular file",
+                    dir.path().join(taken).display()
+                )
+            );
+            assert_eq!(std::fs::read(dir.path().join("ca.crt")).unwrap(), before[0]);
+            std::fs::remove_dir(dir.path().join(taken)).unwrap();
+        }
     }
 
     /// File operations that fail on cue: every hard link (a file system without them), and
