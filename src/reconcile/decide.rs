@@ -54,6 +54,11 @@ pub const PROXY_ADMIN_PORT: u16 = 4191;
 /// How many example pod names a blocking message carries.
 const EXAMPLES: usize = 3;
 
+/// How many restart commands a blocking message gives a person under the `Manual` policy: the
+/// workloads of a typical mesh in one go, rather than three per look; a longer list is cut
+/// with a count of the rest.
+const MANUAL_COMMANDS: usize = 10;
+
 /// Names used in status and messages.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Names {
@@ -1812,7 +1817,7 @@ impl<'a> Step<'a> {
             RestartPolicy::Manual => {
                 let list: Vec<String> = workloads
                     .iter()
-                    .take(EXAMPLES)
+                    .take(MANUAL_COMMANDS)
                     .map(|w| {
                         format!(
                             "kubectl rollout restart {} -n {}",
@@ -1826,10 +1831,9 @@ impl<'a> Step<'a> {
                         "; restart their {} workload(s): {}{}",
                         workloads.len(),
                         list.join("; "),
-                        if workloads.len() > EXAMPLES {
-                            "; ..."
-                        } else {
-                            ""
+                        match workloads.len().saturating_sub(MANUAL_COMMANDS) {
+                            0 => String::new(),
+                            more => format!("; ... ({more} more)"),
                         }
                     ));
                 }

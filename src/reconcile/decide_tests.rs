@@ -1832,6 +1832,38 @@ fn manual_propagation_names_the_restarts_and_does_none() {
     assert!(m.contains("e.g. app-0/web-0"), "{m}");
 }
 
+/// Under `Manual`, a person gets the restart commands for the workloads of a typical mesh in
+/// one go (up to ten), not three per look; past ten, the rest are counted.
+#[test]
+fn manual_propagation_lists_up_to_ten_restarts_and_counts_the_rest() {
+    let mut o = propagating().observed();
+    let first = o.pods.iter().position(|p| !p.control_plane).unwrap();
+    for i in 0..12 {
+        let mut pod = o.pods[first].clone();
+        pod.name = format!("extra-{i}");
+        o.pods.push(pod);
+    }
+    one_workload_each(&mut o);
+    let workload_pods = o.pods.iter().filter(|p| !p.control_plane).count();
+    assert!(workload_pods > 12, "{workload_pods}");
+    let d = run(&manual(), Phase::PropagatingTrustRoots, &o);
+    let m = blocking(&d);
+    assert!(
+        m.contains(&format!("restart their {workload_pods} workload(s): ")),
+        "{m}"
+    );
+    let commands: std::collections::BTreeSet<&str> = m
+        .split([';', ':'])
+        .map(str::trim)
+        .filter(|c| c.starts_with("kubectl rollout restart deployment/w"))
+        .collect();
+    assert_eq!(commands.len(), 10, "ten different workloads: {m}");
+    assert!(
+        m.contains(&format!("; ... ({} more)", workload_pods - 10)),
+        "{m}"
+    );
+}
+
 #[test]
 fn automatic_propagation_restarts_paced_and_skips_unready_and_busy_workloads() {
     let mut o = propagating().observed();
