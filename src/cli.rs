@@ -233,13 +233,7 @@ pub struct RbacArgs {
 /// certificate's names or a YAML file. `what` names it in the message.
 fn label(what: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone + Send + Sync {
     move |name: &str| {
-        let valid = (1..=63).contains(&name.len())
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !name.starts_with('-')
-            && !name.ends_with('-');
-        if valid {
+        if name.len() <= 63 && rfc1123_label(name) {
             Ok(name.to_owned())
         } else {
             Err(format!(
@@ -250,22 +244,24 @@ fn label(what: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone 
     }
 }
 
+/// One RFC 1123 label, of any length: lowercase letters, digits and '-', starting and ending
+/// with a letter or digit.
+fn rfc1123_label(part: &str) -> bool {
+    !part.is_empty()
+        && part
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !part.starts_with('-')
+        && !part.ends_with('-')
+}
+
 /// A name Kubernetes accepts for most objects, a ServiceAccount, ConfigMap, Secret, Lease or
 /// TrustAnchorRotation among them (an RFC 1123 subdomain): refused here rather than by the
 /// API server halfway through an apply, or written into a Role's `resourceNames`, where it
 /// would grant nothing. `what` names it in the message.
 fn subdomain(what: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone + Send + Sync {
     move |name: &str| {
-        let valid = (1..=253).contains(&name.len())
-            && name.split('.').all(|part| {
-                !part.is_empty()
-                    && part
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                    && !part.starts_with('-')
-                    && !part.ends_with('-')
-            });
-        if valid {
+        if name.len() <= 253 && name.split('.').all(rfc1123_label) {
             Ok(name.to_owned())
         } else {
             Err(format!(
