@@ -114,11 +114,11 @@ fi
 
 scratch="$cache_root/build-scratch"
 # A build killed outright may still be writing into the last scratch folder for a few seconds.
-for attempt in 1 2 3 4 5 6 7 8 9 10; do
+for _ in 1 2 3 4 5 6 7 8 9; do
   rm -rf "$scratch" 2>/dev/null && break
-  [[ $attempt -lt 10 ]] || { log "cannot remove $scratch"; rm -rf "$scratch"; }
   sleep 3
 done
+rm -rf "$scratch"
 mkdir -p "$scratch"
 cd "$scratch"
 log "downloading Debian's kubernetes source package"
